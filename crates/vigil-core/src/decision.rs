@@ -1,0 +1,88 @@
+//! The decision contract (see `docs/events.md`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::feature::FeatureValue;
+
+/// What Vigil tells the payment system to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Approve,
+    Review,
+    Decline,
+}
+
+impl Action {
+    pub const ALL: [Action; 3] = [Action::Approve, Action::Review, Action::Decline];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Approve => "approve",
+            Action::Review => "review",
+            Action::Decline => "decline",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Action> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One rule that fired for an event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reason {
+    /// The rule's name.
+    pub rule: String,
+    /// The rule's reason code, stable across rule edits, for downstream systems.
+    pub code: String,
+    /// The action the rule asks for.
+    pub action: Action,
+    /// The rule's contribution to the risk score.
+    pub score: f64,
+    /// Shadow rules are reported but never change the outcome.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
+}
+
+/// Vigil's answer for one transaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub transaction_id: String,
+    pub decision: Action,
+    /// Risk score: the sum of fired rules' scores plus the weighted model score.
+    pub score: f64,
+    pub reasons: Vec<Reason>,
+    /// Content hash of the rule set that decided.
+    pub rules_version: String,
+    /// Version of the model that scored, when a model is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_version: Option<String>,
+    /// The model's score in [0, 1], when a model is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_score: Option<f64>,
+    /// Feature values as of before this event.
+    pub features: BTreeMap<String, FeatureValue>,
+    /// True when this transaction had been seen before (a redelivery): its features
+    /// are the ones computed the first time and nothing was counted again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
+    /// Time spent deciding, from the start of the engine call to the decision.
+    pub latency_us: u64,
+}
+
+impl Decision {
+    pub fn to_json(&self) -> Vec<u8> {
+        // Plain data with string keys: serialisation cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}

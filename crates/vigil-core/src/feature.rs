@@ -1,0 +1,194 @@
+//! Feature definitions and values shared by the feature store, rules and model.
+
+use std::fmt;
+
+use rust_decimal::prelude::ToPrimitive;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Event, EventField};
+
+/// The entity a feature aggregates over: one event field or a combination such as
+/// `card_id+merchant_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntityKey {
+    fields: Vec<EventField>,
+}
+
+impl EntityKey {
+    /// Parses `card_id` or `card_id+merchant_id`.
+    pub fn parse(text: &str) -> Result<EntityKey, String> {
+        let mut fields = Vec::new();
+        for part in text.split('+') {
+            let part = part.trim();
+            let field = EventField::parse(part).ok_or_else(|| {
+                let known = EventField::ALL.iter().filter(|f| f.is_entity()).map(|f| f.name());
+                format!("unknown entity field `{part}`{}", crate::suggest::hint(part, known))
+            })?;
+            if !field.is_entity() {
+                return Err(format!("`{part}` cannot key a feature"));
+            }
+            if fields.contains(&field) {
+                return Err(format!("`{part}` appears twice"));
+            }
+            fields.push(field);
+        }
+        Ok(EntityKey { fields })
+    }
+
+    pub fn fields(&self) -> &[EventField] {
+        &self.fields
+    }
+
+    /// The entity's identity for `event`, or `None` when a key field is absent.
+    pub fn value_of(&self, event: &Event) -> Option<String> {
+        let mut out = String::new();
+        for (i, f) in self.fields.iter().enumerate() {
+            if i > 0 {
+                out.push('\u{1f}');
+            }
+            out.push_str(event.text(*f)?);
+        }
+        Some(out)
+    }
+}
+
+impl fmt::Display for EntityKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, field) in self.fields.iter().enumerate() {
+            if i > 0 {
+                f.write_str("+")?;
+            }
+            f.write_str(field.name())?;
+        }
+        Ok(())
+    }
+}
+
+/// How a feature aggregates the entity's earlier events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregate {
+    /// Number of earlier events in the window.
+    Count,
+    /// Sum of earlier amounts in the window (money).
+    SumAmount,
+}
+
+impl Aggregate {
+    pub const ALL: [Aggregate; 2] = [Aggregate::Count, Aggregate::SumAmount];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Aggregate::Count => "count",
+            Aggregate::SumAmount => "sum_amount",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Aggregate> {
+        Self::ALL.into_iter().find(|a| a.name() == s)
+    }
+}
+
+/// A declared feature: `aggregate` of the `entity`'s events over the last `window_s`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeatureDef {
+    pub name: String,
+    pub entity: EntityKey,
+    pub aggregate: Aggregate,
+    pub window_s: u64,
+}
+
+/// A feature's value. Counts are integers, sums of money are exact decimals.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FeatureValue {
+    Count(i64),
+    Money(Decimal),
+    /// The entity key was absent from the event, so the feature has no value.
+    Missing,
+}
+
+impl FeatureValue {
+    /// The value as a model input (floats appear only as model features).
+    pub fn as_f64(self) -> Option<f64> {
+        match self {
+            FeatureValue::Count(c) => Some(c as f64),
+            FeatureValue::Money(m) => m.to_f64(),
+            FeatureValue::Missing => None,
+        }
+    }
+}
+
+/// Feature values for one event, in the order of the pipeline's feature definitions.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct FeatureVector {
+    pub values: Vec<FeatureValue>,
+    /// True when the event had been processed before and these are the stored values.
+    #[serde(default)]
+    pub replayed: bool,
+}
+
+/// Parses a duration such as `90s`, `10m`, `24h`, `30d` or `2w` into seconds.
+pub fn parse_duration_s(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (such as 90s, 10m, 24h, 30d)"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(format!("`{text}` has unknown unit `{unit}` (use s, m, h, d or w)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("`{text}` is too long"))
+}
+
+/// Formats seconds the way [`parse_duration_s`] reads them, with the largest exact unit.
+pub fn format_duration_s(s: u64) -> String {
+    for (unit, mult) in [("w", 604_800), ("d", 86_400), ("h", 3600), ("m", 60)] {
+        if s >= mult && s % mult == 0 {
+            return format!("{}{unit}", s / mult);
+        }
+    }
+    format!("{s}s")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_s("10m"), Ok(600));
+        assert_eq!(parse_duration_s("24h"), Ok(86_400));
+        assert_eq!(parse_duration_s("30d"), Ok(2_592_000));
+        assert!(parse_duration_s("10").is_err());
+        assert!(parse_duration_s("m").is_err());
+        assert!(parse_duration_s("5y").is_err());
+        assert_eq!(format_duration_s(600), "10m");
+        assert_eq!(format_duration_s(90), "90s");
+    }
+
+    #[test]
+    fn entity_keys() {
+        let k = EntityKey::parse("card_id+merchant_id").unwrap();
+        assert_eq!(k.to_string(), "card_id+merchant_id");
+        assert!(EntityKey::parse("amount").is_err());
+        let e = EntityKey::parse("card").unwrap_err();
+        assert!(e.contains("did you mean `card_id`"), "{e}");
+    }
+
+    #[test]
+    fn values_serialise_exactly() {
+        let v = vec![FeatureValue::Count(3), FeatureValue::Money(Decimal::new(1050, 2)), FeatureValue::Missing];
+        let json = serde_json::to_string(&v).unwrap();
+        assert_eq!(json, r#"[3,"10.50",null]"#);
+        let back: Vec<FeatureValue> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, v);
+    }
+}

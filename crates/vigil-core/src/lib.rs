@@ -1,0 +1,19 @@
+//! Vigil's core types, at the start of the data flow.
+//!
+//! Everything downstream (rules, features, model, engine, stream, HTTP and offline
+//! tools) speaks in these types: a validated [`Event`] goes in, a [`Decision`] comes
+//! out. Feature definitions and the pipeline configuration live here too because
+//! every later stage needs to agree on them; nothing here performs IO beyond reading
+//! a config file.
+
+pub mod decision;
+pub mod event;
+pub mod feature;
+pub mod pipeline;
+mod currency;
+pub mod suggest;
+
+pub use decision::{Action, Decision, Reason};
+pub use event::{Event, EventError, EventField};
+pub use feature::{Aggregate, EntityKey, FeatureDef, FeatureValue, FeatureVector};
+pub use pipeline::{ConfigError, PipelineConfig, Problem};

@@ -1,0 +1,518 @@
+//! Pipeline configuration (`pipelines/*.toml`): parse, then validate, with no IO
+//! beyond reading the file. Every problem is reported at once, each with its place.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::event::EventField;
+use crate::feature::{parse_duration_s, Aggregate, EntityKey, FeatureDef};
+
+/// Shortest and longest accepted feature windows.
+pub const MIN_WINDOW_S: u64 = 60;
+pub const MAX_WINDOW_S: u64 = 90 * 86_400;
+
+/// Names that rules reserve and features may not take.
+pub const RESERVED_NAMES: [&str; 1] = ["model_score"];
+
+/// One problem in a config file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    /// Dotted key path, such as `features[2].window`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// A config that could not be read or does not validate.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid { problems: Vec<Problem> },
+}
+
+/// Kafka settings for `vigil run`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub group_id: String,
+    pub input_topic: String,
+    pub decisions_topic: String,
+    pub dead_letter_topic: String,
+    /// Most events decided together (one feature-store round trip).
+    pub batch_size: usize,
+    /// Most batches whose outputs may await delivery at once.
+    pub max_in_flight_batches: usize,
+    /// Event fields tried in order to key a decision, so order per entity holds.
+    pub decision_key: Vec<EventField>,
+    /// Extra librdkafka properties, passed through to consumer and producer.
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreBackend {
+    /// In-process, lost on exit: the embedded default.
+    Memory,
+    Redis { url: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+    pub key_prefix: String,
+    /// How long a processed transaction id is remembered for de-duplication.
+    pub dedup_ttl_s: u64,
+    /// Per-call timeout.
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub path: PathBuf,
+    /// Risk-score points a model score of 1.0 adds.
+    pub weight: f64,
+}
+
+/// Risk-score thresholds of the decision policy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    pub review_score: f64,
+    pub decline_score: f64,
+}
+
+/// A validated pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineConfig {
+    pub file: PathBuf,
+    pub name: String,
+    pub kafka: Option<KafkaConfig>,
+    pub store: StoreConfig,
+    /// Rule file or folder, resolved against the config file's folder.
+    pub rules_path: PathBuf,
+    pub model: Option<ModelConfig>,
+    pub thresholds: Thresholds,
+    pub features: Vec<FeatureDef>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    name: Option<Spanned<String>>,
+    kafka: Option<RawKafka>,
+    store: Option<RawStore>,
+    rules: Spanned<RawRules>,
+    model: Option<RawModel>,
+    decision: Option<RawDecision>,
+    #[serde(default)]
+    features: Vec<Spanned<RawFeature>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKafka {
+    brokers: Spanned<String>,
+    group_id: Spanned<String>,
+    input_topic: Spanned<String>,
+    decisions_topic: Spanned<String>,
+    dead_letter_topic: Spanned<String>,
+    batch_size: Option<Spanned<i64>>,
+    max_in_flight_batches: Option<Spanned<i64>>,
+    decision_key: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    properties: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    backend: Spanned<String>,
+    redis_url: Option<Spanned<String>>,
+    key_prefix: Option<Spanned<String>>,
+    dedup_ttl: Option<Spanned<String>>,
+    timeout_ms: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRules {
+    path: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    path: Spanned<String>,
+    weight: Option<Spanned<f64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDecision {
+    review_score: Spanned<f64>,
+    decline_score: Spanned<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFeature {
+    name: Spanned<String>,
+    entity: Spanned<String>,
+    aggregate: Spanned<String>,
+    window: Spanned<String>,
+}
+
+/// Collects problems with line and column computed from byte offsets.
+struct Problems<'a> {
+    file: &'a Path,
+    text: &'a str,
+    list: Vec<Problem>,
+}
+
+impl Problems<'_> {
+    fn at(&mut self, offset: usize, key: impl Into<String>, message: impl Into<String>) {
+        let (line, column) = line_col(self.text, offset);
+        self.list.push(Problem {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn on<T>(&mut self, spanned: &Spanned<T>, key: impl Into<String>, message: impl Into<String>) {
+        self.at(spanned.span().start, key, message)
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+impl PipelineConfig {
+    /// Reads and validates a pipeline file.
+    pub fn load(path: &Path) -> Result<PipelineConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates pipeline text as if read from `path` (relative paths inside it are
+    /// resolved against `path`'s folder).
+    pub fn parse(path: &Path, text: &str) -> Result<PipelineConfig, ConfigError> {
+        let mut p = Problems { file: path, text, list: Vec::new() };
+        let raw: RawPipeline = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let offset = e.span().map_or(0, |s| s.start);
+                p.at(offset, "", e.message().trim().to_owned());
+                return Err(ConfigError::Invalid { problems: p.list });
+            }
+        };
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let resolve = |s: &str| {
+            let candidate = PathBuf::from(s);
+            if candidate.is_absolute() {
+                candidate
+            } else {
+                base.join(candidate)
+            }
+        };
+
+        let name = match &raw.name {
+            Some(n) if n.get_ref().trim().is_empty() => {
+                p.on(n, "name", "must not be empty");
+                String::new()
+            }
+            Some(n) => n.get_ref().clone(),
+            None => path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        };
+
+        let kafka = raw.kafka.as_ref().map(|k| validate_kafka(k, &mut p));
+        let store = validate_store(raw.store.as_ref(), &mut p);
+
+        let rules_path = raw.rules.get_ref().path.get_ref();
+        if rules_path.trim().is_empty() {
+            p.on(&raw.rules.get_ref().path, "rules.path", "must not be empty");
+        }
+        let rules_path = resolve(rules_path);
+
+        let model = raw.model.as_ref().map(|m| {
+            let weight = m.weight.as_ref().map_or(100.0, |w| *w.get_ref());
+            if let Some(w) = &m.weight {
+                if !w.get_ref().is_finite() || *w.get_ref() < 0.0 {
+                    p.on(w, "model.weight", "must be a finite number, zero or more");
+                }
+            }
+            ModelConfig { path: resolve(m.path.get_ref()), weight }
+        });
+
+        let thresholds = match &raw.decision {
+            Some(d) => {
+                let (r, dc) = (*d.review_score.get_ref(), *d.decline_score.get_ref());
+                if !r.is_finite() {
+                    p.on(&d.review_score, "decision.review_score", "must be a finite number");
+                }
+                if !dc.is_finite() {
+                    p.on(&d.decline_score, "decision.decline_score", "must be a finite number");
+                } else if r.is_finite() && dc < r {
+                    p.on(
+                        &d.decline_score,
+                        "decision.decline_score",
+                        format!("{dc} is below review_score {r}; declining must need at least as much risk as review"),
+                    );
+                }
+                Thresholds { review_score: r, decline_score: dc }
+            }
+            None => Thresholds { review_score: 50.0, decline_score: 100.0 },
+        };
+
+        let mut features = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, f) in raw.features.iter().enumerate() {
+            let key = |field: &str| format!("features[{i}].{field}");
+            let f = f.get_ref();
+            let name = f.name.get_ref();
+            if !is_identifier(name) {
+                p.on(&f.name, key("name"), format!("`{name}` is not a name (lower-case letters, digits and _, not starting with a digit)"));
+            } else if EventField::parse(name).is_some() || RESERVED_NAMES.contains(&name.as_str()) {
+                p.on(&f.name, key("name"), format!("`{name}` is taken by an event field or a reserved name"));
+            } else if !seen.insert(name.clone()) {
+                p.on(&f.name, key("name"), format!("`{name}` is declared twice"));
+            }
+            let entity = EntityKey::parse(f.entity.get_ref());
+            if let Err(m) = &entity {
+                p.on(&f.entity, key("entity"), m.clone());
+            }
+            let aggregate = Aggregate::parse(f.aggregate.get_ref());
+            if aggregate.is_none() {
+                let known = Aggregate::ALL.iter().map(|a| a.name());
+                let hint = crate::suggest::hint(f.aggregate.get_ref(), known.clone());
+                let list = known.collect::<Vec<_>>().join(", ");
+                p.on(&f.aggregate, key("aggregate"), format!("unknown aggregate `{}` (known: {list}){hint}", f.aggregate.get_ref()));
+            }
+            let window = parse_duration_s(f.window.get_ref());
+            match &window {
+                Err(m) => p.on(&f.window, key("window"), m.clone()),
+                Ok(w) if !(MIN_WINDOW_S..=MAX_WINDOW_S).contains(w) => {
+                    p.on(&f.window, key("window"), "must be between 1m and 90d")
+                }
+                Ok(_) => {}
+            }
+            if let (Ok(entity), Some(aggregate), Ok(window_s)) = (entity, aggregate, window) {
+                features.push(FeatureDef { name: name.clone(), entity, aggregate, window_s });
+            }
+        }
+
+        if !p.list.is_empty() {
+            return Err(ConfigError::Invalid { problems: p.list });
+        }
+        Ok(PipelineConfig {
+            file: path.to_path_buf(),
+            name,
+            kafka,
+            store,
+            rules_path,
+            model,
+            thresholds,
+            features,
+        })
+    }
+}
+
+fn validate_kafka(k: &RawKafka, p: &mut Problems<'_>) -> KafkaConfig {
+    for (value, key) in [
+        (&k.brokers, "kafka.brokers"),
+        (&k.group_id, "kafka.group_id"),
+        (&k.input_topic, "kafka.input_topic"),
+        (&k.decisions_topic, "kafka.decisions_topic"),
+        (&k.dead_letter_topic, "kafka.dead_letter_topic"),
+    ] {
+        if value.get_ref().trim().is_empty() {
+            p.on(value, key, "must not be empty");
+        }
+    }
+    let topics = [&k.input_topic, &k.decisions_topic, &k.dead_letter_topic];
+    for (i, a) in topics.iter().enumerate() {
+        for b in &topics[i + 1..] {
+            if a.get_ref() == b.get_ref() {
+                p.on(*b, "kafka", format!("topic `{}` is used for two roles", b.get_ref()));
+            }
+        }
+    }
+    let mut bounded = |v: &Option<Spanned<i64>>, key: &str, default: i64, max: i64| -> usize {
+        match v {
+            Some(s) if !(1..=max).contains(s.get_ref()) => {
+                p.on(s, key, format!("must be between 1 and {max}"));
+                default as usize
+            }
+            Some(s) => *s.get_ref() as usize,
+            None => default as usize,
+        }
+    };
+    let batch_size = bounded(&k.batch_size, "kafka.batch_size", 500, 10_000);
+    let max_in_flight_batches = bounded(&k.max_in_flight_batches, "kafka.max_in_flight_batches", 4, 64);
+    let decision_key = match &k.decision_key {
+        Some(keys) => {
+            let mut out = Vec::new();
+            for name in keys.get_ref() {
+                match EventField::parse(name) {
+                    Some(f) if f.is_entity() || f == EventField::TransactionId => out.push(f),
+                    _ => {
+                        let known = EventField::ALL.iter().map(|f| f.name());
+                        p.on(keys, "kafka.decision_key", format!("`{name}` is not an entity field{}", crate::suggest::hint(name, known)));
+                    }
+                }
+            }
+            out
+        }
+        None => vec![EventField::CardId, EventField::AccountId, EventField::CustomerId],
+    };
+    KafkaConfig {
+        brokers: k.brokers.get_ref().clone(),
+        group_id: k.group_id.get_ref().clone(),
+        input_topic: k.input_topic.get_ref().clone(),
+        decisions_topic: k.decisions_topic.get_ref().clone(),
+        dead_letter_topic: k.dead_letter_topic.get_ref().clone(),
+        batch_size,
+        max_in_flight_batches,
+        decision_key,
+        properties: k.properties.clone(),
+    }
+}
+
+fn validate_store(raw: Option<&RawStore>, p: &mut Problems<'_>) -> StoreConfig {
+    let mut store = StoreConfig {
+        backend: StoreBackend::Memory,
+        key_prefix: "vigil".into(),
+        dedup_ttl_s: 7 * 86_400,
+        timeout_ms: 1000,
+    };
+    let Some(raw) = raw else { return store };
+    match raw.backend.get_ref().as_str() {
+        "memory" => {
+            if let Some(url) = &raw.redis_url {
+                p.on(url, "store.redis_url", "only the redis backend takes a redis_url");
+            }
+        }
+        "redis" => match &raw.redis_url {
+            Some(url) if url.get_ref().starts_with("redis://") || url.get_ref().starts_with("rediss://") => {
+                store.backend = StoreBackend::Redis { url: url.get_ref().clone() }
+            }
+            Some(url) => p.on(url, "store.redis_url", "must start with redis:// or rediss://"),
+            None => p.on(&raw.backend, "store.redis_url", "the redis backend needs a redis_url"),
+        },
+        other => p.on(&raw.backend, "store.backend", format!("unknown backend `{other}` (known: memory, redis)")),
+    }
+    if let Some(prefix) = &raw.key_prefix {
+        if prefix.get_ref().is_empty() || prefix.get_ref().contains(['{', '}', ' ']) {
+            p.on(prefix, "store.key_prefix", "must be non-empty, without spaces or braces");
+        }
+        store.key_prefix = prefix.get_ref().clone();
+    }
+    if let Some(ttl) = &raw.dedup_ttl {
+        match parse_duration_s(ttl.get_ref()) {
+            Ok(s) if s >= 60 => store.dedup_ttl_s = s,
+            Ok(_) => p.on(ttl, "store.dedup_ttl", "must be at least 1m"),
+            Err(m) => p.on(ttl, "store.dedup_ttl", m),
+        }
+    }
+    if let Some(t) = &raw.timeout_ms {
+        if !(1..=60_000).contains(t.get_ref()) {
+            p.on(t, "store.timeout_ms", "must be between 1 and 60000");
+        } else {
+            store.timeout_ms = *t.get_ref() as u64;
+        }
+    }
+    store
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "test"
+[kafka]
+brokers = "127.0.0.1:9092"
+group_id = "g"
+input_topic = "in"
+decisions_topic = "out"
+dead_letter_topic = "dlq"
+[store]
+backend = "redis"
+redis_url = "redis://127.0.0.1:6379"
+[rules]
+path = "../rules"
+[decision]
+review_score = 40
+decline_score = 80
+[[features]]
+name = "card_count_10m"
+entity = "card_id"
+aggregate = "count"
+window = "10m"
+"#;
+
+    #[test]
+    fn good_config_validates() {
+        let c = PipelineConfig::parse(Path::new("pipelines/x.toml"), GOOD).unwrap();
+        assert_eq!(c.rules_path, PathBuf::from("pipelines/../rules"));
+        assert_eq!(c.features[0].window_s, 600);
+        assert_eq!(c.kafka.unwrap().batch_size, 500);
+        assert_eq!(c.store.backend, StoreBackend::Redis { url: "redis://127.0.0.1:6379".into() });
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_place() {
+        let bad = GOOD
+            .replace("window = \"10m\"", "window = \"10x\"")
+            .replace("aggregate = \"count\"", "aggregate = \"cuont\"")
+            .replace("decline_score = 80", "decline_score = 20")
+            .replace("redis://127", "http://127");
+        let Err(ConfigError::Invalid { problems }) = PipelineConfig::parse(Path::new("p.toml"), &bad) else {
+            panic!("accepted a bad config")
+        };
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(problems.len(), 4, "{text:#?}");
+        assert!(text.iter().any(|t| t.starts_with("p.toml:11:13: store.redis_url")), "{text:#?}");
+        assert!(text.iter().any(|t| t.contains("features[0].aggregate") && t.contains("did you mean `count`")));
+        assert!(text.iter().any(|t| t.contains("features[0].window") && t.contains("unknown unit")));
+        assert!(text.iter().any(|t| t.contains("decision.decline_score")));
+    }
+
+    #[test]
+    fn syntax_and_unknown_keys_are_located() {
+        let bad = GOOD.replace("group_id", "group");
+        let err = PipelineConfig::parse(Path::new("p.toml"), &bad).unwrap_err().to_string();
+        assert!(err.starts_with("p.toml:5:1:") && err.contains("unknown field `group`"), "{err}");
+    }
+}
