@@ -1,1 +1,185 @@
+//! Vigil's rule language: the analyst-owned stage between features and the engine.
+//!
+//! Rule files are plain text (see `docs/rules.md`). They are lexed, parsed, and
+//! checked against a [`Schema`] (the pipeline's declared features) into an
+//! immutable [`RuleSet`] whose evaluation does no parsing and no name lookups.
+//! A rule set that does not check is never built: [`RuleSet::load`] returns every
+//! error in every file, each as `file:line:column: message`.
 
+mod compile;
+mod eval;
+mod lexer;
+mod parser;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rust_decimal::prelude::ToPrimitive;
+use sha2::{Digest, Sha256};
+use vigil_core::Action;
+
+pub use compile::Schema;
+pub use eval::Context;
+
+use compile::{Checker, Expr};
+
+/// File extension of rule files.
+pub const RULE_EXTENSION: &str = "rules";
+
+/// One checked rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub action: Action,
+    pub code: String,
+    pub score: f64,
+    pub shadow: bool,
+    pub description: Option<String>,
+    /// Where the rule starts, as `file:line`.
+    pub location: String,
+    when: Expr,
+}
+
+impl Rule {
+    /// Whether the rule's condition is known to be true for this context.
+    pub fn fires(&self, ctx: &Context<'_>) -> bool {
+        eval::truth(&self.when, ctx) == Some(true)
+    }
+}
+
+/// A problem in a rule file, with its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for RuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
+    }
+}
+
+/// Every problem found while loading a rule set.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+pub struct RuleErrors(pub Vec<RuleError>);
+
+/// An immutable, checked set of rules with a content-hash version.
+#[derive(Debug, Clone)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    version: String,
+}
+
+impl RuleSet {
+    /// Loads a rule file, or every `*.rules` file in a folder (in name order).
+    pub fn load(path: &Path, schema: &Schema) -> Result<RuleSet, RuleErrors> {
+        let io_error = |p: &Path, e: std::io::Error| {
+            RuleErrors(vec![RuleError { file: p.to_path_buf(), line: 0, column: 0, message: format!("cannot read: {e}") }])
+        };
+        let mut files = Vec::new();
+        if path.is_dir() {
+            let entries = std::fs::read_dir(path).map_err(|e| io_error(path, e))?;
+            for entry in entries {
+                let p = entry.map_err(|e| io_error(path, e))?.path();
+                if p.extension().is_some_and(|x| x == RULE_EXTENSION) {
+                    files.push(p);
+                }
+            }
+            files.sort();
+            if files.is_empty() {
+                return Err(RuleErrors(vec![RuleError {
+                    file: path.to_path_buf(),
+                    line: 0,
+                    column: 0,
+                    message: format!("no *.{RULE_EXTENSION} files in this folder"),
+                }]));
+            }
+        } else {
+            files.push(path.to_path_buf());
+        }
+        let mut sources = Vec::with_capacity(files.len());
+        for f in files {
+            let text = std::fs::read_to_string(&f).map_err(|e| io_error(&f, e))?;
+            sources.push((f, text));
+        }
+        Self::from_sources(&sources, schema)
+    }
+
+    /// Builds a rule set from `(file name, text)` pairs.
+    pub fn from_sources(sources: &[(PathBuf, String)], schema: &Schema) -> Result<RuleSet, RuleErrors> {
+        let mut errors = Vec::new();
+        let mut rules: Vec<Rule> = Vec::new();
+        let mut hasher = Sha256::new();
+        for (file, text) in sources {
+            hasher.update(file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+            hasher.update([0]);
+            hasher.update(text.as_bytes());
+            hasher.update([0]);
+            let err = |pos: lexer::Pos, message: String| RuleError {
+                file: file.clone(),
+                line: pos.line,
+                column: pos.column,
+                message,
+            };
+            let (tokens, lex_errors) = lexer::lex(text);
+            errors.extend(lex_errors.into_iter().map(|e| err(e.pos, e.message)));
+            let (parsed, parse_errors) = parser::parse(&tokens);
+            errors.extend(parse_errors.into_iter().map(|e| err(e.pos, e.message)));
+            for r in parsed {
+                if let Some(prev) = rules.iter().find(|x| x.name == r.name) {
+                    errors.push(err(r.pos, format!("rule `{}` is already defined at {}", r.name, prev.location)));
+                    continue;
+                }
+                let mut checker = Checker { schema, errors: Vec::new() };
+                let (when, ty) = checker.expr(&r.when);
+                checker.want_bool(ty, r.when.pos, "`when`");
+                let ok = checker.errors.is_empty();
+                errors.extend(checker.errors.into_iter().map(|e| err(e.pos, e.message)));
+                if ok {
+                    rules.push(Rule {
+                        name: r.name,
+                        action: r.action,
+                        code: r.code,
+                        score: r.score.to_f64().unwrap_or(0.0),
+                        shadow: r.shadow,
+                        description: r.description,
+                        location: format!("{}:{}", file.display(), r.pos.line),
+                        when,
+                    });
+                }
+            }
+        }
+        if !errors.is_empty() {
+            errors.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+            return Err(RuleErrors(errors));
+        }
+        let digest = hasher.finalize();
+        let version = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        Ok(RuleSet { rules, version })
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Content hash of the rule files: the same text gives the same version.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Calls `fired` with the index of every rule whose condition holds.
+    pub fn evaluate(&self, ctx: &Context<'_>, mut fired: impl FnMut(usize, &Rule)) {
+        for (i, rule) in self.rules.iter().enumerate() {
+            if rule.fires(ctx) {
+                fired(i, rule);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

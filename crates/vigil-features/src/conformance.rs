@@ -1,0 +1,193 @@
+//! One contract, two backends: every case runs against the memory store and a
+//! real Redis (`VIGIL_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`).
+
+use std::sync::Arc;
+
+use rust_decimal::Decimal;
+use vigil_core::feature::{Aggregate, EntityKey, FeatureDef};
+use vigil_core::{Event, FeatureValue, FeatureVector};
+
+use crate::{FeatureStore, MemoryStore, Plan, RedisStore};
+
+const T0: &str = "2026-01-01T00:00:00Z";
+
+fn plan() -> Plan {
+    let f = |name: &str, entity: &str, aggregate, window_s| FeatureDef {
+        name: name.into(),
+        entity: EntityKey::parse(entity).unwrap(),
+        aggregate,
+        window_s,
+    };
+    Plan::new(vec![
+        f("card_count_10m", "card_id", Aggregate::Count, 600),
+        f("card_sum_1h", "card_id", Aggregate::SumAmount, 3600),
+        f("card_count_24h", "card_id", Aggregate::Count, 86_400),
+        f("terminal_count_1h", "terminal_id", Aggregate::Count, 3600),
+        f("card_merchant_count_24h", "card_id+merchant_id", Aggregate::Count, 86_400),
+    ])
+}
+
+fn ev(id: &str, secs: i64, amount: &str, card: Option<&str>, terminal: &str) -> Event {
+    let t = chrono::DateTime::parse_from_rfc3339(T0).unwrap() + chrono::Duration::seconds(secs);
+    let card = card.map_or(String::new(), |c| format!(r#","card_id":"{c}""#));
+    let json = format!(
+        r#"{{"transaction_id":"{id}","timestamp":"{}","amount":"{amount}","currency":"EUR"{card},"terminal_id":"{terminal}","merchant_id":"m1"}}"#,
+        t.to_rfc3339()
+    );
+    Event::from_json(json.as_bytes()).unwrap()
+}
+
+fn count(n: i64) -> FeatureValue {
+    FeatureValue::Count(n)
+}
+
+fn money(s: &str) -> FeatureValue {
+    FeatureValue::Money(s.parse::<Decimal>().unwrap())
+}
+
+async fn one(store: &dyn FeatureStore, e: &Event) -> FeatureVector {
+    store.process(&[e]).await.unwrap().pop().unwrap()
+}
+
+fn redis_url() -> String {
+    std::env::var("VIGIL_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+async fn backends() -> Vec<(&'static str, Arc<dyn FeatureStore>)> {
+    let prefix = format!("vigiltest-{}", uuid::Uuid::new_v4());
+    let redis = RedisStore::connect(&redis_url(), plan(), &prefix, 3600, 2000)
+        .await
+        .expect("these tests need Redis: run scripts/test.sh, or set VIGIL_TEST_REDIS_URL");
+    vec![("memory", Arc::new(MemoryStore::new(plan(), 3600))), ("redis", Arc::new(redis))]
+}
+
+#[tokio::test]
+async fn reads_before_the_event_then_counts_it() {
+    for (name, store) in backends().await {
+        let store = store.as_ref();
+        let a = one(store, &ev("a", 0, "10.00", Some("c1"), "t1")).await;
+        assert_eq!(a.values, vec![count(0), money("0"), count(0), count(0), count(0)], "{name}");
+        let b = one(store, &ev("b", 60, "5.50", Some("c1"), "t1")).await;
+        assert_eq!(b.values, vec![count(1), money("10.00"), count(1), count(1), count(1)], "{name}");
+        // 11 minutes after the first: out of the 10-minute window, inside the hour.
+        let c = one(store, &ev("c", 660, "1", Some("c1"), "t2")).await;
+        assert_eq!(c.values, vec![count(1), money("15.50"), count(2), count(0), count(2)], "{name}");
+        // Two hours later: only the 24-hour window remembers.
+        let d = one(store, &ev("d", 7200 + 660, "1", Some("c1"), "t1")).await;
+        assert_eq!(d.values, vec![count(0), money("0"), count(3), count(0), count(3)], "{name}");
+        assert!(!d.replayed);
+    }
+}
+
+#[tokio::test]
+async fn redelivery_changes_nothing_and_returns_the_first_features() {
+    for (name, store) in backends().await {
+        let store = store.as_ref();
+        let first = one(store, &ev("a", 0, "10", Some("c1"), "t1")).await;
+        one(store, &ev("b", 10, "10", Some("c1"), "t1")).await;
+        let again = one(store, &ev("a", 0, "10", Some("c1"), "t1")).await;
+        assert!(again.replayed, "{name}");
+        assert_eq!(again.values, first.values, "{name}");
+        let c = one(store, &ev("c", 20, "10", Some("c1"), "t1")).await;
+        assert_eq!(c.values[0], count(2), "{name}: the redelivered event was counted twice");
+        // The same id twice within one batch: counted once.
+        let (x1, x2, y) = (ev("x", 30, "1", Some("c1"), "t1"), ev("x", 30, "1", Some("c1"), "t1"), ev("y", 40, "1", Some("c1"), "t1"));
+        let out = store.process(&[&x1, &x2, &y]).await.unwrap();
+        assert_eq!(out[0].values, out[1].values, "{name}");
+        assert!(!out[0].replayed && out[1].replayed, "{name}");
+        assert_eq!(out[2].values[0], count(4), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn late_events_see_only_earlier_time() {
+    for (name, store) in backends().await {
+        let store = store.as_ref();
+        one(store, &ev("a", 0, "1", Some("c1"), "t1")).await;
+        one(store, &ev("b", 240, "1", Some("c1"), "t1")).await;
+        // Arrives third, happened between the two: sees only `a`.
+        let late = one(store, &ev("late", 120, "1", Some("c1"), "t1")).await;
+        assert_eq!(late.values[0], count(1), "{name}");
+        let next = one(store, &ev("n", 300, "1", Some("c1"), "t1")).await;
+        assert_eq!(next.values[0], count(3), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn absent_entities_are_missing_not_zero() {
+    for (name, store) in backends().await {
+        let e = one(store.as_ref(), &ev("a", 0, "1", None, "t1")).await;
+        assert_eq!(e.values[0], FeatureValue::Missing, "{name}");
+        assert_eq!(e.values[3], count(0), "{name}");
+        assert_eq!(e.values[4], FeatureValue::Missing, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn batches_equal_one_by_one() {
+    let events: Vec<Event> = (0..60)
+        .map(|i| ev(&format!("e{i}"), i * 37, &format!("{}.{:02}", i % 7, i % 100), Some(&format!("c{}", i % 3)), &format!("t{}", i % 4)))
+        .collect();
+    let mut reference = None;
+    for (name, store) in backends().await {
+        for batch in [1usize, 7, 60] {
+            let prefix_store: Arc<dyn FeatureStore> = if name == "memory" {
+                Arc::new(MemoryStore::new(plan(), 3600))
+            } else {
+                Arc::new(RedisStore::connect(&redis_url(), plan(), &format!("vigiltest-{}", uuid::Uuid::new_v4()), 3600, 2000).await.unwrap())
+            };
+            let _ = &store;
+            let mut out = Vec::new();
+            for chunk in events.chunks(batch) {
+                let refs: Vec<&Event> = chunk.iter().collect();
+                out.extend(prefix_store.process(&refs).await.unwrap());
+            }
+            match &reference {
+                None => reference = Some(out),
+                Some(r) => assert_eq!(&out, r, "{name} with batches of {batch}"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn concurrent_writers_stay_exact() {
+    let prefix = format!("vigiltest-{}", uuid::Uuid::new_v4());
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let store = RedisStore::connect(&redis_url(), plan(), &prefix, 3600, 2000).await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25 {
+                let e = ev(&format!("w{w}-{i}"), i, "1", Some("shared"), "t1");
+                store.process(&[&e]).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let store = RedisStore::connect(&redis_url(), plan(), &prefix, 3600, 2000).await.unwrap();
+    let last = one(&store, &ev("last", 100, "1", Some("shared"), "t1")).await;
+    assert_eq!(last.values[0], count(100));
+    assert_eq!(last.values[1], money("100"));
+}
+
+#[tokio::test]
+async fn memory_store_expires_markers_with_its_clock() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    let now = Arc::new(AtomicI64::new(1_000_000));
+    let clock_now = now.clone();
+    let store = MemoryStore::with_clock(plan(), 600, Box::new(move || clock_now.load(Ordering::SeqCst)));
+    let e = ev("a", 0, "1", Some("c1"), "t1");
+    assert!(!one(&store, &e).await.replayed);
+    assert!(one(&store, &e).await.replayed);
+    now.fetch_add(601, Ordering::SeqCst);
+    // Past the de-duplication TTL the id is forgotten.
+    assert!(!one(&store, &e).await.replayed);
+}
+
+#[tokio::test]
+async fn unreachable_redis_is_a_clear_error() {
+    let err = RedisStore::connect("redis://127.0.0.1:1", plan(), "x", 60, 200).await.err().unwrap();
+    assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
+}

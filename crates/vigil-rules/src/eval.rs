@@ -1,0 +1,133 @@
+//! Evaluates checked expressions with three-valued logic: a missing field or
+//! feature makes a comparison unknown, and a rule fires only when its condition
+//! is known to be true.
+
+use std::cmp::Ordering;
+
+use rust_decimal::prelude::FromPrimitive;
+use rust_decimal::Decimal;
+use serde_json::Value as Json;
+use vigil_core::{Event, FeatureValue};
+
+use crate::compile::{Arith, Cmp, Expr, Lit};
+
+/// What a rule sees of one event.
+pub struct Context<'a> {
+    pub event: &'a Event,
+    /// Feature values in the order of the schema's feature definitions.
+    pub features: &'a [FeatureValue],
+    pub model_score: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Value<'a> {
+    Num(Decimal),
+    Text(&'a str),
+    Bool(bool),
+    Missing,
+}
+
+fn json_value(v: &Json) -> Value<'_> {
+    match v {
+        Json::String(s) => Value::Text(s),
+        Json::Bool(b) => Value::Bool(*b),
+        Json::Number(n) => {
+            let d = if let Some(i) = n.as_i64() {
+                Some(Decimal::from(i))
+            } else {
+                n.as_f64().and_then(Decimal::from_f64)
+            };
+            d.map_or(Value::Missing, Value::Num)
+        }
+        _ => Value::Missing,
+    }
+}
+
+fn value<'a>(e: &'a Expr, ctx: &Context<'a>) -> Value<'a> {
+    match e {
+        Expr::Num(n) => Value::Num(*n),
+        Expr::Text(s) => Value::Text(s),
+        Expr::Bool(b) => Value::Bool(*b),
+        Expr::Amount => Value::Num(ctx.event.amount),
+        Expr::Field(f) => ctx.event.text(*f).map_or(Value::Missing, Value::Text),
+        Expr::Attribute(k) => ctx.event.attributes.get(k).map_or(Value::Missing, json_value),
+        Expr::Feature(i) => match ctx.features.get(*i) {
+            Some(FeatureValue::Count(c)) => Value::Num(Decimal::from(*c)),
+            Some(FeatureValue::Money(m)) => Value::Num(*m),
+            _ => Value::Missing,
+        },
+        Expr::ModelScore => ctx.model_score.and_then(Decimal::from_f64).map_or(Value::Missing, Value::Num),
+        Expr::Neg(inner) => match value(inner, ctx) {
+            Value::Num(n) => Value::Num(-n),
+            _ => Value::Missing,
+        },
+        Expr::Arith(op, l, r) => match (value(l, ctx), value(r, ctx)) {
+            (Value::Num(a), Value::Num(b)) => {
+                let out = match op {
+                    Arith::Add => a.checked_add(b),
+                    Arith::Sub => a.checked_sub(b),
+                    Arith::Mul => a.checked_mul(b),
+                    Arith::Div => a.checked_div(b),
+                };
+                out.map_or(Value::Missing, Value::Num)
+            }
+            _ => Value::Missing,
+        },
+        _ => match truth(e, ctx) {
+            Some(b) => Value::Bool(b),
+            None => Value::Missing,
+        },
+    }
+}
+
+/// Kleene truth of a condition: `None` is unknown.
+pub fn truth(e: &Expr, ctx: &Context<'_>) -> Option<bool> {
+    match e {
+        Expr::And(l, r) => match truth(l, ctx) {
+            Some(false) => Some(false),
+            lv => match (lv, truth(r, ctx)) {
+                (_, Some(false)) => Some(false),
+                (Some(true), Some(true)) => Some(true),
+                _ => None,
+            },
+        },
+        Expr::Or(l, r) => match truth(l, ctx) {
+            Some(true) => Some(true),
+            lv => match (lv, truth(r, ctx)) {
+                (_, Some(true)) => Some(true),
+                (Some(false), Some(false)) => Some(false),
+                _ => None,
+            },
+        },
+        Expr::Not(inner) => truth(inner, ctx).map(|b| !b),
+        Expr::Cmp(op, l, r) => {
+            let ord = match (value(l, ctx), value(r, ctx)) {
+                (Value::Num(a), Value::Num(b)) => a.cmp(&b),
+                (Value::Text(a), Value::Text(b)) => a.cmp(b),
+                (Value::Bool(a), Value::Bool(b)) => a.cmp(&b),
+                _ => return None,
+            };
+            Some(match op {
+                Cmp::Eq => ord == Ordering::Equal,
+                Cmp::Ne => ord != Ordering::Equal,
+                Cmp::Lt => ord == Ordering::Less,
+                Cmp::Le => ord != Ordering::Greater,
+                Cmp::Gt => ord == Ordering::Greater,
+                Cmp::Ge => ord != Ordering::Less,
+            })
+        }
+        Expr::In { expr, list, negated } => {
+            let found = match value(expr, ctx) {
+                Value::Text(t) => list.iter().any(|l| matches!(l, Lit::Text(s) if s == t)),
+                Value::Num(n) => list.iter().any(|l| matches!(l, Lit::Num(m) if *m == n)),
+                _ => return None,
+            };
+            Some(found != *negated)
+        }
+        Expr::Is { expr, missing } => Some((value(expr, ctx) == Value::Missing) == *missing),
+        other => match value(other, ctx) {
+            Value::Bool(b) => Some(b),
+            _ => None,
+        },
+    }
+}

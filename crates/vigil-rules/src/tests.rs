@@ -1,0 +1,125 @@
+use std::path::PathBuf;
+
+use rust_decimal::Decimal;
+use vigil_core::feature::{Aggregate, EntityKey, FeatureDef};
+use vigil_core::{Event, FeatureValue};
+
+use super::*;
+
+fn schema() -> Schema {
+    let f = |name: &str, aggregate, window_s| FeatureDef {
+        name: name.into(),
+        entity: EntityKey::parse("card_id").unwrap(),
+        aggregate,
+        window_s,
+    };
+    Schema { features: vec![f("card_count_10m", Aggregate::Count, 600), f("card_sum_24h", Aggregate::SumAmount, 86_400)] }
+}
+
+fn set(text: &str) -> Result<RuleSet, RuleErrors> {
+    RuleSet::from_sources(&[(PathBuf::from("t.rules"), text.to_owned())], &schema())
+}
+
+fn event(json: &str) -> Event {
+    Event::from_json(json.as_bytes()).unwrap()
+}
+
+fn fired(rules: &RuleSet, e: &Event, features: &[FeatureValue], model_score: Option<f64>) -> Vec<String> {
+    let ctx = Context { event: e, features, model_score };
+    let mut out = Vec::new();
+    rules.evaluate(&ctx, |_, r| out.push(r.name.clone()));
+    out
+}
+
+#[test]
+fn table_of_conditions() {
+    let e = event(
+        r#"{"transaction_id":"t","timestamp":"2026-01-01T00:00:00Z","amount":"250.00","currency":"EUR",
+            "card_id":"c","country":"FR","attributes":{"email_domain":"mail.example","age_days":3}}"#,
+    );
+    let features = [FeatureValue::Count(4), FeatureValue::Money(Decimal::new(90_000, 2))];
+    let cases: &[(&str, bool)] = &[
+        ("amount > 249.99", true),
+        ("amount >= 250", true),
+        ("amount == 250.0", true),
+        ("amount > 250", false),
+        ("amount + card_sum_24h > 1000", true),
+        ("amount + card_sum_24h > 1150", false),
+        ("amount * 4 == 1000", true),
+        ("card_sum_24h / amount > 3.5", true),
+        ("card_count_10m >= 4 and country == \"FR\"", true),
+        ("card_count_10m >= 5 or country != \"FR\"", false),
+        ("not (country in [\"FR\", \"DE\"])", false),
+        ("country not in [\"US\"]", true),
+        ("mcc is missing", true),
+        ("card_id is present", true),
+        ("mcc == \"5411\"", false),
+        ("not (mcc == \"5411\")", false),
+        ("mcc == \"5411\" or amount > 100", true),
+        ("attributes.email_domain == \"mail.example\"", true),
+        ("attributes.age_days < 7", true),
+        ("attributes.nope == 1", false),
+        ("model_score > 0.5", true),
+        ("-amount < 0", true),
+        ("amount / 0 > 1", false),
+    ];
+    for (cond, expect) in cases {
+        let rules = set(&format!("rule r when {cond} then review R")).unwrap_or_else(|e| panic!("{cond}: {e}"));
+        let got = !fired(&rules, &e, &features, Some(0.75)).is_empty();
+        assert_eq!(got, *expect, "condition `{cond}`");
+    }
+}
+
+#[test]
+fn missing_model_score_never_fires() {
+    let e = event(r#"{"transaction_id":"t","timestamp":"2026-01-01T00:00:00Z","amount":1,"currency":"EUR"}"#);
+    let rules = set("rule a when model_score > 0.1 then review A\nrule b when not (model_score > 0.1) then review B").unwrap();
+    assert!(fired(&rules, &e, &[FeatureValue::Missing, FeatureValue::Missing], None).is_empty());
+}
+
+#[test]
+fn type_errors_are_caught_at_load_with_places() {
+    let text = "rule a\n  when amount > card_count_10m\n  then review A\n\
+                rule b when country > 3 then review B\n\
+                rule c when amount + \"x\" > 1 then review C\n\
+                rule d when amount then review D\n\
+                rule e when card_cnt_10m > 1 then review E\n\
+                rule f when amount * card_sum_24h > 1 then review F\n";
+    let errors = set(text).unwrap_err().0;
+    let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(errors.len(), 6, "{text:#?}");
+    assert_eq!(text[0], "t.rules:2:15: cannot compare money with a count");
+    assert!(text[1].starts_with("t.rules:4:21: cannot compare text with a number"), "{}", text[1]);
+    assert!(text[2].contains("cannot do arithmetic on text"));
+    assert!(text[3].contains("`when` needs a condition"));
+    assert!(text[4].contains("unknown name `card_cnt_10m`; did you mean `card_count_10m`?"));
+    assert!(text[5].contains("cannot multiply money by money"));
+}
+
+#[test]
+fn duplicate_names_and_versions() {
+    let err = set("rule a when amount > 1 then review A\nrule a when amount > 2 then review B").unwrap_err();
+    assert!(err.to_string().contains("already defined at t.rules:1"));
+    let a = set("rule a when amount > 1 then review A").unwrap();
+    let b = set("rule a when amount > 1 then review A").unwrap();
+    let c = set("rule a when amount > 2 then review A").unwrap();
+    assert_eq!(a.version(), b.version());
+    assert_ne!(a.version(), c.version());
+}
+
+#[test]
+fn rule_attributes_are_kept() {
+    let rules = set("rule big shadow when amount > 1 then decline BIG score -2.5 description \"why\"").unwrap();
+    let r = &rules.rules()[0];
+    assert_eq!((r.action, r.code.as_str(), r.score, r.shadow), (Action::Decline, "BIG", -2.5, true));
+    assert_eq!(r.description.as_deref(), Some("why"));
+    assert_eq!(r.location, "t.rules:1");
+}
+
+#[test]
+fn shipped_rules_check() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../rules");
+    let config = vigil_core::PipelineConfig::load(&dir.join("../pipelines/demo.toml")).unwrap();
+    let rules = RuleSet::load(&dir, &Schema { features: config.features }).unwrap();
+    assert!(rules.rules().len() >= 5);
+}
