@@ -1,1 +1,206 @@
+//! Vigil's engine: where features, rules and the model meet to make a decision.
+//!
+//! [`Engine::decide_batch`] is the one path from validated events to decisions;
+//! the Kafka stream, the demo and (later) the HTTP API all call it. Rules and model
+//! sit behind [`ArcSwap`]s so that a reload swaps them atomically while decisions
+//! keep flowing; a rule set or model that does not load is refused and the last
+//! good one keeps serving.
+//!
+//! The decision policy (documented in `docs/rules.md`):
+//! 1. the risk score is the sum of the fired rules' scores plus the model score
+//!    times the model weight; shadow rules are reported but add nothing;
+//! 2. any fired `decline` rule declines;
+//! 3. otherwise any fired `approve` rule approves (allow-lists);
+//! 4. otherwise a score at or above `decline_score` declines;
+//! 5. otherwise a fired `review` rule, or a score at or above `review_score`,
+//!    sends to review; anything else is approved.
 
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use rust_decimal::prelude::ToPrimitive;
+use vigil_core::pipeline::Thresholds;
+use vigil_core::{Action, Decision, Event, FeatureValue, FeatureVector, PipelineConfig, Reason};
+use vigil_features::{FeatureError, FeatureStore};
+use vigil_model::{LogisticModel, Model, ModelError};
+use vigil_rules::{Context, RuleErrors, RuleSet, Schema};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Features(#[from] FeatureError),
+    #[error("rules do not check:\n{0}")]
+    Rules(#[from] RuleErrors),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+/// Where a model input comes from.
+#[derive(Debug, Clone, Copy)]
+enum Input {
+    Amount,
+    Feature(usize),
+}
+
+struct ScoringModel {
+    model: LogisticModel,
+    inputs: Vec<Input>,
+}
+
+/// Turns events into decisions.
+pub struct Engine {
+    store: Arc<dyn FeatureStore>,
+    schema: Schema,
+    rules: ArcSwap<RuleSet>,
+    model: ArcSwap<Option<ScoringModel>>,
+    model_weight: f64,
+    thresholds: Thresholds,
+}
+
+/// Names a model may take as inputs: `amount` and the declared features.
+fn model_inputs(schema: &Schema) -> Vec<&str> {
+    std::iter::once("amount").chain(schema.features.iter().map(|f| f.name.as_str())).collect()
+}
+
+impl Engine {
+    /// Builds an engine for a validated pipeline over a connected feature store.
+    pub fn new(config: &PipelineConfig, store: Arc<dyn FeatureStore>) -> Result<Engine, EngineError> {
+        let schema = Schema { features: config.features.clone() };
+        let rules = RuleSet::load(&config.rules_path, &schema)?;
+        let model = match &config.model {
+            Some(m) => Some(Self::load_model_for(&schema, &m.path)?),
+            None => None,
+        };
+        Ok(Engine {
+            store,
+            rules: ArcSwap::from_pointee(rules),
+            model: ArcSwap::from_pointee(model),
+            model_weight: config.model.as_ref().map_or(0.0, |m| m.weight),
+            thresholds: config.thresholds,
+            schema,
+        })
+    }
+
+    fn load_model_for(schema: &Schema, path: &Path) -> Result<ScoringModel, EngineError> {
+        let model = vigil_model::load(path, &model_inputs(schema))?;
+        let inputs = model
+            .inputs()
+            .iter()
+            .map(|name| match schema.features.iter().position(|f| &f.name == name) {
+                Some(i) => Input::Feature(i),
+                None => Input::Amount,
+            })
+            .collect();
+        Ok(ScoringModel { model, inputs })
+    }
+
+    /// The rule set deciding now.
+    pub fn rules(&self) -> Arc<RuleSet> {
+        self.rules.load_full()
+    }
+
+    /// Loads rules from `path` and swaps them in if they check; otherwise the
+    /// current rules keep serving and the errors are returned.
+    pub fn reload_rules(&self, path: &Path) -> Result<String, EngineError> {
+        let rules = RuleSet::load(path, &self.schema)?;
+        let version = rules.version().to_owned();
+        self.rules.store(Arc::new(rules));
+        Ok(version)
+    }
+
+    /// Loads a model file and swaps it in if it loads and fits the pipeline.
+    pub fn reload_model(&self, path: &Path) -> Result<String, EngineError> {
+        let m = Self::load_model_for(&self.schema, path)?;
+        let version = m.model.version().to_owned();
+        self.model.store(Arc::new(Some(m)));
+        Ok(version)
+    }
+
+    /// Whether the feature store answers.
+    pub async fn ping(&self) -> Result<(), EngineError> {
+        Ok(self.store.ping().await?)
+    }
+
+    /// Decides a batch: one feature-store call for all, then rules and model per
+    /// event. Events of a batch see the earlier ones in their features.
+    pub async fn decide_batch(&self, events: &[&Event]) -> Result<Vec<Decision>, EngineError> {
+        let started = Instant::now();
+        let features = self.store.process(events).await?;
+        let rules = self.rules.load();
+        let model = self.model.load();
+        Ok(events
+            .iter()
+            .zip(&features)
+            .map(|(e, fv)| self.decide_with(&rules, model.as_ref().as_ref(), e, fv, started))
+            .collect())
+    }
+
+    /// Decides one event.
+    pub async fn decide(&self, event: &Event) -> Result<Decision, EngineError> {
+        let mut out = self.decide_batch(&[event]).await?;
+        Ok(out.remove(0))
+    }
+
+    fn decide_with(
+        &self,
+        rules: &RuleSet,
+        model: Option<&ScoringModel>,
+        event: &Event,
+        fv: &FeatureVector,
+        started: Instant,
+    ) -> Decision {
+        let model_score = model.map(|m| {
+            let inputs: Vec<f64> = m
+                .inputs
+                .iter()
+                .map(|i| match i {
+                    Input::Amount => event.amount.to_f64().unwrap_or(f64::NAN),
+                    Input::Feature(j) => fv.values.get(*j).and_then(|v| v.as_f64()).unwrap_or(f64::NAN),
+                })
+                .collect();
+            m.model.score(&inputs)
+        });
+        let ctx = Context { event, features: &fv.values, model_score };
+        let mut reasons = Vec::new();
+        rules.evaluate(&ctx, |_, r| {
+            reasons.push(Reason { rule: r.name.clone(), code: r.code.clone(), action: r.action, score: r.score, shadow: r.shadow });
+        });
+        let live = || reasons.iter().filter(|r| !r.shadow);
+        let score = live().map(|r| r.score).sum::<f64>() + model_score.unwrap_or(0.0) * self.model_weight;
+        let any = |a: Action| live().any(|r| r.action == a);
+        let decision = if any(Action::Decline) {
+            Action::Decline
+        } else if any(Action::Approve) {
+            Action::Approve
+        } else if score >= self.thresholds.decline_score {
+            Action::Decline
+        } else if any(Action::Review) || score >= self.thresholds.review_score {
+            Action::Review
+        } else {
+            Action::Approve
+        };
+        // The rules that made the decision first, then the others by severity,
+        // shadow rules last; file order within each (the sort is stable).
+        reasons.sort_by_key(|r| (r.shadow, r.action != decision, std::cmp::Reverse(r.action)));
+        let features: BTreeMap<String, FeatureValue> =
+            self.schema.features.iter().zip(&fv.values).map(|(d, v)| (d.name.clone(), *v)).collect();
+        Decision {
+            transaction_id: event.transaction_id.clone(),
+            decision,
+            score,
+            reasons,
+            rules_version: rules.version().to_owned(),
+            model_version: model.map(|m| m.model.version().to_owned()),
+            model_score,
+            features,
+            replayed: fv.replayed,
+            latency_us: started.elapsed().as_micros() as u64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,455 @@
+//! Seeded synthetic payment traffic, at the very start of the data flow (it
+//! produces what Kafka would carry) and used by the demo, tests and benchmarks.
+//!
+//! The population: customers with one or two cards, each card with a home
+//! country, a spending habit (typical amount, payments per day) and a set of
+//! favourite merchants; merchants with a category, a country and terminals.
+//! Legitimate payments follow those habits over the days, with a daily rhythm.
+//! Three labelled fraud scenarios are mixed in:
+//! - `large_amount`: one payment many times the card's usual amount;
+//! - `compromised_terminal`: a terminal that, for a few days, serves a stream of
+//!   payments from skimmed cards, at a pace far above its usual;
+//! - `card_takeover`: a burst of online payments on one card within half an hour,
+//!   abroad, from a device and address the card has never used.
+//!
+//! The same seed and parameters give the same events, byte for byte.
 
+use std::io::Write;
+
+use chrono::{DateTime, Duration, Utc};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rust_decimal::Decimal;
+use serde::Serialize;
+use vigil_core::Event;
+
+/// Generation parameters.
+#[derive(Debug, Clone)]
+pub struct GenConfig {
+    pub seed: u64,
+    /// Exact number of events to produce.
+    pub events: usize,
+    pub cards: usize,
+    pub merchants: usize,
+    pub days: u32,
+    pub start: DateTime<Utc>,
+    /// Share of events that belong to a fraud scenario.
+    pub fraud_share: f64,
+}
+
+impl Default for GenConfig {
+    fn default() -> Self {
+        GenConfig {
+            seed: 42,
+            events: 100_000,
+            cards: 5_000,
+            merchants: 400,
+            days: 30,
+            start: DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").map(|d| d.with_timezone(&Utc)).unwrap_or_default(),
+            fraud_share: 0.015,
+        }
+    }
+}
+
+/// Which fraud scenario an event belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scenario {
+    LargeAmount,
+    CompromisedTerminal,
+    CardTakeover,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::LargeAmount => "large_amount",
+            Scenario::CompromisedTerminal => "compromised_terminal",
+            Scenario::CardTakeover => "card_takeover",
+        }
+    }
+}
+
+/// An event with its ground truth.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Labelled {
+    pub event: Event,
+    pub fraud: Option<Scenario>,
+}
+
+const COUNTRIES: [(&str, f64); 6] = [("FR", 0.4), ("DE", 0.2), ("ES", 0.15), ("IT", 0.1), ("GB", 0.1), ("NL", 0.05)];
+const FRAUD_COUNTRIES: [&str; 4] = ["BR", "NG", "RU", "VN"];
+const MCCS: [&str; 10] = ["5411", "5812", "5541", "5311", "5912", "5999", "4121", "5732", "7011", "5691"];
+/// Relative activity per hour of day (payments cluster in the day and evening).
+const HOURS: [f64; 24] = [
+    0.2, 0.1, 0.1, 0.1, 0.1, 0.2, 0.5, 1.0, 1.5, 1.8, 2.0, 2.2, 2.6, 2.4, 2.0, 1.9, 2.0, 2.3, 2.6, 2.5, 2.0, 1.4, 0.9, 0.5,
+];
+
+struct Card {
+    id: String,
+    customer: usize,
+    country: &'static str,
+    mean_cents: f64,
+    favourites: Vec<usize>,
+    device: String,
+    ip: String,
+}
+
+struct Merchant {
+    id: String,
+    mcc: &'static str,
+    country: &'static str,
+    terminals: Vec<String>,
+}
+
+/// Picks an index with probability proportional to its weight.
+fn pick(rng: &mut ChaCha8Rng, cumulative: &[f64]) -> usize {
+    let total = cumulative.last().copied().unwrap_or(0.0);
+    let x = rng.random::<f64>() * total;
+    cumulative.partition_point(|c| *c <= x).min(cumulative.len().saturating_sub(1))
+}
+
+fn cumulative(weights: impl IntoIterator<Item = f64>) -> Vec<f64> {
+    let mut acc = 0.0;
+    weights.into_iter().map(|w| { acc += w; acc }).collect()
+}
+
+fn normal(rng: &mut ChaCha8Rng) -> f64 {
+    // Box-Muller; good enough for spending habits.
+    let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+fn cents(c: f64) -> Decimal {
+    Decimal::new(c.round().max(50.0) as i64, 2)
+}
+
+struct Draft {
+    t: DateTime<Utc>,
+    amount: Decimal,
+    card: usize,
+    merchant: usize,
+    terminal: Option<String>,
+    country: &'static str,
+    device_ip: Option<(String, String)>,
+    fraud: Option<Scenario>,
+}
+
+/// Generates `config.events` events in time order, with their labels.
+pub fn generate(config: &GenConfig) -> Vec<Labelled> {
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    let country_cum = cumulative(COUNTRIES.iter().map(|c| c.1));
+    let hour_cum = cumulative(HOURS);
+    let n_merchants = config.merchants.max(1);
+    let merchants: Vec<Merchant> = (0..n_merchants)
+        .map(|i| {
+            let n_terminals = rng.random_range(1..=4);
+            Merchant {
+                id: format!("m{i:05}"),
+                mcc: MCCS[rng.random_range(0..MCCS.len())],
+                country: COUNTRIES[pick(&mut rng, &country_cum)].0,
+                terminals: (0..n_terminals).map(|t| format!("t{i:05}-{t}")).collect(),
+            }
+        })
+        .collect();
+    let n_cards = config.cards.max(1);
+    let cards: Vec<Card> = (0..n_cards)
+        .map(|i| {
+            let country = COUNTRIES[pick(&mut rng, &country_cum)].0;
+            let local: Vec<usize> = (0..merchants.len()).filter(|m| merchants[*m].country == country).collect();
+            let pool = if local.is_empty() { (0..merchants.len()).collect() } else { local };
+            let n_fav = rng.random_range(3..=12).min(pool.len());
+            Card {
+                id: format!("c{i:06}"),
+                // Roughly four customers for every five cards.
+                customer: i * 4 / 5,
+                country,
+                mean_cents: rng.random_range(1_000.0..12_000.0),
+                favourites: (0..n_fav).map(|_| pool[rng.random_range(0..pool.len())]).collect(),
+                device: format!("d{:08x}", rng.random::<u32>()),
+                ip: format!("10.{}.{}.{}", rng.random_range(0..=255u8), rng.random_range(0..=255u8), rng.random_range(1..=254u8)),
+            }
+        })
+        .collect();
+    let activity_cum = cumulative((0..cards.len()).map(|_| rng.random_range(0.2..4.0)));
+    let random_time = |rng: &mut ChaCha8Rng| {
+        let day = rng.random_range(0..i64::from(config.days.max(1)));
+        let hour = pick(rng, &hour_cum) as i64;
+        config.start + Duration::seconds(day * 86_400 + hour * 3600 + rng.random_range(0..3600))
+    };
+
+    let n_fraud = ((config.events as f64) * config.fraud_share).round() as usize;
+    let n_fraud = n_fraud.min(config.events);
+    let mut drafts: Vec<Draft> = Vec::with_capacity(config.events);
+
+    // Fraud first, so the legitimate share fills exactly what is left.
+    let mut fraud_left = n_fraud;
+    let mut kind = 0usize;
+    while fraud_left > 0 {
+        let card = pick(&mut rng, &activity_cum);
+        let c = &cards[card];
+        match kind % 3 {
+            0 => {
+                let m = c.favourites.first().copied().unwrap_or(0);
+                let factor = rng.random_range(8.0..25.0);
+                drafts.push(Draft {
+                    t: random_time(&mut rng),
+                    amount: cents(c.mean_cents * factor),
+                    card,
+                    merchant: m,
+                    terminal: merchants[m].terminals.first().cloned(),
+                    country: c.country,
+                    device_ip: None,
+                    fraud: Some(Scenario::LargeAmount),
+                });
+                fraud_left -= 1;
+            }
+            1 => {
+                // A terminal serving skimmed cards for 2 to 4 days.
+                let m = rng.random_range(0..merchants.len());
+                let terminal = merchants[m].terminals[rng.random_range(0..merchants[m].terminals.len())].clone();
+                let start = random_time(&mut rng);
+                let span_s = rng.random_range(2..=4) * 86_400;
+                let n = rng.random_range(15..=40).min(fraud_left);
+                for _ in 0..n {
+                    let victim = pick(&mut rng, &activity_cum);
+                    let t = start + Duration::seconds(rng.random_range(0..span_s));
+                    drafts.push(Draft {
+                        t,
+                        amount: cents(cards[victim].mean_cents * rng.random_range(1.5..4.0)),
+                        card: victim,
+                        merchant: m,
+                        terminal: Some(terminal.clone()),
+                        country: merchants[m].country,
+                        device_ip: None,
+                        fraud: Some(Scenario::CompromisedTerminal),
+                    });
+                }
+                fraud_left -= n;
+            }
+            _ => {
+                let start = random_time(&mut rng);
+                let n = rng.random_range(4..=12).min(fraud_left);
+                let country = FRAUD_COUNTRIES[rng.random_range(0..FRAUD_COUNTRIES.len())];
+                let device = format!("d{:08x}", rng.random::<u32>());
+                let ip = format!("203.0.113.{}", rng.random_range(1..=254u8));
+                for _ in 0..n {
+                    let m = rng.random_range(0..merchants.len());
+                    drafts.push(Draft {
+                        t: start + Duration::seconds(rng.random_range(0..1800)),
+                        amount: cents(c.mean_cents * rng.random_range(1.0..4.0)),
+                        card,
+                        merchant: m,
+                        terminal: None,
+                        country,
+                        device_ip: Some((device.clone(), ip.clone())),
+                        fraud: Some(Scenario::CardTakeover),
+                    });
+                }
+                fraud_left -= n;
+            }
+        }
+        kind += 1;
+    }
+
+    for _ in 0..config.events - n_fraud {
+        let card = pick(&mut rng, &activity_cum);
+        let c = &cards[card];
+        let m = if c.favourites.is_empty() || rng.random_bool(0.1) {
+            rng.random_range(0..merchants.len())
+        } else {
+            c.favourites[rng.random_range(0..c.favourites.len())]
+        };
+        let online = rng.random_bool(0.3);
+        let amount = cents(c.mean_cents * (0.5 * normal(&mut rng)).exp());
+        drafts.push(Draft {
+            t: random_time(&mut rng),
+            amount,
+            card,
+            merchant: m,
+            terminal: (!online).then(|| merchants[m].terminals[rng.random_range(0..merchants[m].terminals.len())].clone()),
+            country: if online { merchants[m].country } else { c.country },
+            device_ip: online.then(|| (c.device.clone(), c.ip.clone())),
+            fraud: None,
+        });
+    }
+
+    drafts.sort_by_key(|d| d.t);
+    drafts
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let c = &cards[d.card];
+            let m = &merchants[d.merchant];
+            let (device_id, ip) = match d.device_ip {
+                Some((dv, ip)) => (Some(dv), Some(ip)),
+                None => (None, None),
+            };
+            let event = Event {
+                transaction_id: format!("tx-{:x}-{i:08}", config.seed),
+                timestamp: d.t,
+                amount: d.amount,
+                currency: "EUR".into(),
+                card_id: Some(c.id.clone()),
+                account_id: Some(format!("a{:06}", c.customer)),
+                customer_id: Some(format!("u{:06}", c.customer)),
+                merchant_id: Some(m.id.clone()),
+                channel: Some(if d.terminal.is_some() { "pos" } else { "ecom" }.into()),
+                terminal_id: d.terminal,
+                device_id,
+                mcc: Some(m.mcc.into()),
+                country: Some(d.country.into()),
+                ip,
+                attributes: Default::default(),
+            };
+            Labelled { event, fraud: d.fraud }
+        })
+        .collect()
+}
+
+/// Output formats of `vigil gen`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    JsonLines,
+    Csv,
+}
+
+#[derive(Serialize)]
+struct CsvRow<'a> {
+    transaction_id: &'a str,
+    timestamp: String,
+    amount: String,
+    currency: &'a str,
+    card_id: &'a str,
+    account_id: &'a str,
+    customer_id: &'a str,
+    merchant_id: &'a str,
+    terminal_id: &'a str,
+    device_id: &'a str,
+    mcc: &'a str,
+    country: &'a str,
+    ip: &'a str,
+    channel: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    is_fraud: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fraud_scenario: Option<&'static str>,
+}
+
+/// Writes events; with `inline_labels`, each record also carries `is_fraud` and
+/// `fraud_scenario` (a labelled history, not a valid event stream).
+pub fn write(out: impl Write, items: &[Labelled], format: Format, inline_labels: bool) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(out);
+    match format {
+        Format::JsonLines => {
+            for l in items {
+                let mut v = serde_json::to_value(&l.event).map_err(std::io::Error::other)?;
+                if inline_labels {
+                    if let Some(obj) = v.as_object_mut() {
+                        obj.insert("is_fraud".into(), l.fraud.is_some().into());
+                        obj.insert("fraud_scenario".into(), l.fraud.map(|s| s.name()).into());
+                    }
+                }
+                serde_json::to_writer(&mut out, &v).map_err(std::io::Error::other)?;
+                out.write_all(b"\n")?;
+            }
+        }
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(&mut out);
+            for l in items {
+                let e = &l.event;
+                let s = |o: &'_ Option<String>| -> String { o.clone().unwrap_or_default() };
+                let (card, account, customer, merchant, terminal, device, mcc, country, ip, channel) = (
+                    s(&e.card_id), s(&e.account_id), s(&e.customer_id), s(&e.merchant_id), s(&e.terminal_id),
+                    s(&e.device_id), s(&e.mcc), s(&e.country), s(&e.ip), s(&e.channel),
+                );
+                w.serialize(CsvRow {
+                    transaction_id: &e.transaction_id,
+                    timestamp: e.timestamp.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    amount: e.amount.to_string(),
+                    currency: &e.currency,
+                    card_id: &card,
+                    account_id: &account,
+                    customer_id: &customer,
+                    merchant_id: &merchant,
+                    terminal_id: &terminal,
+                    device_id: &device,
+                    mcc: &mcc,
+                    country: &country,
+                    ip: &ip,
+                    channel: &channel,
+                    is_fraud: inline_labels.then_some(l.fraud.is_some()),
+                    fraud_scenario: if inline_labels { Some(l.fraud.map_or("", |s| s.name())) } else { None },
+                })
+                .map_err(std::io::Error::other)?;
+            }
+            w.flush()?;
+        }
+    }
+    out.flush()
+}
+
+/// Writes `transaction_id,is_fraud,fraud_scenario` for every event.
+pub fn write_labels(out: impl Write, items: &[Labelled]) -> std::io::Result<()> {
+    let mut w = csv::Writer::from_writer(out);
+    w.write_record(["transaction_id", "is_fraud", "fraud_scenario"]).map_err(std::io::Error::other)?;
+    for l in items {
+        let fraud = if l.fraud.is_some() { "true" } else { "false" };
+        w.write_record([l.event.transaction_id.as_str(), fraud, l.fraud.map_or("", |s| s.name())])
+            .map_err(std::io::Error::other)?;
+    }
+    w.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small(seed: u64) -> GenConfig {
+        GenConfig { seed, events: 5_000, cards: 300, merchants: 40, days: 5, ..GenConfig::default() }
+    }
+
+    #[test]
+    fn exact_count_in_time_order_with_unique_ids() {
+        let items = generate(&small(1));
+        assert_eq!(items.len(), 5_000);
+        assert!(items.windows(2).all(|w| w[0].event.timestamp <= w[1].event.timestamp));
+        let ids: std::collections::HashSet<_> = items.iter().map(|l| &l.event.transaction_id).collect();
+        assert_eq!(ids.len(), 5_000);
+    }
+
+    #[test]
+    fn seeded_and_reproducible() {
+        assert_eq!(generate(&small(7)), generate(&small(7)));
+        assert_ne!(generate(&small(7)), generate(&small(8)));
+    }
+
+    #[test]
+    fn every_scenario_is_present_and_valid() {
+        let items = generate(&small(3));
+        let fraud = items.iter().filter(|l| l.fraud.is_some()).count();
+        assert_eq!(fraud, 75);
+        for s in [Scenario::LargeAmount, Scenario::CompromisedTerminal, Scenario::CardTakeover] {
+            assert!(items.iter().any(|l| l.fraud == Some(s)), "{s:?} missing");
+        }
+        // Every generated event passes the event contract.
+        for l in &items {
+            Event::from_json(&l.event.to_json()).unwrap();
+        }
+    }
+
+    #[test]
+    fn writes_json_lines_and_csv() {
+        let items = generate(&GenConfig { events: 20, ..small(1) });
+        let mut jsonl = Vec::new();
+        write(&mut jsonl, &items, Format::JsonLines, false).unwrap();
+        let first = jsonl.split(|b| *b == b'\n').next().unwrap();
+        assert_eq!(Event::from_json(first).unwrap(), items[0].event);
+        let mut csv_out = Vec::new();
+        write(&mut csv_out, &items, Format::Csv, true).unwrap();
+        let text = String::from_utf8(csv_out).unwrap();
+        assert!(text.starts_with("transaction_id,timestamp,amount,currency,"));
+        assert!(text.lines().next().unwrap().ends_with("is_fraud,fraud_scenario"));
+        assert_eq!(text.lines().count(), 21);
+    }
+}

@@ -1,0 +1,128 @@
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use vigil_core::{Action, Event, PipelineConfig};
+use vigil_features::{MemoryStore, Plan};
+
+use super::*;
+
+fn config(rules: &str) -> (PipelineConfig, tempdir::Dir) {
+    let dir = tempdir::Dir::new();
+    std::fs::write(dir.path.join("r.rules"), rules).unwrap();
+    let text = r#"
+[rules]
+path = "r.rules"
+[decision]
+review_score = 50
+decline_score = 100
+[[features]]
+name = "card_count_1h"
+entity = "card_id"
+aggregate = "count"
+window = "1h"
+"#;
+    let c = PipelineConfig::parse(&dir.path.join("p.toml"), text).unwrap();
+    (c, dir)
+}
+
+mod tempdir {
+    pub struct Dir {
+        pub path: std::path::PathBuf,
+    }
+    impl Dir {
+        pub fn new() -> Dir {
+            let path = std::env::temp_dir().join(format!("vigil-engine-{}-{:?}", std::process::id(), std::thread::current().id()));
+            std::fs::create_dir_all(&path).unwrap();
+            Dir { path }
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn engine(rules: &str) -> (Engine, tempdir::Dir) {
+    let (c, dir) = config(rules);
+    let store = Arc::new(MemoryStore::new(Plan::new(c.features.clone()), 3600));
+    (Engine::new(&c, store).unwrap(), dir)
+}
+
+fn ev(id: &str, amount: &str, country: &str) -> Event {
+    ev_on(id, amount, country, id)
+}
+
+fn ev_on(id: &str, amount: &str, country: &str, card: &str) -> Event {
+    Event::from_json(
+        format!(r#"{{"transaction_id":"{id}","timestamp":"2026-01-01T10:00:00Z","amount":"{amount}","currency":"EUR","card_id":"{card}","country":"{country}"}}"#)
+            .as_bytes(),
+    )
+    .unwrap()
+}
+
+const RULES: &str = r#"
+rule big when amount >= 1000 then review BIG score 30
+rule huge when amount >= 5000 then decline HUGE
+rule trusted when country == "LU" then approve TRUSTED
+rule risky_country when country == "XX" then review RISKY score 60
+rule watch shadow when amount >= 10 then decline WATCH score 500
+rule burst when card_count_1h >= 2 then review BURST score 80
+"#;
+
+#[tokio::test]
+async fn decision_policy_table() {
+    let (e, _dir) = engine(RULES);
+    let cases = [
+        ("a", "5", "FR", Action::Approve, vec![]),
+        ("b", "20", "FR", Action::Approve, vec!["watch"]),
+        ("c", "1500", "FR", Action::Review, vec!["big", "watch"]),
+        ("d", "6000", "LU", Action::Decline, vec!["huge", "big", "trusted", "watch"]),
+        ("e", "1500", "LU", Action::Approve, vec!["trusted", "big", "watch"]),
+        // Third event on card `f` this hour: burst (80) + risky (60) = 140 >= 100.
+        ("f", "5", "XX", Action::Decline, vec!["risky_country", "burst"]),
+    ];
+    e.decide(&ev_on("f1", "1", "FR", "f")).await.unwrap();
+    e.decide(&ev_on("f2", "1", "FR", "f")).await.unwrap();
+    for (id, amount, country, expected, reasons) in cases {
+        let d = e.decide(&ev(id, amount, country)).await.unwrap();
+        assert_eq!(d.decision, expected, "{id}: {d:?}");
+        let names: Vec<&str> = d.reasons.iter().map(|r| r.rule.as_str()).collect();
+        assert_eq!(names, reasons, "{id}");
+        assert!(d.reasons.iter().filter(|r| r.rule == "watch").all(|r| r.shadow));
+        assert_eq!(d.rules_version, e.rules().version());
+    }
+}
+
+#[tokio::test]
+async fn redelivered_event_gets_the_same_decision() {
+    let (e, _dir) = engine(RULES);
+    let first = e.decide(&ev_on("x", "5", "FR", "c")).await.unwrap();
+    e.decide(&ev_on("y", "5", "FR", "c")).await.unwrap();
+    let again = e.decide(&ev_on("x", "5", "FR", "c")).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!((again.decision, &again.features, &again.reasons), (first.decision, &first.features, &first.reasons));
+}
+
+#[tokio::test]
+async fn a_broken_reload_keeps_the_last_good_rules() {
+    let (e, dir) = engine(RULES);
+    let before = e.rules().version().to_owned();
+    let path = dir.path.join("r.rules");
+    std::fs::write(&path, "rule x when amount >> 1 then decline X").unwrap();
+    let err = e.reload_rules(&path).unwrap_err().to_string();
+    assert!(err.contains("r.rules:1:"), "{err}");
+    assert_eq!(e.rules().version(), before);
+    std::fs::write(&path, "rule x when amount > 1 then decline X").unwrap();
+    let after = e.reload_rules(&path).unwrap();
+    assert_ne!(after, before);
+    assert_eq!(e.decide(&ev("z", "5", "FR")).await.unwrap().decision, Action::Decline);
+}
+
+#[test]
+fn shipped_pipeline_and_rules_load() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let c = PipelineConfig::load(&root.join("pipelines/demo.toml")).unwrap();
+    let store = Arc::new(MemoryStore::new(Plan::new(c.features.clone()), 3600));
+    Engine::new(&c, store).unwrap();
+}

@@ -1,0 +1,224 @@
+//! Vigil's model stage, beside the rules: turns an event's numeric inputs (its
+//! amount and declared features) into a score in [0, 1].
+//!
+//! A model file is self-describing JSON: format version, algorithm, the input
+//! names in order, the preprocessing (standardisation) applied in training, the
+//! parameters, a summary of training, and a SHA-256 checksum over all of it.
+//! [`load`] refuses a file that is corrupt, of an unknown format, or whose inputs
+//! the pipeline cannot provide.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The format this build reads and writes.
+pub const FORMAT: &str = "vigil-model";
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Scores one event from its inputs.
+pub trait Model: Send + Sync {
+    /// Input names, in the order [`Model::score`] expects them.
+    fn inputs(&self) -> &[String];
+    /// Probability-like risk in [0, 1]. A `NaN` input means "missing".
+    fn score(&self, inputs: &[f64]) -> f64;
+    /// Identifies the trained artifact (name and checksum prefix).
+    fn version(&self) -> &str;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read model {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("model {}: not a model file: {message}", path.display())]
+    Malformed { path: PathBuf, message: String },
+    #[error("model {}: checksum mismatch (file says {stated}, content hashes to {actual}); the file is corrupt or was edited", path.display())]
+    Checksum { path: PathBuf, stated: String, actual: String },
+    #[error("model {}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// Standardisation applied to each input before the linear part.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scaler {
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+}
+
+/// The content of a model file, less its checksum.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelBody {
+    pub format: String,
+    pub format_version: u32,
+    pub name: String,
+    pub algorithm: String,
+    pub inputs: Vec<String>,
+    pub scaler: Scaler,
+    pub weights: Vec<f64>,
+    pub intercept: f64,
+    /// Free-form training summary (data range, metrics, hyperparameters).
+    #[serde(default)]
+    pub training: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelFile {
+    #[serde(flatten)]
+    body: ModelBody,
+    checksum: String,
+}
+
+fn checksum(body: &ModelBody) -> String {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A logistic regression over standardised inputs.
+#[derive(Debug, Clone)]
+pub struct LogisticModel {
+    body: ModelBody,
+    version: String,
+}
+
+impl LogisticModel {
+    pub fn new(body: ModelBody) -> Result<LogisticModel, String> {
+        let n = body.inputs.len();
+        if n == 0 {
+            return Err("the model has no inputs".into());
+        }
+        if body.weights.len() != n || body.scaler.mean.len() != n || body.scaler.std.len() != n {
+            return Err(format!(
+                "{n} inputs but {} weights, {} means and {} deviations",
+                body.weights.len(),
+                body.scaler.mean.len(),
+                body.scaler.std.len()
+            ));
+        }
+        let finite = body.weights.iter().chain(&body.scaler.mean).chain(&body.scaler.std).all(|x| x.is_finite());
+        if !finite || !body.intercept.is_finite() {
+            return Err("parameters must be finite numbers".into());
+        }
+        if body.scaler.std.iter().any(|s| *s <= 0.0) {
+            return Err("scaler deviations must be positive".into());
+        }
+        let sum = checksum(&body);
+        let version = format!("{}@{}", body.name, &sum[..12]);
+        Ok(LogisticModel { body, version })
+    }
+
+    pub fn body(&self) -> &ModelBody {
+        &self.body
+    }
+
+    /// Serialises with its checksum, as [`load`] reads it.
+    pub fn to_file_json(&self) -> String {
+        let file = ModelFile { body: self.body.clone(), checksum: checksum(&self.body) };
+        serde_json::to_string_pretty(&file).unwrap_or_default()
+    }
+}
+
+impl Model for LogisticModel {
+    fn inputs(&self) -> &[String] {
+        &self.body.inputs
+    }
+
+    fn score(&self, inputs: &[f64]) -> f64 {
+        let s = &self.body.scaler;
+        let mut z = self.body.intercept;
+        for (i, x) in inputs.iter().enumerate().take(self.body.weights.len()) {
+            // A missing input takes the training mean: it contributes nothing.
+            if x.is_finite() {
+                z += self.body.weights[i] * (x - s.mean[i]) / s.std[i];
+            }
+        }
+        1.0 / (1.0 + (-z).exp())
+    }
+
+    fn version(&self) -> &str {
+        &self.version
+    }
+}
+
+/// Loads and checks a model file. `available` lists the inputs the pipeline can
+/// provide; a model that needs anything else is refused.
+pub fn load(path: &Path, available: &[&str]) -> Result<LogisticModel, ModelError> {
+    let text = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+    let file: ModelFile = serde_json::from_slice(&text)
+        .map_err(|e| ModelError::Malformed { path: path.to_path_buf(), message: e.to_string() })?;
+    let actual = checksum(&file.body);
+    if actual != file.checksum {
+        return Err(ModelError::Checksum { path: path.to_path_buf(), stated: file.checksum, actual });
+    }
+    let invalid = |message: String| ModelError::Invalid { path: path.to_path_buf(), message };
+    if file.body.format != FORMAT || file.body.format_version != FORMAT_VERSION {
+        return Err(invalid(format!(
+            "format {} v{} is not {FORMAT} v{FORMAT_VERSION}",
+            file.body.format, file.body.format_version
+        )));
+    }
+    if file.body.algorithm != "logistic_regression" {
+        return Err(invalid(format!("unknown algorithm `{}`", file.body.algorithm)));
+    }
+    let missing: Vec<&str> = file.body.inputs.iter().map(String::as_str).filter(|i| !available.contains(i)).collect();
+    if !missing.is_empty() {
+        return Err(invalid(format!("needs inputs the pipeline does not declare: {}", missing.join(", "))));
+    }
+    LogisticModel::new(file.body).map_err(invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body() -> ModelBody {
+        ModelBody {
+            format: FORMAT.into(),
+            format_version: FORMAT_VERSION,
+            name: "test".into(),
+            algorithm: "logistic_regression".into(),
+            inputs: vec!["amount".into(), "card_count_10m".into()],
+            scaler: Scaler { mean: vec![50.0, 1.0], std: vec![25.0, 1.0] },
+            weights: vec![1.0, 2.0],
+            intercept: -3.0,
+            training: serde_json::Value::Null,
+        }
+    }
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join(format!("m-{}.json", text.len()));
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn scores_and_round_trips() {
+        let m = LogisticModel::new(body()).unwrap();
+        let dir = std::env::temp_dir();
+        let p = write(&dir, &m.to_file_json());
+        let loaded = load(&p, &["amount", "card_count_10m"]).unwrap();
+        assert_eq!(loaded.version(), m.version());
+        let at_mean = loaded.score(&[50.0, 1.0]);
+        assert!((at_mean - 1.0 / (1.0 + 3f64.exp())).abs() < 1e-12);
+        assert!(loaded.score(&[500.0, 6.0]) > 0.99);
+        assert_eq!(loaded.score(&[f64::NAN, 1.0]), at_mean);
+    }
+
+    #[test]
+    fn refuses_corrupt_or_mismatched_files() {
+        let m = LogisticModel::new(body()).unwrap();
+        let dir = std::env::temp_dir();
+        let tampered = m.to_file_json().replace("\"intercept\": -3.0", "\"intercept\": 3.0");
+        let p = write(&dir, &tampered);
+        assert!(matches!(load(&p, &["amount", "card_count_10m"]), Err(ModelError::Checksum { .. })));
+        let p = write(&dir, &m.to_file_json());
+        let err = load(&p, &["amount"]).unwrap_err().to_string();
+        assert!(err.contains("card_count_10m"), "{err}");
+        let p = write(&dir, "{\"nope\": 1}");
+        assert!(matches!(load(&p, &[]), Err(ModelError::Malformed { .. })));
+        let mut b = body();
+        b.weights.pop();
+        assert!(LogisticModel::new(b).is_err());
+    }
+}
