@@ -1,1 +1,293 @@
-fn main() {}
+//! The `vigil` command: every entry point of the data flow, thin over the crates.
+
+mod demo;
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand, ValueEnum};
+use vigil_core::PipelineConfig;
+use vigil_engine::Engine;
+use vigil_gen::GenConfig;
+use vigil_rules::{RuleSet, Schema};
+
+#[derive(Parser)]
+#[command(name = "vigil", version, about = "Streaming risk and fraud scoring for payment systems")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume events from Kafka, decide each, produce decisions and dead letters.
+    Run {
+        #[arg(long)]
+        pipeline: PathBuf,
+    },
+    /// Generate seeded synthetic payments with labelled fraud scenarios.
+    Gen(GenArgs),
+    /// Decide generated payments end to end in this process, with no server.
+    Demo {
+        #[arg(long, default_value = "pipelines/demo.toml")]
+        pipeline: PathBuf,
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Where to write the decisions (JSON lines).
+        #[arg(long, default_value = "vigil-demo-decisions.jsonl")]
+        out: PathBuf,
+    },
+    /// Check a pipeline config, its rules and its model; report every problem.
+    Validate {
+        #[arg(long)]
+        pipeline: PathBuf,
+    },
+    /// Work with rule files.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+    /// Manage the pipeline's Kafka topics.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+    /// Send a JSON-lines file of events (or `-` for stdin) to the pipeline's input topic.
+    Produce {
+        #[arg(long)]
+        pipeline: PathBuf,
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Check a rule file or folder against a pipeline's features.
+    Check {
+        path: PathBuf,
+        /// Pipeline whose declared features the rules may use.
+        #[arg(long, default_value = "pipelines/demo.toml")]
+        pipeline: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Create the input, decisions and dead-letter topics where missing.
+    Create {
+        #[arg(long)]
+        pipeline: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutFormat {
+    Jsonl,
+    Csv,
+}
+
+#[derive(clap::Args)]
+struct GenArgs {
+    #[arg(long, default_value_t = 100_000)]
+    events: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long, default_value_t = 5_000)]
+    cards: usize,
+    #[arg(long, default_value_t = 400)]
+    merchants: usize,
+    #[arg(long, default_value_t = 30)]
+    days: u32,
+    /// Share of events that belong to a fraud scenario.
+    #[arg(long, default_value_t = 0.015)]
+    fraud_share: f64,
+    /// First day, RFC 3339.
+    #[arg(long, default_value = "2026-01-01T00:00:00Z")]
+    start: String,
+    #[arg(long, value_enum, default_value = "jsonl")]
+    format: OutFormat,
+    /// Output file, or `-` for stdout.
+    #[arg(long, default_value = "-")]
+    out: PathBuf,
+    /// Also write `transaction_id,is_fraud,fraud_scenario` to this CSV file.
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// Put `is_fraud` and `fraud_scenario` in every record (a labelled history).
+    #[arg(long)]
+    inline_labels: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| "info,rdkafka=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_pipeline(path: &Path) -> anyhow::Result<PipelineConfig> {
+    PipelineConfig::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run { pipeline } => {
+            let config = load_pipeline(&pipeline)?;
+            let kafka = config.kafka.clone().ok_or(vigil_stream::StreamError::NoKafka)?;
+            let engine = Arc::new(Engine::connect(&config).await?);
+            tracing::info!(pipeline = %config.name, rules = engine.rules().version(), "engine ready");
+            let stats = Arc::new(vigil_stream::Stats::default());
+            vigil_stream::run(&kafka, engine, stats, vigil_stream::shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Gen(args) => gen(args),
+        Command::Demo { pipeline, events, seed, out } => {
+            let config = load_pipeline(&pipeline)?;
+            let gen = GenConfig { seed, events, ..GenConfig::default() };
+            let summary = demo::run(&config, &gen, &out, 500).await?;
+            summary.print(&mut std::io::stdout().lock(), &out)?;
+            Ok(())
+        }
+        Command::Validate { pipeline } => validate(&pipeline),
+        Command::Rules { command: RulesCommand::Check { path, pipeline } } => {
+            let schema = match PipelineConfig::load(&pipeline) {
+                Ok(c) => Schema { features: c.features },
+                Err(vigil_core::ConfigError::Io { .. }) => Schema::default(),
+                Err(e) => bail!("{e}"),
+            };
+            let rules = RuleSet::load(&path, &schema).map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{}: {} rules check (version {})", path.display(), rules.rules().len(), rules.version());
+            Ok(())
+        }
+        Command::Topics { command: TopicsCommand::Create { pipeline, partitions } } => {
+            let config = load_pipeline(&pipeline)?;
+            let kafka = config.kafka.ok_or(vigil_stream::StreamError::NoKafka)?;
+            let created = vigil_stream::create_topics(&kafka, partitions).await?;
+            if created.is_empty() {
+                println!("all topics exist");
+            }
+            for t in created {
+                println!("created {t}");
+            }
+            Ok(())
+        }
+        Command::Produce { pipeline, file } => {
+            let config = load_pipeline(&pipeline)?;
+            let kafka = config.kafka.ok_or(vigil_stream::StreamError::NoKafka)?;
+            let reader: Box<dyn BufRead> = if file.as_os_str() == "-" {
+                Box::new(std::io::stdin().lock())
+            } else {
+                Box::new(std::io::BufReader::new(
+                    std::fs::File::open(&file).with_context(|| format!("cannot open {}", file.display()))?,
+                ))
+            };
+            let lines = reader.split(b'\n').map_while(Result::ok);
+            let n = vigil_stream::produce_lines(&kafka, &kafka.input_topic, lines).await?;
+            println!("produced {n} records to {}", kafka.input_topic);
+            Ok(())
+        }
+    }
+}
+
+fn gen(a: GenArgs) -> anyhow::Result<()> {
+    if !(0.0..=1.0).contains(&a.fraud_share) {
+        bail!("--fraud-share must be between 0 and 1");
+    }
+    let start = chrono::DateTime::parse_from_rfc3339(&a.start)
+        .with_context(|| format!("--start `{}` is not RFC 3339", a.start))?
+        .with_timezone(&chrono::Utc);
+    let config = GenConfig {
+        seed: a.seed,
+        events: a.events,
+        cards: a.cards,
+        merchants: a.merchants,
+        days: a.days,
+        start,
+        fraud_share: a.fraud_share,
+    };
+    let items = vigil_gen::generate(&config);
+    let format = match a.format {
+        OutFormat::Jsonl => vigil_gen::Format::JsonLines,
+        OutFormat::Csv => vigil_gen::Format::Csv,
+    };
+    if a.out.as_os_str() == "-" {
+        vigil_gen::write(std::io::stdout().lock(), &items, format, a.inline_labels)?;
+    } else {
+        let f = std::fs::File::create(&a.out).with_context(|| format!("cannot write {}", a.out.display()))?;
+        vigil_gen::write(f, &items, format, a.inline_labels)?;
+    }
+    if let Some(path) = a.labels {
+        let f = std::fs::File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
+        vigil_gen::write_labels(f, &items)?;
+    }
+    let fraud = items.iter().filter(|l| l.fraud.is_some()).count();
+    eprintln!("generated {} events ({} labelled fraud), seed {}", items.len(), fraud, a.seed);
+    std::io::stderr().flush()?;
+    Ok(())
+}
+
+/// Checks the config, then its rules and model, listing every problem found.
+fn validate(path: &Path) -> anyhow::Result<()> {
+    let config = match PipelineConfig::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            bail!("{} does not validate", path.display());
+        }
+    };
+    let schema = Schema { features: config.features.clone() };
+    let mut problems = Vec::new();
+    let rules = match RuleSet::load(&config.rules_path, &schema) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            problems.extend(e.0.iter().map(|p| p.to_string()));
+            None
+        }
+    };
+    if let Some(m) = &config.model {
+        let inputs: Vec<&str> = std::iter::once("amount").chain(config.features.iter().map(|f| f.name.as_str())).collect();
+        if let Err(e) = vigil_model::load(&m.path, &inputs) {
+            problems.push(e.to_string());
+        }
+    }
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        bail!("{} does not validate: {} problem(s)", path.display(), problems.len());
+    }
+    println!(
+        "{}: pipeline `{}` is valid: {} features, {} rules in {} (version {}){}",
+        path.display(),
+        config.name,
+        config.features.len(),
+        rules.as_ref().map_or(0, |r| r.rules().len()),
+        config.rules_path.display(),
+        rules.as_ref().map_or("", |r| r.version()),
+        if config.kafka.is_some() { ", kafka configured" } else { "" }
+    );
+    Ok(())
+}

@@ -22,9 +22,9 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use rust_decimal::prelude::ToPrimitive;
-use vigil_core::pipeline::Thresholds;
+use vigil_core::pipeline::{StoreBackend, Thresholds};
 use vigil_core::{Action, Decision, Event, FeatureValue, FeatureVector, PipelineConfig, Reason};
-use vigil_features::{FeatureError, FeatureStore};
+use vigil_features::{FeatureError, FeatureStore, MemoryStore, Plan, RedisStore};
 use vigil_model::{LogisticModel, Model, ModelError};
 use vigil_rules::{Context, RuleErrors, RuleSet, Schema};
 
@@ -66,6 +66,20 @@ fn model_inputs(schema: &Schema) -> Vec<&str> {
 }
 
 impl Engine {
+    /// Builds an engine for a validated pipeline, connecting the configured
+    /// feature store (and failing clearly, not hanging, when it is unreachable).
+    pub async fn connect(config: &PipelineConfig) -> Result<Engine, EngineError> {
+        let plan = Plan::new(config.features.clone());
+        let s = &config.store;
+        let store: Arc<dyn FeatureStore> = match &s.backend {
+            StoreBackend::Memory => Arc::new(MemoryStore::new(plan, s.dedup_ttl_s)),
+            StoreBackend::Redis { url } => {
+                Arc::new(RedisStore::connect(url, plan, &s.key_prefix, s.dedup_ttl_s, s.timeout_ms).await?)
+            }
+        };
+        Engine::new(config, store)
+    }
+
     /// Builds an engine for a validated pipeline over a connected feature store.
     pub fn new(config: &PipelineConfig, store: Arc<dyn FeatureStore>) -> Result<Engine, EngineError> {
         let schema = Schema { features: config.features.clone() };

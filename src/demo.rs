@@ -1,0 +1,91 @@
+//! `vigil demo`: the whole decision path with no server, on generated traffic.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use vigil_core::{Action, Decision, Event, PipelineConfig};
+use vigil_engine::Engine;
+use vigil_gen::{GenConfig, Labelled, Scenario};
+
+/// What the demo measured, for the summary and for tests.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub events: usize,
+    pub by_action: BTreeMap<Action, usize>,
+    pub frauds: usize,
+    /// Frauds sent to review or declined.
+    pub frauds_caught: usize,
+    pub by_scenario: BTreeMap<&'static str, (usize, usize)>,
+    /// Genuine payments sent to review or declined.
+    pub genuine_flagged: usize,
+    pub seconds: f64,
+}
+
+impl Summary {
+    pub fn print(&self, out: &mut impl Write, decisions_path: &Path) -> std::io::Result<()> {
+        let pct = |a: usize, b: usize| if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 };
+        writeln!(out, "Vigil demo: {} generated payments decided in {:.2} s ({:.0} events/s)", self.events, self.seconds, self.events as f64 / self.seconds.max(1e-9))?;
+        writeln!(out)?;
+        writeln!(out, "decisions")?;
+        for a in Action::ALL {
+            let n = self.by_action.get(&a).copied().unwrap_or(0);
+            writeln!(out, "  {:<8} {:>9}  {:>6.2}%", a.as_str(), n, pct(n, self.events))?;
+        }
+        writeln!(out)?;
+        writeln!(out, "labelled fraud caught (review or decline)")?;
+        for (name, (n, caught)) in &self.by_scenario {
+            writeln!(out, "  {:<22} {:>6} of {:>6}  {:>6.2}%", name, caught, n, pct(*caught, *n))?;
+        }
+        writeln!(out, "  {:<22} {:>6} of {:>6}  {:>6.2}%", "all fraud", self.frauds_caught, self.frauds, pct(self.frauds_caught, self.frauds))?;
+        let genuine = self.events - self.frauds;
+        writeln!(out, "  genuine payments flagged: {} of {} ({:.2}%)", self.genuine_flagged, genuine, pct(self.genuine_flagged, genuine))?;
+        writeln!(out)?;
+        writeln!(out, "decisions written to {}", decisions_path.display())
+    }
+}
+
+/// Generates traffic and decides it with the pipeline's engine, in batches.
+pub async fn run(config: &PipelineConfig, gen: &GenConfig, out: &Path, batch: usize) -> anyhow::Result<Summary> {
+    let engine = Engine::connect(config).await.context("cannot build the engine")?;
+    let items = vigil_gen::generate(gen);
+    let file = std::fs::File::create(out).with_context(|| format!("cannot write {}", out.display()))?;
+    let mut writer = std::io::BufWriter::new(file);
+    let mut summary = Summary { events: items.len(), ..Summary::default() };
+    for s in [Scenario::LargeAmount, Scenario::CompromisedTerminal, Scenario::CardTakeover] {
+        summary.by_scenario.insert(s.name(), (0, 0));
+    }
+    let started = Instant::now();
+    for chunk in items.chunks(batch.max(1)) {
+        let refs: Vec<&Event> = chunk.iter().map(|l| &l.event).collect();
+        let decisions = engine.decide_batch(&refs).await?;
+        for (l, d) in chunk.iter().zip(&decisions) {
+            tally(&mut summary, l, d);
+            writer.write_all(&d.to_json())?;
+            writer.write_all(b"\n")?;
+        }
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    writer.flush()?;
+    Ok(summary)
+}
+
+fn tally(s: &mut Summary, l: &Labelled, d: &Decision) {
+    *s.by_action.entry(d.decision).or_default() += 1;
+    let flagged = d.decision != Action::Approve;
+    match l.fraud {
+        Some(scenario) => {
+            s.frauds += 1;
+            let e = s.by_scenario.entry(scenario.name()).or_default();
+            e.0 += 1;
+            if flagged {
+                e.1 += 1;
+                s.frauds_caught += 1;
+            }
+        }
+        None if flagged => s.genuine_flagged += 1,
+        None => {}
+    }
+}
