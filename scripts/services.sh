@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Brings up what Vigil's tests and benchmarks talk to, on a fresh machine:
+# - Redis on 127.0.0.1:6379 (Debian's redis-server, installed if absent);
+# - a Kafka-compatible broker on 127.0.0.1:9092: tansu 0.6.0 with its sqlite
+#   storage engine (installed with cargo if absent; ~9 minutes the first time).
+# Services already answering are left alone. Idempotent; safe to run twice.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+state="$root/.services"
+mkdir -p "$state"
+export PATH="$HOME/.cargo/bin:$PATH"
+
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for() { # port, name, seconds
+  for _ in $(seq 1 "$3"); do
+    if listening "$1"; then return 0; fi
+    sleep 1
+  done
+  echo "services: $2 did not start listening on 127.0.0.1:$1 within $3 s" >&2
+  return 1
+}
+
+# Redis
+if listening 6379; then
+  echo "services: redis already on 127.0.0.1:6379"
+else
+  if ! command -v redis-server >/dev/null 2>&1; then
+    echo "services: installing redis-server"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  fi
+  mkdir -p "$state/redis"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir "$state/redis" --logfile "$state/redis/redis.log"
+  wait_for 6379 redis 30
+  echo "services: started redis on 127.0.0.1:6379"
+fi
+
+# Kafka-compatible broker
+if listening 9092; then
+  echo "services: a broker is already on 127.0.0.1:9092"
+else
+  if ! command -v tansu >/dev/null 2>&1; then
+    echo "services: installing tansu 0.6.0 (cargo install, several minutes)"
+    cargo install --locked tansu@0.6.0 --features dynostore,libsql
+  fi
+  # The memory engine stalls consumers that resume inside a batch (shared/FINDINGS.md);
+  # sqlite keeps records and committed offsets exactly.
+  (cd "$state" && nohup tansu broker \
+      --listener-url tcp://127.0.0.1:9092 \
+      --advertised-listener-url tcp://127.0.0.1:9092 \
+      --storage-engine sqlite://tansu.db >"$state/tansu.log" 2>&1 &)
+  wait_for 9092 tansu 60
+  echo "services: started tansu on 127.0.0.1:9092 (log: .services/tansu.log)"
+fi

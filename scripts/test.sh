@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole test suite: brings up Kafka and Redis, then runs every test of
+# every crate, including the integration tests in tests/ against those services.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/services.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+cargo test --workspace --locked "$@"

@@ -1,0 +1,108 @@
+//! Helpers for integration tests against the real broker and Redis. Every test
+//! uses its own topics, consumer group and Redis key prefix, so tests never collide.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use vigil_core::PipelineConfig;
+
+pub fn brokers() -> String {
+    std::env::var("VIGIL_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("VIGIL_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The shipped local pipeline with this test's own topics, group and key prefix.
+pub fn pipeline(test: &str) -> PipelineConfig {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let tag = format!("{test}-{}", &id[..8]);
+    let text = std::fs::read_to_string(repo().join("pipelines/local.toml")).unwrap();
+    let text = text
+        .replace("brokers = \"127.0.0.1:9092\"", &format!("brokers = \"{}\"", brokers()))
+        .replace("redis_url = \"redis://127.0.0.1:6379\"", &format!("redis_url = \"{}\"", redis_url()))
+        .replace("group_id = \"vigil\"", &format!("group_id = \"g-{tag}\""))
+        .replace("input_topic = \"transactions\"", &format!("input_topic = \"in-{tag}\""))
+        .replace("decisions_topic = \"decisions\"", &format!("decisions_topic = \"out-{tag}\""))
+        .replace("dead_letter_topic = \"transactions-dead-letter\"", &format!("dead_letter_topic = \"dlq-{tag}\""))
+        .replace("key_prefix = \"vigil\"", &format!("key_prefix = \"t-{tag}\""))
+        .replace("batch_size = 500", "batch_size = 250");
+    PipelineConfig::parse(&repo().join("pipelines/test.toml"), &text).unwrap()
+}
+
+/// Reads `topic` from the start until `expected` records arrived or `idle` passed
+/// with nothing new; never longer than `limit`.
+pub async fn read_all(topic: &str, expected: usize, idle: Duration, limit: Duration) -> Vec<OwnedMessage> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let start = Instant::now();
+    let mut out = Vec::new();
+    while start.elapsed() < limit {
+        let wait = if out.len() >= expected { idle.min(Duration::from_secs(2)) } else { idle };
+        match tokio::time::timeout(wait, consumer.recv()).await {
+            Ok(Ok(m)) => out.push(m.detach()),
+            Ok(Err(e)) => panic!("reading {topic}: {e}"),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+pub fn header(m: &OwnedMessage, key: &str) -> Option<String> {
+    m.headers()?.iter().find(|h| h.key == key).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Waits until `done` holds, polling; panics after `limit`.
+pub async fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn total(stats: &vigil_stream::Stats) -> u64 {
+    stats.decided.load(Ordering::SeqCst) + stats.dead_lettered.load(Ordering::SeqCst)
+}
+
+/// Deletes every Redis key under `prefix` (test state would otherwise live for
+/// the longest feature window).
+pub async fn clean_redis(prefix: &str) {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let _: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+}

@@ -1,0 +1,217 @@
+//! The Kafka stream end to end, against the real broker and Redis.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use rdkafka::message::Message;
+use vigil_core::{Decision, Event, FeatureValue, PipelineConfig};
+use vigil_engine::Engine;
+use vigil_features::{MemoryStore, Plan};
+use vigil_gen::GenConfig;
+use vigil_stream::{Stats, StreamError};
+
+fn traffic(events: usize, seed: u64) -> Vec<Event> {
+    let config = GenConfig { seed, events, cards: 600, merchants: 80, days: 7, ..GenConfig::default() };
+    vigil_gen::generate(&config).into_iter().map(|l| l.event).collect()
+}
+
+/// Card-keyed features computed one event at a time, in order: what the stream
+/// must reproduce, since one card's events share a partition and keep its order.
+fn reference(config: &PipelineConfig, events: &[Event]) -> HashMap<String, Vec<(String, FeatureValue)>> {
+    let store = MemoryStore::new(Plan::new(config.features.clone()), 86_400);
+    events
+        .iter()
+        .map(|e| {
+            let fv = store.process_sync(&[e]).unwrap().remove(0);
+            let card: Vec<(String, FeatureValue)> = config
+                .features
+                .iter()
+                .zip(fv.values)
+                .filter(|(d, _)| d.entity.to_string().starts_with("card_id"))
+                .map(|(d, v)| (d.name.clone(), v))
+                .collect();
+            (e.transaction_id.clone(), card)
+        })
+        .collect()
+}
+
+fn card_features(d: &Decision) -> Vec<(String, FeatureValue)> {
+    d.features.iter().filter(|(k, _)| k.starts_with("card_")).map(|(k, v)| (k.clone(), *v)).collect()
+}
+
+fn sorted(mut v: Vec<(String, FeatureValue)>) -> Vec<(String, FeatureValue)> {
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+struct Running {
+    stats: Arc<Stats>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<Result<(), StreamError>>,
+}
+
+async fn start(config: &PipelineConfig) -> Running {
+    let kafka = config.kafka.clone().unwrap();
+    let engine = Arc::new(Engine::connect(config).await.unwrap());
+    let stats = Arc::new(Stats::default());
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let s = stats.clone();
+    let handle = tokio::spawn(async move {
+        vigil_stream::run(&kafka, engine, s, async {
+            let _ = rx.await;
+        })
+        .await
+    });
+    Running { stats, stop, handle }
+}
+
+/// Waits until the stream has read nothing new for `quiet`.
+async fn until_idle(stats: &Stats, quiet: Duration, limit: Duration) {
+    let start = std::time::Instant::now();
+    let mut last = (u64::MAX, std::time::Instant::now());
+    loop {
+        let now = stats.consumed.load(Ordering::SeqCst);
+        if now != last.0 {
+            last = (now, std::time::Instant::now());
+        } else if now > 0 && last.1.elapsed() >= quiet {
+            return;
+        }
+        assert!(start.elapsed() < limit, "stream still busy after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn decisions(messages: &[rdkafka::message::OwnedMessage]) -> Vec<Decision> {
+    messages.iter().map(|m| serde_json::from_slice(m.payload().unwrap()).unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_events_give_one_decision_each_and_malformed_ones_dead_letters() {
+    let config = pipeline("tenk");
+    let kafka = config.kafka.clone().unwrap();
+    vigil_stream::create_topics(&kafka, 4).await.unwrap();
+    let events = traffic(10_000, 7);
+    let malformed: Vec<(String, &str)> = vec![
+        ("{not json".into(), "malformed JSON"),
+        (r#"{"timestamp":"2026-01-01T00:00:00Z","amount":1,"currency":"EUR"}"#.into(), "missing field `transaction_id`"),
+        (r#"{"transaction_id":"m3","timestamp":"2026-01-01T00:00:00Z","amount":"1,5","currency":"EUR"}"#.into(), "field `amount`"),
+        (r#"{"transaction_id":"m4","timestamp":"2026-01-01T00:00:00Z","amount":1,"currency":"EURO"}"#.into(), "field `currency`"),
+        (r#"{"transaction_id":"m5","timestamp":"yesterday","amount":1,"currency":"EUR"}"#.into(), "field `timestamp`"),
+        (r#"{"transaction_id":"m6","timestamp":"2026-01-01T00:00:00Z","amount":1,"currency":"EUR","ammount":2}"#.into(), "unknown field `ammount`"),
+        ("[1,2,3]".into(), "invalid event"),
+    ];
+    let mut lines: Vec<Vec<u8>> = events.iter().map(Event::to_json).collect();
+    for (i, (bad, _)) in malformed.iter().enumerate() {
+        lines.insert(i * 1400 + 3, bad.clone().into_bytes());
+    }
+    let produced = vigil_stream::produce_lines(&kafka, &kafka.input_topic, lines.into_iter()).await.unwrap();
+    assert_eq!(produced as usize, events.len() + malformed.len());
+
+    let run = start(&config).await;
+    let expected = (events.len() + malformed.len()) as u64;
+    wait_until(Duration::from_secs(240), "every event decided", || total(&run.stats) >= expected).await;
+    run.stop.send(()).unwrap();
+    run.handle.await.unwrap().unwrap();
+
+    let out = decisions(&read_all(&kafka.decisions_topic, events.len(), Duration::from_secs(10), Duration::from_secs(180)).await);
+    assert_eq!(out.len(), events.len(), "exactly one decision per valid event");
+    let ids: HashSet<&str> = out.iter().map(|d| d.transaction_id.as_str()).collect();
+    let want: HashSet<&str> = events.iter().map(|e| e.transaction_id.as_str()).collect();
+    assert_eq!(ids, want);
+    assert!(out.iter().all(|d| !d.replayed));
+
+    let reference = reference(&config, &events);
+    for d in &out {
+        assert_eq!(sorted(card_features(d)), sorted(reference[&d.transaction_id].clone()), "features of {}", d.transaction_id);
+    }
+    let flagged = out.iter().filter(|d| d.decision != vigil_core::Action::Approve).count();
+    assert!(flagged > 0, "the shipped rules flagged nothing in 10,000 events");
+
+    let dead = read_all(&kafka.dead_letter_topic, malformed.len(), Duration::from_secs(5), Duration::from_secs(60)).await;
+    assert_eq!(dead.len(), malformed.len());
+    for (bad, reason) in &malformed {
+        let m = dead.iter().find(|m| m.payload() == Some(bad.as_bytes())).unwrap_or_else(|| panic!("{bad} not dead-lettered with its original bytes"));
+        let error = header(m, vigil_stream::ERROR_HEADER).unwrap();
+        assert!(error.contains(reason), "{bad}: reason `{error}` should mention {reason}");
+        assert!(header(m, vigil_stream::SOURCE_HEADER).unwrap().starts_with(&kafka.input_topic));
+    }
+    clean_redis(&config.store.key_prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_and_restart_loses_no_event_and_double_counts_no_feature() {
+    let config = pipeline("restart");
+    let kafka = config.kafka.clone().unwrap();
+    vigil_stream::create_topics(&kafka, 4).await.unwrap();
+    let events = traffic(3_000, 11);
+    let lines = |r: std::ops::Range<usize>| events[r].iter().map(Event::to_json).collect::<Vec<_>>().into_iter();
+    vigil_stream::produce_lines(&kafka, &kafka.input_topic, lines(0..2_000)).await.unwrap();
+
+    // First run: killed mid-stream, without draining or committing.
+    let first = start(&config).await;
+    wait_until(Duration::from_secs(120), "the first run to decide some events", || {
+        first.stats.decided.load(Ordering::SeqCst) >= 700
+    })
+    .await;
+    first.handle.abort();
+    let _ = first.handle.await;
+    drop(first.stop);
+
+    // More traffic, and the first 300 events delivered a second time.
+    vigil_stream::produce_lines(&kafka, &kafka.input_topic, lines(2_000..3_000)).await.unwrap();
+    vigil_stream::produce_lines(&kafka, &kafka.input_topic, lines(0..300)).await.unwrap();
+
+    let second = start(&config).await;
+    until_idle(&second.stats, Duration::from_secs(6), Duration::from_secs(240)).await;
+    second.stop.send(()).unwrap();
+    second.handle.await.unwrap().unwrap();
+    assert!(second.stats.replayed.load(Ordering::SeqCst) >= 300, "{:?}", second.stats.snapshot());
+
+    let out = decisions(&read_all(&kafka.decisions_topic, 3_300, Duration::from_secs(10), Duration::from_secs(180)).await);
+    let mut by_id: HashMap<&str, Vec<&Decision>> = HashMap::new();
+    for d in &out {
+        by_id.entry(d.transaction_id.as_str()).or_default().push(d);
+    }
+    assert_eq!(by_id.len(), events.len(), "an event was lost");
+    let reference = reference(&config, &events);
+    for (id, ds) in &by_id {
+        assert!(ds.iter().filter(|d| !d.replayed).count() <= 1, "{id} counted twice");
+        for d in ds {
+            assert_eq!(d.features, ds[0].features, "{id}: a redelivery changed its features");
+            assert_eq!(d.decision, ds[0].decision, "{id}: a redelivery changed its decision");
+        }
+        assert_eq!(sorted(card_features(ds[0])), sorted(reference[*id].clone()), "features of {id}");
+    }
+    for e in &events[..300] {
+        assert!(by_id[e.transaction_id.as_str()].len() >= 2);
+    }
+    clean_redis(&config.store.key_prefix).await;
+}
+
+#[tokio::test]
+async fn unreachable_broker_and_missing_topics_are_clear_errors() {
+    let mut config = pipeline("unreachable");
+    let mut kafka = config.kafka.clone().unwrap();
+    let engine = Arc::new(Engine::connect(&config).await.unwrap());
+
+    // Topics never created.
+    let err = vigil_stream::run(&kafka, engine.clone(), Arc::new(Stats::default()), std::future::pending()).await.unwrap_err();
+    assert!(matches!(err, StreamError::MissingTopic { .. }), "{err}");
+    assert!(err.to_string().contains(&kafka.input_topic));
+
+    kafka.brokers = "127.0.0.1:1".into();
+    let started = std::time::Instant::now();
+    let err = vigil_stream::run(&kafka, engine, Arc::new(Stats::default()), std::future::pending()).await.unwrap_err();
+    assert!(matches!(err, StreamError::Unreachable { .. }), "{err}");
+    assert!(err.to_string().contains("127.0.0.1:1"));
+    assert!(started.elapsed() < Duration::from_secs(30));
+
+    config.store.backend = vigil_core::pipeline::StoreBackend::Redis { url: "redis://127.0.0.1:1".into() };
+    let err = Engine::connect(&config).await.err().unwrap().to_string();
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+}
