@@ -1,0 +1,113 @@
+//! The `vigil` command as a user runs it.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn vigil(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn temp(name: &str, content: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vigil-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, content).unwrap();
+    p
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let out = text(&vigil(&["--help"]));
+    for c in ["run", "gen", "demo", "validate", "rules"] {
+        assert!(out.contains(&format!("  {c} ")), "{c} missing from:\n{out}");
+    }
+}
+
+#[test]
+fn shipped_pipelines_and_rules_validate() {
+    for p in ["pipelines/demo.toml", "pipelines/local.toml"] {
+        let o = vigil(&["validate", "--pipeline", p]);
+        assert!(o.status.success(), "{p}: {}", text(&o));
+    }
+    let o = vigil(&["rules", "check", "rules"]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn validate_reports_every_problem_with_its_place_and_fails() {
+    let local = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("pipelines/local.toml")).unwrap();
+    let bad = local
+        .replace("window = \"10m\"", "window = \"10 minutes\"")
+        .replace("aggregate = \"sum_amount\"", "aggregate = \"sum\"")
+        .replace("batch_size = 500", "batch_size = 0")
+        .replace("path = \"../rules\"", &format!("path = \"{}/rules\"", env!("CARGO_MANIFEST_DIR")));
+    let p = temp("bad.toml", &bad);
+    let o = vigil(&["validate", "--pipeline", p.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let out = text(&o);
+    let located: Vec<&str> = out.lines().filter(|l| l.contains("bad.toml:")).collect();
+    // One bad window, four `sum` aggregates, one batch size.
+    assert_eq!(located.len(), 6, "{out}");
+    assert!(out.contains("features[0].window"), "{out}");
+    assert!(out.contains("kafka.batch_size"), "{out}");
+}
+
+#[test]
+fn broken_rules_are_refused_with_file_line_column() {
+    let p = temp("bad.rules", "rule a\n  when amount > card_count_10m\n  then review A\nrule b when amuont > 1 then decline B\n");
+    let o = vigil(&["rules", "check", p.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let out = text(&o);
+    assert!(out.contains("bad.rules:2:15: cannot compare money with a count"), "{out}");
+    assert!(out.contains("bad.rules:4:13: unknown name `amuont`; did you mean `amount`?"), "{out}");
+}
+
+#[test]
+fn gen_is_reproducible_and_labelled() {
+    let a = vigil(&["gen", "--events", "500", "--seed", "5"]);
+    let b = vigil(&["gen", "--events", "500", "--seed", "5"]);
+    assert!(a.status.success());
+    assert_eq!(a.stdout, b.stdout);
+    assert_eq!(a.stdout.iter().filter(|c| **c == b'\n').count(), 500);
+    let labels = std::env::temp_dir().join(format!("vigil-labels-{}.csv", std::process::id()));
+    let o = vigil(&["gen", "--events", "200", "--format", "csv", "--labels", labels.to_str().unwrap()]);
+    assert!(o.status.success());
+    let csv = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(csv.lines().count(), 201);
+    let l = std::fs::read_to_string(&labels).unwrap();
+    assert!(l.starts_with("transaction_id,is_fraud,fraud_scenario"));
+    assert!(l.contains(",true,"));
+}
+
+#[test]
+fn demo_decides_and_writes_every_event() {
+    let out = std::env::temp_dir().join(format!("vigil-demo-{}.jsonl", std::process::id()));
+    let o = vigil(&["demo", "--events", "3000", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let summary = text(&o);
+    assert!(summary.contains("labelled fraud caught") && summary.contains("events/s"), "{summary}");
+    let written = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(written.lines().count(), 3000);
+    let d: vigil_core::Decision = serde_json::from_str(written.lines().next().unwrap()).unwrap();
+    assert!(!d.rules_version.is_empty());
+}
+
+#[test]
+fn run_without_redis_fails_fast_and_clearly() {
+    let local = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("pipelines/local.toml")).unwrap();
+    let bad = local
+        .replace("redis://127.0.0.1:6379", "redis://127.0.0.1:1")
+        .replace("path = \"../rules\"", &format!("path = \"{}/rules\"", env!("CARGO_MANIFEST_DIR")));
+    let p = temp("noredis.toml", &bad);
+    let o = vigil(&["run", "--pipeline", p.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("redis://127.0.0.1:1"), "{}", text(&o));
+}
