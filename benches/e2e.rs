@@ -1,0 +1,317 @@
+//! End-to-end harness: Vigil's stream against the same broker's raw pass-through.
+//!
+//! In one run, on fresh topics of 4 partitions:
+//! 1. produces N generated events to two input topics (a backlog);
+//! 2. **pass-through ceiling**: a consumer group reads one backlog and re-produces
+//!    every record unchanged, storing offsets after delivery, with the same batch
+//!    size, linger and in-flight bound as Vigil; no parsing, no work;
+//! 3. **Vigil**: `vigil_stream::run` with the shipped local pipeline (Redis
+//!    features, shipped rules) drains the other backlog;
+//! 4. **latency**: both are fed fresh events at a fixed rate, and a reader times
+//!    each event from its send to the arrival of its output record.
+//!
+//! Needs the broker and Redis of `scripts/services.sh`. Run:
+//! `cargo bench --bench e2e` (env: VIGIL_BENCH_EVENTS, VIGIL_BENCH_RATE, VIGIL_BENCH_SECONDS).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::{mpsc, Mutex};
+use vigil_core::{Event, PipelineConfig};
+use vigil_engine::Engine;
+use vigil_gen::GenConfig;
+use vigil_stream::Stats;
+
+const BATCH: usize = 500;
+const IN_FLIGHT: usize = 4;
+
+fn env_usize(key: &str, default: usize) -> usize {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn pipeline(tag: &str) -> PipelineConfig {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("pipelines/local.toml"))
+        .unwrap()
+        .replace("group_id = \"vigil\"", &format!("group_id = \"bench-{tag}\""))
+        .replace("input_topic = \"transactions\"", &format!("input_topic = \"bench-in-{tag}\""))
+        .replace("decisions_topic = \"decisions\"", &format!("decisions_topic = \"bench-out-{tag}\""))
+        .replace(
+            "dead_letter_topic = \"transactions-dead-letter\"",
+            &format!("dead_letter_topic = \"bench-dlq-{tag}\""),
+        )
+        .replace("key_prefix = \"vigil\"", &format!("key_prefix = \"bench-{tag}\""));
+    PipelineConfig::parse(&root.join("pipelines/bench.toml"), &text).unwrap()
+}
+
+fn producer() -> FutureProducer {
+    ClientConfig::new().set("bootstrap.servers", "127.0.0.1:9092").set("linger.ms", "2").create().unwrap()
+}
+
+fn consumer(group: &str, topic: &str) -> StreamConsumer {
+    consumer_from(group, topic, "earliest")
+}
+
+fn consumer_from(group: &str, topic: &str, reset: &str) -> StreamConsumer {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", "127.0.0.1:9092")
+        .set("group.id", group)
+        .set("auto.offset.reset", reset)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    c
+}
+
+/// The ceiling: read, re-produce unchanged, store offsets after delivery.
+async fn pass_through(input: String, output: String, group: String, delivered: Arc<AtomicU64>, stop: Arc<AtomicU64>) {
+    let c = Arc::new(consumer(&group, &input));
+    let p = producer();
+    let (tx, mut rx) = mpsc::channel::<(Vec<rdkafka::producer::DeliveryFuture>, BTreeMap<i32, i64>)>(IN_FLIGHT);
+    let committer = {
+        let c = c.clone();
+        let input = input.clone();
+        tokio::spawn(async move {
+            while let Some((fs, offsets)) = rx.recv().await {
+                for f in fs {
+                    f.await.unwrap().unwrap();
+                    delivered.fetch_add(1, Ordering::Relaxed);
+                }
+                for (part, off) in offsets {
+                    let _ = c.store_offset(&input, part, off);
+                }
+            }
+        })
+    };
+    while stop.load(Ordering::Relaxed) == 0 {
+        let first = match tokio::time::timeout(Duration::from_millis(200), c.recv()).await {
+            Ok(Ok(m)) => m.detach(),
+            _ => continue,
+        };
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(5);
+        while batch.len() < BATCH {
+            match tokio::time::timeout_at(deadline, c.recv()).await {
+                Ok(Ok(m)) => batch.push(m.detach()),
+                _ => break,
+            }
+        }
+        let mut offsets = BTreeMap::new();
+        let mut fs = Vec::with_capacity(batch.len());
+        for m in &batch {
+            offsets.insert(m.partition(), m.offset());
+            let mut r = FutureRecord::to(&output).payload(m.payload().unwrap_or_default());
+            if let Some(k) = m.key() {
+                r = r.key(k);
+            }
+            loop {
+                match p.send_result(r) {
+                    Ok(f) => {
+                        fs.push(f);
+                        break;
+                    }
+                    Err((_, back)) => {
+                        r = back;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            }
+        }
+        tx.send((fs, offsets)).await.unwrap();
+    }
+    drop(tx);
+    committer.await.unwrap();
+}
+
+async fn produce(topic: &str, events: &[Event]) {
+    let p = producer();
+    let mut fs = Vec::new();
+    for e in events {
+        let payload = e.to_json();
+        let key = e.card_id.clone().unwrap_or_default();
+        let mut r = FutureRecord::to(topic).payload(&payload).key(&key);
+        loop {
+            match p.send_result(r) {
+                Ok(f) => {
+                    fs.push(f);
+                    break;
+                }
+                Err((_, back)) => {
+                    r = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+    }
+    for f in fs {
+        f.await.unwrap().unwrap();
+    }
+}
+
+/// Waits until `counter` reaches `n`; returns the time from the first output.
+async fn drain_time(counter: &AtomicU64, n: u64, limit: Duration) -> Duration {
+    let start = Instant::now();
+    let mut first = None;
+    loop {
+        let v = counter.load(Ordering::Relaxed);
+        if v > 0 && first.is_none() {
+            first = Some(Instant::now());
+        }
+        if v >= n {
+            return first.map_or(Duration::ZERO, |f| f.elapsed());
+        }
+        assert!(start.elapsed() < limit, "only {v} of {n} after {limit:?}");
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+}
+
+/// Sends `events` at `rate`/s to `input` and times each one's output on `output`.
+async fn latency(input: &str, output: &str, events: &[Event], rate: usize) -> Histogram<u64> {
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+    let reader = {
+        let sent = sent.clone();
+        // From the end: the backlog already on the topic is not read or timed.
+        let c = consumer_from(&format!("lat-{}", uuid::Uuid::new_v4()), output, "latest");
+        let n = events.len();
+        let is_decision = !output.contains("raw");
+        tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            while (h.len() as usize) < n {
+                let m: OwnedMessage = match tokio::time::timeout(Duration::from_secs(30), c.recv()).await {
+                    Ok(Ok(m)) => m.detach(),
+                    _ => break,
+                };
+                let now = Instant::now();
+                let payload = m.payload().unwrap_or_default();
+                let id = if is_decision {
+                    serde_json::from_slice::<serde_json::Value>(payload)
+                        .ok()
+                        .and_then(|v| v["transaction_id"].as_str().map(str::to_owned))
+                } else {
+                    Event::from_json(payload).ok().map(|e| e.transaction_id)
+                };
+                if let Some(t) = id.and_then(|id| sent.try_lock().ok().and_then(|s| s.get(&id).copied())) {
+                    h.record(now.duration_since(t).as_micros().max(1) as u64).unwrap();
+                }
+            }
+            h
+        })
+    };
+    // Let the reader join its group and reach the end of the backlog.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let p = producer();
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = Instant::now();
+    for (i, e) in events.iter().enumerate() {
+        let due = start + interval * i as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        let payload = e.to_json();
+        let key = e.card_id.clone().unwrap_or_default();
+        sent.lock().await.insert(e.transaction_id.clone(), Instant::now());
+        let _ = p.send_result(FutureRecord::to(input).payload(&payload).key(&key));
+    }
+    reader.await.unwrap()
+}
+
+fn report(name: &str, h: &Histogram<u64>) -> String {
+    format!(
+        "{name}: {} timed, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        h.len(),
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.max() as f64 / 1000.0
+    )
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` would pass nothing else.
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let n = env_usize("VIGIL_BENCH_EVENTS", 50_000);
+    let rate = env_usize("VIGIL_BENCH_RATE", 2_000);
+    let seconds = env_usize("VIGIL_BENCH_SECONDS", 10);
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let config = pipeline(&tag);
+    let kafka = config.kafka.clone().unwrap();
+    let raw_in = format!("bench-raw-in-{tag}");
+    let raw_out = format!("bench-raw-out-{tag}");
+    vigil_stream::create_topics(&kafka, 4).await.unwrap();
+    let mut raw = kafka.clone();
+    raw.input_topic = raw_in.clone();
+    raw.decisions_topic = raw_out.clone();
+    raw.dead_letter_topic = format!("bench-raw-dlq-{tag}");
+    vigil_stream::create_topics(&raw, 4).await.unwrap();
+
+    let gen = GenConfig {
+        seed: 1,
+        events: n + rate * seconds * 2,
+        cards: 20_000,
+        merchants: 1_000,
+        days: 30,
+        ..GenConfig::default()
+    };
+    let all: Vec<Event> = vigil_gen::generate(&gen).into_iter().map(|l| l.event).collect();
+    let (backlog, fresh) = all.split_at(n);
+    let (fresh_raw, fresh_vigil) = fresh.split_at(rate * seconds);
+    println!("producing {n} events to each backlog...");
+    produce(&raw_in, backlog).await;
+    produce(&kafka.input_topic, backlog).await;
+
+    // Pass-through ceiling.
+    let delivered = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicU64::new(0));
+    let pt = tokio::spawn(pass_through(
+        raw_in.clone(),
+        raw_out.clone(),
+        format!("bench-raw-{tag}"),
+        delivered.clone(),
+        stop.clone(),
+    ));
+    let raw_time = drain_time(&delivered, n as u64, Duration::from_secs(600)).await;
+    let raw_rate = n as f64 / raw_time.as_secs_f64();
+    println!("pass-through: {n} events in {:.2} s = {raw_rate:.0} events/s", raw_time.as_secs_f64());
+    let raw_latency = latency(&raw_in, &raw_out, fresh_raw, rate).await;
+    println!("{}", report(&format!("pass-through latency at {rate}/s"), &raw_latency));
+    stop.store(1, Ordering::Relaxed);
+    pt.await.unwrap();
+
+    // Vigil.
+    let engine = Arc::new(Engine::connect(&config).await.unwrap());
+    let stats = Arc::new(Stats::default());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = {
+        let (kafka, stats) = (kafka.clone(), stats.clone());
+        tokio::spawn(async move {
+            vigil_stream::run(&kafka, engine, stats, async {
+                let _ = stop_rx.await;
+            })
+            .await
+        })
+    };
+    let vigil_time = drain_time(&stats.delivered, n as u64, Duration::from_secs(600)).await;
+    let vigil_rate = n as f64 / vigil_time.as_secs_f64();
+    println!(
+        "vigil run: {n} events in {:.2} s = {vigil_rate:.0} events/s ({:.0}% of pass-through)",
+        vigil_time.as_secs_f64(),
+        100.0 * vigil_rate / raw_rate
+    );
+    let vigil_latency = latency(&kafka.input_topic, &kafka.decisions_topic, fresh_vigil, rate).await;
+    println!("{}", report(&format!("vigil event-to-decision latency at {rate}/s"), &vigil_latency));
+    let _ = stop_tx.send(());
+    run.await.unwrap().unwrap();
+    println!("vigil stats: {:?}", stats.snapshot());
+}

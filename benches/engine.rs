@@ -1,0 +1,69 @@
+//! Per-event costs of the decision path, in process: parsing an event, evaluating
+//! the shipped rules, and a whole engine batch over the in-memory feature store.
+//! Seeded traffic from `vigil-gen`; run `cargo bench --bench engine`.
+
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use vigil_core::{Event, FeatureValue, PipelineConfig};
+use vigil_engine::Engine;
+use vigil_features::{MemoryStore, Plan};
+use vigil_gen::GenConfig;
+use vigil_rules::{Context, RuleSet, Schema};
+
+fn setup() -> (PipelineConfig, Vec<Event>) {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let config = PipelineConfig::load(&root.join("pipelines/demo.toml")).unwrap();
+    let gen = GenConfig { seed: 3, events: 20_000, cards: 2_000, merchants: 200, days: 10, ..GenConfig::default() };
+    let events = vigil_gen::generate(&gen).into_iter().map(|l| l.event).collect();
+    (config, events)
+}
+
+fn benches(c: &mut Criterion) {
+    let (config, events) = setup();
+    let json: Vec<Vec<u8>> = events.iter().take(1000).map(Event::to_json).collect();
+    let mut g = c.benchmark_group("event");
+    g.throughput(Throughput::Elements(json.len() as u64));
+    g.bench_function("parse_and_validate_1000", |b| {
+        b.iter(|| json.iter().map(|j| Event::from_json(j).unwrap()).collect::<Vec<_>>())
+    });
+    g.finish();
+
+    let schema = Schema { features: config.features.clone() };
+    let rules = RuleSet::load(&config.rules_path, &schema).unwrap();
+    let features: Vec<FeatureValue> = (0..config.features.len() as i64).map(FeatureValue::Count).collect();
+    let mut g = c.benchmark_group("rules");
+    g.throughput(Throughput::Elements(1000));
+    g.bench_function(format!("evaluate_{}_rules_x1000", rules.rules().len()), |b| {
+        b.iter(|| {
+            let mut fired = 0;
+            for e in events.iter().take(1000) {
+                let ctx = Context { event: e, features: &features, model_score: Some(0.3) };
+                rules.evaluate(&ctx, |_, _| fired += 1);
+            }
+            fired
+        })
+    });
+    g.finish();
+
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let mut g = c.benchmark_group("engine");
+    g.throughput(Throughput::Elements(500));
+    g.bench_function("decide_batch_500_memory_store", |b| {
+        b.iter_batched(
+            || {
+                let store = Arc::new(MemoryStore::new(Plan::new(config.features.clone()), 86_400));
+                Engine::new(&config, store).unwrap()
+            },
+            |engine| {
+                let refs: Vec<&Event> = events.iter().take(500).collect();
+                rt.block_on(engine.decide_batch(&refs)).unwrap()
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(engine, benches);
+criterion_main!(engine);

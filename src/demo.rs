@@ -27,7 +27,13 @@ pub struct Summary {
 impl Summary {
     pub fn print(&self, out: &mut impl Write, decisions_path: &Path) -> std::io::Result<()> {
         let pct = |a: usize, b: usize| if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 };
-        writeln!(out, "Vigil demo: {} generated payments decided in {:.2} s ({:.0} events/s)", self.events, self.seconds, self.events as f64 / self.seconds.max(1e-9))?;
+        writeln!(
+            out,
+            "Vigil demo: {} generated payments decided in {:.2} s ({:.0} events/s)",
+            self.events,
+            self.seconds,
+            self.events as f64 / self.seconds.max(1e-9)
+        )?;
         writeln!(out)?;
         writeln!(out, "decisions")?;
         for a in Action::ALL {
@@ -39,9 +45,22 @@ impl Summary {
         for (name, (n, caught)) in &self.by_scenario {
             writeln!(out, "  {:<22} {:>6} of {:>6}  {:>6.2}%", name, caught, n, pct(*caught, *n))?;
         }
-        writeln!(out, "  {:<22} {:>6} of {:>6}  {:>6.2}%", "all fraud", self.frauds_caught, self.frauds, pct(self.frauds_caught, self.frauds))?;
+        writeln!(
+            out,
+            "  {:<22} {:>6} of {:>6}  {:>6.2}%",
+            "all fraud",
+            self.frauds_caught,
+            self.frauds,
+            pct(self.frauds_caught, self.frauds)
+        )?;
         let genuine = self.events - self.frauds;
-        writeln!(out, "  genuine payments flagged: {} of {} ({:.2}%)", self.genuine_flagged, genuine, pct(self.genuine_flagged, genuine))?;
+        writeln!(
+            out,
+            "  genuine payments flagged: {} of {} ({:.2}%)",
+            self.genuine_flagged,
+            genuine,
+            pct(self.genuine_flagged, genuine)
+        )?;
         writeln!(out)?;
         writeln!(out, "decisions written to {}", decisions_path.display())
     }

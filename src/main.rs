@@ -268,7 +268,8 @@ fn validate(path: &Path) -> anyhow::Result<()> {
         }
     };
     if let Some(m) = &config.model {
-        let inputs: Vec<&str> = std::iter::once("amount").chain(config.features.iter().map(|f| f.name.as_str())).collect();
+        let inputs: Vec<&str> =
+            std::iter::once("amount").chain(config.features.iter().map(|f| f.name.as_str())).collect();
         if let Err(e) = vigil_model::load(&m.path, &inputs) {
             problems.push(e.to_string());
         }

@@ -4,11 +4,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn vigil(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap()
+    Command::new(env!("CARGO_BIN_EXE_vigil")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap()
 }
 
 fn text(o: &Output) -> String {
@@ -43,7 +39,8 @@ fn shipped_pipelines_and_rules_validate() {
 
 #[test]
 fn validate_reports_every_problem_with_its_place_and_fails() {
-    let local = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("pipelines/local.toml")).unwrap();
+    let local =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("pipelines/local.toml")).unwrap();
     let bad = local
         .replace("window = \"10m\"", "window = \"10 minutes\"")
         .replace("aggregate = \"sum_amount\"", "aggregate = \"sum\"")
@@ -62,7 +59,10 @@ fn validate_reports_every_problem_with_its_place_and_fails() {
 
 #[test]
 fn broken_rules_are_refused_with_file_line_column() {
-    let p = temp("bad.rules", "rule a\n  when amount > card_count_10m\n  then review A\nrule b when amuont > 1 then decline B\n");
+    let p = temp(
+        "bad.rules",
+        "rule a\n  when amount > card_count_10m\n  then review A\nrule b when amuont > 1 then decline B\n",
+    );
     let o = vigil(&["rules", "check", p.to_str().unwrap()]);
     assert!(!o.status.success());
     let out = text(&o);
@@ -102,7 +102,8 @@ fn demo_decides_and_writes_every_event() {
 
 #[test]
 fn run_without_redis_fails_fast_and_clearly() {
-    let local = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("pipelines/local.toml")).unwrap();
+    let local =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("pipelines/local.toml")).unwrap();
     let bad = local
         .replace("redis://127.0.0.1:6379", "redis://127.0.0.1:1")
         .replace("path = \"../rules\"", &format!("path = \"{}/rules\"", env!("CARGO_MANIFEST_DIR")));

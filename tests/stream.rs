@@ -98,11 +98,24 @@ async fn ten_thousand_events_give_one_decision_each_and_malformed_ones_dead_lett
     let events = traffic(10_000, 7);
     let malformed: Vec<(String, &str)> = vec![
         ("{not json".into(), "malformed JSON"),
-        (r#"{"timestamp":"2026-01-01T00:00:00Z","amount":1,"currency":"EUR"}"#.into(), "missing field `transaction_id`"),
-        (r#"{"transaction_id":"m3","timestamp":"2026-01-01T00:00:00Z","amount":"1,5","currency":"EUR"}"#.into(), "field `amount`"),
-        (r#"{"transaction_id":"m4","timestamp":"2026-01-01T00:00:00Z","amount":1,"currency":"EURO"}"#.into(), "field `currency`"),
+        (
+            r#"{"timestamp":"2026-01-01T00:00:00Z","amount":1,"currency":"EUR"}"#.into(),
+            "missing field `transaction_id`",
+        ),
+        (
+            r#"{"transaction_id":"m3","timestamp":"2026-01-01T00:00:00Z","amount":"1,5","currency":"EUR"}"#.into(),
+            "field `amount`",
+        ),
+        (
+            r#"{"transaction_id":"m4","timestamp":"2026-01-01T00:00:00Z","amount":1,"currency":"EURO"}"#.into(),
+            "field `currency`",
+        ),
         (r#"{"transaction_id":"m5","timestamp":"yesterday","amount":1,"currency":"EUR"}"#.into(), "field `timestamp`"),
-        (r#"{"transaction_id":"m6","timestamp":"2026-01-01T00:00:00Z","amount":1,"currency":"EUR","ammount":2}"#.into(), "unknown field `ammount`"),
+        (
+            r#"{"transaction_id":"m6","timestamp":"2026-01-01T00:00:00Z","amount":1,"currency":"EUR","ammount":2}"#
+                .into(),
+            "unknown field `ammount`",
+        ),
         ("[1,2,3]".into(), "invalid event"),
     ];
     let mut lines: Vec<Vec<u8>> = events.iter().map(Event::to_json).collect();
@@ -118,7 +131,9 @@ async fn ten_thousand_events_give_one_decision_each_and_malformed_ones_dead_lett
     run.stop.send(()).unwrap();
     run.handle.await.unwrap().unwrap();
 
-    let out = decisions(&read_all(&kafka.decisions_topic, events.len(), Duration::from_secs(10), Duration::from_secs(180)).await);
+    let out = decisions(
+        &read_all(&kafka.decisions_topic, events.len(), Duration::from_secs(10), Duration::from_secs(180)).await,
+    );
     assert_eq!(out.len(), events.len(), "exactly one decision per valid event");
     let ids: HashSet<&str> = out.iter().map(|d| d.transaction_id.as_str()).collect();
     let want: HashSet<&str> = events.iter().map(|e| e.transaction_id.as_str()).collect();
@@ -127,15 +142,24 @@ async fn ten_thousand_events_give_one_decision_each_and_malformed_ones_dead_lett
 
     let reference = reference(&config, &events);
     for d in &out {
-        assert_eq!(sorted(card_features(d)), sorted(reference[&d.transaction_id].clone()), "features of {}", d.transaction_id);
+        assert_eq!(
+            sorted(card_features(d)),
+            sorted(reference[&d.transaction_id].clone()),
+            "features of {}",
+            d.transaction_id
+        );
     }
     let flagged = out.iter().filter(|d| d.decision != vigil_core::Action::Approve).count();
     assert!(flagged > 0, "the shipped rules flagged nothing in 10,000 events");
 
-    let dead = read_all(&kafka.dead_letter_topic, malformed.len(), Duration::from_secs(5), Duration::from_secs(60)).await;
+    let dead =
+        read_all(&kafka.dead_letter_topic, malformed.len(), Duration::from_secs(5), Duration::from_secs(60)).await;
     assert_eq!(dead.len(), malformed.len());
     for (bad, reason) in &malformed {
-        let m = dead.iter().find(|m| m.payload() == Some(bad.as_bytes())).unwrap_or_else(|| panic!("{bad} not dead-lettered with its original bytes"));
+        let m = dead
+            .iter()
+            .find(|m| m.payload() == Some(bad.as_bytes()))
+            .unwrap_or_else(|| panic!("{bad} not dead-lettered with its original bytes"));
         let error = header(m, vigil_stream::ERROR_HEADER).unwrap();
         assert!(error.contains(reason), "{bad}: reason `{error}` should mention {reason}");
         assert!(header(m, vigil_stream::SOURCE_HEADER).unwrap().starts_with(&kafka.input_topic));
@@ -172,7 +196,8 @@ async fn a_crash_and_restart_loses_no_event_and_double_counts_no_feature() {
     second.handle.await.unwrap().unwrap();
     assert!(second.stats.replayed.load(Ordering::SeqCst) >= 300, "{:?}", second.stats.snapshot());
 
-    let out = decisions(&read_all(&kafka.decisions_topic, 3_300, Duration::from_secs(10), Duration::from_secs(180)).await);
+    let out =
+        decisions(&read_all(&kafka.decisions_topic, 3_300, Duration::from_secs(10), Duration::from_secs(180)).await);
     let mut by_id: HashMap<&str, Vec<&Decision>> = HashMap::new();
     for d in &out {
         by_id.entry(d.transaction_id.as_str()).or_default().push(d);
@@ -200,7 +225,9 @@ async fn unreachable_broker_and_missing_topics_are_clear_errors() {
     let engine = Arc::new(Engine::connect(&config).await.unwrap());
 
     // Topics never created.
-    let err = vigil_stream::run(&kafka, engine.clone(), Arc::new(Stats::default()), std::future::pending()).await.unwrap_err();
+    let err = vigil_stream::run(&kafka, engine.clone(), Arc::new(Stats::default()), std::future::pending())
+        .await
+        .unwrap_err();
     assert!(matches!(err, StreamError::MissingTopic { .. }), "{err}");
     assert!(err.to_string().contains(&kafka.input_topic));
 

@@ -12,9 +12,7 @@ XPD XPF XPT XSU XTS XUA XXX YER ZAR ZMW ZWG ZWL";
 
 /// Whether `code` is an ISO 4217 alphabetic code (exactly three upper-case letters in the list).
 pub fn is_iso4217(code: &str) -> bool {
-    code.len() == 3
-        && code.bytes().all(|b| b.is_ascii_uppercase())
-        && CODES.split_ascii_whitespace().any(|c| c == code)
+    code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase()) && CODES.split_ascii_whitespace().any(|c| c == code)
 }
 
 #[cfg(test)]

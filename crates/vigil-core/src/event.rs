@@ -167,11 +167,8 @@ pub fn parse_amount(raw: &str) -> Result<Decimal, String> {
     if text.is_empty() {
         return Err("must be a decimal number".into());
     }
-    let parsed = if text.contains(['e', 'E']) {
-        Decimal::from_scientific(&text)
-    } else {
-        Decimal::from_str_exact(&text)
-    };
+    let parsed =
+        if text.contains(['e', 'E']) { Decimal::from_scientific(&text) } else { Decimal::from_str_exact(&text) };
     parsed.map_err(|_| format!("`{text}` is not a decimal number (at most 28 significant digits)"))
 }
 
@@ -179,12 +176,9 @@ impl RawEvent<'_> {
     fn validate(self) -> Result<Event, EventError> {
         check_id("transaction_id", &self.transaction_id)?;
         let timestamp = DateTime::parse_from_rfc3339(&self.timestamp)
-            .map_err(|e| {
-                EventError::field("timestamp", format!("`{}` is not RFC 3339 ({e})", self.timestamp))
-            })?
+            .map_err(|e| EventError::field("timestamp", format!("`{}` is not RFC 3339 ({e})", self.timestamp)))?
             .with_timezone(&Utc);
-        let amount =
-            parse_amount(self.amount.get()).map_err(|m| EventError::field("amount", m))?;
+        let amount = parse_amount(self.amount.get()).map_err(|m| EventError::field("amount", m))?;
         if amount.is_sign_negative() && !amount.is_zero() {
             return Err(EventError::field("amount", "must not be negative"));
         }
@@ -348,8 +342,7 @@ mod tests {
                 Some("timestamp"),
             ),
             (
-                r#"{"transaction_id":"t","timestamp":"2026-01-01T00:00:00Z","amount":1,"currency":"EURO"}"#
-                    .to_owned(),
+                r#"{"transaction_id":"t","timestamp":"2026-01-01T00:00:00Z","amount":1,"currency":"EURO"}"#.to_owned(),
                 Some("currency"),
             ),
         ];

@@ -134,9 +134,7 @@ pub fn parse_duration_s(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (such as 90s, 10m, 24h, 30d)"))?;
+    let n: u64 = digits.parse().map_err(|_| format!("`{text}` is not a duration (such as 90s, 10m, 24h, 30d)"))?;
     let mult = match unit {
         "s" => 1,
         "m" => 60,
@@ -151,7 +149,7 @@ pub fn parse_duration_s(text: &str) -> Result<u64, String> {
 /// Formats seconds the way [`parse_duration_s`] reads them, with the largest exact unit.
 pub fn format_duration_s(s: u64) -> String {
     for (unit, mult) in [("w", 604_800), ("d", 86_400), ("h", 3600), ("m", 60)] {
-        if s >= mult && s % mult == 0 {
+        if s >= mult && s.is_multiple_of(mult) {
             return format!("{}{unit}", s / mult);
         }
     }

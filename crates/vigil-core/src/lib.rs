@@ -6,11 +6,11 @@
 //! every later stage needs to agree on them; nothing here performs IO beyond reading
 //! a config file.
 
+mod currency;
 pub mod decision;
 pub mod event;
 pub mod feature;
 pub mod pipeline;
-mod currency;
 pub mod suggest;
 
 pub use decision::{Action, Decision, Reason};

@@ -70,7 +70,9 @@ pub struct KafkaConfig {
 pub enum StoreBackend {
     /// In-process, lost on exit: the embedded default.
     Memory,
-    Redis { url: String },
+    Redis {
+        url: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -220,8 +222,8 @@ fn is_identifier(s: &str) -> bool {
 impl PipelineConfig {
     /// Reads and validates a pipeline file.
     pub fn load(path: &Path) -> Result<PipelineConfig, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
         Self::parse(path, &text)
     }
 
@@ -302,7 +304,11 @@ impl PipelineConfig {
             let f = f.get_ref();
             let name = f.name.get_ref();
             if !is_identifier(name) {
-                p.on(&f.name, key("name"), format!("`{name}` is not a name (lower-case letters, digits and _, not starting with a digit)"));
+                p.on(
+                    &f.name,
+                    key("name"),
+                    format!("`{name}` is not a name (lower-case letters, digits and _, not starting with a digit)"),
+                );
             } else if EventField::parse(name).is_some() || RESERVED_NAMES.contains(&name.as_str()) {
                 p.on(&f.name, key("name"), format!("`{name}` is taken by an event field or a reserved name"));
             } else if !seen.insert(name.clone()) {
@@ -317,7 +323,11 @@ impl PipelineConfig {
                 let known = Aggregate::ALL.iter().map(|a| a.name());
                 let hint = crate::suggest::hint(f.aggregate.get_ref(), known.clone());
                 let list = known.collect::<Vec<_>>().join(", ");
-                p.on(&f.aggregate, key("aggregate"), format!("unknown aggregate `{}` (known: {list}){hint}", f.aggregate.get_ref()));
+                p.on(
+                    &f.aggregate,
+                    key("aggregate"),
+                    format!("unknown aggregate `{}` (known: {list}){hint}", f.aggregate.get_ref()),
+                );
             }
             let window = parse_duration_s(f.window.get_ref());
             match &window {
@@ -335,16 +345,7 @@ impl PipelineConfig {
         if !p.list.is_empty() {
             return Err(ConfigError::Invalid { problems: p.list });
         }
-        Ok(PipelineConfig {
-            file: path.to_path_buf(),
-            name,
-            kafka,
-            store,
-            rules_path,
-            model,
-            thresholds,
-            features,
-        })
+        Ok(PipelineConfig { file: path.to_path_buf(), name, kafka, store, rules_path, model, thresholds, features })
     }
 }
 
@@ -388,7 +389,11 @@ fn validate_kafka(k: &RawKafka, p: &mut Problems<'_>) -> KafkaConfig {
                     Some(f) if f.is_entity() || f == EventField::TransactionId => out.push(f),
                     _ => {
                         let known = EventField::ALL.iter().map(|f| f.name());
-                        p.on(keys, "kafka.decision_key", format!("`{name}` is not an entity field{}", crate::suggest::hint(name, known)));
+                        p.on(
+                            keys,
+                            "kafka.decision_key",
+                            format!("`{name}` is not an entity field{}", crate::suggest::hint(name, known)),
+                        );
                     }
                 }
             }

@@ -180,7 +180,13 @@ impl Engine {
         let ctx = Context { event, features: &fv.values, model_score };
         let mut reasons = Vec::new();
         rules.evaluate(&ctx, |_, r| {
-            reasons.push(Reason { rule: r.name.clone(), code: r.code.clone(), action: r.action, score: r.score, shadow: r.shadow });
+            reasons.push(Reason {
+                rule: r.name.clone(),
+                code: r.code.clone(),
+                action: r.action,
+                score: r.score,
+                shadow: r.shadow,
+            });
         });
         let live = || reasons.iter().filter(|r| !r.shadow);
         let score = live().map(|r| r.score).sum::<f64>() + model_score.unwrap_or(0.0) * self.model_weight;

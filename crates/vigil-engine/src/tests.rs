@@ -31,7 +31,11 @@ mod tempdir {
     }
     impl Dir {
         pub fn new() -> Dir {
-            let path = std::env::temp_dir().join(format!("vigil-engine-{}-{:?}", std::process::id(), std::thread::current().id()));
+            let path = std::env::temp_dir().join(format!(
+                "vigil-engine-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
             std::fs::create_dir_all(&path).unwrap();
             Dir { path }
         }

@@ -91,7 +91,11 @@ async fn redelivery_changes_nothing_and_returns_the_first_features() {
         let c = one(store, &ev("c", 20, "10", Some("c1"), "t1")).await;
         assert_eq!(c.values[0], count(2), "{name}: the redelivered event was counted twice");
         // The same id twice within one batch: counted once.
-        let (x1, x2, y) = (ev("x", 30, "1", Some("c1"), "t1"), ev("x", 30, "1", Some("c1"), "t1"), ev("y", 40, "1", Some("c1"), "t1"));
+        let (x1, x2, y) = (
+            ev("x", 30, "1", Some("c1"), "t1"),
+            ev("x", 30, "1", Some("c1"), "t1"),
+            ev("y", 40, "1", Some("c1"), "t1"),
+        );
         let out = store.process(&[&x1, &x2, &y]).await.unwrap();
         assert_eq!(out[0].values, out[1].values, "{name}");
         assert!(!out[0].replayed && out[1].replayed, "{name}");
@@ -126,7 +130,15 @@ async fn absent_entities_are_missing_not_zero() {
 #[tokio::test]
 async fn batches_equal_one_by_one() {
     let events: Vec<Event> = (0..60)
-        .map(|i| ev(&format!("e{i}"), i * 37, &format!("{}.{:02}", i % 7, i % 100), Some(&format!("c{}", i % 3)), &format!("t{}", i % 4)))
+        .map(|i| {
+            ev(
+                &format!("e{i}"),
+                i * 37,
+                &format!("{}.{:02}", i % 7, i % 100),
+                Some(&format!("c{}", i % 3)),
+                &format!("t{}", i % 4),
+            )
+        })
         .collect();
     let mut reference = None;
     for (name, store) in backends().await {
@@ -134,7 +146,17 @@ async fn batches_equal_one_by_one() {
             let prefix_store: Arc<dyn FeatureStore> = if name == "memory" {
                 Arc::new(MemoryStore::new(plan(), 3600))
             } else {
-                Arc::new(RedisStore::connect(&redis_url(), plan(), &format!("vigiltest-{}", uuid::Uuid::new_v4()), 3600, 2000).await.unwrap())
+                Arc::new(
+                    RedisStore::connect(
+                        &redis_url(),
+                        plan(),
+                        &format!("vigiltest-{}", uuid::Uuid::new_v4()),
+                        3600,
+                        2000,
+                    )
+                    .await
+                    .unwrap(),
+                )
             };
             let _ = &store;
             let mut out = Vec::new();

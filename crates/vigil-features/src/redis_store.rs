@@ -142,7 +142,8 @@ impl RedisStore {
                 }
             }
         }
-        let seen = raw_markers.iter().map(|m| m.as_deref().map(decode_marker).transpose()).collect::<Result<Vec<_>, _>>()?;
+        let seen =
+            raw_markers.iter().map(|m| m.as_deref().map(decode_marker).transpose()).collect::<Result<Vec<_>, _>>()?;
 
         let (out, changes) = self.plan.compute(events, &keys, &mut states, &seen);
         if changes.dirty.is_empty() && changes.markers.is_empty() {
@@ -155,14 +156,13 @@ impl RedisStore {
         for (id, _) in &changes.markers {
             inv.key(self.marker_key(id));
         }
-        inv.arg(changes.dirty.len())
-            .arg(self.plan.state_ttl_s() * 1000)
-            .arg(self.dedup_ttl_s);
+        inv.arg(changes.dirty.len()).arg(self.plan.state_ttl_s() * 1000).arg(self.dedup_ttl_s);
         for &i in &changes.dirty {
             inv.arg(&versions[i]);
         }
         for &i in &changes.dirty {
-            let next = versions[i].as_slice().try_into().map_or(1u64, |v: [u8; 8]| u64::from_le_bytes(v).wrapping_add(1));
+            let next =
+                versions[i].as_slice().try_into().map_or(1u64, |v: [u8; 8]| u64::from_le_bytes(v).wrapping_add(1));
             let mut value = next.to_le_bytes().to_vec();
             value.extend_from_slice(&states[i].encode());
             inv.arg(value);

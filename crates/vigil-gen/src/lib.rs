@@ -45,7 +45,9 @@ impl Default for GenConfig {
             cards: 5_000,
             merchants: 400,
             days: 30,
-            start: DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").map(|d| d.with_timezone(&Utc)).unwrap_or_default(),
+            start: DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+                .map(|d| d.with_timezone(&Utc))
+                .unwrap_or_default(),
             fraud_share: 0.015,
         }
     }
@@ -82,7 +84,8 @@ const FRAUD_COUNTRIES: [&str; 4] = ["BR", "NG", "RU", "VN"];
 const MCCS: [&str; 10] = ["5411", "5812", "5541", "5311", "5912", "5999", "4121", "5732", "7011", "5691"];
 /// Relative activity per hour of day (payments cluster in the day and evening).
 const HOURS: [f64; 24] = [
-    0.2, 0.1, 0.1, 0.1, 0.1, 0.2, 0.5, 1.0, 1.5, 1.8, 2.0, 2.2, 2.6, 2.4, 2.0, 1.9, 2.0, 2.3, 2.6, 2.5, 2.0, 1.4, 0.9, 0.5,
+    0.2, 0.1, 0.1, 0.1, 0.1, 0.2, 0.5, 1.0, 1.5, 1.8, 2.0, 2.2, 2.6, 2.4, 2.0, 1.9, 2.0, 2.3, 2.6, 2.5, 2.0, 1.4, 0.9,
+    0.5,
 ];
 
 struct Card {
@@ -111,7 +114,13 @@ fn pick(rng: &mut ChaCha8Rng, cumulative: &[f64]) -> usize {
 
 fn cumulative(weights: impl IntoIterator<Item = f64>) -> Vec<f64> {
     let mut acc = 0.0;
-    weights.into_iter().map(|w| { acc += w; acc }).collect()
+    weights
+        .into_iter()
+        .map(|w| {
+            acc += w;
+            acc
+        })
+        .collect()
 }
 
 fn normal(rng: &mut ChaCha8Rng) -> f64 {
@@ -167,7 +176,12 @@ pub fn generate(config: &GenConfig) -> Vec<Labelled> {
                 mean_cents: rng.random_range(1_000.0..12_000.0),
                 favourites: (0..n_fav).map(|_| pool[rng.random_range(0..pool.len())]).collect(),
                 device: format!("d{:08x}", rng.random::<u32>()),
-                ip: format!("10.{}.{}.{}", rng.random_range(0..=255u8), rng.random_range(0..=255u8), rng.random_range(1..=254u8)),
+                ip: format!(
+                    "10.{}.{}.{}",
+                    rng.random_range(0..=255u8),
+                    rng.random_range(0..=255u8),
+                    rng.random_range(1..=254u8)
+                ),
             }
         })
         .collect();
@@ -267,7 +281,8 @@ pub fn generate(config: &GenConfig) -> Vec<Labelled> {
             amount,
             card,
             merchant: m,
-            terminal: (!online).then(|| merchants[m].terminals[rng.random_range(0..merchants[m].terminals.len())].clone()),
+            terminal: (!online)
+                .then(|| merchants[m].terminals[rng.random_range(0..merchants[m].terminals.len())].clone()),
             country: if online { merchants[m].country } else { c.country },
             device_ip: online.then(|| (c.device.clone(), c.ip.clone())),
             fraud: None,
@@ -360,8 +375,16 @@ pub fn write(out: impl Write, items: &[Labelled], format: Format, inline_labels:
                 let e = &l.event;
                 let s = |o: &'_ Option<String>| -> String { o.clone().unwrap_or_default() };
                 let (card, account, customer, merchant, terminal, device, mcc, country, ip, channel) = (
-                    s(&e.card_id), s(&e.account_id), s(&e.customer_id), s(&e.merchant_id), s(&e.terminal_id),
-                    s(&e.device_id), s(&e.mcc), s(&e.country), s(&e.ip), s(&e.channel),
+                    s(&e.card_id),
+                    s(&e.account_id),
+                    s(&e.customer_id),
+                    s(&e.merchant_id),
+                    s(&e.terminal_id),
+                    s(&e.device_id),
+                    s(&e.mcc),
+                    s(&e.country),
+                    s(&e.ip),
+                    s(&e.channel),
                 );
                 w.serialize(CsvRow {
                     transaction_id: &e.transaction_id,

@@ -168,10 +168,8 @@ impl Checker<'_> {
             (Type::Literal | Type::Any, y) => y,
             (x, Type::Literal | Type::Any) => x,
             (x, y) => {
-                self.errors.push(CheckError {
-                    pos,
-                    message: format!("cannot {verb} {} with {}", x.describe(), y.describe()),
-                });
+                self.errors
+                    .push(CheckError { pos, message: format!("cannot {verb} {} with {}", x.describe(), y.describe()) });
                 Type::Error
             }
         }
@@ -243,7 +241,8 @@ impl Checker<'_> {
                                 return self.error(pos, "text has no order; use `==`, `!=` or `in`");
                             }
                             (a, b) => {
-                                return self.error(pos, format!("cannot compare {} with {}", a.describe(), b.describe()));
+                                return self
+                                    .error(pos, format!("cannot compare {} with {}", a.describe(), b.describe()));
                             }
                         }
                         (Expr::Cmp(cmp, le, re), Type::Bool)

@@ -32,11 +32,8 @@ fn json_value(v: &Json) -> Value<'_> {
         Json::String(s) => Value::Text(s),
         Json::Bool(b) => Value::Bool(*b),
         Json::Number(n) => {
-            let d = if let Some(i) = n.as_i64() {
-                Some(Decimal::from(i))
-            } else {
-                n.as_f64().and_then(Decimal::from_f64)
-            };
+            let d =
+                if let Some(i) = n.as_i64() { Some(Decimal::from(i)) } else { n.as_f64().and_then(Decimal::from_f64) };
             d.map_or(Value::Missing, Value::Num)
         }
         _ => Value::Missing,

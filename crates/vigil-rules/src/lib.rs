@@ -78,7 +78,12 @@ impl RuleSet {
     /// Loads a rule file, or every `*.rules` file in a folder (in name order).
     pub fn load(path: &Path, schema: &Schema) -> Result<RuleSet, RuleErrors> {
         let io_error = |p: &Path, e: std::io::Error| {
-            RuleErrors(vec![RuleError { file: p.to_path_buf(), line: 0, column: 0, message: format!("cannot read: {e}") }])
+            RuleErrors(vec![RuleError {
+                file: p.to_path_buf(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read: {e}"),
+            }])
         };
         let mut files = Vec::new();
         if path.is_dir() {

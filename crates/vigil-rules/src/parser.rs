@@ -51,8 +51,15 @@ pub enum Ast {
     Neg(Box<Node>),
     Not(Box<Node>),
     Bin(BinOp, Box<Node>, Box<Node>),
-    In { expr: Box<Node>, list: Vec<Node>, negated: bool },
-    Is { expr: Box<Node>, missing: bool },
+    In {
+        expr: Box<Node>,
+        list: Vec<Node>,
+        negated: bool,
+    },
+    Is {
+        expr: Box<Node>,
+        missing: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -81,8 +88,21 @@ pub struct ParseError {
 }
 
 const KEYWORDS: [&str; 15] = [
-    "rule", "when", "then", "score", "description", "shadow", "and", "or", "not", "in", "is",
-    "missing", "present", "true", "false",
+    "rule",
+    "when",
+    "then",
+    "score",
+    "description",
+    "shadow",
+    "and",
+    "or",
+    "not",
+    "in",
+    "is",
+    "missing",
+    "present",
+    "true",
+    "false",
 ];
 
 struct Parser<'a> {
@@ -165,7 +185,10 @@ impl<'a> Parser<'a> {
         if !code.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_') {
             return Err(ParseError {
                 pos: code_pos,
-                message: format!("reason code `{code}` must be upper-case letters, digits and _ (such as {})", code.to_ascii_uppercase()),
+                message: format!(
+                    "reason code `{code}` must be upper-case letters, digits and _ (such as {})",
+                    code.to_ascii_uppercase()
+                ),
             });
         }
         let mut rule = RuleAst { name, pos, shadow, when, action, code, score: Decimal::ZERO, description: None };
@@ -180,7 +203,10 @@ impl<'a> Parser<'a> {
                     self.next();
                     true
                 } else {
-                    self.peek().tok == Tok::Plus && { self.next(); false }
+                    self.peek().tok == Tok::Plus && {
+                        self.next();
+                        false
+                    }
                 };
                 match &self.peek().tok {
                     Tok::Number(n) => {
@@ -201,7 +227,8 @@ impl<'a> Parser<'a> {
                         self.next();
                     }
                     other => {
-                        return self.err(format!("expected a quoted text after `description`, found {}", other.describe()))
+                        return self
+                            .err(format!("expected a quoted text after `description`, found {}", other.describe()))
                     }
                 }
                 has_description = true;
@@ -277,7 +304,8 @@ impl<'a> Parser<'a> {
             } else if self.eat_kw("present") {
                 false
             } else {
-                return self.err(format!("expected `missing` or `present` after `is`, found {}", self.peek().tok.describe()));
+                return self
+                    .err(format!("expected `missing` or `present` after `is`, found {}", self.peek().tok.describe()));
             };
             return Ok(Node { ast: Ast::Is { expr: Box::new(left), missing }, pos });
         }
@@ -290,7 +318,8 @@ impl<'a> Parser<'a> {
             }
             self.next();
             if self.peek().tok != Tok::LBracket {
-                return self.err(format!("expected `[` to open a list after `in`, found {}", self.peek().tok.describe()));
+                return self
+                    .err(format!("expected `[` to open a list after `in`, found {}", self.peek().tok.describe()));
             }
             self.next();
             let mut list = Vec::new();
@@ -301,7 +330,10 @@ impl<'a> Parser<'a> {
                         self.next();
                     }
                     Tok::RBracket => {}
-                    _ => return self.err(format!("expected `,` or `]` in the list, found {}", self.peek().tok.describe())),
+                    _ => {
+                        return self
+                            .err(format!("expected `,` or `]` in the list, found {}", self.peek().tok.describe()))
+                    }
                 }
             }
             self.next();

@@ -13,7 +13,9 @@ fn schema() -> Schema {
         aggregate,
         window_s,
     };
-    Schema { features: vec![f("card_count_10m", Aggregate::Count, 600), f("card_sum_24h", Aggregate::SumAmount, 86_400)] }
+    Schema {
+        features: vec![f("card_count_10m", Aggregate::Count, 600), f("card_sum_24h", Aggregate::SumAmount, 86_400)],
+    }
 }
 
 fn set(text: &str) -> Result<RuleSet, RuleErrors> {
@@ -73,7 +75,8 @@ fn table_of_conditions() {
 #[test]
 fn missing_model_score_never_fires() {
     let e = event(r#"{"transaction_id":"t","timestamp":"2026-01-01T00:00:00Z","amount":1,"currency":"EUR"}"#);
-    let rules = set("rule a when model_score > 0.1 then review A\nrule b when not (model_score > 0.1) then review B").unwrap();
+    let rules =
+        set("rule a when model_score > 0.1 then review A\nrule b when not (model_score > 0.1) then review B").unwrap();
     assert!(fired(&rules, &e, &[FeatureValue::Missing, FeatureValue::Missing], None).is_empty());
 }
 

@@ -69,6 +69,8 @@ pub struct Stats {
     pub replayed: AtomicU64,
     /// Feature-store failures that made a batch wait and retry.
     pub store_retries: AtomicU64,
+    /// Records (decisions and dead letters) the broker acknowledged.
+    pub delivered: AtomicU64,
     /// Batches whose offsets were stored.
     pub committed_batches: AtomicU64,
 }
@@ -81,6 +83,7 @@ impl Stats {
             ("dead_lettered", self.dead_lettered.load(Ordering::Relaxed)),
             ("replayed", self.replayed.load(Ordering::Relaxed)),
             ("store_retries", self.store_retries.load(Ordering::Relaxed)),
+            ("delivered", self.delivered.load(Ordering::Relaxed)),
             ("committed_batches", self.committed_batches.load(Ordering::Relaxed)),
         ])
     }
@@ -111,16 +114,18 @@ fn connect(k: &KafkaConfig) -> Result<(StreamConsumer, FutureProducer), StreamEr
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set_if_absent("auto.commit.interval.ms", "1000")
+        // A decision is due before the ledger commits: do not let the broker hold
+        // a fetch for librdkafka's default 500 ms when little is arriving.
+        .set_if_absent("fetch.wait.max.ms", "10")
         .create()?;
-    let producer: FutureProducer = client_config(k)
-        .set_if_absent("linger.ms", "2")
-        .set_if_absent("message.timeout.ms", "60000")
-        .create()?;
+    let producer: FutureProducer =
+        client_config(k).set_if_absent("linger.ms", "2").set_if_absent("message.timeout.ms", "60000").create()?;
     for topic in [&k.input_topic, &k.decisions_topic, &k.dead_letter_topic] {
         let metadata = consumer
             .fetch_metadata(Some(topic), STARTUP_TIMEOUT)
             .map_err(|source| StreamError::Unreachable { brokers: k.brokers.clone(), source })?;
-        let exists = metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+        let exists =
+            metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
         if !exists {
             return Err(StreamError::MissingTopic { topic: topic.clone(), brokers: k.brokers.clone() });
         }
@@ -147,7 +152,10 @@ fn decision_key<'a>(event: &'a Event, fields: &[EventField]) -> &'a str {
 }
 
 /// Enqueues a record, waiting while the producer queue is full (backpressure).
-async fn enqueue(producer: &FutureProducer, mut record: FutureRecord<'_, [u8], [u8]>) -> Result<DeliveryFuture, KafkaError> {
+async fn enqueue(
+    producer: &FutureProducer,
+    mut record: FutureRecord<'_, [u8], [u8]>,
+) -> Result<DeliveryFuture, KafkaError> {
     loop {
         match producer.send_result(record) {
             Ok(f) => return Ok(f),
@@ -180,7 +188,9 @@ pub async fn run(
             while let Some(batch) = rx.recv().await {
                 for (topic, d) in batch.deliveries {
                     match d.await {
-                        Ok(Ok(_)) => {}
+                        Ok(Ok(_)) => {
+                            stats.delivered.fetch_add(1, Ordering::Relaxed);
+                        }
                         Ok(Err((source, _))) => return Err(StreamError::Delivery { topic, source }),
                         Err(_) => return Err(StreamError::Delivery { topic, source: KafkaError::Canceled }),
                     }
@@ -323,7 +333,8 @@ async fn process_batch(
                 headers = headers.insert(header);
             }
         }
-        let mut record = FutureRecord::to(&kafka.dead_letter_topic).payload(m.payload().unwrap_or_default()).headers(headers);
+        let mut record =
+            FutureRecord::to(&kafka.dead_letter_topic).payload(m.payload().unwrap_or_default()).headers(headers);
         if let Some(k) = m.key() {
             record = record.key(k);
         }
@@ -351,14 +362,18 @@ pub async fn create_topics(kafka: &KafkaConfig, partitions: i32) -> Result<Vec<S
     if wanted.is_empty() {
         return Ok(Vec::new());
     }
-    let new: Vec<NewTopic<'_>> = wanted.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
+    let new: Vec<NewTopic<'_>> =
+        wanted.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
     let opts = AdminOptions::new().operation_timeout(Some(STARTUP_TIMEOUT));
     let mut created = Vec::new();
     for r in admin.create_topics(&new, &opts).await? {
         match r {
             Ok(t) => created.push(t),
             Err((t, RDKafkaErrorCode::TopicAlreadyExists)) => tracing::debug!(topic = %t, "already exists"),
-            Err((t, code)) => return Err(StreamError::Client(KafkaError::AdminOp(code))).inspect_err(|_| tracing::error!(topic = %t, "cannot create")),
+            Err((t, code)) => {
+                return Err(StreamError::Client(KafkaError::AdminOp(code)))
+                    .inspect_err(|_| tracing::error!(topic = %t, "cannot create"))
+            }
         }
     }
     Ok(created)
