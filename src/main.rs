@@ -159,6 +159,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let kafka = config.kafka.clone().ok_or(vigil_stream::StreamError::NoKafka)?;
             let engine = Arc::new(Engine::connect(&config).await?);
             tracing::info!(pipeline = %config.name, rules = engine.rules().version(), "engine ready");
+            spawn_reload_on_hangup(engine.clone(), config.clone());
             let stats = Arc::new(vigil_stream::Stats::default());
             vigil_stream::run(&kafka, engine, stats, vigil_stream::shutdown_signal()).await?;
             Ok(())
@@ -210,6 +211,30 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// On SIGHUP, reloads rules (and the model, when configured). A rule set or model
+/// that does not load is refused with a logged error; the last good one keeps serving.
+fn spawn_reload_on_hangup(engine: Arc<Engine>, config: PipelineConfig) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else { return };
+        while hangup.recv().await.is_some() {
+            match engine.reload_rules(&config.rules_path) {
+                Ok(v) => tracing::info!(version = %v, "rules reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, kept = %engine.rules().version(), "rules refused; keeping the last good set")
+                }
+            }
+            if let Some(m) = &config.model {
+                match engine.reload_model(&m.path) {
+                    Ok(v) => tracing::info!(version = %v, "model reloaded"),
+                    Err(e) => tracing::error!(error = %e, "model refused; keeping the last good one"),
+                }
+            }
+        }
+    });
 }
 
 fn gen(a: GenArgs) -> anyhow::Result<()> {
