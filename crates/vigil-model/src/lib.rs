@@ -206,6 +206,17 @@ mod tests {
     }
 
     #[test]
+    fn awkward_floats_survive_the_checksum() {
+        let mut b = body();
+        b.weights = vec![0.1 + 0.2, 1.277_870_411_015_307e-7];
+        b.scaler.mean = vec![62.349_895_439_443_09, 1.0 / 3.0];
+        b.training = serde_json::json!({"auc": 0.994_050_369_663_224_7});
+        let m = LogisticModel::new(b).unwrap();
+        let p = write(&std::env::temp_dir(), &m.to_file_json());
+        assert_eq!(load(&p, &["amount", "card_count_10m"]).unwrap().version(), m.version());
+    }
+
+    #[test]
     fn refuses_corrupt_or_mismatched_files() {
         let m = LogisticModel::new(body()).unwrap();
         let dir = std::env::temp_dir();
