@@ -114,18 +114,7 @@ async fn pass_through(input: String, output: String, group: String, delivered: A
             if let Some(k) = m.key() {
                 r = r.key(k);
             }
-            loop {
-                match p.send_result(r) {
-                    Ok(f) => {
-                        fs.push(f);
-                        break;
-                    }
-                    Err((_, back)) => {
-                        r = back;
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                }
-            }
+            fs.push(vigil_stream::enqueue(&p, r).await.unwrap());
         }
         tx.send((fs, offsets)).await.unwrap();
     }
@@ -139,19 +128,8 @@ async fn produce(topic: &str, events: &[Event]) {
     for e in events {
         let payload = e.to_json();
         let key = e.card_id.clone().unwrap_or_default();
-        let mut r = FutureRecord::to(topic).payload(&payload).key(&key);
-        loop {
-            match p.send_result(r) {
-                Ok(f) => {
-                    fs.push(f);
-                    break;
-                }
-                Err((_, back)) => {
-                    r = back;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            }
-        }
+        let r = FutureRecord::to(topic).payload(payload.as_slice()).key(key.as_bytes());
+        fs.push(vigil_stream::enqueue(&p, r).await.unwrap());
     }
     for f in fs {
         f.await.unwrap().unwrap();

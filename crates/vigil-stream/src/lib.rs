@@ -89,9 +89,16 @@ impl Stats {
     }
 }
 
+/// Which output a record went to.
+#[derive(Clone, Copy)]
+enum Output {
+    Decisions,
+    DeadLetter,
+}
+
 /// A batch whose records are being delivered, with the offsets it may store.
 struct InFlight {
-    deliveries: Vec<(String, DeliveryFuture)>,
+    deliveries: Vec<(Output, DeliveryFuture)>,
     /// `(topic, partition) -> last offset` consumed in the batch.
     offsets: BTreeMap<(String, i32), i64>,
 }
@@ -152,7 +159,7 @@ fn decision_key<'a>(event: &'a Event, fields: &[EventField]) -> &'a str {
 }
 
 /// Enqueues a record, waiting while the producer queue is full (backpressure).
-async fn enqueue(
+pub async fn enqueue(
     producer: &FutureProducer,
     mut record: FutureRecord<'_, [u8], [u8]>,
 ) -> Result<DeliveryFuture, KafkaError> {
@@ -184,15 +191,22 @@ pub async fn run(
     let committer = {
         let consumer = consumer.clone();
         let stats = stats.clone();
+        let topics = (kafka.decisions_topic.clone(), kafka.dead_letter_topic.clone());
         tokio::spawn(async move {
+            let name = |o: Output| match o {
+                Output::Decisions => topics.0.clone(),
+                Output::DeadLetter => topics.1.clone(),
+            };
             while let Some(batch) = rx.recv().await {
-                for (topic, d) in batch.deliveries {
+                for (output, d) in batch.deliveries {
                     match d.await {
                         Ok(Ok(_)) => {
                             stats.delivered.fetch_add(1, Ordering::Relaxed);
                         }
-                        Ok(Err((source, _))) => return Err(StreamError::Delivery { topic, source }),
-                        Err(_) => return Err(StreamError::Delivery { topic, source: KafkaError::Canceled }),
+                        Ok(Err((source, _))) => return Err(StreamError::Delivery { topic: name(output), source }),
+                        Err(_) => {
+                            return Err(StreamError::Delivery { topic: name(output), source: KafkaError::Canceled })
+                        }
                     }
                 }
                 for ((topic, partition), offset) in &batch.offsets {
@@ -315,7 +329,7 @@ async fn process_batch(
         let key = decision_key(event, &kafka.decision_key);
         let record = FutureRecord::to(&kafka.decisions_topic).key(key.as_bytes()).payload(payload.as_slice());
         let f = enqueue(producer, record).await?;
-        deliveries.push((kafka.decisions_topic.clone(), f));
+        deliveries.push((Output::Decisions, f));
         if decision.replayed {
             stats.replayed.fetch_add(1, Ordering::Relaxed);
         }
@@ -339,7 +353,7 @@ async fn process_batch(
             record = record.key(k);
         }
         let f = enqueue(producer, record).await?;
-        deliveries.push((kafka.dead_letter_topic.clone(), f));
+        deliveries.push((Output::DeadLetter, f));
     }
     stats.dead_lettered.fetch_add(dead.len() as u64, Ordering::Relaxed);
     Ok(Some(InFlight { deliveries, offsets }))
