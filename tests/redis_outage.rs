@@ -1,0 +1,107 @@
+//! The stream rides out a stalled Redis: batches wait and retry, nothing is lost,
+//! nothing is counted twice. Uses a private redis-server so other tests are unaffected.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use rdkafka::message::Message;
+use vigil_core::{Decision, Event};
+use vigil_engine::Engine;
+use vigil_gen::GenConfig;
+use vigil_stream::Stats;
+
+struct PrivateRedis(Child);
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn private_redis() -> (PrivateRedis, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (scripts/services.sh installs it)");
+    let url = format!("redis://127.0.0.1:{port}");
+    let client = redis::Client::open(url.as_str()).unwrap();
+    for _ in 0..100 {
+        if client.get_multiplexed_async_connection().await.is_ok() {
+            return (PrivateRedis(child), url);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("private redis on {port} did not start");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_delays_decisions_but_loses_and_double_counts_nothing() {
+    let (_redis, url) = private_redis().await;
+    let mut config = pipeline("outage");
+    config.store.backend = vigil_core::pipeline::StoreBackend::Redis { url: url.clone() };
+    config.store.timeout_ms = 200;
+    let kafka = config.kafka.clone().unwrap();
+    vigil_stream::create_topics(&kafka, 4).await.unwrap();
+    let gen = GenConfig { seed: 5, events: 4_000, cards: 400, merchants: 60, days: 5, ..GenConfig::default() };
+    let events: Vec<Event> = vigil_gen::generate(&gen).into_iter().map(|l| l.event).collect();
+    let lines = |r: std::ops::Range<usize>| events[r].iter().map(Event::to_json).collect::<Vec<_>>().into_iter();
+    vigil_stream::produce_lines(&kafka, &kafka.input_topic, lines(0..1_000)).await.unwrap();
+
+    let engine = Arc::new(Engine::connect(&config).await.unwrap());
+    let stats = Arc::new(Stats::default());
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let run = {
+        let (kafka, stats) = (kafka.clone(), stats.clone());
+        tokio::spawn(async move {
+            vigil_stream::run(&kafka, engine, stats, async {
+                let _ = rx.await;
+            })
+            .await
+        })
+    };
+    wait_until(Duration::from_secs(120), "the first events decided", || stats.decided.load(Ordering::SeqCst) >= 1_000)
+        .await;
+
+    // Stall Redis for three seconds while the rest of the traffic arrives.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(3000).arg("ALL").query_async(&mut conn).await.unwrap();
+    vigil_stream::produce_lines(&kafka, &kafka.input_topic, lines(1_000..4_000)).await.unwrap();
+
+    wait_until(Duration::from_secs(180), "every event decided", || stats.decided.load(Ordering::SeqCst) >= 4_000).await;
+    wait_until(Duration::from_secs(60), "every decision delivered", || stats.delivered.load(Ordering::SeqCst) >= 4_000)
+        .await;
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+    assert!(stats.store_retries.load(Ordering::SeqCst) > 0, "Redis never failed: {:?}", stats.snapshot());
+
+    let out: Vec<Decision> = read_all(&kafka.decisions_topic, 4_000, Duration::from_secs(10), Duration::from_secs(120))
+        .await
+        .iter()
+        .map(|m| serde_json::from_slice(m.payload().unwrap()).unwrap())
+        .collect();
+    let by_id: HashMap<&str, &Decision> = out.iter().map(|d| (d.transaction_id.as_str(), d)).collect();
+    assert_eq!(out.len(), 4_000, "one decision per event");
+    assert_eq!(by_id.len(), 4_000);
+
+    // Features as if Redis had never stalled.
+    let store = vigil_features::MemoryStore::new(vigil_features::Plan::new(config.features.clone()), 86_400);
+    for e in &events {
+        let fv = store.process_sync(&[e]).unwrap().remove(0);
+        let d = by_id[e.transaction_id.as_str()];
+        for (def, v) in config.features.iter().zip(&fv.values) {
+            if def.entity.to_string().starts_with("card_id") {
+                assert_eq!(d.features[&def.name], *v, "{} of {}", def.name, e.transaction_id);
+            }
+        }
+    }
+}
