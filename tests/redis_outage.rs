@@ -27,16 +27,19 @@ impl Drop for PrivateRedis {
 
 async fn private_redis() -> (PrivateRedis, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server must be installed (scripts/services.sh installs it)");
+    // Owned by the guard at once, so every path (panics included) stops it.
+    let guard = PrivateRedis(
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/services.sh installs it)"),
+    );
     let url = format!("redis://127.0.0.1:{port}");
     let client = redis::Client::open(url.as_str()).unwrap();
     for _ in 0..100 {
         if client.get_multiplexed_async_connection().await.is_ok() {
-            return (PrivateRedis(child), url);
+            return (guard, url);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
