@@ -187,7 +187,10 @@ mod tests {
     }
 
     fn write(dir: &Path, text: &str) -> PathBuf {
-        let p = dir.join(format!("m-{}.json", text.len()));
+        // Tests run in parallel: every file gets a name of its own.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let p = dir.join(format!("vigil-model-test-{}-{n}.json", std::process::id()));
         std::fs::write(&p, text).unwrap();
         p
     }
