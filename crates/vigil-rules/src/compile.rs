@@ -2,6 +2,9 @@
 //! evaluates without lookups. Type errors (money compared with a count, text
 //! with a number) are caught here, at load, never at evaluation.
 
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
 use rust_decimal::Decimal;
 use vigil_core::event::EventField;
 use vigil_core::feature::{Aggregate, FeatureDef};
@@ -27,6 +30,8 @@ pub enum Type {
     Bool,
     /// An `attributes` value, whose type is known only at evaluation.
     Any,
+    /// The event time: only an argument of `hour` and `weekday`.
+    Time,
     /// Already reported; suppresses follow-on errors.
     Error,
 }
@@ -41,6 +46,7 @@ impl Type {
             Type::Text => "text",
             Type::Bool => "a condition",
             Type::Any => "an attribute",
+            Type::Time => "a time (use hour(timestamp) or weekday(timestamp))",
             Type::Error => "an error",
         }
     }
@@ -75,6 +81,17 @@ pub enum Lit {
     Text(String),
 }
 
+/// Analyst-maintained lists, by name (`@high_risk_countries`).
+pub type Lists = BTreeMap<String, Arc<HashSet<String>>>;
+
+/// Text functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextTest {
+    StartsWith,
+    EndsWith,
+    Contains,
+}
+
 /// A checked expression, ready to evaluate.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expr {
@@ -92,8 +109,29 @@ pub enum Expr {
     And(Box<Expr>, Box<Expr>),
     Or(Box<Expr>, Box<Expr>),
     Not(Box<Expr>),
-    In { expr: Box<Expr>, list: Vec<Lit>, negated: bool },
-    Is { expr: Box<Expr>, missing: bool },
+    In {
+        expr: Box<Expr>,
+        list: Vec<Lit>,
+        negated: bool,
+    },
+    InSet {
+        expr: Box<Expr>,
+        set: Arc<HashSet<String>>,
+        negated: bool,
+    },
+    Lower(Box<Expr>),
+    Upper(Box<Expr>),
+    Test(TextTest, Box<Expr>, Box<Expr>),
+    /// Hour of the event time, 0 to 23, UTC.
+    Hour,
+    /// Day of the week of the event time, `mon` to `sun`, UTC.
+    Weekday,
+    /// The raw event time; only reaches evaluation through `Hour` and `Weekday`.
+    Timestamp,
+    Is {
+        expr: Box<Expr>,
+        missing: bool,
+    },
 }
 
 pub struct CheckError {
@@ -103,6 +141,7 @@ pub struct CheckError {
 
 pub struct Checker<'a> {
     pub schema: &'a Schema,
+    pub lists: &'a Lists,
     pub errors: Vec<CheckError>,
 }
 
@@ -135,9 +174,7 @@ impl Checker<'_> {
         if let Some(field) = EventField::parse(first) {
             return match field {
                 EventField::Amount => (Expr::Amount, Type::Money),
-                EventField::Timestamp => {
-                    self.error(pos, "`timestamp` cannot be used in rules yet; compare features or other fields")
-                }
+                EventField::Timestamp => (Expr::Timestamp, Type::Time),
                 f => (Expr::Field(f), Type::Text),
             };
         }
@@ -279,9 +316,75 @@ impl Checker<'_> {
                 }
                 (Expr::In { expr: Box::new(e), list: lits, negated: *negated }, Type::Bool)
             }
+            Ast::InList { expr, list, negated } => {
+                let (e, t) = self.expr(expr);
+                if !matches!(t, Type::Text | Type::Any | Type::Error) {
+                    return self.error(pos, format!("lists hold text; this is {}", t.describe()));
+                }
+                match self.lists.get(list) {
+                    Some(set) => (Expr::InSet { expr: Box::new(e), set: set.clone(), negated: *negated }, Type::Bool),
+                    None => {
+                        let known = self.lists.keys().map(String::as_str);
+                        let hint = vigil_core::suggest::hint(list, known);
+                        let hint = if hint.is_empty() && self.lists.is_empty() {
+                            "; list files live in the rules folder's lists/ as NAME.txt".to_owned()
+                        } else {
+                            hint
+                        };
+                        self.error(pos, format!("unknown list `@{list}`{hint}"))
+                    }
+                }
+            }
+            Ast::Call { name, args } => self.call(name, args, pos),
             Ast::Is { expr, missing } => {
                 let (e, _) = self.expr(expr);
                 (Expr::Is { expr: Box::new(e), missing: *missing }, Type::Bool)
+            }
+        }
+    }
+
+    fn call(&mut self, name: &str, args: &[Node], pos: Pos) -> (Expr, Type) {
+        const FUNCTIONS: [&str; 7] = ["lower", "upper", "starts_with", "ends_with", "contains", "hour", "weekday"];
+        let arity = match name {
+            "lower" | "upper" | "hour" | "weekday" => 1,
+            "starts_with" | "ends_with" | "contains" => 2,
+            _ => {
+                let hint = vigil_core::suggest::hint(name, FUNCTIONS);
+                return self.error(pos, format!("unknown function `{name}`{hint}"));
+            }
+        };
+        if args.len() != arity {
+            let plural = if arity == 1 { "" } else { "s" };
+            return self.error(pos, format!("`{name}` takes {arity} argument{plural}, not {}", args.len()));
+        }
+        let mut checked = Vec::with_capacity(arity);
+        for a in args {
+            let (e, t) = self.expr(a);
+            let ok = match name {
+                "hour" | "weekday" => matches!(t, Type::Time | Type::Error),
+                _ => matches!(t, Type::Text | Type::Any | Type::Error),
+            };
+            if !ok {
+                let want = if matches!(name, "hour" | "weekday") { "`timestamp`" } else { "text" };
+                return self.error(a.pos, format!("`{name}` takes {want}, not {}", t.describe()));
+            }
+            checked.push(e);
+        }
+        let mut it = checked.into_iter();
+        let mut next = || Box::new(it.next().unwrap_or(Expr::Bool(false)));
+        match name {
+            "lower" => (Expr::Lower(next()), Type::Text),
+            "upper" => (Expr::Upper(next()), Type::Text),
+            "hour" => (Expr::Hour, Type::Number),
+            "weekday" => (Expr::Weekday, Type::Text),
+            _ => {
+                let test = match name {
+                    "starts_with" => TextTest::StartsWith,
+                    "ends_with" => TextTest::EndsWith,
+                    _ => TextTest::Contains,
+                };
+                let (a, b) = (next(), next());
+                (Expr::Test(test, a, b), Type::Bool)
             }
         }
     }

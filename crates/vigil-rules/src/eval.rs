@@ -2,14 +2,17 @@
 //! feature makes a comparison unknown, and a rule fires only when its condition
 //! is known to be true.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
+
+use chrono::{Datelike, Timelike};
 
 use rust_decimal::prelude::FromPrimitive;
 use rust_decimal::Decimal;
 use serde_json::Value as Json;
 use vigil_core::{Event, FeatureValue};
 
-use crate::compile::{Arith, Cmp, Expr, Lit};
+use crate::compile::{Arith, Cmp, Expr, Lit, TextTest};
 
 /// What a rule sees of one event.
 pub struct Context<'a> {
@@ -19,17 +22,20 @@ pub struct Context<'a> {
     pub model_score: Option<f64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Value<'a> {
     Num(Decimal),
-    Text(&'a str),
+    /// Borrowed from the event or the rule, owned only after `lower` / `upper`.
+    Text(Cow<'a, str>),
     Bool(bool),
     Missing,
 }
 
+const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
 fn json_value(v: &Json) -> Value<'_> {
     match v {
-        Json::String(s) => Value::Text(s),
+        Json::String(s) => Value::Text(Cow::Borrowed(s)),
         Json::Bool(b) => Value::Bool(*b),
         Json::Number(n) => {
             let d =
@@ -43,10 +49,23 @@ fn json_value(v: &Json) -> Value<'_> {
 fn value<'a>(e: &'a Expr, ctx: &Context<'a>) -> Value<'a> {
     match e {
         Expr::Num(n) => Value::Num(*n),
-        Expr::Text(s) => Value::Text(s),
+        Expr::Text(s) => Value::Text(Cow::Borrowed(s)),
         Expr::Bool(b) => Value::Bool(*b),
         Expr::Amount => Value::Num(ctx.event.amount),
-        Expr::Field(f) => ctx.event.text(*f).map_or(Value::Missing, Value::Text),
+        Expr::Field(f) => ctx.event.text(*f).map_or(Value::Missing, |t| Value::Text(Cow::Borrowed(t))),
+        Expr::Lower(inner) => match value(inner, ctx) {
+            Value::Text(t) => Value::Text(Cow::Owned(t.to_lowercase())),
+            _ => Value::Missing,
+        },
+        Expr::Upper(inner) => match value(inner, ctx) {
+            Value::Text(t) => Value::Text(Cow::Owned(t.to_uppercase())),
+            _ => Value::Missing,
+        },
+        Expr::Hour => Value::Num(Decimal::from(ctx.event.timestamp.hour())),
+        Expr::Weekday => {
+            Value::Text(Cow::Borrowed(WEEKDAYS[ctx.event.timestamp.weekday().num_days_from_monday() as usize]))
+        }
+        Expr::Timestamp => Value::Missing,
         Expr::Attribute(k) => ctx.event.attributes.get(k).map_or(Value::Missing, json_value),
         Expr::Feature(i) => match ctx.features.get(*i) {
             Some(FeatureValue::Count(c)) => Value::Num(Decimal::from(*c)),
@@ -100,7 +119,7 @@ pub fn truth(e: &Expr, ctx: &Context<'_>) -> Option<bool> {
         Expr::Cmp(op, l, r) => {
             let ord = match (value(l, ctx), value(r, ctx)) {
                 (Value::Num(a), Value::Num(b)) => a.cmp(&b),
-                (Value::Text(a), Value::Text(b)) => a.cmp(b),
+                (Value::Text(a), Value::Text(b)) => a.as_ref().cmp(b.as_ref()),
                 (Value::Bool(a), Value::Bool(b)) => a.cmp(&b),
                 _ => return None,
             };
@@ -115,12 +134,24 @@ pub fn truth(e: &Expr, ctx: &Context<'_>) -> Option<bool> {
         }
         Expr::In { expr, list, negated } => {
             let found = match value(expr, ctx) {
-                Value::Text(t) => list.iter().any(|l| matches!(l, Lit::Text(s) if s == t)),
+                Value::Text(t) => list.iter().any(|l| matches!(l, Lit::Text(s) if s.as_str() == t.as_ref())),
                 Value::Num(n) => list.iter().any(|l| matches!(l, Lit::Num(m) if *m == n)),
                 _ => return None,
             };
             Some(found != *negated)
         }
+        Expr::InSet { expr, set, negated } => match value(expr, ctx) {
+            Value::Text(t) => Some(set.contains(t.as_ref()) != *negated),
+            _ => None,
+        },
+        Expr::Test(test, l, r) => match (value(l, ctx), value(r, ctx)) {
+            (Value::Text(a), Value::Text(b)) => Some(match test {
+                TextTest::StartsWith => a.starts_with(b.as_ref()),
+                TextTest::EndsWith => a.ends_with(b.as_ref()),
+                TextTest::Contains => a.contains(b.as_ref()),
+            }),
+            _ => None,
+        },
         Expr::Is { expr, missing } => Some((value(expr, ctx) == Value::Missing) == *missing),
         other => match value(other, ctx) {
             Value::Bool(b) => Some(b),

@@ -18,13 +18,19 @@ use rust_decimal::prelude::ToPrimitive;
 use sha2::{Digest, Sha256};
 use vigil_core::Action;
 
-pub use compile::Schema;
+pub use compile::{Lists, Schema};
 pub use eval::Context;
 
 use compile::{Checker, Expr};
 
 /// File extension of rule files.
 pub const RULE_EXTENSION: &str = "rules";
+/// Folder, beside the rule files, of list files (`lists/NAME.txt`).
+pub const LISTS_DIR: &str = "lists";
+/// Largest rule file accepted; a bigger one is refused, not parsed.
+pub const MAX_RULE_FILE_BYTES: u64 = 4 << 20;
+/// Largest list file accepted.
+pub const MAX_LIST_FILE_BYTES: u64 = 64 << 20;
 
 /// One checked rule.
 #[derive(Debug, Clone)]
@@ -106,19 +112,79 @@ impl RuleSet {
         } else {
             files.push(path.to_path_buf());
         }
+        let read = |f: &Path, limit: u64| -> Result<String, RuleErrors> {
+            let len = std::fs::metadata(f).map_err(|e| io_error(f, e))?.len();
+            if len > limit {
+                return Err(RuleErrors(vec![RuleError {
+                    file: f.to_path_buf(),
+                    line: 0,
+                    column: 0,
+                    message: format!("{len} bytes is over the {limit}-byte limit for this kind of file"),
+                }]));
+            }
+            std::fs::read_to_string(f).map_err(|e| io_error(f, e))
+        };
         let mut sources = Vec::with_capacity(files.len());
         for f in files {
-            let text = std::fs::read_to_string(&f).map_err(|e| io_error(&f, e))?;
+            let text = read(&f, MAX_RULE_FILE_BYTES)?;
             sources.push((f, text));
         }
-        Self::from_sources(&sources, schema)
+        let lists_dir = if path.is_dir() { path.join(LISTS_DIR) } else { path.with_file_name(LISTS_DIR) };
+        let mut lists = Vec::new();
+        if lists_dir.is_dir() {
+            let mut names = Vec::new();
+            for entry in std::fs::read_dir(&lists_dir).map_err(|e| io_error(&lists_dir, e))? {
+                let p = entry.map_err(|e| io_error(&lists_dir, e))?.path();
+                if p.extension().is_some_and(|x| x == "txt") {
+                    names.push(p);
+                }
+            }
+            names.sort();
+            for p in names {
+                let text = read(&p, MAX_LIST_FILE_BYTES)?;
+                lists.push((p, text));
+            }
+        }
+        Self::build(&sources, &lists, schema)
     }
 
-    /// Builds a rule set from `(file name, text)` pairs.
+    /// Builds a rule set from `(file name, text)` pairs, without lists.
     pub fn from_sources(sources: &[(PathBuf, String)], schema: &Schema) -> Result<RuleSet, RuleErrors> {
+        Self::build(sources, &[], schema)
+    }
+
+    /// Builds a rule set from rule sources and list files (`NAME.txt`: one value a
+    /// line; blank lines and lines starting with `#` are skipped).
+    pub fn build(
+        sources: &[(PathBuf, String)],
+        list_sources: &[(PathBuf, String)],
+        schema: &Schema,
+    ) -> Result<RuleSet, RuleErrors> {
         let mut errors = Vec::new();
         let mut rules: Vec<Rule> = Vec::new();
         let mut hasher = Sha256::new();
+        let mut lists = Lists::new();
+        for (file, text) in list_sources {
+            let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+                && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !valid {
+                errors.push(RuleError {
+                    file: file.clone(),
+                    line: 0,
+                    column: 0,
+                    message: format!("list name `{name}` must be lower-case letters, digits and _"),
+                });
+                continue;
+            }
+            hasher.update(b"list:");
+            hasher.update(name.as_bytes());
+            hasher.update([0]);
+            hasher.update(text.as_bytes());
+            hasher.update([0]);
+            let values = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
+            lists.insert(name, std::sync::Arc::new(values.map(str::to_owned).collect()));
+        }
         for (file, text) in sources {
             hasher.update(file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
             hasher.update([0]);
@@ -139,7 +205,7 @@ impl RuleSet {
                     errors.push(err(r.pos, format!("rule `{}` is already defined at {}", r.name, prev.location)));
                     continue;
                 }
-                let mut checker = Checker { schema, errors: Vec::new() };
+                let mut checker = Checker { schema, lists: &lists, errors: Vec::new() };
                 let (when, ty) = checker.expr(&r.when);
                 checker.want_bool(ty, r.when.pos, "`when`");
                 let ok = checker.errors.is_empty();

@@ -56,6 +56,17 @@ pub enum Ast {
         list: Vec<Node>,
         negated: bool,
     },
+    /// `expr in @name`: membership in an analyst-maintained list file.
+    InList {
+        expr: Box<Node>,
+        list: String,
+        negated: bool,
+    },
+    /// A function call such as `lower(attributes.email)`.
+    Call {
+        name: String,
+        args: Vec<Node>,
+    },
     Is {
         expr: Box<Node>,
         missing: bool,
@@ -105,9 +116,13 @@ const KEYWORDS: [&str; 15] = [
     "false",
 ];
 
+/// Deepest nesting of an expression; deeper input is refused, never a stack overflow.
+pub const MAX_DEPTH: usize = 64;
+
 struct Parser<'a> {
     tokens: &'a [Token],
     i: usize,
+    depth: usize,
 }
 
 type PResult<T> = Result<T, ParseError>;
@@ -246,7 +261,14 @@ impl<'a> Parser<'a> {
     }
 
     fn expr(&mut self) -> PResult<Node> {
-        self.or()
+        self.depth += 1;
+        let out = if self.depth > MAX_DEPTH {
+            self.err(format!("expression nested more than {MAX_DEPTH} levels deep"))
+        } else {
+            self.or()
+        };
+        self.depth -= 1;
+        out
     }
 
     fn or(&mut self) -> PResult<Node> {
@@ -272,8 +294,14 @@ impl<'a> Parser<'a> {
     fn not(&mut self) -> PResult<Node> {
         if self.is_kw("not") {
             let pos = self.next().pos;
-            let inner = self.not()?;
-            return Ok(Node { ast: Ast::Not(Box::new(inner)), pos });
+            self.depth += 1;
+            let inner = if self.depth > MAX_DEPTH {
+                self.err(format!("expression nested more than {MAX_DEPTH} levels deep"))
+            } else {
+                self.not()
+            };
+            self.depth -= 1;
+            return Ok(Node { ast: Ast::Not(Box::new(inner?)), pos });
         }
         self.comparison()
     }
@@ -317,9 +345,16 @@ impl<'a> Parser<'a> {
                 self.next();
             }
             self.next();
+            if self.peek().tok == Tok::At {
+                self.next();
+                let (list, _) = self.name("a list name after `@`")?;
+                return Ok(Node { ast: Ast::InList { expr: Box::new(left), list, negated }, pos });
+            }
             if self.peek().tok != Tok::LBracket {
-                return self
-                    .err(format!("expected `[` to open a list after `in`, found {}", self.peek().tok.describe()));
+                return self.err(format!(
+                    "expected `[` to open a list or `@name` after `in`, found {}",
+                    self.peek().tok.describe()
+                ));
             }
             self.next();
             let mut list = Vec::new();
@@ -373,8 +408,14 @@ impl<'a> Parser<'a> {
     fn unary(&mut self) -> PResult<Node> {
         if self.peek().tok == Tok::Minus {
             let pos = self.next().pos;
-            let inner = self.unary()?;
-            return Ok(Node { ast: Ast::Neg(Box::new(inner)), pos });
+            self.depth += 1;
+            let inner = if self.depth > MAX_DEPTH {
+                self.err(format!("expression nested more than {MAX_DEPTH} levels deep"))
+            } else {
+                self.unary()
+            };
+            self.depth -= 1;
+            return Ok(Node { ast: Ast::Neg(Box::new(inner?)), pos });
         }
         self.primary()
     }
@@ -398,6 +439,27 @@ impl<'a> Parser<'a> {
             }
             Tok::Ident(s) if !KEYWORDS.contains(&s.as_str()) => {
                 self.next();
+                if self.peek().tok == Tok::LParen {
+                    self.next();
+                    let mut args = Vec::new();
+                    while self.peek().tok != Tok::RParen {
+                        args.push(self.expr()?);
+                        match self.peek().tok {
+                            Tok::Comma => {
+                                self.next();
+                            }
+                            Tok::RParen => {}
+                            _ => {
+                                return self.err(format!(
+                                    "expected `,` or `)` in the call of `{s}`, found {}",
+                                    self.peek().tok.describe()
+                                ))
+                            }
+                        }
+                    }
+                    self.next();
+                    return Ok(Node { ast: Ast::Call { name: s.clone(), args }, pos });
+                }
                 let mut path = vec![s.clone()];
                 while self.peek().tok == Tok::Dot {
                     self.next();
@@ -415,7 +477,7 @@ impl<'a> Parser<'a> {
 
 /// Parses every rule in a token stream, collecting an error per broken rule.
 pub fn parse(tokens: &[Token]) -> (Vec<RuleAst>, Vec<ParseError>) {
-    let mut p = Parser { tokens, i: 0 };
+    let mut p = Parser { tokens, i: 0, depth: 0 };
     let (mut rules, mut errors) = (Vec::new(), Vec::new());
     while p.peek().tok != Tok::Eof {
         match p.rule() {
@@ -467,6 +529,31 @@ mod tests {
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert_eq!((errors[0].pos.line, errors[0].pos.column), (1, 22));
         assert!(errors[1].message.contains("expected an action"));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        let deep = format!("rule a when {}amount > 1{} then review A", "(".repeat(5000), ")".repeat(5000));
+        let (_, errors) = parse_text(&deep);
+        assert!(errors[0].message.contains("nested more than"), "{errors:?}");
+        let nots = format!("rule a when {} amount > 1 then review A", "not ".repeat(5000));
+        let (_, errors) = parse_text(&nots);
+        assert!(errors[0].message.contains("nested more than"), "{errors:?}");
+        let negs = format!("rule a when {}amount > 1 then review A", "-".repeat(5000));
+        let (_, errors) = parse_text(&negs);
+        assert!(errors[0].message.contains("nested more than"), "{errors:?}");
+    }
+
+    #[test]
+    fn calls_and_list_references() {
+        let (rules, errors) =
+            parse_text("rule a when lower(attributes.email) == \"x\" and country not in @risky then review A");
+        assert!(errors.is_empty(), "{errors:?}");
+        let Ast::Bin(BinOp::And, l, r) = &rules[0].when.ast else { panic!() };
+        assert!(
+            matches!(&l.ast, Ast::Bin(BinOp::Eq, c, _) if matches!(&c.ast, Ast::Call { name, args } if name == "lower" && args.len() == 1))
+        );
+        assert!(matches!(&r.ast, Ast::InList { list, negated: true, .. } if list == "risky"));
     }
 
     #[test]

@@ -64,6 +64,16 @@ fn table_of_conditions() {
         ("model_score > 0.5", true),
         ("-amount < 0", true),
         ("amount / 0 > 1", false),
+        ("lower(country) == \"fr\"", true),
+        ("upper(attributes.email_domain) == \"MAIL.EXAMPLE\"", true),
+        ("ends_with(attributes.email_domain, \".example\")", true),
+        ("starts_with(country, \"D\")", false),
+        ("contains(attributes.email_domain, \"ail\")", true),
+        ("contains(mcc, \"54\") or not contains(mcc, \"54\")", false),
+        // 2026-01-01T00:00:00Z is a Thursday, at midnight UTC.
+        ("hour(timestamp) < 6", true),
+        ("weekday(timestamp) == \"thu\"", true),
+        ("weekday(timestamp) in [\"sat\", \"sun\"]", false),
     ];
     for (cond, expect) in cases {
         let rules = set(&format!("rule r when {cond} then review R")).unwrap_or_else(|e| panic!("{cond}: {e}"));
@@ -125,4 +135,94 @@ fn shipped_rules_check() {
     let config = vigil_core::PipelineConfig::load(&dir.join("../pipelines/demo.toml")).unwrap();
     let rules = RuleSet::load(&dir, &Schema { features: config.features }).unwrap();
     assert!(rules.rules().len() >= 5);
+}
+
+#[test]
+fn list_files_are_looked_up_by_name() {
+    let lists = vec![
+        (PathBuf::from("lists/risky_countries.txt"), "# watch list\nBR\n\n  NG \n".to_owned()),
+        (PathBuf::from("lists/blocked_cards.txt"), "c1\n".to_owned()),
+    ];
+    let rules = RuleSet::build(
+        &[(PathBuf::from("t.rules"), "rule a when country in @risky_countries or card_id in @blocked_cards then decline A\nrule b when country not in @risky_countries then review B".to_owned())],
+        &lists,
+        &schema(),
+    )
+    .unwrap();
+    let e = |country: &str, card: &str| {
+        event(&format!(
+            r#"{{"transaction_id":"t","timestamp":"2026-01-01T00:00:00Z","amount":1,"currency":"EUR","country":"{country}","card_id":"{card}"}}"#
+        ))
+    };
+    assert_eq!(fired(&rules, &e("NG", "c9"), &[], None), vec!["a"]);
+    assert_eq!(fired(&rules, &e("FR", "c1"), &[], None), vec!["a", "b"]);
+    assert_eq!(fired(&rules, &e("FR", "c9"), &[], None), vec!["b"]);
+    // Lists are part of the version: the same rules with another list decide differently.
+    let other = RuleSet::build(
+        &[(PathBuf::from("t.rules"), "rule a when country in @risky_countries or card_id in @blocked_cards then decline A\nrule b when country not in @risky_countries then review B".to_owned())],
+        &[(PathBuf::from("lists/risky_countries.txt"), "BR\n".to_owned()), lists[1].clone()],
+        &schema(),
+    )
+    .unwrap();
+    assert_ne!(rules.version(), other.version());
+}
+
+#[test]
+fn function_time_and_list_errors_are_located() {
+    let text = "rule a when timestamp > 5 then review A\n\
+                rule b when hour(amount) > 5 then review B\n\
+                rule c when lowr(country) == \"fr\" then review C\n\
+                rule d when starts_with(country) then review D\n\
+                rule e when country in @riskyy then review E\n";
+    let errors = RuleSet::build(
+        &[(PathBuf::from("t.rules"), text.to_owned())],
+        &[(PathBuf::from("lists/risky.txt"), "BR\n".to_owned())],
+        &schema(),
+    )
+    .unwrap_err()
+    .0;
+    let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(errors.len(), 5, "{text:#?}");
+    assert!(text[0].starts_with("t.rules:1:23: cannot compare a time"), "{}", text[0]);
+    assert!(text[1].contains("`hour` takes `timestamp`, not money"), "{}", text[1]);
+    assert!(text[2].contains("unknown function `lowr`; did you mean `lower`?"), "{}", text[2]);
+    assert!(text[3].contains("`starts_with` takes 2 arguments, not 1"), "{}", text[3]);
+    assert!(text[4].contains("unknown list `@riskyy`; did you mean `risky`?"), "{}", text[4]);
+}
+
+/// Seeded mutations of the shipped rules: whatever the input, loading returns
+/// rules or errors, never a panic.
+#[test]
+fn corrupted_rule_files_never_panic() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../rules");
+    let base: String = ["amount.rules", "velocity.rules", "geo.rules"]
+        .iter()
+        .map(|f| std::fs::read_to_string(dir.join(f)).unwrap())
+        .collect();
+    let alphabet: Vec<char> =
+        "rule when then and or not in is ( ) [ ] @ . , \" # - + * / < > = ! 0 9 _ a Z \n\u{e9}".chars().collect();
+    let mut state: u64 = 0x5eed;
+    let mut next = |n: usize| {
+        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        ((state >> 33) as usize) % n.max(1)
+    };
+    let lists = vec![(PathBuf::from("lists/high_risk_countries.txt"), "BR\n".to_owned())];
+    for _ in 0..2_000 {
+        let mut chars: Vec<char> = base.chars().collect();
+        for _ in 0..=next(8) {
+            let at = next(chars.len());
+            match next(3) {
+                0 => {
+                    chars.remove(at);
+                }
+                1 => chars.insert(at, alphabet[next(alphabet.len())]),
+                _ => {
+                    let end = (at + next(40)).min(chars.len());
+                    chars.drain(at..end);
+                }
+            }
+        }
+        let text: String = chars.into_iter().collect();
+        let _ = RuleSet::build(&[(PathBuf::from("m.rules"), text)], &lists, &schema());
+    }
 }
