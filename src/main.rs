@@ -174,6 +174,13 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let engine = Arc::new(Engine::connect(&config).await?);
             tracing::info!(pipeline = %config.name, rules = engine.rules().version(), "engine ready");
             spawn_reload_on_hangup(engine.clone(), config.clone());
+            tokio::spawn(vigil_engine::watch::watch_rules(
+                engine.clone(),
+                config.rules_path.clone(),
+                std::time::Duration::from_secs(1),
+                Arc::new(vigil_engine::watch::ReloadStats::default()),
+                std::future::pending(),
+            ));
             let stats = Arc::new(vigil_stream::Stats::default());
             vigil_stream::run(&kafka, engine, stats, vigil_stream::shutdown_signal()).await?;
             Ok(())

@@ -15,6 +15,8 @@
 //! 5. otherwise a fired `review` rule, or a score at or above `review_score`,
 //!    sends to review; anything else is approved.
 
+pub mod watch;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;

@@ -1,0 +1,81 @@
+//! Live reload: polls the rule files (and lists) for changes and swaps a new rule
+//! set in when they check; a broken edit is refused and the last good set keeps
+//! serving. Polling metadata once a second is cheap for rule folders and sees
+//! editors that replace files as well as those that write in place.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::Engine;
+
+/// What the watcher did, for tests and metrics.
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    pub reloaded: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+/// `(path, length, modified)` of every rule and list file under `path`.
+fn fingerprint(path: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    fn visit(dir: &Path, files: &mut Vec<PathBuf>) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            files.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_file()));
+        }
+    }
+    let mut files = Vec::new();
+    if path.is_dir() {
+        visit(path, &mut files);
+        visit(&path.join(vigil_rules::LISTS_DIR), &mut files);
+    } else {
+        files.push(path.to_path_buf());
+        visit(&path.with_file_name(vigil_rules::LISTS_DIR), &mut files);
+    }
+    let mut out: Vec<_> = files
+        .into_iter()
+        .map(|p| {
+            let meta = std::fs::metadata(&p).ok();
+            let len = meta.as_ref().map_or(0, |m| m.len());
+            let modified = meta.and_then(|m| m.modified().ok());
+            (p, len, modified)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Watches `path` until `shutdown` completes, reloading the engine's rules on change.
+pub async fn watch_rules(
+    engine: Arc<Engine>,
+    path: PathBuf,
+    interval: Duration,
+    stats: Arc<ReloadStats>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut seen = fingerprint(&path);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let now = fingerprint(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let before = engine.rules().version().to_owned();
+        match engine.reload_rules(&path) {
+            Ok(v) if v == before => {}
+            Ok(v) => {
+                stats.reloaded.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(from = %before, to = %v, "rules reloaded");
+            }
+            Err(e) => {
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, kept = %before, "changed rules refused; the last good set keeps serving");
+            }
+        }
+    }
+}
