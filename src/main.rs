@@ -81,6 +81,13 @@ enum Command {
 
 #[derive(Subcommand)]
 enum RulesCommand {
+    /// Run the rule tests kept beside the rules (`tests/*.toml` in the rules folder).
+    Test {
+        path: PathBuf,
+        /// Pipeline whose features, thresholds and model weight the tests use.
+        #[arg(long, default_value = "pipelines/demo.toml")]
+        pipeline: PathBuf,
+    },
     /// Check a rule file or folder against a pipeline's features.
     Check {
         path: PathBuf,
@@ -228,6 +235,33 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             };
             let rules = RuleSet::load(&path, &schema).map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{}: {} rules check (version {})", path.display(), rules.rules().len(), rules.version());
+            Ok(())
+        }
+        Command::Rules { command: RulesCommand::Test { path, pipeline } } => {
+            let mut config = load_pipeline(&pipeline)?;
+            config.rules_path = path.clone();
+            let store = Arc::new(vigil_features::MemoryStore::new(
+                vigil_features::Plan::new(config.features.clone()),
+                config.store.dedup_ttl_s,
+            ));
+            let engine = Engine::new(&config, store)?;
+            let results = vigil_engine::ruletest::run_all(&engine, &path);
+            let (mut passed, mut failed) = (0usize, 0usize);
+            for case in results.values().flatten() {
+                println!("{case}");
+                if case.failure.is_some() {
+                    failed += 1;
+                } else {
+                    passed += 1;
+                }
+            }
+            println!("rule tests: {passed} passed, {failed} failed");
+            if passed + failed == 0 {
+                bail!("no rule tests under {}/{}", path.display(), vigil_engine::ruletest::TESTS_DIR);
+            }
+            if failed > 0 {
+                bail!("{failed} rule test(s) failed");
+            }
             Ok(())
         }
         Command::Topics { command: TopicsCommand::Create { pipeline, partitions } } => {

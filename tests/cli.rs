@@ -112,3 +112,35 @@ fn run_without_redis_fails_fast_and_clearly() {
     assert!(!o.status.success());
     assert!(text(&o).contains("redis://127.0.0.1:1"), "{}", text(&o));
 }
+
+#[test]
+fn shipped_rule_tests_pass() {
+    let o = vigil(&["rules", "test", "rules"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains(" passed, 0 failed"), "{}", text(&o));
+}
+
+#[test]
+fn a_failing_rule_test_shows_a_readable_diff() {
+    let dir = std::env::temp_dir().join(format!("vigil-ruletest-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("tests")).unwrap();
+    std::fs::write(dir.join("r.rules"), "rule big when amount > 100 then review BIG score 10\n").unwrap();
+    std::fs::write(
+        dir.join("tests/t.toml"),
+        "[[case]]\nname = \"wrongly expects a decline\"\nexpect = \"decline\"\nreasons = [\"HUGE\"]\n\
+         [case.event]\ntransaction_id = \"t\"\ntimestamp = \"2026-01-01T00:00:00Z\"\namount = \"500\"\ncurrency = \"EUR\"\n\
+         \n[[case]]\nname = \"passes\"\nexpect = \"review\"\nreasons = [\"BIG\"]\n\
+         [case.event]\ntransaction_id = \"u\"\ntimestamp = \"2026-01-01T00:00:00Z\"\namount = \"500\"\ncurrency = \"EUR\"\n\
+         [case.features]\ncard_count_10m = 1\n",
+    )
+    .unwrap();
+    let o = vigil(&["rules", "test", dir.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let out = text(&o);
+    assert!(out.contains("FAIL") && out.contains("t.toml:1: wrongly expects a decline"), "{out}");
+    assert!(out.contains("expected: decline [HUGE]"), "{out}");
+    assert!(out.contains("got:      review [BIG] (score 10)"), "{out}");
+    assert!(out.contains("missing reasons: HUGE") && out.contains("unexpected reasons: BIG"), "{out}");
+    assert!(out.contains("1 passed, 1 failed"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

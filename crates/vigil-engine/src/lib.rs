@@ -15,6 +15,7 @@
 //! 5. otherwise a fired `review` rule, or a score at or above `review_score`,
 //!    sends to review; anything else is approved.
 
+pub mod ruletest;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -150,7 +151,11 @@ impl Engine {
         Ok(events
             .iter()
             .zip(&features)
-            .map(|(e, fv)| self.decide_with(&rules, model.as_ref().as_ref(), e, fv, started))
+            .map(|(e, fv)| {
+                let m = model.as_ref().as_ref();
+                let score = m.map(|m| Self::model_score(m, e, fv));
+                self.decide_with(&rules, m.map(|m| m.model.version()), score, e, fv, started)
+            })
             .collect())
     }
 
@@ -160,25 +165,39 @@ impl Engine {
         Ok(out.remove(0))
     }
 
+    fn model_score(m: &ScoringModel, event: &Event, fv: &FeatureVector) -> f64 {
+        let inputs: Vec<f64> = m
+            .inputs
+            .iter()
+            .map(|i| match i {
+                Input::Amount => event.amount.to_f64().unwrap_or(f64::NAN),
+                Input::Feature(j) => fv.values.get(*j).and_then(|v| v.as_f64()).unwrap_or(f64::NAN),
+            })
+            .collect();
+        m.model.score(&inputs)
+    }
+
+    /// Decides with given features and model score, touching no store: the
+    /// decision policy as rule tests and backtests exercise it.
+    pub fn decide_given(&self, event: &Event, features: &FeatureVector, model_score: Option<f64>) -> Decision {
+        let rules = self.rules.load();
+        self.decide_with(&rules, None, model_score, event, features, Instant::now())
+    }
+
+    /// The engine's feature definitions, in feature-vector order.
+    pub fn features(&self) -> &[vigil_core::FeatureDef] {
+        &self.schema.features
+    }
+
     fn decide_with(
         &self,
         rules: &RuleSet,
-        model: Option<&ScoringModel>,
+        model_version: Option<&str>,
+        model_score: Option<f64>,
         event: &Event,
         fv: &FeatureVector,
         started: Instant,
     ) -> Decision {
-        let model_score = model.map(|m| {
-            let inputs: Vec<f64> = m
-                .inputs
-                .iter()
-                .map(|i| match i {
-                    Input::Amount => event.amount.to_f64().unwrap_or(f64::NAN),
-                    Input::Feature(j) => fv.values.get(*j).and_then(|v| v.as_f64()).unwrap_or(f64::NAN),
-                })
-                .collect();
-            m.model.score(&inputs)
-        });
         let ctx = Context { event, features: &fv.values, model_score };
         let mut reasons = Vec::new();
         rules.evaluate(&ctx, |_, r| {
@@ -215,7 +234,7 @@ impl Engine {
             score,
             reasons,
             rules_version: rules.version().to_owned(),
-            model_version: model.map(|m| m.model.version().to_owned()),
+            model_version: model_version.map(str::to_owned),
             model_score,
             features,
             replayed: fv.replayed,

@@ -1,0 +1,180 @@
+//! Rule tests: table-driven cases kept beside the rules (`tests/*.toml` in the
+//! rules folder), each an event, its features (as of before it), an optional
+//! model score, and the expected decision and reason codes. Cases run through the
+//! engine's decision policy with the given features, so they need no store.
+//!
+//! ```toml
+//! [[case]]
+//! name = "a fourth payment in ten minutes is reviewed"
+//! expect = "review"
+//! reasons = ["CARD_VELOCITY_10M"]      # every non-shadow reason code, in any order
+//! [case.event]
+//! transaction_id = "t1"
+//! timestamp = "2026-01-05T12:00:00Z"
+//! amount = "40.00"
+//! currency = "EUR"
+//! card_id = "c1"
+//! [case.features]
+//! card_count_10m = 3
+//! card_sum_30d = "1200.00"
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use toml::Spanned;
+use vigil_core::feature::Aggregate;
+use vigil_core::{Action, Event, FeatureValue, FeatureVector};
+
+use crate::Engine;
+
+/// Folder of test files inside the rules folder.
+pub const TESTS_DIR: &str = "tests";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestFile {
+    #[serde(default)]
+    case: Vec<Spanned<RawCase>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCase {
+    name: String,
+    expect: String,
+    #[serde(default)]
+    reasons: Vec<String>,
+    event: toml::Table,
+    #[serde(default)]
+    features: toml::Table,
+    model_score: Option<f64>,
+}
+
+/// One case's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaseResult {
+    pub file: PathBuf,
+    pub line: usize,
+    pub name: String,
+    /// `None` when the case passed.
+    pub failure: Option<String>,
+}
+
+impl fmt::Display for CaseResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = if self.failure.is_some() { "FAIL" } else { "ok" };
+        write!(f, "{status:>4}  {}:{}: {}", self.file.display(), self.line, self.name)?;
+        if let Some(why) = &self.failure {
+            for l in why.lines() {
+                write!(f, "\n        {l}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The test files of a rules folder (or the one file given).
+pub fn test_files(rules_path: &Path) -> Vec<PathBuf> {
+    let dir = if rules_path.is_dir() { rules_path.join(TESTS_DIR) } else { rules_path.with_file_name(TESTS_DIR) };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+fn feature_value(aggregate: Aggregate, v: &toml::Value) -> Result<FeatureValue, String> {
+    match (aggregate, v) {
+        (Aggregate::Count, toml::Value::Integer(i)) => Ok(FeatureValue::Count(*i)),
+        (Aggregate::Count, other) => Err(format!("a count must be a whole number, not {other}")),
+        (Aggregate::SumAmount, toml::Value::String(s)) => {
+            Decimal::from_str_exact(s).map(FeatureValue::Money).map_err(|_| format!("`{s}` is not a decimal amount"))
+        }
+        (Aggregate::SumAmount, toml::Value::Integer(i)) => Ok(FeatureValue::Money(Decimal::from(*i))),
+        (Aggregate::SumAmount, other) => Err(format!("money must be a decimal string such as \"12.50\", not {other}")),
+    }
+}
+
+/// Runs every case of one file. A file that does not parse is one failed case.
+pub fn run_file(engine: &Engine, file: &Path) -> Vec<CaseResult> {
+    let fail = |line: usize, name: &str, why: String| CaseResult {
+        file: file.to_path_buf(),
+        line,
+        name: name.to_owned(),
+        failure: Some(why),
+    };
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => return vec![fail(0, "(file)", format!("cannot read: {e}"))],
+    };
+    let parsed: TestFile = match toml::from_str(&text) {
+        Ok(p) => p,
+        Err(e) => {
+            let line = e.span().map_or(0, |s| vigil_core::pipeline::line_col(&text, s.start).0);
+            return vec![fail(line, "(file)", e.message().trim().to_owned())];
+        }
+    };
+    let defs = engine.features();
+    parsed
+        .case
+        .iter()
+        .map(|spanned| {
+            let line = vigil_core::pipeline::line_col(&text, spanned.span().start).0;
+            let case = spanned.get_ref();
+            let result = (|| -> Result<(), String> {
+                let expect = Action::parse(&case.expect)
+                    .ok_or_else(|| format!("`expect = \"{}\"` is not approve, review or decline", case.expect))?;
+                let json = serde_json::to_vec(&case.event).map_err(|e| e.to_string())?;
+                let event = Event::from_json(&json).map_err(|e| format!("the case's event is invalid: {e}"))?;
+                let mut values = vec![FeatureValue::Missing; defs.len()];
+                for (name, v) in &case.features {
+                    let Some(i) = defs.iter().position(|d| &d.name == name) else {
+                        let hint = vigil_core::suggest::hint(name, defs.iter().map(|d| d.name.as_str()));
+                        return Err(format!("unknown feature `{name}`{hint}"));
+                    };
+                    values[i] = feature_value(defs[i].aggregate, v).map_err(|m| format!("feature `{name}`: {m}"))?;
+                }
+                let d = engine.decide_given(&event, &FeatureVector { values, replayed: false }, case.model_score);
+                let got: BTreeSet<&str> = d.reasons.iter().filter(|r| !r.shadow).map(|r| r.code.as_str()).collect();
+                let want: BTreeSet<&str> = case.reasons.iter().map(String::as_str).collect();
+                if d.decision == expect && got == want {
+                    return Ok(());
+                }
+                let list = |s: &BTreeSet<&str>| s.iter().copied().collect::<Vec<_>>().join(", ");
+                let shadow: Vec<&str> = d.reasons.iter().filter(|r| r.shadow).map(|r| r.code.as_str()).collect();
+                let mut why = format!(
+                    "expected: {} [{}]\ngot:      {} [{}] (score {})",
+                    expect,
+                    list(&want),
+                    d.decision,
+                    list(&got),
+                    d.score
+                );
+                let missing: Vec<&str> = want.difference(&got).copied().collect();
+                let extra: Vec<&str> = got.difference(&want).copied().collect();
+                if !missing.is_empty() {
+                    why.push_str(&format!("\nmissing reasons: {}", missing.join(", ")));
+                }
+                if !extra.is_empty() {
+                    why.push_str(&format!("\nunexpected reasons: {}", extra.join(", ")));
+                }
+                if !shadow.is_empty() {
+                    why.push_str(&format!("\nshadow rules fired: {}", shadow.join(", ")));
+                }
+                Err(why)
+            })();
+            CaseResult { file: file.to_path_buf(), line, name: case.name.clone(), failure: result.err() }
+        })
+        .collect()
+}
+
+/// Runs every test file of the rules folder.
+pub fn run_all(engine: &Engine, rules_path: &Path) -> BTreeMap<PathBuf, Vec<CaseResult>> {
+    test_files(rules_path).into_iter().map(|f| (f.clone(), run_file(engine, &f))).collect()
+}
