@@ -71,6 +71,27 @@ enum Command {
         #[arg(long, default_value = "models/card-fraud.json")]
         out: PathBuf,
     },
+    /// Replay labelled history through a rule set: per-rule hits, precision and
+    /// recall, the decision mix, and the changes against a baseline rule set.
+    Backtest {
+        /// Rule file or folder to test.
+        #[arg(long)]
+        rules: PathBuf,
+        /// History: JSON lines (.jsonl) or CSV (.csv), in time order.
+        #[arg(long)]
+        history: PathBuf,
+        /// Rule file or folder to compare with.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        /// Pipeline whose features, thresholds and model the replay uses.
+        #[arg(long, default_value = "pipelines/demo.toml")]
+        pipeline: PathBuf,
+        /// Column holding the fraud label.
+        #[arg(long, default_value = "is_fraud")]
+        label: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: ReportFormat,
+    },
     /// Send a JSON-lines file of events (or `-` for stdin) to the pipeline's input topic.
     Produce {
         #[arg(long)]
@@ -106,6 +127,12 @@ enum TopicsCommand {
         #[arg(long, default_value_t = 4)]
         partitions: i32,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    Table,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -261,6 +288,38 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             if failed > 0 {
                 bail!("{failed} rule test(s) failed");
+            }
+            Ok(())
+        }
+        Command::Backtest { rules, history, baseline, pipeline, label, format } => {
+            let config = load_pipeline(&pipeline)?;
+            let engine_for = |path: &Path| -> anyhow::Result<Engine> {
+                let mut c = config.clone();
+                c.rules_path = path.to_path_buf();
+                let store =
+                    Arc::new(vigil_features::MemoryStore::new(vigil_features::Plan::new(c.features.clone()), 60));
+                Ok(Engine::new(&c, store)?)
+            };
+            let candidate = engine_for(&rules)?;
+            let base = baseline.as_deref().map(engine_for).transpose()?;
+            let started = std::time::Instant::now();
+            let h = vigil_offline::history::read(&history, &label)?;
+            for e in &h.first_errors {
+                eprintln!("skipped: {e}");
+            }
+            let bar = indicatif::ProgressBar::new(h.events.len() as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events {per_sec} {eta}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let report = vigil_offline::backtest::run(&candidate, base.as_ref(), &h, |n| bar.set_position(n))?;
+            bar.finish_and_clear();
+            match format {
+                ReportFormat::Table => {
+                    print!("{}", report.to_table());
+                    eprintln!("({:.1} s)", started.elapsed().as_secs_f64());
+                }
+                ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
             }
             Ok(())
         }

@@ -184,6 +184,16 @@ impl Engine {
         self.decide_with(&rules, None, model_score, event, features, Instant::now())
     }
 
+    /// Decides with given features, scoring them with the loaded model (if any):
+    /// what a live decision would have been, for backtests over history.
+    pub fn decide_offline(&self, event: &Event, features: &FeatureVector) -> Decision {
+        let rules = self.rules.load();
+        let model = self.model.load();
+        let m = model.as_ref().as_ref();
+        let score = m.map(|m| Self::model_score(m, event, features));
+        self.decide_with(&rules, m.map(|m| m.model.version()), score, event, features, Instant::now())
+    }
+
     /// The engine's feature definitions, in feature-vector order.
     pub fn features(&self) -> &[vigil_core::FeatureDef] {
         &self.schema.features

@@ -5,6 +5,9 @@
 //! This first cut trains a logistic regression on generated, labelled history with
 //! a split by time (train on the earlier days, evaluate on the later ones).
 
+pub mod backtest;
+pub mod history;
+
 use linfa::prelude::*;
 use linfa::Dataset;
 use linfa_logistic::LogisticRegression;
@@ -261,5 +264,103 @@ mod tests {
         // Seeded: the same data and parameters give the same model.
         let b = train_on_generated(&defs, &config).unwrap();
         assert_eq!(a.model.to_file_json(), b.model.to_file_json());
+    }
+}
+
+#[cfg(test)]
+mod backtest_tests {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use vigil_core::{Action, PipelineConfig};
+    use vigil_engine::Engine;
+    use vigil_gen::GenConfig;
+
+    fn engine(rules: &str) -> (Engine, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("vigil-bt-{}-{}", std::process::id(), rules.len()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("r.rules"), rules).unwrap();
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut c = PipelineConfig::load(&root.join("pipelines/demo.toml")).unwrap();
+        c.rules_path = dir.clone();
+        c.model = None;
+        let store = Arc::new(vigil_features::MemoryStore::new(vigil_features::Plan::new(c.features.clone()), 60));
+        (Engine::new(&c, store).unwrap(), dir)
+    }
+
+    /// The backtest's per-rule figures equal a count made directly on the history.
+    #[test]
+    fn figures_match_an_independent_count() {
+        let items = vigil_gen::generate(&GenConfig {
+            events: 20_000,
+            cards: 1_000,
+            merchants: 100,
+            days: 10,
+            ..GenConfig::default()
+        });
+        let path = std::env::temp_dir().join(format!("vigil-bt-history-{}.jsonl", std::process::id()));
+        vigil_gen::write(std::fs::File::create(&path).unwrap(), &items, vigil_gen::Format::JsonLines, true).unwrap();
+        let history = crate::history::read(&path, "is_fraud").unwrap();
+        assert_eq!(history.events.len(), 20_000);
+
+        let (candidate, d1) = engine(
+            "rule big when amount >= 150 then review BIG score 10\nrule fr when country == \"FR\" then decline FR\n",
+        );
+        let (baseline, d2) = engine("rule big when amount >= 150 then review BIG score 10\n");
+        let report = crate::backtest::run(&candidate, Some(&baseline), &history, |_| {}).unwrap();
+
+        let big = |l: &vigil_gen::Labelled| l.event.amount >= rust_decimal::Decimal::from(150);
+        let fr = |l: &vigil_gen::Labelled| l.event.country.as_deref() == Some("FR");
+        let fraud = items.iter().filter(|l| l.fraud.is_some()).count() as u64;
+        let count = |f: &dyn Fn(&vigil_gen::Labelled) -> bool| items.iter().filter(|l| f(l)).count() as u64;
+        let count_fraud = |f: &dyn Fn(&vigil_gen::Labelled) -> bool| {
+            items.iter().filter(|l| f(l) && l.fraud.is_some()).count() as u64
+        };
+
+        assert_eq!(report.labelled_fraud, Some(fraud));
+        assert_eq!((report.rules[0].hits, report.rules[0].fraud_hits), (count(&big), count_fraud(&big)));
+        assert_eq!((report.rules[1].hits, report.rules[1].fraud_hits), (count(&fr), count_fraud(&fr)));
+        let precision = count_fraud(&big) as f64 / count(&big) as f64;
+        assert!((report.rules[0].precision.unwrap() - precision).abs() < 1e-12);
+        assert!((report.rules[1].recall.unwrap() - count_fraud(&fr) as f64 / fraud as f64).abs() < 1e-12);
+        assert_eq!(report.decisions[&Action::Decline], count(&fr));
+        assert_eq!(report.decisions[&Action::Review], count(&|l| big(l) && !fr(l)));
+
+        // Against the baseline, exactly the French payments change: to decline.
+        let b = report.baseline.unwrap();
+        assert_eq!(b.changed, count(&fr));
+        let to_decline: u64 = b.transitions.iter().filter(|(t, _)| t.ends_with("-> decline")).map(|(_, n)| n).sum();
+        assert_eq!(to_decline, b.changed);
+        assert_eq!(b.fraud_newly_flagged, Some(count_fraud(&|l| fr(l) && !big(l))));
+        for d in [d1, d2] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn csv_history_reads_the_same_events() {
+        let items =
+            vigil_gen::generate(&GenConfig { events: 500, cards: 50, merchants: 10, days: 2, ..GenConfig::default() });
+        let dir = std::env::temp_dir();
+        let (j, c) = (
+            dir.join(format!("vigil-h-{}.jsonl", std::process::id())),
+            dir.join(format!("vigil-h-{}.csv", std::process::id())),
+        );
+        vigil_gen::write(std::fs::File::create(&j).unwrap(), &items, vigil_gen::Format::JsonLines, true).unwrap();
+        vigil_gen::write(std::fs::File::create(&c).unwrap(), &items, vigil_gen::Format::Csv, true).unwrap();
+        let (hj, hc) = (crate::history::read(&j, "is_fraud").unwrap(), crate::history::read(&c, "is_fraud").unwrap());
+        assert_eq!(hj.events, hc.events);
+        assert_eq!(hj.labels, hc.labels);
+        assert_eq!(
+            hj.labels.iter().filter(|l| **l == Some(true)).count(),
+            items.iter().filter(|l| l.fraud.is_some()).count()
+        );
+        std::fs::write(&j, "{\"transaction_id\":\"x\"}\nnot json\n").unwrap();
+        let bad = crate::history::read(&j, "is_fraud").unwrap();
+        assert_eq!(bad.invalid, 2);
+        assert!(bad.first_errors[1].contains(":2: malformed JSON"), "{:?}", bad.first_errors);
+        let _ = std::fs::remove_file(j);
+        let _ = std::fs::remove_file(c);
     }
 }

@@ -1,0 +1,205 @@
+//! Backtests: what a rule set would have decided on history, rule by rule,
+//! against the labels, and what would change against a baseline rule set.
+//! Features are computed with the live code, in history order, once, and shared
+//! by both rule sets.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use vigil_core::{Action, Event};
+use vigil_engine::Engine;
+
+use crate::history::History;
+use crate::OfflineError;
+
+/// Figures for one rule.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RuleFigures {
+    pub rule: String,
+    pub code: String,
+    pub action: Option<Action>,
+    pub shadow: bool,
+    pub hits: u64,
+    /// Hits on labelled fraud.
+    pub fraud_hits: u64,
+    /// `fraud_hits / hits`, when labelled and hit.
+    pub precision: Option<f64>,
+    /// `fraud_hits / all labelled fraud`, when labelled.
+    pub recall: Option<f64>,
+}
+
+/// A backtest's outcome.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Report {
+    pub events: u64,
+    pub invalid_records: u64,
+    pub labelled_fraud: Option<u64>,
+    pub rules_version: String,
+    pub decisions: BTreeMap<Action, u64>,
+    /// Labelled frauds sent to review or declined.
+    pub fraud_flagged: Option<u64>,
+    /// Genuine payments sent to review or declined.
+    pub genuine_flagged: Option<u64>,
+    pub rules: Vec<RuleFigures>,
+    pub baseline: Option<BaselineComparison>,
+}
+
+/// How the candidate's decisions differ from the baseline's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct BaselineComparison {
+    pub rules_version: String,
+    pub decisions: BTreeMap<Action, u64>,
+    /// Events whose decision differs.
+    pub changed: u64,
+    /// `"from -> to"` counts.
+    pub transitions: BTreeMap<String, u64>,
+    /// Labelled frauds flagged by the candidate and not by the baseline, and back.
+    pub fraud_newly_flagged: Option<u64>,
+    pub fraud_no_longer_flagged: Option<u64>,
+}
+
+/// Runs `candidate` (and `baseline`) over the history. `progress` is called with
+/// the number of events done, now and then.
+pub fn run(
+    candidate: &Engine,
+    baseline: Option<&Engine>,
+    history: &History,
+    mut progress: impl FnMut(u64),
+) -> Result<Report, OfflineError> {
+    let events: Vec<&Event> = history.events.iter().collect();
+    let features = crate::features_over_history(candidate.features(), &events)?;
+    let labelled = history.labelled();
+    let rules = candidate.rules();
+    let mut figures: Vec<RuleFigures> = rules
+        .rules()
+        .iter()
+        .map(|r| RuleFigures {
+            rule: r.name.clone(),
+            code: r.code.clone(),
+            action: Some(r.action),
+            shadow: r.shadow,
+            ..RuleFigures::default()
+        })
+        .collect();
+    let index: BTreeMap<&str, usize> = rules.rules().iter().enumerate().map(|(i, r)| (r.name.as_str(), i)).collect();
+    let mut report = Report {
+        events: events.len() as u64,
+        invalid_records: history.invalid as u64,
+        rules_version: rules.version().to_owned(),
+        ..Report::default()
+    };
+    let mut base =
+        baseline.map(|b| BaselineComparison { rules_version: b.rules().version().to_owned(), ..Default::default() });
+    let (mut fraud, mut fraud_flagged, mut genuine_flagged, mut newly, mut no_longer) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    for (i, (event, fv)) in events.iter().zip(&features).enumerate() {
+        let d = candidate.decide_offline(event, fv);
+        let is_fraud = history.labels[i] == Some(true);
+        fraud += u64::from(is_fraud);
+        *report.decisions.entry(d.decision).or_default() += 1;
+        let flagged = d.decision != Action::Approve;
+        if flagged {
+            if is_fraud {
+                fraud_flagged += 1;
+            } else if history.labels[i] == Some(false) {
+                genuine_flagged += 1;
+            }
+        }
+        for r in &d.reasons {
+            if let Some(&j) = index.get(r.rule.as_str()) {
+                figures[j].hits += 1;
+                figures[j].fraud_hits += u64::from(is_fraud);
+            }
+        }
+        if let (Some(b), Some(cmp)) = (baseline, base.as_mut()) {
+            let bd = b.decide_offline(event, fv);
+            *cmp.decisions.entry(bd.decision).or_default() += 1;
+            if bd.decision != d.decision {
+                cmp.changed += 1;
+                *cmp.transitions.entry(format!("{} -> {}", bd.decision, d.decision)).or_default() += 1;
+            }
+            let base_flagged = bd.decision != Action::Approve;
+            if is_fraud && flagged && !base_flagged {
+                newly += 1;
+            }
+            if is_fraud && !flagged && base_flagged {
+                no_longer += 1;
+            }
+        }
+        if i % 10_000 == 0 {
+            progress(i as u64);
+        }
+    }
+    progress(events.len() as u64);
+    if labelled {
+        report.labelled_fraud = Some(fraud);
+        report.fraud_flagged = Some(fraud_flagged);
+        report.genuine_flagged = Some(genuine_flagged);
+        for f in &mut figures {
+            f.precision = (f.hits > 0).then(|| f.fraud_hits as f64 / f.hits as f64);
+            f.recall = (fraud > 0).then(|| f.fraud_hits as f64 / fraud as f64);
+        }
+        if let Some(cmp) = base.as_mut() {
+            cmp.fraud_newly_flagged = Some(newly);
+            cmp.fraud_no_longer_flagged = Some(no_longer);
+        }
+    }
+    report.rules = figures;
+    report.baseline = base;
+    Ok(report)
+}
+
+impl Report {
+    /// A table for people.
+    pub fn to_table(&self) -> String {
+        let pct = |x: Option<f64>| x.map_or("-".to_owned(), |v| format!("{:.1}%", 100.0 * v));
+        let mut out = format!("backtest of rules {} over {} events", self.rules_version, self.events);
+        if self.invalid_records > 0 {
+            out.push_str(&format!(" ({} invalid records skipped)", self.invalid_records));
+        }
+        out.push_str("\n\n");
+        out.push_str(&format!(
+            "{:<32} {:<8} {:>9} {:>9} {:>10} {:>8}\n",
+            "rule", "action", "hits", "on fraud", "precision", "recall"
+        ));
+        for r in &self.rules {
+            let name = if r.shadow { format!("{} (shadow)", r.rule) } else { r.rule.clone() };
+            let action = r.action.map_or("", |a| a.as_str());
+            out.push_str(&format!(
+                "{:<32} {:<8} {:>9} {:>9} {:>10} {:>8}\n",
+                name,
+                action,
+                r.hits,
+                r.fraud_hits,
+                pct(r.precision),
+                pct(r.recall)
+            ));
+        }
+        out.push_str("\ndecisions\n");
+        for a in Action::ALL {
+            let n = self.decisions.get(&a).copied().unwrap_or(0);
+            out.push_str(&format!(
+                "  {:<8} {:>9}  {:>6.2}%\n",
+                a.as_str(),
+                n,
+                100.0 * n as f64 / (self.events.max(1)) as f64
+            ));
+        }
+        if let (Some(f), Some(caught), Some(genuine)) = (self.labelled_fraud, self.fraud_flagged, self.genuine_flagged)
+        {
+            out.push_str(&format!(
+                "\nlabelled fraud flagged (review or decline): {caught} of {f}; genuine flagged: {genuine} of {}\n",
+                self.events - f
+            ));
+        }
+        if let Some(b) = &self.baseline {
+            out.push_str(&format!("\nagainst baseline rules {}: {} decisions change\n", b.rules_version, b.changed));
+            for (t, n) in &b.transitions {
+                out.push_str(&format!("  {t:<20} {n:>9}\n"));
+            }
+            if let (Some(newly), Some(lost)) = (b.fraud_newly_flagged, b.fraud_no_longer_flagged) {
+                out.push_str(&format!("  fraud newly flagged: {newly}; fraud no longer flagged: {lost}\n"));
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,134 @@
+//! Reading labelled history: JSON lines (`.jsonl`, `.json`) or CSV (`.csv`), one
+//! event per record, in time order, optionally with a label column. Amounts are
+//! read from their text, so money stays exact. A record that breaks the event
+//! contract is skipped and reported with its line.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+use vigil_core::{Event, EventField};
+
+/// Columns that are history metadata, not event fields.
+pub const SCENARIO_COLUMN: &str = "fraud_scenario";
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("cannot read {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: unknown history format; use .jsonl, .json or .csv", path.display())]
+    Format { path: PathBuf },
+    #[error("{}:{line}: {message}", path.display())]
+    Csv { path: PathBuf, line: u64, message: String },
+}
+
+/// Events of a history, with their labels when the file has the label column.
+#[derive(Debug, Default)]
+pub struct History {
+    pub events: Vec<Event>,
+    /// `Some(is_fraud)` per event when labelled.
+    pub labels: Vec<Option<bool>>,
+    /// Records refused by the event contract: how many, and the first few reasons.
+    pub invalid: usize,
+    pub first_errors: Vec<String>,
+}
+
+impl History {
+    pub fn labelled(&self) -> bool {
+        self.labels.iter().any(Option::is_some)
+    }
+
+    fn push(&mut self, path: &Path, line: u64, mut record: Map<String, Value>, label_column: &str) {
+        let label = record.remove(label_column).and_then(|v| match v {
+            Value::Bool(b) => Some(b),
+            Value::Number(n) => n.as_i64().map(|i| i != 0),
+            Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" => Some(true),
+                "false" | "0" | "no" => Some(false),
+                _ => None,
+            },
+            _ => None,
+        });
+        record.remove(SCENARIO_COLUMN);
+        let bytes = serde_json::to_vec(&record).unwrap_or_default();
+        match Event::from_json(&bytes) {
+            Ok(e) => {
+                self.events.push(e);
+                self.labels.push(label);
+            }
+            Err(e) => {
+                self.invalid += 1;
+                if self.first_errors.len() < 5 {
+                    self.first_errors.push(format!("{}:{line}: {e}", path.display()));
+                }
+            }
+        }
+    }
+}
+
+/// Reads a history file. `label_column` names the fraud label (`is_fraud` by default).
+pub fn read(path: &Path, label_column: &str) -> Result<History, HistoryError> {
+    let io = |source| HistoryError::Io { path: path.to_path_buf(), source };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
+    let mut history = History::default();
+    match ext.as_str() {
+        "jsonl" | "json" | "ndjson" => {
+            let reader = std::io::BufReader::with_capacity(1 << 20, file);
+            for (i, line) in reader.lines().enumerate() {
+                let line = line.map_err(io)?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let n = i as u64 + 1;
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(Value::Object(record)) => history.push(path, n, record, label_column),
+                    Ok(_) => history.reject(path, n, "not a JSON object"),
+                    Err(e) => history.reject(path, n, &format!("malformed JSON: {e}")),
+                }
+            }
+        }
+        "csv" => {
+            let mut reader = csv::ReaderBuilder::new().from_reader(std::io::BufReader::with_capacity(1 << 20, file));
+            let headers = reader
+                .headers()
+                .map_err(|e| HistoryError::Csv { path: path.to_path_buf(), line: 1, message: e.to_string() })?
+                .clone();
+            for row in reader.records() {
+                let row = row.map_err(|e| HistoryError::Csv {
+                    path: path.to_path_buf(),
+                    line: e.position().map_or(0, |p| p.line()),
+                    message: e.to_string(),
+                })?;
+                let line = row.position().map_or(0, |p| p.line());
+                let mut record = Map::new();
+                let mut attributes = Map::new();
+                for (h, v) in headers.iter().zip(row.iter()) {
+                    if v.is_empty() {
+                        continue;
+                    }
+                    if EventField::parse(h).is_some() || h == label_column || h == SCENARIO_COLUMN {
+                        record.insert(h.to_owned(), Value::String(v.to_owned()));
+                    } else {
+                        attributes.insert(h.to_owned(), Value::String(v.to_owned()));
+                    }
+                }
+                if !attributes.is_empty() {
+                    record.insert("attributes".into(), Value::Object(attributes));
+                }
+                history.push(path, line, record, label_column);
+            }
+        }
+        _ => return Err(HistoryError::Format { path: path.to_path_buf() }),
+    }
+    Ok(history)
+}
+
+impl History {
+    fn reject(&mut self, path: &Path, line: u64, why: &str) {
+        self.invalid += 1;
+        if self.first_errors.len() < 5 {
+            self.first_errors.push(format!("{}:{line}: {why}", path.display()));
+        }
+    }
+}
