@@ -57,6 +57,8 @@ pub enum StreamError {
     Engine(#[from] EngineError),
     #[error("the pipeline has no [kafka] section")]
     NoKafka,
+    #[error("internal error (a bug): {0}")]
+    Internal(String),
 }
 
 /// Counters of a run, readable while it goes.
@@ -224,7 +226,8 @@ pub async fn run(
 
     let result = consume(kafka, &engine, &consumer, &producer, &stats, tx, shutdown).await;
     // The sender is dropped: the committer finishes what is in flight, then stops.
-    let committed = committer.await.unwrap_or(Ok(()));
+    let committed =
+        committer.await.unwrap_or_else(|e| Err(StreamError::Internal(format!("offset committer failed: {e}"))));
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         // Nothing stored since the last commit is not an error.
         if !matches!(e, KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) {
