@@ -146,16 +146,6 @@ pub fn parse_duration_s(text: &str) -> Result<u64, String> {
     n.checked_mul(mult).ok_or_else(|| format!("`{text}` is too long"))
 }
 
-/// Formats seconds the way [`parse_duration_s`] reads them, with the largest exact unit.
-pub fn format_duration_s(s: u64) -> String {
-    for (unit, mult) in [("w", 604_800), ("d", 86_400), ("h", 3600), ("m", 60)] {
-        if s >= mult && s.is_multiple_of(mult) {
-            return format!("{}{unit}", s / mult);
-        }
-    }
-    format!("{s}s")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,8 +158,6 @@ mod tests {
         assert!(parse_duration_s("10").is_err());
         assert!(parse_duration_s("m").is_err());
         assert!(parse_duration_s("5y").is_err());
-        assert_eq!(format_duration_s(600), "10m");
-        assert_eq!(format_duration_s(90), "90s");
     }
 
     #[test]

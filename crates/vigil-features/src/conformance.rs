@@ -141,7 +141,7 @@ async fn batches_equal_one_by_one() {
         })
         .collect();
     let mut reference = None;
-    for (name, store) in backends().await {
+    for name in ["memory", "redis"] {
         for batch in [1usize, 7, 60] {
             let prefix_store: Arc<dyn FeatureStore> = if name == "memory" {
                 Arc::new(MemoryStore::new(plan(), 3600))
@@ -158,7 +158,6 @@ async fn batches_equal_one_by_one() {
                     .unwrap(),
                 )
             };
-            let _ = &store;
             let mut out = Vec::new();
             for chunk in events.chunks(batch) {
                 let refs: Vec<&Event> = chunk.iter().collect();

@@ -48,16 +48,6 @@ impl MemoryStore {
         MemoryStore { plan, dedup_ttl_s: dedup_ttl_s as i64, clock, inner: Mutex::new(Inner::default()) }
     }
 
-    /// Number of entity states held (for memory measurements).
-    pub fn entity_count(&self) -> usize {
-        self.inner.lock().map_or(0, |i| i.states.len())
-    }
-
-    /// Total encoded bytes of the entity states held.
-    pub fn state_bytes(&self) -> usize {
-        self.inner.lock().map_or(0, |i| i.states.values().map(|e| e.value.encoded_len()).sum())
-    }
-
     /// Processes a batch synchronously (the store never waits on IO).
     pub fn process_sync(&self, events: &[&Event]) -> Result<Vec<FeatureVector>, FeatureError> {
         let now = (self.clock)();
@@ -84,9 +74,10 @@ impl MemoryStore {
             let value = std::mem::take(&mut states[i]);
             inner.states.insert(keys.entities[i].clone(), Entry { value, expires_at_s: state_expiry });
         }
-        let n = changes.markers.len();
-        for (id, fv) in changes.markers {
-            inner.markers.insert(id, Entry { value: fv, expires_at_s: now + self.dedup_ttl_s });
+        let n = changes.first_seen.len();
+        for i in changes.first_seen {
+            let entry = Entry { value: out[i].clone(), expires_at_s: now + self.dedup_ttl_s };
+            inner.markers.insert(events[i].transaction_id.clone(), entry);
         }
         inner.writes_since_sweep += n;
         if inner.writes_since_sweep > 100_000 {

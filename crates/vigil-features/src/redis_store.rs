@@ -146,15 +146,15 @@ impl RedisStore {
             raw_markers.iter().map(|m| m.as_deref().map(decode_marker).transpose()).collect::<Result<Vec<_>, _>>()?;
 
         let (out, changes) = self.plan.compute(events, &keys, &mut states, &seen);
-        if changes.dirty.is_empty() && changes.markers.is_empty() {
+        if changes.dirty.is_empty() && changes.first_seen.is_empty() {
             return Ok(Some(out));
         }
         let mut inv = self.script.prepare_invoke();
         for &i in &changes.dirty {
             inv.key(&state_keys[i]);
         }
-        for (id, _) in &changes.markers {
-            inv.key(self.marker_key(id));
+        for &i in &changes.first_seen {
+            inv.key(&marker_keys[i]);
         }
         inv.arg(changes.dirty.len()).arg(self.plan.state_ttl_s() * 1000).arg(self.dedup_ttl_s);
         for &i in &changes.dirty {
@@ -167,8 +167,8 @@ impl RedisStore {
             value.extend_from_slice(&states[i].encode());
             inv.arg(value);
         }
-        for (_, fv) in &changes.markers {
-            inv.arg(encode_marker(fv));
+        for &i in &changes.first_seen {
+            inv.arg(encode_marker(&out[i]));
         }
         let applied: i64 = self.timed(inv.invoke_async(&mut conn)).await?;
         Ok((applied == 1).then_some(out))

@@ -94,11 +94,6 @@ impl EntityState {
         postcard::from_bytes(bytes).map_err(|e| FeatureError::Corrupt(format!("entity state: {e}")))
     }
 
-    /// Bytes this state takes when stored.
-    pub fn encoded_len(&self) -> usize {
-        self.encode().len()
-    }
-
     /// Makes the rings match `windows`, keeping the buckets of windows still declared.
     fn conform(&mut self, windows: &[u64]) {
         if self.rings.len() == windows.len() && self.rings.iter().zip(windows).all(|(r, w)| r.window_s == *w) {
@@ -144,8 +139,9 @@ pub struct Plan {
 pub struct Changes {
     /// Indices into the batch's key list of states that changed.
     pub dirty: Vec<usize>,
-    /// Transaction ids seen for the first time, with their features.
-    pub markers: Vec<(String, FeatureVector)>,
+    /// Indices into the batch of events seen for the first time: their features
+    /// (in the computation's output) are what the de-duplication markers store.
+    pub first_seen: Vec<usize>,
 }
 
 /// The keys a batch touches.
@@ -207,10 +203,15 @@ impl Plan {
             for e in &self.entities {
                 row.push(e.key.value_of(ev).map(|v| {
                     let id = format!("{}={}", e.key, v);
-                    *index.entry(id.clone()).or_insert_with(|| {
-                        keys.entities.push(id);
-                        keys.entities.len() - 1
-                    })
+                    match index.get(&id) {
+                        Some(&i) => i,
+                        None => {
+                            let i = keys.entities.len();
+                            keys.entities.push(id.clone());
+                            index.insert(id, i);
+                            i
+                        }
+                    }
                 }));
             }
             keys.per_event.push(row);
@@ -273,9 +274,8 @@ impl Plan {
                 }
                 dirty[*s] = true;
             }
-            let fv = FeatureVector { values, replayed: false };
-            changes.markers.push((ev.transaction_id.clone(), fv.clone()));
-            out.push(fv);
+            changes.first_seen.push(i);
+            out.push(FeatureVector { values, replayed: false });
         }
         changes.dirty = dirty.iter().enumerate().filter_map(|(i, d)| d.then_some(i)).collect();
         (out, changes)
