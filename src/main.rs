@@ -267,11 +267,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Rules { command: RulesCommand::Test { path, pipeline } } => {
             let mut config = load_pipeline(&pipeline)?;
             config.rules_path = path.clone();
-            let store = Arc::new(vigil_features::MemoryStore::new(
-                vigil_features::Plan::new(config.features.clone()),
-                config.store.dedup_ttl_s,
-            ));
-            let engine = Engine::new(&config, store)?;
+            let engine = Engine::in_memory(&config)?;
             let results = vigil_engine::ruletest::run_all(&engine, &path);
             let (mut passed, mut failed) = (0usize, 0usize);
             for case in results.values().flatten() {
@@ -296,9 +292,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let engine_for = |path: &Path| -> anyhow::Result<Engine> {
                 let mut c = config.clone();
                 c.rules_path = path.to_path_buf();
-                let store =
-                    Arc::new(vigil_features::MemoryStore::new(vigil_features::Plan::new(c.features.clone()), 60));
-                Ok(Engine::new(&c, store)?)
+                Ok(Engine::in_memory(&c)?)
             };
             let candidate = engine_for(&rules)?;
             let base = baseline.as_deref().map(engine_for).transpose()?;
@@ -433,9 +427,7 @@ fn validate(path: &Path) -> anyhow::Result<()> {
         }
     };
     if let Some(m) = &config.model {
-        let inputs: Vec<&str> =
-            std::iter::once("amount").chain(config.features.iter().map(|f| f.name.as_str())).collect();
-        if let Err(e) = vigil_model::load(&m.path, &inputs) {
+        if let Err(e) = vigil_model::load(&m.path, &vigil_engine::model_inputs(&config.features)) {
             problems.push(e.to_string());
         }
     }

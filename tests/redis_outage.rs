@@ -14,7 +14,6 @@ use rdkafka::message::Message;
 use vigil_core::{Decision, Event};
 use vigil_engine::Engine;
 use vigil_gen::GenConfig;
-use vigil_stream::Stats;
 
 struct PrivateRedis(Child);
 
@@ -59,18 +58,8 @@ async fn a_stalled_redis_delays_decisions_but_loses_and_double_counts_nothing() 
     let lines = |r: std::ops::Range<usize>| events[r].iter().map(Event::to_json).collect::<Vec<_>>().into_iter();
     vigil_stream::produce_lines(&kafka, &kafka.input_topic, lines(0..1_000)).await.unwrap();
 
-    let engine = Arc::new(Engine::connect(&config).await.unwrap());
-    let stats = Arc::new(Stats::default());
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let run = {
-        let (kafka, stats) = (kafka.clone(), stats.clone());
-        tokio::spawn(async move {
-            vigil_stream::run(&kafka, engine, stats, async {
-                let _ = rx.await;
-            })
-            .await
-        })
-    };
+    let run = start(&config, Arc::new(Engine::connect(&config).await.unwrap()));
+    let stats = run.stats.clone();
     wait_until(Duration::from_secs(120), "the first events decided", || stats.decided.load(Ordering::SeqCst) >= 1_000)
         .await;
 
@@ -83,8 +72,7 @@ async fn a_stalled_redis_delays_decisions_but_loses_and_double_counts_nothing() 
     wait_until(Duration::from_secs(180), "every event decided", || stats.decided.load(Ordering::SeqCst) >= 4_000).await;
     wait_until(Duration::from_secs(60), "every decision delivered", || stats.delivered.load(Ordering::SeqCst) >= 4_000)
         .await;
-    stop.send(()).unwrap();
-    run.await.unwrap().unwrap();
+    run.finish().await.unwrap();
     assert!(stats.store_retries.load(Ordering::SeqCst) > 0, "Redis never failed: {:?}", stats.snapshot());
 
     let out: Vec<Decision> = read_all(&kafka.decisions_topic, 4_000, Duration::from_secs(10), Duration::from_secs(120))
@@ -97,9 +85,7 @@ async fn a_stalled_redis_delays_decisions_but_loses_and_double_counts_nothing() 
     assert_eq!(by_id.len(), 4_000);
 
     // Features as if Redis had never stalled.
-    let store = vigil_features::MemoryStore::new(vigil_features::Plan::new(config.features.clone()), 86_400);
-    for e in &events {
-        let fv = store.process_sync(&[e]).unwrap().remove(0);
+    for (e, fv) in events.iter().zip(reference_features(&config, &events)) {
         let d = by_id[e.transaction_id.as_str()];
         for (def, v) in config.features.iter().zip(&fv.values) {
             if def.entity.to_string().starts_with("card_id") {

@@ -14,7 +14,6 @@ use vigil_core::{Action, Decision, Event};
 use vigil_engine::watch::{watch_rules, ReloadStats};
 use vigil_engine::Engine;
 use vigil_gen::GenConfig;
-use vigil_stream::Stats;
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -48,17 +47,8 @@ async fn editing_rules_under_a_running_stream() {
         tokio::spawn(watch_rules(engine.clone(), rules.clone(), Duration::from_millis(200), reloads.clone(), async {
             let _ = watch_rx.await;
         }));
-    let stats = Arc::new(Stats::default());
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let run = {
-        let (kafka, stats, engine) = (kafka.clone(), stats.clone(), engine.clone());
-        tokio::spawn(async move {
-            vigil_stream::run(&kafka, engine, stats, async {
-                let _ = rx.await;
-            })
-            .await
-        })
-    };
+    let run = start(&config, engine.clone());
+    let stats = run.stats.clone();
     let decided = |n: u64| {
         let stats = stats.clone();
         move || stats.delivered.load(Ordering::SeqCst) >= n
@@ -88,8 +78,7 @@ async fn editing_rules_under_a_running_stream() {
     vigil_stream::produce_lines(&kafka, &kafka.input_topic, batch(2)).await.unwrap();
     wait_until(Duration::from_secs(120), "the third batch", decided(600)).await;
 
-    stop.send(()).unwrap();
-    run.await.unwrap().unwrap();
+    run.finish().await.unwrap();
     stop_watch.send(()).unwrap();
     watcher.await.unwrap();
 

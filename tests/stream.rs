@@ -11,7 +11,6 @@ use common::*;
 use rdkafka::message::Message;
 use vigil_core::{Decision, Event, FeatureValue, PipelineConfig};
 use vigil_engine::Engine;
-use vigil_features::{MemoryStore, Plan};
 use vigil_gen::GenConfig;
 use vigil_stream::{Stats, StreamError};
 
@@ -20,14 +19,13 @@ fn traffic(events: usize, seed: u64) -> Vec<Event> {
     vigil_gen::generate(&config).into_iter().map(|l| l.event).collect()
 }
 
-/// Card-keyed features computed one event at a time, in order: what the stream
-/// must reproduce, since one card's events share a partition and keep its order.
+/// Card-keyed features of every event, by transaction id. One card's events share
+/// a partition and keep its order, so the stream must reproduce these exactly.
 fn reference(config: &PipelineConfig, events: &[Event]) -> HashMap<String, Vec<(String, FeatureValue)>> {
-    let store = MemoryStore::new(Plan::new(config.features.clone()), 86_400);
     events
         .iter()
-        .map(|e| {
-            let fv = store.process_sync(&[e]).unwrap().remove(0);
+        .zip(reference_features(config, events))
+        .map(|(e, fv)| {
             let card: Vec<(String, FeatureValue)> = config
                 .features
                 .iter()
@@ -49,25 +47,8 @@ fn sorted(mut v: Vec<(String, FeatureValue)>) -> Vec<(String, FeatureValue)> {
     v
 }
 
-struct Running {
-    stats: Arc<Stats>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    handle: tokio::task::JoinHandle<Result<(), StreamError>>,
-}
-
-async fn start(config: &PipelineConfig) -> Running {
-    let kafka = config.kafka.clone().unwrap();
-    let engine = Arc::new(Engine::connect(config).await.unwrap());
-    let stats = Arc::new(Stats::default());
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let s = stats.clone();
-    let handle = tokio::spawn(async move {
-        vigil_stream::run(&kafka, engine, s, async {
-            let _ = rx.await;
-        })
-        .await
-    });
-    Running { stats, stop, handle }
+async fn start_stream(config: &PipelineConfig) -> Running {
+    start(config, Arc::new(Engine::connect(config).await.unwrap()))
 }
 
 /// Waits until the stream has read nothing new for `quiet`.
@@ -125,11 +106,10 @@ async fn ten_thousand_events_give_one_decision_each_and_malformed_ones_dead_lett
     let produced = vigil_stream::produce_lines(&kafka, &kafka.input_topic, lines.into_iter()).await.unwrap();
     assert_eq!(produced as usize, events.len() + malformed.len());
 
-    let run = start(&config).await;
+    let run = start_stream(&config).await;
     let expected = (events.len() + malformed.len()) as u64;
     wait_until(Duration::from_secs(240), "every event decided", || total(&run.stats) >= expected).await;
-    run.stop.send(()).unwrap();
-    run.handle.await.unwrap().unwrap();
+    run.finish().await.unwrap();
 
     let out = decisions(
         &read_all(&kafka.decisions_topic, events.len(), Duration::from_secs(10), Duration::from_secs(180)).await,
@@ -177,7 +157,7 @@ async fn a_crash_and_restart_loses_no_event_and_double_counts_no_feature() {
     vigil_stream::produce_lines(&kafka, &kafka.input_topic, lines(0..2_000)).await.unwrap();
 
     // First run: killed mid-stream, without draining or committing.
-    let first = start(&config).await;
+    let first = start_stream(&config).await;
     wait_until(Duration::from_secs(120), "the first run to decide some events", || {
         first.stats.decided.load(Ordering::SeqCst) >= 700
     })
@@ -190,11 +170,12 @@ async fn a_crash_and_restart_loses_no_event_and_double_counts_no_feature() {
     vigil_stream::produce_lines(&kafka, &kafka.input_topic, lines(2_000..3_000)).await.unwrap();
     vigil_stream::produce_lines(&kafka, &kafka.input_topic, lines(0..300)).await.unwrap();
 
-    let second = start(&config).await;
+    let second = start_stream(&config).await;
     until_idle(&second.stats, Duration::from_secs(6), Duration::from_secs(240)).await;
-    second.stop.send(()).unwrap();
-    second.handle.await.unwrap().unwrap();
-    assert!(second.stats.replayed.load(Ordering::SeqCst) >= 300, "{:?}", second.stats.snapshot());
+    let replayed = second.stats.replayed.load(Ordering::SeqCst);
+    let snapshot = second.stats.snapshot();
+    second.finish().await.unwrap();
+    assert!(replayed >= 300, "{snapshot:?}");
 
     let out =
         decisions(&read_all(&kafka.decisions_topic, 3_300, Duration::from_secs(10), Duration::from_secs(180)).await);

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -105,4 +106,41 @@ pub async fn clean_redis(prefix: &str) {
         }
         cursor = next;
     }
+}
+
+/// A `vigil_stream::run` going on in the background.
+pub struct Running {
+    pub stats: Arc<vigil_stream::Stats>,
+    pub stop: tokio::sync::oneshot::Sender<()>,
+    pub handle: tokio::task::JoinHandle<Result<(), vigil_stream::StreamError>>,
+}
+
+impl Running {
+    /// Stops the stream gracefully and returns how it ended.
+    pub async fn finish(self) -> Result<(), vigil_stream::StreamError> {
+        let _ = self.stop.send(());
+        self.handle.await.expect("the stream task panicked")
+    }
+}
+
+/// Starts the stream of `config` over `engine`.
+pub fn start(config: &PipelineConfig, engine: Arc<vigil_engine::Engine>) -> Running {
+    let kafka = config.kafka.clone().expect("the test pipeline has a [kafka] section");
+    let stats = Arc::new(vigil_stream::Stats::default());
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let s = stats.clone();
+    let handle = tokio::spawn(async move {
+        vigil_stream::run(&kafka, engine, s, async {
+            let _ = rx.await;
+        })
+        .await
+    });
+    Running { stats, stop, handle }
+}
+
+/// Features of `events` computed one history pass with the live code: what the
+/// stream must reproduce for features whose entity keeps its order (card-keyed).
+pub fn reference_features(config: &PipelineConfig, events: &[vigil_core::Event]) -> Vec<vigil_core::FeatureVector> {
+    let refs: Vec<&vigil_core::Event> = events.iter().collect();
+    vigil_offline::features_over_history(&config.features, &refs).unwrap()
 }

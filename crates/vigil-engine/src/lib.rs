@@ -63,9 +63,10 @@ pub struct Engine {
     thresholds: Thresholds,
 }
 
-/// Names a model may take as inputs: `amount` and the declared features.
-fn model_inputs(schema: &Schema) -> Vec<&str> {
-    std::iter::once("amount").chain(schema.features.iter().map(|f| f.name.as_str())).collect()
+/// Names a model may take as inputs, in the order training lays them out:
+/// `amount`, then the declared features.
+pub fn model_inputs(features: &[vigil_core::FeatureDef]) -> Vec<&str> {
+    std::iter::once("amount").chain(features.iter().map(|f| f.name.as_str())).collect()
 }
 
 impl Engine {
@@ -81,6 +82,14 @@ impl Engine {
             }
         };
         Engine::new(config, store)
+    }
+
+    /// Builds an engine over a fresh in-memory feature store, whatever the
+    /// pipeline's backend: for rule tests, backtests and other offline work that
+    /// gives features rather than reading them.
+    pub fn in_memory(config: &PipelineConfig) -> Result<Engine, EngineError> {
+        let plan = Plan::new(config.features.clone());
+        Engine::new(config, Arc::new(MemoryStore::new(plan, config.store.dedup_ttl_s)))
     }
 
     /// Builds an engine for a validated pipeline over a connected feature store.
@@ -102,7 +111,7 @@ impl Engine {
     }
 
     fn load_model_for(schema: &Schema, path: &Path) -> Result<ScoringModel, EngineError> {
-        let model = vigil_model::load(path, &model_inputs(schema))?;
+        let model = vigil_model::load(path, &model_inputs(&schema.features))?;
         let inputs = model
             .inputs()
             .iter()

@@ -127,6 +127,5 @@ async fn a_broken_reload_keeps_the_last_good_rules() {
 fn shipped_pipeline_and_rules_load() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let c = PipelineConfig::load(&root.join("pipelines/demo.toml")).unwrap();
-    let store = Arc::new(MemoryStore::new(Plan::new(c.features.clone()), 3600));
-    Engine::new(&c, store).unwrap();
+    Engine::in_memory(&c).unwrap();
 }

@@ -185,8 +185,7 @@ pub fn train_on_generated(defs: &[FeatureDef], config: &TrainConfig) -> Result<T
     let weights: Vec<f64> = fitted.params().iter().map(|w| w * sign).collect();
     let intercept = fitted.intercept() * sign;
 
-    let mut input_names = vec!["amount".to_owned()];
-    input_names.extend(defs.iter().map(|d| d.name.clone()));
+    let input_names: Vec<String> = vigil_engine::model_inputs(defs).into_iter().map(str::to_owned).collect();
     let body = ModelBody {
         format: FORMAT.into(),
         format_version: FORMAT_VERSION,
@@ -270,7 +269,6 @@ mod tests {
 #[cfg(test)]
 mod backtest_tests {
     use std::path::PathBuf;
-    use std::sync::Arc;
 
     use vigil_core::{Action, PipelineConfig};
     use vigil_engine::Engine;
@@ -284,8 +282,7 @@ mod backtest_tests {
         let mut c = PipelineConfig::load(&root.join("pipelines/demo.toml")).unwrap();
         c.rules_path = dir.clone();
         c.model = None;
-        let store = Arc::new(vigil_features::MemoryStore::new(vigil_features::Plan::new(c.features.clone()), 60));
-        (Engine::new(&c, store).unwrap(), dir)
+        (Engine::in_memory(&c).unwrap(), dir)
     }
 
     /// The backtest's per-rule figures equal a count made directly on the history.

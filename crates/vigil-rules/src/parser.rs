@@ -260,15 +260,21 @@ impl<'a> Parser<'a> {
         Ok(rule)
     }
 
-    fn expr(&mut self) -> PResult<Node> {
+    /// Runs `f` one nesting level deeper, refusing input nested past [`MAX_DEPTH`]
+    /// so that no file can exhaust the stack.
+    fn nested<T>(&mut self, f: impl FnOnce(&mut Self) -> PResult<T>) -> PResult<T> {
         self.depth += 1;
         let out = if self.depth > MAX_DEPTH {
             self.err(format!("expression nested more than {MAX_DEPTH} levels deep"))
         } else {
-            self.or()
+            f(self)
         };
         self.depth -= 1;
         out
+    }
+
+    fn expr(&mut self) -> PResult<Node> {
+        self.nested(Self::or)
     }
 
     fn or(&mut self) -> PResult<Node> {
@@ -294,13 +300,7 @@ impl<'a> Parser<'a> {
     fn not(&mut self) -> PResult<Node> {
         if self.is_kw("not") {
             let pos = self.next().pos;
-            self.depth += 1;
-            let inner = if self.depth > MAX_DEPTH {
-                self.err(format!("expression nested more than {MAX_DEPTH} levels deep"))
-            } else {
-                self.not()
-            };
-            self.depth -= 1;
+            let inner = self.nested(Self::not);
             return Ok(Node { ast: Ast::Not(Box::new(inner?)), pos });
         }
         self.comparison()
@@ -408,13 +408,7 @@ impl<'a> Parser<'a> {
     fn unary(&mut self) -> PResult<Node> {
         if self.peek().tok == Tok::Minus {
             let pos = self.next().pos;
-            self.depth += 1;
-            let inner = if self.depth > MAX_DEPTH {
-                self.err(format!("expression nested more than {MAX_DEPTH} levels deep"))
-            } else {
-                self.unary()
-            };
-            self.depth -= 1;
+            let inner = self.nested(Self::unary);
             return Ok(Node { ast: Ast::Neg(Box::new(inner?)), pos });
         }
         self.primary()
