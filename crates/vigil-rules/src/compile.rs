@@ -56,7 +56,7 @@ impl Type {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Arith {
     Add,
     Sub,
@@ -64,7 +64,7 @@ pub enum Arith {
     Div,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Cmp {
     Eq,
     Ne,
@@ -75,7 +75,7 @@ pub enum Cmp {
 }
 
 /// A literal inside an `in [...]` list.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Lit {
     Num(Decimal),
     Text(String),
@@ -85,7 +85,7 @@ pub enum Lit {
 pub type Lists = BTreeMap<String, Arc<HashSet<String>>>;
 
 /// Text functions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TextTest {
     StartsWith,
     EndsWith,

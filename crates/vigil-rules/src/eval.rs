@@ -23,7 +23,7 @@ pub struct Context<'a> {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-enum Value<'a> {
+pub(crate) enum Value<'a> {
     Num(Decimal),
     /// Borrowed from the event or the rule, owned only after `lower` / `upper`.
     Text(Cow<'a, str>),
@@ -46,26 +46,19 @@ fn json_value(v: &Json) -> Value<'_> {
     }
 }
 
-fn value<'a>(e: &'a Expr, ctx: &Context<'a>) -> Value<'a> {
+/// Reads a node without children: a literal, or a value of the event, its
+/// features or the model score.
+pub(crate) fn leaf<'a>(e: &'a Expr, ctx: &Context<'a>) -> Value<'a> {
     match e {
         Expr::Num(n) => Value::Num(*n),
         Expr::Text(s) => Value::Text(Cow::Borrowed(s)),
         Expr::Bool(b) => Value::Bool(*b),
         Expr::Amount => Value::Num(ctx.event.amount),
         Expr::Field(f) => ctx.event.text(*f).map_or(Value::Missing, |t| Value::Text(Cow::Borrowed(t))),
-        Expr::Lower(inner) => match value(inner, ctx) {
-            Value::Text(t) => Value::Text(Cow::Owned(t.to_lowercase())),
-            _ => Value::Missing,
-        },
-        Expr::Upper(inner) => match value(inner, ctx) {
-            Value::Text(t) => Value::Text(Cow::Owned(t.to_uppercase())),
-            _ => Value::Missing,
-        },
         Expr::Hour => Value::Num(Decimal::from(ctx.event.timestamp.hour())),
         Expr::Weekday => {
             Value::Text(Cow::Borrowed(WEEKDAYS[ctx.event.timestamp.weekday().num_days_from_monday() as usize]))
         }
-        Expr::Timestamp => Value::Missing,
         Expr::Attribute(k) => ctx.event.attributes.get(k).map_or(Value::Missing, json_value),
         Expr::Feature(i) => match ctx.features.get(*i) {
             Some(FeatureValue::Count(c)) => Value::Num(Decimal::from(*c)),
@@ -73,89 +66,134 @@ fn value<'a>(e: &'a Expr, ctx: &Context<'a>) -> Value<'a> {
             _ => Value::Missing,
         },
         Expr::ModelScore => ctx.model_score.and_then(Decimal::from_f64).map_or(Value::Missing, Value::Num),
-        Expr::Neg(inner) => match value(inner, ctx) {
-            Value::Num(n) => Value::Num(-n),
-            _ => Value::Missing,
-        },
-        Expr::Arith(op, l, r) => match (value(l, ctx), value(r, ctx)) {
-            (Value::Num(a), Value::Num(b)) => {
-                let out = match op {
-                    Arith::Add => a.checked_add(b),
-                    Arith::Sub => a.checked_sub(b),
-                    Arith::Mul => a.checked_mul(b),
-                    Arith::Div => a.checked_div(b),
-                };
-                out.map_or(Value::Missing, Value::Num)
-            }
-            _ => Value::Missing,
-        },
-        _ => match truth(e, ctx) {
-            Some(b) => Value::Bool(b),
-            None => Value::Missing,
-        },
+        // The raw event time only reaches evaluation through `hour` and `weekday`;
+        // compound expressions are never leaves.
+        _ => Value::Missing,
     }
 }
 
-/// Kleene truth of a condition: `None` is unknown.
-pub fn truth(e: &Expr, ctx: &Context<'_>) -> Option<bool> {
-    match e {
-        Expr::And(l, r) => match truth(l, ctx) {
-            Some(false) => Some(false),
-            lv => match (lv, truth(r, ctx)) {
-                (_, Some(false)) => Some(false),
-                (Some(true), Some(true)) => Some(true),
+pub(crate) fn arith<'a>(op: Arith, l: Value<'_>, r: Value<'_>) -> Value<'a> {
+    match (l, r) {
+        (Value::Num(a), Value::Num(b)) => {
+            let out = match op {
+                Arith::Add => a.checked_add(b),
+                Arith::Sub => a.checked_sub(b),
+                Arith::Mul => a.checked_mul(b),
+                Arith::Div => a.checked_div(b),
+            };
+            out.map_or(Value::Missing, Value::Num)
+        }
+        _ => Value::Missing,
+    }
+}
+
+/// Whether `op` holds for operands ordered `ord` (left against right).
+pub(crate) fn holds(op: Cmp, ord: Ordering) -> bool {
+    match op {
+        Cmp::Eq => ord == Ordering::Equal,
+        Cmp::Ne => ord != Ordering::Equal,
+        Cmp::Lt => ord == Ordering::Less,
+        Cmp::Le => ord != Ordering::Greater,
+        Cmp::Gt => ord == Ordering::Greater,
+        Cmp::Ge => ord != Ordering::Less,
+    }
+}
+
+pub(crate) fn compare(op: Cmp, l: &Value<'_>, r: &Value<'_>) -> Option<bool> {
+    let ord = match (l, r) {
+        (Value::Num(a), Value::Num(b)) => a.cmp(b),
+        (Value::Text(a), Value::Text(b)) => a.as_ref().cmp(b.as_ref()),
+        (Value::Bool(a), Value::Bool(b)) => a.cmp(b),
+        _ => return None,
+    };
+    Some(holds(op, ord))
+}
+
+pub(crate) fn in_list(v: &Value<'_>, list: &[Lit], negated: bool) -> Option<bool> {
+    let found = match v {
+        Value::Text(t) => list.iter().any(|l| matches!(l, Lit::Text(s) if s.as_str() == t.as_ref())),
+        Value::Num(n) => list.iter().any(|l| matches!(l, Lit::Num(m) if m == n)),
+        _ => return None,
+    };
+    Some(found != negated)
+}
+
+pub(crate) fn text_test(test: TextTest, l: &Value<'_>, r: &Value<'_>) -> Option<bool> {
+    match (l, r) {
+        (Value::Text(a), Value::Text(b)) => Some(match test {
+            TextTest::StartsWith => a.starts_with(b.as_ref()),
+            TextTest::EndsWith => a.ends_with(b.as_ref()),
+            TextTest::Contains => a.contains(b.as_ref()),
+        }),
+        _ => None,
+    }
+}
+
+/// The straightforward tree-walking evaluator: the reference that the compiled
+/// [`crate::program::Program`] is tested against.
+#[cfg(test)]
+pub(crate) mod reference {
+    use super::*;
+
+    fn value<'a>(e: &'a Expr, ctx: &Context<'a>) -> Value<'a> {
+        match e {
+            Expr::Lower(inner) => match value(inner, ctx) {
+                Value::Text(t) => Value::Text(Cow::Owned(t.to_lowercase())),
+                _ => Value::Missing,
+            },
+            Expr::Upper(inner) => match value(inner, ctx) {
+                Value::Text(t) => Value::Text(Cow::Owned(t.to_uppercase())),
+                _ => Value::Missing,
+            },
+            Expr::Neg(inner) => match value(inner, ctx) {
+                Value::Num(n) => Value::Num(-n),
+                _ => Value::Missing,
+            },
+            Expr::Arith(op, l, r) => arith(*op, value(l, ctx), value(r, ctx)),
+            Expr::And(..)
+            | Expr::Or(..)
+            | Expr::Not(_)
+            | Expr::Cmp(..)
+            | Expr::In { .. }
+            | Expr::InSet { .. }
+            | Expr::Test(..)
+            | Expr::Is { .. } => truth(e, ctx).map_or(Value::Missing, Value::Bool),
+            leaf_expr => leaf(leaf_expr, ctx),
+        }
+    }
+
+    /// Kleene truth of a condition: `None` is unknown.
+    pub(crate) fn truth(e: &Expr, ctx: &Context<'_>) -> Option<bool> {
+        match e {
+            Expr::And(l, r) => match truth(l, ctx) {
+                Some(false) => Some(false),
+                lv => match (lv, truth(r, ctx)) {
+                    (_, Some(false)) => Some(false),
+                    (Some(true), Some(true)) => Some(true),
+                    _ => None,
+                },
+            },
+            Expr::Or(l, r) => match truth(l, ctx) {
+                Some(true) => Some(true),
+                lv => match (lv, truth(r, ctx)) {
+                    (_, Some(true)) => Some(true),
+                    (Some(false), Some(false)) => Some(false),
+                    _ => None,
+                },
+            },
+            Expr::Not(inner) => truth(inner, ctx).map(|b| !b),
+            Expr::Cmp(op, l, r) => compare(*op, &value(l, ctx), &value(r, ctx)),
+            Expr::In { expr, list, negated } => in_list(&value(expr, ctx), list, *negated),
+            Expr::InSet { expr, set, negated } => match value(expr, ctx) {
+                Value::Text(t) => Some(set.contains(t.as_ref()) != *negated),
                 _ => None,
             },
-        },
-        Expr::Or(l, r) => match truth(l, ctx) {
-            Some(true) => Some(true),
-            lv => match (lv, truth(r, ctx)) {
-                (_, Some(true)) => Some(true),
-                (Some(false), Some(false)) => Some(false),
+            Expr::Test(test, l, r) => text_test(*test, &value(l, ctx), &value(r, ctx)),
+            Expr::Is { expr, missing } => Some((value(expr, ctx) == Value::Missing) == *missing),
+            other => match value(other, ctx) {
+                Value::Bool(b) => Some(b),
                 _ => None,
             },
-        },
-        Expr::Not(inner) => truth(inner, ctx).map(|b| !b),
-        Expr::Cmp(op, l, r) => {
-            let ord = match (value(l, ctx), value(r, ctx)) {
-                (Value::Num(a), Value::Num(b)) => a.cmp(&b),
-                (Value::Text(a), Value::Text(b)) => a.as_ref().cmp(b.as_ref()),
-                (Value::Bool(a), Value::Bool(b)) => a.cmp(&b),
-                _ => return None,
-            };
-            Some(match op {
-                Cmp::Eq => ord == Ordering::Equal,
-                Cmp::Ne => ord != Ordering::Equal,
-                Cmp::Lt => ord == Ordering::Less,
-                Cmp::Le => ord != Ordering::Greater,
-                Cmp::Gt => ord == Ordering::Greater,
-                Cmp::Ge => ord != Ordering::Less,
-            })
         }
-        Expr::In { expr, list, negated } => {
-            let found = match value(expr, ctx) {
-                Value::Text(t) => list.iter().any(|l| matches!(l, Lit::Text(s) if s.as_str() == t.as_ref())),
-                Value::Num(n) => list.iter().any(|l| matches!(l, Lit::Num(m) if *m == n)),
-                _ => return None,
-            };
-            Some(found != *negated)
-        }
-        Expr::InSet { expr, set, negated } => match value(expr, ctx) {
-            Value::Text(t) => Some(set.contains(t.as_ref()) != *negated),
-            _ => None,
-        },
-        Expr::Test(test, l, r) => match (value(l, ctx), value(r, ctx)) {
-            (Value::Text(a), Value::Text(b)) => Some(match test {
-                TextTest::StartsWith => a.starts_with(b.as_ref()),
-                TextTest::EndsWith => a.ends_with(b.as_ref()),
-                TextTest::Contains => a.contains(b.as_ref()),
-            }),
-            _ => None,
-        },
-        Expr::Is { expr, missing } => Some((value(expr, ctx) == Value::Missing) == *missing),
-        other => match value(other, ctx) {
-            Value::Bool(b) => Some(b),
-            _ => None,
-        },
     }
 }

@@ -10,9 +10,11 @@ mod compile;
 mod eval;
 mod lexer;
 mod parser;
+mod program;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rust_decimal::prelude::ToPrimitive;
 use sha2::{Digest, Sha256};
@@ -22,6 +24,7 @@ pub use compile::{Lists, Schema};
 pub use eval::Context;
 
 use compile::{Checker, Expr};
+use program::Program;
 
 /// File extension of rule files.
 pub const RULE_EXTENSION: &str = "rules";
@@ -43,14 +46,9 @@ pub struct Rule {
     pub description: Option<String>,
     /// Where the rule starts, as `file:line`.
     pub location: String,
+    /// The checked condition; evaluation runs the rule set's [`Program`].
+    #[cfg_attr(not(test), allow(dead_code))]
     when: Expr,
-}
-
-impl Rule {
-    /// Whether the rule's condition is known to be true for this context.
-    pub fn fires(&self, ctx: &Context<'_>) -> bool {
-        eval::truth(&self.when, ctx) == Some(true)
-    }
 }
 
 /// A problem in a rule file, with its place.
@@ -77,6 +75,7 @@ pub struct RuleErrors(pub Vec<RuleError>);
 #[derive(Debug, Clone)]
 pub struct RuleSet {
     rules: Vec<Rule>,
+    program: Arc<Program>,
     version: String,
 }
 
@@ -183,7 +182,7 @@ impl RuleSet {
             hasher.update(text.as_bytes());
             hasher.update([0]);
             let values = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
-            lists.insert(name, std::sync::Arc::new(values.map(str::to_owned).collect()));
+            lists.insert(name, Arc::new(values.map(str::to_owned).collect()));
         }
         for (file, text) in sources {
             hasher.update(file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
@@ -230,7 +229,8 @@ impl RuleSet {
         }
         let digest = hasher.finalize();
         let version = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-        Ok(RuleSet { rules, version })
+        let program = Arc::new(Program::build(rules.iter().map(|r| &r.when)));
+        Ok(RuleSet { rules, program, version })
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -242,10 +242,12 @@ impl RuleSet {
         &self.version
     }
 
-    /// Calls `fired` with the index of every rule whose condition holds.
+    /// Calls `fired`, in rule order, with the index of every rule whose
+    /// condition is known to be true.
     pub fn evaluate(&self, ctx: &Context<'_>, mut fired: impl FnMut(usize, &Rule)) {
+        let mut scratch = self.program.scratch();
         for (i, rule) in self.rules.iter().enumerate() {
-            if rule.fires(ctx) {
+            if self.program.fires(i, ctx, &mut scratch) {
                 fired(i, rule);
             }
         }

@@ -226,3 +226,121 @@ fn corrupted_rule_files_never_panic() {
         let _ = RuleSet::build(&[(PathBuf::from("m.rules"), text)], &lists, &schema());
     }
 }
+
+/// The compiled program (shared nodes, threshold groups) decides exactly as the
+/// tree-walking reference evaluator, rule by rule, over seeded events whose
+/// values sit on, around and away from the rules' thresholds, with features and
+/// model scores sometimes missing.
+#[test]
+fn compiled_program_agrees_with_reference() {
+    let mut state: u64 = 0xdec1de;
+    let mut next = |n: u64| {
+        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) % n.max(1)
+    };
+    let conditions = [
+        "amount > 100",
+        "amount >= 100.00",
+        "100 < amount",
+        "amount == 250",
+        "amount != 250",
+        "amount <= -5",
+        "-amount > -100",
+        "amount < 1000 and amount > 100",
+        "card_count_10m >= 3",
+        "card_count_10m > 2.5",
+        "3 <= card_count_10m",
+        "card_count_10m == 3 or card_count_10m == 7",
+        "card_sum_24h + amount > 1000",
+        "card_sum_24h / card_count_10m >= 100",
+        "card_sum_24h > amount * 3",
+        "model_score > 0.5",
+        "model_score <= 0.5",
+        "not (model_score > 0.5)",
+        "country in [\"BR\", \"NG\"]",
+        "country not in [\"FR\"] and amount > 100",
+        "country in @risky or card_id in @blocked",
+        "channel == \"ecom\" and card_count_10m >= 3",
+        "channel == \"ecom\" or model_score > 0.9",
+        "mcc is missing",
+        "mcc is present and mcc == \"5411\"",
+        "attributes.age_days < 7",
+        "attributes.age_days == \"x\"",
+        "attributes.email_domain == \"mail.example\"",
+        "lower(country) == \"br\"",
+        "starts_with(card_id, \"c1\") and not ends_with(card_id, \"9\")",
+        "contains(attributes.email_domain, \"ail\")",
+        "hour(timestamp) < 6 or weekday(timestamp) in [\"sat\", \"sun\"]",
+        "hour(timestamp) >= 22",
+        "card_count_10m is missing or card_sum_24h is missing",
+        "not (country == \"FR\") and not (card_count_10m < 3)",
+    ];
+    let text: String =
+        conditions.iter().enumerate().map(|(i, c)| format!("rule r{i} when {c} then review R{i}\n")).collect();
+    let rules = RuleSet::build(
+        &[(PathBuf::from("t.rules"), text)],
+        &[
+            (PathBuf::from("lists/risky.txt"), "BR\nNG\n".to_owned()),
+            (PathBuf::from("lists/blocked.txt"), "c17\n".to_owned()),
+        ],
+        &schema(),
+    )
+    .unwrap();
+    // Shared sub-expressions are one node: fewer nodes than the trees hold.
+    assert!(rules.program.len() < 4 * conditions.len(), "{} nodes", rules.program.len());
+
+    let amounts = ["0", "5", "99.99", "100", "100.00", "100.01", "250", "250.0", "999.99", "1000", "5000"];
+    let countries = ["BR", "NG", "FR", "DE", "US"];
+    let mut hits = vec![0usize; conditions.len()];
+    for _ in 0..5_000 {
+        let mut json = format!(
+            r#"{{"transaction_id":"t","timestamp":"2026-01-{:02}T{:02}:00:00Z","amount":"{}","currency":"EUR","card_id":"c{}","country":"{}","channel":"{}""#,
+            1 + next(28),
+            next(24),
+            amounts[next(amounts.len() as u64) as usize],
+            next(20),
+            countries[next(countries.len() as u64) as usize],
+            ["ecom", "pos"][next(2) as usize],
+        );
+        if next(2) == 0 {
+            json.push_str(r#","mcc":"5411""#);
+        }
+        match next(3) {
+            0 => json.push_str(r#","attributes":{"age_days":3,"email_domain":"mail.example"}"#),
+            1 => json.push_str(r#","attributes":{"age_days":"x"}"#),
+            _ => {}
+        }
+        json.push('}');
+        let e = event(&json);
+        let count = match next(6) {
+            0 => FeatureValue::Missing,
+            n => FeatureValue::Count(n as i64 + 1),
+        };
+        let sum = match next(4) {
+            0 => FeatureValue::Missing,
+            n => FeatureValue::Money(Decimal::new(n as i64 * 40_000, 2)),
+        };
+        let features = [count, sum];
+        let score = [None, Some(0.1), Some(0.5), Some(0.95)][next(4) as usize];
+        let ctx = Context { event: &e, features: &features, model_score: score };
+        let mut got = Vec::new();
+        rules.evaluate(&ctx, |i, _| got.push(i));
+        let want: Vec<usize> = rules
+            .rules()
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| crate::eval::reference::truth(&r.when, &ctx) == Some(true))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(got, want, "event {json} with {features:?}, score {score:?}");
+        for i in got {
+            hits[i] += 1;
+        }
+    }
+    // The events exercise both outcomes of every rule but the one that cannot
+    // fire (amounts are never negative).
+    for (i, h) in hits.iter().enumerate() {
+        let never = conditions[i] == "amount <= -5";
+        assert!(if never { *h == 0 } else { *h > 0 && *h < 5_000 }, "`{}` fired {h} times", conditions[i]);
+    }
+}
