@@ -88,21 +88,8 @@ fn benches(c: &mut Criterion) {
     g.finish();
 }
 
-/// `n` rules cycling through the shapes analysts write: amount thresholds,
-/// velocity with a channel, list membership, money arithmetic, and `or`s.
 fn generated_rules(n: usize, schema: &Schema) -> RuleSet {
-    let text: String = (0..n)
-        .map(|i| {
-            let cond = match i % 5 {
-                0 => format!("amount > {}", 100 + i),
-                1 => format!("card_count_10m >= {} and channel == \"ecom\"", i % 10 + 1),
-                2 => format!("country in [\"BR\", \"NG\", \"X{i}\"] and amount >= {}", i % 50),
-                3 => format!("card_sum_24h + amount > {}", 1000 + i * 10),
-                _ => format!("terminal_count_1h >= {} or ip_count_1h >= {}", i % 7 + 2, i % 5 + 3),
-            };
-            format!("rule r{i} when {cond} then review R{i} score 1\n")
-        })
-        .collect();
+    let text = vigil_gen::rule_set(n);
     RuleSet::from_sources(&[(std::path::PathBuf::from("generated.rules"), text)], schema).unwrap()
 }
 

@@ -424,6 +424,36 @@ pub fn write_labels(out: impl Write, items: &[Labelled]) -> std::io::Result<()> 
     w.flush()
 }
 
+/// The shapes of [`rule_set`]'s rules, in the order they cycle: rule `i` has
+/// shape `i % 5`. Benchmarks that translate the set into another engine's
+/// format follow this list.
+pub const RULE_SHAPES: [&str; 5] = [
+    "amount > 100 + i",
+    "card_count_10m >= i % 10 + 1 and channel == \"ecom\"",
+    "country in [\"BR\", \"NG\", \"X{i}\"] and amount >= i % 50",
+    "card_sum_24h + amount > 1000 + 10 i",
+    "terminal_count_1h >= i % 7 + 2 or ip_count_1h >= i % 5 + 3",
+];
+
+/// A synthetic rule file of `n` rules in the shapes analysts write (amount
+/// thresholds, velocity with a channel, list membership, money arithmetic and
+/// `or`s; see [`RULE_SHAPES`]), over the demo pipeline's fields and features:
+/// used to measure rule evaluation at sizes beyond the shipped rules.
+pub fn rule_set(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            let cond = match i % 5 {
+                0 => format!("amount > {}", 100 + i),
+                1 => format!("card_count_10m >= {} and channel == \"ecom\"", i % 10 + 1),
+                2 => format!("country in [\"BR\", \"NG\", \"X{i}\"] and amount >= {}", i % 50),
+                3 => format!("card_sum_24h + amount > {}", 1000 + i * 10),
+                _ => format!("terminal_count_1h >= {} or ip_count_1h >= {}", i % 7 + 2, i % 5 + 3),
+            };
+            format!("rule r{i} when {cond} then review R{i} score 1\n")
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,1 @@
+//! Benchmarks only: see `benches/rules_vs_zen.rs`.
