@@ -77,7 +77,7 @@ enum Command {
         /// Rule file or folder to test.
         #[arg(long)]
         rules: PathBuf,
-        /// History: JSON lines (.jsonl) or CSV (.csv), in time order.
+        /// History: JSON lines (.jsonl), CSV (.csv) or Parquet (.parquet), in time order.
         #[arg(long)]
         history: PathBuf,
         /// Rule file or folder to compare with.
@@ -139,6 +139,8 @@ enum ReportFormat {
 enum OutFormat {
     Jsonl,
     Csv,
+    /// Needs `--out FILE`.
+    Parquet,
 }
 
 #[derive(clap::Args)]
@@ -389,14 +391,22 @@ fn gen(a: GenArgs) -> anyhow::Result<()> {
     };
     let items = vigil_gen::generate(&config);
     let format = match a.format {
-        OutFormat::Jsonl => vigil_gen::Format::JsonLines,
-        OutFormat::Csv => vigil_gen::Format::Csv,
+        OutFormat::Jsonl => Some(vigil_gen::Format::JsonLines),
+        OutFormat::Csv => Some(vigil_gen::Format::Csv),
+        OutFormat::Parquet => None,
     };
-    if a.out.as_os_str() == "-" {
-        vigil_gen::write(std::io::stdout().lock(), &items, format, a.inline_labels)?;
-    } else {
-        let f = std::fs::File::create(&a.out).with_context(|| format!("cannot write {}", a.out.display()))?;
-        vigil_gen::write(f, &items, format, a.inline_labels)?;
+    match format {
+        None if a.out.as_os_str() == "-" => {
+            bail!("--format parquet needs --out FILE: Parquet is not written to stdout")
+        }
+        None => vigil_offline::columnar::write(&a.out, &items, a.inline_labels)?,
+        Some(format) if a.out.as_os_str() == "-" => {
+            vigil_gen::write(std::io::stdout().lock(), &items, format, a.inline_labels)?
+        }
+        Some(format) => {
+            let f = std::fs::File::create(&a.out).with_context(|| format!("cannot write {}", a.out.display()))?;
+            vigil_gen::write(f, &items, format, a.inline_labels)?;
+        }
     }
     if let Some(path) = a.labels {
         let f = std::fs::File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;

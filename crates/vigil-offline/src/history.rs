@@ -1,5 +1,6 @@
-//! Reading labelled history: JSON lines (`.jsonl`, `.json`) or CSV (`.csv`), one
-//! event per record, in time order, optionally with a label column. Amounts are
+//! Reading labelled history: JSON lines (`.jsonl`, `.json`), CSV (`.csv`) or
+//! Parquet (`.parquet`, through Arrow; see `columnar.rs`), one event per record,
+//! in time order, optionally with a label column. Amounts are
 //! read from their text, so money stays exact. A record that breaks the event
 //! contract is skipped and reported with its line.
 
@@ -16,8 +17,10 @@ pub const SCENARIO_COLUMN: &str = "fraud_scenario";
 pub enum HistoryError {
     #[error("cannot read {}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{}: unknown history format; use .jsonl, .json or .csv", path.display())]
+    #[error("{}: unknown history format; use .jsonl, .json, .csv or .parquet", path.display())]
     Format { path: PathBuf },
+    #[error("{}: {message}", path.display())]
+    Parquet { path: PathBuf, message: String },
     #[error("{}:{line}: {message}", path.display())]
     Csv { path: PathBuf, line: u64, message: String },
 }
@@ -38,7 +41,7 @@ impl History {
         self.labels.iter().any(Option::is_some)
     }
 
-    fn push(&mut self, path: &Path, line: u64, mut record: Map<String, Value>, label_column: &str) {
+    pub(crate) fn push_row(&mut self, path: &Path, line: u64, mut record: Map<String, Value>, label_column: &str) {
         let label = record.remove(label_column).and_then(|v| match v {
             Value::Bool(b) => Some(b),
             Value::Number(n) => n.as_i64().map(|i| i != 0),
@@ -82,9 +85,9 @@ pub fn read(path: &Path, label_column: &str) -> Result<History, HistoryError> {
                 }
                 let n = i as u64 + 1;
                 match serde_json::from_str::<Value>(&line) {
-                    Ok(Value::Object(record)) => history.push(path, n, record, label_column),
-                    Ok(_) => history.reject(path, n, "not a JSON object"),
-                    Err(e) => history.reject(path, n, &format!("malformed JSON: {e}")),
+                    Ok(Value::Object(record)) => history.push_row(path, n, record, label_column),
+                    Ok(_) => history.reject_row(path, n, "not a JSON object"),
+                    Err(e) => history.reject_row(path, n, &format!("malformed JSON: {e}")),
                 }
             }
         }
@@ -116,16 +119,17 @@ pub fn read(path: &Path, label_column: &str) -> Result<History, HistoryError> {
                 if !attributes.is_empty() {
                     record.insert("attributes".into(), Value::Object(attributes));
                 }
-                history.push(path, line, record, label_column);
+                history.push_row(path, line, record, label_column);
             }
         }
+        "parquet" | "parq" | "pq" => crate::columnar::read(path, file, label_column, &mut history)?,
         _ => return Err(HistoryError::Format { path: path.to_path_buf() }),
     }
     Ok(history)
 }
 
 impl History {
-    fn reject(&mut self, path: &Path, line: u64, why: &str) {
+    pub(crate) fn reject_row(&mut self, path: &Path, line: u64, why: &str) {
         self.invalid += 1;
         if self.first_errors.len() < 5 {
             self.first_errors.push(format!("{}:{line}: {why}", path.display()));

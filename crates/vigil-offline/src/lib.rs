@@ -6,6 +6,7 @@
 //! a split by time (train on the earlier days, evaluate on the later ones).
 
 pub mod backtest;
+pub mod columnar;
 pub mod history;
 
 use linfa::prelude::*;
