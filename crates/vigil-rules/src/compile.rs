@@ -32,6 +32,8 @@ pub enum Type {
     Any,
     /// The event time: only an argument of `hour` and `weekday`.
     Time,
+    /// A length of time in seconds: duration literals (`10m`) and time-since features.
+    Duration,
     /// Already reported; suppresses follow-on errors.
     Error,
 }
@@ -47,12 +49,13 @@ impl Type {
             Type::Bool => "a condition",
             Type::Any => "an attribute",
             Type::Time => "a time (use hour(timestamp) or weekday(timestamp))",
+            Type::Duration => "a duration",
             Type::Error => "an error",
         }
     }
 
     fn is_numeric(self) -> bool {
-        matches!(self, Type::Money | Type::Count | Type::Number | Type::Literal | Type::Any)
+        matches!(self, Type::Money | Type::Count | Type::Number | Type::Literal | Type::Any | Type::Duration)
     }
 }
 
@@ -201,6 +204,13 @@ impl Checker<'_> {
     fn unify(&mut self, a: Type, b: Type, pos: Pos, verb: &str) -> Type {
         match (a, b) {
             (Type::Error, _) | (_, Type::Error) => Type::Error,
+            (Type::Duration, Type::Literal) | (Type::Literal, Type::Duration) => {
+                self.errors.push(CheckError {
+                    pos,
+                    message: format!("cannot {verb} a duration with a plain number; give it a unit, such as 90s, 10m or 24h"),
+                });
+                Type::Error
+            }
             (x, y) if x == y => x,
             (Type::Literal | Type::Any, y) => y,
             (x, Type::Literal | Type::Any) => x,
@@ -216,6 +226,7 @@ impl Checker<'_> {
         let pos = node.pos;
         match &node.ast {
             Ast::Num(n) => (Expr::Num(*n), Type::Literal),
+            Ast::Duration(seconds) => (Expr::Num(Decimal::from(*seconds)), Type::Duration),
             Ast::Str(s) => (Expr::Text(s.clone()), Type::Text),
             Ast::Bool(b) => (Expr::Bool(*b), Type::Bool),
             Ast::Name(path) => self.name(path, pos),
@@ -407,6 +418,13 @@ impl Checker<'_> {
                 self.errors.push(CheckError { pos, message: "cannot multiply money by money".into() });
                 Type::Error
             }
+            (Type::Duration, _) | (_, Type::Duration) => {
+                self.errors.push(CheckError {
+                    pos,
+                    message: format!("cannot multiply {} by {}", a.describe(), b.describe()),
+                });
+                Type::Error
+            }
             (Type::Money, _) | (_, Type::Money) => Type::Money,
             (Type::Count, Type::Count) => Type::Count,
             _ => Type::Number,
@@ -417,6 +435,7 @@ impl Checker<'_> {
 fn div_type(a: Type, b: Type) -> Type {
     match (a, b) {
         (Type::Error, _) | (_, Type::Error) => Type::Error,
+        (Type::Duration, Type::Duration) => Type::Number,
         (x, Type::Literal | Type::Any) => x,
         (Type::Money, Type::Count) => Type::Money,
         _ => Type::Number,

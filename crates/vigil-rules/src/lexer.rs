@@ -12,6 +12,8 @@ pub struct Pos {
 pub enum Tok {
     Ident(String),
     Number(Decimal),
+    /// A duration literal (`90s`, `10m`, `24h`, `30d`, `2w`), in seconds.
+    Duration(u64),
     Str(String),
     LParen,
     RParen,
@@ -38,6 +40,7 @@ impl Tok {
         match self {
             Tok::Ident(s) => format!("`{s}`"),
             Tok::Number(n) => format!("number `{n}`"),
+            Tok::Duration(s) => format!("duration of {s}s"),
             Tok::Str(s) => format!("string \"{s}\""),
             Tok::Eof => "end of file".into(),
             other => format!("`{}`", other.symbol()),
@@ -136,7 +139,19 @@ pub fn lex(text: &str) -> (Vec<Token>, Vec<LexError>) {
                     word.push(chars[i]);
                     advance!();
                 }
-                errors.push(LexError { pos, message: format!("`{word}` is neither a number nor a name") });
+                match vigil_core::feature::parse_duration_s(&word) {
+                    Ok(seconds) => tokens.push(Token { tok: Tok::Duration(seconds), pos }),
+                    Err(_) => {
+                        errors.push(LexError {
+                            pos,
+                            message: format!(
+                                "`{word}` is neither a number, a duration (90s, 10m, 24h, 30d, 2w) nor a name"
+                            ),
+                        });
+                        // A stand-in keeps the parser from reporting the same mistake again.
+                        tokens.push(Token { tok: Tok::Number(Decimal::ZERO), pos });
+                    }
+                }
                 continue;
             }
             match Decimal::from_str_exact(&text) {

@@ -44,6 +44,8 @@ impl BinOp {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Ast {
     Num(Decimal),
+    /// A duration literal, in seconds.
+    Duration(u64),
     Str(String),
     Bool(bool),
     /// A name, possibly dotted (`attributes.email_domain`).
@@ -419,6 +421,7 @@ impl<'a> Parser<'a> {
         let pos = t.pos;
         let ast = match &t.tok {
             Tok::Number(n) => Ast::Num(*n),
+            Tok::Duration(s) => Ast::Duration(*s),
             Tok::Str(s) => Ast::Str(s.clone()),
             Tok::Ident(s) if s == "true" => Ast::Bool(true),
             Tok::Ident(s) if s == "false" => Ast::Bool(false),

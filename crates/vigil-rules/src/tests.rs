@@ -344,3 +344,24 @@ fn compiled_program_agrees_with_reference() {
         assert!(if never { *h == 0 } else { *h > 0 && *h < 5_000 }, "`{}` fired {h} times", conditions[i]);
     }
 }
+
+#[test]
+fn durations_are_typed_lengths_of_time() {
+    let e = event(r#"{"transaction_id":"t","timestamp":"2026-01-01T00:00:00Z","amount":1,"currency":"EUR"}"#);
+    for (cond, expect) in [("90s < 2m", true), ("24h == 1d", true), ("2w > 13d", true), ("30d / 1d == 30", true)] {
+        let rules = set(&format!("rule r when {cond} then review R")).unwrap_or_else(|e| panic!("{cond}: {e}"));
+        assert_eq!(!fired(&rules, &e, &[], None).is_empty(), expect, "{cond}");
+    }
+    let errors = set(
+        "rule a when amount > 10m then review A\n\
+         rule b when 10m > 600 then review B\n\
+         rule c when card_count_10m >= 5x then review C\n",
+    )
+    .unwrap_err()
+    .0;
+    let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(text.len(), 3, "{text:#?}");
+    assert!(text[0].contains("cannot compare money with a duration"), "{}", text[0]);
+    assert!(text[1].contains("a duration with a plain number; give it a unit"), "{}", text[1]);
+    assert!(text[2].starts_with("t.rules:3:31: `5x` is neither a number, a duration"), "{}", text[2]);
+}
