@@ -65,28 +65,94 @@ impl fmt::Display for EntityKey {
     }
 }
 
-/// How a feature aggregates the entity's earlier events.
+/// How a feature aggregates the entity's earlier events (those before the event
+/// being decided, within the window).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Aggregate {
-    /// Number of earlier events in the window.
+    /// Number of earlier events.
     Count,
-    /// Sum of earlier amounts in the window (money).
+    /// Sum of earlier amounts (money).
     SumAmount,
+    /// Mean of earlier amounts (money); missing when there are none.
+    MeanAmount,
+    /// Smallest earlier amount; missing when there are none.
+    MinAmount,
+    /// Largest earlier amount; missing when there are none.
+    MaxAmount,
+    /// Population standard deviation of earlier amounts; missing when there are none.
+    StdAmount,
+    /// This event's amount over the mean of earlier amounts (a plain number);
+    /// missing when there are none or their mean is zero.
+    AmountOverMean,
+    /// Seconds since the entity's previous event, if it is within the window.
+    TimeSinceLast,
+    /// Amount of the entity's previous event, if it is within the window.
+    PreviousAmount,
+    /// Number of distinct values of another field (`of`) among earlier events.
+    Distinct,
+}
+
+/// The kind of value an aggregate gives, as rules and models see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    Count,
+    Money,
+    Number,
+    Seconds,
 }
 
 impl Aggregate {
-    pub const ALL: [Aggregate; 2] = [Aggregate::Count, Aggregate::SumAmount];
+    pub const ALL: [Aggregate; 10] = [
+        Aggregate::Count,
+        Aggregate::SumAmount,
+        Aggregate::MeanAmount,
+        Aggregate::MinAmount,
+        Aggregate::MaxAmount,
+        Aggregate::StdAmount,
+        Aggregate::AmountOverMean,
+        Aggregate::TimeSinceLast,
+        Aggregate::PreviousAmount,
+        Aggregate::Distinct,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Aggregate::Count => "count",
             Aggregate::SumAmount => "sum_amount",
+            Aggregate::MeanAmount => "mean_amount",
+            Aggregate::MinAmount => "min_amount",
+            Aggregate::MaxAmount => "max_amount",
+            Aggregate::StdAmount => "std_amount",
+            Aggregate::AmountOverMean => "amount_over_mean",
+            Aggregate::TimeSinceLast => "time_since_last",
+            Aggregate::PreviousAmount => "previous_amount",
+            Aggregate::Distinct => "distinct",
         }
     }
 
     pub fn parse(s: &str) -> Option<Aggregate> {
         Self::ALL.into_iter().find(|a| a.name() == s)
+    }
+
+    pub fn kind(self) -> ValueKind {
+        match self {
+            Aggregate::Count | Aggregate::Distinct => ValueKind::Count,
+            Aggregate::SumAmount
+            | Aggregate::MeanAmount
+            | Aggregate::MinAmount
+            | Aggregate::MaxAmount
+            | Aggregate::StdAmount
+            | Aggregate::PreviousAmount => ValueKind::Money,
+            Aggregate::AmountOverMean => ValueKind::Number,
+            Aggregate::TimeSinceLast => ValueKind::Seconds,
+        }
+    }
+
+    /// Whether the aggregate needs per-bucket amount statistics (sum of squares,
+    /// minimum, maximum) beyond count and sum.
+    pub fn needs_amount_stats(self) -> bool {
+        matches!(self, Aggregate::MinAmount | Aggregate::MaxAmount | Aggregate::StdAmount)
     }
 }
 
@@ -97,15 +163,21 @@ pub struct FeatureDef {
     pub entity: EntityKey,
     pub aggregate: Aggregate,
     pub window_s: u64,
+    /// The field whose distinct values `distinct` counts.
+    pub of: Option<EventField>,
 }
 
-/// A feature's value. Counts are integers, sums of money are exact decimals.
+/// A feature's value. Counts are integers, money is an exact decimal, plain
+/// numbers (ratios) are decimals, and times are whole seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum FeatureValue {
     Count(i64),
     Money(Decimal),
-    /// The entity key was absent from the event, so the feature has no value.
+    Number(Decimal),
+    Seconds(i64),
+    /// No value: the entity key was absent from the event, or the aggregate has
+    /// nothing to aggregate (no earlier event in the window).
     Missing,
 }
 
@@ -113,8 +185,8 @@ impl FeatureValue {
     /// The value as a model input (floats appear only as model features).
     pub fn as_f64(self) -> Option<f64> {
         match self {
-            FeatureValue::Count(c) => Some(c as f64),
-            FeatureValue::Money(m) => m.to_f64(),
+            FeatureValue::Count(c) | FeatureValue::Seconds(c) => Some(c as f64),
+            FeatureValue::Money(m) | FeatureValue::Number(m) => m.to_f64(),
             FeatureValue::Missing => None,
         }
     }

@@ -178,6 +178,8 @@ struct RawFeature {
     entity: Spanned<String>,
     aggregate: Spanned<String>,
     window: Spanned<String>,
+    /// For `distinct`: the field whose distinct values are counted.
+    of: Option<Spanned<String>>,
 }
 
 /// Collects problems with line and column computed from byte offsets.
@@ -337,8 +339,32 @@ impl PipelineConfig {
                 }
                 Ok(_) => {}
             }
-            if let (Ok(entity), Some(aggregate), Ok(window_s)) = (entity, aggregate, window) {
-                features.push(FeatureDef { name: name.clone(), entity, aggregate, window_s });
+            let of = match (&f.of, aggregate) {
+                (None, Some(Aggregate::Distinct)) => {
+                    p.on(&f.aggregate, key("of"), "`distinct` needs `of`, the field whose values it counts");
+                    Err(())
+                }
+                (None, _) => Ok(None),
+                (Some(of), Some(Aggregate::Distinct)) => match EventField::parse(of.get_ref()) {
+                    Some(field) if !matches!(field, EventField::Timestamp | EventField::Amount) => Ok(Some(field)),
+                    Some(_) => {
+                        p.on(of, key("of"), "`distinct` counts text fields, not amount or timestamp");
+                        Err(())
+                    }
+                    None => {
+                        let known = EventField::ALL.iter().map(|f| f.name());
+                        let hint = crate::suggest::hint(of.get_ref(), known);
+                        p.on(of, key("of"), format!("unknown field `{}`{hint}", of.get_ref()));
+                        Err(())
+                    }
+                },
+                (Some(of), _) => {
+                    p.on(of, key("of"), "only `distinct` takes `of`");
+                    Err(())
+                }
+            };
+            if let (Ok(entity), Some(aggregate), Ok(window_s), Ok(of)) = (entity, aggregate, window, of) {
+                features.push(FeatureDef { name: name.clone(), entity, aggregate, window_s, of });
             }
         }
 
@@ -494,6 +520,23 @@ window = "10m"
         assert_eq!(c.features[0].window_s, 600);
         assert_eq!(c.kafka.unwrap().batch_size, 500);
         assert_eq!(c.store.backend, StoreBackend::Redis { url: "redis://127.0.0.1:6379".into() });
+    }
+
+    #[test]
+    fn distinct_features_name_the_field_they_count() {
+        let with = |extra: &str| format!("{GOOD}{extra}");
+        let good = with("[[features]]\nname = \"card_merchants_24h\"\nentity = \"card_id\"\naggregate = \"distinct\"\nof = \"merchant_id\"\nwindow = \"24h\"\n");
+        let c = PipelineConfig::parse(Path::new("x.toml"), &good).unwrap();
+        assert_eq!((c.features[1].aggregate, c.features[1].of), (Aggregate::Distinct, Some(EventField::MerchantId)));
+        let bad = with(
+            "[[features]]\nname = \"a\"\nentity = \"card_id\"\naggregate = \"distinct\"\nwindow = \"24h\"\n\
+             [[features]]\nname = \"b\"\nentity = \"card_id\"\naggregate = \"count\"\nof = \"ip\"\nwindow = \"24h\"\n\
+             [[features]]\nname = \"c\"\nentity = \"card_id\"\naggregate = \"distinct\"\nof = \"merchnt_id\"\nwindow = \"24h\"\n",
+        );
+        let text = PipelineConfig::parse(Path::new("x.toml"), &bad).unwrap_err().to_string();
+        assert!(text.contains("features[1].of: `distinct` needs `of`"), "{text}");
+        assert!(text.contains("features[2].of: only `distinct` takes `of`"), "{text}");
+        assert!(text.contains("features[3].of: unknown field `merchnt_id`; did you mean `merchant_id`?"), "{text}");
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use toml::Spanned;
-use vigil_core::feature::Aggregate;
+use vigil_core::feature::{Aggregate, ValueKind};
 use vigil_core::{Action, Event, FeatureValue, FeatureVector};
 
 use crate::Engine;
@@ -90,14 +90,25 @@ pub fn test_files(rules_path: &Path) -> Vec<PathBuf> {
 }
 
 fn feature_value(aggregate: Aggregate, v: &toml::Value) -> Result<FeatureValue, String> {
-    match (aggregate, v) {
-        (Aggregate::Count, toml::Value::Integer(i)) => Ok(FeatureValue::Count(*i)),
-        (Aggregate::Count, other) => Err(format!("a count must be a whole number, not {other}")),
-        (Aggregate::SumAmount, toml::Value::String(s)) => {
-            Decimal::from_str_exact(s).map(FeatureValue::Money).map_err(|_| format!("`{s}` is not a decimal amount"))
-        }
-        (Aggregate::SumAmount, toml::Value::Integer(i)) => Ok(FeatureValue::Money(Decimal::from(*i))),
-        (Aggregate::SumAmount, other) => Err(format!("money must be a decimal string such as \"12.50\", not {other}")),
+    let decimal = |v: &toml::Value, what: &str| match v {
+        toml::Value::String(s) => Decimal::from_str_exact(s).map_err(|_| format!("`{s}` is not a decimal {what}")),
+        toml::Value::Integer(i) => Ok(Decimal::from(*i)),
+        other => Err(format!("{what} must be a decimal string such as \"12.50\", not {other}")),
+    };
+    match aggregate.kind() {
+        ValueKind::Count => match v {
+            toml::Value::Integer(i) => Ok(FeatureValue::Count(*i)),
+            other => Err(format!("a count must be a whole number, not {other}")),
+        },
+        ValueKind::Money => decimal(v, "amount").map(FeatureValue::Money),
+        ValueKind::Number => decimal(v, "number").map(FeatureValue::Number),
+        ValueKind::Seconds => match v {
+            toml::Value::Integer(i) => Ok(FeatureValue::Seconds(*i)),
+            toml::Value::String(s) => vigil_core::feature::parse_duration_s(s)
+                .map(|s| FeatureValue::Seconds(s as i64))
+                .map_err(|e| format!("a time must be seconds or a duration such as \"10m\": {e}")),
+            other => Err(format!("a time must be seconds or a duration such as \"10m\", not {other}")),
+        },
     }
 }
 

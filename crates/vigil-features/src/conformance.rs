@@ -17,6 +17,7 @@ fn plan() -> Plan {
         entity: EntityKey::parse(entity).unwrap(),
         aggregate,
         window_s,
+        of: None,
     };
     Plan::new(vec![
         f("card_count_10m", "card_id", Aggregate::Count, 600),
@@ -54,11 +55,104 @@ fn redis_url() -> String {
 }
 
 async fn backends() -> Vec<(&'static str, Arc<dyn FeatureStore>)> {
+    backends_for(plan).await
+}
+
+async fn backends_for(plan: fn() -> Plan) -> Vec<(&'static str, Arc<dyn FeatureStore>)> {
     let prefix = format!("vigiltest-{}", uuid::Uuid::new_v4());
     let redis = RedisStore::connect(&redis_url(), plan(), &prefix, 3600, 2000)
         .await
         .expect("these tests need Redis: run scripts/test.sh, or set VIGIL_TEST_REDIS_URL");
     vec![("memory", Arc::new(MemoryStore::new(plan(), 3600))), ("redis", Arc::new(redis))]
+}
+
+/// Every aggregate over one card, in declaration order.
+fn rich_plan() -> Plan {
+    let f = |name: &str, aggregate, window_s, of| FeatureDef {
+        name: name.into(),
+        entity: EntityKey::parse("card_id").unwrap(),
+        aggregate,
+        window_s,
+        of,
+    };
+    Plan::new(vec![
+        f("mean", Aggregate::MeanAmount, 3600, None),
+        f("min", Aggregate::MinAmount, 3600, None),
+        f("max", Aggregate::MaxAmount, 3600, None),
+        f("std", Aggregate::StdAmount, 3600, None),
+        f("ratio", Aggregate::AmountOverMean, 3600, None),
+        f("since", Aggregate::TimeSinceLast, 3600, None),
+        f("previous", Aggregate::PreviousAmount, 3600, None),
+        f("merchants", Aggregate::Distinct, 3600, Some(vigil_core::EventField::MerchantId)),
+        f("count", Aggregate::Count, 3600, None),
+    ])
+}
+
+fn card_event(id: &str, secs: i64, amount: &str, merchant: &str) -> Event {
+    let t = chrono::DateTime::parse_from_rfc3339(T0).unwrap() + chrono::Duration::seconds(secs);
+    let json = format!(
+        r#"{{"transaction_id":"{id}","timestamp":"{}","amount":"{amount}","currency":"EUR","card_id":"c1","merchant_id":"{merchant}"}}"#,
+        t.to_rfc3339()
+    );
+    Event::from_json(json.as_bytes()).unwrap()
+}
+
+#[tokio::test]
+async fn declared_aggregates_read_the_earlier_events() {
+    let missing = FeatureValue::Missing;
+    let number = |s: &str| FeatureValue::Number(s.parse::<Decimal>().unwrap());
+    for (name, store) in backends_for(rich_plan).await {
+        let store = store.as_ref();
+        let first = one(store, &card_event("a", 0, "10.00", "m1")).await;
+        assert_eq!(
+            first.values,
+            vec![missing, missing, missing, missing, missing, missing, missing, count(0), count(0)],
+            "{name}: nothing before the first event"
+        );
+        one(store, &card_event("b", 60, "30.00", "m2")).await;
+        let c = one(store, &card_event("c", 90, "40.00", "m1")).await;
+        assert_eq!(
+            c.values,
+            vec![
+                money("20"),
+                money("10.00"),
+                money("30.00"),
+                money("10"),
+                number("2"),
+                FeatureValue::Seconds(30),
+                money("30.00"),
+                count(2),
+                count(2)
+            ],
+            "{name}"
+        );
+        // A redelivery returns the same values of the same kinds.
+        let again = one(store, &card_event("c", 90, "40.00", "m1")).await;
+        assert!(again.replayed, "{name}");
+        assert_eq!(again.values, c.values, "{name}");
+        // Late by a minute: its predecessor is `a`, not the newest event.
+        let late = one(store, &card_event("late", 30, "10.00", "m3")).await;
+        assert_eq!(late.values[5], FeatureValue::Seconds(30), "{name}");
+        assert_eq!(late.values[6], money("10.00"), "{name}");
+        // Two hours later the hour window is empty and the predecessor too old.
+        let d = one(store, &card_event("d", 7290, "5", "m1")).await;
+        assert_eq!(
+            d.values,
+            vec![missing, missing, missing, missing, missing, missing, missing, count(0), count(0)],
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn distinct_values_are_bounded_per_entity() {
+    let store = MemoryStore::new(rich_plan(), 3600);
+    let events: Vec<Event> = (0..300).map(|i| card_event(&format!("e{i}"), i, "1", &format!("m{i}"))).collect();
+    let refs: Vec<&Event> = events.iter().collect();
+    let out = store.process_sync(&refs).unwrap();
+    // Exact up to the bound, then the oldest values are forgotten.
+    assert_eq!(out[100].values[7], count(100));
+    assert_eq!(out[299].values[7], count(crate::state::DISTINCT_LIMIT as i64));
 }
 
 #[tokio::test]

@@ -97,11 +97,11 @@ impl RedisStore {
 
     fn state_key(&self, entity: &str) -> String {
         // The entity id is the hash tag, so one entity's keys share a cluster slot.
-        format!("{}:s:{{{}}}", self.prefix, entity)
+        format!("{}:s2:{{{}}}", self.prefix, entity)
     }
 
     fn marker_key(&self, transaction_id: &str) -> String {
-        format!("{}:tx:{{{}}}", self.prefix, transaction_id)
+        format!("{}:tx2:{{{}}}", self.prefix, transaction_id)
     }
 
     async fn timed<T>(&self, f: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, FeatureError> {

@@ -14,10 +14,10 @@
 
 use std::collections::HashMap;
 
-use rust_decimal::Decimal;
+use rust_decimal::{Decimal, MathematicalOps};
 use serde::{Deserialize, Serialize};
 use vigil_core::feature::{Aggregate, EntityKey, FeatureDef};
-use vigil_core::{Event, FeatureValue, FeatureVector};
+use vigil_core::{Event, EventField, FeatureValue, FeatureVector};
 
 use crate::FeatureError;
 
@@ -25,6 +25,13 @@ use crate::FeatureError;
 pub const LATENESS_S: i64 = 300;
 /// Buckets per window.
 pub const BUCKETS_PER_WINDOW: u64 = 60;
+/// Newest events kept per entity for `time_since_last` and `previous_amount`:
+/// an event up to this many places out of order still finds its predecessor.
+pub const RECENT_EVENTS: usize = 4;
+/// Distinct values tracked exactly per entity and `distinct` feature. Beyond
+/// it, the least recently seen values are forgotten, so counts above this bound
+/// are underestimated (saturate near it).
+pub const DISTINCT_LIMIT: usize = 128;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Bucket {
@@ -32,14 +39,33 @@ struct Bucket {
     count: u32,
     /// `Decimal::serialize()`: exact and fixed-size.
     sum: [u8; 16],
+    /// Kept only in rings that a min, max or standard deviation reads.
+    stats: Option<Stats>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Stats {
+    sum_sq: [u8; 16],
+    min: [u8; 16],
+    max: [u8; 16],
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Ring {
     window_s: u64,
     bucket_s: u64,
+    stats: bool,
     /// Ascending by index.
     buckets: Vec<Bucket>,
+}
+
+/// Values of one field seen by an entity, for a `distinct` feature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Seen {
+    field: String,
+    window_s: u64,
+    /// (stable hash of the value, newest time seen), ascending by hash.
+    values: Vec<(u64, i64)>,
 }
 
 /// Everything stored for one entity (one card, one terminal...).
@@ -48,39 +74,114 @@ pub struct EntityState {
     /// Newest event time seen, seconds since the epoch.
     max_t: i64,
     rings: Vec<Ring>,
+    /// Up to [`RECENT_EVENTS`] newest events: (time, amount), ascending by time.
+    recent: Vec<(i64, [u8; 16])>,
+    distinct: Vec<Seen>,
+}
+
+/// What a window holds at one time.
+struct Window {
+    count: i64,
+    sum: Decimal,
+    /// `None` when a bucket in the window was written without statistics.
+    stats: Option<(Decimal, Decimal, Decimal)>,
 }
 
 impl Ring {
-    fn new(window_s: u64) -> Ring {
-        Ring { window_s, bucket_s: window_s.div_ceil(BUCKETS_PER_WINDOW).max(1), buckets: Vec::new() }
+    fn new(window_s: u64, stats: bool) -> Ring {
+        Ring { window_s, bucket_s: window_s.div_ceil(BUCKETS_PER_WINDOW).max(1), stats, buckets: Vec::new() }
     }
 
-    fn read(&self, t: i64) -> (i64, Decimal) {
+    fn read(&self, t: i64) -> Window {
         let lo = t - self.window_s as i64;
         let bs = self.bucket_s as i64;
-        let (mut count, mut sum) = (0i64, Decimal::ZERO);
+        let mut w = Window { count: 0, sum: Decimal::ZERO, stats: None };
+        let mut stats: Option<(Decimal, Decimal, Decimal)> = None;
+        let mut complete = self.stats;
         for b in &self.buckets {
             if (b.index + 1) * bs > lo && b.index * bs <= t {
-                count += i64::from(b.count);
-                sum += Decimal::deserialize(b.sum);
+                w.count += i64::from(b.count);
+                w.sum += Decimal::deserialize(b.sum);
+                match &b.stats {
+                    Some(st) => {
+                        let (sq, min, max) = (
+                            Decimal::deserialize(st.sum_sq),
+                            Decimal::deserialize(st.min),
+                            Decimal::deserialize(st.max),
+                        );
+                        stats = Some(match stats {
+                            None => (sq, min, max),
+                            Some((a, lo, hi)) => (a + sq, lo.min(min), hi.max(max)),
+                        });
+                    }
+                    None => complete = false,
+                }
             }
         }
-        (count, sum)
+        if complete {
+            w.stats = stats;
+        }
+        w
     }
 
     fn add(&mut self, t: i64, amount: Decimal, max_t: i64) {
         let bs = self.bucket_s as i64;
         let index = t.div_euclid(bs);
+        let sq = amount.checked_mul(amount).unwrap_or(Decimal::MAX);
         match self.buckets.binary_search_by_key(&index, |b| b.index) {
             Ok(i) => {
                 let b = &mut self.buckets[i];
                 b.count = b.count.saturating_add(1);
-                b.sum = (Decimal::deserialize(b.sum) + amount).serialize();
+                b.sum = Decimal::deserialize(b.sum).saturating_add(amount).serialize();
+                if let Some(st) = &mut b.stats {
+                    st.sum_sq = Decimal::deserialize(st.sum_sq).saturating_add(sq).serialize();
+                    st.min = Decimal::deserialize(st.min).min(amount).serialize();
+                    st.max = Decimal::deserialize(st.max).max(amount).serialize();
+                }
             }
-            Err(i) => self.buckets.insert(i, Bucket { index, count: 1, sum: amount.serialize() }),
+            Err(i) => {
+                let stats = self.stats.then(|| Stats {
+                    sum_sq: sq.serialize(),
+                    min: amount.serialize(),
+                    max: amount.serialize(),
+                });
+                self.buckets.insert(i, Bucket { index, count: 1, sum: amount.serialize(), stats })
+            }
         }
         let horizon = max_t - self.window_s as i64 - LATENESS_S;
         self.buckets.retain(|b| (b.index + 1) * bs > horizon);
+    }
+}
+
+/// FNV-1a: a hash that is the same in every process and version, so that
+/// distinct-value sets written by one Vigil are read right by another.
+fn stable_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+impl Seen {
+    fn count(&self, t: i64) -> i64 {
+        let lo = t - self.window_s as i64;
+        self.values.iter().filter(|(_, last)| *last > lo && *last <= t).count() as i64
+    }
+
+    fn add(&mut self, value: &str, t: i64, max_t: i64) {
+        let h = stable_hash(value);
+        match self.values.binary_search_by_key(&h, |(k, _)| *k) {
+            Ok(i) => self.values[i].1 = self.values[i].1.max(t),
+            Err(i) => self.values.insert(i, (h, t)),
+        }
+        let horizon = max_t - self.window_s as i64 - LATENESS_S;
+        self.values.retain(|(_, last)| *last > horizon);
+        while self.values.len() > DISTINCT_LIMIT {
+            let oldest = self.values.iter().enumerate().min_by_key(|(_, (_, last))| *last).map(|(i, _)| i);
+            match oldest {
+                Some(i) => {
+                    self.values.remove(i);
+                }
+                None => break,
+            }
+        }
     }
 }
 
@@ -94,35 +195,91 @@ impl EntityState {
         postcard::from_bytes(bytes).map_err(|e| FeatureError::Corrupt(format!("entity state: {e}")))
     }
 
-    /// Makes the rings match `windows`, keeping the buckets of windows still declared.
-    fn conform(&mut self, windows: &[u64]) {
-        if self.rings.len() == windows.len() && self.rings.iter().zip(windows).all(|(r, w)| r.window_s == *w) {
-            return;
+    /// Makes the state match its plan, keeping what is still declared.
+    fn conform(&mut self, plan: &EntityPlan) {
+        let rings_match = self.rings.len() == plan.windows.len()
+            && self.rings.iter().zip(&plan.windows).all(|(r, (w, st))| r.window_s == *w && r.stats == *st);
+        if !rings_match {
+            let mut old = std::mem::take(&mut self.rings);
+            self.rings = plan
+                .windows
+                .iter()
+                .map(|(w, st)| match old.iter().position(|r| r.window_s == *w) {
+                    Some(i) => {
+                        let mut r = old.swap_remove(i);
+                        // Buckets written without statistics make min, max and
+                        // standard deviation missing until they age out.
+                        r.stats = *st;
+                        r
+                    }
+                    None => Ring::new(*w, *st),
+                })
+                .collect();
         }
-        let mut old = std::mem::take(&mut self.rings);
-        self.rings = windows
-            .iter()
-            .map(|w| match old.iter().position(|r| r.window_s == *w) {
-                Some(i) => old.swap_remove(i),
-                None => Ring::new(*w),
-            })
-            .collect();
+        let distinct_match = self.distinct.len() == plan.distinct.len()
+            && self.distinct.iter().zip(&plan.distinct).all(|(d, (f, w))| d.field == f.name() && d.window_s == *w);
+        if !distinct_match {
+            let mut old = std::mem::take(&mut self.distinct);
+            self.distinct = plan
+                .distinct
+                .iter()
+                .map(|(f, w)| match old.iter().position(|d| d.field == f.name() && d.window_s == *w) {
+                    Some(i) => old.swap_remove(i),
+                    None => Seen { field: f.name().to_owned(), window_s: *w, values: Vec::new() },
+                })
+                .collect();
+        }
+        if !plan.recent {
+            self.recent.clear();
+        }
+    }
+
+    /// The newest earlier event at or before `t`: (time, amount).
+    fn previous(&self, t: i64) -> Option<(i64, Decimal)> {
+        self.recent.iter().rev().find(|(rt, _)| *rt <= t).map(|(rt, a)| (*rt, Decimal::deserialize(*a)))
+    }
+
+    fn add(&mut self, plan: &EntityPlan, ev: &Event, t: i64) {
+        self.max_t = self.max_t.max(t);
+        let max_t = self.max_t;
+        for ring in &mut self.rings {
+            ring.add(t, ev.amount, max_t);
+        }
+        if plan.recent {
+            let at = self.recent.partition_point(|(rt, _)| *rt <= t);
+            self.recent.insert(at, (t, ev.amount.serialize()));
+            if self.recent.len() > RECENT_EVENTS {
+                self.recent.remove(0);
+            }
+        }
+        for (seen, (field, _)) in self.distinct.iter_mut().zip(&plan.distinct) {
+            if let Some(v) = ev.text(*field) {
+                seen.add(v, t, max_t);
+            }
+        }
     }
 }
 
-/// The distinct entities features are kept for, and which windows each needs.
+/// The distinct entities features are kept for, and what each needs.
 #[derive(Debug, Clone)]
 struct EntityPlan {
     key: EntityKey,
-    windows: Vec<u64>,
+    /// Windows and whether each keeps amount statistics, ascending by window.
+    windows: Vec<(u64, bool)>,
+    /// Whether the newest events are kept (`time_since_last`, `previous_amount`).
+    recent: bool,
+    /// (field, window) of each `distinct` feature.
+    distinct: Vec<(EventField, u64)>,
 }
 
 /// Where each declared feature reads from.
 #[derive(Debug, Clone, Copy)]
 struct Output {
     entity: usize,
-    ring: usize,
+    /// Index into the entity's rings, or its distinct sets for `distinct`.
+    slot: usize,
     aggregate: Aggregate,
+    window_s: u64,
 }
 
 /// The compiled feature definitions of a pipeline.
@@ -156,29 +313,49 @@ pub struct BatchKeys {
 impl Plan {
     pub fn new(defs: Vec<FeatureDef>) -> Plan {
         let mut entities: Vec<EntityPlan> = Vec::new();
-        let mut outputs = Vec::with_capacity(defs.len());
         for d in &defs {
             let e = match entities.iter().position(|e| e.key == d.entity) {
                 Some(i) => i,
                 None => {
-                    entities.push(EntityPlan { key: d.entity.clone(), windows: Vec::new() });
+                    entities.push(EntityPlan {
+                        key: d.entity.clone(),
+                        windows: Vec::new(),
+                        recent: false,
+                        distinct: Vec::new(),
+                    });
                     entities.len() - 1
                 }
             };
-            if !entities[e].windows.contains(&d.window_s) {
-                entities[e].windows.push(d.window_s);
+            let plan = &mut entities[e];
+            match (d.aggregate, d.of) {
+                (Aggregate::TimeSinceLast | Aggregate::PreviousAmount, _) => plan.recent = true,
+                (Aggregate::Distinct, Some(field)) => {
+                    if !plan.distinct.contains(&(field, d.window_s)) {
+                        plan.distinct.push((field, d.window_s));
+                    }
+                }
+                _ => {
+                    let stats = d.aggregate.needs_amount_stats();
+                    match plan.windows.iter_mut().find(|(w, _)| *w == d.window_s) {
+                        Some((_, st)) => *st |= stats,
+                        None => plan.windows.push((d.window_s, stats)),
+                    }
+                }
             }
-            outputs.push((e, d.window_s, d.aggregate));
         }
         for e in &mut entities {
             e.windows.sort_unstable();
         }
-        let outputs = outputs
-            .into_iter()
-            .map(|(entity, w, aggregate)| Output {
-                entity,
-                ring: entities[entity].windows.iter().position(|x| *x == w).unwrap_or(0),
-                aggregate,
+        let outputs = defs
+            .iter()
+            .map(|d| {
+                let entity = entities.iter().position(|e| e.key == d.entity).unwrap_or(0);
+                let plan = &entities[entity];
+                let slot = match (d.aggregate, d.of) {
+                    (Aggregate::Distinct, Some(f)) => plan.distinct.iter().position(|x| *x == (f, d.window_s)),
+                    _ => plan.windows.iter().position(|(w, _)| *w == d.window_s),
+                };
+                Output { entity, slot: slot.unwrap_or(0), aggregate: d.aggregate, window_s: d.window_s }
             })
             .collect();
         let max_window_s = defs.iter().map(|d| d.window_s).max().unwrap_or(0);
@@ -247,7 +424,7 @@ impl Plan {
             let row = &keys.per_event[i];
             for (e, slot) in row.iter().enumerate() {
                 if let Some(s) = slot {
-                    states[*s].conform(&self.entities[e].windows);
+                    states[*s].conform(&self.entities[e]);
                 }
             }
             let t = ev.unix_s();
@@ -256,23 +433,14 @@ impl Plan {
                 .iter()
                 .map(|o| match row[o.entity] {
                     None => FeatureValue::Missing,
-                    Some(s) => {
-                        let (count, sum) = states[s].rings[o.ring].read(t);
-                        match o.aggregate {
-                            Aggregate::Count => FeatureValue::Count(count),
-                            Aggregate::SumAmount => FeatureValue::Money(sum),
-                        }
-                    }
+                    Some(s) => value(o, &states[s], ev, t),
                 })
                 .collect();
-            for s in row.iter().flatten() {
-                let st = &mut states[*s];
-                st.max_t = st.max_t.max(t);
-                let max_t = st.max_t;
-                for ring in &mut st.rings {
-                    ring.add(t, ev.amount, max_t);
+            for (e, slot) in row.iter().enumerate() {
+                if let Some(s) = slot {
+                    states[*s].add(&self.entities[e], ev, t);
+                    dirty[*s] = true;
                 }
-                dirty[*s] = true;
             }
             changes.first_seen.push(i);
             out.push(FeatureVector { values, replayed: false });
@@ -282,12 +450,86 @@ impl Plan {
     }
 }
 
+/// One feature's value for an event at `t`, from its entity's state before it.
+fn value(o: &Output, state: &EntityState, ev: &Event, t: i64) -> FeatureValue {
+    let money = |d: Option<Decimal>| d.map_or(FeatureValue::Missing, FeatureValue::Money);
+    match o.aggregate {
+        Aggregate::TimeSinceLast | Aggregate::PreviousAmount => match state.previous(t) {
+            Some((pt, amount)) if t - pt <= o.window_s as i64 => match o.aggregate {
+                Aggregate::TimeSinceLast => FeatureValue::Seconds(t - pt),
+                _ => FeatureValue::Money(amount),
+            },
+            _ => FeatureValue::Missing,
+        },
+        Aggregate::Distinct => FeatureValue::Count(state.distinct[o.slot].count(t)),
+        _ => {
+            let w = state.rings[o.slot].read(t);
+            let mean = (w.count > 0).then(|| w.sum.checked_div(Decimal::from(w.count))).flatten();
+            match o.aggregate {
+                Aggregate::Count => FeatureValue::Count(w.count),
+                Aggregate::SumAmount => FeatureValue::Money(w.sum),
+                Aggregate::MeanAmount => money(mean),
+                Aggregate::MinAmount => money(w.stats.filter(|_| w.count > 0).map(|(_, min, _)| min)),
+                Aggregate::MaxAmount => money(w.stats.filter(|_| w.count > 0).map(|(_, _, max)| max)),
+                Aggregate::StdAmount => money(std_dev(w.count, mean, w.stats.map(|(sq, _, _)| sq))),
+                _ => match mean {
+                    Some(m) if !m.is_zero() => {
+                        ev.amount.checked_div(m).map_or(FeatureValue::Missing, FeatureValue::Number)
+                    }
+                    _ => FeatureValue::Missing,
+                },
+            }
+        }
+    }
+}
+
+/// Population standard deviation from a count, mean and sum of squares.
+fn std_dev(count: i64, mean: Option<Decimal>, sum_sq: Option<Decimal>) -> Option<Decimal> {
+    let (mean, sum_sq) = (mean?, sum_sq?);
+    let variance = sum_sq.checked_div(Decimal::from(count))?.checked_sub(mean.checked_mul(mean)?)?;
+    // Rounding can leave a tiny negative variance for equal amounts.
+    variance.max(Decimal::ZERO).sqrt()
+}
+
+/// How a feature value is stored in a de-duplication marker: tagged, so that a
+/// count, a number of seconds and an amount read back as what they were.
+#[derive(Serialize, Deserialize)]
+enum Stored {
+    C(i64),
+    M(Decimal),
+    N(Decimal),
+    S(i64),
+    X,
+}
+
 /// Encodes stored features for a de-duplication marker.
 pub fn encode_marker(fv: &FeatureVector) -> Vec<u8> {
-    serde_json::to_vec(&fv.values).unwrap_or_default()
+    let stored: Vec<Stored> = fv
+        .values
+        .iter()
+        .map(|v| match *v {
+            FeatureValue::Count(c) => Stored::C(c),
+            FeatureValue::Money(m) => Stored::M(m),
+            FeatureValue::Number(n) => Stored::N(n),
+            FeatureValue::Seconds(s) => Stored::S(s),
+            FeatureValue::Missing => Stored::X,
+        })
+        .collect();
+    serde_json::to_vec(&stored).unwrap_or_default()
 }
 
 pub fn decode_marker(bytes: &[u8]) -> Result<FeatureVector, FeatureError> {
-    let values = serde_json::from_slice(bytes).map_err(|e| FeatureError::Corrupt(format!("marker: {e}")))?;
+    let stored: Vec<Stored> =
+        serde_json::from_slice(bytes).map_err(|e| FeatureError::Corrupt(format!("marker: {e}")))?;
+    let values = stored
+        .into_iter()
+        .map(|v| match v {
+            Stored::C(c) => FeatureValue::Count(c),
+            Stored::M(m) => FeatureValue::Money(m),
+            Stored::N(n) => FeatureValue::Number(n),
+            Stored::S(s) => FeatureValue::Seconds(s),
+            Stored::X => FeatureValue::Missing,
+        })
+        .collect();
     Ok(FeatureVector { values, replayed: true })
 }

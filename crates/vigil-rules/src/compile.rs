@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rust_decimal::Decimal;
 use vigil_core::event::EventField;
-use vigil_core::feature::{Aggregate, FeatureDef};
+use vigil_core::feature::{FeatureDef, ValueKind};
 
 use crate::lexer::Pos;
 use crate::parser::{Ast, BinOp, Node};
@@ -185,9 +185,11 @@ impl Checker<'_> {
             return (Expr::ModelScore, Type::Number);
         }
         if let Some(i) = self.schema.features.iter().position(|f| f.name == first) {
-            let ty = match self.schema.features[i].aggregate {
-                Aggregate::Count => Type::Count,
-                Aggregate::SumAmount => Type::Money,
+            let ty = match self.schema.features[i].aggregate.kind() {
+                ValueKind::Count => Type::Count,
+                ValueKind::Money => Type::Money,
+                ValueKind::Number => Type::Number,
+                ValueKind::Seconds => Type::Duration,
             };
             return (Expr::Feature(i), ty);
         }
@@ -207,7 +209,9 @@ impl Checker<'_> {
             (Type::Duration, Type::Literal) | (Type::Literal, Type::Duration) => {
                 self.errors.push(CheckError {
                     pos,
-                    message: format!("cannot {verb} a duration with a plain number; give it a unit, such as 90s, 10m or 24h"),
+                    message: format!(
+                        "cannot {verb} a duration with a plain number; give it a unit, such as 90s, 10m or 24h"
+                    ),
                 });
                 Type::Error
             }
@@ -419,10 +423,8 @@ impl Checker<'_> {
                 Type::Error
             }
             (Type::Duration, _) | (_, Type::Duration) => {
-                self.errors.push(CheckError {
-                    pos,
-                    message: format!("cannot multiply {} by {}", a.describe(), b.describe()),
-                });
+                self.errors
+                    .push(CheckError { pos, message: format!("cannot multiply {} by {}", a.describe(), b.describe()) });
                 Type::Error
             }
             (Type::Money, _) | (_, Type::Money) => Type::Money,

@@ -12,6 +12,7 @@ fn schema() -> Schema {
         entity: EntityKey::parse("card_id").unwrap(),
         aggregate,
         window_s,
+        of: None,
     };
     Schema {
         features: vec![f("card_count_10m", Aggregate::Count, 600), f("card_sum_24h", Aggregate::SumAmount, 86_400)],
@@ -352,11 +353,9 @@ fn durations_are_typed_lengths_of_time() {
         let rules = set(&format!("rule r when {cond} then review R")).unwrap_or_else(|e| panic!("{cond}: {e}"));
         assert_eq!(!fired(&rules, &e, &[], None).is_empty(), expect, "{cond}");
     }
-    let errors = set(
-        "rule a when amount > 10m then review A\n\
+    let errors = set("rule a when amount > 10m then review A\n\
          rule b when 10m > 600 then review B\n\
-         rule c when card_count_10m >= 5x then review C\n",
-    )
+         rule c when card_count_10m >= 5x then review C\n")
     .unwrap_err()
     .0;
     let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
