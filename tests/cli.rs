@@ -124,14 +124,20 @@ fn shipped_rule_tests_pass() {
 fn a_failing_rule_test_shows_a_readable_diff() {
     let dir = std::env::temp_dir().join(format!("vigil-ruletest-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("tests")).unwrap();
-    std::fs::write(dir.join("r.rules"), "rule big when amount > 100 then review BIG score 10\n").unwrap();
+    std::fs::write(
+        dir.join("r.rules"),
+        "rule big when amount > 100 then review BIG score 10\nrule watch shadow when amount > 400 then review WATCH\n",
+    )
+    .unwrap();
     std::fs::write(
         dir.join("tests/t.toml"),
         "[[case]]\nname = \"wrongly expects a decline\"\nexpect = \"decline\"\nreasons = [\"HUGE\"]\n\
          [case.event]\ntransaction_id = \"t\"\ntimestamp = \"2026-01-01T00:00:00Z\"\namount = \"500\"\ncurrency = \"EUR\"\n\
          \n[[case]]\nname = \"passes\"\nexpect = \"review\"\nreasons = [\"BIG\"]\n\
          [case.event]\ntransaction_id = \"u\"\ntimestamp = \"2026-01-01T00:00:00Z\"\namount = \"500\"\ncurrency = \"EUR\"\n\
-         [case.features]\ncard_count_10m = 1\n",
+         [case.features]\ncard_count_10m = 1\n\
+         \n[[case]]\nname = \"expects no shadow rule\"\nexpect = \"review\"\nreasons = [\"BIG\"]\nshadow = []\n\
+         [case.event]\ntransaction_id = \"v\"\ntimestamp = \"2026-01-01T00:00:00Z\"\namount = \"500\"\ncurrency = \"EUR\"\n",
     )
     .unwrap();
     let o = vigil(&["rules", "test", dir.to_str().unwrap()]);
@@ -141,6 +147,7 @@ fn a_failing_rule_test_shows_a_readable_diff() {
     assert!(out.contains("expected: decline [HUGE]"), "{out}");
     assert!(out.contains("got:      review [BIG] (score 10)"), "{out}");
     assert!(out.contains("missing reasons: HUGE") && out.contains("unexpected reasons: BIG"), "{out}");
-    assert!(out.contains("1 passed, 1 failed"), "{out}");
+    assert!(out.contains("expected shadow rules: []") && out.contains("got shadow rules:      [WATCH]"), "{out}");
+    assert!(out.contains("1 passed, 2 failed"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,6 +8,7 @@
 //! name = "a fourth payment in ten minutes is reviewed"
 //! expect = "review"
 //! reasons = ["CARD_VELOCITY_10M"]      # every non-shadow reason code, in any order
+//! shadow = []                          # optional: every shadow rule's code that fires
 //! [case.event]
 //! transaction_id = "t1"
 //! timestamp = "2026-01-05T12:00:00Z"
@@ -48,6 +49,8 @@ struct RawCase {
     expect: String,
     #[serde(default)]
     reasons: Vec<String>,
+    /// Shadow rules expected to fire; unchecked when absent.
+    shadow: Option<Vec<String>>,
     event: toml::Table,
     #[serde(default)]
     features: toml::Table,
@@ -154,11 +157,16 @@ pub fn run_file(engine: &Engine, file: &Path) -> Vec<CaseResult> {
                 let d = engine.decide_given(&event, &FeatureVector { values, replayed: false }, case.model_score);
                 let got: BTreeSet<&str> = d.reasons.iter().filter(|r| !r.shadow).map(|r| r.code.as_str()).collect();
                 let want: BTreeSet<&str> = case.reasons.iter().map(String::as_str).collect();
-                if d.decision == expect && got == want {
+                let shadow_got: BTreeSet<&str> =
+                    d.reasons.iter().filter(|r| r.shadow).map(|r| r.code.as_str()).collect();
+                let shadow_want: Option<BTreeSet<&str>> =
+                    case.shadow.as_ref().map(|s| s.iter().map(String::as_str).collect());
+                let shadow_ok = shadow_want.as_ref().is_none_or(|w| *w == shadow_got);
+                if d.decision == expect && got == want && shadow_ok {
                     return Ok(());
                 }
                 let list = |s: &BTreeSet<&str>| s.iter().copied().collect::<Vec<_>>().join(", ");
-                let shadow: Vec<&str> = d.reasons.iter().filter(|r| r.shadow).map(|r| r.code.as_str()).collect();
+                let shadow: Vec<&str> = shadow_got.iter().copied().collect();
                 let mut why = format!(
                     "expected: {} [{}]\ngot:      {} [{}] (score {})",
                     expect,
@@ -175,8 +183,14 @@ pub fn run_file(engine: &Engine, file: &Path) -> Vec<CaseResult> {
                 if !extra.is_empty() {
                     why.push_str(&format!("\nunexpected reasons: {}", extra.join(", ")));
                 }
-                if !shadow.is_empty() {
-                    why.push_str(&format!("\nshadow rules fired: {}", shadow.join(", ")));
+                match &shadow_want {
+                    Some(w) if !shadow_ok => why.push_str(&format!(
+                        "\nexpected shadow rules: [{}]\ngot shadow rules:      [{}]",
+                        list(w),
+                        shadow.join(", ")
+                    )),
+                    _ if !shadow.is_empty() => why.push_str(&format!("\nshadow rules fired: {}", shadow.join(", "))),
+                    _ => {}
                 }
                 Err(why)
             })();
