@@ -1,0 +1,216 @@
+//! Feature store harness: Vigil's Redis feature reads-and-updates beside Redis's
+//! own ceiling, measured in one run against the same server.
+//!
+//! 1. **Ceiling**: `redis-benchmark` with pipelined `INCR` and `HINCRBY` (64
+//!    commands a round trip), the most the server gives to the simplest updates.
+//! 2. **Throughput**: generated events through `RedisStore::process` with the
+//!    local pipeline's declared features, in batches of 500 from 4 concurrent
+//!    writers, events split between writers by card (as Kafka partitions keyed by
+//!    card would); merchants and terminals are shared, so writers contend on them.
+//! 3. **Latency**: single-event calls at a fixed total rate from 4 paced callers,
+//!    each call timed (p50 / p99 / p99.9).
+//! 4. **Memory**: the stored size of entity states by entity kind, from Redis's
+//!    `STRLEN` and `MEMORY USAGE` over a sample of keys.
+//!
+//! Needs the Redis of `scripts/services.sh`. Run: `cargo bench --bench features`
+//! (env: VIGIL_BENCH_EVENTS, default 200000; VIGIL_BENCH_RATE, default 10000;
+//! VIGIL_BENCH_WRITERS, default 4).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use vigil_core::{Event, PipelineConfig};
+use vigil_features::{FeatureStore, Plan, RedisStore};
+use vigil_gen::GenConfig;
+
+const URL: &str = "redis://127.0.0.1:6379";
+const BATCH: usize = 500;
+
+fn env_usize(key: &str, default: usize) -> usize {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// `redis-benchmark`'s requests per second for one pipelined command.
+fn redis_benchmark(args: &[&str]) -> Option<f64> {
+    let out = std::process::Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", "6379", "-P", "64", "-n", "2000000", "-q"])
+        .args(args)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The last report line: "INCR: 1234567.50 requests per second, p50=...".
+    let line = text.split(['\n', '\r']).rfind(|l| l.contains("requests per second"))?;
+    let at = line.find(" requests per second")?;
+    line[..at].split_whitespace().last()?.parse().ok()
+}
+
+async fn store(plan: &Plan, prefix: &str) -> RedisStore {
+    RedisStore::connect(URL, plan.clone(), prefix, 3600, 2000).await.expect("the harness needs Redis on 127.0.0.1:6379")
+}
+
+fn main() {
+    let n = env_usize("VIGIL_BENCH_EVENTS", 200_000);
+    let rate = env_usize("VIGIL_BENCH_RATE", 10_000);
+    let writers = env_usize("VIGIL_BENCH_WRITERS", 4);
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let config = PipelineConfig::load(&root.join("pipelines/local.toml")).unwrap();
+    let plan = Plan::new(config.features.clone());
+    let gen = GenConfig { seed: 11, events: n, cards: 20_000, merchants: 1_000, days: 7, ..GenConfig::default() };
+    let events: Vec<Event> = vigil_gen::generate(&gen).into_iter().map(|l| l.event).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+
+    println!("redis ceiling (redis-benchmark -P 64, same server):");
+    for (name, args) in [("INCR", vec!["-t", "incr"]), ("HINCRBY", vec!["hincrby", "bench:h", "f", "1"])] {
+        match redis_benchmark(&args) {
+            Some(rps) => println!("  {name:8} {rps:>12.0} commands/s"),
+            None => println!("  {name:8} (redis-benchmark did not run)"),
+        }
+    }
+
+    let prefix = format!("bench-features-{}", std::process::id());
+    let features = config.features.len();
+    let (elapsed, per_writer) = rt.block_on(async {
+        let mut shards: Vec<Vec<Event>> = vec![Vec::new(); writers];
+        for e in &events {
+            let card = e.card_id.as_deref().unwrap_or_default();
+            let shard = card.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize)) % writers;
+            shards[shard].push(e.clone());
+        }
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for shard in shards {
+            let s = store(&plan, &prefix).await;
+            tasks.push(tokio::spawn(async move {
+                for chunk in shard.chunks(BATCH) {
+                    let refs: Vec<&Event> = chunk.iter().collect();
+                    s.process(&refs).await.expect("feature batch");
+                }
+                shard.len()
+            }));
+        }
+        let mut counts = Vec::new();
+        for t in tasks {
+            counts.push(t.await.unwrap());
+        }
+        (start.elapsed(), counts)
+    });
+    println!(
+        "vigil RedisStore::process, {features} features, batches of {BATCH}, {writers} writers {per_writer:?}: \
+         {n} events in {:.2} s = {:.0} events/s",
+        elapsed.as_secs_f64(),
+        n as f64 / elapsed.as_secs_f64()
+    );
+
+    // Latency: fresh events (new ids, later times) one per call, at `rate` in all.
+    let hist = rt.block_on(async {
+        let callers = 4usize;
+        let per_caller = (rate * 5) / callers; // five seconds
+        let interval = Duration::from_secs_f64(callers as f64 / rate as f64);
+        let mut tasks = Vec::new();
+        for c in 0..callers {
+            let s = store(&plan, &prefix).await;
+            let mine: Vec<Event> = events
+                .iter()
+                .skip(c)
+                .step_by(callers)
+                .take(per_caller)
+                .map(|e| {
+                    let mut e = e.clone();
+                    e.transaction_id = format!("lat-{}", e.transaction_id);
+                    e.timestamp += chrono::Duration::days(8);
+                    e
+                })
+                .collect();
+            tasks.push(tokio::spawn(async move {
+                let mut h = Histogram::<u64>::new(3).unwrap();
+                let mut tick = tokio::time::interval(interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                for e in &mine {
+                    tick.tick().await;
+                    let t = Instant::now();
+                    s.process(&[e]).await.expect("feature call");
+                    h.record(t.elapsed().as_micros() as u64).unwrap();
+                }
+                h
+            }));
+        }
+        let mut all = Histogram::<u64>::new(3).unwrap();
+        for t in tasks {
+            all.add(t.await.unwrap()).unwrap();
+        }
+        all
+    });
+    println!(
+        "vigil single-event calls at {rate}/s (4 callers, {} calls): p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
+        hist.len(),
+        hist.value_at_quantile(0.5),
+        hist.value_at_quantile(0.99),
+        hist.value_at_quantile(0.999),
+        hist.max()
+    );
+
+    // Memory per entity, by kind (the text before `=` in the entity id).
+    let sizes = rt.block_on(async {
+        let client = redis::Client::open(URL).unwrap();
+        let mut con = client.get_multiplexed_async_connection().await.unwrap();
+        let mut cursor: u64 = 0;
+        let mut keys: Vec<String> = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{prefix}:s2:*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            keys.extend(batch);
+            cursor = next;
+            if cursor == 0 || keys.len() >= 20_000 {
+                break;
+            }
+        }
+        let mut by_kind: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();
+        for k in &keys {
+            let kind = k.split('{').nth(1).and_then(|s| s.split('=').next()).unwrap_or("?").to_owned();
+            let len: u64 = redis::cmd("STRLEN").arg(k).query_async(&mut con).await.unwrap_or(0);
+            let usage: Option<u64> = redis::cmd("MEMORY").arg("USAGE").arg(k).query_async(&mut con).await.ok();
+            let e = by_kind.entry(kind).or_default();
+            e.0 += 1;
+            e.1 += len;
+            e.2 += usage.unwrap_or(0);
+        }
+        // Clean up this run's keys.
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{prefix}:*"))
+                .arg("COUNT")
+                .arg(5000)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            if !batch.is_empty() {
+                let _: () = redis::cmd("UNLINK").arg(&batch).query_async(&mut con).await.unwrap();
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        let _: () = redis::cmd("DEL").arg("bench:h").query_async(&mut con).await.unwrap_or(());
+        by_kind
+    });
+    println!("stored entity state by kind (sampled keys: state bytes / Redis MEMORY USAGE per key):");
+    for (kind, (count, len, usage)) in sizes {
+        println!(
+            "  {kind:24} {count:>6} keys  {:>6} B state  {:>6} B in Redis",
+            len / count.max(1) as u64,
+            usage / count.max(1) as u64
+        );
+    }
+}
