@@ -89,7 +89,7 @@ async fn a_stalled_redis_delays_decisions_but_loses_and_double_counts_nothing() 
         let d = by_id[e.transaction_id.as_str()];
         for (def, v) in config.features.iter().zip(&fv.values) {
             if def.entity.to_string().starts_with("card_id") {
-                assert_eq!(d.features[&def.name], *v, "{} of {}", def.name, e.transaction_id);
+                assert_eq!(as_json(&d.features[&def.name]), as_json(v), "{} of {}", def.name, e.transaction_id);
             }
         }
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use rdkafka::message::Message;
-use vigil_core::{Decision, Event, FeatureValue, PipelineConfig};
+use vigil_core::{Decision, Event, PipelineConfig};
 use vigil_engine::Engine;
 use vigil_gen::GenConfig;
 use vigil_stream::{Stats, StreamError};
@@ -21,28 +21,28 @@ fn traffic(events: usize, seed: u64) -> Vec<Event> {
 
 /// Card-keyed features of every event, by transaction id. One card's events share
 /// a partition and keep its order, so the stream must reproduce these exactly.
-fn reference(config: &PipelineConfig, events: &[Event]) -> HashMap<String, Vec<(String, FeatureValue)>> {
+fn reference(config: &PipelineConfig, events: &[Event]) -> HashMap<String, Vec<(String, serde_json::Value)>> {
     events
         .iter()
         .zip(reference_features(config, events))
         .map(|(e, fv)| {
-            let card: Vec<(String, FeatureValue)> = config
+            let card: Vec<(String, serde_json::Value)> = config
                 .features
                 .iter()
                 .zip(fv.values)
                 .filter(|(d, _)| d.entity.to_string().starts_with("card_id"))
-                .map(|(d, v)| (d.name.clone(), v))
+                .map(|(d, v)| (d.name.clone(), as_json(&v)))
                 .collect();
             (e.transaction_id.clone(), card)
         })
         .collect()
 }
 
-fn card_features(d: &Decision) -> Vec<(String, FeatureValue)> {
-    d.features.iter().filter(|(k, _)| k.starts_with("card_")).map(|(k, v)| (k.clone(), *v)).collect()
+fn card_features(d: &Decision) -> Vec<(String, serde_json::Value)> {
+    d.features.iter().filter(|(k, _)| k.starts_with("card_")).map(|(k, v)| (k.clone(), as_json(v))).collect()
 }
 
-fn sorted(mut v: Vec<(String, FeatureValue)>) -> Vec<(String, FeatureValue)> {
+fn sorted(mut v: Vec<(String, serde_json::Value)>) -> Vec<(String, serde_json::Value)> {
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }

@@ -144,3 +144,10 @@ pub fn reference_features(config: &PipelineConfig, events: &[vigil_core::Event])
     let refs: Vec<&vigil_core::Event> = events.iter().collect();
     vigil_offline::features_over_history(&config.features, &refs).unwrap()
 }
+
+/// A feature value as a decision's JSON carries it. Decisions are read back with
+/// serde, which cannot tell a count from seconds or money from a plain number
+/// (all are JSON numbers or decimal strings), so values are compared as JSON.
+pub fn as_json(v: &vigil_core::FeatureValue) -> serde_json::Value {
+    serde_json::to_value(v).unwrap()
+}
