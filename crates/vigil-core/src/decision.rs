@@ -76,6 +76,11 @@ pub struct Decision {
     /// are the ones computed the first time and nothing was counted again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replayed: bool,
+    /// True when the feature store was unavailable and the pipeline's degraded
+    /// policy decided without features (they are all missing, and this event
+    /// was not counted in them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub degraded: bool,
     /// Time spent deciding, from the start of the engine call to the decision.
     pub latency_us: u64,
 }

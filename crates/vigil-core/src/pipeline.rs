@@ -83,6 +83,35 @@ pub struct StoreConfig {
     pub dedup_ttl_s: u64,
     /// Per-call timeout.
     pub timeout_ms: u64,
+    /// What to do when the feature store is unavailable or too slow.
+    pub degraded: DegradedPolicy,
+}
+
+/// What the engine does when the feature store is unavailable, too slow, or
+/// behind an open circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DegradedPolicy {
+    /// The call fails: the stream waits and retries the batch until the store is
+    /// back (nothing is decided without features, nothing is lost).
+    #[default]
+    Fail,
+    /// Decide with the features missing and mark the decision degraded.
+    Decide,
+    /// As `Decide`, but never approve: an approval becomes a review.
+    Review,
+}
+
+impl DegradedPolicy {
+    pub const NAMES: [&'static str; 3] = ["fail", "decide", "review"];
+
+    pub fn parse(s: &str) -> Option<DegradedPolicy> {
+        match s {
+            "fail" => Some(DegradedPolicy::Fail),
+            "decide" => Some(DegradedPolicy::Decide),
+            "review" => Some(DegradedPolicy::Review),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -149,6 +178,7 @@ struct RawStore {
     key_prefix: Option<Spanned<String>>,
     dedup_ttl: Option<Spanned<String>>,
     timeout_ms: Option<Spanned<i64>>,
+    degraded: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -446,6 +476,7 @@ fn validate_store(raw: Option<&RawStore>, p: &mut Problems<'_>) -> StoreConfig {
         key_prefix: "vigil".into(),
         dedup_ttl_s: 7 * 86_400,
         timeout_ms: 1000,
+        degraded: DegradedPolicy::Fail,
     };
     let Some(raw) = raw else { return store };
     match raw.backend.get_ref().as_str() {
@@ -474,6 +505,16 @@ fn validate_store(raw: Option<&RawStore>, p: &mut Problems<'_>) -> StoreConfig {
             Ok(s) if s >= 60 => store.dedup_ttl_s = s,
             Ok(_) => p.on(ttl, "store.dedup_ttl", "must be at least 1m"),
             Err(m) => p.on(ttl, "store.dedup_ttl", m),
+        }
+    }
+    if let Some(d) = &raw.degraded {
+        match DegradedPolicy::parse(d.get_ref()) {
+            Some(policy) => store.degraded = policy,
+            None => {
+                let hint = crate::suggest::hint(d.get_ref(), DegradedPolicy::NAMES);
+                let known = DegradedPolicy::NAMES.join(", ");
+                p.on(d, "store.degraded", format!("unknown policy `{}` (known: {known}){hint}", d.get_ref()));
+            }
         }
     }
     if let Some(t) = &raw.timeout_ms {
@@ -520,6 +561,21 @@ window = "10m"
         assert_eq!(c.features[0].window_s, 600);
         assert_eq!(c.kafka.unwrap().batch_size, 500);
         assert_eq!(c.store.backend, StoreBackend::Redis { url: "redis://127.0.0.1:6379".into() });
+    }
+
+    #[test]
+    fn degraded_policy_is_checked() {
+        let c = PipelineConfig::parse(Path::new("x.toml"), &GOOD.replace("[rules]", "degraded = \"review\"\n[rules]"))
+            .unwrap();
+        assert_eq!(c.store.degraded, DegradedPolicy::Review);
+        let text =
+            PipelineConfig::parse(Path::new("x.toml"), &GOOD.replace("[rules]", "degraded = \"reveiw\"\n[rules]"))
+                .unwrap_err()
+                .to_string();
+        assert!(
+            text.contains("store.degraded: unknown policy `reveiw`") && text.contains("did you mean `review`?"),
+            "{text}"
+        );
     }
 
     #[test]

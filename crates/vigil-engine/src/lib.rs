@@ -15,21 +15,28 @@
 //! 5. otherwise a fired `review` rule, or a score at or above `review_score`,
 //!    sends to review; anything else is approved.
 
+pub mod breaker;
 pub mod ruletest;
 pub mod watch;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use rust_decimal::prelude::ToPrimitive;
-use vigil_core::pipeline::{StoreBackend, Thresholds};
+use vigil_core::pipeline::{DegradedPolicy, StoreBackend, Thresholds};
 use vigil_core::{Action, Decision, Event, FeatureValue, FeatureVector, PipelineConfig, Reason};
 use vigil_features::{FeatureError, FeatureStore, MemoryStore, Plan, RedisStore};
 use vigil_model::{LogisticModel, Model, ModelError};
 use vigil_rules::{Context, RuleErrors, RuleSet, Schema};
+
+use breaker::{Breaker, StoreStats};
+
+/// Reason code of decisions the `review` degraded policy turned from approve.
+pub const DEGRADED_CODE: &str = "FEATURES_UNAVAILABLE";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -56,6 +63,9 @@ struct ScoringModel {
 /// Turns events into decisions.
 pub struct Engine {
     store: Arc<dyn FeatureStore>,
+    breaker: Breaker,
+    store_stats: StoreStats,
+    degraded: DegradedPolicy,
     schema: Schema,
     rules: ArcSwap<RuleSet>,
     model: ArcSwap<Option<ScoringModel>>,
@@ -102,6 +112,9 @@ impl Engine {
         };
         Ok(Engine {
             store,
+            breaker: Breaker::default(),
+            store_stats: StoreStats::default(),
+            degraded: config.store.degraded,
             rules: ArcSwap::from_pointee(rules),
             model: ArcSwap::from_pointee(model),
             model_weight: config.model.as_ref().map_or(0.0, |m| m.weight),
@@ -154,7 +167,17 @@ impl Engine {
     /// event. Events of a batch see the earlier ones in their features.
     pub async fn decide_batch(&self, events: &[&Event]) -> Result<Vec<Decision>, EngineError> {
         let started = Instant::now();
-        let features = self.store.process(events).await?;
+        let (features, degraded) = match self.features_for(events).await {
+            Ok(f) => (f, false),
+            Err(e) if self.degraded == DegradedPolicy::Fail || !e.is_retryable() => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, events = events.len(), "deciding without features (degraded policy)");
+                self.store_stats.degraded_decisions.fetch_add(events.len() as u64, Ordering::Relaxed);
+                let missing =
+                    FeatureVector { values: vec![FeatureValue::Missing; self.schema.features.len()], replayed: false };
+                (vec![missing; events.len()], true)
+            }
+        };
         let rules = self.rules.load();
         let model = self.model.load();
         Ok(events
@@ -163,9 +186,64 @@ impl Engine {
             .map(|(e, fv)| {
                 let m = model.as_ref().as_ref();
                 let score = m.map(|m| Self::model_score(m, e, fv));
-                self.decide_with(&rules, m.map(|m| m.model.version()), score, e, fv, started)
+                let mut d = self.decide_with(&rules, m.map(|m| m.model.version()), score, e, fv, started);
+                if degraded {
+                    d.degraded = true;
+                    if self.degraded == DegradedPolicy::Review && d.decision == Action::Approve {
+                        d.decision = Action::Review;
+                        d.reasons.insert(
+                            0,
+                            Reason {
+                                rule: "degraded_policy".into(),
+                                code: DEGRADED_CODE.into(),
+                                action: Action::Review,
+                                score: 0.0,
+                                shadow: false,
+                            },
+                        );
+                    }
+                }
+                d
             })
             .collect())
+    }
+
+    /// Features from the store, through the circuit breaker.
+    async fn features_for(&self, events: &[&Event]) -> Result<Vec<FeatureVector>, FeatureError> {
+        if !self.breaker.admit() {
+            self.store_stats.short_circuited.fetch_add(1, Ordering::Relaxed);
+            return Err(FeatureError::Unavailable("circuit breaker open after repeated failures".into()));
+        }
+        match self.store.process(events).await {
+            Ok(f) => {
+                self.breaker.success();
+                Ok(f)
+            }
+            Err(e) => {
+                if e.is_retryable() {
+                    let counter = match e {
+                        FeatureError::Timeout(_) => &self.store_stats.timeouts,
+                        _ => &self.store_stats.errors,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    if self.breaker.failure() {
+                        self.store_stats.breaker_opened.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "feature store circuit breaker opened");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// What the engine met at the feature store.
+    pub fn store_stats(&self) -> &StoreStats {
+        &self.store_stats
+    }
+
+    /// Whether the feature store's circuit breaker is open now.
+    pub fn breaker_open(&self) -> bool {
+        self.breaker.is_open()
     }
 
     /// Decides one event.
@@ -257,6 +335,7 @@ impl Engine {
             model_score,
             features,
             replayed: fv.replayed,
+            degraded: false,
             latency_us: started.elapsed().as_micros() as u64,
         }
     }

@@ -129,3 +129,92 @@ fn shipped_pipeline_and_rules_load() {
     let c = PipelineConfig::load(&root.join("pipelines/demo.toml")).unwrap();
     Engine::in_memory(&c).unwrap();
 }
+
+/// A memory store that can be switched off, counting the calls that reach it:
+/// the engine's breaker and degraded policy are what is under test here (the
+/// real Redis outage is exercised in tests/redis_outage.rs).
+struct Switchable {
+    inner: MemoryStore,
+    down: std::sync::atomic::AtomicBool,
+    calls: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl FeatureStore for Switchable {
+    async fn process(&self, events: &[&Event]) -> Result<Vec<FeatureVector>, FeatureError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(FeatureError::Timeout(5));
+        }
+        self.inner.process(events).await
+    }
+
+    async fn ping(&self) -> Result<(), FeatureError> {
+        Ok(())
+    }
+}
+
+fn engine_with_policy(rules: &str, policy: DegradedPolicy) -> (Engine, Arc<Switchable>, tempdir::Dir) {
+    let (mut c, dir) = config(rules);
+    c.store.degraded = policy;
+    let store = Arc::new(Switchable {
+        inner: MemoryStore::new(Plan::new(c.features.clone()), 3600),
+        down: false.into(),
+        calls: 0.into(),
+    });
+    (Engine::new(&c, store.clone()).unwrap(), store, dir)
+}
+
+#[tokio::test]
+async fn degraded_policies_decide_without_features_and_say_so() {
+    let rules = "rule big when amount > 1000 then decline BIG\nrule busy when card_count_1h >= 1 then review BUSY";
+    let (review, store, _d1) = engine_with_policy(rules, DegradedPolicy::Review);
+    store.down.store(true, Ordering::SeqCst);
+    let d = review.decide(&ev("a", "10", "FR")).await.unwrap();
+    assert!(d.degraded);
+    assert_eq!((d.decision, d.reasons[0].code.as_str()), (Action::Review, DEGRADED_CODE));
+    assert!(d.features.values().all(|v| *v == FeatureValue::Missing));
+    // A rule on the event alone still declines.
+    let d = review.decide(&ev("b", "5000", "FR")).await.unwrap();
+    assert_eq!((d.decision, d.degraded), (Action::Decline, true));
+
+    let (decide, store, _d2) = engine_with_policy(rules, DegradedPolicy::Decide);
+    store.down.store(true, Ordering::SeqCst);
+    let d = decide.decide(&ev("c", "10", "FR")).await.unwrap();
+    assert_eq!((d.decision, d.degraded, d.reasons.len()), (Action::Approve, true, 0));
+    assert_eq!(decide.store_stats().degraded_decisions.load(Ordering::SeqCst), 1);
+    store.down.store(false, Ordering::SeqCst);
+    assert!(!decide.decide(&ev("d", "10", "FR")).await.unwrap().degraded);
+
+    let (fail, store, _d3) = engine_with_policy(rules, DegradedPolicy::Fail);
+    store.down.store(true, Ordering::SeqCst);
+    let err = fail.decide(&ev("e", "10", "FR")).await.unwrap_err();
+    assert!(err.to_string().contains("timed out"), "{err}");
+}
+
+#[tokio::test]
+async fn the_breaker_stops_calling_a_failing_store_then_tries_again() {
+    let (engine, store, _dir) = engine_with_policy("rule big when amount > 1000 then review BIG", DegradedPolicy::Fail);
+    store.down.store(true, Ordering::SeqCst);
+    for i in 0..breaker::OPEN_AFTER {
+        assert!(engine.decide(&ev(&format!("x{i}"), "1", "FR")).await.is_err());
+    }
+    assert!(engine.breaker_open());
+    assert_eq!(store.calls.load(Ordering::SeqCst), breaker::OPEN_AFTER);
+    // Open: calls fail at once without reaching the store.
+    for i in 0..10 {
+        let err = engine.decide(&ev(&format!("y{i}"), "1", "FR")).await.unwrap_err();
+        assert!(err.to_string().contains("circuit breaker open"), "{err}");
+    }
+    assert_eq!(store.calls.load(Ordering::SeqCst), breaker::OPEN_AFTER);
+    let stats = engine.store_stats();
+    assert_eq!(stats.breaker_opened.load(Ordering::SeqCst), 1);
+    assert_eq!(stats.short_circuited.load(Ordering::SeqCst), 10);
+    assert_eq!(stats.timeouts.load(Ordering::SeqCst), breaker::OPEN_AFTER);
+    // After the cool-down one trial goes through; the store is back, so it closes.
+    store.down.store(false, Ordering::SeqCst);
+    tokio::time::sleep(breaker::COOL_DOWN + std::time::Duration::from_millis(50)).await;
+    assert!(engine.decide(&ev("z", "1", "FR")).await.is_ok());
+    assert!(!engine.breaker_open());
+    assert_eq!(store.calls.load(Ordering::SeqCst), breaker::OPEN_AFTER + 1);
+}

@@ -239,7 +239,7 @@ pub async fn run(
         // undelivered records are decided again after the restart.
         tracing::warn!(error = %e, "producer flush at shutdown did not finish");
     }
-    tracing::info!(stats = ?stats.snapshot(), "stopped");
+    tracing::info!(stats = ?stats.snapshot(), store = %engine.store_stats().summary(), "stopped");
     result.and(committed)
 }
 

@@ -1,0 +1,95 @@
+//! A circuit breaker in front of the feature store, and the counters of what it
+//! and the degraded policy did.
+//!
+//! After [`OPEN_AFTER`] consecutive retryable failures (unreachable, timed out,
+//! contended) the breaker opens: for [`COOL_DOWN`] calls fail at once without
+//! touching the store, so a dead Redis costs no timeouts. Then one call is let
+//! through (half-open): success closes the breaker, failure opens it again. The
+//! store's own client reconnects underneath.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Consecutive failures that open the breaker.
+pub const OPEN_AFTER: u64 = 5;
+/// How long an open breaker refuses calls before trying one.
+pub const COOL_DOWN: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Default)]
+pub struct Breaker {
+    consecutive: AtomicU64,
+    open_until: Mutex<Option<Instant>>,
+    trial_in_flight: AtomicBool,
+}
+
+impl Breaker {
+    /// Whether a call may go to the store now.
+    pub fn admit(&self) -> bool {
+        let mut open = self.open_until.lock().unwrap_or_else(|p| p.into_inner());
+        match *open {
+            None => true,
+            Some(until) if Instant::now() < until => false,
+            Some(_) => {
+                // Half-open: let exactly one trial through.
+                if self.trial_in_flight.swap(true, Ordering::SeqCst) {
+                    false
+                } else {
+                    *open = None;
+                    true
+                }
+            }
+        }
+    }
+
+    pub fn success(&self) {
+        self.consecutive.store(0, Ordering::SeqCst);
+        self.trial_in_flight.store(false, Ordering::SeqCst);
+    }
+
+    /// Records a failure; returns true when it opened the breaker.
+    pub fn failure(&self) -> bool {
+        let n = self.consecutive.fetch_add(1, Ordering::SeqCst) + 1;
+        let trial = self.trial_in_flight.swap(false, Ordering::SeqCst);
+        if n >= OPEN_AFTER || trial {
+            let mut open = self.open_until.lock().unwrap_or_else(|p| p.into_inner());
+            let was_closed = open.is_none();
+            *open = Some(Instant::now() + COOL_DOWN);
+            return was_closed;
+        }
+        false
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open_until.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+}
+
+/// What the engine met at the feature store, for logs and metrics.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Calls that failed: unreachable, refused or contended.
+    pub errors: AtomicU64,
+    /// Calls that timed out.
+    pub timeouts: AtomicU64,
+    /// Times the breaker opened.
+    pub breaker_opened: AtomicU64,
+    /// Calls refused by an open breaker without touching the store.
+    pub short_circuited: AtomicU64,
+    /// Decisions made by the degraded policy without features.
+    pub degraded_decisions: AtomicU64,
+}
+
+impl StoreStats {
+    pub fn summary(&self) -> String {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        format!(
+            "store errors {}, timeouts {}, breaker opened {}, short-circuited calls {}, degraded decisions {}",
+            g(&self.errors),
+            g(&self.timeouts),
+            g(&self.breaker_opened),
+            g(&self.short_circuited),
+            g(&self.degraded_decisions)
+        )
+    }
+}
