@@ -80,6 +80,7 @@ pub struct EntityState {
 }
 
 /// What a window holds at one time.
+#[derive(Clone, Copy)]
 struct Window {
     count: i64,
     sum: Decimal,
@@ -127,21 +128,21 @@ impl Ring {
     fn add(&mut self, t: i64, amount: Decimal, max_t: i64) {
         let bs = self.bucket_s as i64;
         let index = t.div_euclid(bs);
-        let sq = amount.checked_mul(amount).unwrap_or(Decimal::MAX);
+        let sq = || amount.checked_mul(amount).unwrap_or(Decimal::MAX);
         match self.buckets.binary_search_by_key(&index, |b| b.index) {
             Ok(i) => {
                 let b = &mut self.buckets[i];
                 b.count = b.count.saturating_add(1);
                 b.sum = Decimal::deserialize(b.sum).saturating_add(amount).serialize();
                 if let Some(st) = &mut b.stats {
-                    st.sum_sq = Decimal::deserialize(st.sum_sq).saturating_add(sq).serialize();
+                    st.sum_sq = Decimal::deserialize(st.sum_sq).saturating_add(sq()).serialize();
                     st.min = Decimal::deserialize(st.min).min(amount).serialize();
                     st.max = Decimal::deserialize(st.max).max(amount).serialize();
                 }
             }
             Err(i) => {
                 let stats = self.stats.then(|| Stats {
-                    sum_sq: sq.serialize(),
+                    sum_sq: sq().serialize(),
                     min: amount.serialize(),
                     max: amount.serialize(),
                 });
@@ -278,6 +279,9 @@ struct Output {
     entity: usize,
     /// Index into the entity's rings, or its distinct sets for `distinct`.
     slot: usize,
+    /// For windowed aggregates: the ring's index among all entities' rings, where
+    /// an event's read of it is kept so that features sharing a ring read it once.
+    ring: usize,
     aggregate: Aggregate,
     window_s: u64,
 }
@@ -288,6 +292,8 @@ pub struct Plan {
     defs: Vec<FeatureDef>,
     entities: Vec<EntityPlan>,
     outputs: Vec<Output>,
+    /// Rings over all entities: the size of an event's window-read cache.
+    rings: usize,
     max_window_s: u64,
 }
 
@@ -346,6 +352,15 @@ impl Plan {
         for e in &mut entities {
             e.windows.sort_unstable();
         }
+        let ring_base: Vec<usize> = entities
+            .iter()
+            .scan(0, |next, e| {
+                let base = *next;
+                *next += e.windows.len();
+                Some(base)
+            })
+            .collect();
+        let rings = entities.iter().map(|e| e.windows.len()).sum();
         let outputs = defs
             .iter()
             .map(|d| {
@@ -354,12 +369,13 @@ impl Plan {
                 let slot = match (d.aggregate, d.of) {
                     (Aggregate::Distinct, Some(f)) => plan.distinct.iter().position(|x| *x == (f, d.window_s)),
                     _ => plan.windows.iter().position(|(w, _)| *w == d.window_s),
-                };
-                Output { entity, slot: slot.unwrap_or(0), aggregate: d.aggregate, window_s: d.window_s }
+                }
+                .unwrap_or(0);
+                Output { entity, slot, ring: ring_base[entity] + slot, aggregate: d.aggregate, window_s: d.window_s }
             })
             .collect();
         let max_window_s = defs.iter().map(|d| d.window_s).max().unwrap_or(0);
-        Plan { defs, entities, outputs, max_window_s }
+        Plan { defs, entities, outputs, rings, max_window_s }
     }
 
     pub fn defs(&self) -> &[FeatureDef] {
@@ -411,6 +427,7 @@ impl Plan {
         let mut dirty = vec![false; states.len()];
         let mut first_in_batch: HashMap<&str, usize> = HashMap::new();
         let mut out: Vec<FeatureVector> = Vec::with_capacity(events.len());
+        let mut reads: Vec<Option<Window>> = vec![None; self.rings];
         for (i, ev) in events.iter().enumerate() {
             if let Some(stored) = &seen[i] {
                 out.push(FeatureVector { values: stored.values.clone(), replayed: true });
@@ -428,12 +445,13 @@ impl Plan {
                 }
             }
             let t = ev.unix_s();
+            reads.fill(None);
             let values = self
                 .outputs
                 .iter()
                 .map(|o| match row[o.entity] {
                     None => FeatureValue::Missing,
-                    Some(s) => value(o, &states[s], ev, t),
+                    Some(s) => value(o, &states[s], ev, t, &mut reads[o.ring]),
                 })
                 .collect();
             for (e, slot) in row.iter().enumerate() {
@@ -451,7 +469,9 @@ impl Plan {
 }
 
 /// One feature's value for an event at `t`, from its entity's state before it.
-fn value(o: &Output, state: &EntityState, ev: &Event, t: i64) -> FeatureValue {
+/// `read` keeps this event's read of the feature's ring, for the other features
+/// on the same ring.
+fn value(o: &Output, state: &EntityState, ev: &Event, t: i64, read: &mut Option<Window>) -> FeatureValue {
     let money = |d: Option<Decimal>| d.map_or(FeatureValue::Missing, FeatureValue::Money);
     match o.aggregate {
         Aggregate::TimeSinceLast | Aggregate::PreviousAmount => match state.previous(t) {
@@ -463,7 +483,7 @@ fn value(o: &Output, state: &EntityState, ev: &Event, t: i64) -> FeatureValue {
         },
         Aggregate::Distinct => FeatureValue::Count(state.distinct[o.slot].count(t)),
         _ => {
-            let w = state.rings[o.slot].read(t);
+            let w = *read.get_or_insert_with(|| state.rings[o.slot].read(t));
             let mean = (w.count > 0).then(|| w.sum.checked_div(Decimal::from(w.count))).flatten();
             match o.aggregate {
                 Aggregate::Count => FeatureValue::Count(w.count),

@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
+use std::collections::HashSet;
 
 use chrono::{Datelike, Timelike};
 
@@ -129,6 +130,63 @@ pub(crate) fn text_test(test: TextTest, l: &Value<'_>, r: &Value<'_>) -> Option<
     }
 }
 
+/// Kleene `and`: false wins over unknown; the right side is evaluated only
+/// when the left is not false.
+pub(crate) fn and(left: Option<bool>, right: impl FnOnce() -> Option<bool>) -> Option<bool> {
+    match left {
+        Some(false) => Some(false),
+        lv => match (lv, right()) {
+            (_, Some(false)) => Some(false),
+            (Some(true), Some(true)) => Some(true),
+            _ => None,
+        },
+    }
+}
+
+/// Kleene `or`: true wins over unknown; the right side is evaluated only when
+/// the left is not true.
+pub(crate) fn or(left: Option<bool>, right: impl FnOnce() -> Option<bool>) -> Option<bool> {
+    match left {
+        Some(true) => Some(true),
+        lv => match (lv, right()) {
+            (_, Some(true)) => Some(true),
+            (Some(false), Some(false)) => Some(false),
+            _ => None,
+        },
+    }
+}
+
+pub(crate) fn neg(v: Value<'_>) -> Value<'_> {
+    match v {
+        Value::Num(n) => Value::Num(-n),
+        _ => Value::Missing,
+    }
+}
+
+/// `lower(...)` or `upper(...)` of a text value.
+pub(crate) fn change_case(v: Value<'_>, upper: bool) -> Value<'_> {
+    match v {
+        Value::Text(t) if upper => Value::Text(Cow::Owned(t.to_uppercase())),
+        Value::Text(t) => Value::Text(Cow::Owned(t.to_lowercase())),
+        _ => Value::Missing,
+    }
+}
+
+pub(crate) fn in_set(v: &Value<'_>, set: &HashSet<String>, negated: bool) -> Option<bool> {
+    match v {
+        Value::Text(t) => Some(set.contains(t.as_ref()) != negated),
+        _ => None,
+    }
+}
+
+/// A value used as a condition (a `true` literal, an attribute).
+pub(crate) fn as_truth(v: &Value<'_>) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        _ => None,
+    }
+}
+
 /// The straightforward tree-walking evaluator: the reference that the compiled
 /// [`crate::program::Program`] is tested against.
 #[cfg(test)]
@@ -137,18 +195,9 @@ pub(crate) mod reference {
 
     fn value<'a>(e: &'a Expr, ctx: &Context<'a>) -> Value<'a> {
         match e {
-            Expr::Lower(inner) => match value(inner, ctx) {
-                Value::Text(t) => Value::Text(Cow::Owned(t.to_lowercase())),
-                _ => Value::Missing,
-            },
-            Expr::Upper(inner) => match value(inner, ctx) {
-                Value::Text(t) => Value::Text(Cow::Owned(t.to_uppercase())),
-                _ => Value::Missing,
-            },
-            Expr::Neg(inner) => match value(inner, ctx) {
-                Value::Num(n) => Value::Num(-n),
-                _ => Value::Missing,
-            },
+            Expr::Lower(inner) => change_case(value(inner, ctx), false),
+            Expr::Upper(inner) => change_case(value(inner, ctx), true),
+            Expr::Neg(inner) => neg(value(inner, ctx)),
             Expr::Arith(op, l, r) => arith(*op, value(l, ctx), value(r, ctx)),
             Expr::And(..)
             | Expr::Or(..)
@@ -165,35 +214,15 @@ pub(crate) mod reference {
     /// Kleene truth of a condition: `None` is unknown.
     pub(crate) fn truth(e: &Expr, ctx: &Context<'_>) -> Option<bool> {
         match e {
-            Expr::And(l, r) => match truth(l, ctx) {
-                Some(false) => Some(false),
-                lv => match (lv, truth(r, ctx)) {
-                    (_, Some(false)) => Some(false),
-                    (Some(true), Some(true)) => Some(true),
-                    _ => None,
-                },
-            },
-            Expr::Or(l, r) => match truth(l, ctx) {
-                Some(true) => Some(true),
-                lv => match (lv, truth(r, ctx)) {
-                    (_, Some(true)) => Some(true),
-                    (Some(false), Some(false)) => Some(false),
-                    _ => None,
-                },
-            },
+            Expr::And(l, r) => and(truth(l, ctx), || truth(r, ctx)),
+            Expr::Or(l, r) => or(truth(l, ctx), || truth(r, ctx)),
             Expr::Not(inner) => truth(inner, ctx).map(|b| !b),
             Expr::Cmp(op, l, r) => compare(*op, &value(l, ctx), &value(r, ctx)),
             Expr::In { expr, list, negated } => in_list(&value(expr, ctx), list, *negated),
-            Expr::InSet { expr, set, negated } => match value(expr, ctx) {
-                Value::Text(t) => Some(set.contains(t.as_ref()) != *negated),
-                _ => None,
-            },
+            Expr::InSet { expr, set, negated } => in_set(&value(expr, ctx), set, *negated),
             Expr::Test(test, l, r) => text_test(*test, &value(l, ctx), &value(r, ctx)),
             Expr::Is { expr, missing } => Some((value(expr, ctx) == Value::Missing) == *missing),
-            other => match value(other, ctx) {
-                Value::Bool(b) => Some(b),
-                _ => None,
-            },
+            other => as_truth(&value(other, ctx)),
         }
     }
 }

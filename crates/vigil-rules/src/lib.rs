@@ -47,7 +47,6 @@ pub struct Rule {
     /// Where the rule starts, as `file:line`.
     pub location: String,
     /// The checked condition; evaluation runs the rule set's [`Program`].
-    #[cfg_attr(not(test), allow(dead_code))]
     when: Expr,
 }
 

@@ -17,7 +17,6 @@
 //! missing value makes a comparison unknown), which the tests use as the
 //! reference.
 
-use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -280,35 +279,21 @@ impl Program {
                     _ => None,
                 }
             }
-            Node::And(l, r) => match self.truth(*l, ctx, s) {
-                Some(false) => Some(false),
-                lv => match (lv, self.truth(*r, ctx, s)) {
-                    (_, Some(false)) => Some(false),
-                    (Some(true), Some(true)) => Some(true),
-                    _ => None,
-                },
-            },
-            Node::Or(l, r) => match self.truth(*l, ctx, s) {
-                Some(true) => Some(true),
-                lv => match (lv, self.truth(*r, ctx, s)) {
-                    (_, Some(true)) => Some(true),
-                    (Some(false), Some(false)) => Some(false),
-                    _ => None,
-                },
-            },
+            Node::And(l, r) => {
+                let left = self.truth(*l, ctx, s);
+                eval::and(left, || self.truth(*r, ctx, s))
+            }
+            Node::Or(l, r) => {
+                let left = self.truth(*l, ctx, s);
+                eval::or(left, || self.truth(*r, ctx, s))
+            }
             Node::Not(x) => self.truth(*x, ctx, s).map(|b| !b),
             Node::In { expr, list, negated } => eval::in_list(&self.value(*expr, ctx, s), list, *negated),
-            Node::InSet { expr, set, negated } => match self.value(*expr, ctx, s) {
-                Value::Text(t) => Some(set.0.contains(t.as_ref()) != *negated),
-                _ => None,
-            },
+            Node::InSet { expr, set, negated } => eval::in_set(&self.value(*expr, ctx, s), &set.0, *negated),
             Node::Test(test, l, r) => eval::text_test(*test, &self.value(*l, ctx, s), &self.value(*r, ctx, s)),
             Node::Is { expr, missing } => Some((self.value(*expr, ctx, s) == Value::Missing) == *missing),
             // A value used as a condition: a `true` literal or an attribute.
-            _ => match self.value(id, ctx, s) {
-                Value::Bool(b) => Some(b),
-                _ => None,
-            },
+            _ => eval::as_truth(&self.value(id, ctx, s)),
         }
     }
 
@@ -328,19 +313,10 @@ impl Program {
     fn compute_value<'a>(&'a self, id: Id, ctx: &Context<'a>, s: &mut Scratch<'a>) -> Value<'a> {
         match &self.nodes[id as usize] {
             Node::Leaf(Leaf(e)) => eval::leaf(e, ctx),
-            Node::Neg(x) => match self.value(*x, ctx, s) {
-                Value::Num(n) => Value::Num(-n),
-                _ => Value::Missing,
-            },
+            Node::Neg(x) => eval::neg(self.value(*x, ctx, s)),
             Node::Arith(op, l, r) => eval::arith(*op, self.value(*l, ctx, s), self.value(*r, ctx, s)),
-            Node::Lower(x) => match self.value(*x, ctx, s) {
-                Value::Text(t) => Value::Text(Cow::Owned(t.to_lowercase())),
-                _ => Value::Missing,
-            },
-            Node::Upper(x) => match self.value(*x, ctx, s) {
-                Value::Text(t) => Value::Text(Cow::Owned(t.to_uppercase())),
-                _ => Value::Missing,
-            },
+            Node::Lower(x) => eval::change_case(self.value(*x, ctx, s), false),
+            Node::Upper(x) => eval::change_case(self.value(*x, ctx, s), true),
             // A condition used as a value (`(a > 1) == (b > 1)`).
             _ => self.truth(id, ctx, s).map_or(Value::Missing, Value::Bool),
         }

@@ -27,6 +27,14 @@ fn event(json: &str) -> Event {
     Event::from_json(json.as_bytes()).unwrap()
 }
 
+/// A seeded linear congruential generator: `next(n)` is in `0..n`.
+fn seeded(mut state: u64) -> impl FnMut(usize) -> usize {
+    move |n| {
+        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        ((state >> 33) as usize) % n.max(1)
+    }
+}
+
 fn fired(rules: &RuleSet, e: &Event, features: &[FeatureValue], model_score: Option<f64>) -> Vec<String> {
     let ctx = Context { event: e, features, model_score };
     let mut out = Vec::new();
@@ -202,11 +210,7 @@ fn corrupted_rule_files_never_panic() {
         .collect();
     let alphabet: Vec<char> =
         "rule when then and or not in is ( ) [ ] @ . , \" # - + * / < > = ! 0 9 _ a Z \n\u{e9}".chars().collect();
-    let mut state: u64 = 0x5eed;
-    let mut next = |n: usize| {
-        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-        ((state >> 33) as usize) % n.max(1)
-    };
+    let mut next = seeded(0x5eed);
     let lists = vec![(PathBuf::from("lists/high_risk_countries.txt"), "BR\n".to_owned())];
     for _ in 0..2_000 {
         let mut chars: Vec<char> = base.chars().collect();
@@ -234,11 +238,7 @@ fn corrupted_rule_files_never_panic() {
 /// model scores sometimes missing.
 #[test]
 fn compiled_program_agrees_with_reference() {
-    let mut state: u64 = 0xdec1de;
-    let mut next = |n: u64| {
-        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-        (state >> 33) % n.max(1)
-    };
+    let mut next = seeded(0xdec1de);
     let conditions = [
         "amount > 100",
         "amount >= 100.00",
@@ -298,10 +298,10 @@ fn compiled_program_agrees_with_reference() {
             r#"{{"transaction_id":"t","timestamp":"2026-01-{:02}T{:02}:00:00Z","amount":"{}","currency":"EUR","card_id":"c{}","country":"{}","channel":"{}""#,
             1 + next(28),
             next(24),
-            amounts[next(amounts.len() as u64) as usize],
+            amounts[next(amounts.len())],
             next(20),
-            countries[next(countries.len() as u64) as usize],
-            ["ecom", "pos"][next(2) as usize],
+            countries[next(countries.len())],
+            ["ecom", "pos"][next(2)],
         );
         if next(2) == 0 {
             json.push_str(r#","mcc":"5411""#);
@@ -322,7 +322,7 @@ fn compiled_program_agrees_with_reference() {
             n => FeatureValue::Money(Decimal::new(n as i64 * 40_000, 2)),
         };
         let features = [count, sum];
-        let score = [None, Some(0.1), Some(0.5), Some(0.95)][next(4) as usize];
+        let score = [None, Some(0.1), Some(0.5), Some(0.95)][next(4)];
         let ctx = Context { event: &e, features: &features, model_score: score };
         let mut got = Vec::new();
         rules.evaluate(&ctx, |i, _| got.push(i));
