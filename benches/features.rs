@@ -16,6 +16,9 @@
 //! (env: VIGIL_BENCH_EVENTS, default 200000; VIGIL_BENCH_RATE, default 10000;
 //! VIGIL_BENCH_WRITERS, default 4).
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -152,57 +155,21 @@ fn main() {
 
     // Memory per entity, by kind (the text before `=` in the entity id).
     let sizes = rt.block_on(async {
+        let keys = common::redis_keys(&format!("{prefix}:s2:*"), 20_000).await;
         let client = redis::Client::open(URL).unwrap();
         let mut con = client.get_multiplexed_async_connection().await.unwrap();
-        let mut cursor: u64 = 0;
-        let mut keys: Vec<String> = Vec::new();
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{prefix}:s2:*"))
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut con)
-                .await
-                .unwrap();
-            keys.extend(batch);
-            cursor = next;
-            if cursor == 0 || keys.len() >= 20_000 {
-                break;
-            }
-        }
         let mut by_kind: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();
         for k in &keys {
             let kind = k.split('{').nth(1).and_then(|s| s.split('=').next()).unwrap_or("?").to_owned();
-            let len: u64 = redis::cmd("STRLEN").arg(k).query_async(&mut con).await.unwrap_or(0);
-            let usage: Option<u64> = redis::cmd("MEMORY").arg("USAGE").arg(k).query_async(&mut con).await.ok();
+            let len: u64 = redis::cmd("STRLEN").arg(k).query_async(&mut con).await.unwrap();
+            let usage: u64 = redis::cmd("MEMORY").arg("USAGE").arg(k).query_async(&mut con).await.unwrap();
             let e = by_kind.entry(kind).or_default();
             e.0 += 1;
             e.1 += len;
-            e.2 += usage.unwrap_or(0);
+            e.2 += usage;
         }
-        // Clean up this run's keys.
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{prefix}:*"))
-                .arg("COUNT")
-                .arg(5000)
-                .query_async(&mut con)
-                .await
-                .unwrap();
-            if !batch.is_empty() {
-                let _: () = redis::cmd("UNLINK").arg(&batch).query_async(&mut con).await.unwrap();
-            }
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-        }
-        let _: () = redis::cmd("DEL").arg("bench:h").query_async(&mut con).await.unwrap_or(());
+        common::clean_redis(&prefix).await;
+        let _: i64 = redis::cmd("DEL").arg("bench:h").query_async(&mut con).await.unwrap();
         by_kind
     });
     println!("stored entity state by kind (sampled keys: state bytes / Redis MEMORY USAGE per key):");

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use rdkafka::message::Message;
 use vigil_core::{Decision, Event};
 use vigil_engine::Engine;
 use vigil_gen::GenConfig;
@@ -75,11 +74,8 @@ async fn a_stalled_redis_delays_decisions_but_loses_and_double_counts_nothing() 
     run.finish().await.unwrap();
     assert!(stats.store_retries.load(Ordering::SeqCst) > 0, "Redis never failed: {:?}", stats.snapshot());
 
-    let out: Vec<Decision> = read_all(&kafka.decisions_topic, 4_000, Duration::from_secs(10), Duration::from_secs(120))
-        .await
-        .iter()
-        .map(|m| serde_json::from_slice(m.payload().unwrap()).unwrap())
-        .collect();
+    let out =
+        decisions(&read_all(&kafka.decisions_topic, 4_000, Duration::from_secs(10), Duration::from_secs(120)).await);
     let by_id: HashMap<&str, &Decision> = out.iter().map(|d| (d.transaction_id.as_str(), d)).collect();
     assert_eq!(out.len(), 4_000, "one decision per event");
     assert_eq!(by_id.len(), 4_000);

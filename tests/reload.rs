@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use rdkafka::message::Message;
 use vigil_core::{Action, Decision, Event};
 use vigil_engine::watch::{watch_rules, ReloadStats};
 use vigil_engine::Engine;
@@ -82,11 +81,8 @@ async fn editing_rules_under_a_running_stream() {
     stop_watch.send(()).unwrap();
     watcher.await.unwrap();
 
-    let out: Vec<Decision> = read_all(&kafka.decisions_topic, 600, Duration::from_secs(10), Duration::from_secs(120))
-        .await
-        .iter()
-        .map(|m| serde_json::from_slice(m.payload().unwrap()).unwrap())
-        .collect();
+    let out =
+        decisions(&read_all(&kafka.decisions_topic, 600, Duration::from_secs(10), Duration::from_secs(120)).await);
     let by_id: HashMap<&str, &Decision> = out.iter().map(|d| (d.transaction_id.as_str(), d)).collect();
     assert_eq!(by_id.len(), 600);
     for (i, e) in events.iter().enumerate() {

@@ -67,10 +67,6 @@ async fn until_idle(stats: &Stats, quiet: Duration, limit: Duration) {
     }
 }
 
-fn decisions(messages: &[rdkafka::message::OwnedMessage]) -> Vec<Decision> {
-    messages.iter().map(|m| serde_json::from_slice(m.payload().unwrap()).unwrap()).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_events_give_one_decision_each_and_malformed_ones_dead_letters() {
     let config = pipeline("tenk");

@@ -82,30 +82,44 @@ pub fn total(stats: &vigil_stream::Stats) -> u64 {
     stats.decided.load(Ordering::SeqCst) + stats.dead_lettered.load(Ordering::SeqCst)
 }
 
-/// Deletes every Redis key under `prefix` (test state would otherwise live for
-/// the longest feature window).
-pub async fn clean_redis(prefix: &str) {
+/// The Redis keys matching `pattern` (a SCAN pattern), up to about `limit`.
+pub async fn redis_keys(pattern: &str, limit: usize) -> Vec<String> {
     let client = redis::Client::open(redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut keys = Vec::new();
     let mut cursor: u64 = 0;
     loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
-            .arg(format!("{prefix}:*"))
+            .arg(pattern)
             .arg("COUNT")
             .arg(1000)
             .query_async(&mut conn)
             .await
             .unwrap();
-        if !keys.is_empty() {
-            let _: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
-        }
-        if next == 0 {
-            break;
+        keys.extend(batch);
+        if next == 0 || keys.len() >= limit {
+            return keys;
         }
         cursor = next;
     }
+}
+
+/// Deletes every Redis key under `prefix` (test state would otherwise live for
+/// the longest feature window).
+pub async fn clean_redis(prefix: &str) {
+    let keys = redis_keys(&format!("{prefix}:*"), usize::MAX).await;
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for chunk in keys.chunks(1000) {
+        let _: i64 = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await.unwrap();
+    }
+}
+
+/// Decisions read back from a decisions topic.
+pub fn decisions(messages: &[OwnedMessage]) -> Vec<vigil_core::Decision> {
+    messages.iter().map(|m| serde_json::from_slice(m.payload().unwrap()).unwrap()).collect()
 }
 
 /// A `vigil_stream::run` going on in the background.
