@@ -195,6 +195,64 @@ async fn a_crash_and_restart_loses_no_event_and_double_counts_no_feature() {
     clean_redis(&config.store.key_prefix).await;
 }
 
+/// Every declared feature, of every event, as a clean single pass computes it.
+fn all_features(config: &PipelineConfig, events: &[Event]) -> HashMap<String, Vec<(String, serde_json::Value)>> {
+    events
+        .iter()
+        .zip(reference_features(config, events))
+        .map(|(e, fv)| {
+            let all = config.features.iter().zip(fv.values).map(|(d, v)| (d.name.clone(), as_json(&v))).collect();
+            (e.transaction_id.clone(), all)
+        })
+        .collect()
+}
+
+/// On one partition the stream sees history in order, so every feature, shared
+/// entities (terminal, merchant, IP) included, must equal a clean single pass:
+/// after a kill mid-stream, and after a restart that replays the topic from the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_then_a_replay_from_the_start_gives_every_feature_of_a_clean_pass() {
+    let mut config = pipeline("replay");
+    let kafka = config.kafka.clone().unwrap();
+    vigil_stream::create_topics(&kafka, 1).await.unwrap();
+    let events = traffic(2_500, 23);
+    vigil_stream::produce_lines(&kafka, &kafka.input_topic, events.iter().map(Event::to_json)).await.unwrap();
+
+    let first = start_stream(&config).await;
+    wait_until(Duration::from_secs(120), "the first run to decide some events", || {
+        first.stats.decided.load(Ordering::SeqCst) >= 800
+    })
+    .await;
+    first.handle.abort();
+    let _ = first.handle.await;
+    let decided_first = first.stats.decided.load(Ordering::SeqCst);
+    drop(first.stop);
+    assert!(decided_first < events.len() as u64, "the first run finished before it was killed");
+
+    // A new consumer group: the restart reads the topic from its first record.
+    config.kafka.as_mut().unwrap().group_id.push_str("-replay");
+    let second = start_stream(&config).await;
+    until_idle(&second.stats, Duration::from_secs(6), Duration::from_secs(240)).await;
+    let replayed = second.stats.replayed.load(Ordering::SeqCst);
+    let snapshot = second.stats.snapshot();
+    second.finish().await.unwrap();
+    assert!(replayed >= 800, "the replay should find the first run's events decided: {snapshot:?}");
+
+    let out = decisions(
+        &read_all(&kafka.decisions_topic, events.len() + 800, Duration::from_secs(10), Duration::from_secs(180)).await,
+    );
+    let clean = all_features(&config, &events);
+    let mut seen = HashSet::new();
+    for d in &out {
+        let got: Vec<_> = d.features.iter().map(|(k, v)| (k.clone(), as_json(v))).collect();
+        assert_eq!(got.len(), config.features.len(), "{}: every declared feature", d.transaction_id);
+        assert_eq!(sorted(got), sorted(clean[&d.transaction_id].clone()), "features of {}", d.transaction_id);
+        seen.insert(d.transaction_id.clone());
+    }
+    assert_eq!(seen.len(), events.len(), "an event was lost");
+    clean_redis(&config.store.key_prefix).await;
+}
+
 #[tokio::test]
 async fn unreachable_broker_and_missing_topics_are_clear_errors() {
     let mut config = pipeline("unreachable");
