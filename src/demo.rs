@@ -76,14 +76,25 @@ pub async fn run(config: &PipelineConfig, gen: &GenConfig, out: &Path, batch: us
     for s in [Scenario::LargeAmount, Scenario::CompromisedTerminal, Scenario::CardTakeover] {
         summary.by_scenario.insert(s.name(), (0, 0));
     }
+    // Frauds are confirmed some time after they happen (an analyst within a
+    // day, a chargeback within weeks); the label features learn of them then.
+    let labels = vigil_gen::labels(&items);
+    let label_refs: Vec<&vigil_core::Label> = labels.iter().collect();
+    let events: Vec<&Event> = items.iter().map(|l| &l.event).collect();
     let started = Instant::now();
-    for chunk in items.chunks(batch.max(1)) {
-        let refs: Vec<&Event> = chunk.iter().map(|l| &l.event).collect();
-        let decisions = engine.decide_batch(&refs).await?;
-        for (l, d) in chunk.iter().zip(&decisions) {
-            tally(&mut summary, l, d);
-            writer.write_all(&d.to_json())?;
-            writer.write_all(b"\n")?;
+    for step in vigil_features::interleave(&events, &label_refs, batch) {
+        match step {
+            vigil_features::Step::Labels(r) => {
+                engine.apply_labels(&label_refs[r]).await?;
+            }
+            vigil_features::Step::Events(r) => {
+                let decisions = engine.decide_batch(&events[r.clone()]).await?;
+                for (l, d) in items[r].iter().zip(&decisions) {
+                    tally(&mut summary, l, d);
+                    writer.write_all(&d.to_json())?;
+                    writer.write_all(b"\n")?;
+                }
+            }
         }
     }
     summary.seconds = started.elapsed().as_secs_f64();

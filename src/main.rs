@@ -92,6 +92,33 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: ReportFormat,
     },
+    /// Record confirmed outcomes (chargebacks, analyst verdicts) for the label
+    /// features: published to the pipeline's labels topic, or applied to its
+    /// Redis store when it has no labels topic.
+    Label {
+        #[arg(long)]
+        pipeline: PathBuf,
+        /// A JSON-lines file of labels (or `-` for stdin), one per line.
+        #[arg(long, conflicts_with_all = ["transaction_id", "fraud", "genuine"])]
+        file: Option<PathBuf>,
+        /// The labelled transaction.
+        #[arg(long, required_unless_present = "file")]
+        transaction_id: Option<String>,
+        #[arg(long, conflicts_with = "genuine")]
+        fraud: bool,
+        #[arg(long)]
+        genuine: bool,
+        /// When the outcome became known (RFC 3339); now by default.
+        #[arg(long)]
+        reported_at: Option<String>,
+        /// Where it came from, such as `chargeback` or `analyst`.
+        #[arg(long)]
+        source: Option<String>,
+        /// An entity field of the transaction, `name=value` (repeatable), such as
+        /// `terminal_id=T1`: fraud labels carry those the label features count by.
+        #[arg(long = "field", value_name = "NAME=VALUE")]
+        fields: Vec<String>,
+    },
     /// Send a JSON-lines file of events (or `-` for stdin) to the pipeline's input topic.
     Produce {
         #[arg(long)]
@@ -331,6 +358,48 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Label { pipeline, file, transaction_id, fraud, genuine, reported_at, source, fields } => {
+            let config = load_pipeline(&pipeline)?;
+            let lines: Vec<(String, Vec<u8>)> = match (&file, transaction_id) {
+                (Some(file), _) => {
+                    let reader: Box<dyn BufRead> = if file.as_os_str() == "-" {
+                        Box::new(std::io::stdin().lock())
+                    } else {
+                        Box::new(std::io::BufReader::new(
+                            std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?,
+                        ))
+                    };
+                    let mut out = Vec::new();
+                    for (n, line) in reader.split(b'\n').enumerate() {
+                        let line = line.with_context(|| format!("cannot read {}", file.display()))?;
+                        if !line.iter().all(u8::is_ascii_whitespace) {
+                            out.push((format!("{}:{}", file.display(), n + 1), line));
+                        }
+                    }
+                    out
+                }
+                (None, Some(id)) => {
+                    if fraud == genuine {
+                        bail!("say which outcome: --fraud or --genuine");
+                    }
+                    let mut map = serde_json::Map::new();
+                    map.insert("transaction_id".into(), id.into());
+                    map.insert("label".into(), if fraud { "fraud" } else { "genuine" }.into());
+                    let at = reported_at.unwrap_or_else(|| chrono::Utc::now().to_rfc3339());
+                    map.insert("reported_at".into(), at.into());
+                    if let Some(s) = source {
+                        map.insert("source".into(), s.into());
+                    }
+                    for f in &fields {
+                        let (k, v) = f.split_once('=').with_context(|| format!("--field `{f}` is not NAME=VALUE"))?;
+                        map.insert(k.trim().into(), v.into());
+                    }
+                    vec![("the label".to_owned(), serde_json::to_vec(&map)?)]
+                }
+                (None, None) => bail!("give --file or --transaction-id"),
+            };
+            label(&config, lines).await
+        }
         Command::Produce { pipeline, file } => {
             let config = load_pipeline(&pipeline)?;
             let kafka = config.kafka.ok_or(vigil_stream::StreamError::NoKafka)?;
@@ -371,6 +440,46 @@ fn spawn_reload_on_hangup(engine: Arc<Engine>, config: PipelineConfig) {
             }
         }
     });
+}
+
+/// Checks every label first (refusing all if one is bad, with its place), then
+/// publishes them to the labels topic or applies them to the Redis store.
+async fn label(config: &PipelineConfig, lines: Vec<(String, Vec<u8>)>) -> anyhow::Result<()> {
+    let engine = vigil_engine::Engine::in_memory(config)?;
+    let mut labels = Vec::with_capacity(lines.len());
+    let mut problems = Vec::new();
+    for (place, line) in &lines {
+        match vigil_core::Label::from_json(line).and_then(|l| engine.check_label(&l).map(|()| l)) {
+            Ok(l) => labels.push(l),
+            Err(e) => problems.push(format!("{place}: {e}")),
+        }
+    }
+    if !problems.is_empty() {
+        bail!("{} label(s) refused, nothing recorded:\n{}", problems.len(), problems.join("\n"));
+    }
+    if let Some(topic) = config.kafka.as_ref().and_then(|k| k.labels_topic.as_ref().map(|t| (k, t))) {
+        let (kafka, topic) = topic;
+        let n = vigil_stream::produce_lines(kafka, topic, labels.iter().map(vigil_core::Label::to_json)).await?;
+        println!("published {n} label(s) to {topic}");
+        return Ok(());
+    }
+    if matches!(config.store.backend, vigil_core::pipeline::StoreBackend::Memory) {
+        bail!(
+            "{}: no [kafka] labels_topic and an in-memory store: a label recorded by this command would vanish \
+             with it; set kafka.labels_topic, or use a Redis store",
+            config.file.display()
+        );
+    }
+    let engine = vigil_engine::Engine::connect(config).await?;
+    let refs: Vec<&vigil_core::Label> = labels.iter().collect();
+    let outcomes = engine.apply_labels(&refs).await?;
+    let counted = outcomes.iter().filter(|o| **o == vigil_engine::LabelOutcome::Counted).count();
+    println!(
+        "applied {} label(s): {counted} fraud(s) newly counted, {} unchanged",
+        labels.len(),
+        labels.len() - counted
+    );
+    Ok(())
 }
 
 fn gen(a: GenArgs) -> anyhow::Result<()> {

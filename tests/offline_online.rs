@@ -1,13 +1,14 @@
 //! Offline equals online: the features that backtests and training compute over
 //! history (vigil-offline, in memory) are, for every feature of every event,
-//! those the live Redis store computes for the same events in the same order;
-//! and replaying the whole history through Redis returns them unchanged.
+//! those the live Redis store computes for the same events and fraud labels in
+//! the same order; and replaying the whole history through Redis returns them
+//! unchanged.
 
 mod common;
 
 use common::*;
-use vigil_core::Event;
-use vigil_features::{FeatureStore, Plan, RedisStore};
+use vigil_core::{Event, Label};
+use vigil_features::{FeatureStore, LabelOutcome, Plan, RedisStore, Step};
 use vigil_gen::GenConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -15,18 +16,29 @@ async fn every_feature_of_every_event_agrees_between_offline_and_redis() {
     let config = pipeline("offon");
     assert!(config.features.len() >= 20, "the local pipeline declares the full feature set");
     let gen = GenConfig { seed: 5, events: 6_000, cards: 400, merchants: 60, days: 5, ..GenConfig::default() };
-    let events: Vec<Event> = vigil_gen::generate(&gen).into_iter().map(|l| l.event).collect();
-    let offline = reference_features(&config, &events);
+    let items = vigil_gen::generate(&gen);
+    let labels = vigil_gen::labels(&items);
+    let events: Vec<Event> = items.into_iter().map(|l| l.event).collect();
+    let refs: Vec<&Event> = events.iter().collect();
+    let label_refs: Vec<&Label> = labels.iter().collect();
+    let offline = vigil_offline::features_over_history(&config.features, &refs, &label_refs).unwrap();
 
     let prefix = config.store.key_prefix.clone();
     let store = RedisStore::connect(&redis_url(), Plan::new(config.features.clone()), &prefix, 3600, 5000)
         .await
         .expect("this test needs Redis: run scripts/test.sh");
     let mut online = Vec::with_capacity(events.len());
-    for chunk in events.chunks(250) {
-        let refs: Vec<&Event> = chunk.iter().collect();
-        online.extend(store.process(&refs).await.unwrap());
+    let mut counted = 0;
+    for step in vigil_features::interleave(&refs, &label_refs, 250) {
+        match step {
+            Step::Events(r) => online.extend(store.process(&refs[r]).await.unwrap()),
+            Step::Labels(r) => {
+                let outcomes = store.apply_labels(&label_refs[r]).await.unwrap();
+                counted += outcomes.iter().filter(|o| **o == LabelOutcome::Counted).count();
+            }
+        }
     }
+    assert!(counted > 10 && counted < labels.len(), "labels reported within the history count: {counted}");
     let mut kinds = std::collections::HashSet::new();
     for ((e, off), on) in events.iter().zip(&offline).zip(&online) {
         assert!(!on.replayed, "{} was new", e.transaction_id);
@@ -37,6 +49,12 @@ async fn every_feature_of_every_event_agrees_between_offline_and_redis() {
     }
     // Counts, money, plain numbers, seconds and missing values all occurred.
     assert_eq!(kinds.len(), 5, "the history exercises every kind of value");
+    let frauds_seen = config.features.iter().position(|d| d.name == "terminal_frauds_7d").unwrap();
+    assert!(
+        online.iter().any(|fv| fv.values[frauds_seen] != vigil_core::FeatureValue::Count(0)
+            && fv.values[frauds_seen] != vigil_core::FeatureValue::Missing),
+        "some event saw a confirmed fraud at its terminal"
+    );
 
     // A full replay (a consumer group reset to the start) changes nothing.
     for (chunk, expected) in events.chunks(500).zip(online.chunks(500)) {

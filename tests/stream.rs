@@ -277,3 +277,81 @@ async fn unreachable_broker_and_missing_topics_are_clear_errors() {
     let err = Engine::connect(&config).await.err().unwrap().to_string();
     assert!(err.contains("127.0.0.1:1"), "{err}");
 }
+
+/// Confirmed frauds arrive on the labels topic (here partly through `vigil
+/// label`), are counted once by the label features, reach the next decisions at
+/// their terminal, and bad labels are dead-lettered with their reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_reach_the_next_decisions_once_and_bad_ones_dead_letter() {
+    let text = pipeline_text("labels");
+    let config = PipelineConfig::parse(&repo().join("pipelines/test.toml"), &text).unwrap();
+    let file = repo().join(format!("pipelines/.test-{}.toml", config.store.key_prefix));
+    std::fs::write(&file, &text).unwrap();
+    let kafka = config.kafka.clone().unwrap();
+    let labels_topic = kafka.labels_topic.clone().unwrap();
+    vigil_stream::create_topics(&kafka, 1).await.unwrap();
+    let event = |id: &str, minute: u32| {
+        format!(
+            r#"{{"transaction_id":"{id}","timestamp":"2026-03-02T10:{minute:02}:00Z","amount":"20.00","currency":"EUR","card_id":"c-{id}","terminal_id":"T9"}}"#
+        )
+    };
+    let first: Vec<Vec<u8>> =
+        ["p1", "p2", "p3"].iter().zip([1, 2, 3]).map(|(id, m)| event(id, m).into_bytes()).collect();
+    vigil_stream::produce_lines(&kafka, &kafka.input_topic, first.into_iter()).await.unwrap();
+    let run = start_stream(&config).await;
+    wait_until(Duration::from_secs(60), "the first events decided", || run.stats.decided.load(Ordering::SeqCst) >= 3)
+        .await;
+
+    // p1 is confirmed fraud through the command line, and again on the topic.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["label", "--pipeline", file.to_str().unwrap(), "--transaction-id", "p1", "--fraud"])
+        .args(["--reported-at", "2026-03-02T10:05:00Z", "--field", "terminal_id=T9", "--source", "chargeback"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success() && said.contains("published 1 label"), "{said}");
+    // The command refuses a fraud label that lacks what the features count by.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["label", "--pipeline", file.to_str().unwrap(), "--transaction-id", "p2", "--fraud"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success() && said.contains("terminal_id") && said.contains("terminal_frauds_7d"), "{said}");
+    std::fs::remove_file(&file).ok();
+
+    let again = r#"{"transaction_id":"p1","label":"fraud","reported_at":"2026-03-02T10:05:00Z","terminal_id":"T9"}"#;
+    let genuine = r#"{"transaction_id":"p2","label":"genuine","reported_at":"2026-03-02T10:05:00Z"}"#;
+    let lacking = r#"{"transaction_id":"p3","label":"fraud","reported_at":"2026-03-02T10:05:00Z"}"#;
+    let malformed = r#"{"transaction_id":"p3","label":"stolen","reported_at":"2026-03-02T10:05:00Z"}"#;
+    let lines = [again, genuine, lacking, malformed].map(|l| l.as_bytes().to_vec());
+    vigil_stream::produce_lines(&kafka, &labels_topic, lines.into_iter()).await.unwrap();
+    wait_until(Duration::from_secs(60), "the labels handled", || {
+        run.stats.labels_counted.load(Ordering::SeqCst) + run.stats.labels_unchanged.load(Ordering::SeqCst) >= 3
+            && run.stats.dead_lettered.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    assert_eq!(run.stats.labels_counted.load(Ordering::SeqCst), 1, "{:?}", run.stats.snapshot());
+
+    let later = vec![event("p4", 10).into_bytes()];
+    vigil_stream::produce_lines(&kafka, &kafka.input_topic, later.into_iter()).await.unwrap();
+    wait_until(Duration::from_secs(60), "the later event decided", || run.stats.decided.load(Ordering::SeqCst) >= 4)
+        .await;
+    run.finish().await.unwrap();
+
+    let out = decisions(&read_all(&kafka.decisions_topic, 4, Duration::from_secs(5), Duration::from_secs(60)).await);
+    let p4 = out.iter().find(|d| d.transaction_id == "p4").expect("p4 decided");
+    assert_eq!(as_json(&p4.features["terminal_frauds_7d"]), serde_json::json!(1));
+    let rate: rust_decimal::Decimal = serde_json::from_value(as_json(&p4.features["terminal_fraud_rate_30d"])).unwrap();
+    assert_eq!(rate, rust_decimal::Decimal::ONE / rust_decimal::Decimal::from(3), "one fraud among three payments");
+    let p3 = out.iter().find(|d| d.transaction_id == "p3").unwrap();
+    assert_eq!(as_json(&p3.features["terminal_frauds_7d"]), serde_json::json!(0), "no label before it was reported");
+
+    let dead = read_all(&kafka.dead_letter_topic, 2, Duration::from_secs(5), Duration::from_secs(60)).await;
+    let reasons: Vec<String> = dead.iter().map(|m| header(m, vigil_stream::ERROR_HEADER).unwrap()).collect();
+    assert_eq!(dead.len(), 2, "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("label") && r.contains("terminal_id")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("`stolen`")), "{reasons:?}");
+    clean_redis(&config.store.key_prefix).await;
+}

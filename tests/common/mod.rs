@@ -26,19 +26,24 @@ pub fn repo() -> PathBuf {
 
 /// The shipped local pipeline with this test's own topics, group and key prefix.
 pub fn pipeline(test: &str) -> PipelineConfig {
+    PipelineConfig::parse(&repo().join("pipelines/test.toml"), &pipeline_text(test)).unwrap()
+}
+
+/// The text of [`pipeline`], for tests that hand a pipeline file to the binary:
+/// write it beside the shipped ones (`pipelines/`), so its paths resolve alike.
+pub fn pipeline_text(test: &str) -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let tag = format!("{test}-{}", &id[..8]);
     let text = std::fs::read_to_string(repo().join("pipelines/local.toml")).unwrap();
-    let text = text
-        .replace("brokers = \"127.0.0.1:9092\"", &format!("brokers = \"{}\"", brokers()))
+    text.replace("brokers = \"127.0.0.1:9092\"", &format!("brokers = \"{}\"", brokers()))
         .replace("redis_url = \"redis://127.0.0.1:6379\"", &format!("redis_url = \"{}\"", redis_url()))
         .replace("group_id = \"vigil\"", &format!("group_id = \"g-{tag}\""))
         .replace("input_topic = \"transactions\"", &format!("input_topic = \"in-{tag}\""))
         .replace("decisions_topic = \"decisions\"", &format!("decisions_topic = \"out-{tag}\""))
         .replace("dead_letter_topic = \"transactions-dead-letter\"", &format!("dead_letter_topic = \"dlq-{tag}\""))
+        .replace("labels_topic = \"labels\"", &format!("labels_topic = \"labels-{tag}\""))
         .replace("key_prefix = \"vigil\"", &format!("key_prefix = \"t-{tag}\""))
-        .replace("batch_size = 500", "batch_size = 250");
-    PipelineConfig::parse(&repo().join("pipelines/test.toml"), &text).unwrap()
+        .replace("batch_size = 500", "batch_size = 250")
 }
 
 /// Reads `topic` from the start until `expected` records arrived or `idle` passed
@@ -156,7 +161,7 @@ pub fn start(config: &PipelineConfig, engine: Arc<vigil_engine::Engine>) -> Runn
 /// stream must reproduce for features whose entity keeps its order (card-keyed).
 pub fn reference_features(config: &PipelineConfig, events: &[vigil_core::Event]) -> Vec<vigil_core::FeatureVector> {
     let refs: Vec<&vigil_core::Event> = events.iter().collect();
-    vigil_offline::features_over_history(&config.features, &refs).unwrap()
+    vigil_offline::features_over_history(&config.features, &refs, &[]).unwrap()
 }
 
 /// A feature value as a decision's JSON carries it. Decisions are read back with

@@ -63,7 +63,7 @@ pub struct EventError {
 }
 
 impl EventError {
-    fn field(field: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn field(field: &str, message: impl Into<String>) -> Self {
         Self { field: Some(field.to_owned()), message: message.into() }
     }
 }
@@ -136,7 +136,7 @@ impl Event {
     }
 }
 
-fn check_id(field: &str, value: &str) -> Result<(), EventError> {
+pub(crate) fn check_id(field: &str, value: &str) -> Result<(), EventError> {
     if value.is_empty() {
         return Err(EventError::field(field, "must not be empty"));
     }
@@ -233,6 +233,17 @@ impl RawEvent<'_> {
             channel: self.channel,
             attributes: self.attributes.unwrap_or_default(),
         })
+    }
+}
+
+/// Anything that carries entity fields: events, and labels of earlier events.
+pub trait Fields {
+    fn text(&self, field: EventField) -> Option<&str>;
+}
+
+impl Fields for Event {
+    fn text(&self, field: EventField) -> Option<&str> {
+        Event::text(self, field)
     }
 }
 

@@ -6,7 +6,7 @@ use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Event, EventField};
+use crate::event::{EventField, Fields};
 
 /// The entity a feature aggregates over: one event field or a combination such as
 /// `card_id+merchant_id`.
@@ -41,7 +41,7 @@ impl EntityKey {
     }
 
     /// The entity's identity for `event`, or `None` when a key field is absent.
-    pub fn value_of(&self, event: &Event) -> Option<String> {
+    pub fn value_of(&self, event: &impl Fields) -> Option<String> {
         let mut out = String::new();
         for (i, f) in self.fields.iter().enumerate() {
             if i > 0 {
@@ -91,6 +91,12 @@ pub enum Aggregate {
     PreviousAmount,
     /// Number of distinct values of another field (`of`) among earlier events.
     Distinct,
+    /// Confirmed frauds among the entity's transactions whose labels were
+    /// reported within the window before the event (label features).
+    FraudCount,
+    /// `fraud_count` over the entity's number of events in the same window (a
+    /// plain number); missing when there were none.
+    FraudRate,
 }
 
 /// The kind of value an aggregate gives, as rules and models see it.
@@ -103,7 +109,7 @@ pub enum ValueKind {
 }
 
 impl Aggregate {
-    pub const ALL: [Aggregate; 10] = [
+    pub const ALL: [Aggregate; 12] = [
         Aggregate::Count,
         Aggregate::SumAmount,
         Aggregate::MeanAmount,
@@ -114,6 +120,8 @@ impl Aggregate {
         Aggregate::TimeSinceLast,
         Aggregate::PreviousAmount,
         Aggregate::Distinct,
+        Aggregate::FraudCount,
+        Aggregate::FraudRate,
     ];
 
     pub fn name(self) -> &'static str {
@@ -128,6 +136,8 @@ impl Aggregate {
             Aggregate::TimeSinceLast => "time_since_last",
             Aggregate::PreviousAmount => "previous_amount",
             Aggregate::Distinct => "distinct",
+            Aggregate::FraudCount => "fraud_count",
+            Aggregate::FraudRate => "fraud_rate",
         }
     }
 
@@ -137,14 +147,14 @@ impl Aggregate {
 
     pub fn kind(self) -> ValueKind {
         match self {
-            Aggregate::Count | Aggregate::Distinct => ValueKind::Count,
+            Aggregate::Count | Aggregate::Distinct | Aggregate::FraudCount => ValueKind::Count,
             Aggregate::SumAmount
             | Aggregate::MeanAmount
             | Aggregate::MinAmount
             | Aggregate::MaxAmount
             | Aggregate::StdAmount
             | Aggregate::PreviousAmount => ValueKind::Money,
-            Aggregate::AmountOverMean => ValueKind::Number,
+            Aggregate::AmountOverMean | Aggregate::FraudRate => ValueKind::Number,
             Aggregate::TimeSinceLast => ValueKind::Seconds,
         }
     }
@@ -153,6 +163,11 @@ impl Aggregate {
     /// minimum, maximum) beyond count and sum.
     pub fn needs_amount_stats(self) -> bool {
         matches!(self, Aggregate::MinAmount | Aggregate::MaxAmount | Aggregate::StdAmount)
+    }
+
+    /// Whether the aggregate counts labels (confirmed outcomes) rather than events.
+    pub fn is_label(self) -> bool {
+        matches!(self, Aggregate::FraudCount | Aggregate::FraudRate)
     }
 }
 

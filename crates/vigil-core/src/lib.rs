@@ -10,10 +10,12 @@ mod currency;
 pub mod decision;
 pub mod event;
 pub mod feature;
+pub mod label;
 pub mod pipeline;
 pub mod suggest;
 
 pub use decision::{Action, Decision, Reason};
-pub use event::{Event, EventError, EventField};
+pub use event::{Event, EventError, EventField, Fields};
 pub use feature::{Aggregate, EntityKey, FeatureDef, FeatureValue, FeatureVector};
+pub use label::{Label, Verdict};
 pub use pipeline::{ConfigError, PipelineConfig, Problem};

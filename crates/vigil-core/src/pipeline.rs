@@ -56,6 +56,8 @@ pub struct KafkaConfig {
     pub input_topic: String,
     pub decisions_topic: String,
     pub dead_letter_topic: String,
+    /// Where confirmed outcomes (chargebacks, verdicts) arrive for label features.
+    pub labels_topic: Option<String>,
     /// Most events decided together (one feature-store round trip).
     pub batch_size: usize,
     /// Most batches whose outputs may await delivery at once.
@@ -163,6 +165,7 @@ struct RawKafka {
     input_topic: Spanned<String>,
     decisions_topic: Spanned<String>,
     dead_letter_topic: Spanned<String>,
+    labels_topic: Option<Spanned<String>>,
     batch_size: Option<Spanned<i64>>,
     max_in_flight_batches: Option<Spanned<i64>>,
     decision_key: Option<Spanned<Vec<String>>>,
@@ -417,7 +420,13 @@ fn validate_kafka(k: &RawKafka, p: &mut Problems<'_>) -> KafkaConfig {
             p.on(value, key, "must not be empty");
         }
     }
-    let topics = [&k.input_topic, &k.decisions_topic, &k.dead_letter_topic];
+    if let Some(t) = &k.labels_topic {
+        if t.get_ref().trim().is_empty() {
+            p.on(t, "kafka.labels_topic", "must not be empty");
+        }
+    }
+    let topics: Vec<&Spanned<String>> =
+        [&k.input_topic, &k.decisions_topic, &k.dead_letter_topic].into_iter().chain(k.labels_topic.as_ref()).collect();
     for (i, a) in topics.iter().enumerate() {
         for b in &topics[i + 1..] {
             if a.get_ref() == b.get_ref() {
@@ -463,6 +472,7 @@ fn validate_kafka(k: &RawKafka, p: &mut Problems<'_>) -> KafkaConfig {
         input_topic: k.input_topic.get_ref().clone(),
         decisions_topic: k.decisions_topic.get_ref().clone(),
         dead_letter_topic: k.dead_letter_topic.get_ref().clone(),
+        labels_topic: k.labels_topic.as_ref().map(|t| t.get_ref().clone()),
         batch_size,
         max_in_flight_batches,
         decision_key,

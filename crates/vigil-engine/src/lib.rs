@@ -28,7 +28,8 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use rust_decimal::prelude::ToPrimitive;
 use vigil_core::pipeline::{DegradedPolicy, StoreBackend, Thresholds};
-use vigil_core::{Action, Decision, Event, FeatureValue, FeatureVector, PipelineConfig, Reason};
+use vigil_core::{Action, Decision, Event, FeatureValue, FeatureVector, Label, PipelineConfig, Reason};
+pub use vigil_features::LabelOutcome;
 use vigil_features::{FeatureError, FeatureStore, MemoryStore, Plan, RedisStore};
 use vigil_model::{LogisticModel, Model, ModelError};
 use vigil_rules::{Context, RuleErrors, RuleSet, Schema};
@@ -71,6 +72,8 @@ pub struct Engine {
     model: ArcSwap<Option<ScoringModel>>,
     model_weight: f64,
     thresholds: Thresholds,
+    /// Entity fields a fraud label must carry.
+    label_fields: Vec<(vigil_core::EventField, String)>,
 }
 
 /// Names a model may take as inputs, in the order training lays them out:
@@ -119,6 +122,7 @@ impl Engine {
             model: ArcSwap::from_pointee(model),
             model_weight: config.model.as_ref().map_or(0.0, |m| m.weight),
             thresholds: config.thresholds,
+            label_fields: Plan::new(config.features.clone()).label_fields(),
             schema,
         })
     }
@@ -234,6 +238,18 @@ impl Engine {
                 Err(e)
             }
         }
+    }
+
+    /// Checks that a label carries what the label features need: a fraud label
+    /// must name every entity field they count by.
+    pub fn check_label(&self, label: &Label) -> Result<(), vigil_core::EventError> {
+        label.missing_for(&self.label_fields)
+    }
+
+    /// Applies checked labels to the label features, once per transaction id.
+    /// Labels are not held back by the circuit breaker: the stream retries them.
+    pub async fn apply_labels(&self, labels: &[&Label]) -> Result<Vec<LabelOutcome>, EngineError> {
+        Ok(self.store.apply_labels(labels).await?)
     }
 
     /// What the engine met at the feature store.

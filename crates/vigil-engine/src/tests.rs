@@ -149,6 +149,13 @@ impl FeatureStore for Switchable {
         self.inner.process(events).await
     }
 
+    async fn apply_labels(
+        &self,
+        labels: &[&vigil_core::Label],
+    ) -> Result<Vec<vigil_features::LabelOutcome>, FeatureError> {
+        self.inner.apply_labels(labels).await
+    }
+
     async fn ping(&self) -> Result<(), FeatureError> {
         Ok(())
     }

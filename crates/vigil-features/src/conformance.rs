@@ -306,3 +306,53 @@ async fn unreachable_redis_is_a_clear_error() {
     let err = RedisStore::connect("redis://127.0.0.1:1", plan(), "x", 60, 200).await.err().unwrap();
     assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
 }
+
+/// Label features over terminals: frauds in 1 hour and their rate over 1 hour.
+fn label_plan() -> Plan {
+    let f = |name: &str, aggregate| FeatureDef {
+        name: name.into(),
+        entity: EntityKey::parse("terminal_id").unwrap(),
+        aggregate,
+        window_s: 3600,
+        of: None,
+    };
+    Plan::new(vec![f("frauds", Aggregate::FraudCount), f("rate", Aggregate::FraudRate), f("count", Aggregate::Count)])
+}
+
+fn label(id: &str, secs: i64, verdict: &str, terminal: &str) -> vigil_core::Label {
+    let t = chrono::DateTime::parse_from_rfc3339(T0).unwrap() + chrono::Duration::seconds(secs);
+    let json = format!(
+        r#"{{"transaction_id":"{id}","label":"{verdict}","reported_at":"{}","terminal_id":"{terminal}"}}"#,
+        t.to_rfc3339()
+    );
+    vigil_core::Label::from_json(json.as_bytes()).unwrap()
+}
+
+#[tokio::test]
+async fn labels_count_once_from_their_report_time_within_the_window() {
+    use crate::LabelOutcome::*;
+    for (name, store) in backends_for(label_plan).await {
+        let s = store.as_ref();
+        // Four events at t1, then a fraud label for one of them at 100 s.
+        for i in 0..4 {
+            one(s, &ev(&format!("a{i}"), i * 10, "10", Some("c"), "t1")).await;
+        }
+        let fraud = label("a0", 100, "fraud", "t1");
+        let genuine = label("a1", 100, "genuine", "t1");
+        assert_eq!(s.apply_labels(&[&fraud, &genuine, &fraud]).await.unwrap(), [Counted, Recorded, AlreadyCounted]);
+        assert_eq!(s.apply_labels(&[&fraud]).await.unwrap(), [AlreadyCounted], "{name}: a redelivered label");
+        let rate = |n: i64, d: i64| FeatureValue::Number(Decimal::from(n) / Decimal::from(d));
+
+        // An event before the report time does not see the label; one after does.
+        let before = one(s, &ev("b", 50, "10", Some("c"), "t1")).await;
+        assert_eq!(before.values, vec![count(0), rate(0, 4), count(4)], "{name}: before the report");
+        let after = one(s, &ev("c", 200, "10", Some("c"), "t1")).await;
+        assert_eq!(after.values, vec![count(1), rate(1, 5), count(5)], "{name}: after the report");
+        // Another terminal knows nothing of it; a terminal with no events has no rate.
+        let other = one(s, &ev("d", 200, "10", Some("c"), "t2")).await;
+        assert_eq!(other.values, vec![count(0), FeatureValue::Missing, count(0)], "{name}: another terminal");
+        // The label leaves the window an hour after it was reported.
+        let later = one(s, &ev("e", 100 + 3600 + 60, "10", Some("c"), "t1")).await;
+        assert_eq!(later.values[0], count(0), "{name}: label out of the window");
+    }
+}

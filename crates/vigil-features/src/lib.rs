@@ -14,11 +14,11 @@ mod redis_store;
 pub mod state;
 
 use async_trait::async_trait;
-use vigil_core::{Event, FeatureVector};
+use vigil_core::{Event, FeatureVector, Label};
 
 pub use memory::MemoryStore;
 pub use redis_store::RedisStore;
-pub use state::Plan;
+pub use state::{LabelOutcome, Plan};
 
 /// Why the feature store could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -51,11 +51,83 @@ pub trait FeatureStore: Send + Sync {
     /// Events of one batch see the ones before them in the batch.
     async fn process(&self, events: &[&Event]) -> Result<Vec<FeatureVector>, FeatureError>;
 
+    /// Counts confirmed frauds for the label features, once per transaction id:
+    /// a redelivered label changes nothing. Labels must carry the entity fields
+    /// of [`Plan::label_fields`]; an entity a label lacks is not counted.
+    async fn apply_labels(&self, labels: &[&Label]) -> Result<Vec<LabelOutcome>, FeatureError>;
+
     /// Whether the backend is reachable.
     async fn ping(&self) -> Result<(), FeatureError> {
         Ok(())
     }
 }
 
+/// One step of replaying a history with its labels in time order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Decide these events (a range of the history), in order.
+    Events(std::ops::Range<usize>),
+    /// Apply these labels (a range of the labels, in report-time order).
+    Labels(std::ops::Range<usize>),
+}
+
+/// Interleaves a history (in its order) with labels sorted by report time, as
+/// the live stream would meet them: every label reported at or before an
+/// event's time is applied before that event. Event runs are at most `batch` long.
+pub fn interleave(events: &[&Event], labels: &[&Label], batch: usize) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let (mut start, mut next_label) = (0, 0);
+    for (i, e) in events.iter().enumerate() {
+        let t = e.timestamp;
+        let due = labels[next_label..].partition_point(|l| l.reported_at <= t);
+        if due > 0 || i - start == batch.max(1) {
+            if i > start {
+                steps.push(Step::Events(start..i));
+                start = i;
+            }
+            if due > 0 {
+                steps.push(Step::Labels(next_label..next_label + due));
+                next_label += due;
+            }
+        }
+    }
+    if start < events.len() {
+        steps.push(Step::Events(start..events.len()));
+    }
+    steps
+}
+
 #[cfg(test)]
 mod conformance;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_come_before_the_first_event_at_or_after_their_report() {
+        let at = |s: i64| {
+            let t = chrono::DateTime::from_timestamp(1_767_225_600 + s, 0).unwrap().to_rfc3339();
+            format!(r#""timestamp":"{t}""#)
+        };
+        let events: Vec<Event> = [0, 10, 20, 30, 40]
+            .iter()
+            .map(|s| {
+                let json = format!(r#"{{"transaction_id":"e{s}",{},"amount":"1","currency":"EUR"}}"#, at(*s));
+                Event::from_json(json.as_bytes()).unwrap()
+            })
+            .collect();
+        let labels: Vec<Label> = [10, 10, 35, 99]
+            .iter()
+            .map(|s| {
+                let t = chrono::DateTime::from_timestamp(1_767_225_600 + s, 0).unwrap().to_rfc3339();
+                let json = format!(r#"{{"transaction_id":"l{s}","label":"fraud","reported_at":"{t}"}}"#);
+                Label::from_json(json.as_bytes()).unwrap()
+            })
+            .collect();
+        let (e, l): (Vec<&Event>, Vec<&Label>) = (events.iter().collect(), labels.iter().collect());
+        use Step::*;
+        assert_eq!(interleave(&e, &l, 100), [Events(0..1), Labels(0..2), Events(1..4), Labels(2..3), Events(4..5)]);
+        assert_eq!(interleave(&e, &[], 2), [Events(0..2), Events(2..4), Events(4..5)]);
+    }
+}

@@ -5,9 +5,9 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use vigil_core::{Event, FeatureVector};
+use vigil_core::{Event, FeatureVector, Label};
 
-use crate::state::{EntityState, Plan};
+use crate::state::{EntityState, LabelOutcome, Plan};
 use crate::{FeatureError, FeatureStore};
 
 /// Seconds since the epoch; injectable so tests can move time.
@@ -22,6 +22,8 @@ struct Entry<T> {
 struct Inner {
     states: HashMap<String, Entry<EntityState>>,
     markers: HashMap<String, Entry<FeatureVector>>,
+    /// Transaction ids whose fraud label was counted.
+    label_markers: HashMap<String, Entry<()>>,
     writes_since_sweep: usize,
 }
 
@@ -52,15 +54,8 @@ impl MemoryStore {
     pub fn process_sync(&self, events: &[&Event]) -> Result<Vec<FeatureVector>, FeatureError> {
         let now = (self.clock)();
         let mut inner = self.inner.lock().map_err(|_| FeatureError::Corrupt("memory store lock poisoned".into()))?;
-        let keys = self.plan.keys(events);
-        let mut states: Vec<EntityState> = keys
-            .entities
-            .iter()
-            .map(|k| match inner.states.get(k) {
-                Some(e) if e.expires_at_s > now => e.value.clone(),
-                _ => EntityState::default(),
-            })
-            .collect();
+        let mut keys = self.plan.keys(events);
+        let (mut states, expiries) = take_states(&mut inner, &keys.entities, now);
         let seen: Vec<Option<FeatureVector>> = events
             .iter()
             .map(|e| match inner.markers.get(&e.transaction_id) {
@@ -69,11 +64,13 @@ impl MemoryStore {
             })
             .collect();
         let (out, changes) = self.plan.compute(events, &keys, &mut states, &seen);
-        let state_expiry = now + self.plan.state_ttl_s() as i64;
-        for i in changes.dirty {
-            let value = std::mem::take(&mut states[i]);
-            inner.states.insert(keys.entities[i].clone(), Entry { value, expires_at_s: state_expiry });
-        }
+        put_states(
+            &mut inner,
+            &mut keys.entities,
+            (states, expiries),
+            &changes.dirty,
+            now + self.plan.state_ttl_s() as i64,
+        );
         let n = changes.first_seen.len();
         for i in changes.first_seen {
             let entry = Entry { value: out[i].clone(), expires_at_s: now + self.dedup_ttl_s };
@@ -84,8 +81,61 @@ impl MemoryStore {
             inner.writes_since_sweep = 0;
             inner.states.retain(|_, e| e.expires_at_s > now);
             inner.markers.retain(|_, e| e.expires_at_s > now);
+            inner.label_markers.retain(|_, e| e.expires_at_s > now);
         }
         Ok(out)
+    }
+
+    /// Applies a batch of labels synchronously.
+    pub fn apply_labels_sync(&self, labels: &[&Label]) -> Result<Vec<LabelOutcome>, FeatureError> {
+        let now = (self.clock)();
+        let mut inner = self.inner.lock().map_err(|_| FeatureError::Corrupt("memory store lock poisoned".into()))?;
+        let mut keys = self.plan.label_keys(labels);
+        let (mut states, expiries) = take_states(&mut inner, &keys.entities, now);
+        let seen: Vec<bool> = labels
+            .iter()
+            .map(|l| inner.label_markers.get(&l.transaction_id).is_some_and(|m| m.expires_at_s > now))
+            .collect();
+        let (out, changes) = self.plan.apply_labels(labels, &keys, &mut states, &seen);
+        let state_expiry = now + self.plan.state_ttl_s() as i64;
+        put_states(&mut inner, &mut keys.entities, (states, expiries), &changes.dirty, state_expiry);
+        for i in changes.first_seen {
+            let entry = Entry { value: (), expires_at_s: state_expiry };
+            inner.label_markers.insert(labels[i].transaction_id.clone(), entry);
+        }
+        Ok(out)
+    }
+}
+
+/// Moves a batch's states out of the store (no copies); expired ones read as new.
+/// The lock is held until [`put_states`] moves them back.
+fn take_states(inner: &mut Inner, entities: &[String], now: i64) -> (Vec<EntityState>, Vec<i64>) {
+    entities
+        .iter()
+        .map(|k| match inner.states.remove(k) {
+            Some(e) if e.expires_at_s > now => (e.value, e.expires_at_s),
+            _ => (EntityState::default(), i64::MIN),
+        })
+        .unzip()
+}
+
+/// Moves a batch's states back: changed ones with a fresh expiry, the others
+/// as they were (never-stored ones that did not change are dropped).
+fn put_states(
+    inner: &mut Inner,
+    entities: &mut [String],
+    (states, expiries): (Vec<EntityState>, Vec<i64>),
+    dirty: &[usize],
+    expiry: i64,
+) {
+    let mut dirty = dirty.iter().peekable();
+    for (i, ((key, value), mut expires_at_s)) in entities.iter_mut().zip(states).zip(expiries).enumerate() {
+        if dirty.next_if_eq(&&i).is_some() {
+            expires_at_s = expiry;
+        } else if expires_at_s == i64::MIN {
+            continue;
+        }
+        inner.states.insert(std::mem::take(key), Entry { value, expires_at_s });
     }
 }
 
@@ -93,5 +143,9 @@ impl MemoryStore {
 impl FeatureStore for MemoryStore {
     async fn process(&self, events: &[&Event]) -> Result<Vec<FeatureVector>, FeatureError> {
         self.process_sync(events)
+    }
+
+    async fn apply_labels(&self, labels: &[&Label]) -> Result<Vec<LabelOutcome>, FeatureError> {
+        self.apply_labels_sync(labels)
     }
 }

@@ -13,9 +13,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
-use vigil_core::{Event, FeatureVector};
+use vigil_core::{Event, FeatureVector, Label};
 
-use crate::state::{decode_marker, encode_marker, EntityState, Plan};
+use crate::state::{decode_marker, encode_marker, EntityState, LabelOutcome, Plan};
 use crate::{FeatureError, FeatureStore};
 
 const VERSION_LEN: usize = 8;
@@ -97,7 +97,7 @@ impl RedisStore {
 
     fn state_key(&self, entity: &str) -> String {
         // The entity id is the hash tag, so one entity's keys share a cluster slot.
-        format!("{}:s2:{{{}}}", self.prefix, entity)
+        format!("{}:s3:{{{}}}", self.prefix, entity)
     }
 
     fn marker_key(&self, transaction_id: &str) -> String {
@@ -111,16 +111,26 @@ impl RedisStore {
         }
     }
 
-    async fn attempt(&self, events: &[&Event]) -> Result<Option<Vec<FeatureVector>>, FeatureError> {
-        let keys = self.plan.keys(events);
-        let state_keys: Vec<String> = keys.entities.iter().map(|e| self.state_key(e)).collect();
-        let marker_keys: Vec<String> = events.iter().map(|e| self.marker_key(&e.transaction_id)).collect();
+    fn label_marker_key(&self, transaction_id: &str) -> String {
+        format!("{}:lb3:{{{}}}", self.prefix, transaction_id)
+    }
 
+    /// One optimistic round: reads `entities`' states and the markers, lets
+    /// `compute` update the states, then writes the changed states and the new
+    /// markers in one compare-and-set. `None` when another writer got there first.
+    async fn cas_round<T>(
+        &self,
+        entities: &[String],
+        marker_keys: &[String],
+        marker_ttl_s: u64,
+        compute: impl FnOnce(&mut [EntityState], Vec<Option<Vec<u8>>>) -> Result<Round<T>, FeatureError>,
+    ) -> Result<Option<T>, FeatureError> {
+        let state_keys: Vec<String> = entities.iter().map(|e| self.state_key(e)).collect();
         let mut pipe = redis::pipe();
         if !state_keys.is_empty() {
             pipe.cmd("MGET").arg(&state_keys);
         }
-        pipe.cmd("MGET").arg(&marker_keys);
+        pipe.cmd("MGET").arg(marker_keys);
         let mut conn = self.conn.clone();
         let mut replies: Vec<Vec<Option<Vec<u8>>>> = self.timed(pipe.query_async(&mut conn)).await?;
         let raw_markers = replies.pop().unwrap_or_default();
@@ -142,37 +152,85 @@ impl RedisStore {
                 }
             }
         }
-        let seen =
-            raw_markers.iter().map(|m| m.as_deref().map(decode_marker).transpose()).collect::<Result<Vec<_>, _>>()?;
-
-        let (out, changes) = self.plan.compute(events, &keys, &mut states, &seen);
-        if changes.dirty.is_empty() && changes.first_seen.is_empty() {
-            return Ok(Some(out));
+        let round = compute(&mut states, raw_markers)?;
+        if round.dirty.is_empty() && round.markers.is_empty() {
+            return Ok(Some(round.out));
         }
         let mut inv = self.script.prepare_invoke();
-        for &i in &changes.dirty {
+        for &i in &round.dirty {
             inv.key(&state_keys[i]);
         }
-        for &i in &changes.first_seen {
-            inv.key(&marker_keys[i]);
+        for (i, _) in &round.markers {
+            inv.key(&marker_keys[*i]);
         }
-        inv.arg(changes.dirty.len()).arg(self.plan.state_ttl_s() * 1000).arg(self.dedup_ttl_s);
-        for &i in &changes.dirty {
+        inv.arg(round.dirty.len()).arg(self.plan.state_ttl_s() * 1000).arg(marker_ttl_s);
+        for &i in &round.dirty {
             inv.arg(&versions[i]);
         }
-        for &i in &changes.dirty {
+        for &i in &round.dirty {
             let next =
                 versions[i].as_slice().try_into().map_or(1u64, |v: [u8; 8]| u64::from_le_bytes(v).wrapping_add(1));
             let mut value = next.to_le_bytes().to_vec();
             value.extend_from_slice(&states[i].encode());
             inv.arg(value);
         }
-        for &i in &changes.first_seen {
-            inv.arg(encode_marker(&out[i]));
+        for (_, value) in round.markers {
+            inv.arg(value);
         }
         let applied: i64 = self.timed(inv.invoke_async(&mut conn)).await?;
-        Ok((applied == 1).then_some(out))
+        Ok((applied == 1).then_some(round.out))
     }
+
+    async fn attempt(&self, events: &[&Event]) -> Result<Option<Vec<FeatureVector>>, FeatureError> {
+        let keys = self.plan.keys(events);
+        let marker_keys: Vec<String> = events.iter().map(|e| self.marker_key(&e.transaction_id)).collect();
+        self.cas_round(&keys.entities, &marker_keys, self.dedup_ttl_s, |states, raw_markers| {
+            let seen = raw_markers
+                .iter()
+                .map(|m| m.as_deref().map(decode_marker).transpose())
+                .collect::<Result<Vec<_>, _>>()?;
+            let (out, changes) = self.plan.compute(events, &keys, states, &seen);
+            let markers = changes.first_seen.iter().map(|&i| (i, encode_marker(&out[i]))).collect();
+            Ok(Round { out, dirty: changes.dirty, markers })
+        })
+        .await
+    }
+
+    async fn attempt_labels(&self, labels: &[&Label]) -> Result<Option<Vec<LabelOutcome>>, FeatureError> {
+        let keys = self.plan.label_keys(labels);
+        let marker_keys: Vec<String> = labels.iter().map(|l| self.label_marker_key(&l.transaction_id)).collect();
+        self.cas_round(&keys.entities, &marker_keys, self.plan.state_ttl_s(), |states, raw_markers| {
+            let seen: Vec<bool> = raw_markers.iter().map(Option::is_some).collect();
+            let (out, changes) = self.plan.apply_labels(labels, &keys, states, &seen);
+            let markers = changes.first_seen.iter().map(|&i| (i, b"1".to_vec())).collect();
+            Ok(Round { out, dirty: changes.dirty, markers })
+        })
+        .await
+    }
+
+    /// Repeats `attempt` with backoff until it is not outrun by another writer.
+    async fn with_retries<T, F, Fut>(&self, mut attempt: F) -> Result<T, FeatureError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>, FeatureError>>,
+    {
+        for n in 1..=MAX_ATTEMPTS {
+            if let Some(out) = attempt().await? {
+                return Ok(out);
+            }
+            tracing::debug!(attempt = n, "feature state changed concurrently; retrying batch");
+            tokio::time::sleep(backoff(n)).await;
+        }
+        Err(FeatureError::Contention(MAX_ATTEMPTS))
+    }
+}
+
+/// What one compare-and-set round computed: its result, the indices of states it
+/// changed, and the markers to set (index into the marker keys, value).
+struct Round<T> {
+    out: T,
+    dirty: Vec<usize>,
+    markers: Vec<(usize, Vec<u8>)>,
 }
 
 /// Jittered exponential backoff: 50 µs doubling up to 50 ms, times 0.5 to 1.5.
@@ -190,14 +248,14 @@ impl FeatureStore for RedisStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        for attempt in 1..=MAX_ATTEMPTS {
-            if let Some(out) = self.attempt(events).await? {
-                return Ok(out);
-            }
-            tracing::debug!(attempt, "feature state changed concurrently; retrying batch");
-            tokio::time::sleep(backoff(attempt)).await;
+        self.with_retries(|| self.attempt(events)).await
+    }
+
+    async fn apply_labels(&self, labels: &[&Label]) -> Result<Vec<LabelOutcome>, FeatureError> {
+        if labels.is_empty() {
+            return Ok(Vec::new());
         }
-        Err(FeatureError::Contention(MAX_ATTEMPTS))
+        self.with_retries(|| self.attempt_labels(labels)).await
     }
 
     async fn ping(&self) -> Result<(), FeatureError> {

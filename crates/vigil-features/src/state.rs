@@ -11,13 +11,18 @@
 //! window, and events in `t`'s own bucket that arrived earlier in the stream even
 //! if their timestamp is slightly later. Events older than the newest seen by more
 //! than the window plus [`LATENESS_S`] are no longer counted.
+//!
+//! Label features (`fraud_count`, `fraud_rate`) count confirmed frauds in rings
+//! of their own, bucketed by the time each label was reported: a read for an
+//! event at `t` counts the frauds reported in `(t - window, t]`, so a label
+//! reported after an event never reaches that event's features.
 
 use std::collections::HashMap;
 
 use rust_decimal::{Decimal, MathematicalOps};
 use serde::{Deserialize, Serialize};
 use vigil_core::feature::{Aggregate, EntityKey, FeatureDef};
-use vigil_core::{Event, EventField, FeatureValue, FeatureVector};
+use vigil_core::{Event, EventField, FeatureValue, FeatureVector, Fields, Label, Verdict};
 
 use crate::FeatureError;
 
@@ -77,6 +82,8 @@ pub struct EntityState {
     /// Up to [`RECENT_EVENTS`] newest events: (time, amount), ascending by time.
     recent: Vec<(i64, [u8; 16])>,
     distinct: Vec<Seen>,
+    /// Confirmed frauds by report time, one ring per label-feature window.
+    frauds: Vec<Ring>,
 }
 
 /// What a window holds at one time.
@@ -233,6 +240,26 @@ impl EntityState {
         if !plan.recent {
             self.recent.clear();
         }
+        if self.frauds.len() != plan.frauds.len() || self.frauds.iter().zip(&plan.frauds).any(|(r, w)| r.window_s != *w)
+        {
+            let mut old = std::mem::take(&mut self.frauds);
+            self.frauds = plan
+                .frauds
+                .iter()
+                .map(|w| match old.iter().position(|r| r.window_s == *w) {
+                    Some(i) => old.swap_remove(i),
+                    None => Ring::new(*w, false),
+                })
+                .collect();
+        }
+    }
+
+    /// Counts one confirmed fraud reported at `t`.
+    fn add_fraud(&mut self, t: i64) {
+        let horizon_t = self.max_t.max(t);
+        for ring in &mut self.frauds {
+            ring.add(t, Decimal::ZERO, horizon_t);
+        }
     }
 
     /// The newest earlier event at or before `t`: (time, amount).
@@ -271,6 +298,8 @@ struct EntityPlan {
     recent: bool,
     /// (field, window) of each `distinct` feature.
     distinct: Vec<(EventField, u64)>,
+    /// Windows of label features, ascending.
+    frauds: Vec<u64>,
 }
 
 /// Where each declared feature reads from.
@@ -282,6 +311,8 @@ struct Output {
     /// For windowed aggregates: the ring's index among all entities' rings, where
     /// an event's read of it is kept so that features sharing a ring read it once.
     ring: usize,
+    /// For `fraud_count` and `fraud_rate`: the index of the entity's fraud ring.
+    frauds: usize,
     aggregate: Aggregate,
     window_s: u64,
 }
@@ -328,13 +359,18 @@ impl Plan {
                         windows: Vec::new(),
                         recent: false,
                         distinct: Vec::new(),
+                        frauds: Vec::new(),
                     });
                     entities.len() - 1
                 }
             };
             let plan = &mut entities[e];
+            if d.aggregate.is_label() && !plan.frauds.contains(&d.window_s) {
+                plan.frauds.push(d.window_s);
+            }
             match (d.aggregate, d.of) {
                 (Aggregate::TimeSinceLast | Aggregate::PreviousAmount, _) => plan.recent = true,
+                (Aggregate::FraudCount, _) => {}
                 (Aggregate::Distinct, Some(field)) => {
                     if !plan.distinct.contains(&(field, d.window_s)) {
                         plan.distinct.push((field, d.window_s));
@@ -351,6 +387,7 @@ impl Plan {
         }
         for e in &mut entities {
             e.windows.sort_unstable();
+            e.frauds.sort_unstable();
         }
         let ring_base: Vec<usize> = entities
             .iter()
@@ -371,7 +408,9 @@ impl Plan {
                     _ => plan.windows.iter().position(|(w, _)| *w == d.window_s),
                 }
                 .unwrap_or(0);
-                Output { entity, slot, ring: ring_base[entity] + slot, aggregate: d.aggregate, window_s: d.window_s }
+                let frauds = plan.frauds.iter().position(|w| *w == d.window_s).unwrap_or(0);
+                let ring = ring_base[entity] + slot;
+                Output { entity, slot, ring, frauds, aggregate: d.aggregate, window_s: d.window_s }
             })
             .collect();
         let max_window_s = defs.iter().map(|d| d.window_s).max().unwrap_or(0);
@@ -389,12 +428,44 @@ impl Plan {
 
     /// The entity ids a batch touches, de-duplicated.
     pub fn keys(&self, events: &[&Event]) -> BatchKeys {
+        self.keys_of(events, false)
+    }
+
+    /// The entity ids a batch of labels touches: those of label features.
+    pub fn label_keys(&self, labels: &[&Label]) -> BatchKeys {
+        self.keys_of(labels, true)
+    }
+
+    /// Whether any declared feature counts labels.
+    pub fn has_label_features(&self) -> bool {
+        self.entities.iter().any(|e| !e.frauds.is_empty())
+    }
+
+    /// The entity fields a fraud label must carry, each with a label feature
+    /// that needs it.
+    pub fn label_fields(&self) -> Vec<(EventField, String)> {
+        let mut out: Vec<(EventField, String)> = Vec::new();
+        for d in self.defs.iter().filter(|d| d.aggregate.is_label()) {
+            for f in d.entity.fields() {
+                if !out.iter().any(|(g, _)| g == f) {
+                    out.push((*f, d.name.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    fn keys_of<T: Fields>(&self, items: &[&T], labels_only: bool) -> BatchKeys {
         let mut keys = BatchKeys::default();
         let mut index: HashMap<String, usize> = HashMap::new();
-        for ev in events {
+        for ev in items {
             let mut row = Vec::with_capacity(self.entities.len());
             for e in &self.entities {
-                row.push(e.key.value_of(ev).map(|v| {
+                if labels_only && e.frauds.is_empty() {
+                    row.push(None);
+                    continue;
+                }
+                row.push(e.key.value_of(*ev).map(|v| {
                     let id = format!("{}={}", e.key, v);
                     match index.get(&id) {
                         Some(&i) => i,
@@ -427,7 +498,8 @@ impl Plan {
         let mut dirty = vec![false; states.len()];
         let mut first_in_batch: HashMap<&str, usize> = HashMap::new();
         let mut out: Vec<FeatureVector> = Vec::with_capacity(events.len());
-        let mut reads: Vec<Option<Window>> = vec![None; self.rings];
+        // One spare slot: outputs that read no ring may point one past the last.
+        let mut reads: Vec<Option<Window>> = vec![None; self.rings + 1];
         for (i, ev) in events.iter().enumerate() {
             if let Some(stored) = &seen[i] {
                 out.push(FeatureVector { values: stored.values.clone(), replayed: true });
@@ -466,6 +538,56 @@ impl Plan {
         changes.dirty = dirty.iter().enumerate().filter_map(|(i, d)| d.then_some(i)).collect();
         (out, changes)
     }
+
+    /// Counts the fraud labels of a batch in their entities' fraud rings.
+    /// `seen[i]` is true when label `i`'s transaction was counted before: it then
+    /// changes nothing. `first_seen` in the result lists the labels to mark.
+    pub fn apply_labels(
+        &self,
+        labels: &[&Label],
+        keys: &BatchKeys,
+        states: &mut [EntityState],
+        seen: &[bool],
+    ) -> (Vec<LabelOutcome>, Changes) {
+        let mut changes = Changes::default();
+        let mut dirty = vec![false; states.len()];
+        let mut counted: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        let mut out = Vec::with_capacity(labels.len());
+        for (i, label) in labels.iter().enumerate() {
+            if label.verdict == Verdict::Genuine || !self.has_label_features() {
+                out.push(LabelOutcome::Recorded);
+                continue;
+            }
+            if seen[i] || !counted.insert(&label.transaction_id) {
+                out.push(LabelOutcome::AlreadyCounted);
+                continue;
+            }
+            let t = label.unix_s();
+            for (e, slot) in keys.per_event[i].iter().enumerate() {
+                if let Some(s) = slot {
+                    states[*s].conform(&self.entities[e]);
+                    states[*s].add_fraud(t);
+                    dirty[*s] = true;
+                }
+            }
+            changes.first_seen.push(i);
+            out.push(LabelOutcome::Counted);
+        }
+        changes.dirty = dirty.iter().enumerate().filter_map(|(i, d)| d.then_some(i)).collect();
+        (out, changes)
+    }
+}
+
+/// What applying a label did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelOutcome {
+    /// A fraud, now counted by every label feature of its entities.
+    Counted,
+    /// A fraud whose transaction was counted before (a redelivery): nothing changed.
+    AlreadyCounted,
+    /// Accepted without changing features: a genuine verdict, or a pipeline
+    /// without label features.
+    Recorded,
 }
 
 /// One feature's value for an event at `t`, from its entity's state before it.
@@ -482,6 +604,17 @@ fn value(o: &Output, state: &EntityState, ev: &Event, t: i64, read: &mut Option<
             _ => FeatureValue::Missing,
         },
         Aggregate::Distinct => FeatureValue::Count(state.distinct[o.slot].count(t)),
+        Aggregate::FraudCount => FeatureValue::Count(state.frauds[o.frauds].read(t).count),
+        Aggregate::FraudRate => {
+            let frauds = state.frauds[o.frauds].read(t).count;
+            let w = *read.get_or_insert_with(|| state.rings[o.slot].read(t));
+            match w.count {
+                0 => FeatureValue::Missing,
+                n => Decimal::from(frauds)
+                    .checked_div(Decimal::from(n))
+                    .map_or(FeatureValue::Missing, FeatureValue::Number),
+            }
+        }
         _ => {
             let w = *read.get_or_insert_with(|| state.rings[o.slot].read(t));
             let mean = (w.count > 0).then(|| w.sum.checked_div(Decimal::from(w.count))).flatten();

@@ -21,7 +21,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rust_decimal::Decimal;
 use serde::Serialize;
-use vigil_core::Event;
+use vigil_core::{Event, Label, Verdict};
 
 /// Generation parameters.
 #[derive(Debug, Clone)]
@@ -77,6 +77,38 @@ impl Scenario {
 pub struct Labelled {
     pub event: Event,
     pub fraud: Option<Scenario>,
+    /// When the fraud was confirmed: within a day for about 40% of frauds (an
+    /// analyst's verdict), after 2 to 30 days for the rest (a chargeback).
+    pub reported_at: Option<DateTime<Utc>>,
+}
+
+/// A deterministic report delay for a fraud, from its transaction id, so that
+/// adding labels changed no generated event.
+fn report_delay_s(transaction_id: &str) -> i64 {
+    let h =
+        transaction_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let u = (h >> 11) as f64 / (1u64 << 53) as f64;
+    if u < 0.4 {
+        3600 + (u / 0.4 * 23.0 * 3600.0) as i64
+    } else {
+        2 * 86_400 + ((u - 0.4) / 0.6 * 28.0 * 86_400.0) as i64
+    }
+}
+
+/// The fraud labels of a generated history, as they would arrive (by report
+/// time), each carrying its transaction's entity fields.
+pub fn labels(items: &[Labelled]) -> Vec<Label> {
+    let mut out: Vec<Label> = items
+        .iter()
+        .filter_map(|l| {
+            let reported_at = l.reported_at?;
+            let source =
+                if reported_at - l.event.timestamp < chrono::Duration::days(1) { "analyst" } else { "chargeback" };
+            Some(Label::for_event(&l.event, Verdict::Fraud, reported_at, Some(source)))
+        })
+        .collect();
+    out.sort_by_key(|l| l.reported_at);
+    out
 }
 
 const COUNTRIES: [(&str, f64); 6] = [("FR", 0.4), ("DE", 0.2), ("ES", 0.15), ("IT", 0.1), ("GB", 0.1), ("NL", 0.05)];
@@ -317,7 +349,9 @@ pub fn generate(config: &GenConfig) -> Vec<Labelled> {
                 ip,
                 attributes: Default::default(),
             };
-            Labelled { event, fraud: d.fraud }
+            let reported_at =
+                d.fraud.map(|_| event.timestamp + chrono::Duration::seconds(report_delay_s(&event.transaction_id)));
+            Labelled { event, fraud: d.fraud, reported_at }
         })
         .collect()
 }
@@ -349,6 +383,13 @@ struct CsvRow<'a> {
     is_fraud: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fraud_scenario: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fraud_reported_at: Option<String>,
+}
+
+/// The report time of a fraud as history files write it.
+fn reported_text(l: &Labelled) -> String {
+    l.reported_at.map_or(String::new(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
 /// Writes events; with `inline_labels`, each record also carries `is_fraud` and
@@ -363,6 +404,9 @@ pub fn write(out: impl Write, items: &[Labelled], format: Format, inline_labels:
                     if let Some(obj) = v.as_object_mut() {
                         obj.insert("is_fraud".into(), l.fraud.is_some().into());
                         obj.insert("fraud_scenario".into(), l.fraud.map(|s| s.name()).into());
+                        if l.reported_at.is_some() {
+                            obj.insert("fraud_reported_at".into(), reported_text(l).into());
+                        }
                     }
                 }
                 serde_json::to_writer(&mut out, &v).map_err(std::io::Error::other)?;
@@ -403,6 +447,7 @@ pub fn write(out: impl Write, items: &[Labelled], format: Format, inline_labels:
                     channel: &channel,
                     is_fraud: inline_labels.then_some(l.fraud.is_some()),
                     fraud_scenario: if inline_labels { Some(l.fraud.map_or("", |s| s.name())) } else { None },
+                    fraud_reported_at: inline_labels.then(|| reported_text(l)),
                 })
                 .map_err(std::io::Error::other)?;
             }
@@ -502,7 +547,30 @@ mod tests {
         write(&mut csv_out, &items, Format::Csv, true).unwrap();
         let text = String::from_utf8(csv_out).unwrap();
         assert!(text.starts_with("transaction_id,timestamp,amount,currency,"));
-        assert!(text.lines().next().unwrap().ends_with("is_fraud,fraud_scenario"));
+        assert!(text.lines().next().unwrap().ends_with("is_fraud,fraud_scenario,fraud_reported_at"));
         assert_eq!(text.lines().count(), 21);
+    }
+
+    #[test]
+    fn frauds_are_reported_later_and_labels_come_in_report_order() {
+        let items = generate(&small(3));
+        let labels = labels(&items);
+        let frauds = items.iter().filter(|l| l.fraud.is_some()).count();
+        assert!(frauds > 0);
+        assert_eq!(labels.len(), frauds, "one label per fraud");
+        assert!(labels.windows(2).all(|w| w[0].reported_at <= w[1].reported_at));
+        for l in &items {
+            match (l.fraud, l.reported_at) {
+                (Some(_), Some(at)) => {
+                    let delay = at - l.event.timestamp;
+                    assert!(delay >= Duration::hours(1) && delay <= Duration::days(30), "{delay}");
+                }
+                (None, None) => {}
+                other => panic!("a report time goes with a fraud: {other:?}"),
+            }
+        }
+        let quick = labels.iter().filter(|l| l.source.as_deref() == Some("analyst")).count();
+        assert!(quick > 0 && quick < labels.len(), "some analyst verdicts, some chargebacks");
+        assert!(labels.iter().all(|l| l.fields.contains_key(&vigil_core::EventField::CardId)));
     }
 }

@@ -67,7 +67,9 @@ pub fn run(
     mut progress: impl FnMut(u64),
 ) -> Result<Report, OfflineError> {
     let events: Vec<&Event> = history.events.iter().collect();
-    let features = crate::features_over_history(candidate.features(), &events)?;
+    let labels = history.fraud_labels();
+    let label_refs: Vec<&vigil_core::Label> = labels.iter().collect();
+    let features = crate::features_over_history(candidate.features(), &events, &label_refs)?;
     let labelled = history.labelled();
     let rules = candidate.rules();
     let mut figures: Vec<RuleFigures> = rules

@@ -35,7 +35,7 @@ use serde_json::{Map, Value};
 use vigil_core::EventField;
 use vigil_gen::Labelled;
 
-use crate::history::{History, HistoryError, SCENARIO_COLUMN};
+use crate::history::{History, HistoryError, REPORTED_COLUMN, SCENARIO_COLUMN};
 
 /// Rows per Arrow batch, read or written.
 const BATCH_ROWS: usize = 8192;
@@ -182,7 +182,7 @@ pub(crate) fn read(path: &Path, file: File, label_column: &str, history: &mut Hi
                     (_, Some(_)) => {
                         record.insert(name.to_owned(), value);
                     }
-                    _ if name == label_column || name == SCENARIO_COLUMN => {
+                    _ if name == label_column || name == SCENARIO_COLUMN || name == REPORTED_COLUMN => {
                         record.insert(name.to_owned(), value);
                     }
                     _ => {
@@ -226,6 +226,7 @@ pub fn write(path: &Path, items: &[Labelled], inline_labels: bool) -> Result<(),
     if inline_labels {
         fields.push(Field::new("is_fraud", DataType::Boolean, false));
         fields.push(Field::new(SCENARIO_COLUMN, DataType::Utf8, true));
+        fields.push(Field::new(REPORTED_COLUMN, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true));
     }
     let schema = Arc::new(Schema::new(fields));
     let props = WriterProperties::builder()
@@ -258,6 +259,8 @@ pub fn write(path: &Path, items: &[Labelled], inline_labels: bool) -> Result<(),
         if inline_labels {
             columns.push(Arc::new(chunk.iter().map(|l| Some(l.fraud.is_some())).collect::<BooleanArray>()));
             columns.push(Arc::new(chunk.iter().map(|l| l.fraud.map(|s| s.name())).collect::<StringArray>()));
+            let reported = chunk.iter().map(|l| l.reported_at.map(|t| t.timestamp_micros()));
+            columns.push(Arc::new(TimestampMicrosecondArray::from_iter(reported).with_timezone("UTC")));
         }
         let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| bad(&e))?;
         writer.write(&batch).map_err(|e| bad(&e))?;
@@ -294,6 +297,7 @@ mod tests {
             assert_eq!(*label, Some(l.fraud.is_some()));
         }
         assert!(h.labels.contains(&Some(true)));
+        assert_eq!(h.reported_at, items.iter().map(|l| l.reported_at).collect::<Vec<_>>(), "report times");
     }
 
     /// A file written by another tool: integer `mcc`, float amount, a millisecond

@@ -7,11 +7,14 @@
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
-use vigil_core::{Event, EventField};
+use vigil_core::{Event, EventField, Label, Verdict};
 
 /// Columns that are history metadata, not event fields.
 pub const SCENARIO_COLUMN: &str = "fraud_scenario";
+/// When a fraud was confirmed (RFC 3339): where label features learn of it.
+pub const REPORTED_COLUMN: &str = "fraud_reported_at";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
@@ -31,6 +34,8 @@ pub struct History {
     pub events: Vec<Event>,
     /// `Some(is_fraud)` per event when labelled.
     pub labels: Vec<Option<bool>>,
+    /// Per event, when its fraud was confirmed, if the history says.
+    pub reported_at: Vec<Option<DateTime<Utc>>>,
     /// Records refused by the event contract: how many, and the first few reasons.
     pub invalid: usize,
     pub first_errors: Vec<String>,
@@ -39,6 +44,23 @@ pub struct History {
 impl History {
     pub fn labelled(&self) -> bool {
         self.labels.iter().any(Option::is_some)
+    }
+
+    /// The fraud labels the history records (frauds with a report time), in
+    /// report-time order: what label features learn, and when.
+    pub fn fraud_labels(&self) -> Vec<Label> {
+        let mut out: Vec<Label> = self
+            .events
+            .iter()
+            .zip(&self.labels)
+            .zip(&self.reported_at)
+            .filter_map(|((e, l), at)| match (l, at) {
+                (Some(true), Some(at)) => Some(Label::for_event(e, Verdict::Fraud, *at, None)),
+                _ => None,
+            })
+            .collect();
+        out.sort_by_key(|l| l.reported_at);
+        out
     }
 
     pub(crate) fn push_row(&mut self, path: &Path, line: u64, mut record: Map<String, Value>, label_column: &str) {
@@ -53,11 +75,23 @@ impl History {
             _ => None,
         });
         record.remove(SCENARIO_COLUMN);
+        let reported = match record.remove(REPORTED_COLUMN) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.trim().is_empty() => None,
+            Some(v) => match v.as_str().map(DateTime::parse_from_rfc3339) {
+                Some(Ok(t)) => Some(t.with_timezone(&Utc)),
+                _ => {
+                    self.reject_row(path, line, &format!("column `{REPORTED_COLUMN}`: `{v}` is not RFC 3339"));
+                    return;
+                }
+            },
+        };
         let bytes = serde_json::to_vec(&record).unwrap_or_default();
         match Event::from_json(&bytes) {
             Ok(e) => {
                 self.events.push(e);
                 self.labels.push(label);
+                self.reported_at.push(reported);
             }
             Err(e) => {
                 self.invalid += 1;
@@ -110,7 +144,11 @@ pub fn read(path: &Path, label_column: &str) -> Result<History, HistoryError> {
                     if v.is_empty() {
                         continue;
                     }
-                    if EventField::parse(h).is_some() || h == label_column || h == SCENARIO_COLUMN {
+                    if EventField::parse(h).is_some()
+                        || h == label_column
+                        || h == SCENARIO_COLUMN
+                        || h == REPORTED_COLUMN
+                    {
                         record.insert(h.to_owned(), Value::String(v.to_owned()));
                     } else {
                         attributes.insert(h.to_owned(), Value::String(v.to_owned()));

@@ -14,8 +14,8 @@ use linfa::Dataset;
 use linfa_logistic::LogisticRegression;
 use ndarray::{Array1, Array2};
 use vigil_core::feature::FeatureDef;
-use vigil_core::{Event, FeatureVector};
-use vigil_features::{MemoryStore, Plan};
+use vigil_core::{Event, FeatureVector, Label};
+use vigil_features::{MemoryStore, Plan, Step};
 use vigil_gen::{GenConfig, Labelled};
 use vigil_model::{LogisticModel, ModelBody, Scaler, FORMAT, FORMAT_VERSION};
 
@@ -29,14 +29,24 @@ pub enum OfflineError {
     Data(String),
 }
 
-/// Features of every event as of before it, in history order: what the live
-/// stream computes for the same events in the same order.
-pub fn features_over_history(defs: &[FeatureDef], events: &[&Event]) -> Result<Vec<FeatureVector>, OfflineError> {
+/// Features of every event as of before it, in history order, with the fraud
+/// labels (sorted by report time) applied as they became known: what the live
+/// stream computes for the same events and labels in the same order.
+pub fn features_over_history(
+    defs: &[FeatureDef],
+    events: &[&Event],
+    labels: &[&Label],
+) -> Result<Vec<FeatureVector>, OfflineError> {
     // A long de-duplication TTL: history may span months of event time.
     let store = MemoryStore::new(Plan::new(defs.to_vec()), 365 * 86_400);
     let mut out = Vec::with_capacity(events.len());
-    for chunk in events.chunks(1000) {
-        out.extend(store.process_sync(chunk)?);
+    for step in vigil_features::interleave(events, labels, 1000) {
+        match step {
+            Step::Events(r) => out.extend(store.process_sync(&events[r])?),
+            Step::Labels(r) => {
+                store.apply_labels_sync(&labels[r])?;
+            }
+        }
     }
     Ok(out)
 }
@@ -127,7 +137,9 @@ fn inputs_row(event: &Event, fv: &FeatureVector) -> Vec<f64> {
 pub fn train_on_generated(defs: &[FeatureDef], config: &TrainConfig) -> Result<TrainReport, OfflineError> {
     let items: Vec<Labelled> = vigil_gen::generate(&config.data);
     let events: Vec<&Event> = items.iter().map(|l| &l.event).collect();
-    let features = features_over_history(defs, &events)?;
+    let labels = vigil_gen::labels(&items);
+    let label_refs: Vec<&Label> = labels.iter().collect();
+    let features = features_over_history(defs, &events, &label_refs)?;
     let rows: Vec<Vec<f64>> = events.iter().zip(&features).map(|(e, f)| inputs_row(e, f)).collect();
     let labels: Vec<bool> = items.iter().map(|l| l.fraud.is_some()).collect();
     let (first, last) = match (events.first(), events.last()) {
@@ -350,6 +362,13 @@ mod backtest_tests {
         let (hj, hc) = (crate::history::read(&j, "is_fraud").unwrap(), crate::history::read(&c, "is_fraud").unwrap());
         assert_eq!(hj.events, hc.events);
         assert_eq!(hj.labels, hc.labels);
+        assert_eq!(hj.reported_at, hc.reported_at);
+        let truth: Vec<_> = items.iter().map(|l| l.reported_at).collect();
+        assert_eq!(hj.reported_at, truth, "report times survive the file");
+        assert_eq!(
+            hj.fraud_labels(),
+            vigil_gen::labels(&items).into_iter().map(|l| vigil_core::Label { source: None, ..l }).collect::<Vec<_>>()
+        );
         assert_eq!(
             hj.labels.iter().filter(|l| **l == Some(true)).count(),
             items.iter().filter(|l| l.fraud.is_some()).count()

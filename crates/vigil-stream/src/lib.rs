@@ -14,7 +14,11 @@
 //! - when the feature store fails, the batch is retried (with backoff) and never
 //!   skipped; a redelivered event is recognised by its `transaction_id`, so it is
 //!   counted once and gets the same features;
-//! - shutdown stops reading, drains what is in flight, commits and returns.
+//! - shutdown stops reading, drains what is in flight, commits and returns;
+//! - when `labels_topic` is set, confirmed outcomes read from it are applied to
+//!   the label features (once per transaction id) before the batch's events are
+//!   decided; a malformed label, or a fraud label without the entity fields the
+//!   label features count by, is dead-lettered like a malformed event.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -30,7 +34,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use tokio::sync::mpsc;
 use vigil_core::pipeline::KafkaConfig;
-use vigil_core::{Event, EventField};
+use vigil_core::{Event, EventField, Label};
 use vigil_engine::{Engine, EngineError};
 
 /// Header carrying why an event was dead-lettered.
@@ -75,6 +79,10 @@ pub struct Stats {
     pub delivered: AtomicU64,
     /// Batches whose offsets were stored.
     pub committed_batches: AtomicU64,
+    /// Fraud labels counted by the label features.
+    pub labels_counted: AtomicU64,
+    /// Labels that changed nothing: redelivered frauds and genuine verdicts.
+    pub labels_unchanged: AtomicU64,
 }
 
 impl Stats {
@@ -87,6 +95,8 @@ impl Stats {
             ("store_retries", self.store_retries.load(Ordering::Relaxed)),
             ("delivered", self.delivered.load(Ordering::Relaxed)),
             ("committed_batches", self.committed_batches.load(Ordering::Relaxed)),
+            ("labels_counted", self.labels_counted.load(Ordering::Relaxed)),
+            ("labels_unchanged", self.labels_unchanged.load(Ordering::Relaxed)),
         ])
     }
 }
@@ -129,7 +139,7 @@ fn connect(k: &KafkaConfig) -> Result<(StreamConsumer, FutureProducer), StreamEr
         .create()?;
     let producer: FutureProducer =
         client_config(k).set_if_absent("linger.ms", "2").set_if_absent("message.timeout.ms", "60000").create()?;
-    for topic in [&k.input_topic, &k.decisions_topic, &k.dead_letter_topic] {
+    for topic in all_topics(k) {
         let metadata = consumer
             .fetch_metadata(Some(topic), STARTUP_TIMEOUT)
             .map_err(|source| StreamError::Unreachable { brokers: k.brokers.clone(), source })?;
@@ -153,6 +163,11 @@ impl SetIfAbsent for ClientConfig {
         }
         self
     }
+}
+
+/// Every topic the pipeline reads or writes.
+fn all_topics(k: &KafkaConfig) -> Vec<&String> {
+    [&k.input_topic, &k.decisions_topic, &k.dead_letter_topic].into_iter().chain(k.labels_topic.as_ref()).collect()
 }
 
 /// The key a decision is produced with: the first present `decision_key` field.
@@ -186,8 +201,9 @@ pub async fn run(
 ) -> Result<(), StreamError> {
     let (consumer, producer) = connect(kafka)?;
     let consumer = Arc::new(consumer);
-    consumer.subscribe(&[&kafka.input_topic])?;
-    tracing::info!(topic = %kafka.input_topic, group = %kafka.group_id, "consuming");
+    let inputs: Vec<&str> = std::iter::once(kafka.input_topic.as_str()).chain(kafka.labels_topic.as_deref()).collect();
+    consumer.subscribe(&inputs)?;
+    tracing::info!(topics = ?inputs, group = %kafka.group_id, "consuming");
 
     let (tx, mut rx) = mpsc::channel::<InFlight>(kafka.max_in_flight_batches);
     let committer = {
@@ -298,36 +314,39 @@ async fn process_batch(
 ) -> Result<Option<InFlight>, StreamError> {
     let mut offsets = BTreeMap::new();
     let mut events = Vec::with_capacity(batch.len());
+    let mut labels = Vec::new();
     let mut dead = Vec::new();
     for (i, m) in batch.iter().enumerate() {
         offsets
             .entry((m.topic().to_owned(), m.partition()))
             .and_modify(|o: &mut i64| *o = (*o).max(m.offset()))
             .or_insert(m.offset());
-        match Event::from_json(m.payload().unwrap_or_default()) {
+        let payload = m.payload().unwrap_or_default();
+        if kafka.labels_topic.as_deref() == Some(m.topic()) {
+            match Label::from_json(payload).and_then(|l| engine.check_label(&l).map(|()| l)) {
+                Ok(l) => labels.push(l),
+                Err(e) => dead.push((i, format!("label: {e}"))),
+            }
+            continue;
+        }
+        match Event::from_json(payload) {
             Ok(e) => events.push((i, e)),
             Err(e) => dead.push((i, e.to_string())),
         }
     }
 
+    if !labels.is_empty() {
+        let refs: Vec<&Label> = labels.iter().collect();
+        let Some(outcomes) = retrying(stats, shutdown, || engine.apply_labels(&refs)).await? else {
+            return Ok(None);
+        };
+        let counted = outcomes.iter().filter(|o| **o == vigil_engine::LabelOutcome::Counted).count() as u64;
+        stats.labels_counted.fetch_add(counted, Ordering::Relaxed);
+        stats.labels_unchanged.fetch_add(outcomes.len() as u64 - counted, Ordering::Relaxed);
+    }
     let refs: Vec<&Event> = events.iter().map(|(_, e)| e).collect();
-    let mut attempt = 0u32;
-    let decisions = loop {
-        match engine.decide_batch(&refs).await {
-            Ok(d) => break d,
-            Err(EngineError::Features(e)) if e.is_retryable() => {
-                attempt += 1;
-                stats.store_retries.fetch_add(1, Ordering::Relaxed);
-                let wait = Duration::from_millis(100u64 << attempt.min(6));
-                tracing::warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "feature store failed; retrying the batch");
-                tokio::select! {
-                    biased;
-                    _ = shutdown.as_mut() => return Ok(None),
-                    _ = tokio::time::sleep(wait) => {}
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
+    let Some(decisions) = retrying(stats, shutdown, || engine.decide_batch(&refs)).await? else {
+        return Ok(None);
     };
 
     let mut deliveries = Vec::with_capacity(batch.len());
@@ -366,7 +385,37 @@ async fn process_batch(
     Ok(Some(InFlight { deliveries, offsets }))
 }
 
-/// Creates the pipeline's three topics where they are missing.
+/// Runs `call` until it succeeds, waiting with backoff while the feature store
+/// fails; `None` when shutdown came first (nothing of the batch is then stored).
+async fn retrying<T, Fut>(
+    stats: &Stats,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    mut call: impl FnMut() -> Fut,
+) -> Result<Option<T>, StreamError>
+where
+    Fut: Future<Output = Result<T, EngineError>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        match call().await {
+            Ok(out) => return Ok(Some(out)),
+            Err(EngineError::Features(e)) if e.is_retryable() => {
+                attempt += 1;
+                stats.store_retries.fetch_add(1, Ordering::Relaxed);
+                let wait = Duration::from_millis(100u64 << attempt.min(6));
+                tracing::warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "feature store failed; retrying the batch");
+                tokio::select! {
+                    biased;
+                    _ = shutdown.as_mut() => return Ok(None),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Creates the pipeline's topics where they are missing.
 pub async fn create_topics(kafka: &KafkaConfig, partitions: i32) -> Result<Vec<String>, StreamError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
@@ -376,10 +425,7 @@ pub async fn create_topics(kafka: &KafkaConfig, partitions: i32) -> Result<Vec<S
         .fetch_metadata(None, STARTUP_TIMEOUT)
         .map_err(|source| StreamError::Unreachable { brokers: kafka.brokers.clone(), source })?;
     let existing: Vec<&str> = metadata.topics().iter().map(|t| t.name()).collect();
-    let wanted: Vec<&String> = [&kafka.input_topic, &kafka.decisions_topic, &kafka.dead_letter_topic]
-        .into_iter()
-        .filter(|t| !existing.contains(&t.as_str()))
-        .collect();
+    let wanted: Vec<&String> = all_topics(kafka).into_iter().filter(|t| !existing.contains(&t.as_str())).collect();
     if wanted.is_empty() {
         return Ok(Vec::new());
     }
