@@ -1,0 +1,320 @@
+//! An isolation forest (Liu, Ting and Zhou, 2008) for Vigil's unsupervised
+//! anomaly model. linfa has none, so this one follows linfa's conventions:
+//! hyperparameters are checked through [`ParamGuard`], training is
+//! [`Fit`] on a linfa dataset, scoring is [`PredictInplace`] (so `predict`
+//! works on any 2-d array), and the fitted forest is serde-serialisable.
+//!
+//! Each tree isolates a random subsample by splitting on a random feature at a
+//! random threshold between that feature's smallest and largest value in the
+//! node. Anomalies are isolated in fewer splits, so their mean path length is
+//! short; the score `2^(-E[h(x)] / c(ψ))` is near 1 for anomalies and below 0.5
+//! for ordinary points.
+//!
+//! Missing values (`NaN`) are treated as smaller than any value: they go left
+//! at every split, in training and scoring alike, and a node whose values of a
+//! feature are all missing never splits on it.
+
+use linfa::dataset::DatasetBase;
+use linfa::param_guard::ParamGuard;
+use linfa::traits::{Fit, PredictInplace};
+use ndarray::{Array1, ArrayBase, ArrayView1, Data, Ix2};
+use rand::seq::index::sample;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// Why a forest could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum IForestError {
+    #[error("n_trees must be at least 1")]
+    NoTrees,
+    #[error("sample_size must be at least 2, got {0}")]
+    SampleSize(usize),
+    #[error("cannot fit on {0} rows: at least 2 are needed")]
+    TooFewRows(usize),
+    #[error("cannot fit on records with no columns")]
+    NoColumns,
+    #[error(transparent)]
+    Linfa(#[from] linfa::Error),
+}
+
+/// Checked hyperparameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IsolationForestValidParams {
+    n_trees: usize,
+    sample_size: usize,
+    seed: u64,
+}
+
+impl IsolationForestValidParams {
+    pub fn n_trees(&self) -> usize {
+        self.n_trees
+    }
+
+    pub fn sample_size(&self) -> usize {
+        self.sample_size
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+}
+
+/// Hyperparameters, checked when fitting: 100 trees of 256-row subsamples by
+/// default, the values the original paper found to work across data sets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IsolationForestParams(IsolationForestValidParams);
+
+impl Default for IsolationForestParams {
+    fn default() -> Self {
+        IsolationForestParams(IsolationForestValidParams { n_trees: 100, sample_size: 256, seed: 42 })
+    }
+}
+
+impl IsolationForestParams {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn n_trees(mut self, n: usize) -> Self {
+        self.0.n_trees = n;
+        self
+    }
+
+    /// Rows drawn (without replacement) to grow each tree.
+    pub fn sample_size(mut self, n: usize) -> Self {
+        self.0.sample_size = n;
+        self
+    }
+
+    /// Seeds the subsampling and splits: the same seed and data give the same forest.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.0.seed = seed;
+        self
+    }
+}
+
+impl ParamGuard for IsolationForestParams {
+    type Checked = IsolationForestValidParams;
+    type Error = IForestError;
+
+    fn check_ref(&self) -> Result<&Self::Checked, Self::Error> {
+        if self.0.n_trees == 0 {
+            Err(IForestError::NoTrees)
+        } else if self.0.sample_size < 2 {
+            Err(IForestError::SampleSize(self.0.sample_size))
+        } else {
+            Ok(&self.0)
+        }
+    }
+
+    fn check(self) -> Result<Self::Checked, Self::Error> {
+        self.check_ref()?;
+        Ok(self.0)
+    }
+}
+
+/// A tree node, stored flat. A leaf has `feature == LEAF` and keeps in
+/// `threshold` the path-length correction for the rows it held.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Node {
+    feature: u32,
+    threshold: f64,
+    left: u32,
+    right: u32,
+}
+
+const LEAF: u32 = u32::MAX;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Tree {
+    nodes: Vec<Node>,
+}
+
+/// A fitted isolation forest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IsolationForest {
+    params: IsolationForestValidParams,
+    n_features: usize,
+    /// `c(ψ)`: the mean path length of an unsuccessful search in a tree of ψ rows.
+    normaliser: f64,
+    trees: Vec<Tree>,
+}
+
+/// Average path length of an unsuccessful binary-search-tree search over `n` items.
+fn c(n: usize) -> f64 {
+    match n {
+        0 | 1 => 0.0,
+        2 => 1.0,
+        _ => {
+            let n = n as f64;
+            2.0 * ((n - 1.0).ln() + 0.577_215_664_901_532_9) - 2.0 * (n - 1.0) / n
+        }
+    }
+}
+
+/// Goes left when below the threshold or missing.
+fn goes_left(v: f64, threshold: f64) -> bool {
+    v.is_nan() || v < threshold
+}
+
+impl Tree {
+    fn grow<D: Data<Elem = f64>>(x: &ArrayBase<D, Ix2>, rows: Vec<usize>, limit: usize, rng: &mut ChaCha8Rng) -> Tree {
+        let mut tree = Tree { nodes: Vec::new() };
+        tree.split(x, rows, 0, limit, rng);
+        tree
+    }
+
+    /// Grows the node for `rows` at `depth`, returning its index.
+    fn split<D: Data<Elem = f64>>(
+        &mut self,
+        x: &ArrayBase<D, Ix2>,
+        mut rows: Vec<usize>,
+        depth: usize,
+        limit: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> u32 {
+        let at = self.nodes.len() as u32;
+        let leaf = |n: usize| Node { feature: LEAF, threshold: c(n), left: 0, right: 0 };
+        self.nodes.push(leaf(rows.len()));
+        if depth >= limit || rows.len() <= 1 {
+            return at;
+        }
+        // A random feature among those that still vary here.
+        let n_features = x.ncols();
+        let start = rng.random_range(0..n_features);
+        let mut chosen = None;
+        for k in 0..n_features {
+            let f = (start + k) % n_features;
+            let (lo, hi) = rows
+                .iter()
+                .map(|&r| x[[r, f]])
+                .filter(|v| !v.is_nan())
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+            let missing = rows.iter().any(|&r| x[[r, f]].is_nan());
+            if lo < hi || (missing && lo <= hi) {
+                chosen = Some((f, lo, hi));
+                break;
+            }
+        }
+        let Some((f, lo, hi)) = chosen else {
+            return at;
+        };
+        // Between the smallest and largest value (values below go left); with
+        // one distinct value and missing rows, at that value, so that the
+        // missing rows split off.
+        let threshold = match rng.random_range(0.0..1.0) {
+            _ if lo == hi => hi,
+            u => {
+                let t = lo + u * (hi - lo);
+                if t > lo && t <= hi {
+                    t
+                } else {
+                    lo + (hi - lo) / 2.0
+                }
+            }
+        };
+        let split = partition(&mut rows, |&r| goes_left(x[[r, f]], threshold));
+        if split == 0 || split == rows.len() {
+            return at;
+        }
+        let right_rows = rows.split_off(split);
+        let left = self.split(x, rows, depth + 1, limit, rng);
+        let right = self.split(x, right_rows, depth + 1, limit, rng);
+        self.nodes[at as usize] = Node { feature: f as u32, threshold, left, right };
+        at
+    }
+
+    fn path_length(&self, x: ArrayView1<'_, f64>) -> f64 {
+        let mut i = 0usize;
+        let mut depth = 0.0;
+        loop {
+            let n = &self.nodes[i];
+            if n.feature == LEAF {
+                return depth + n.threshold;
+            }
+            depth += 1.0;
+            i = if goes_left(x[n.feature as usize], n.threshold) { n.left } else { n.right } as usize;
+        }
+    }
+}
+
+/// Moves the elements for which `left` holds to the front; returns how many.
+fn partition<T>(v: &mut [T], mut left: impl FnMut(&T) -> bool) -> usize {
+    let mut k = 0;
+    for i in 0..v.len() {
+        if left(&v[i]) {
+            v.swap(i, k);
+            k += 1;
+        }
+    }
+    k
+}
+
+impl<D: Data<Elem = f64>, T> Fit<ArrayBase<D, Ix2>, T, IForestError> for IsolationForestValidParams {
+    type Object = IsolationForest;
+
+    fn fit(&self, dataset: &DatasetBase<ArrayBase<D, Ix2>, T>) -> Result<IsolationForest, IForestError> {
+        let x = dataset.records();
+        let (n, n_features) = x.dim();
+        if n < 2 {
+            return Err(IForestError::TooFewRows(n));
+        }
+        if n_features == 0 {
+            return Err(IForestError::NoColumns);
+        }
+        let psi = self.sample_size.min(n);
+        let limit = (psi as f64).log2().ceil() as usize;
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        let trees = (0..self.n_trees)
+            .map(|_| {
+                let rows = sample(&mut rng, n, psi).into_vec();
+                Tree::grow(x, rows, limit, &mut rng)
+            })
+            .collect();
+        Ok(IsolationForest { params: self.clone(), n_features, normaliser: c(psi), trees })
+    }
+}
+
+impl IsolationForest {
+    /// Anomaly score of one row, in (0, 1]: near 1 for points isolated at
+    /// once, about 0.5 or less for ordinary ones. No allocation.
+    pub fn score_one(&self, x: &[f64]) -> f64 {
+        self.score_view(ArrayView1::from(x))
+    }
+
+    fn score_view(&self, x: ArrayView1<'_, f64>) -> f64 {
+        let total: f64 = self.trees.iter().map(|t| t.path_length(x)).sum();
+        let mean = total / self.trees.len() as f64;
+        if self.normaliser > 0.0 {
+            2f64.powf(-mean / self.normaliser)
+        } else {
+            0.5
+        }
+    }
+
+    pub fn n_features(&self) -> usize {
+        self.n_features
+    }
+
+    pub fn params(&self) -> &IsolationForestValidParams {
+        &self.params
+    }
+}
+
+impl<D: Data<Elem = f64>> PredictInplace<ArrayBase<D, Ix2>, Array1<f64>> for IsolationForest {
+    fn predict_inplace(&self, x: &ArrayBase<D, Ix2>, y: &mut Array1<f64>) {
+        assert_eq!(x.ncols(), self.n_features, "records have a different number of features than the forest");
+        assert_eq!(x.nrows(), y.len(), "one target per row");
+        for (row, out) in x.rows().into_iter().zip(y.iter_mut()) {
+            *out = self.score_view(row);
+        }
+    }
+
+    fn default_target(&self, x: &ArrayBase<D, Ix2>) -> Array1<f64> {
+        Array1::zeros(x.nrows())
+    }
+}
+
+#[cfg(test)]
+mod tests;
