@@ -68,8 +68,20 @@ enum Command {
         /// Share of the history's time span to train on; the later rest evaluates.
         #[arg(long, default_value_t = 0.7)]
         train_share: f64,
-        #[arg(long, default_value = "models/card-fraud.json")]
-        out: PathBuf,
+        /// `logistic` (supervised fraud probability) or `isolation-forest`
+        /// (unsupervised anomaly score; labels only evaluate it).
+        #[arg(long, value_enum, default_value = "logistic")]
+        algorithm: AlgorithmArg,
+        /// Isolation forest: number of trees.
+        #[arg(long, default_value_t = 100)]
+        trees: usize,
+        /// Isolation forest: rows drawn to grow each tree.
+        #[arg(long, default_value_t = 256)]
+        sample_size: usize,
+        /// Where to write the model; `models/card-fraud.json` for a logistic
+        /// regression, `models/card-anomaly.json` for an isolation forest.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Replay labelled history through a rule set: per-rule hits, precision and
     /// recall, the decision mix, and the changes against a baseline rule set.
@@ -125,6 +137,12 @@ enum Command {
         pipeline: PathBuf,
         file: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AlgorithmArg {
+    Logistic,
+    IsolationForest,
 }
 
 #[derive(Subcommand)]
@@ -257,14 +275,27 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Validate { pipeline } => validate(&pipeline),
-        Command::Train { pipeline, events, seed, train_share, out } => {
+        Command::Train { pipeline, events, seed, train_share, algorithm, trees, sample_size, out } => {
             if !(0.05..=0.95).contains(&train_share) {
                 bail!("--train-share must be between 0.05 and 0.95");
             }
             let config = load_pipeline(&pipeline)?;
+            let (algorithm, name, default_out) = match algorithm {
+                AlgorithmArg::Logistic => {
+                    (vigil_offline::Algorithm::Logistic, "card-fraud-logistic", "models/card-fraud.json")
+                }
+                AlgorithmArg::IsolationForest => {
+                    (vigil_offline::Algorithm::IsolationForest, "card-anomaly-iforest", "models/card-anomaly.json")
+                }
+            };
+            let out = out.unwrap_or_else(|| PathBuf::from(default_out));
             let train = vigil_offline::TrainConfig {
+                name: name.into(),
                 data: GenConfig { seed, events, ..GenConfig::default() },
                 train_share,
+                algorithm,
+                n_trees: trees,
+                sample_size,
                 ..vigil_offline::TrainConfig::default()
             };
             eprintln!("training on {events} generated events (seed {seed}) with {} features...", config.features.len());

@@ -31,7 +31,7 @@ use vigil_core::pipeline::{DegradedPolicy, StoreBackend, Thresholds};
 use vigil_core::{Action, Decision, Event, FeatureValue, FeatureVector, Label, PipelineConfig, Reason};
 pub use vigil_features::LabelOutcome;
 use vigil_features::{FeatureError, FeatureStore, MemoryStore, Plan, RedisStore};
-use vigil_model::{LogisticModel, Model, ModelError};
+use vigil_model::{Model, ModelError, TrainedModel};
 use vigil_rules::{Context, RuleErrors, RuleSet, Schema};
 
 use breaker::{Breaker, StoreStats};
@@ -57,7 +57,7 @@ enum Input {
 }
 
 struct ScoringModel {
-    model: LogisticModel,
+    model: TrainedModel,
     inputs: Vec<Input>,
 }
 

@@ -17,7 +17,7 @@
 use linfa::dataset::DatasetBase;
 use linfa::param_guard::ParamGuard;
 use linfa::traits::{Fit, PredictInplace};
-use ndarray::{Array1, ArrayBase, ArrayView1, Data, Ix2};
+use ndarray::{Array1, ArrayBase, Data, Ix2};
 use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -114,13 +114,14 @@ impl ParamGuard for IsolationForestParams {
     }
 }
 
-/// A tree node, stored flat. A leaf has `feature == LEAF` and keeps in
-/// `threshold` the path-length correction for the rows it held.
+/// A tree node, stored flat in depth-first order, 16 bytes: a split's left
+/// child is the next node, its right child is at `right`. A leaf has
+/// `feature == LEAF` and keeps in `threshold` the path-length correction for
+/// the rows it held.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 struct Node {
-    feature: u32,
     threshold: f64,
-    left: u32,
+    feature: u32,
     right: u32,
 }
 
@@ -175,7 +176,7 @@ impl Tree {
         rng: &mut ChaCha8Rng,
     ) -> u32 {
         let at = self.nodes.len() as u32;
-        let leaf = |n: usize| Node { feature: LEAF, threshold: c(n), left: 0, right: 0 };
+        let leaf = |n: usize| Node { feature: LEAF, threshold: c(n), right: 0 };
         self.nodes.push(leaf(rows.len()));
         if depth >= limit || rows.len() <= 1 {
             return at;
@@ -219,13 +220,14 @@ impl Tree {
             return at;
         }
         let right_rows = rows.split_off(split);
-        let left = self.split(x, rows, depth + 1, limit, rng);
+        self.split(x, rows, depth + 1, limit, rng);
         let right = self.split(x, right_rows, depth + 1, limit, rng);
-        self.nodes[at as usize] = Node { feature: f as u32, threshold, left, right };
+        self.nodes[at as usize] = Node { feature: f as u32, threshold, right };
         at
     }
 
-    fn path_length(&self, x: ArrayView1<'_, f64>) -> f64 {
+    /// Path length of `x` (one value per feature, checked by the caller).
+    fn path_length(&self, x: &[f64]) -> f64 {
         let mut i = 0usize;
         let mut depth = 0.0;
         loop {
@@ -234,7 +236,8 @@ impl Tree {
                 return depth + n.threshold;
             }
             depth += 1.0;
-            i = if goes_left(x[n.feature as usize], n.threshold) { n.left } else { n.right } as usize;
+            let v = x.get(n.feature as usize).copied().unwrap_or(f64::NAN);
+            i = if goes_left(v, n.threshold) { i + 1 } else { n.right as usize };
         }
     }
 }
@@ -280,10 +283,6 @@ impl IsolationForest {
     /// Anomaly score of one row, in (0, 1]: near 1 for points isolated at
     /// once, about 0.5 or less for ordinary ones. No allocation.
     pub fn score_one(&self, x: &[f64]) -> f64 {
-        self.score_view(ArrayView1::from(x))
-    }
-
-    fn score_view(&self, x: ArrayView1<'_, f64>) -> f64 {
         let total: f64 = self.trees.iter().map(|t| t.path_length(x)).sum();
         let mean = total / self.trees.len() as f64;
         if self.normaliser > 0.0 {
@@ -306,8 +305,16 @@ impl<D: Data<Elem = f64>> PredictInplace<ArrayBase<D, Ix2>, Array1<f64>> for Iso
     fn predict_inplace(&self, x: &ArrayBase<D, Ix2>, y: &mut Array1<f64>) {
         assert_eq!(x.ncols(), self.n_features, "records have a different number of features than the forest");
         assert_eq!(x.nrows(), y.len(), "one target per row");
+        let mut buf = Vec::with_capacity(self.n_features);
         for (row, out) in x.rows().into_iter().zip(y.iter_mut()) {
-            *out = self.score_view(row);
+            *out = match row.as_slice() {
+                Some(r) => self.score_one(r),
+                None => {
+                    buf.clear();
+                    buf.extend(row.iter().copied());
+                    self.score_one(&buf)
+                }
+            };
         }
     }
 

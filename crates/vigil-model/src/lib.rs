@@ -4,6 +4,10 @@
 //! A model file is self-describing JSON: format version, algorithm, the input
 //! names in order, the preprocessing (standardisation) applied in training, the
 //! parameters, a summary of training, and a SHA-256 checksum over all of it.
+//!
+//! Two algorithms: `logistic_regression` (a supervised fraud probability, format
+//! version 1) and `isolation_forest` (an unsupervised anomaly score, format
+//! version 2, whose `forest` holds the trees).
 //! [`load`] refuses a file that is corrupt, of an unknown format, or whose inputs
 //! the pipeline cannot provide.
 
@@ -15,6 +19,14 @@ use sha2::{Digest, Sha256};
 /// The format this build reads and writes.
 pub const FORMAT: &str = "vigil-model";
 pub const FORMAT_VERSION: u32 = 1;
+/// The format version of files with an isolation forest.
+pub const FOREST_FORMAT_VERSION: u32 = 2;
+
+pub use vigil_iforest::IsolationForest;
+
+/// Algorithm names as model files write them.
+pub const LOGISTIC: &str = "logistic_regression";
+pub const ISOLATION_FOREST: &str = "isolation_forest";
 
 /// Scores one event from its inputs.
 pub trait Model: Send + Sync {
@@ -55,11 +67,21 @@ pub struct ModelBody {
     pub algorithm: String,
     pub inputs: Vec<String>,
     pub scaler: Scaler,
+    /// Logistic regression: one weight per input, and the intercept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub weights: Vec<f64>,
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub intercept: f64,
+    /// Isolation forest: the trees, over the scaled inputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forest: Option<IsolationForest>,
     /// Free-form training summary (data range, metrics, hyperparameters).
     #[serde(default)]
     pub training: serde_json::Value,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,26 +97,37 @@ fn checksum(body: &ModelBody) -> String {
     Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A logistic regression over standardised inputs.
+/// A trained model over standardised inputs: a logistic regression or an
+/// isolation forest, as its file says.
 #[derive(Debug, Clone)]
-pub struct LogisticModel {
+pub struct TrainedModel {
     body: ModelBody,
     version: String,
 }
 
-impl LogisticModel {
-    pub fn new(body: ModelBody) -> Result<LogisticModel, String> {
+impl TrainedModel {
+    pub fn new(body: ModelBody) -> Result<TrainedModel, String> {
         let n = body.inputs.len();
         if n == 0 {
             return Err("the model has no inputs".into());
         }
-        if body.weights.len() != n || body.scaler.mean.len() != n || body.scaler.std.len() != n {
+        if body.scaler.mean.len() != n || body.scaler.std.len() != n {
             return Err(format!(
-                "{n} inputs but {} weights, {} means and {} deviations",
-                body.weights.len(),
+                "{n} inputs but {} means and {} deviations",
                 body.scaler.mean.len(),
                 body.scaler.std.len()
             ));
+        }
+        match (body.algorithm.as_str(), &body.forest) {
+            (LOGISTIC, None) if body.weights.len() == n => {}
+            (LOGISTIC, None) => return Err(format!("{n} inputs but {} weights", body.weights.len())),
+            (ISOLATION_FOREST, Some(f)) if f.n_features() == n && body.weights.is_empty() => {}
+            (ISOLATION_FOREST, Some(f)) => {
+                return Err(format!("{n} inputs but a forest over {} features (and no weights)", f.n_features()))
+            }
+            (ISOLATION_FOREST, None) => return Err("an isolation forest without its `forest`".into()),
+            (LOGISTIC, Some(_)) => return Err("a logistic regression with a `forest`".into()),
+            (other, _) => return Err(format!("unknown algorithm `{other}` (known: {LOGISTIC}, {ISOLATION_FOREST})")),
         }
         let finite = body.weights.iter().chain(&body.scaler.mean).chain(&body.scaler.std).all(|x| x.is_finite());
         if !finite || !body.intercept.is_finite() {
@@ -105,7 +138,7 @@ impl LogisticModel {
         }
         let sum = checksum(&body);
         let version = format!("{}@{}", body.name, &sum[..12]);
-        Ok(LogisticModel { body, version })
+        Ok(TrainedModel { body, version })
     }
 
     pub fn body(&self) -> &ModelBody {
@@ -119,13 +152,27 @@ impl LogisticModel {
     }
 }
 
-impl Model for LogisticModel {
+impl Model for TrainedModel {
     fn inputs(&self) -> &[String] {
         &self.body.inputs
     }
 
     fn score(&self, inputs: &[f64]) -> f64 {
         let s = &self.body.scaler;
+        if let Some(forest) = &self.body.forest {
+            // Scaled like training; a missing input stays missing (the forest
+            // sends it left at every split, as in training).
+            let mut x = [0.0f64; 64];
+            let n = inputs.len().min(s.mean.len());
+            if n <= x.len() {
+                for i in 0..n {
+                    x[i] = (inputs[i] - s.mean[i]) / s.std[i];
+                }
+                return forest.score_one(&x[..n]);
+            }
+            let x: Vec<f64> = (0..n).map(|i| (inputs[i] - s.mean[i]) / s.std[i]).collect();
+            return forest.score_one(&x);
+        }
         let mut z = self.body.intercept;
         for (i, x) in inputs.iter().enumerate().take(self.body.weights.len()) {
             // A missing input takes the training mean: it contributes nothing.
@@ -143,7 +190,7 @@ impl Model for LogisticModel {
 
 /// Loads and checks a model file. `available` lists the inputs the pipeline can
 /// provide; a model that needs anything else is refused.
-pub fn load(path: &Path, available: &[&str]) -> Result<LogisticModel, ModelError> {
+pub fn load(path: &Path, available: &[&str]) -> Result<TrainedModel, ModelError> {
     let text = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
     let file: ModelFile = serde_json::from_slice(&text)
         .map_err(|e| ModelError::Malformed { path: path.to_path_buf(), message: e.to_string() })?;
@@ -152,20 +199,17 @@ pub fn load(path: &Path, available: &[&str]) -> Result<LogisticModel, ModelError
         return Err(ModelError::Checksum { path: path.to_path_buf(), stated: file.checksum, actual });
     }
     let invalid = |message: String| ModelError::Invalid { path: path.to_path_buf(), message };
-    if file.body.format != FORMAT || file.body.format_version != FORMAT_VERSION {
+    if file.body.format != FORMAT || !(1..=FOREST_FORMAT_VERSION).contains(&file.body.format_version) {
         return Err(invalid(format!(
-            "format {} v{} is not {FORMAT} v{FORMAT_VERSION}",
+            "format {} v{} is not {FORMAT} v1 to v{FOREST_FORMAT_VERSION}",
             file.body.format, file.body.format_version
         )));
-    }
-    if file.body.algorithm != "logistic_regression" {
-        return Err(invalid(format!("unknown algorithm `{}`", file.body.algorithm)));
     }
     let missing: Vec<&str> = file.body.inputs.iter().map(String::as_str).filter(|i| !available.contains(i)).collect();
     if !missing.is_empty() {
         return Err(invalid(format!("needs inputs the pipeline does not declare: {}", missing.join(", "))));
     }
-    LogisticModel::new(file.body).map_err(invalid)
+    TrainedModel::new(file.body).map_err(invalid)
 }
 
 #[cfg(test)]
@@ -182,6 +226,7 @@ mod tests {
             scaler: Scaler { mean: vec![50.0, 1.0], std: vec![25.0, 1.0] },
             weights: vec![1.0, 2.0],
             intercept: -3.0,
+            forest: None,
             training: serde_json::Value::Null,
         }
     }
@@ -197,7 +242,7 @@ mod tests {
 
     #[test]
     fn scores_and_round_trips() {
-        let m = LogisticModel::new(body()).unwrap();
+        let m = TrainedModel::new(body()).unwrap();
         let dir = std::env::temp_dir();
         let p = write(&dir, &m.to_file_json());
         let loaded = load(&p, &["amount", "card_count_10m"]).unwrap();
@@ -214,14 +259,14 @@ mod tests {
         b.weights = vec![0.1 + 0.2, 1.277_870_411_015_307e-7];
         b.scaler.mean = vec![62.349_895_439_443_09, 1.0 / 3.0];
         b.training = serde_json::json!({"auc": 0.994_050_369_663_224_7});
-        let m = LogisticModel::new(b).unwrap();
+        let m = TrainedModel::new(b).unwrap();
         let p = write(&std::env::temp_dir(), &m.to_file_json());
         assert_eq!(load(&p, &["amount", "card_count_10m"]).unwrap().version(), m.version());
     }
 
     #[test]
     fn refuses_corrupt_or_mismatched_files() {
-        let m = LogisticModel::new(body()).unwrap();
+        let m = TrainedModel::new(body()).unwrap();
         let dir = std::env::temp_dir();
         let tampered = m.to_file_json().replace("\"intercept\": -3.0", "\"intercept\": 3.0");
         let p = write(&dir, &tampered);
@@ -233,6 +278,54 @@ mod tests {
         assert!(matches!(load(&p, &[]), Err(ModelError::Malformed { .. })));
         let mut b = body();
         b.weights.pop();
-        assert!(LogisticModel::new(b).is_err());
+        assert!(TrainedModel::new(b).is_err());
+    }
+}
+
+#[cfg(test)]
+mod forest_tests {
+    use linfa::traits::Fit;
+    use linfa::Dataset;
+    use ndarray::{Array1, Array2};
+    use vigil_iforest::IsolationForestParams;
+
+    use super::*;
+
+    #[test]
+    fn an_isolation_forest_file_round_trips_and_scores_outliers_higher() {
+        // Inputs in their own units; the file's scaler brings them to training scale.
+        let rows: Vec<f64> = (0..400).flat_map(|i| [50.0 + (i % 20) as f64, (i % 3) as f64]).collect();
+        let mean = vec![59.5, 1.0];
+        let std = vec![5.8, 0.8];
+        let scaled = Array2::from_shape_fn((400, 2), |(r, c)| (rows[r * 2 + c] - mean[c]) / std[c]);
+        let forest =
+            IsolationForestParams::new().seed(1).fit(&Dataset::new(scaled, Array1::<usize>::zeros(400))).unwrap();
+        let body = ModelBody {
+            format: FORMAT.into(),
+            format_version: FOREST_FORMAT_VERSION,
+            name: "anomaly".into(),
+            algorithm: ISOLATION_FOREST.into(),
+            inputs: vec!["amount".into(), "card_count_10m".into()],
+            scaler: Scaler { mean, std },
+            weights: Vec::new(),
+            intercept: 0.0,
+            forest: Some(forest),
+            training: serde_json::Value::Null,
+        };
+        let m = TrainedModel::new(body.clone()).unwrap();
+        let p = std::env::temp_dir().join(format!("vigil-forest-{}.json", std::process::id()));
+        std::fs::write(&p, m.to_file_json()).unwrap();
+        let loaded = load(&p, &["amount", "card_count_10m"]).unwrap();
+        std::fs::remove_file(&p).ok();
+        assert_eq!(loaded.version(), m.version());
+        let (usual, odd) = (loaded.score(&[60.0, 1.0]), loaded.score(&[900.0, 9.0]));
+        assert!(odd > usual && odd > 0.6, "usual {usual}, odd {odd}");
+        assert!(loaded.score(&[f64::NAN, 1.0]).is_finite());
+        // A forest over the wrong number of inputs is refused.
+        let mut b = body;
+        b.inputs.push("extra".into());
+        b.scaler.mean.push(0.0);
+        b.scaler.std.push(1.0);
+        assert!(TrainedModel::new(b).unwrap_err().contains("forest over 2"));
     }
 }

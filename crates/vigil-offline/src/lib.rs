@@ -17,7 +17,7 @@ use vigil_core::feature::FeatureDef;
 use vigil_core::{Event, FeatureVector, Label};
 use vigil_features::{MemoryStore, Plan, Step};
 use vigil_gen::{GenConfig, Labelled};
-use vigil_model::{LogisticModel, ModelBody, Scaler, FORMAT, FORMAT_VERSION};
+use vigil_model::{ModelBody, Scaler, TrainedModel, FORMAT, FORMAT_VERSION};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OfflineError {
@@ -63,6 +63,19 @@ pub struct TrainConfig {
     /// L2 regularisation.
     pub alpha: f64,
     pub max_iterations: u64,
+    pub algorithm: Algorithm,
+    /// Isolation forest: trees, and rows drawn to grow each.
+    pub n_trees: usize,
+    pub sample_size: usize,
+}
+
+/// What `vigil train` fits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Supervised: a fraud probability, from labelled history (linfa-logistic).
+    Logistic,
+    /// Unsupervised: an anomaly score, labels used only to evaluate (vigil-iforest).
+    IsolationForest,
 }
 
 impl Default for TrainConfig {
@@ -74,6 +87,9 @@ impl Default for TrainConfig {
             fraud_share_target: 0.2,
             alpha: 1.0,
             max_iterations: 200,
+            algorithm: Algorithm::Logistic,
+            n_trees: 100,
+            sample_size: 256,
         }
     }
 }
@@ -81,7 +97,7 @@ impl Default for TrainConfig {
 /// A trained model and how it did on the held-out later period.
 #[derive(Debug)]
 pub struct TrainReport {
-    pub model: LogisticModel,
+    pub model: TrainedModel,
     pub train_events: usize,
     pub test_events: usize,
     pub test_frauds: usize,
@@ -168,55 +184,97 @@ pub fn train_on_generated(defs: &[FeatureDef], config: &TrainConfig) -> Result<T
         r.iter().enumerate().map(|(c, v)| if v.is_finite() { (v - mean[c]) / std[c] } else { 0.0 }).collect()
     };
 
-    // Class imbalance: replicate frauds up to about the target share.
-    let train_frauds = labels[..split].iter().filter(|l| **l).count();
-    if train_frauds == 0 {
-        return Err(OfflineError::Data("no fraud in the training period".into()));
-    }
-    let genuine = n_train - train_frauds;
-    let target = config.fraud_share_target.clamp(0.01, 0.5);
-    let copies = ((target / (1.0 - target)) * genuine as f64 / train_frauds as f64).round().max(1.0) as usize;
-    let mut x = Vec::new();
-    let mut y = Vec::new();
-    for i in 0..split {
-        let n = if labels[i] { copies } else { 1 };
-        for _ in 0..n {
-            x.extend(scaled(&rows[i]));
-            y.push(labels[i]);
-        }
-    }
-    let x = Array2::from_shape_vec((y.len(), n_inputs), x).map_err(|e| OfflineError::Data(e.to_string()))?;
-    let dataset = Dataset::new(x, Array1::from(y));
-    let fitted = LogisticRegression::default()
-        .alpha(config.alpha)
-        .max_iterations(config.max_iterations)
-        .fit(&dataset)
-        .map_err(|e| OfflineError::Fit(e.to_string()))?;
-    // linfa models the probability of its "positive" class (the larger one);
-    // Vigil's score is the probability of fraud.
-    let sign = if fitted.labels().pos.class { 1.0 } else { -1.0 };
-    let weights: Vec<f64> = fitted.params().iter().map(|w| w * sign).collect();
-    let intercept = fitted.intercept() * sign;
-
     let input_names: Vec<String> = vigil_engine::model_inputs(defs).into_iter().map(str::to_owned).collect();
-    let body = ModelBody {
-        format: FORMAT.into(),
-        format_version: FORMAT_VERSION,
-        name: config.name.clone(),
-        algorithm: "logistic_regression".into(),
-        inputs: input_names,
-        scaler: Scaler { mean, std },
-        weights,
-        intercept,
-        training: serde_json::Value::Null,
+    let train_frauds = labels[..split].iter().filter(|l| **l).count();
+    let (body, library, hyperparameters) = match config.algorithm {
+        Algorithm::Logistic => {
+            // Class imbalance: replicate frauds up to about the target share.
+            if train_frauds == 0 {
+                return Err(OfflineError::Data("no fraud in the training period".into()));
+            }
+            let genuine = n_train - train_frauds;
+            let target = config.fraud_share_target.clamp(0.01, 0.5);
+            let copies = ((target / (1.0 - target)) * genuine as f64 / train_frauds as f64).round().max(1.0) as usize;
+            let mut x = Vec::new();
+            let mut y = Vec::new();
+            for i in 0..split {
+                let n = if labels[i] { copies } else { 1 };
+                for _ in 0..n {
+                    x.extend(scaled(&rows[i]));
+                    y.push(labels[i]);
+                }
+            }
+            let x = Array2::from_shape_vec((y.len(), n_inputs), x).map_err(|e| OfflineError::Data(e.to_string()))?;
+            let dataset = Dataset::new(x, Array1::from(y));
+            let fitted = LogisticRegression::default()
+                .alpha(config.alpha)
+                .max_iterations(config.max_iterations)
+                .fit(&dataset)
+                .map_err(|e| OfflineError::Fit(e.to_string()))?;
+            // linfa models the probability of its "positive" class (the larger
+            // one); Vigil's score is the probability of fraud.
+            let sign = if fitted.labels().pos.class { 1.0 } else { -1.0 };
+            let body = ModelBody {
+                format: FORMAT.into(),
+                format_version: FORMAT_VERSION,
+                name: config.name.clone(),
+                algorithm: vigil_model::LOGISTIC.into(),
+                inputs: input_names,
+                scaler: Scaler { mean, std },
+                weights: fitted.params().iter().map(|w| w * sign).collect(),
+                intercept: fitted.intercept() * sign,
+                forest: None,
+                training: serde_json::Value::Null,
+            };
+            let hyper = serde_json::json!({
+                "alpha": config.alpha,
+                "max_iterations": config.max_iterations,
+                "fraud_copies": copies,
+            });
+            (body, "linfa-logistic 0.8", hyper)
+        }
+        Algorithm::IsolationForest => {
+            // Unsupervised: every training row once, labels unused. Missing
+            // inputs stay missing (the forest sends them left), as in serving.
+            let mut x = Vec::with_capacity(split * n_inputs);
+            for r in &rows[..split] {
+                x.extend(r.iter().enumerate().map(|(c, v)| (v - mean[c]) / std[c]));
+            }
+            let x = Array2::from_shape_vec((split, n_inputs), x).map_err(|e| OfflineError::Data(e.to_string()))?;
+            let params = vigil_iforest::IsolationForestParams::new()
+                .n_trees(config.n_trees)
+                .sample_size(config.sample_size)
+                .seed(config.data.seed);
+            let forest = params
+                .fit(&Dataset::new(x, Array1::<usize>::zeros(split)))
+                .map_err(|e| OfflineError::Fit(e.to_string()))?;
+            let body = ModelBody {
+                format: FORMAT.into(),
+                format_version: vigil_model::FOREST_FORMAT_VERSION,
+                name: config.name.clone(),
+                algorithm: vigil_model::ISOLATION_FOREST.into(),
+                inputs: input_names,
+                scaler: Scaler { mean, std },
+                weights: Vec::new(),
+                intercept: 0.0,
+                forest: Some(forest),
+                training: serde_json::Value::Null,
+            };
+            let hyper = serde_json::json!({
+                "n_trees": config.n_trees,
+                "sample_size": config.sample_size,
+                "seed": config.data.seed,
+            });
+            (body, "vigil-iforest (linfa 0.8 traits)", hyper)
+        }
     };
-    let draft = LogisticModel::new(body.clone()).map_err(OfflineError::Fit)?;
+    let draft = TrainedModel::new(body.clone()).map_err(OfflineError::Fit)?;
     use vigil_model::Model;
     let scores: Vec<f64> = rows[split..].iter().map(|r| draft.score(r)).collect();
     let (auc_roc, average_precision) = auc_and_ap(&scores, &labels[split..]);
     let test_frauds = labels[split..].iter().filter(|l| **l).count();
     let training = serde_json::json!({
-        "library": "linfa-logistic 0.8",
+        "library": library,
         "data": {
             "source": "vigil-gen",
             "seed": config.data.seed,
@@ -229,14 +287,10 @@ pub fn train_on_generated(defs: &[FeatureDef], config: &TrainConfig) -> Result<T
             "test_events": rows.len() - split,
             "test_frauds": test_frauds,
         },
-        "hyperparameters": {
-            "alpha": config.alpha,
-            "max_iterations": config.max_iterations,
-            "fraud_copies": copies,
-        },
+        "hyperparameters": hyperparameters,
         "test_metrics": { "auc_roc": auc_roc, "average_precision": average_precision },
     });
-    let model = LogisticModel::new(ModelBody { training, ..body }).map_err(OfflineError::Fit)?;
+    let model = TrainedModel::new(ModelBody { training, ..body }).map_err(OfflineError::Fit)?;
     Ok(TrainReport {
         model,
         train_events: n_train,
@@ -276,6 +330,20 @@ mod tests {
         // Seeded: the same data and parameters give the same model.
         let b = train_on_generated(&defs, &config).unwrap();
         assert_eq!(a.model.to_file_json(), b.model.to_file_json());
+
+        // The unsupervised forest ranks frauds above chance without seeing a
+        // label, is seeded too, and its file loads for the pipeline's inputs.
+        let forest = TrainConfig { algorithm: Algorithm::IsolationForest, n_trees: 50, ..config };
+        let f = train_on_generated(&defs, &forest).unwrap();
+        assert!(f.auc_roc > 0.65, "AUC {}", f.auc_roc);
+        assert_eq!(f.model.to_file_json(), train_on_generated(&defs, &forest).unwrap().model.to_file_json());
+        let path = std::env::temp_dir().join(format!("vigil-forest-train-{}.json", std::process::id()));
+        std::fs::write(&path, f.model.to_file_json()).unwrap();
+        let available = vigil_engine::model_inputs(&defs);
+        let loaded = vigil_model::load(&path, &available).unwrap();
+        std::fs::remove_file(&path).ok();
+        assert_eq!(loaded.body().algorithm, vigil_model::ISOLATION_FOREST);
+        assert_eq!(loaded.body().training["hyperparameters"]["n_trees"], 50);
     }
 }
 

@@ -1,0 +1,49 @@
+//! Single-event model scoring: `cargo bench --bench model`.
+//!
+//! Trains both algorithms on 40,000 generated events with the demo pipeline's
+//! features (the same code as `vigil train`), then times one event's score, the
+//! call the engine makes per decision, on inputs taken from real rows.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use vigil_core::PipelineConfig;
+use vigil_model::Model;
+use vigil_offline::{Algorithm, TrainConfig};
+
+fn benches(c: &mut Criterion) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = PipelineConfig::load(&root.join("pipelines/demo.toml")).unwrap();
+    let data = vigil_gen::GenConfig { events: 40_000, seed: 3, ..vigil_gen::GenConfig::default() };
+    // Inputs of real events: the amount, then every feature (NaN when missing).
+    let items = vigil_gen::generate(&data);
+    let events: Vec<&vigil_core::Event> = items.iter().map(|l| &l.event).collect();
+    let features = vigil_offline::features_over_history(&config.features, &events, &[]).unwrap();
+    let rows: Vec<Vec<f64>> = events
+        .iter()
+        .zip(&features)
+        .map(|(e, f)| {
+            use rust_decimal::prelude::ToPrimitive;
+            std::iter::once(e.amount.to_f64().unwrap_or(f64::NAN))
+                .chain(f.values.iter().map(|v| v.as_f64().unwrap_or(f64::NAN)))
+                .collect()
+        })
+        .collect();
+
+    let mut g = c.benchmark_group("model_score_one");
+    for algorithm in [Algorithm::Logistic, Algorithm::IsolationForest] {
+        let train = TrainConfig { data: data.clone(), algorithm, ..TrainConfig::default() };
+        let model = vigil_offline::train_on_generated(&config.features, &train).unwrap().model;
+        let mut i = 0;
+        g.bench_function(format!("{algorithm:?}_{}_inputs", rows[0].len()), |b| {
+            b.iter(|| {
+                i = (i + 1) % rows.len();
+                black_box(model.score(black_box(&rows[i])))
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(model, benches);
+criterion_main!(model);
