@@ -83,6 +83,23 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Evaluate a model file on labelled history: AUC-ROC, average precision,
+    /// recall at 1% false positives, precision among the top scores, and the
+    /// decision mix with the pipeline's rules and thresholds.
+    Evaluate {
+        #[arg(long)]
+        model: PathBuf,
+        /// History: JSON lines, CSV or Parquet, in time order, with a label column.
+        #[arg(long)]
+        history: PathBuf,
+        #[arg(long, default_value = "is_fraud")]
+        label: String,
+        /// Pipeline whose features, rules and thresholds decide with the model.
+        #[arg(long, default_value = "pipelines/demo.toml")]
+        pipeline: PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        format: ReportFormat,
+    },
     /// Replay labelled history through a rule set: per-rule hits, precision and
     /// recall, the decision mix, and the changes against a baseline rule set.
     Backtest {
@@ -344,6 +361,22 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             if failed > 0 {
                 bail!("{failed} rule test(s) failed");
+            }
+            Ok(())
+        }
+        Command::Evaluate { model, history, label, pipeline, format } => {
+            let mut config = load_pipeline(&pipeline)?;
+            let weight = config.model.as_ref().map_or(100.0, |m| m.weight);
+            config.model = Some(vigil_core::pipeline::ModelConfig { path: model, weight });
+            let engine = Engine::in_memory(&config)?;
+            let h = vigil_offline::history::read(&history, &label)?;
+            for e in &h.first_errors {
+                eprintln!("skipped: {e}");
+            }
+            let eval = vigil_offline::evaluate::run(&engine, &h)?;
+            match format {
+                ReportFormat::Table => print!("{}", eval.to_table()),
+                ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&eval)?),
             }
             Ok(())
         }

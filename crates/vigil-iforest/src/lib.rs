@@ -40,6 +40,7 @@ pub enum IForestError {
 
 /// Checked hyperparameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct IsolationForestValidParams {
     n_trees: usize,
     sample_size: usize,
@@ -119,6 +120,7 @@ impl ParamGuard for IsolationForestParams {
 /// `feature == LEAF` and keeps in `threshold` the path-length correction for
 /// the rows it held.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Node {
     threshold: f64,
     feature: u32,
@@ -128,12 +130,14 @@ struct Node {
 const LEAF: u32 = u32::MAX;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Tree {
     nodes: Vec<Node>,
 }
 
 /// A fitted isolation forest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct IsolationForest {
     params: IsolationForestValidParams,
     n_features: usize,

@@ -7,6 +7,7 @@
 
 pub mod backtest;
 pub mod columnar;
+pub mod evaluate;
 pub mod history;
 
 use linfa::prelude::*;

@@ -1,0 +1,184 @@
+//! `vigil evaluate`: how a model file ranks the frauds of a labelled history,
+//! and what the pipeline would decide with it.
+//!
+//! Features are computed over the history with the live code (fraud labels
+//! applied from their report times when the history has them), every event is
+//! scored by the model and decided by the pipeline (rules, model weight,
+//! thresholds), and the scores are compared with the labels.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use vigil_core::{Action, Event, Label};
+use vigil_engine::Engine;
+
+use crate::history::History;
+use crate::{auc_and_ap, OfflineError};
+
+/// The evaluation of one model over one history.
+#[derive(Debug, Clone, Serialize)]
+pub struct Evaluation {
+    pub model_version: String,
+    pub events: usize,
+    pub frauds: usize,
+    pub auc_roc: f64,
+    pub average_precision: f64,
+    /// Share of frauds above the score threshold that flags 1% of genuine events.
+    pub recall_at_1pct_fpr: f64,
+    /// The score threshold that flags 1% of genuine events.
+    pub threshold_at_1pct_fpr: f64,
+    /// (k, share of frauds among the k highest scores).
+    pub precision_at_top: Vec<(usize, f64)>,
+    /// Decisions of the pipeline with this model, by action.
+    pub decisions: BTreeMap<Action, u64>,
+    /// Frauds reviewed or declined, and genuine events reviewed or declined.
+    pub frauds_flagged: u64,
+    pub genuine_flagged: u64,
+    /// Scores and labels, for curves.
+    #[serde(skip)]
+    pub scores: Vec<f64>,
+    #[serde(skip)]
+    pub labels: Vec<bool>,
+}
+
+/// Recall at the lowest threshold whose false-positive rate stays within `fpr`,
+/// and that threshold. Ties are taken whole.
+pub fn recall_at_fpr(scores: &[f64], labels: &[bool], fpr: f64) -> (f64, f64) {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|a, b| scores[*b].total_cmp(&scores[*a]));
+    let pos = labels.iter().filter(|l| **l).count() as f64;
+    let neg = labels.len() as f64 - pos;
+    let (mut tp, mut fp, mut best) = (0.0, 0.0, (0.0, f64::INFINITY));
+    let mut i = 0;
+    while i < idx.len() {
+        let s = scores[idx[i]];
+        while i < idx.len() && scores[idx[i]] == s {
+            if labels[idx[i]] {
+                tp += 1.0;
+            } else {
+                fp += 1.0;
+            }
+            i += 1;
+        }
+        if fp > fpr * neg {
+            break;
+        }
+        best = (if pos > 0.0 { tp / pos } else { f64::NAN }, s);
+    }
+    best
+}
+
+/// Scores and decides every event of `history` with `engine` (whose model is
+/// the one under evaluation).
+pub fn run(engine: &Engine, history: &History) -> Result<Evaluation, OfflineError> {
+    if !history.labelled() {
+        return Err(OfflineError::Data("the history has no labels to evaluate against".into()));
+    }
+    let events: Vec<&Event> = history.events.iter().collect();
+    let labels = history.fraud_labels();
+    let label_refs: Vec<&Label> = labels.iter().collect();
+    let features = crate::features_over_history(engine.features(), &events, &label_refs)?;
+    let mut eval = Evaluation {
+        model_version: String::new(),
+        events: 0,
+        frauds: 0,
+        auc_roc: f64::NAN,
+        average_precision: f64::NAN,
+        recall_at_1pct_fpr: f64::NAN,
+        threshold_at_1pct_fpr: f64::NAN,
+        precision_at_top: Vec::new(),
+        decisions: BTreeMap::new(),
+        frauds_flagged: 0,
+        genuine_flagged: 0,
+        scores: Vec::new(),
+        labels: Vec::new(),
+    };
+    for ((e, fv), label) in events.iter().zip(&features).zip(&history.labels) {
+        let Some(fraud) = *label else { continue };
+        let d = engine.decide_offline(e, fv);
+        let Some(score) = d.model_score else {
+            return Err(OfflineError::Data("the pipeline has no model to evaluate".into()));
+        };
+        if eval.model_version.is_empty() {
+            eval.model_version = d.model_version.clone().unwrap_or_default();
+        }
+        *eval.decisions.entry(d.decision).or_default() += 1;
+        if d.decision != Action::Approve {
+            if fraud {
+                eval.frauds_flagged += 1;
+            } else {
+                eval.genuine_flagged += 1;
+            }
+        }
+        eval.scores.push(score);
+        eval.labels.push(fraud);
+    }
+    eval.events = eval.scores.len();
+    eval.frauds = eval.labels.iter().filter(|l| **l).count();
+    (eval.auc_roc, eval.average_precision) = auc_and_ap(&eval.scores, &eval.labels);
+    (eval.recall_at_1pct_fpr, eval.threshold_at_1pct_fpr) = recall_at_fpr(&eval.scores, &eval.labels, 0.01);
+    let mut order: Vec<usize> = (0..eval.events).collect();
+    order.sort_by(|a, b| eval.scores[*b].total_cmp(&eval.scores[*a]));
+    for k in [100, 1_000, 10_000] {
+        if k <= eval.events {
+            let hits = order[..k].iter().filter(|i| eval.labels[**i]).count();
+            eval.precision_at_top.push((k, hits as f64 / k as f64));
+        }
+    }
+    Ok(eval)
+}
+
+impl Evaluation {
+    /// The evaluation as a plain-text table.
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        let pct = |x: f64| format!("{:.2}%", x * 100.0);
+        let _ = writeln!(out, "model {}: {} labelled events, {} frauds", self.model_version, self.events, self.frauds);
+        let _ = writeln!(out, "  AUC-ROC                 {:.4}", self.auc_roc);
+        let _ = writeln!(out, "  average precision       {:.4}", self.average_precision);
+        let _ = writeln!(
+            out,
+            "  recall at 1% FPR        {} (score >= {:.4})",
+            pct(self.recall_at_1pct_fpr),
+            self.threshold_at_1pct_fpr
+        );
+        for (k, p) in &self.precision_at_top {
+            let _ = writeln!(out, "  precision, top {k:<7}  {}", pct(*p));
+        }
+        let _ = writeln!(out, "decisions with the pipeline's rules and thresholds");
+        for (a, n) in &self.decisions {
+            let _ = writeln!(out, "  {:<8} {n:>9}  {}", a.to_string(), pct(*n as f64 / self.events.max(1) as f64));
+        }
+        let genuine = (self.events - self.frauds).max(1) as f64;
+        let _ = writeln!(
+            out,
+            "  frauds flagged {} of {} ({}), genuine flagged {} ({})",
+            self.frauds_flagged,
+            self.frauds,
+            pct(self.frauds_flagged as f64 / self.frauds.max(1) as f64),
+            self.genuine_flagged,
+            pct(self.genuine_flagged as f64 / genuine)
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recall_at_a_false_positive_rate() {
+        // 2 frauds, 100 genuine: one fraud above every genuine, one in the middle.
+        let mut scores: Vec<f64> = (0..100).map(|i| i as f64 / 100.0).collect();
+        let mut labels = vec![false; 100];
+        scores.extend([2.0, 0.5]);
+        labels.extend([true, true]);
+        let (recall, threshold) = recall_at_fpr(&scores, &labels, 0.01);
+        // At 1% FPR one genuine (0.99) may be flagged: only the top fraud is caught.
+        assert_eq!((recall, threshold), (0.5, 0.99));
+        let (recall, _) = recall_at_fpr(&scores, &labels, 0.5);
+        assert_eq!(recall, 1.0);
+    }
+}
