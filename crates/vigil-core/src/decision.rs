@@ -54,6 +54,14 @@ pub struct Reason {
     pub shadow: bool,
 }
 
+/// One model input's part in a score: for a logistic regression, its weight
+/// times its standardised value (log-odds added to the score).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelFactor {
+    pub input: String,
+    pub contribution: f64,
+}
+
 /// Vigil's answer for one transaction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
@@ -70,6 +78,10 @@ pub struct Decision {
     /// The model's score in [0, 1], when a model is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_score: Option<f64>,
+    /// The model inputs that pushed the score up most, largest first (models
+    /// that explain their score: the logistic regression).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model_factors: Vec<ModelFactor>,
     /// Feature values as of before this event.
     pub features: BTreeMap<String, FeatureValue>,
     /// True when this transaction had been seen before (a redelivery): its features

@@ -14,7 +14,7 @@ pub mod label;
 pub mod pipeline;
 pub mod suggest;
 
-pub use decision::{Action, Decision, Reason};
+pub use decision::{Action, Decision, ModelFactor, Reason};
 pub use event::{Event, EventError, EventField, Fields};
 pub use feature::{Aggregate, EntityKey, FeatureDef, FeatureValue, FeatureVector};
 pub use label::{Label, Verdict};

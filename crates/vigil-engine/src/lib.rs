@@ -28,7 +28,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use rust_decimal::prelude::ToPrimitive;
 use vigil_core::pipeline::{DegradedPolicy, StoreBackend, Thresholds};
-use vigil_core::{Action, Decision, Event, FeatureValue, FeatureVector, Label, PipelineConfig, Reason};
+use vigil_core::{Action, Decision, Event, FeatureValue, FeatureVector, Label, ModelFactor, PipelineConfig, Reason};
 pub use vigil_features::LabelOutcome;
 use vigil_features::{FeatureError, FeatureStore, MemoryStore, Plan, RedisStore};
 use vigil_model::{Model, ModelError, TrainedModel};
@@ -75,6 +75,9 @@ pub struct Engine {
     /// Entity fields a fraud label must carry.
     label_fields: Vec<(vigil_core::EventField, String)>,
 }
+
+/// How many of the model's strongest inputs a decision names.
+pub const MODEL_FACTORS: usize = 3;
 
 /// Names a model may take as inputs, in the order training lays them out:
 /// `amount`, then the declared features.
@@ -189,8 +192,8 @@ impl Engine {
             .zip(&features)
             .map(|(e, fv)| {
                 let m = model.as_ref().as_ref();
-                let score = m.map(|m| Self::model_score(m, e, fv));
-                let mut d = self.decide_with(&rules, m.map(|m| m.model.version()), score, e, fv, started);
+                let scored = m.map(|m| Self::model_score(m, e, fv));
+                let mut d = self.decide_with(&rules, m.map(|m| m.model.version()), scored, e, fv, started);
                 if degraded {
                     d.degraded = true;
                     if self.degraded == DegradedPolicy::Review && d.decision == Action::Approve {
@@ -268,7 +271,8 @@ impl Engine {
         Ok(out.remove(0))
     }
 
-    fn model_score(m: &ScoringModel, event: &Event, fv: &FeatureVector) -> f64 {
+    /// The model's score and the inputs that pushed it up most.
+    fn model_score(m: &ScoringModel, event: &Event, fv: &FeatureVector) -> (f64, Vec<ModelFactor>) {
         let inputs: Vec<f64> = m
             .inputs
             .iter()
@@ -277,14 +281,24 @@ impl Engine {
                 Input::Feature(j) => fv.values.get(*j).and_then(|v| v.as_f64()).unwrap_or(f64::NAN),
             })
             .collect();
-        m.model.score(&inputs)
+        let mut parts = m.model.contributions(&inputs);
+        parts.retain(|(_, c)| *c > 0.0);
+        parts.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let names = m.model.inputs();
+        let factors = parts
+            .iter()
+            .take(MODEL_FACTORS)
+            .map(|(i, c)| ModelFactor { input: names[*i].clone(), contribution: (c * 1e4).round() / 1e4 })
+            .collect();
+        (m.model.score(&inputs), factors)
     }
 
     /// Decides with given features and model score, touching no store: the
     /// decision policy as rule tests and backtests exercise it.
     pub fn decide_given(&self, event: &Event, features: &FeatureVector, model_score: Option<f64>) -> Decision {
         let rules = self.rules.load();
-        self.decide_with(&rules, None, model_score, event, features, Instant::now())
+        let scored = model_score.map(|s| (s, Vec::new()));
+        self.decide_with(&rules, None, scored, event, features, Instant::now())
     }
 
     /// Decides with given features, scoring them with the loaded model (if any):
@@ -293,8 +307,8 @@ impl Engine {
         let rules = self.rules.load();
         let model = self.model.load();
         let m = model.as_ref().as_ref();
-        let score = m.map(|m| Self::model_score(m, event, features));
-        self.decide_with(&rules, m.map(|m| m.model.version()), score, event, features, Instant::now())
+        let scored = m.map(|m| Self::model_score(m, event, features));
+        self.decide_with(&rules, m.map(|m| m.model.version()), scored, event, features, Instant::now())
     }
 
     /// The engine's feature definitions, in feature-vector order.
@@ -306,11 +320,15 @@ impl Engine {
         &self,
         rules: &RuleSet,
         model_version: Option<&str>,
-        model_score: Option<f64>,
+        scored: Option<(f64, Vec<ModelFactor>)>,
         event: &Event,
         fv: &FeatureVector,
         started: Instant,
     ) -> Decision {
+        let (model_score, model_factors) = match scored {
+            Some((s, f)) => (Some(s), f),
+            None => (None, Vec::new()),
+        };
         let ctx = Context { event, features: &fv.values, model_score };
         let mut reasons = Vec::new();
         rules.evaluate(&ctx, |_, r| {
@@ -349,6 +367,7 @@ impl Engine {
             rules_version: rules.version().to_owned(),
             model_version: model_version.map(str::to_owned),
             model_score,
+            model_factors,
             features,
             replayed: fv.replayed,
             degraded: false,

@@ -225,3 +225,47 @@ async fn the_breaker_stops_calling_a_failing_store_then_tries_again() {
     assert!(!engine.breaker_open());
     assert_eq!(store.calls.load(Ordering::SeqCst), breaker::OPEN_AFTER + 1);
 }
+
+#[tokio::test]
+async fn model_decisions_name_their_strongest_inputs_and_a_swap_keeps_the_last_good_model() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let c = PipelineConfig::load(&root.join("pipelines/demo.toml")).unwrap();
+    let engine = Engine::in_memory(&c).unwrap();
+    let gen = vigil_gen::GenConfig { events: 3_000, cards: 200, merchants: 30, days: 3, ..Default::default() };
+    let events: Vec<Event> = vigil_gen::generate(&gen).into_iter().map(|l| l.event).collect();
+    let refs: Vec<&Event> = events.iter().collect();
+    let decisions = engine.decide_batch(&refs).await.unwrap();
+    let shipped = decisions[0].model_version.clone().expect("the demo pipeline has a model");
+    let inputs = model_inputs(&c.features);
+    let mut explained = 0;
+    for d in &decisions {
+        assert!(d.model_factors.len() <= MODEL_FACTORS);
+        assert!(d.model_factors.windows(2).all(|w| w[0].contribution >= w[1].contribution), "{d:?}");
+        for f in &d.model_factors {
+            assert!(f.contribution > 0.0 && inputs.contains(&f.input.as_str()), "{f:?}");
+        }
+        explained += usize::from(d.model_score.unwrap() > 0.5 && !d.model_factors.is_empty());
+    }
+    assert!(explained > 0, "some high scores are explained");
+
+    // A corrupt file is refused and the shipped model keeps deciding.
+    let dir = std::env::temp_dir().join(format!("vigil-engine-model-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let corrupt = dir.join("corrupt.json");
+    let text = std::fs::read_to_string(root.join("models/card-fraud.json")).unwrap();
+    std::fs::write(&corrupt, text.replacen("\"intercept\": ", "\"intercept\": 1", 1)).unwrap();
+    assert!(engine.reload_model(&corrupt).is_err());
+    assert_eq!(engine.decide_batch(&refs[..1]).await.unwrap()[0].model_version.as_deref(), Some(shipped.as_str()));
+    // A valid new file changes the version on later decisions.
+    let model = vigil_model::load(&root.join("models/card-fraud.json"), &inputs).unwrap();
+    let renamed =
+        vigil_model::TrainedModel::new(vigil_model::ModelBody { name: "renamed".into(), ..model.body().clone() })
+            .unwrap();
+    let next = dir.join("next.json");
+    std::fs::write(&next, renamed.to_file_json()).unwrap();
+    let version = engine.reload_model(&next).unwrap();
+    assert!(version.starts_with("renamed@"), "{version}");
+    let later = engine.decide_batch(&refs[1..2]).await.unwrap();
+    assert_eq!(later[0].model_version.as_deref(), Some(version.as_str()));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -36,6 +36,11 @@ pub trait Model: Send + Sync {
     fn score(&self, inputs: &[f64]) -> f64;
     /// Identifies the trained artifact (name and checksum prefix).
     fn version(&self) -> &str;
+    /// Each input's part in the score, `(input index, contribution)`, for the
+    /// models that can say; empty otherwise.
+    fn contributions(&self, _inputs: &[f64]) -> Vec<(usize, f64)> {
+        Vec::new()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -186,6 +191,20 @@ impl Model for TrainedModel {
     fn version(&self) -> &str {
         &self.version
     }
+
+    /// For a logistic regression, weight times standardised value: the log-odds
+    /// each input adds (a missing input adds none). A forest says nothing.
+    fn contributions(&self, inputs: &[f64]) -> Vec<(usize, f64)> {
+        let s = &self.body.scaler;
+        self.body
+            .weights
+            .iter()
+            .zip(inputs)
+            .enumerate()
+            .filter(|(_, (_, x))| x.is_finite())
+            .map(|(i, (w, x))| (i, w * (x - s.mean[i]) / s.std[i]))
+            .collect()
+    }
 }
 
 /// Loads and checks a model file. `available` lists the inputs the pipeline can
@@ -251,6 +270,12 @@ mod tests {
         assert!((at_mean - 1.0 / (1.0 + 3f64.exp())).abs() < 1e-12);
         assert!(loaded.score(&[500.0, 6.0]) > 0.99);
         assert_eq!(loaded.score(&[f64::NAN, 1.0]), at_mean);
+        // Contributions are the log-odds each input adds: they and the
+        // intercept give back the score.
+        let c = loaded.contributions(&[100.0, f64::NAN]);
+        assert_eq!(c, vec![(0, 2.0)]);
+        let z: f64 = -3.0 + c.iter().map(|(_, v)| v).sum::<f64>();
+        assert!((loaded.score(&[100.0, f64::NAN]) - 1.0 / (1.0 + (-z).exp())).abs() < 1e-12);
     }
 
     #[test]
