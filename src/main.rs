@@ -223,8 +223,10 @@ struct GenArgs {
     /// First day, RFC 3339.
     #[arg(long, default_value = "2026-01-01T00:00:00Z")]
     start: String,
-    #[arg(long, value_enum, default_value = "jsonl")]
-    format: OutFormat,
+    /// Output format; by default from the file's extension (`.csv`,
+    /// `.parquet`), else JSON lines.
+    #[arg(long, value_enum)]
+    format: Option<OutFormat>,
     /// Output file, or `-` for stdout.
     #[arg(long, default_value = "-")]
     out: PathBuf,
@@ -563,7 +565,13 @@ fn gen(a: GenArgs) -> anyhow::Result<()> {
         fraud_share: a.fraud_share,
     };
     let items = vigil_gen::generate(&config);
-    let format = match a.format {
+    let ext = a.out.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    let chosen = a.format.unwrap_or(match ext.as_deref() {
+        Some("csv") => OutFormat::Csv,
+        Some("parquet" | "parq" | "pq") => OutFormat::Parquet,
+        _ => OutFormat::Jsonl,
+    });
+    let format = match chosen {
         OutFormat::Jsonl => Some(vigil_gen::Format::JsonLines),
         OutFormat::Csv => Some(vigil_gen::Format::Csv),
         OutFormat::Parquet => None,

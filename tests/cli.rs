@@ -196,3 +196,17 @@ fn evaluate_reports_ranking_figures_and_the_decision_mix() {
     assert!(!o.status.success() && text(&o).contains("no labels"), "{}", text(&o));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn gen_picks_the_format_from_the_file_extension() {
+    let dir = std::env::temp_dir().join(format!("vigil-cli-ext-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["h.parquet", "h.csv", "h.jsonl"] {
+        let path = dir.join(name);
+        let o = vigil(&["gen", "--events", "50", "--inline-labels", "--out", path.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", text(&o));
+        let o = vigil(&["backtest", "--rules", "rules", "--history", path.to_str().unwrap()]);
+        assert!(o.status.success() && text(&o).contains("over 50 events"), "{name}: {}", text(&o));
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
