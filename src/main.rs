@@ -72,6 +72,13 @@ enum Command {
         /// (unsupervised anomaly score; labels only evaluate it).
         #[arg(long, value_enum, default_value = "logistic")]
         algorithm: AlgorithmArg,
+        /// Train on this labelled history (JSON lines, CSV or Parquet, in time
+        /// order) instead of generated events.
+        #[arg(long)]
+        history: Option<PathBuf>,
+        /// The history's fraud label column (true/false or 1/0).
+        #[arg(long, default_value = "is_fraud")]
+        label: String,
         /// Isolation forest: number of trees.
         #[arg(long, default_value_t = 100)]
         trees: usize,
@@ -294,7 +301,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Validate { pipeline } => validate(&pipeline),
-        Command::Train { pipeline, events, seed, train_share, algorithm, trees, sample_size, out } => {
+        Command::Train { pipeline, events, seed, train_share, history, label, algorithm, trees, sample_size, out } => {
             if !(0.05..=0.95).contains(&train_share) {
                 bail!("--train-share must be between 0.05 and 0.95");
             }
@@ -317,8 +324,28 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 sample_size,
                 ..vigil_offline::TrainConfig::default()
             };
-            eprintln!("training on {events} generated events (seed {seed}) with {} features...", config.features.len());
-            let report = vigil_offline::train_on_generated(&config.features, &train)?;
+            let report = match &history {
+                Some(path) => {
+                    let h = vigil_offline::history::read(path, &label)?;
+                    for e in &h.first_errors {
+                        eprintln!("skipped: {e}");
+                    }
+                    eprintln!(
+                        "training on {} events of {} with {} features...",
+                        h.events.len(),
+                        path.display(),
+                        config.features.len()
+                    );
+                    vigil_offline::train_on_history(&config.features, &h, path, &train)?
+                }
+                None => {
+                    eprintln!(
+                        "training on {events} generated events (seed {seed}) with {} features...",
+                        config.features.len()
+                    );
+                    vigil_offline::train_on_generated(&config.features, &train)?
+                }
+            };
             std::fs::write(&out, report.model.to_file_json())
                 .with_context(|| format!("cannot write {}", out.display()))?;
             println!(

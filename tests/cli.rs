@@ -210,3 +210,24 @@ fn gen_picks_the_format_from_the_file_extension() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn train_on_a_history_file_then_evaluate_the_model() {
+    let dir = std::env::temp_dir().join(format!("vigil-cli-train-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (history, model) = (dir.join("h.jsonl"), dir.join("m.json"));
+    let h = history.to_str().unwrap();
+    let o = vigil(&["gen", "--events", "6000", "--days", "10", "--seed", "4", "--inline-labels", "--out", h]);
+    assert!(o.status.success(), "{}", text(&o));
+    let args = ["train", "--history", h, "--algorithm", "isolation-forest", "--trees", "20", "--out"];
+    let o = vigil(&args.into_iter().chain([model.to_str().unwrap()]).collect::<Vec<_>>());
+    assert!(o.status.success() && text(&o).contains("AUC-ROC"), "{}", text(&o));
+    let o = vigil(&["evaluate", "--model", model.to_str().unwrap(), "--history", h, "--format", "json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["model_version"].as_str().unwrap().starts_with("card-anomaly-iforest@"), "{v}");
+    // A history without the label column is refused, and says so.
+    let o = vigil(&["train", "--history", h, "--label", "chargeback", "--out", model.to_str().unwrap()]);
+    assert!(!o.status.success() && text(&o).contains("no labels"), "{}", text(&o));
+    std::fs::remove_dir_all(&dir).ok();
+}

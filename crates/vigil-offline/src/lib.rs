@@ -150,15 +150,65 @@ fn inputs_row(event: &Event, fv: &FeatureVector) -> Vec<f64> {
         .collect()
 }
 
+/// How far out of time order a training history may be.
+const LATE_S: i64 = vigil_features::state::LATENESS_S;
+
 /// Generates labelled history, computes features, trains and evaluates.
 pub fn train_on_generated(defs: &[FeatureDef], config: &TrainConfig) -> Result<TrainReport, OfflineError> {
     let items: Vec<Labelled> = vigil_gen::generate(&config.data);
     let events: Vec<&Event> = items.iter().map(|l| &l.event).collect();
-    let labels = vigil_gen::labels(&items);
-    let label_refs: Vec<&Label> = labels.iter().collect();
-    let features = features_over_history(defs, &events, &label_refs)?;
-    let rows: Vec<Vec<f64>> = events.iter().zip(&features).map(|(e, f)| inputs_row(e, f)).collect();
+    let fraud_labels = vigil_gen::labels(&items);
+    let label_refs: Vec<&Label> = fraud_labels.iter().collect();
     let labels: Vec<bool> = items.iter().map(|l| l.fraud.is_some()).collect();
+    let source = serde_json::json!({ "source": "vigil-gen", "seed": config.data.seed });
+    train_on(defs, &events, &labels, &label_refs, source, config)
+}
+
+/// Trains on a labelled history file (JSON lines, CSV or Parquet): events
+/// without a label are left out of training and evaluation but still count in
+/// the features of later events; frauds with a report time feed the label
+/// features from then on.
+pub fn train_on_history(
+    defs: &[FeatureDef],
+    history: &history::History,
+    path: &std::path::Path,
+    config: &TrainConfig,
+) -> Result<TrainReport, OfflineError> {
+    if !history.labelled() {
+        return Err(OfflineError::Data(format!("{}: no labels to train on", path.display())));
+    }
+    if history.labels.iter().any(Option::is_none) {
+        return Err(OfflineError::Data(format!(
+            "{}: {} events have no label; give every event one (true or false)",
+            path.display(),
+            history.labels.iter().filter(|l| l.is_none()).count()
+        )));
+    }
+    let events: Vec<&Event> = history.events.iter().collect();
+    let fraud_labels = history.fraud_labels();
+    let label_refs: Vec<&Label> = fraud_labels.iter().collect();
+    let labels: Vec<bool> = history.labels.iter().map(|l| *l == Some(true)).collect();
+    let source = serde_json::json!({ "source": path.display().to_string(), "skipped_records": history.invalid });
+    train_on(defs, &events, &labels, &label_refs, source, config)
+}
+
+/// Computes features over `events` (in time order), splits by time, trains
+/// `config.algorithm` on the earlier part and evaluates on the later one.
+fn train_on(
+    defs: &[FeatureDef],
+    events: &[&Event],
+    labels: &[bool],
+    fraud_labels: &[&Label],
+    source: serde_json::Value,
+    config: &TrainConfig,
+) -> Result<TrainReport, OfflineError> {
+    if events.windows(2).any(|w| w[1].timestamp < w[0].timestamp - chrono::Duration::seconds(LATE_S)) {
+        return Err(OfflineError::Data(format!(
+            "history is not in time order (beyond {LATE_S} s of lateness): sort it by timestamp first"
+        )));
+    }
+    let features = features_over_history(defs, events, fraud_labels)?;
+    let rows: Vec<Vec<f64>> = events.iter().zip(&features).map(|(e, f)| inputs_row(e, f)).collect();
     let (first, last) = match (events.first(), events.last()) {
         (Some(a), Some(b)) => (a.timestamp, b.timestamp),
         _ => return Err(OfflineError::Data("no events".into())),
@@ -277,9 +327,8 @@ pub fn train_on_generated(defs: &[FeatureDef], config: &TrainConfig) -> Result<T
     let training = serde_json::json!({
         "library": library,
         "data": {
-            "source": "vigil-gen",
-            "seed": config.data.seed,
-            "events": items.len(),
+            "from_history": source,
+            "events": events.len(),
             "from": first.to_rfc3339(),
             "to": last.to_rfc3339(),
             "split_at": cut.to_rfc3339(),
