@@ -157,22 +157,13 @@ fn evaluate_reports_ranking_figures_and_the_decision_mix() {
     let dir = std::env::temp_dir().join(format!("vigil-cli-eval-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let history = dir.join("h.csv");
-    let o = vigil(
-        &["gen", "--events", "4000", "--seed", "3", "--inline-labels", "--format", "csv", "--out"]
-            .into_iter()
-            .chain([history.to_str().unwrap()])
-            .collect::<Vec<_>>(),
-    );
+    let o = vigil(&["gen", "--events", "4000", "--seed", "3", "--inline-labels", "--out", history.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
-    let o = vigil(&[
-        "evaluate",
-        "--model",
-        "models/card-fraud.json",
-        "--history",
-        history.to_str().unwrap(),
-        "--format",
-        "json",
-    ]);
+    let evaluate = |extra: &[&str]| {
+        let base = ["evaluate", "--model", "models/card-fraud.json", "--history", history.to_str().unwrap()];
+        vigil(&base.iter().chain(extra).copied().collect::<Vec<_>>())
+    };
+    let o = evaluate(&["--format", "json"]);
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["events"], 4000);
@@ -182,17 +173,9 @@ fn evaluate_reports_ranking_figures_and_the_decision_mix() {
     let decided: u64 = v["decisions"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum();
     assert_eq!(decided, 4000);
     // The table form, and a clear refusal of a history without labels.
-    let o = vigil(&["evaluate", "--model", "models/card-fraud.json", "--history", history.to_str().unwrap()]);
+    let o = evaluate(&[]);
     assert!(text(&o).contains("AUC-ROC") && text(&o).contains("recall at 1% FPR"), "{}", text(&o));
-    let o = vigil(&[
-        "evaluate",
-        "--model",
-        "models/card-fraud.json",
-        "--history",
-        history.to_str().unwrap(),
-        "--label",
-        "nope",
-    ]);
+    let o = evaluate(&["--label", "nope"]);
     assert!(!o.status.success() && text(&o).contains("no labels"), "{}", text(&o));
     std::fs::remove_dir_all(&dir).ok();
 }
