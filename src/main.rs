@@ -79,6 +79,10 @@ enum Command {
         /// The history's fraud label column (true/false or 1/0).
         #[arg(long, default_value = "is_fraud")]
         label: String,
+        /// Train on these numeric columns of a CSV history (any table with a
+        /// 0/1 label, rows in time order) instead of the pipeline's features.
+        #[arg(long, value_delimiter = ',', requires = "history")]
+        features: Vec<String>,
         /// Isolation forest: number of trees.
         #[arg(long, default_value_t = 100)]
         trees: usize,
@@ -301,7 +305,19 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Validate { pipeline } => validate(&pipeline),
-        Command::Train { pipeline, events, seed, train_share, history, label, algorithm, trees, sample_size, out } => {
+        Command::Train {
+            pipeline,
+            events,
+            seed,
+            train_share,
+            history,
+            label,
+            features,
+            algorithm,
+            trees,
+            sample_size,
+            out,
+        } => {
             if !(0.05..=0.95).contains(&train_share) {
                 bail!("--train-share must be between 0.05 and 0.95");
             }
@@ -325,6 +341,16 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 ..vigil_offline::TrainConfig::default()
             };
             let report = match &history {
+                Some(path) if !features.is_empty() => {
+                    let table = vigil_offline::tabular::read_csv(path, &features, &label)?;
+                    eprintln!(
+                        "training on {} rows of {} with {} columns...",
+                        table.rows.len(),
+                        path.display(),
+                        features.len()
+                    );
+                    vigil_offline::tabular::train(&table, path, &train)?
+                }
                 Some(path) => {
                     let h = vigil_offline::history::read(path, &label)?;
                     for e in &h.first_errors {
@@ -395,6 +421,19 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Evaluate { model, history, label, pipeline, format } => {
             let mut config = load_pipeline(&pipeline)?;
+            // A model over columns the pipeline does not declare was trained on
+            // a table (`train --features`): score that table's rows directly.
+            let any = vigil_model::load_any(&model)?;
+            let declared = vigil_engine::model_inputs(&config.features);
+            if any.body().inputs.iter().any(|i| !declared.contains(&i.as_str())) {
+                let table = vigil_offline::tabular::read_csv(&history, &any.body().inputs, &label)?;
+                let eval = vigil_offline::evaluate::run_table(&any, &table)?;
+                match format {
+                    ReportFormat::Table => print!("{}", eval.to_table()),
+                    ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&eval)?),
+                }
+                return Ok(());
+            }
             let weight = config.model.as_ref().map_or(100.0, |m| m.weight);
             config.model = Some(vigil_core::pipeline::ModelConfig { path: model, weight });
             let engine = Engine::in_memory(&config)?;

@@ -214,3 +214,31 @@ fn train_on_a_history_file_then_evaluate_the_model() {
     assert!(!o.status.success() && text(&o).contains("no labels"), "{}", text(&o));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn train_and_evaluate_on_any_numeric_csv_with_a_label() {
+    // A table that is not Vigil events: quoted header and values, a missing cell.
+    let mut csv = String::from("\"x1\",\"x 2\",\"label\"\n");
+    let mut state = 7u64;
+    for i in 0..3000 {
+        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        let u = (state >> 33) as f64 / (1u64 << 31) as f64;
+        let fraud = i % 20 == 0;
+        let x1 = if fraud { 2.0 + u } else { u };
+        let x2 = if i % 97 == 0 { String::new() } else { format!("{:.3}", u * 3.0) };
+        csv.push_str(&format!("\"{x1:.4}\",\"{x2}\",\"{}\"\n", u8::from(fraud)));
+    }
+    let data = temp("table.csv", &csv);
+    let model = data.with_file_name("table-model.json");
+    let (d, m) = (data.to_str().unwrap(), model.to_str().unwrap());
+    let o = vigil(&["train", "--history", d, "--features", "x1,x 2", "--label", "label", "--out", m]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = vigil(&["evaluate", "--model", m, "--history", d, "--label", "label", "--format", "json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["events"].as_u64(), v["frauds"].as_u64()), (Some(3000), Some(150)), "{v}");
+    assert!(v["auc_roc"].as_f64().unwrap() > 0.95, "{v}");
+    // A column that is not there is named, with the ones that are.
+    let o = vigil(&["train", "--history", d, "--features", "x3", "--label", "label", "--out", m]);
+    assert!(!o.status.success() && text(&o).contains("no column `x3`"), "{}", text(&o));
+}

@@ -210,6 +210,16 @@ impl Model for TrainedModel {
 /// Loads and checks a model file. `available` lists the inputs the pipeline can
 /// provide; a model that needs anything else is refused.
 pub fn load(path: &Path, available: &[&str]) -> Result<TrainedModel, ModelError> {
+    load_checked(path, Some(available))
+}
+
+/// Loads and checks a model file whatever inputs it takes (for models trained
+/// on a table of numeric columns rather than on a pipeline's features).
+pub fn load_any(path: &Path) -> Result<TrainedModel, ModelError> {
+    load_checked(path, None)
+}
+
+fn load_checked(path: &Path, available: Option<&[&str]>) -> Result<TrainedModel, ModelError> {
     let text = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
     let file: ModelFile = serde_json::from_slice(&text)
         .map_err(|e| ModelError::Malformed { path: path.to_path_buf(), message: e.to_string() })?;
@@ -224,7 +234,10 @@ pub fn load(path: &Path, available: &[&str]) -> Result<TrainedModel, ModelError>
             file.body.format, file.body.format_version
         )));
     }
-    let missing: Vec<&str> = file.body.inputs.iter().map(String::as_str).filter(|i| !available.contains(i)).collect();
+    let missing: Vec<&str> = match available {
+        Some(available) => file.body.inputs.iter().map(String::as_str).filter(|i| !available.contains(i)).collect(),
+        None => Vec::new(),
+    };
     if !missing.is_empty() {
         return Err(invalid(format!("needs inputs the pipeline does not declare: {}", missing.join(", "))));
     }

@@ -13,7 +13,10 @@ use serde::Serialize;
 use vigil_core::{Action, Event, Label};
 use vigil_engine::Engine;
 
+use vigil_model::{Model, TrainedModel};
+
 use crate::history::History;
+use crate::tabular::Table;
 use crate::{auc_and_ap, OfflineError};
 
 /// The evaluation of one model over one history.
@@ -79,21 +82,7 @@ pub fn run(engine: &Engine, history: &History) -> Result<Evaluation, OfflineErro
     let labels = history.fraud_labels();
     let label_refs: Vec<&Label> = labels.iter().collect();
     let features = crate::features_over_history(engine.features(), &events, &label_refs)?;
-    let mut eval = Evaluation {
-        model_version: String::new(),
-        events: 0,
-        frauds: 0,
-        auc_roc: f64::NAN,
-        average_precision: f64::NAN,
-        recall_at_1pct_fpr: f64::NAN,
-        threshold_at_1pct_fpr: f64::NAN,
-        precision_at_top: Vec::new(),
-        decisions: BTreeMap::new(),
-        frauds_flagged: 0,
-        genuine_flagged: 0,
-        scores: Vec::new(),
-        labels: Vec::new(),
-    };
+    let mut eval = Evaluation::empty("");
     for ((e, fv), label) in events.iter().zip(&features).zip(&history.labels) {
         let Some(fraud) = *label else { continue };
         let d = engine.decide_offline(e, fv);
@@ -114,22 +103,62 @@ pub fn run(engine: &Engine, history: &History) -> Result<Evaluation, OfflineErro
         eval.scores.push(score);
         eval.labels.push(fraud);
     }
-    eval.events = eval.scores.len();
-    eval.frauds = eval.labels.iter().filter(|l| **l).count();
-    (eval.auc_roc, eval.average_precision) = auc_and_ap(&eval.scores, &eval.labels);
-    (eval.recall_at_1pct_fpr, eval.threshold_at_1pct_fpr) = recall_at_fpr(&eval.scores, &eval.labels, 0.01);
-    let mut order: Vec<usize> = (0..eval.events).collect();
-    order.sort_by(|a, b| eval.scores[*b].total_cmp(&eval.scores[*a]));
-    for k in [100, 1_000, 10_000] {
-        if k <= eval.events {
-            let hits = order[..k].iter().filter(|i| eval.labels[**i]).count();
-            eval.precision_at_top.push((k, hits as f64 / k as f64));
-        }
+    eval.rank();
+    Ok(eval)
+}
+
+/// Scores the rows of a table (`vigil train --features ...` data) with `model`,
+/// whose inputs must be the table's columns; no pipeline, so no decision mix.
+pub fn run_table(model: &TrainedModel, table: &Table) -> Result<Evaluation, OfflineError> {
+    if model.inputs() != table.columns.as_slice() {
+        return Err(OfflineError::Data(format!(
+            "the model takes [{}], the table gives [{}]",
+            model.inputs().join(", "),
+            table.columns.join(", ")
+        )));
     }
+    let mut eval = Evaluation::empty(model.version());
+    eval.scores = table.rows.iter().map(|r| model.score(r)).collect();
+    eval.labels = table.labels.clone();
+    eval.rank();
     Ok(eval)
 }
 
 impl Evaluation {
+    fn empty(model_version: &str) -> Evaluation {
+        Evaluation {
+            model_version: model_version.to_owned(),
+            events: 0,
+            frauds: 0,
+            auc_roc: f64::NAN,
+            average_precision: f64::NAN,
+            recall_at_1pct_fpr: f64::NAN,
+            threshold_at_1pct_fpr: f64::NAN,
+            precision_at_top: Vec::new(),
+            decisions: BTreeMap::new(),
+            frauds_flagged: 0,
+            genuine_flagged: 0,
+            scores: Vec::new(),
+            labels: Vec::new(),
+        }
+    }
+
+    /// The ranking figures, from the scores and labels.
+    fn rank(&mut self) {
+        self.events = self.scores.len();
+        self.frauds = self.labels.iter().filter(|l| **l).count();
+        (self.auc_roc, self.average_precision) = auc_and_ap(&self.scores, &self.labels);
+        (self.recall_at_1pct_fpr, self.threshold_at_1pct_fpr) = recall_at_fpr(&self.scores, &self.labels, 0.01);
+        let mut order: Vec<usize> = (0..self.events).collect();
+        order.sort_by(|a, b| self.scores[*b].total_cmp(&self.scores[*a]));
+        for k in [100, 1_000, 10_000] {
+            if k <= self.events {
+                let hits = order[..k].iter().filter(|i| self.labels[**i]).count();
+                self.precision_at_top.push((k, hits as f64 / k as f64));
+            }
+        }
+    }
+
     /// The evaluation as a plain-text table.
     pub fn to_table(&self) -> String {
         let mut out = String::new();
@@ -145,6 +174,9 @@ impl Evaluation {
         );
         for (k, p) in &self.precision_at_top {
             let _ = writeln!(out, "  precision, top {k:<7}  {}", pct(*p));
+        }
+        if self.decisions.is_empty() {
+            return out;
         }
         let _ = writeln!(out, "decisions with the pipeline's rules and thresholds");
         for (a, n) in &self.decisions {

@@ -9,6 +9,7 @@ pub mod backtest;
 pub mod columnar;
 pub mod evaluate;
 pub mod history;
+pub mod tabular;
 
 use linfa::prelude::*;
 use linfa::Dataset;
@@ -215,9 +216,33 @@ fn train_on(
     };
     let cut = first + (last - first) * ((config.train_share * 1000.0) as i32) / 1000;
     let split = events.partition_point(|e| e.timestamp < cut);
-    let (n_inputs, n_train) = (rows[0].len(), split);
-    if n_train == 0 || split == rows.len() {
+    if split == 0 || split == rows.len() {
         return Err(OfflineError::Data("the time split leaves no training or no test events".into()));
+    }
+    let input_names: Vec<String> = vigil_engine::model_inputs(defs).into_iter().map(str::to_owned).collect();
+    let data = serde_json::json!({
+        "from_history": source,
+        "events": events.len(),
+        "from": first.to_rfc3339(),
+        "to": last.to_rfc3339(),
+        "split_at": cut.to_rfc3339(),
+    });
+    fit_rows(&rows, labels, split, input_names, data, config)
+}
+
+/// Fits `config.algorithm` on `rows[..split]` (inputs named `input_names`) and
+/// evaluates it on the rest. `data` describes where the rows came from.
+pub fn fit_rows(
+    rows: &[Vec<f64>],
+    labels: &[bool],
+    split: usize,
+    input_names: Vec<String>,
+    mut data: serde_json::Value,
+    config: &TrainConfig,
+) -> Result<TrainReport, OfflineError> {
+    let (n_inputs, n_train) = (input_names.len(), split);
+    if n_train == 0 || split >= rows.len() {
+        return Err(OfflineError::Data("the split leaves no training or no test rows".into()));
     }
 
     // Standardise with training statistics; missing values take the mean.
@@ -235,7 +260,6 @@ fn train_on(
         r.iter().enumerate().map(|(c, v)| if v.is_finite() { (v - mean[c]) / std[c] } else { 0.0 }).collect()
     };
 
-    let input_names: Vec<String> = vigil_engine::model_inputs(defs).into_iter().map(str::to_owned).collect();
     let train_frauds = labels[..split].iter().filter(|l| **l).count();
     let (body, library, hyperparameters) = match config.algorithm {
         Algorithm::Logistic => {
@@ -324,19 +348,15 @@ fn train_on(
     let scores: Vec<f64> = rows[split..].iter().map(|r| draft.score(r)).collect();
     let (auc_roc, average_precision) = auc_and_ap(&scores, &labels[split..]);
     let test_frauds = labels[split..].iter().filter(|l| **l).count();
+    if let Some(d) = data.as_object_mut() {
+        d.insert("train_rows".into(), n_train.into());
+        d.insert("train_frauds".into(), train_frauds.into());
+        d.insert("test_rows".into(), (rows.len() - split).into());
+        d.insert("test_frauds".into(), test_frauds.into());
+    }
     let training = serde_json::json!({
         "library": library,
-        "data": {
-            "from_history": source,
-            "events": events.len(),
-            "from": first.to_rfc3339(),
-            "to": last.to_rfc3339(),
-            "split_at": cut.to_rfc3339(),
-            "train_events": n_train,
-            "train_frauds": train_frauds,
-            "test_events": rows.len() - split,
-            "test_frauds": test_frauds,
-        },
+        "data": data,
         "hyperparameters": hyperparameters,
         "test_metrics": { "auc_roc": auc_roc, "average_precision": average_precision },
     });
