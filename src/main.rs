@@ -159,6 +159,21 @@ enum Command {
         #[arg(long = "field", value_name = "NAME=VALUE")]
         fields: Vec<String>,
     },
+    /// Write a history's feature table (amount and every declared feature as of
+    /// before each event, and the label) as CSV: what `vigil train` fits, for
+    /// other tools and for `vigil train --features`.
+    Features {
+        #[arg(long, default_value = "pipelines/demo.toml")]
+        pipeline: PathBuf,
+        /// History: JSON lines, CSV or Parquet, in time order.
+        #[arg(long)]
+        history: PathBuf,
+        #[arg(long, default_value = "is_fraud")]
+        label: String,
+        /// Output CSV file, or `-` for stdout.
+        #[arg(long, default_value = "-")]
+        out: PathBuf,
+    },
     /// Send a JSON-lines file of events (or `-` for stdin) to the pipeline's input topic.
     Produce {
         #[arg(long)]
@@ -531,6 +546,21 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 (None, None) => bail!("give --file or --transaction-id"),
             };
             label(&config, lines).await
+        }
+        Command::Features { pipeline, history, label, out } => {
+            let config = load_pipeline(&pipeline)?;
+            let h = vigil_offline::history::read(&history, &label)?;
+            for e in &h.first_errors {
+                eprintln!("skipped: {e}");
+            }
+            let n = if out.as_os_str() == "-" {
+                vigil_offline::tabular::write_features(std::io::stdout().lock(), &config.features, &h)?
+            } else {
+                let f = std::fs::File::create(&out).with_context(|| format!("cannot write {}", out.display()))?;
+                vigil_offline::tabular::write_features(std::io::BufWriter::new(f), &config.features, &h)?
+            };
+            eprintln!("wrote the features of {n} events");
+            Ok(())
         }
         Command::Produce { pipeline, file } => {
             let config = load_pipeline(&pipeline)?;

@@ -242,3 +242,24 @@ fn train_and_evaluate_on_any_numeric_csv_with_a_label() {
     let o = vigil(&["train", "--history", d, "--features", "x3", "--label", "label", "--out", m]);
     assert!(!o.status.success() && text(&o).contains("no column `x3`"), "{}", text(&o));
 }
+
+#[test]
+fn the_feature_table_is_what_train_fits_and_reads_back() {
+    let dir = std::env::temp_dir().join(format!("vigil-cli-features-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (history, table, model) = (dir.join("h.jsonl"), dir.join("f.csv"), dir.join("m.json"));
+    let (h, t, m) = (history.to_str().unwrap(), table.to_str().unwrap(), model.to_str().unwrap());
+    let o = vigil(&["gen", "--events", "3000", "--days", "6", "--seed", "8", "--inline-labels", "--out", h]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = vigil(&["features", "--history", h, "--out", t]);
+    assert!(o.status.success(), "{}", text(&o));
+    let csv = std::fs::read_to_string(&table).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    assert_eq!(header[..3], ["transaction_id", "timestamp", "amount"]);
+    assert!(header.contains(&"terminal_fraud_rate_30d") && header.last() == Some(&"label"), "{header:?}");
+    assert_eq!(csv.lines().count(), 3001);
+    let columns = header[2..header.len() - 1].join(",");
+    let o = vigil(&["train", "--history", t, "--features", &columns, "--label", "label", "--out", m]);
+    assert!(o.status.success() && text(&o).contains("AUC-ROC"), "{}", text(&o));
+    std::fs::remove_dir_all(&dir).ok();
+}

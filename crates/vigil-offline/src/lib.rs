@@ -144,7 +144,7 @@ pub fn auc_and_ap(scores: &[f64], labels: &[bool]) -> (f64, f64) {
 
 /// Model inputs in the order the engine builds them: `amount`, then the features.
 /// Floats appear only here, as model inputs; money stays a `Decimal` elsewhere.
-fn inputs_row(event: &Event, fv: &FeatureVector) -> Vec<f64> {
+pub(crate) fn inputs_row(event: &Event, fv: &FeatureVector) -> Vec<f64> {
     use rust_decimal::prelude::ToPrimitive;
     std::iter::once(event.amount.to_f64().unwrap_or(f64::NAN))
         .chain(fv.values.iter().map(|v| v.as_f64().unwrap_or(f64::NAN)))

@@ -94,6 +94,34 @@ pub fn train(table: &Table, path: &Path, config: &crate::TrainConfig) -> Result<
     crate::fit_rows(&table.rows, &table.labels, split, table.columns.clone(), data, config)
 }
 
+/// Writes a history's feature table as CSV: `transaction_id`, `timestamp`,
+/// then the model inputs (`amount` and every declared feature, as of before
+/// each event, label features included), then `label` (0/1, empty when
+/// unknown). The very rows `vigil train` fits, for other tools to use; read it
+/// back with `vigil train --features ...`.
+pub fn write_features(
+    out: impl std::io::Write,
+    defs: &[vigil_core::FeatureDef],
+    history: &crate::history::History,
+) -> Result<usize, OfflineError> {
+    let events: Vec<&vigil_core::Event> = history.events.iter().collect();
+    let labels = history.fraud_labels();
+    let label_refs: Vec<&vigil_core::Label> = labels.iter().collect();
+    let features = crate::features_over_history(defs, &events, &label_refs)?;
+    let io = |e: csv::Error| OfflineError::Data(format!("cannot write the feature table: {e}"));
+    let mut w = csv::Writer::from_writer(out);
+    let names = vigil_engine::model_inputs(defs);
+    w.write_record(["transaction_id", "timestamp"].iter().chain(names.iter()).chain(["label"].iter())).map_err(io)?;
+    for ((e, fv), label) in events.iter().zip(&features).zip(&history.labels) {
+        let mut record = vec![e.transaction_id.clone(), e.timestamp.to_rfc3339()];
+        record.extend(crate::inputs_row(e, fv).iter().map(|v| if v.is_nan() { String::new() } else { v.to_string() }));
+        record.push(label.map_or(String::new(), |l| u8::from(l).to_string()));
+        w.write_record(&record).map_err(io)?;
+    }
+    w.flush().map_err(|e| OfflineError::Data(format!("cannot write the feature table: {e}")))?;
+    Ok(events.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
