@@ -367,10 +367,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     vigil_offline::tabular::train(&table, path, &train)?
                 }
                 Some(path) => {
-                    let h = vigil_offline::history::read(path, &label)?;
-                    for e in &h.first_errors {
-                        eprintln!("skipped: {e}");
-                    }
+                    let h = read_history(path, &label)?;
                     eprintln!(
                         "training on {} events of {} with {} features...",
                         h.events.len(),
@@ -442,26 +439,13 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let declared = vigil_engine::model_inputs(&config.features);
             if any.body().inputs.iter().any(|i| !declared.contains(&i.as_str())) {
                 let table = vigil_offline::tabular::read_csv(&history, &any.body().inputs, &label)?;
-                let eval = vigil_offline::evaluate::run_table(&any, &table)?;
-                match format {
-                    ReportFormat::Table => print!("{}", eval.to_table()),
-                    ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&eval)?),
-                }
-                return Ok(());
+                return print_evaluation(&vigil_offline::evaluate::run_table(&any, &table)?, format);
             }
             let weight = config.model.as_ref().map_or(100.0, |m| m.weight);
             config.model = Some(vigil_core::pipeline::ModelConfig { path: model, weight });
             let engine = Engine::in_memory(&config)?;
-            let h = vigil_offline::history::read(&history, &label)?;
-            for e in &h.first_errors {
-                eprintln!("skipped: {e}");
-            }
-            let eval = vigil_offline::evaluate::run(&engine, &h)?;
-            match format {
-                ReportFormat::Table => print!("{}", eval.to_table()),
-                ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&eval)?),
-            }
-            Ok(())
+            let h = read_history(&history, &label)?;
+            print_evaluation(&vigil_offline::evaluate::run(&engine, &h)?, format)
         }
         Command::Backtest { rules, history, baseline, pipeline, label, format } => {
             let config = load_pipeline(&pipeline)?;
@@ -473,10 +457,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let candidate = engine_for(&rules)?;
             let base = baseline.as_deref().map(engine_for).transpose()?;
             let started = std::time::Instant::now();
-            let h = vigil_offline::history::read(&history, &label)?;
-            for e in &h.first_errors {
-                eprintln!("skipped: {e}");
-            }
+            let h = read_history(&history, &label)?;
             let bar = indicatif::ProgressBar::new(h.events.len() as u64);
             bar.set_style(
                 indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events {per_sec} {eta}")
@@ -549,10 +530,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Features { pipeline, history, label, out } => {
             let config = load_pipeline(&pipeline)?;
-            let h = vigil_offline::history::read(&history, &label)?;
-            for e in &h.first_errors {
-                eprintln!("skipped: {e}");
-            }
+            let h = read_history(&history, &label)?;
             let n = if out.as_os_str() == "-" {
                 vigil_offline::tabular::write_features(std::io::stdout().lock(), &config.features, &h)?
             } else {
@@ -604,14 +582,30 @@ fn spawn_reload_on_hangup(engine: Arc<Engine>, config: PipelineConfig) {
     });
 }
 
+/// Reads a history file, telling on stderr which records were skipped and why.
+fn read_history(path: &Path, label: &str) -> anyhow::Result<vigil_offline::history::History> {
+    let h = vigil_offline::history::read(path, label)?;
+    for e in &h.first_errors {
+        eprintln!("skipped: {e}");
+    }
+    Ok(h)
+}
+
+fn print_evaluation(eval: &vigil_offline::evaluate::Evaluation, format: ReportFormat) -> anyhow::Result<()> {
+    match format {
+        ReportFormat::Table => print!("{}", eval.to_table()),
+        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(eval)?),
+    }
+    Ok(())
+}
+
 /// Checks every label first (refusing all if one is bad, with its place), then
 /// publishes them to the labels topic or applies them to the Redis store.
 async fn label(config: &PipelineConfig, lines: Vec<(String, Vec<u8>)>) -> anyhow::Result<()> {
-    let engine = vigil_engine::Engine::in_memory(config)?;
     let mut labels = Vec::with_capacity(lines.len());
     let mut problems = Vec::new();
     for (place, line) in &lines {
-        match vigil_core::Label::from_json(line).and_then(|l| engine.check_label(&l).map(|()| l)) {
+        match vigil_core::Label::from_json(line).and_then(|l| l.missing_for(&config.features).map(|()| l)) {
             Ok(l) => labels.push(l),
             Err(e) => problems.push(format!("{place}: {e}")),
         }

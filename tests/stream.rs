@@ -51,6 +51,21 @@ async fn start_stream(config: &PipelineConfig) -> Running {
     start(config, Arc::new(Engine::connect(config).await.unwrap()))
 }
 
+/// Runs the stream until it has decided `at_least` events, then kills it
+/// without draining or committing; returns how many it had decided.
+async fn killed_after(config: &PipelineConfig, at_least: u64) -> u64 {
+    let run = start_stream(config).await;
+    wait_until(Duration::from_secs(120), "the first run to decide some events", || {
+        run.stats.decided.load(Ordering::SeqCst) >= at_least
+    })
+    .await;
+    run.handle.abort();
+    let _ = run.handle.await;
+    let decided = run.stats.decided.load(Ordering::SeqCst);
+    drop(run.stop);
+    decided
+}
+
 /// Waits until the stream has read nothing new for `quiet`.
 async fn until_idle(stats: &Stats, quiet: Duration, limit: Duration) {
     let start = std::time::Instant::now();
@@ -153,14 +168,7 @@ async fn a_crash_and_restart_loses_no_event_and_double_counts_no_feature() {
     vigil_stream::produce_lines(&kafka, &kafka.input_topic, lines(0..2_000)).await.unwrap();
 
     // First run: killed mid-stream, without draining or committing.
-    let first = start_stream(&config).await;
-    wait_until(Duration::from_secs(120), "the first run to decide some events", || {
-        first.stats.decided.load(Ordering::SeqCst) >= 700
-    })
-    .await;
-    first.handle.abort();
-    let _ = first.handle.await;
-    drop(first.stop);
+    killed_after(&config, 700).await;
 
     // More traffic, and the first 300 events delivered a second time.
     vigil_stream::produce_lines(&kafka, &kafka.input_topic, lines(2_000..3_000)).await.unwrap();
@@ -218,15 +226,7 @@ async fn a_kill_then_a_replay_from_the_start_gives_every_feature_of_a_clean_pass
     let events = traffic(2_500, 23);
     vigil_stream::produce_lines(&kafka, &kafka.input_topic, events.iter().map(Event::to_json)).await.unwrap();
 
-    let first = start_stream(&config).await;
-    wait_until(Duration::from_secs(120), "the first run to decide some events", || {
-        first.stats.decided.load(Ordering::SeqCst) >= 800
-    })
-    .await;
-    first.handle.abort();
-    let _ = first.handle.await;
-    let decided_first = first.stats.decided.load(Ordering::SeqCst);
-    drop(first.stop);
+    let decided_first = killed_after(&config, 800).await;
     assert!(decided_first < events.len() as u64, "the first run finished before it was killed");
 
     // A new consumer group: the restart reads the topic from its first record.

@@ -158,17 +158,19 @@ impl Label {
         self.reported_at.timestamp()
     }
 
-    /// The first of `needed` entity fields this label lacks, as an error.
-    pub fn missing_for(&self, needed: &[(EventField, String)]) -> Result<(), EventError> {
+    /// Checks that a fraud label carries every entity field the pipeline's
+    /// label features (`features`) count by; the first one missing is the error.
+    pub fn missing_for(&self, features: &[crate::FeatureDef]) -> Result<(), EventError> {
         if self.verdict == Verdict::Genuine {
             return Ok(());
         }
-        match needed.iter().find(|(f, _)| !self.fields.contains_key(f)) {
-            Some((f, feature)) => {
-                Err(EventError::field(f.name(), format!("is required: label feature `{feature}` counts frauds by it")))
+        for d in features.iter().filter(|d| d.aggregate.is_label()) {
+            if let Some(f) = d.entity.fields().iter().find(|f| !self.fields.contains_key(f)) {
+                let message = format!("is required: label feature `{}` counts frauds by it", d.name);
+                return Err(EventError::field(f.name(), message));
             }
-            None => Ok(()),
         }
+        Ok(())
     }
 }
 
@@ -185,7 +187,13 @@ mod tests {
         assert_eq!(l.verdict, Verdict::Fraud);
         assert_eq!(l.text(EventField::TerminalId), Some("T7"));
         assert_eq!(Label::from_json(&l.to_json()).unwrap(), l);
-        let needed = [(EventField::CardId, "card_frauds_30d".to_owned())];
+        let needed = [crate::FeatureDef {
+            name: "card_frauds_30d".into(),
+            entity: crate::EntityKey::parse("card_id").unwrap(),
+            aggregate: crate::Aggregate::FraudCount,
+            window_s: 30 * 86_400,
+            of: None,
+        }];
         let e = l.missing_for(&needed).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("card_id"));
         assert!(e.message.contains("card_frauds_30d"), "{e}");

@@ -14,6 +14,13 @@ pub mod label;
 pub mod pipeline;
 pub mod suggest;
 
+/// FNV-1a: a hash that is the same in every process, version and platform, for
+/// anything stored or derived from ids (distinct-value sets kept in Redis,
+/// generated report delays).
+pub fn stable_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
 pub use decision::{Action, Decision, ModelFactor, Reason};
 pub use event::{Event, EventError, EventField, Fields};
 pub use feature::{Aggregate, EntityKey, FeatureDef, FeatureValue, FeatureVector};

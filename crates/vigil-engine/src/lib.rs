@@ -72,8 +72,22 @@ pub struct Engine {
     model: ArcSwap<Option<ScoringModel>>,
     model_weight: f64,
     thresholds: Thresholds,
-    /// Entity fields a fraud label must carry.
-    label_fields: Vec<(vigil_core::EventField, String)>,
+}
+
+/// The [`MODEL_FACTORS`] largest positive contributions `parts` visits, largest
+/// first, and how many there are; kept in place, since this runs per event.
+fn strongest(parts: impl FnOnce(&mut dyn FnMut(usize, f64))) -> ([(usize, f64); MODEL_FACTORS], usize) {
+    let mut top = [(0usize, 0.0f64); MODEL_FACTORS];
+    let mut n = 0;
+    parts(&mut |i, c| {
+        if c > 0.0 && (n < MODEL_FACTORS || c > top[MODEL_FACTORS - 1].1) {
+            let at = top[..n].partition_point(|(_, t)| *t >= c);
+            n = (n + 1).min(MODEL_FACTORS);
+            top.copy_within(at..n - 1, at + 1);
+            top[at] = (i, c);
+        }
+    });
+    (top, n)
 }
 
 /// How many of the model's strongest inputs a decision names.
@@ -125,7 +139,6 @@ impl Engine {
             model: ArcSwap::from_pointee(model),
             model_weight: config.model.as_ref().map_or(0.0, |m| m.weight),
             thresholds: config.thresholds,
-            label_fields: Plan::new(config.features.clone()).label_fields(),
             schema,
         })
     }
@@ -246,7 +259,7 @@ impl Engine {
     /// Checks that a label carries what the label features need: a fraud label
     /// must name every entity field they count by.
     pub fn check_label(&self, label: &Label) -> Result<(), vigil_core::EventError> {
-        label.missing_for(&self.label_fields)
+        label.missing_for(&self.schema.features)
     }
 
     /// Applies checked labels to the label features, once per transaction id.
@@ -281,13 +294,10 @@ impl Engine {
                 Input::Feature(j) => fv.values.get(*j).and_then(|v| v.as_f64()).unwrap_or(f64::NAN),
             })
             .collect();
-        let mut parts = m.model.contributions(&inputs);
-        parts.retain(|(_, c)| *c > 0.0);
-        parts.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let (top, n) = strongest(|visit| m.model.contributions(&inputs, visit));
         let names = m.model.inputs();
-        let factors = parts
+        let factors = top[..n]
             .iter()
-            .take(MODEL_FACTORS)
             .map(|(i, c)| ModelFactor { input: names[*i].clone(), contribution: (c * 1e4).round() / 1e4 })
             .collect();
         (m.model.score(&inputs), factors)

@@ -269,3 +269,21 @@ async fn model_decisions_name_their_strongest_inputs_and_a_swap_keeps_the_last_g
     assert_eq!(later[0].model_version.as_deref(), Some(version.as_str()));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn strongest_keeps_the_largest_positive_parts_in_order() {
+    let mut state = 11u64;
+    for round in 0..500 {
+        let parts: Vec<f64> = (0..(round % 30))
+            .map(|_| {
+                state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                ((state >> 40) as f64 / (1u64 << 24) as f64) - 0.5
+            })
+            .collect();
+        let mut want: Vec<(usize, f64)> = parts.iter().copied().enumerate().filter(|(_, c)| *c > 0.0).collect();
+        want.sort_by(|a, b| b.1.total_cmp(&a.1));
+        want.truncate(MODEL_FACTORS);
+        let (top, n) = strongest(|visit| parts.iter().enumerate().for_each(|(i, c)| visit(i, *c)));
+        assert_eq!(top[..n], want[..], "{parts:?}");
+    }
+}

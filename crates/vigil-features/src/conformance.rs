@@ -341,6 +341,7 @@ async fn labels_count_once_from_their_report_time_within_the_window() {
         let genuine = label("a1", 100, "genuine", "t1");
         assert_eq!(s.apply_labels(&[&fraud, &genuine, &fraud]).await.unwrap(), [Counted, Recorded, AlreadyCounted]);
         assert_eq!(s.apply_labels(&[&fraud]).await.unwrap(), [AlreadyCounted], "{name}: a redelivered label");
+        assert_eq!(s.apply_labels(&[&genuine]).await.unwrap(), [Recorded], "{name}: genuine verdicts alone");
         let rate = |n: i64, d: i64| FeatureValue::Number(Decimal::from(n) / Decimal::from(d));
 
         // An event before the report time does not see the label; one after does.

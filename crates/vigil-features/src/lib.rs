@@ -53,7 +53,8 @@ pub trait FeatureStore: Send + Sync {
 
     /// Counts confirmed frauds for the label features, once per transaction id:
     /// a redelivered label changes nothing. Labels must carry the entity fields
-    /// of [`Plan::label_fields`]; an entity a label lacks is not counted.
+    /// that label features count by (`Label::missing_for`); an entity a label
+    /// lacks is not counted.
     async fn apply_labels(&self, labels: &[&Label]) -> Result<Vec<LabelOutcome>, FeatureError>;
 
     /// Whether the backend is reachable.

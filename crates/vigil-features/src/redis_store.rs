@@ -252,8 +252,10 @@ impl FeatureStore for RedisStore {
     }
 
     async fn apply_labels(&self, labels: &[&Label]) -> Result<Vec<LabelOutcome>, FeatureError> {
-        if labels.is_empty() {
-            return Ok(Vec::new());
+        // Nothing to count: no round trip (the outcome is what the plan gives).
+        if !self.plan.has_label_features() || labels.iter().all(|l| l.verdict == vigil_core::Verdict::Genuine) {
+            let (out, _) = self.plan.apply_labels(labels, &Default::default(), &mut [], &vec![false; labels.len()]);
+            return Ok(out);
         }
         self.with_retries(|| self.attempt_labels(labels)).await
     }

@@ -161,12 +161,6 @@ impl Ring {
     }
 }
 
-/// FNV-1a: a hash that is the same in every process and version, so that
-/// distinct-value sets written by one Vigil are read right by another.
-fn stable_hash(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
-}
-
 impl Seen {
     fn count(&self, t: i64) -> i64 {
         let lo = t - self.window_s as i64;
@@ -174,7 +168,8 @@ impl Seen {
     }
 
     fn add(&mut self, value: &str, t: i64, max_t: i64) {
-        let h = stable_hash(value);
+        // Stable across processes: sets written by one Vigil are read by another.
+        let h = vigil_core::stable_hash(value);
         match self.values.binary_search_by_key(&h, |(k, _)| *k) {
             Ok(i) => self.values[i].1 = self.values[i].1.max(t),
             Err(i) => self.values.insert(i, (h, t)),
@@ -441,20 +436,6 @@ impl Plan {
         self.entities.iter().any(|e| !e.frauds.is_empty())
     }
 
-    /// The entity fields a fraud label must carry, each with a label feature
-    /// that needs it.
-    pub fn label_fields(&self) -> Vec<(EventField, String)> {
-        let mut out: Vec<(EventField, String)> = Vec::new();
-        for d in self.defs.iter().filter(|d| d.aggregate.is_label()) {
-            for f in d.entity.fields() {
-                if !out.iter().any(|(g, _)| g == f) {
-                    out.push((*f, d.name.clone()));
-                }
-            }
-        }
-        out
-    }
-
     fn keys_of<T: Fields>(&self, items: &[&T], labels_only: bool) -> BatchKeys {
         let mut keys = BatchKeys::default();
         let mut index: HashMap<String, usize> = HashMap::new();
@@ -553,8 +534,9 @@ impl Plan {
         let mut dirty = vec![false; states.len()];
         let mut counted: std::collections::HashSet<&str> = std::collections::HashSet::new();
         let mut out = Vec::with_capacity(labels.len());
+        let counts_labels = self.has_label_features();
         for (i, label) in labels.iter().enumerate() {
-            if label.verdict == Verdict::Genuine || !self.has_label_features() {
+            if label.verdict == Verdict::Genuine || !counts_labels {
                 out.push(LabelOutcome::Recorded);
                 continue;
             }

@@ -85,8 +85,7 @@ pub struct Labelled {
 /// A deterministic report delay for a fraud, from its transaction id, so that
 /// adding labels changed no generated event.
 fn report_delay_s(transaction_id: &str) -> i64 {
-    let h =
-        transaction_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let h = vigil_core::stable_hash(transaction_id);
     let u = (h >> 11) as f64 / (1u64 << 53) as f64;
     if u < 0.4 {
         3600 + (u / 0.4 * 23.0 * 3600.0) as i64

@@ -36,11 +36,9 @@ pub trait Model: Send + Sync {
     fn score(&self, inputs: &[f64]) -> f64;
     /// Identifies the trained artifact (name and checksum prefix).
     fn version(&self) -> &str;
-    /// Each input's part in the score, `(input index, contribution)`, for the
-    /// models that can say; empty otherwise.
-    fn contributions(&self, _inputs: &[f64]) -> Vec<(usize, f64)> {
-        Vec::new()
-    }
+    /// Calls `visit(input index, contribution)` for each input's part in the
+    /// score, for the models that can say (no allocation: this runs per event).
+    fn contributions(&self, _inputs: &[f64], _visit: &mut dyn FnMut(usize, f64)) {}
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,16 +165,17 @@ impl Model for TrainedModel {
         if let Some(forest) = &self.body.forest {
             // Scaled like training; a missing input stays missing (the forest
             // sends it left at every split, as in training).
-            let mut x = [0.0f64; 64];
+            // On the stack for up to 64 inputs: this runs per event.
+            let scaled = |i: usize| (inputs[i] - s.mean[i]) / s.std[i];
             let n = inputs.len().min(s.mean.len());
-            if n <= x.len() {
-                for i in 0..n {
-                    x[i] = (inputs[i] - s.mean[i]) / s.std[i];
+            let mut stack = [0.0f64; 64];
+            return match stack.get_mut(..n) {
+                Some(x) => {
+                    x.iter_mut().enumerate().for_each(|(i, v)| *v = scaled(i));
+                    forest.score_one(x)
                 }
-                return forest.score_one(&x[..n]);
-            }
-            let x: Vec<f64> = (0..n).map(|i| (inputs[i] - s.mean[i]) / s.std[i]).collect();
-            return forest.score_one(&x);
+                None => forest.score_one(&(0..n).map(scaled).collect::<Vec<_>>()),
+            };
         }
         let mut z = self.body.intercept;
         for (i, x) in inputs.iter().enumerate().take(self.body.weights.len()) {
@@ -194,16 +193,13 @@ impl Model for TrainedModel {
 
     /// For a logistic regression, weight times standardised value: the log-odds
     /// each input adds (a missing input adds none). A forest says nothing.
-    fn contributions(&self, inputs: &[f64]) -> Vec<(usize, f64)> {
+    fn contributions(&self, inputs: &[f64], visit: &mut dyn FnMut(usize, f64)) {
         let s = &self.body.scaler;
-        self.body
-            .weights
-            .iter()
-            .zip(inputs)
-            .enumerate()
-            .filter(|(_, (_, x))| x.is_finite())
-            .map(|(i, (w, x))| (i, w * (x - s.mean[i]) / s.std[i]))
-            .collect()
+        for (i, (w, x)) in self.body.weights.iter().zip(inputs).enumerate() {
+            if x.is_finite() {
+                visit(i, w * (x - s.mean[i]) / s.std[i]);
+            }
+        }
     }
 }
 
@@ -285,7 +281,8 @@ mod tests {
         assert_eq!(loaded.score(&[f64::NAN, 1.0]), at_mean);
         // Contributions are the log-odds each input adds: they and the
         // intercept give back the score.
-        let c = loaded.contributions(&[100.0, f64::NAN]);
+        let mut c = Vec::new();
+        loaded.contributions(&[100.0, f64::NAN], &mut |i, v| c.push((i, v)));
         assert_eq!(c, vec![(0, 2.0)]);
         let z: f64 = -3.0 + c.iter().map(|(_, v)| v).sum::<f64>();
         assert!((loaded.score(&[100.0, f64::NAN]) - 1.0 / (1.0 + (-z).exp())).abs() < 1e-12);
