@@ -185,12 +185,16 @@ impl Tree {
         if depth >= limit || rows.len() <= 1 {
             return at;
         }
-        // A random feature among those that still vary here.
+        // A feature drawn uniformly among those that still vary here: features
+        // are tried in a random order (a partial Fisher-Yates shuffle) until one
+        // varies, or has missing values beside a present one.
         let n_features = x.ncols();
-        let start = rng.random_range(0..n_features);
+        let mut order: Vec<usize> = (0..n_features).collect();
         let mut chosen = None;
         for k in 0..n_features {
-            let f = (start + k) % n_features;
+            let pick = rng.random_range(k..n_features);
+            order.swap(k, pick);
+            let f = order[k];
             let (lo, hi) = rows
                 .iter()
                 .map(|&r| x[[r, f]])
@@ -205,18 +209,18 @@ impl Tree {
         let Some((f, lo, hi)) = chosen else {
             return at;
         };
-        // Between the smallest and largest value (values below go left); with
-        // one distinct value and missing rows, at that value, so that the
-        // missing rows split off.
-        let threshold = match rng.random_range(0.0..1.0) {
-            _ if lo == hi => hi,
-            u => {
-                let t = lo + u * (hi - lo);
-                if t > lo && t <= hi {
-                    t
-                } else {
-                    lo + (hi - lo) / 2.0
-                }
+        // Uniform between the smallest and largest value (values below go
+        // left); with one distinct value and missing rows, at that value, so
+        // the missing rows split off.
+        let threshold = if lo == hi {
+            hi
+        } else {
+            let t = lo + rng.random::<f64>() * (hi - lo);
+            // Rounding can land on `lo`, which would send nothing left.
+            if t > lo {
+                t
+            } else {
+                lo + (hi - lo) / 2.0
             }
         };
         let split = partition(&mut rows, |&r| goes_left(x[[r, f]], threshold));
