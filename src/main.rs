@@ -28,6 +28,29 @@ enum Command {
         #[arg(long)]
         pipeline: PathBuf,
     },
+    /// Serve decisions over HTTP (the pipeline's `[api]`): signed, idempotent, bounded.
+    Serve {
+        #[arg(long)]
+        pipeline: PathBuf,
+        /// Listen here instead of `api.listen`.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Print the `Vigil-Signature` header value for a request body (for curl).
+    Sign {
+        /// The client id, as in `[[api.clients]]`.
+        #[arg(long)]
+        client: String,
+        /// Environment variable holding the client's secret.
+        #[arg(long)]
+        secret_env: String,
+        #[arg(long, default_value = "POST")]
+        method: String,
+        #[arg(long, default_value = "/v1/decisions")]
+        path: String,
+        /// The body file, or `-` for stdin; sign exactly the bytes you send.
+        body: PathBuf,
+    },
     /// Generate seeded synthetic payments with labelled fraud scenarios.
     Gen(GenArgs),
     /// Decide generated payments end to end in this process, with no server.
@@ -309,6 +332,45 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             ));
             let stats = Arc::new(vigil_stream::Stats::default());
             vigil_stream::run(&kafka, engine, stats, vigil_stream::shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Serve { pipeline, listen } => {
+            let mut config = load_pipeline(&pipeline)?;
+            let Some(api) = config.api.as_mut() else {
+                bail!(
+                    "{}: no [api] section: add one to serve decisions over HTTP (see docs/api.md)",
+                    pipeline.display()
+                )
+            };
+            if let Some(l) = listen {
+                api.listen = l;
+            }
+            let engine = Arc::new(Engine::connect(&config).await?);
+            tracing::info!(pipeline = %config.name, rules = engine.rules().version(), "engine ready");
+            spawn_reload_on_hangup(engine.clone(), config.clone());
+            tokio::spawn(vigil_engine::watch::watch_rules(
+                engine.clone(),
+                config.rules_path.clone(),
+                std::time::Duration::from_secs(1),
+                Arc::new(vigil_engine::watch::ReloadStats::default()),
+                std::future::pending(),
+            ));
+            let listener = vigil_api::bind(config.api.as_ref().expect("checked above")).await?;
+            vigil_api::serve(&config, engine, listener, vigil_stream::shutdown_signal()).await?;
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Command::Sign { client, secret_env, method, path, body } => {
+            let secret = std::env::var(&secret_env).with_context(|| format!("${secret_env} is not set"))?;
+            let bytes = if body == Path::new("-") {
+                let mut b = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
+                b
+            } else {
+                std::fs::read(&body).with_context(|| format!("cannot read {}", body.display()))?
+            };
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+            println!("{}", vigil_api::auth::sign(&client, secret.as_bytes(), now, &method, &path, &bytes));
             Ok(())
         }
         Command::Gen(args) => gen(args),

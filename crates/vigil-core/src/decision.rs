@@ -93,6 +93,11 @@ pub struct Decision {
     /// was not counted in them).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub degraded: bool,
+    /// True when this transaction id had been seen before with other content
+    /// (another amount, card, time...): a reused id, not a retry. The features
+    /// are those of the first event, and nothing was counted again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub conflict: bool,
     /// Time spent deciding, from the start of the engine call to the decision.
     pub latency_us: u64,
 }

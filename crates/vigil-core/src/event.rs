@@ -111,6 +111,43 @@ impl Event {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
+    /// A hash of the event's content, the same in every process, version and
+    /// platform: how a retry (same id, same content) is told from a reused
+    /// transaction id (same id, other content). Amounts compare by value (`12.5`
+    /// is `12.50`), attributes by their JSON text, key by key.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = crate::StableHasher::default();
+        h.part(self.transaction_id.as_bytes());
+        h.part(&self.timestamp.timestamp().to_le_bytes());
+        h.part(&self.timestamp.timestamp_subsec_nanos().to_le_bytes());
+        h.part(&self.amount.normalize().serialize());
+        h.part(self.currency.as_bytes());
+        for field in [
+            &self.card_id,
+            &self.account_id,
+            &self.customer_id,
+            &self.merchant_id,
+            &self.terminal_id,
+            &self.device_id,
+            &self.mcc,
+            &self.country,
+            &self.ip,
+            &self.channel,
+        ] {
+            match field {
+                Some(v) => h.part(v.as_bytes()),
+                None => h.write(&u64::MAX.to_le_bytes()),
+            }
+        }
+        let mut keys: Vec<&String> = self.attributes.keys().collect();
+        keys.sort();
+        for k in keys {
+            h.part(k.as_bytes());
+            h.part(self.attributes[k].to_string().as_bytes());
+        }
+        h.finish()
+    }
+
     /// The event time in whole seconds since the Unix epoch.
     pub fn unix_s(&self) -> i64 {
         self.timestamp.timestamp()
@@ -326,6 +363,23 @@ mod tests {
     }
 
     const BASE: &str = r#""transaction_id":"t1","timestamp":"2026-01-02T03:04:05+01:00","currency":"EUR""#;
+
+    #[test]
+    fn fingerprint_follows_content_not_formatting() {
+        let a = ok(&format!(r#"{{{BASE},"amount":"12.5","card_id":"c1","attributes":{{"x":1,"y":"z"}}}}"#));
+        let same =
+            ok(&format!(r#"{{ "attributes": {{"y":"z", "x":1}}, "card_id": "c1", "amount": "12.50", {BASE} }}"#));
+        assert_eq!(a.fingerprint(), same.fingerprint());
+        for other in [
+            format!(r#"{{{BASE},"amount":"12.51","card_id":"c1","attributes":{{"x":1,"y":"z"}}}}"#),
+            format!(r#"{{{BASE},"amount":"12.5","card_id":"c2","attributes":{{"x":1,"y":"z"}}}}"#),
+            format!(r#"{{{BASE},"amount":"12.5","customer_id":"c1","attributes":{{"x":1,"y":"z"}}}}"#),
+            format!(r#"{{{BASE},"amount":"12.5","card_id":"c1","attributes":{{"x":2,"y":"z"}}}}"#),
+            format!(r#"{{{BASE},"amount":"12.5","card_id":"c1"}}"#),
+        ] {
+            assert_ne!(a.fingerprint(), ok(&other).fingerprint(), "{other}");
+        }
+    }
 
     #[test]
     fn amount_is_exact_from_number_or_string() {

@@ -214,6 +214,11 @@ pub struct FeatureVector {
     /// True when the event had been processed before and these are the stored values.
     #[serde(default)]
     pub replayed: bool,
+    /// [`Event::fingerprint`](crate::Event::fingerprint) of the event these
+    /// features were first computed for (0 when not known): a replayed vector
+    /// whose fingerprint is not the event's tells of a reused transaction id.
+    #[serde(default)]
+    pub fingerprint: u64,
 }
 
 /// Parses a duration such as `90s`, `10m`, `24h`, `30d` or `2w` into seconds.

@@ -78,15 +78,21 @@ pub struct StoreStats {
     pub short_circuited: AtomicU64,
     /// Decisions made by the degraded policy without features.
     pub degraded_decisions: AtomicU64,
+    /// Calls abandoned at a request's deadline (the HTTP API's budgets); they
+    /// do not count towards opening the breaker, since the budget is the
+    /// caller's, not a fault of the store.
+    pub deadline_cut: AtomicU64,
 }
 
 impl StoreStats {
     pub fn summary(&self) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         format!(
-            "store errors {}, timeouts {}, breaker opened {}, short-circuited calls {}, degraded decisions {}",
+            "store errors {}, timeouts {}, deadline cuts {}, breaker opened {}, short-circuited calls {}, \
+             degraded decisions {}",
             g(&self.errors),
             g(&self.timeouts),
+            g(&self.deadline_cut),
             g(&self.breaker_opened),
             g(&self.short_circuited),
             g(&self.degraded_decisions)

@@ -161,6 +161,11 @@ impl Engine {
         self.rules.load_full()
     }
 
+    /// The version of the model scoring now, when one is configured.
+    pub fn model_version(&self) -> Option<String> {
+        self.model.load().as_ref().as_ref().map(|m| m.model.version().to_owned())
+    }
+
     /// Loads rules from `path` and swaps them in if they check; otherwise the
     /// current rules keep serving and the errors are returned.
     pub fn reload_rules(&self, path: &Path) -> Result<String, EngineError> {
@@ -186,15 +191,30 @@ impl Engine {
     /// Decides a batch: one feature-store call for all, then rules and model per
     /// event. Events of a batch see the earlier ones in their features.
     pub async fn decide_batch(&self, events: &[&Event]) -> Result<Vec<Decision>, EngineError> {
+        self.decide_batch_by(events, None).await
+    }
+
+    /// [`Engine::decide_batch`] within a deadline: when the feature store has
+    /// not answered by then, the call is abandoned and the pipeline's degraded
+    /// policy decides (or, under `fail`, a timeout error is returned). An
+    /// abandoned call may still have counted the events; a retry then finds
+    /// them counted and gets their first features back.
+    pub async fn decide_batch_by(
+        &self,
+        events: &[&Event],
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Vec<Decision>, EngineError> {
         let started = Instant::now();
-        let (features, degraded) = match self.features_for(events).await {
+        let (features, degraded) = match self.features_by(events, deadline).await {
             Ok(f) => (f, false),
             Err(e) if self.degraded == DegradedPolicy::Fail || !e.is_retryable() => return Err(e.into()),
             Err(e) => {
                 tracing::warn!(error = %e, events = events.len(), "deciding without features (degraded policy)");
                 self.store_stats.degraded_decisions.fetch_add(events.len() as u64, Ordering::Relaxed);
-                let missing =
-                    FeatureVector { values: vec![FeatureValue::Missing; self.schema.features.len()], replayed: false };
+                let missing = FeatureVector {
+                    values: vec![FeatureValue::Missing; self.schema.features.len()],
+                    ..FeatureVector::default()
+                };
                 (vec![missing; events.len()], true)
             }
         };
@@ -226,6 +246,22 @@ impl Engine {
                 d
             })
             .collect())
+    }
+
+    async fn features_by(
+        &self,
+        events: &[&Event],
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Vec<FeatureVector>, FeatureError> {
+        let Some(deadline) = deadline else { return self.features_for(events).await };
+        let asked = tokio::time::Instant::now();
+        match tokio::time::timeout_at(deadline, self.features_for(events)).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.store_stats.deadline_cut.fetch_add(1, Ordering::Relaxed);
+                Err(FeatureError::Timeout(asked.elapsed().as_millis() as u64))
+            }
+        }
     }
 
     /// Features from the store, through the circuit breaker.
@@ -381,6 +417,7 @@ impl Engine {
             features,
             replayed: fv.replayed,
             degraded: false,
+            conflict: fv.replayed && fv.fingerprint != 0 && fv.fingerprint != event.fingerprint(),
             latency_us: started.elapsed().as_micros() as u64,
         }
     }

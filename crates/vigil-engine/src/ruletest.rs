@@ -154,7 +154,11 @@ pub fn run_file(engine: &Engine, file: &Path) -> Vec<CaseResult> {
                     };
                     values[i] = feature_value(defs[i].aggregate, v).map_err(|m| format!("feature `{name}`: {m}"))?;
                 }
-                let d = engine.decide_given(&event, &FeatureVector { values, replayed: false }, case.model_score);
+                let d = engine.decide_given(
+                    &event,
+                    &FeatureVector { values, ..FeatureVector::default() },
+                    case.model_score,
+                );
                 let got: BTreeSet<&str> = d.reasons.iter().filter(|r| !r.shadow).map(|r| r.code.as_str()).collect();
                 let want: BTreeSet<&str> = case.reasons.iter().map(String::as_str).collect();
                 let shadow_got: BTreeSet<&str> =

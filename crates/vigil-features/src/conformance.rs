@@ -198,6 +198,28 @@ async fn redelivery_changes_nothing_and_returns_the_first_features() {
 }
 
 #[tokio::test]
+async fn a_reused_id_keeps_the_first_fingerprint() {
+    for (name, store) in backends().await {
+        let store = store.as_ref();
+        let first = ev("a", 0, "10", Some("c1"), "t1");
+        let fresh = one(store, &first).await;
+        assert_eq!(fresh.fingerprint, first.fingerprint(), "{name}");
+        let retry = one(store, &first).await;
+        assert!(retry.replayed && retry.fingerprint == first.fingerprint(), "{name}: a retry");
+        // Same id, another amount: not counted, and told apart by its fingerprint.
+        let reused = ev("a", 0, "99", Some("c1"), "t1");
+        assert_ne!(reused.fingerprint(), first.fingerprint());
+        let out = one(store, &reused).await;
+        assert!(out.replayed, "{name}");
+        assert_eq!(out.fingerprint, first.fingerprint(), "{name}: the stored fingerprint is the first event's");
+        // Within one batch as well.
+        let (x1, x2) = (ev("x", 30, "1", Some("c1"), "t1"), ev("x", 30, "2", Some("c1"), "t1"));
+        let out = store.process(&[&x1, &x2]).await.unwrap();
+        assert_eq!(out[1].fingerprint, x1.fingerprint(), "{name}");
+    }
+}
+
+#[tokio::test]
 async fn late_events_see_only_earlier_time() {
     for (name, store) in backends().await {
         let store = store.as_ref();

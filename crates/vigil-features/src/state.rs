@@ -483,11 +483,11 @@ impl Plan {
         let mut reads: Vec<Option<Window>> = vec![None; self.rings + 1];
         for (i, ev) in events.iter().enumerate() {
             if let Some(stored) = &seen[i] {
-                out.push(FeatureVector { values: stored.values.clone(), replayed: true });
+                out.push(FeatureVector { replayed: true, ..stored.clone() });
                 continue;
             }
             if let Some(&j) = first_in_batch.get(ev.transaction_id.as_str()) {
-                out.push(FeatureVector { values: out[j].values.clone(), replayed: true });
+                out.push(FeatureVector { replayed: true, ..out[j].clone() });
                 continue;
             }
             first_in_batch.insert(&ev.transaction_id, i);
@@ -514,7 +514,7 @@ impl Plan {
                 }
             }
             changes.first_seen.push(i);
-            out.push(FeatureVector { values, replayed: false });
+            out.push(FeatureVector { values, replayed: false, fingerprint: ev.fingerprint() });
         }
         changes.dirty = dirty.iter().enumerate().filter_map(|(i, d)| d.then_some(i)).collect();
         (out, changes)
@@ -637,6 +637,16 @@ enum Stored {
     X,
 }
 
+/// A de-duplication marker: the first features of a transaction and the
+/// fingerprint of its event. Markers written before fingerprints were kept are
+/// bare lists of values, read back with fingerprint 0 (unknown).
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum Marker {
+    Fingerprinted { v: Vec<Stored>, h: u64 },
+    Bare(Vec<Stored>),
+}
+
 /// Encodes stored features for a de-duplication marker.
 pub fn encode_marker(fv: &FeatureVector) -> Vec<u8> {
     let stored: Vec<Stored> = fv
@@ -650,12 +660,15 @@ pub fn encode_marker(fv: &FeatureVector) -> Vec<u8> {
             FeatureValue::Missing => Stored::X,
         })
         .collect();
-    serde_json::to_vec(&stored).unwrap_or_default()
+    serde_json::to_vec(&Marker::Fingerprinted { v: stored, h: fv.fingerprint }).unwrap_or_default()
 }
 
 pub fn decode_marker(bytes: &[u8]) -> Result<FeatureVector, FeatureError> {
-    let stored: Vec<Stored> =
-        serde_json::from_slice(bytes).map_err(|e| FeatureError::Corrupt(format!("marker: {e}")))?;
+    let marker: Marker = serde_json::from_slice(bytes).map_err(|e| FeatureError::Corrupt(format!("marker: {e}")))?;
+    let (stored, fingerprint) = match marker {
+        Marker::Fingerprinted { v, h } => (v, h),
+        Marker::Bare(v) => (v, 0),
+    };
     let values = stored
         .into_iter()
         .map(|v| match v {
@@ -666,5 +679,5 @@ pub fn decode_marker(bytes: &[u8]) -> Result<FeatureVector, FeatureError> {
             Stored::X => FeatureValue::Missing,
         })
         .collect();
-    Ok(FeatureVector { values, replayed: true })
+    Ok(FeatureVector { values, replayed: true, fingerprint })
 }

@@ -170,8 +170,15 @@ fn all_topics(k: &KafkaConfig) -> Vec<&String> {
     [&k.input_topic, &k.decisions_topic, &k.dead_letter_topic].into_iter().chain(k.labels_topic.as_ref()).collect()
 }
 
+/// A producer for the pipeline's brokers and properties, for the other entry
+/// points that publish (the HTTP API's audit trail). It does not wait for the
+/// brokers: records queue in librdkafka until they are delivered or time out.
+pub fn producer(k: &KafkaConfig) -> Result<FutureProducer, StreamError> {
+    Ok(client_config(k).set_if_absent("linger.ms", "2").set_if_absent("message.timeout.ms", "60000").create()?)
+}
+
 /// The key a decision is produced with: the first present `decision_key` field.
-fn decision_key<'a>(event: &'a Event, fields: &[EventField]) -> &'a str {
+pub fn decision_key<'a>(event: &'a Event, fields: &[EventField]) -> &'a str {
     fields.iter().find_map(|f| event.text(*f)).unwrap_or(&event.transaction_id)
 }
 
