@@ -6,3 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/services.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo test --workspace --locked "$@"
+# The HTTP API against its OpenAPI contract (schemathesis, in a virtual environment it creates).
+bash tests/contract/run.sh

@@ -369,7 +369,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             } else {
                 std::fs::read(&body).with_context(|| format!("cannot read {}", body.display()))?
             };
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
             println!("{}", vigil_api::auth::sign(&client, secret.as_bytes(), now, &method, &path, &bytes));
             Ok(())
         }

@@ -1,13 +1,15 @@
 //! Who may ask for decisions: HMAC-signed requests, or bearer JWTs.
 //!
 //! **Signed requests.** A client sends
-//! `Vigil-Signature: client=ID,t=UNIX_SECONDS,v1=HEX`, where `HEX` is the
+//! `Vigil-Signature: client=ID,t=UNIX_MILLISECONDS,v1=HEX`, where `HEX` is the
 //! HMAC-SHA256, under one of the client's secrets, of
 //! `"{t}.{METHOD}.{path}.{body}"` (the path with its query, the body as sent).
 //! A request is refused when the timestamp is further than the tolerance from
 //! the server's clock (stale), when no secret of the client gives the same MAC
 //! (compared in constant time), or when the very same signature was already
-//! accepted (a replay; a client retrying signs again, with a new timestamp).
+//! accepted (a replay). A client retrying signs again: its new timestamp makes a
+//! new signature, and the retry gets the first decision back (idempotency).
+//! Milliseconds, not seconds, so that a quick retry is never taken for a replay.
 //! Two secrets may be active per client, so secrets rotate without downtime.
 //!
 //! **Bearer JWTs.** `Authorization: Bearer TOKEN`, HS256 or RS256 with the
@@ -80,7 +82,8 @@ fn resolve(source: &SecretSource, place: &str) -> Result<Option<Vec<u8>>, SetupE
 
 /// Signatures accepted within the tolerance window, each kept until its
 /// timestamp leaves the window: memory is about 24 bytes per request of the
-/// last `tolerance` seconds (10,000 requests/s and 2 minutes: about 30 MB).
+/// last `tolerance` (10,000 requests/s and 5 minutes: about 70 MB; the
+/// default tolerance is 2 minutes).
 #[derive(Debug, Default)]
 struct ReplayGuard {
     seen: HashSet<u64>,
@@ -119,7 +122,7 @@ struct Claims {
 /// Checks requests against the configured clients and JWT key.
 pub struct Verifier {
     clients: HashMap<String, Vec<Vec<u8>>>,
-    tolerance_s: i64,
+    tolerance_ms: i64,
     replays: Mutex<ReplayGuard>,
     jwt: Option<Jwt>,
 }
@@ -185,14 +188,14 @@ impl Verifier {
         };
         Ok(Verifier {
             clients,
-            tolerance_s: api.signature_tolerance_s as i64,
+            tolerance_ms: api.signature_tolerance_s as i64 * 1000,
             replays: Mutex::new(ReplayGuard::default()),
             jwt,
         })
     }
 
-    /// The client a request comes from, or why it is refused. `now` is the
-    /// server's clock in Unix seconds.
+    /// The client a request comes from, or why it is refused. `now_ms` is the
+    /// server's clock in Unix milliseconds.
     pub fn verify(
         &self,
         signature: Option<&str>,
@@ -200,10 +203,10 @@ impl Verifier {
         method: &str,
         path: &str,
         body: &[u8],
-        now: i64,
+        now_ms: i64,
     ) -> Result<String, Refusal> {
         if let Some(sig) = signature {
-            return self.verify_signature(sig, method, path, body, now);
+            return self.verify_signature(sig, method, path, body, now_ms);
         }
         match (authorization.and_then(|a| a.strip_prefix("Bearer ")), &self.jwt) {
             (Some(token), Some(jwt)) => jsonwebtoken::decode::<Claims>(token.trim(), &jwt.key, &jwt.validation)
@@ -220,7 +223,7 @@ impl Verifier {
         method: &str,
         path: &str,
         body: &[u8],
-        now: i64,
+        now_ms: i64,
     ) -> Result<String, Refusal> {
         let (mut client, mut t, mut v1) = (None, None, None);
         for part in header.split(',') {
@@ -233,7 +236,7 @@ impl Verifier {
         }
         let (Some(client), Some(t), Some(v1)) = (client, t, v1) else { return Err(Refusal::Malformed) };
         let secrets = self.clients.get(client).ok_or(Refusal::UnknownClient)?;
-        if (now - t).abs() > self.tolerance_s {
+        if (now_ms - t).abs() > self.tolerance_ms {
             return Err(Refusal::Stale);
         }
         let matched = secrets.iter().any(|secret| mac(secret, t, method, path, body).verify_slice(&v1).is_ok());
@@ -242,7 +245,7 @@ impl Verifier {
         }
         let id = u64::from_le_bytes(v1[..8].try_into().map_err(|_| Refusal::Malformed)?);
         let mut replays = self.replays.lock().unwrap_or_else(|p| p.into_inner());
-        if !replays.first_time(id, t + self.tolerance_s, now) {
+        if !replays.first_time(id, t + self.tolerance_ms, now_ms) {
             return Err(Refusal::Replayed);
         }
         Ok(client.to_owned())
@@ -304,17 +307,20 @@ mod tests {
     fn signatures_verify_once_within_the_window_under_either_secret() {
         let v = Verifier::new(&api()).unwrap();
         let body = br#"{"a":1}"#;
-        let now = 1_700_000_000;
+        let now = 1_700_000_000_000;
         let good = sign("shop", SECRET.as_bytes(), now, "POST", "/v1/decisions", body);
-        assert_eq!(v.verify(Some(&good), None, "POST", "/v1/decisions", body, now + 5), Ok("shop".into()));
-        assert_eq!(v.verify(Some(&good), None, "POST", "/v1/decisions", body, now + 6), Err(Refusal::Replayed));
+        assert_eq!(v.verify(Some(&good), None, "POST", "/v1/decisions", body, now + 5_000), Ok("shop".into()));
+        assert_eq!(v.verify(Some(&good), None, "POST", "/v1/decisions", body, now + 6_000), Err(Refusal::Replayed));
+        // A retry a millisecond later is a new request.
+        let retry = sign("shop", SECRET.as_bytes(), now + 1, "POST", "/v1/decisions", body);
+        assert_eq!(v.verify(Some(&retry), None, "POST", "/v1/decisions", body, now + 6_000), Ok("shop".into()));
         let rotated = sign("shop", NEXT.as_bytes(), now, "POST", "/v1/decisions", body);
         assert_eq!(v.verify(Some(&rotated), None, "POST", "/v1/decisions", body, now), Ok("shop".into()));
 
         let fresh = |t: i64| sign("shop", SECRET.as_bytes(), t, "POST", "/v1/decisions", body);
         let check = |h: &str, body: &[u8], path: &str| v.verify(Some(h), None, "POST", path, body, now);
-        assert_eq!(check(&fresh(now - 61), body, "/v1/decisions"), Err(Refusal::Stale));
-        assert_eq!(check(&fresh(now + 61), body, "/v1/decisions"), Err(Refusal::Stale));
+        assert_eq!(check(&fresh(now - 60_001), body, "/v1/decisions"), Err(Refusal::Stale));
+        assert_eq!(check(&fresh(now + 60_001), body, "/v1/decisions"), Err(Refusal::Stale));
         assert_eq!(check(&fresh(now + 1), br#"{"a":2}"#, "/v1/decisions"), Err(Refusal::BadSignature));
         assert_eq!(check(&fresh(now + 2), body, "/v1/labels"), Err(Refusal::BadSignature));
         let stranger = sign("shop", b"not-the-secret-at-all", now, "POST", "/v1/decisions", body);
@@ -346,13 +352,13 @@ mod tests {
         };
         let now = chrono_now();
         let ok = token("issuer", now + 60, &key);
-        assert_eq!(v.verify(None, Some(&ok), "POST", "/v1/decisions", b"", now), Ok("ledger".into()));
+        assert_eq!(v.verify(None, Some(&ok), "POST", "/v1/decisions", b"", now * 1000), Ok("ledger".into()));
         let expired = token("issuer", now - 60, &key);
-        assert_eq!(v.verify(None, Some(&expired), "POST", "/", b"", now), Err(Refusal::BadToken));
+        assert_eq!(v.verify(None, Some(&expired), "POST", "/", b"", now * 1000), Err(Refusal::BadToken));
         let foreign = token("someone", now + 60, &key);
-        assert_eq!(v.verify(None, Some(&foreign), "POST", "/", b"", now), Err(Refusal::BadToken));
+        assert_eq!(v.verify(None, Some(&foreign), "POST", "/", b"", now * 1000), Err(Refusal::BadToken));
         let forged = token("issuer", now + 60, &jsonwebtoken::EncodingKey::from_secret(b"guess-0123456789"));
-        assert_eq!(v.verify(None, Some(&forged), "POST", "/", b"", now), Err(Refusal::BadToken));
+        assert_eq!(v.verify(None, Some(&forged), "POST", "/", b"", now * 1000), Err(Refusal::BadToken));
     }
 
     fn chrono_now() -> i64 {

@@ -82,8 +82,8 @@ pub struct Api {
     labels: Option<(FutureProducer, String)>,
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+fn unix_now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// `{"error": {"code", "message", "field"?}}` with a status.
@@ -397,7 +397,7 @@ async fn authenticate(State(api): State<Arc<Api>>, req: Request, next: Next) -> 
         parts.method.as_str(),
         path,
         &bytes,
-        unix_now(),
+        unix_now_ms(),
     );
     match verdict {
         Ok(client) => {

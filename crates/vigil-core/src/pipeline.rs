@@ -613,16 +613,16 @@ fn validate_api(raw: &Spanned<RawApi>, p: &mut Problems<'_>, resolve: &dyn Fn(&s
         None => "127.0.0.1:8080".into(),
     };
     let signature_tolerance_s = match &a.signature_tolerance {
-        None => 300,
+        None => 120,
         Some(t) => match parse_duration_s(t.get_ref()) {
             Ok(s) if (1..=3600).contains(&s) => s,
             Ok(_) => {
                 p.on(t, "api.signature_tolerance", "must be between 1s and 1h");
-                300
+                120
             }
             Err(m) => {
                 p.on(t, "api.signature_tolerance", m);
-                300
+                120
             }
         },
     };
