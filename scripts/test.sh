@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: brings up Kafka and Redis, then runs every test of
-# every crate, including the integration tests in tests/ against those services.
+# every crate, including the integration tests in tests/ against those services,
+# then the HTTP API's contract test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh

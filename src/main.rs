@@ -790,5 +790,13 @@ fn validate(path: &Path) -> anyhow::Result<()> {
         rules.as_ref().map_or("", |r| r.version()),
         if config.kafka.is_some() { ", kafka configured" } else { "" }
     );
+    if let Some(api) = &config.api {
+        println!(
+            "  api on {}: {} signing client(s){}",
+            api.listen,
+            api.clients.len(),
+            if api.jwt.is_some() { ", bearer JWTs" } else { "" }
+        );
+    }
     Ok(())
 }

@@ -131,7 +131,10 @@ async fn signed_requests_decide_once_and_everything_else_is_refused() {
     ];
     for r in refused {
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(body(r).await, json!({"error": {"code": "unauthorized", "message": "missing or invalid credentials"}}));
+        assert_eq!(
+            body(r).await,
+            json!({"error": {"code": "unauthorized", "message": "missing or invalid credentials"}})
+        );
     }
 
     // A retry (signed again) gets the same decision and counts nothing.
@@ -173,7 +176,8 @@ async fn signed_requests_decide_once_and_everything_else_is_refused() {
         e1.replace("25.00", "26.00"),
     );
     let results = body(server.signed("/v1/decisions/batch", &batch).await).await;
-    let statuses: Vec<i64> = results["results"].as_array().unwrap().iter().map(|r| r["status"].as_i64().unwrap()).collect();
+    let statuses: Vec<i64> =
+        results["results"].as_array().unwrap().iter().map(|r| r["status"].as_i64().unwrap()).collect();
     assert_eq!(statuses, [200, 400, 200, 409], "{results}");
     assert_eq!(results["results"][0]["decision"]["features"]["card_count_10m"], 2);
     assert_eq!(results["results"][1]["error"]["field"], "amount");
@@ -313,7 +317,11 @@ async fn overload_is_shed_and_a_slow_store_meets_the_degraded_policy_at_the_dead
     let t = std::time::Instant::now();
     let e3 = event("slow-3", 2, "10.00", "c-slow", "t-slow");
     let quick = server
-        .send("/v1/decisions", &e3, &[("vigil-signature", sign("/v1/decisions", &e3, now_ms())), ("vigil-budget-ms", "20".into())])
+        .send(
+            "/v1/decisions",
+            &e3,
+            &[("vigil-signature", sign("/v1/decisions", &e3, now_ms())), ("vigil-budget-ms", "20".into())],
+        )
         .await;
     assert_eq!(body(quick).await["degraded"], true);
     assert!(t.elapsed() < Duration::from_millis(300), "{:?}", t.elapsed());

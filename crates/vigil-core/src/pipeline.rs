@@ -845,6 +845,40 @@ window = "10m"
     }
 
     #[test]
+    fn api_sections_are_checked() {
+        let with = |api: &str| format!("{GOOD}\n{api}");
+        let good = with(
+            "[api]\nlisten = \"0.0.0.0:9000\"\ndeadline_ms = 5\n[[api.clients]]\nid = \"shop\"\n\
+             secrets_env = [\"A\", \"B\"]\n[api.jwt]\nalgorithm = \"RS256\"\npublic_key_file = \"keys/pub.pem\"\n",
+        );
+        let api = PipelineConfig::parse(Path::new("pipelines/x.toml"), &good).unwrap().api.unwrap();
+        assert_eq!((api.listen.as_str(), api.deadline_ms, api.signature_tolerance_s), ("0.0.0.0:9000", 5, 120));
+        assert_eq!(api.clients[0].secrets, [SecretSource::Env("A".into()), SecretSource::Env("B".into())]);
+        assert_eq!(api.jwt.unwrap().public_key_file, Some(PathBuf::from("pipelines/keys/pub.pem")));
+
+        let bad = with(
+            "[api]\nlisten = \"localhost\"\nmax_concurrency = 0\nsignature_tolerance = \"2d\"\n\
+             [[api.clients]]\nid = \"a b\"\nsecrets = [\"short\"]\n\
+             [[api.clients]]\nid = \"x\"\nsecrets_env = [\"A\", \"B\", \"C\"]\n\
+             [api.jwt]\nalgorithm = \"HS512\"\n",
+        );
+        let text = PipelineConfig::parse(Path::new("p.toml"), &bad).unwrap_err().to_string();
+        for expected in [
+            "api.listen: must be an address and port",
+            "api.max_concurrency: must be between 1 and",
+            "api.signature_tolerance: must be between 1s and 1h",
+            "api.clients[0].id: must be letters",
+            "api.clients[0].secrets: a secret must be at least 16 bytes",
+            "api.clients[1].secrets_env: needs one or two secrets",
+            "api.jwt.algorithm: unknown algorithm `HS512`",
+        ] {
+            assert!(text.contains(expected), "no `{expected}` in\n{text}");
+        }
+        let none = PipelineConfig::parse(Path::new("p.toml"), &with("[api]\n")).unwrap_err().to_string();
+        assert!(none.contains("api: declares no way in"), "{none}");
+    }
+
+    #[test]
     fn syntax_and_unknown_keys_are_located() {
         let bad = GOOD.replace("group_id", "group");
         let err = PipelineConfig::parse(Path::new("p.toml"), &bad).unwrap_err().to_string();
