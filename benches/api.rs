@@ -1,0 +1,264 @@
+//! Load harness for `vigil serve`: latency at fixed request rates and throughput
+//! at saturation, beside the same server answering a trivial route (`/healthz`)
+//! as the HTTP ceiling, in one run.
+//!
+//! The server is the release binary, a separate process, with the shipped local
+//! pipeline: 22 Redis features, the shipped rules and model, decisions also
+//! published to Kafka. The load generator runs here, on the same machine:
+//! - **fixed rates** are open loop: request `i` is due at `start + i / rate`,
+//!   and its latency counts from when it was due, so a server that falls behind
+//!   shows it (no coordinated omission);
+//! - **saturation** is closed loop: `VIGIL_BENCH_CONNECTIONS` connections send
+//!   as fast as answers come.
+//!
+//! Every request is signed; every event is a new generated payment.
+//! Needs `cargo build --release`, and the broker and Redis of
+//! `scripts/services.sh`. Run: `cargo bench --bench api` (env:
+//! VIGIL_BENCH_RATES=2000,10000,20000, VIGIL_BENCH_SECONDS=5, VIGIL_BENCH_CONNECTIONS=64).
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use tokio::sync::Mutex;
+use vigil_core::PipelineConfig;
+use vigil_gen::GenConfig;
+
+const SECRET: &str = "bench-secret-0123456789abcdef0123";
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+struct Load {
+    /// Pre-serialised event bodies, used in order.
+    bodies: Vec<String>,
+    next: AtomicUsize,
+    base: String,
+}
+
+#[derive(Default)]
+struct Outcome {
+    latency: Option<Histogram<u64>>,
+    ok: u64,
+    errors: u64,
+}
+
+async fn one(client: &reqwest::Client, load: &Load, path: &str, signed: bool) -> bool {
+    let req = if signed {
+        let i = load.next.fetch_add(1, Ordering::Relaxed) % load.bodies.len();
+        let body = load.bodies[i].clone();
+        let sig = vigil_api::auth::sign("checkout", SECRET.as_bytes(), now_ms(), "POST", path, body.as_bytes());
+        client.post(format!("{}{path}", load.base)).header("vigil-signature", sig).body(body)
+    } else {
+        client.get(format!("{}{path}", load.base))
+    };
+    match req.send().await {
+        Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+        _ => false,
+    }
+}
+
+/// Open loop at `rate` requests per second for `seconds`.
+async fn fixed_rate(client: &reqwest::Client, load: Arc<Load>, rate: f64, seconds: f64, workers: usize) -> Outcome {
+    let total = (rate * seconds) as usize;
+    let slot = Arc::new(AtomicUsize::new(0));
+    let out = Arc::new(Mutex::new(Outcome { latency: Some(Histogram::new(3).unwrap()), ..Outcome::default() }));
+    let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (client, load, slot, out) = (client.clone(), load.clone(), slot.clone(), out.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new(3).unwrap();
+            let (mut ok, mut errors) = (0, 0);
+            loop {
+                let i = slot.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let due = start + Duration::from_secs_f64(i as f64 / rate);
+                tokio::time::sleep_until(due).await;
+                if one(&client, &load, "/v1/decisions", true).await {
+                    ok += 1;
+                } else {
+                    errors += 1;
+                }
+                hist.record(due.elapsed().as_micros() as u64).unwrap();
+            }
+            let mut o = out.lock().await;
+            o.latency.as_mut().unwrap().add(&hist).unwrap();
+            o.ok += ok;
+            o.errors += errors;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    Arc::try_unwrap(out).ok().unwrap().into_inner()
+}
+
+/// Closed loop: `connections` senders for `seconds`; returns (requests/s, errors).
+async fn saturate(
+    client: &reqwest::Client,
+    load: Arc<Load>,
+    path: &'static str,
+    signed: bool,
+    seconds: f64,
+    connections: usize,
+) -> (f64, u64, Histogram<u64>) {
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    let started = Instant::now();
+    for _ in 0..connections {
+        let (client, load) = (client.clone(), load.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new(3).unwrap();
+            let (mut ok, mut errors) = (0u64, 0u64);
+            while Instant::now() < end {
+                let t = Instant::now();
+                if one(&client, &load, path, signed).await {
+                    ok += 1;
+                } else {
+                    errors += 1;
+                }
+                hist.record(t.elapsed().as_micros() as u64).unwrap();
+            }
+            (ok, errors, hist)
+        }));
+    }
+    let (mut ok, mut errors, mut hist) = (0, 0, Histogram::<u64>::new(3).unwrap());
+    for t in tasks {
+        let (o, e, h) = t.await.unwrap();
+        ok += o;
+        errors += e;
+        hist.add(&h).unwrap();
+    }
+    (ok as f64 / started.elapsed().as_secs_f64(), errors, hist)
+}
+
+fn q(h: &Histogram<u64>, p: f64) -> String {
+    format!("{:.2}", h.value_at_quantile(p) as f64 / 1000.0)
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return; // `cargo test --benches` lists or smoke-runs benches: nothing to do here.
+    }
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let binary = root.join("target/release/vigil");
+    assert!(binary.exists(), "build the server first: cargo build --release");
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let text = std::fs::read_to_string(root.join("pipelines/local.toml"))
+        .unwrap()
+        .replace("decisions_topic = \"decisions\"", &format!("decisions_topic = \"bench-api-out-{tag}\""))
+        .replace("key_prefix = \"vigil\"", &format!("key_prefix = \"bench-api-{tag}\""))
+        .replace("max_concurrency = 512", "max_concurrency = 4096")
+        .replace("listen = \"127.0.0.1:8080\"", &format!("listen = \"127.0.0.1:{port}\""));
+    let file = root.join(format!("pipelines/.bench-api-{tag}.toml"));
+    std::fs::write(&file, &text).unwrap();
+    let config = PipelineConfig::parse(&file, &text).unwrap();
+    vigil_stream::create_topics(config.kafka.as_ref().unwrap(), 4).await.unwrap();
+
+    let _server = Server(
+        Command::new(&binary)
+            .args(["serve", "--pipeline"])
+            .arg(&file)
+            .env("VIGIL_CHECKOUT_SECRET", SECRET)
+            .env("VIGIL_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder().pool_max_idle_per_host(4096).build().unwrap();
+    let ready = Instant::now();
+    while client.get(format!("{base}/readyz")).send().await.map(|r| r.status().is_success()).ok() != Some(true) {
+        assert!(ready.elapsed() < Duration::from_secs(20), "the server did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = std::fs::remove_file(&file);
+
+    let rates: Vec<f64> = std::env::var("VIGIL_BENCH_RATES")
+        .unwrap_or_else(|_| "2000,10000,20000".into())
+        .split(',')
+        .filter_map(|r| r.trim().parse().ok())
+        .collect();
+    let seconds: f64 = env_or("VIGIL_BENCH_SECONDS", 5.0);
+    let connections: usize = env_or("VIGIL_BENCH_CONNECTIONS", 64);
+    let needed = ((rates.iter().sum::<f64>() + 60_000.0) * seconds * 1.2) as usize;
+    let gen = GenConfig { seed: 11, events: needed.min(2_000_000), ..GenConfig::default() };
+    let bodies: Vec<String> = vigil_gen::generate(&gen)
+        .into_iter()
+        .map(|l| {
+            let mut e = l.event;
+            e.transaction_id = format!("{tag}-{}", e.transaction_id);
+            String::from_utf8(e.to_json()).unwrap()
+        })
+        .collect();
+    let load = Arc::new(Load { bodies, next: AtomicUsize::new(0), base });
+
+    // Warm up connections and the server.
+    let _ = fixed_rate(&client, load.clone(), 1000.0, 1.0, 16).await;
+
+    println!("vigil serve, pipeline local (22 Redis features, shipped rules and model, Kafka audit)");
+    println!("{:<34} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}", "load", "req/s", "errors", "p50 ms", "p99", "p99.9", "max");
+    for rate in rates {
+        let t = Instant::now();
+        let o = fixed_rate(&client, load.clone(), rate, seconds, connections).await;
+        let h = o.latency.unwrap();
+        let achieved = o.ok as f64 / t.elapsed().as_secs_f64();
+        println!(
+            "{:<34} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            format!("decisions at {rate} req/s"),
+            achieved,
+            o.errors,
+            q(&h, 0.5),
+            q(&h, 0.99),
+            q(&h, 0.999),
+            q(&h, 1.0)
+        );
+    }
+    let (rps, errors, h) = saturate(&client, load.clone(), "/v1/decisions", true, seconds, connections).await;
+    println!(
+        "{:<34} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        format!("decisions, saturation ({connections} conn)"),
+        rps,
+        errors,
+        q(&h, 0.5),
+        q(&h, 0.99),
+        q(&h, 0.999),
+        q(&h, 1.0)
+    );
+    let (ceiling, errors, h) = saturate(&client, load.clone(), "/healthz", false, seconds, connections).await;
+    println!(
+        "{:<34} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        format!("/healthz, saturation ({connections} conn)"),
+        ceiling,
+        errors,
+        q(&h, 0.5),
+        q(&h, 0.99),
+        q(&h, 0.999),
+        q(&h, 1.0)
+    );
+    println!("decisions at saturation / trivial route: {:.0}%", 100.0 * rps / ceiling);
+}
