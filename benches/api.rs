@@ -155,6 +155,19 @@ fn q(h: &Histogram<u64>, p: f64) -> String {
     format!("{:.2}", h.value_at_quantile(p) as f64 / 1000.0)
 }
 
+fn row(load: &str, rate: f64, errors: u64, h: &Histogram<u64>) {
+    println!(
+        "{:<34} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        load,
+        rate,
+        errors,
+        q(h, 0.5),
+        q(h, 0.99),
+        q(h, 0.999),
+        q(h, 1.0)
+    );
+}
+
 #[tokio::main]
 async fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
@@ -227,38 +240,11 @@ async fn main() {
         let o = fixed_rate(&client, load.clone(), rate, seconds, connections).await;
         let h = o.latency.unwrap();
         let achieved = o.ok as f64 / t.elapsed().as_secs_f64();
-        println!(
-            "{:<34} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8}",
-            format!("decisions at {rate} req/s"),
-            achieved,
-            o.errors,
-            q(&h, 0.5),
-            q(&h, 0.99),
-            q(&h, 0.999),
-            q(&h, 1.0)
-        );
+        row(&format!("decisions at {rate} req/s"), achieved, o.errors, &h);
     }
     let (rps, errors, h) = saturate(&client, load.clone(), "/v1/decisions", true, seconds, connections).await;
-    println!(
-        "{:<34} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        format!("decisions, saturation ({connections} conn)"),
-        rps,
-        errors,
-        q(&h, 0.5),
-        q(&h, 0.99),
-        q(&h, 0.999),
-        q(&h, 1.0)
-    );
+    row(&format!("decisions, saturation ({connections} conn)"), rps, errors, &h);
     let (ceiling, errors, h) = saturate(&client, load.clone(), "/healthz", false, seconds, connections).await;
-    println!(
-        "{:<34} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        format!("/healthz, saturation ({connections} conn)"),
-        ceiling,
-        errors,
-        q(&h, 0.5),
-        q(&h, 0.99),
-        q(&h, 0.999),
-        q(&h, 1.0)
-    );
+    row(&format!("/healthz, saturation ({connections} conn)"), ceiling, errors, &h);
     println!("decisions at saturation / trivial route: {:.0}%", 100.0 * rps / ceiling);
 }

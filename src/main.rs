@@ -320,16 +320,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Run { pipeline } => {
             let config = load_pipeline(&pipeline)?;
             let kafka = config.kafka.clone().ok_or(vigil_stream::StreamError::NoKafka)?;
-            let engine = Arc::new(Engine::connect(&config).await?);
-            tracing::info!(pipeline = %config.name, rules = engine.rules().version(), "engine ready");
-            spawn_reload_on_hangup(engine.clone(), config.clone());
-            tokio::spawn(vigil_engine::watch::watch_rules(
-                engine.clone(),
-                config.rules_path.clone(),
-                std::time::Duration::from_secs(1),
-                Arc::new(vigil_engine::watch::ReloadStats::default()),
-                std::future::pending(),
-            ));
+            let engine = live_engine(&config).await?;
             let stats = Arc::new(vigil_stream::Stats::default());
             vigil_stream::run(&kafka, engine, stats, vigil_stream::shutdown_signal()).await?;
             Ok(())
@@ -337,24 +328,12 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Serve { pipeline, listen } => {
             let mut config = load_pipeline(&pipeline)?;
             let Some(api) = config.api.as_mut() else {
-                bail!(
-                    "{}: no [api] section: add one to serve decisions over HTTP (see docs/api.md)",
-                    pipeline.display()
-                )
+                return Err(vigil_api::ApiError::NotConfigured(pipeline).into());
             };
             if let Some(l) = listen {
                 api.listen = l;
             }
-            let engine = Arc::new(Engine::connect(&config).await?);
-            tracing::info!(pipeline = %config.name, rules = engine.rules().version(), "engine ready");
-            spawn_reload_on_hangup(engine.clone(), config.clone());
-            tokio::spawn(vigil_engine::watch::watch_rules(
-                engine.clone(),
-                config.rules_path.clone(),
-                std::time::Duration::from_secs(1),
-                Arc::new(vigil_engine::watch::ReloadStats::default()),
-                std::future::pending(),
-            ));
+            let engine = live_engine(&config).await?;
             let listener = vigil_api::bind(config.api.as_ref().expect("checked above")).await?;
             vigil_api::serve(&config, engine, listener, vigil_stream::shutdown_signal()).await?;
             tracing::info!("stopped");
@@ -618,6 +597,22 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The engine of a long-running entry point (`run`, `serve`): connected, with
+/// rules reloaded when their files change and rules and model on SIGHUP.
+async fn live_engine(config: &PipelineConfig) -> anyhow::Result<Arc<Engine>> {
+    let engine = Arc::new(Engine::connect(config).await?);
+    tracing::info!(pipeline = %config.name, rules = engine.rules().version(), "engine ready");
+    spawn_reload_on_hangup(engine.clone(), config.clone());
+    tokio::spawn(vigil_engine::watch::watch_rules(
+        engine.clone(),
+        config.rules_path.clone(),
+        std::time::Duration::from_secs(1),
+        Arc::new(vigil_engine::watch::ReloadStats::default()),
+        std::future::pending(),
+    ));
+    Ok(engine)
 }
 
 /// On SIGHUP, reloads rules (and the model, when configured). A rule set or model

@@ -56,7 +56,7 @@ pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 pub enum ApiError {
     #[error("{}: no [api] section: add one to serve decisions over HTTP (see docs/api.md)", .0.display())]
     NotConfigured(std::path::PathBuf),
-    #[error("{0}")]
+    #[error(transparent)]
     Setup(#[from] auth::SetupError),
     #[error(transparent)]
     Kafka(#[from] vigil_stream::StreamError),
