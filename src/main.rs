@@ -116,6 +116,9 @@ enum Command {
         /// regression, `models/card-anomaly.json` for an isolation forest.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The summary as a line of text or as JSON.
+        #[arg(long, value_enum, default_value = "table")]
+        format: ReportFormat,
     },
     /// Evaluate a model file on labelled history: AUC-ROC, average precision,
     /// recall at 1% false positives, precision among the top scores, and the
@@ -133,6 +136,16 @@ enum Command {
         pipeline: PathBuf,
         #[arg(long, value_enum, default_value = "table")]
         format: ReportFormat,
+        /// Also write the pictures into this folder: ROC and precision-recall
+        /// curves and score histograms (SVG), with an `index.html` showing them.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// The history is a CSV table whose columns are the model's inputs (as
+        /// `vigil features` writes): score its rows as they are, without
+        /// computing features. Implied when the model takes inputs the
+        /// pipeline does not declare.
+        #[arg(long)]
+        table: bool,
     },
     /// Replay labelled history through a rule set: per-rule hits, precision and
     /// recall, the decision mix, and the changes against a baseline rule set.
@@ -373,6 +386,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             trees,
             sample_size,
             out,
+            format,
         } => {
             if !(0.05..=0.95).contains(&train_share) {
                 bail!("--train-share must be between 0.05 and 0.95");
@@ -427,16 +441,32 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             };
             std::fs::write(&out, report.model.to_file_json())
                 .with_context(|| format!("cannot write {}", out.display()))?;
-            println!(
-                "wrote {} ({}): trained on {} events, tested on the later {} ({} frauds): AUC-ROC {:.3}, average precision {:.3}",
-                out.display(),
-                vigil_model::Model::version(&report.model),
-                report.train_events,
-                report.test_events,
-                report.test_frauds,
-                report.auc_roc,
-                report.average_precision
-            );
+            let version = vigil_model::Model::version(&report.model);
+            match format {
+                ReportFormat::Table => println!(
+                    "wrote {} ({version}): trained on {} rows in {:.1} s, tested on the later {} ({} frauds): AUC-ROC {:.3}, average precision {:.3}",
+                    out.display(),
+                    report.train_events,
+                    report.fit_seconds,
+                    report.test_events,
+                    report.test_frauds,
+                    report.auc_roc,
+                    report.average_precision
+                ),
+                ReportFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "out": out.display().to_string(),
+                        "model_version": version,
+                        "train_rows": report.train_events,
+                        "test_rows": report.test_events,
+                        "test_frauds": report.test_frauds,
+                        "auc_roc": report.auc_roc,
+                        "average_precision": report.average_precision,
+                        "fit_seconds": report.fit_seconds,
+                    }))?
+                ),
+            }
             Ok(())
         }
         Command::Rules { command: RulesCommand::Check { path, pipeline } } => {
@@ -472,21 +502,21 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Evaluate { model, history, label, pipeline, format } => {
+        Command::Evaluate { model, history, label, pipeline, format, report, table } => {
             let mut config = load_pipeline(&pipeline)?;
             // A model over columns the pipeline does not declare was trained on
             // a table (`train --features`): score that table's rows directly.
             let any = vigil_model::load_any(&model)?;
             let declared = vigil_engine::model_inputs(&config.features);
-            if any.body().inputs.iter().any(|i| !declared.contains(&i.as_str())) {
+            if table || any.body().inputs.iter().any(|i| !declared.contains(&i.as_str())) {
                 let table = vigil_offline::tabular::read_csv(&history, &any.body().inputs, &label)?;
-                return print_evaluation(&vigil_offline::evaluate::run_table(&any, &table)?, format);
+                return print_evaluation(&vigil_offline::evaluate::run_table(&any, &table)?, format, report.as_deref());
             }
             let weight = config.model.as_ref().map_or(100.0, |m| m.weight);
-            config.model = Some(vigil_core::pipeline::ModelConfig { path: model, weight });
+            config.model = Some(vigil_core::pipeline::ModelConfig { path: model, weight, challenger: None });
             let engine = Engine::in_memory(&config)?;
             let h = read_history(&history, &label)?;
-            print_evaluation(&vigil_offline::evaluate::run(&engine, &h)?, format)
+            print_evaluation(&vigil_offline::evaluate::run(&engine, &h)?, format, report.as_deref())
         }
         Command::Backtest { rules, history, baseline, pipeline, label, format } => {
             let config = load_pipeline(&pipeline)?;
@@ -600,7 +630,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
 }
 
 /// The engine of a long-running entry point (`run`, `serve`): connected, with
-/// rules reloaded when their files change and rules and model on SIGHUP.
+/// rules and models reloaded when their files change, and all on SIGHUP.
 async fn live_engine(config: &PipelineConfig) -> anyhow::Result<Arc<Engine>> {
     let engine = Arc::new(Engine::connect(config).await?);
     tracing::info!(pipeline = %config.name, rules = engine.rules().version(), "engine ready");
@@ -612,6 +642,19 @@ async fn live_engine(config: &PipelineConfig) -> anyhow::Result<Arc<Engine>> {
         Arc::new(vigil_engine::watch::ReloadStats::default()),
         std::future::pending(),
     ));
+    if let Some(m) = &config.model {
+        use vigil_engine::watch::ModelRole;
+        let files = std::iter::once((ModelRole::Champion, m.path.clone()))
+            .chain(m.challenger.clone().map(|c| (ModelRole::Challenger, c)))
+            .collect();
+        tokio::spawn(vigil_engine::watch::watch_models(
+            engine.clone(),
+            files,
+            std::time::Duration::from_secs(1),
+            Arc::new(vigil_engine::watch::ReloadStats::default()),
+            std::future::pending(),
+        ));
+    }
     Ok(engine)
 }
 
@@ -634,6 +677,12 @@ fn spawn_reload_on_hangup(engine: Arc<Engine>, config: PipelineConfig) {
                     Ok(v) => tracing::info!(version = %v, "model reloaded"),
                     Err(e) => tracing::error!(error = %e, "model refused; keeping the last good one"),
                 }
+                if let Some(c) = &m.challenger {
+                    match engine.reload_challenger(c) {
+                        Ok(v) => tracing::info!(version = %v, "challenger model reloaded"),
+                        Err(e) => tracing::error!(error = %e, "challenger model refused; keeping the last good one"),
+                    }
+                }
             }
         }
     });
@@ -648,10 +697,18 @@ fn read_history(path: &Path, label: &str) -> anyhow::Result<vigil_offline::histo
     Ok(h)
 }
 
-fn print_evaluation(eval: &vigil_offline::evaluate::Evaluation, format: ReportFormat) -> anyhow::Result<()> {
+fn print_evaluation(
+    eval: &vigil_offline::evaluate::Evaluation,
+    format: ReportFormat,
+    report: Option<&Path>,
+) -> anyhow::Result<()> {
     match format {
         ReportFormat::Table => print!("{}", eval.to_table()),
         ReportFormat::Json => println!("{}", serde_json::to_string_pretty(eval)?),
+    }
+    if let Some(dir) = report {
+        let written = vigil_offline::report::write(eval, dir)?;
+        eprintln!("report: {}", written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
     }
     Ok(())
 }

@@ -172,9 +172,19 @@ fn evaluate_reports_ranking_figures_and_the_decision_mix() {
     assert!(v["recall_at_1pct_fpr"].as_f64().unwrap() > 0.0, "{v}");
     let decided: u64 = v["decisions"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum();
     assert_eq!(decided, 4000);
-    // The table form, and a clear refusal of a history without labels.
-    let o = evaluate(&[]);
+    // The table form with the pictures, and a clear refusal of a history without labels.
+    let report = dir.join("report");
+    let o = evaluate(&["--report", report.to_str().unwrap()]);
     assert!(text(&o).contains("AUC-ROC") && text(&o).contains("recall at 1% FPR"), "{}", text(&o));
+    for (file, must) in [("roc.svg", "AUC "), ("pr.svg", "average precision"), ("scores.svg", "fraud (")] {
+        let svg = std::fs::read_to_string(report.join(file)).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains(must) && (svg.contains("<polyline") || svg.contains("<rect")),
+            "{file}"
+        );
+    }
+    let page = std::fs::read_to_string(report.join("index.html")).unwrap();
+    assert!(page.contains("roc.svg") && page.contains("AUC-ROC"), "{page}");
     let o = evaluate(&["--label", "nope"]);
     assert!(!o.status.success() && text(&o).contains("no labels"), "{}", text(&o));
     std::fs::remove_dir_all(&dir).ok();
@@ -231,13 +241,18 @@ fn train_and_evaluate_on_any_numeric_csv_with_a_label() {
     let data = temp("table.csv", &csv);
     let model = data.with_file_name("table-model.json");
     let (d, m) = (data.to_str().unwrap(), model.to_str().unwrap());
-    let o = vigil(&["train", "--history", d, "--features", "x1,x 2", "--label", "label", "--out", m]);
+    let o =
+        vigil(&["train", "--history", d, "--features", "x1,x 2", "--label", "label", "--out", m, "--format", "json"]);
     assert!(o.status.success(), "{}", text(&o));
+    let t: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((t["train_rows"].as_u64(), t["test_rows"].as_u64()), (Some(2100), Some(900)), "{t}");
+    assert!(t["fit_seconds"].as_f64().unwrap() >= 0.0 && t["model_version"].is_string(), "{t}");
     let o = vigil(&["evaluate", "--model", m, "--history", d, "--label", "label", "--format", "json"]);
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!((v["events"].as_u64(), v["frauds"].as_u64()), (Some(3000), Some(150)), "{v}");
     assert!(v["auc_roc"].as_f64().unwrap() > 0.95, "{v}");
+    assert!(v["score_ns_per_event"].as_f64().unwrap() > 0.0, "{v}");
     // A column that is not there is named, with the ones that are.
     let o = vigil(&["train", "--history", d, "--features", "x3", "--label", "label", "--out", m]);
     assert!(!o.status.success() && text(&o).contains("no column `x3`"), "{}", text(&o));
@@ -261,5 +276,10 @@ fn the_feature_table_is_what_train_fits_and_reads_back() {
     let columns = header[2..header.len() - 1].join(",");
     let o = vigil(&["train", "--history", t, "--features", &columns, "--label", "label", "--out", m]);
     assert!(o.status.success() && text(&o).contains("AUC-ROC"), "{}", text(&o));
+    // Its inputs are the pipeline's own: `--table` scores the table's rows as they are.
+    let o = vigil(&["evaluate", "--table", "--model", m, "--history", t, "--label", "label", "--format", "json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["events"].as_u64(), Some(3000), "{v}");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -33,6 +33,12 @@ pub struct RuleLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DisagreementLabels {
+    pub decision: String,
+    pub challenger: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -44,6 +50,9 @@ pub struct Metrics {
     pub decisions: Family<OutcomeLabels, Counter>,
     pub rule_hits: Family<RuleLabels, Counter>,
     pub model_score: Histogram,
+    pub challenger_score: Histogram,
+    /// Decisions the challenger would have made otherwise, by (champion, challenger) outcome.
+    pub challenger_disagreements: Family<DisagreementLabels, Counter>,
     pub auth_failures: Family<ReasonLabels, Counter>,
     pub shed: Counter,
     pub conflicts: Counter,
@@ -114,6 +123,18 @@ impl Metrics {
         registry.register("rule_hits", "Rules that fired, by rule", rule_hits.clone());
         let model_score = Histogram::new((1..=20).map(|i| f64::from(i) * 0.05));
         registry.register("model_score", "Distribution of model scores", model_score.clone());
+        let challenger_score = Histogram::new((1..=20).map(|i| f64::from(i) * 0.05));
+        registry.register(
+            "challenger_score",
+            "Distribution of the challenger model's scores (reported, never deciding)",
+            challenger_score.clone(),
+        );
+        let challenger_disagreements = Family::<DisagreementLabels, Counter>::default();
+        registry.register(
+            "challenger_disagreements",
+            "Decisions the challenger model would have made otherwise",
+            challenger_disagreements.clone(),
+        );
         let auth_failures = Family::<ReasonLabels, Counter>::default();
         registry.register("auth_failures", "Refused requests by reason", auth_failures.clone());
         let shed = Counter::default();
@@ -125,7 +146,18 @@ impl Metrics {
             conflicts.clone(),
         );
         registry.register_collector(Box::new(Live { engine, audit }));
-        Metrics { registry, requests, decisions, rule_hits, model_score, auth_failures, shed, conflicts }
+        Metrics {
+            registry,
+            requests,
+            decisions,
+            rule_hits,
+            model_score,
+            challenger_score,
+            challenger_disagreements,
+            auth_failures,
+            shed,
+            conflicts,
+        }
     }
 
     /// Counts a decision's outcome, rules and model score.
@@ -137,6 +169,16 @@ impl Metrics {
         }
         if let Some(s) = d.model_score {
             self.model_score.observe(s);
+        }
+        if let Some(c) = &d.challenger {
+            self.challenger_score.observe(c.score);
+            if c.decision != d.decision {
+                let labels = DisagreementLabels {
+                    decision: d.decision.as_str().to_owned(),
+                    challenger: c.decision.as_str().to_owned(),
+                };
+                self.challenger_disagreements.get_or_create(&labels).inc();
+            }
         }
     }
 

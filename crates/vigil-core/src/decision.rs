@@ -62,6 +62,18 @@ pub struct ModelFactor {
     pub contribution: f64,
 }
 
+/// A challenger model's view of one event: scored beside the champion and
+/// reported, never deciding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChallengerScore {
+    pub model_version: String,
+    /// The challenger's score in [0, 1].
+    pub score: f64,
+    /// What the pipeline would have decided with the challenger in the
+    /// champion's place (same rules, weight and thresholds).
+    pub decision: Action,
+}
+
 /// Vigil's answer for one transaction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
@@ -82,6 +94,9 @@ pub struct Decision {
     /// that explain their score: the logistic regression).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub model_factors: Vec<ModelFactor>,
+    /// The challenger model's score and would-be decision, when one is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenger: Option<ChallengerScore>,
     /// Feature values as of before this event.
     pub features: BTreeMap<String, FeatureValue>,
     /// True when this transaction had been seen before (a redelivery): its features

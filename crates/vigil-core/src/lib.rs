@@ -50,7 +50,7 @@ impl StableHasher {
     }
 }
 
-pub use decision::{Action, Decision, ModelFactor, Reason};
+pub use decision::{Action, ChallengerScore, Decision, ModelFactor, Reason};
 pub use event::{Event, EventError, EventField, Fields};
 pub use feature::{Aggregate, EntityKey, FeatureDef, FeatureValue, FeatureVector};
 pub use label::{Label, Verdict};

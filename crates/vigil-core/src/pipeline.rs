@@ -121,6 +121,9 @@ pub struct ModelConfig {
     pub path: PathBuf,
     /// Risk-score points a model score of 1.0 adds.
     pub weight: f64,
+    /// A challenger model scored beside the champion on every decision and
+    /// reported with it, never deciding.
+    pub challenger: Option<PathBuf>,
 }
 
 /// Risk-score thresholds of the decision policy.
@@ -290,6 +293,7 @@ struct RawRules {
 struct RawModel {
     path: Spanned<String>,
     weight: Option<Spanned<f64>>,
+    challenger: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -404,7 +408,16 @@ impl PipelineConfig {
                     p.on(w, "model.weight", "must be a finite number, zero or more");
                 }
             }
-            ModelConfig { path: resolve(m.path.get_ref()), weight }
+            if let Some(c) = &m.challenger {
+                if c.get_ref().trim().is_empty() {
+                    p.on(c, "model.challenger", "must not be empty (leave the key out for no challenger)");
+                }
+            }
+            ModelConfig {
+                path: resolve(m.path.get_ref()),
+                weight,
+                challenger: m.challenger.as_ref().map(|c| resolve(c.get_ref())),
+            }
         });
 
         let thresholds = match &raw.decision {
@@ -876,6 +889,19 @@ window = "10m"
         }
         let none = PipelineConfig::parse(Path::new("p.toml"), &with("[api]\n")).unwrap_err().to_string();
         assert!(none.contains("api: declares no way in"), "{none}");
+    }
+
+    #[test]
+    fn a_challenger_model_resolves_beside_the_champion() {
+        let with = |model: &str| format!("{GOOD}\n[model]\npath = \"../models/a.json\"\n{model}");
+        let c =
+            PipelineConfig::parse(Path::new("pipelines/x.toml"), &with("challenger = \"../models/b.json\"\n")).unwrap();
+        let m = c.model.unwrap();
+        assert_eq!((m.weight, m.challenger), (100.0, Some(PathBuf::from("pipelines/../models/b.json"))));
+        let none = PipelineConfig::parse(Path::new("p.toml"), &with("")).unwrap();
+        assert_eq!(none.model.unwrap().challenger, None);
+        let err = PipelineConfig::parse(Path::new("p.toml"), &with("challenger = \" \"\n")).unwrap_err().to_string();
+        assert!(err.contains("model.challenger: must not be empty"), "{err}");
     }
 
     #[test]

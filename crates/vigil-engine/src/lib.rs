@@ -28,7 +28,9 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use rust_decimal::prelude::ToPrimitive;
 use vigil_core::pipeline::{DegradedPolicy, StoreBackend, Thresholds};
-use vigil_core::{Action, Decision, Event, FeatureValue, FeatureVector, Label, ModelFactor, PipelineConfig, Reason};
+use vigil_core::{
+    Action, ChallengerScore, Decision, Event, FeatureValue, FeatureVector, Label, ModelFactor, PipelineConfig, Reason,
+};
 pub use vigil_features::LabelOutcome;
 use vigil_features::{FeatureError, FeatureStore, MemoryStore, Plan, RedisStore};
 use vigil_model::{Model, ModelError, TrainedModel};
@@ -61,6 +63,14 @@ struct ScoringModel {
     inputs: Vec<Input>,
 }
 
+/// The model scores behind one decision: the champion's (version, score and
+/// factors) and the challenger's (version and score).
+struct Scores<'a> {
+    model_version: Option<&'a str>,
+    scored: Option<(f64, Vec<ModelFactor>)>,
+    challenger: Option<(&'a str, f64)>,
+}
+
 /// Turns events into decisions.
 pub struct Engine {
     store: Arc<dyn FeatureStore>,
@@ -70,6 +80,7 @@ pub struct Engine {
     schema: Schema,
     rules: ArcSwap<RuleSet>,
     model: ArcSwap<Option<ScoringModel>>,
+    challenger: ArcSwap<Option<ScoringModel>>,
     model_weight: f64,
     thresholds: Thresholds,
 }
@@ -130,6 +141,10 @@ impl Engine {
             Some(m) => Some(Self::load_model_for(&schema, &m.path)?),
             None => None,
         };
+        let challenger = match config.model.as_ref().and_then(|m| m.challenger.as_deref()) {
+            Some(path) => Some(Self::load_model_for(&schema, path)?),
+            None => None,
+        };
         Ok(Engine {
             store,
             breaker: Breaker::default(),
@@ -137,6 +152,7 @@ impl Engine {
             degraded: config.store.degraded,
             rules: ArcSwap::from_pointee(rules),
             model: ArcSwap::from_pointee(model),
+            challenger: ArcSwap::from_pointee(challenger),
             model_weight: config.model.as_ref().map_or(0.0, |m| m.weight),
             thresholds: config.thresholds,
             schema,
@@ -175,11 +191,25 @@ impl Engine {
         Ok(version)
     }
 
+    /// The version of the challenger model, when one is configured.
+    pub fn challenger_version(&self) -> Option<String> {
+        self.challenger.load().as_ref().as_ref().map(|m| m.model.version().to_owned())
+    }
+
     /// Loads a model file and swaps it in if it loads and fits the pipeline.
     pub fn reload_model(&self, path: &Path) -> Result<String, EngineError> {
         let m = Self::load_model_for(&self.schema, path)?;
         let version = m.model.version().to_owned();
         self.model.store(Arc::new(Some(m)));
+        Ok(version)
+    }
+
+    /// Loads a challenger model file and swaps it in if it loads and fits the
+    /// pipeline; otherwise the current challenger keeps being scored.
+    pub fn reload_challenger(&self, path: &Path) -> Result<String, EngineError> {
+        let m = Self::load_model_for(&self.schema, path)?;
+        let version = m.model.version().to_owned();
+        self.challenger.store(Arc::new(Some(m)));
         Ok(version)
     }
 
@@ -219,16 +249,23 @@ impl Engine {
             }
         };
         let rules = self.rules.load();
-        let model = self.model.load();
+        let (model, challenger) = (self.model.load(), self.challenger.load());
         Ok(events
             .iter()
             .zip(&features)
             .map(|(e, fv)| {
                 let m = model.as_ref().as_ref();
                 let scored = m.map(|m| Self::model_score(m, e, fv));
-                let mut d = self.decide_with(&rules, m.map(|m| m.model.version()), scored, e, fv, started);
+                let c = challenger.as_ref().as_ref().map(|c| (c.model.version(), Self::score_only(c, e, fv)));
+                let scores = Scores { model_version: m.map(|m| m.model.version()), scored, challenger: c };
+                let mut d = self.decide_with(&rules, scores, e, fv, started);
                 if degraded {
                     d.degraded = true;
+                    if let Some(c) = d.challenger.as_mut().filter(|c| c.decision == Action::Approve) {
+                        if self.degraded == DegradedPolicy::Review {
+                            c.decision = Action::Review;
+                        }
+                    }
                     if self.degraded == DegradedPolicy::Review && d.decision == Action::Approve {
                         d.decision = Action::Review;
                         d.reasons.insert(
@@ -320,16 +357,25 @@ impl Engine {
         Ok(out.remove(0))
     }
 
-    /// The model's score and the inputs that pushed it up most.
-    fn model_score(m: &ScoringModel, event: &Event, fv: &FeatureVector) -> (f64, Vec<ModelFactor>) {
-        let inputs: Vec<f64> = m
-            .inputs
+    /// The model's inputs for one event, in the model's order.
+    fn inputs_for(m: &ScoringModel, event: &Event, fv: &FeatureVector) -> Vec<f64> {
+        m.inputs
             .iter()
             .map(|i| match i {
                 Input::Amount => event.amount.to_f64().unwrap_or(f64::NAN),
                 Input::Feature(j) => fv.values.get(*j).and_then(|v| v.as_f64()).unwrap_or(f64::NAN),
             })
-            .collect();
+            .collect()
+    }
+
+    /// The model's score alone (the challenger needs no explanation).
+    fn score_only(m: &ScoringModel, event: &Event, fv: &FeatureVector) -> f64 {
+        m.model.score(&Self::inputs_for(m, event, fv))
+    }
+
+    /// The model's score and the inputs that pushed it up most.
+    fn model_score(m: &ScoringModel, event: &Event, fv: &FeatureVector) -> (f64, Vec<ModelFactor>) {
+        let inputs = Self::inputs_for(m, event, fv);
         let (top, n) = strongest(|visit| m.model.contributions(&inputs, visit));
         let names = m.model.inputs();
         let factors = top[..n]
@@ -344,17 +390,20 @@ impl Engine {
     pub fn decide_given(&self, event: &Event, features: &FeatureVector, model_score: Option<f64>) -> Decision {
         let rules = self.rules.load();
         let scored = model_score.map(|s| (s, Vec::new()));
-        self.decide_with(&rules, None, scored, event, features, Instant::now())
+        let scores = Scores { model_version: None, scored, challenger: None };
+        self.decide_with(&rules, scores, event, features, Instant::now())
     }
 
     /// Decides with given features, scoring them with the loaded model (if any):
     /// what a live decision would have been, for backtests over history.
     pub fn decide_offline(&self, event: &Event, features: &FeatureVector) -> Decision {
         let rules = self.rules.load();
-        let model = self.model.load();
+        let (model, challenger) = (self.model.load(), self.challenger.load());
         let m = model.as_ref().as_ref();
         let scored = m.map(|m| Self::model_score(m, event, features));
-        self.decide_with(&rules, m.map(|m| m.model.version()), scored, event, features, Instant::now())
+        let c = challenger.as_ref().as_ref().map(|c| (c.model.version(), Self::score_only(c, event, features)));
+        let scores = Scores { model_version: m.map(|m| m.model.version()), scored, challenger: c };
+        self.decide_with(&rules, scores, event, features, Instant::now())
     }
 
     /// The engine's feature definitions, in feature-vector order.
@@ -365,12 +414,12 @@ impl Engine {
     fn decide_with(
         &self,
         rules: &RuleSet,
-        model_version: Option<&str>,
-        scored: Option<(f64, Vec<ModelFactor>)>,
+        scores: Scores<'_>,
         event: &Event,
         fv: &FeatureVector,
         started: Instant,
     ) -> Decision {
+        let Scores { model_version, scored, challenger } = scores;
         let (model_score, model_factors) = match scored {
             Some((s, f)) => (Some(s), f),
             None => (None, Vec::new()),
@@ -387,19 +436,28 @@ impl Engine {
             });
         });
         let live = || reasons.iter().filter(|r| !r.shadow);
-        let score = live().map(|r| r.score).sum::<f64>() + model_score.unwrap_or(0.0) * self.model_weight;
+        let rules_score = live().map(|r| r.score).sum::<f64>();
         let any = |a: Action| live().any(|r| r.action == a);
-        let decision = if any(Action::Decline) {
-            Action::Decline
-        } else if any(Action::Approve) {
-            Action::Approve
-        } else if score >= self.thresholds.decline_score {
-            Action::Decline
-        } else if any(Action::Review) || score >= self.thresholds.review_score {
-            Action::Review
-        } else {
-            Action::Approve
+        let policy = |score: f64| {
+            if any(Action::Decline) {
+                Action::Decline
+            } else if any(Action::Approve) {
+                Action::Approve
+            } else if score >= self.thresholds.decline_score {
+                Action::Decline
+            } else if any(Action::Review) || score >= self.thresholds.review_score {
+                Action::Review
+            } else {
+                Action::Approve
+            }
         };
+        let score = rules_score + model_score.unwrap_or(0.0) * self.model_weight;
+        let decision = policy(score);
+        let challenger = challenger.map(|(version, s)| ChallengerScore {
+            model_version: version.to_owned(),
+            score: s,
+            decision: policy(rules_score + s * self.model_weight),
+        });
         // The rules that made the decision first, then the others by severity,
         // shadow rules last; file order within each (the sort is stable).
         reasons.sort_by_key(|r| (r.shadow, r.action != decision, std::cmp::Reverse(r.action)));
@@ -414,6 +472,7 @@ impl Engine {
             model_version: model_version.map(str::to_owned),
             model_score,
             model_factors,
+            challenger,
             features,
             replayed: fv.replayed,
             degraded: false,

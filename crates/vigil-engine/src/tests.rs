@@ -287,3 +287,45 @@ fn strongest_keeps_the_largest_positive_parts_in_order() {
         assert_eq!(top[..n], want[..], "{parts:?}");
     }
 }
+
+#[tokio::test]
+async fn a_challenger_is_scored_and_reported_on_every_decision_and_never_decides() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut c = PipelineConfig::load(&root.join("pipelines/demo.toml")).unwrap();
+    let inputs = model_inputs(&c.features);
+    let shipped = vigil_model::load(&root.join("models/card-fraud.json"), &inputs).unwrap();
+    // A challenger that scores every event higher than the champion.
+    let body = vigil_model::ModelBody {
+        name: "challenger".into(),
+        intercept: shipped.body().intercept + 4.0,
+        ..shipped.body().clone()
+    };
+    let dir = std::env::temp_dir().join(format!("vigil-engine-challenger-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("challenger.json");
+    std::fs::write(&path, vigil_model::TrainedModel::new(body).unwrap().to_file_json()).unwrap();
+    let champion_only = Engine::in_memory(&c).unwrap();
+    c.model.as_mut().unwrap().challenger = Some(path.clone());
+    let engine = Engine::in_memory(&c).unwrap();
+    let gen = vigil_gen::GenConfig { events: 2_000, cards: 200, merchants: 30, days: 3, ..Default::default() };
+    let events: Vec<Event> = vigil_gen::generate(&gen).into_iter().map(|l| l.event).collect();
+    let refs: Vec<&Event> = events.iter().collect();
+    let with = engine.decide_batch(&refs).await.unwrap();
+    let without = champion_only.decide_batch(&refs).await.unwrap();
+    let mut stricter = 0;
+    for (a, b) in with.iter().zip(&without) {
+        // The champion's decision is untouched by the challenger.
+        assert_eq!((a.decision, a.score, a.model_score), (b.decision, b.score, b.model_score));
+        assert!(b.challenger.is_none());
+        let ch = a.challenger.as_ref().expect("every decision carries the challenger");
+        assert!(ch.model_version.starts_with("challenger@") && ch.score >= a.model_score.unwrap(), "{a:?}");
+        assert!(ch.decision >= a.decision, "a higher score never loosens the decision: {a:?}");
+        stricter += usize::from(ch.decision > a.decision);
+    }
+    assert!(stricter > 0, "the challenger's higher scores change some would-be decisions");
+    // A refused challenger file keeps the last good challenger.
+    std::fs::write(&path, "{").unwrap();
+    assert!(engine.reload_challenger(&path).is_err());
+    assert!(engine.challenger_version().unwrap().starts_with("challenger@"));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -1,6 +1,6 @@
-//! Live reload: polls the rule files (and lists) for changes and swaps a new rule
-//! set in when they check; a broken edit is refused and the last good set keeps
-//! serving. Polling metadata once a second is cheap for rule folders and sees
+//! Live reload: polls the rule files (and lists) and the model files for changes
+//! and swaps a new rule set or model in when it checks; a broken edit or a
+//! corrupt model file is refused and the last good one keeps serving. Polling metadata once a second is cheap for rule folders and sees
 //! editors that replace files as well as those that write in place.
 
 use std::path::{Path, PathBuf};
@@ -75,6 +75,63 @@ pub async fn watch_rules(
             Err(e) => {
                 stats.refused.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, kept = %before, "changed rules refused; the last good set keeps serving");
+            }
+        }
+    }
+}
+
+fn file_stamp(path: &Path) -> Option<(u64, Option<SystemTime>)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()))
+}
+
+/// Which model a watched file feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelRole {
+    Champion,
+    Challenger,
+}
+
+/// Watches model files until `shutdown` completes, swapping in each file that
+/// changes and loads (checksum, format, inputs matching the pipeline). A file
+/// that is refused is logged and counted; the model it would replace keeps
+/// scoring, and the next change to the file is tried again.
+pub async fn watch_models(
+    engine: Arc<Engine>,
+    files: Vec<(ModelRole, PathBuf)>,
+    interval: Duration,
+    stats: Arc<ReloadStats>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut seen: Vec<_> = files.iter().map(|(_, p)| file_stamp(p)).collect();
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        for ((role, path), seen) in files.iter().zip(seen.iter_mut()) {
+            let now = file_stamp(path);
+            if now == *seen {
+                continue;
+            }
+            *seen = now;
+            let (before, result) = match role {
+                ModelRole::Champion => (engine.model_version(), engine.reload_model(path)),
+                ModelRole::Challenger => (engine.challenger_version(), engine.reload_challenger(path)),
+            };
+            let before = before.unwrap_or_default();
+            match result {
+                Ok(v) if v == before => {}
+                Ok(v) => {
+                    stats.reloaded.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(?role, file = %path.display(), from = %before, to = %v, "model reloaded");
+                }
+                Err(e) => {
+                    stats.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(?role, file = %path.display(), error = %e, kept = %before,
+                        "changed model file refused; the last good model keeps scoring");
+                }
             }
         }
     }

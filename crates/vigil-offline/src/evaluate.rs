@@ -16,8 +16,9 @@ use vigil_engine::Engine;
 use vigil_model::{Model, TrainedModel};
 
 use crate::history::History;
+use crate::ranking::Ranking;
 use crate::tabular::Table;
-use crate::{auc_and_ap, OfflineError};
+use crate::OfflineError;
 
 /// The evaluation of one model over one history.
 #[derive(Debug, Clone, Serialize)]
@@ -38,38 +39,30 @@ pub struct Evaluation {
     /// Frauds reviewed or declined, and genuine events reviewed or declined.
     pub frauds_flagged: u64,
     pub genuine_flagged: u64,
+    /// Table mode: the mean wall time of one `score` call (one event at a
+    /// time, as the engine scores), over every row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score_ns_per_event: Option<f64>,
     /// Scores and labels, for curves.
     #[serde(skip)]
     pub scores: Vec<f64>,
     #[serde(skip)]
     pub labels: Vec<bool>,
+    /// ROC curve, (false-positive rate, recall), thinned for drawing.
+    #[serde(skip)]
+    pub roc: Vec<(f64, f64)>,
+    /// Precision-recall curve, (recall, precision), thinned for drawing.
+    #[serde(skip)]
+    pub pr: Vec<(f64, f64)>,
 }
+
+/// Curves keep points at least 1/2000 apart: smooth at any history size.
+const CURVE_RESOLUTION: usize = 2_000;
 
 /// Recall at the lowest threshold whose false-positive rate stays within `fpr`,
 /// and that threshold. Ties are taken whole.
 pub fn recall_at_fpr(scores: &[f64], labels: &[bool], fpr: f64) -> (f64, f64) {
-    let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|a, b| scores[*b].total_cmp(&scores[*a]));
-    let pos = labels.iter().filter(|l| **l).count() as f64;
-    let neg = labels.len() as f64 - pos;
-    let (mut tp, mut fp, mut best) = (0.0, 0.0, (0.0, f64::INFINITY));
-    let mut i = 0;
-    while i < idx.len() {
-        let s = scores[idx[i]];
-        while i < idx.len() && scores[idx[i]] == s {
-            if labels[idx[i]] {
-                tp += 1.0;
-            } else {
-                fp += 1.0;
-            }
-            i += 1;
-        }
-        if fp > fpr * neg {
-            break;
-        }
-        best = (if pos > 0.0 { tp / pos } else { f64::NAN }, s);
-    }
-    best
+    Ranking::new(scores, labels).recall_at_fpr(fpr)
 }
 
 /// Scores and decides every event of `history` with `engine` (whose model is
@@ -118,13 +111,24 @@ pub fn run_table(model: &TrainedModel, table: &Table) -> Result<Evaluation, Offl
         )));
     }
     let mut eval = Evaluation::empty(model.version());
-    eval.scores = table.rows.iter().map(|r| model.score(r)).collect();
+    let started = std::time::Instant::now();
+    eval.scores = table.rows.iter().map(|r| model.score(std::hint::black_box(r))).collect();
+    eval.score_ns_per_event = Some(started.elapsed().as_nanos() as f64 / table.rows.len().max(1) as f64);
     eval.labels = table.labels.clone();
     eval.rank();
     Ok(eval)
 }
 
 impl Evaluation {
+    /// The ranking figures and curves of given scores and labels (no decisions).
+    pub fn from_scores(model_version: &str, scores: Vec<f64>, labels: Vec<bool>) -> Evaluation {
+        let mut eval = Evaluation::empty(model_version);
+        eval.scores = scores;
+        eval.labels = labels;
+        eval.rank();
+        eval
+    }
+
     fn empty(model_version: &str) -> Evaluation {
         Evaluation {
             model_version: model_version.to_owned(),
@@ -138,25 +142,25 @@ impl Evaluation {
             decisions: BTreeMap::new(),
             frauds_flagged: 0,
             genuine_flagged: 0,
+            score_ns_per_event: None,
             scores: Vec::new(),
             labels: Vec::new(),
+            roc: Vec::new(),
+            pr: Vec::new(),
         }
     }
 
-    /// The ranking figures, from the scores and labels.
+    /// The ranking figures and curves, from one sort of the scores.
     fn rank(&mut self) {
         self.events = self.scores.len();
         self.frauds = self.labels.iter().filter(|l| **l).count();
-        (self.auc_roc, self.average_precision) = auc_and_ap(&self.scores, &self.labels);
-        (self.recall_at_1pct_fpr, self.threshold_at_1pct_fpr) = recall_at_fpr(&self.scores, &self.labels, 0.01);
-        let mut order: Vec<usize> = (0..self.events).collect();
-        order.sort_by(|a, b| self.scores[*b].total_cmp(&self.scores[*a]));
-        for k in [100, 1_000, 10_000] {
-            if k <= self.events {
-                let hits = order[..k].iter().filter(|i| self.labels[**i]).count();
-                self.precision_at_top.push((k, hits as f64 / k as f64));
-            }
-        }
+        let r = Ranking::new(&self.scores, &self.labels);
+        (self.auc_roc, self.average_precision) = (r.auc_roc(), r.average_precision());
+        (self.recall_at_1pct_fpr, self.threshold_at_1pct_fpr) = r.recall_at_fpr(0.01);
+        self.precision_at_top =
+            [100, 1_000, 10_000].into_iter().filter_map(|k| Some((k, r.precision_at_top(&self.labels, k)?))).collect();
+        self.roc = r.roc_points(CURVE_RESOLUTION);
+        self.pr = r.pr_points(CURVE_RESOLUTION);
     }
 
     /// The evaluation as a plain-text table.
@@ -174,6 +178,9 @@ impl Evaluation {
         );
         for (k, p) in &self.precision_at_top {
             let _ = writeln!(out, "  precision, top {k:<7}  {}", pct(*p));
+        }
+        if let Some(ns) = self.score_ns_per_event {
+            let _ = writeln!(out, "  scoring                 {ns:.0} ns per event, one at a time");
         }
         if self.decisions.is_empty() {
             return out;

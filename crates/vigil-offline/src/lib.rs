@@ -9,6 +9,8 @@ pub mod backtest;
 pub mod columnar;
 pub mod evaluate;
 pub mod history;
+pub mod ranking;
+pub mod report;
 pub mod tabular;
 
 use linfa::prelude::*;
@@ -29,6 +31,10 @@ pub enum OfflineError {
     Fit(String),
     #[error("bad training data: {0}")]
     Data(String),
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("report: {0}")]
+    Report(String),
 }
 
 /// Features of every event as of before it, in history order, with the fraud
@@ -105,41 +111,14 @@ pub struct TrainReport {
     pub test_frauds: usize,
     pub auc_roc: f64,
     pub average_precision: f64,
+    /// Wall time of the fit alone (not reading, features or scaling).
+    pub fit_seconds: f64,
 }
 
 /// Area under the ROC curve (ties counted half) and average precision.
 pub fn auc_and_ap(scores: &[f64], labels: &[bool]) -> (f64, f64) {
-    let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|a, b| scores[*b].total_cmp(&scores[*a]));
-    let pos = labels.iter().filter(|l| **l).count() as f64;
-    let neg = labels.len() as f64 - pos;
-    if pos == 0.0 || neg == 0.0 {
-        return (f64::NAN, f64::NAN);
-    }
-    // Mann-Whitney U over descending scores, with ties sharing ranks.
-    let (mut auc_num, mut tp, mut fp, mut ap) = (0.0, 0.0, 0.0, 0.0);
-    let mut i = 0;
-    while i < idx.len() {
-        let mut j = i;
-        let (mut tie_pos, mut tie_neg) = (0.0, 0.0);
-        while j < idx.len() && scores[idx[j]] == scores[idx[i]] {
-            if labels[idx[j]] {
-                tie_pos += 1.0;
-            } else {
-                tie_neg += 1.0;
-            }
-            j += 1;
-        }
-        // Negatives in this tie group rank below every positive seen before it.
-        auc_num += tie_neg * (tp + tie_pos / 2.0);
-        tp += tie_pos;
-        fp += tie_neg;
-        if tie_pos > 0.0 {
-            ap += tie_pos / pos * (tp / (tp + fp));
-        }
-        i = j;
-    }
-    (auc_num / (pos * neg), ap)
+    let r = ranking::Ranking::new(scores, labels);
+    (r.auc_roc(), r.average_precision())
 }
 
 /// Model inputs in the order the engine builds them: `amount`, then the features.
@@ -261,6 +240,7 @@ pub fn fit_rows(
     };
 
     let train_frauds = labels[..split].iter().filter(|l| **l).count();
+    let fit_started;
     let (body, library, hyperparameters) = match config.algorithm {
         Algorithm::Logistic => {
             // Class imbalance: replicate frauds up to about the target share.
@@ -281,6 +261,7 @@ pub fn fit_rows(
             }
             let x = Array2::from_shape_vec((y.len(), n_inputs), x).map_err(|e| OfflineError::Data(e.to_string()))?;
             let dataset = Dataset::new(x, Array1::from(y));
+            fit_started = std::time::Instant::now();
             let fitted = LogisticRegression::default()
                 .alpha(config.alpha)
                 .max_iterations(config.max_iterations)
@@ -320,9 +301,9 @@ pub fn fit_rows(
                 .n_trees(config.n_trees)
                 .sample_size(config.sample_size)
                 .seed(config.data.seed);
-            let forest = params
-                .fit(&Dataset::new(x, Array1::<usize>::zeros(split)))
-                .map_err(|e| OfflineError::Fit(e.to_string()))?;
+            let dataset = Dataset::new(x, Array1::<usize>::zeros(split));
+            fit_started = std::time::Instant::now();
+            let forest = params.fit(&dataset).map_err(|e| OfflineError::Fit(e.to_string()))?;
             let body = ModelBody {
                 format: FORMAT.into(),
                 format_version: vigil_model::FOREST_FORMAT_VERSION,
@@ -343,6 +324,7 @@ pub fn fit_rows(
             (body, "vigil-iforest (linfa 0.8 traits)", hyper)
         }
     };
+    let fit_seconds = fit_started.elapsed().as_secs_f64();
     let draft = TrainedModel::new(body.clone()).map_err(OfflineError::Fit)?;
     use vigil_model::Model;
     let scores: Vec<f64> = rows[split..].iter().map(|r| draft.score(r)).collect();
@@ -368,6 +350,7 @@ pub fn fit_rows(
         test_frauds,
         auc_roc,
         average_precision,
+        fit_seconds,
     })
 }
 

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Vigil's models beside scikit-learn's, on the very same feature table and split.
+#
+#   bash benches/sklearn/compare.sh        # env: VIGIL_COMPARE_EVENTS (1000000), VIGIL_COMPARE_SEED (7)
+#
+# 1. `vigil gen` writes a labelled history; `vigil features` turns it into the
+#    feature table `vigil train` fits (amount and the demo pipeline's 22
+#    features as of before each event, label features included, and the label).
+# 2. Vigil trains a logistic regression and an isolation forest on the table's
+#    first 70% of rows (`vigil train --features ... --format json`) and scores
+#    the rest (`vigil evaluate --table --format json`).
+# 3. compare.py fits scikit-learn's LogisticRegression and IsolationForest on the
+#    same rows with the same preprocessing and hyperparameters, scores the same
+#    later rows, and prints both sides: AUC-ROC, average precision, fit time,
+#    batch scoring and single-event scoring.
+# The Python side lives in a virtual environment this script creates
+# (target/sklearn-venv); nothing is installed outside the repository.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+events=${VIGIL_COMPARE_EVENTS:-1000000}
+seed=${VIGIL_COMPARE_SEED:-7}
+share=0.7
+work=${VIGIL_COMPARE_DIR:-$root/target/compare}
+venv=$root/target/sklearn-venv
+vigil=$root/target/release/vigil
+mkdir -p "$work"
+
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check scikit-learn==1.7.2 pandas==2.3.3
+fi
+(cd "$root" && cargo build --release --quiet)
+
+cd "$root"
+echo "compare: $events events, seed $seed, in $work" >&2
+"$vigil" gen --events "$events" --seed "$seed" --inline-labels --format parquet --out "$work/history.parquet" >&2
+"$vigil" features --pipeline pipelines/demo.toml --history "$work/history.parquet" --out "$work/table.csv"
+inputs=$(head -1 "$work/table.csv" | tr ',' '\n' | grep -vxE 'transaction_id|timestamp|label' | paste -sd, -)
+"$venv/bin/python" "$root/benches/sklearn/compare.py" split "$work" "$share"
+
+for algorithm in logistic isolation-forest; do
+  "$vigil" train --history "$work/table.csv" --features "$inputs" --label label --train-share "$share" \
+    --seed "$seed" --algorithm "$algorithm" --out "$work/vigil-$algorithm.model.json" --format json \
+    >"$work/train-$algorithm.json"
+  "$vigil" evaluate --table --model "$work/vigil-$algorithm.model.json" --history "$work/test.csv" --label label \
+    --format json --report "$work/report-$algorithm" >"$work/evaluate-$algorithm.json"
+  "$venv/bin/python" -c 'import json,sys; t,e,o=sys.argv[1:]; json.dump({"train": json.load(open(t)), "evaluate": json.load(open(e))}, open(o,"w"))' \
+    "$work/train-$algorithm.json" "$work/evaluate-$algorithm.json" "$work/vigil-$algorithm.json"
+done
+
+"$venv/bin/python" "$root/benches/sklearn/compare.py" compare "$work" "$share" "$seed"
