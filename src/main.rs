@@ -14,6 +14,12 @@ use vigil_engine::Engine;
 use vigil_gen::GenConfig;
 use vigil_rules::{RuleSet, Schema};
 
+/// mimalloc rather than glibc's allocator: the server allocates per request
+/// from several threads, and glibc's arenas spent about a quarter of its CPU
+/// under load (benches/RESULTS.md, the HTTP API).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "vigil", version, about = "Streaming risk and fraud scoring for payment systems")]
 struct Cli {

@@ -23,6 +23,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod coalesce;
 pub mod metrics;
 
 use std::sync::Arc;
@@ -78,6 +79,7 @@ pub struct Api {
     verifier: Verifier,
     metrics: Metrics,
     in_flight: Arc<Semaphore>,
+    coalescer: coalesce::Coalescer,
     audit: Option<Audit>,
     labels: Option<(FutureProducer, String)>,
 }
@@ -135,6 +137,7 @@ impl Api {
         let api = Api {
             metrics: Metrics::new(engine.clone(), audit_stats),
             in_flight: Arc::new(Semaphore::new(config.max_concurrency)),
+            coalescer: coalesce::Coalescer::start(engine.clone(), config.store_calls, config.max_batch),
             kafka: pipeline.kafka.clone(),
             engine,
             config,
@@ -191,7 +194,7 @@ fn conflict_message(d: &Decision) -> String {
     )
 }
 
-fn engine_failure(e: EngineError) -> Response {
+fn engine_failure(e: &EngineError) -> Response {
     tracing::warn!(error = %e, "no decision: a dependency failed");
     retry_later("dependency_unavailable", format!("no decision could be made now: {e}"))
 }
@@ -200,12 +203,12 @@ async fn decide_one(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes
     let arrived = Instant::now();
     let Some(deadline) = api.deadline(&headers, arrived) else { return bad_budget() };
     let event = match Event::from_json(&body) {
-        Ok(e) => e,
+        Ok(e) => Arc::new(e),
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_event", e.message, e.field.as_deref()),
     };
-    let d = match api.engine.decide_batch_by(&[&event], Some(deadline)).await {
-        Ok(mut ds) => ds.remove(0),
-        Err(e) => return engine_failure(e),
+    let d = match api.coalescer.decide(&api.engine, event.clone(), deadline).await {
+        Ok(d) => d,
+        Err(e) => return engine_failure(&e),
     };
     if !api.settle(&event, &d) {
         let message = conflict_message(&d);
@@ -255,7 +258,7 @@ async fn decide_batch(State(api): State<Arc<Api>>, headers: HeaderMap, body: Byt
     } else {
         match api.engine.decide_batch_by(&valid, Some(deadline)).await {
             Ok(ds) => ds.into_iter(),
-            Err(e) => return engine_failure(e),
+            Err(e) => return engine_failure(&e),
         }
     };
     let results: Vec<Value> = parsed
@@ -309,7 +312,7 @@ async fn labels(State(api): State<Arc<Api>>, body: Bytes) -> Response {
     let refs: Vec<&Label> = checked.iter().collect();
     let outcomes = match api.engine.apply_labels(&refs).await {
         Ok(o) => o,
-        Err(e) => return engine_failure(e),
+        Err(e) => return engine_failure(&e),
     };
     if let Some((producer, topic)) = &api.labels {
         for l in &checked {

@@ -235,24 +235,57 @@ impl Engine {
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Vec<Decision>, EngineError> {
         let started = Instant::now();
-        let (features, degraded) = match self.features_by(events, deadline).await {
-            Ok(f) => (f, false),
-            Err(e) if self.degraded == DegradedPolicy::Fail || !e.is_retryable() => return Err(e.into()),
-            Err(e) => {
-                tracing::warn!(error = %e, events = events.len(), "deciding without features (degraded policy)");
-                self.store_stats.degraded_decisions.fetch_add(events.len() as u64, Ordering::Relaxed);
-                let missing = FeatureVector {
-                    values: vec![FeatureValue::Missing; self.schema.features.len()],
-                    ..FeatureVector::default()
-                };
-                (vec![missing; events.len()], true)
-            }
+        match self.features_by(events, deadline).await {
+            Ok(features) => Ok(self.decide_features(events, &features, false, started)),
+            Err(e) => self.decide_degraded_at(events, e, started),
+        }
+    }
+
+    /// Decides `events` without their features, after the feature store
+    /// failed with `error`: the pipeline's degraded policy decides (marking the
+    /// decisions degraded), or, under `fail` or for an error a retry cannot
+    /// mend, the error is returned. For callers that gave up waiting on the
+    /// store themselves (a request's own deadline).
+    pub fn decide_degraded(&self, events: &[&Event], error: FeatureError) -> Result<Vec<Decision>, EngineError> {
+        self.decide_degraded_at(events, error, Instant::now())
+    }
+
+    /// Counts a feature-store call given up at a caller's deadline.
+    pub fn count_deadline_cut(&self) {
+        self.store_stats.deadline_cut.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn decide_degraded_at(
+        &self,
+        events: &[&Event],
+        e: FeatureError,
+        started: Instant,
+    ) -> Result<Vec<Decision>, EngineError> {
+        if self.degraded == DegradedPolicy::Fail || !e.is_retryable() {
+            return Err(e.into());
+        }
+        tracing::warn!(error = %e, events = events.len(), "deciding without features (degraded policy)");
+        self.store_stats.degraded_decisions.fetch_add(events.len() as u64, Ordering::Relaxed);
+        let missing = FeatureVector {
+            values: vec![FeatureValue::Missing; self.schema.features.len()],
+            ..FeatureVector::default()
         };
+        Ok(self.decide_features(events, &vec![missing; events.len()], true, started))
+    }
+
+    /// Rules and models over features in hand.
+    fn decide_features(
+        &self,
+        events: &[&Event],
+        features: &[FeatureVector],
+        degraded: bool,
+        started: Instant,
+    ) -> Vec<Decision> {
         let rules = self.rules.load();
         let (model, challenger) = (self.model.load(), self.challenger.load());
-        Ok(events
+        events
             .iter()
-            .zip(&features)
+            .zip(features)
             .map(|(e, fv)| {
                 let m = model.as_ref().as_ref();
                 let scored = m.map(|m| Self::model_score(m, e, fv));
@@ -282,7 +315,7 @@ impl Engine {
                 }
                 d
             })
-            .collect())
+            .collect()
     }
 
     async fn features_by(
