@@ -15,7 +15,7 @@
 //! Needs `cargo build --release`, and the broker and Redis of
 //! `scripts/services.sh`. Run: `cargo bench --bench api` (env:
 //! VIGIL_BENCH_RATES=2000,10000,20000, VIGIL_BENCH_SECONDS=5, VIGIL_BENCH_CONNECTIONS=64,
-//! VIGIL_BENCH_AUDIT=0 to leave out the Kafka audit trail, VIGIL_BENCH_STORE_CALLS=64).
+//! VIGIL_BENCH_AUDIT=0 to leave out the Kafka audit trail.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -192,13 +192,7 @@ async fn main() {
     let text = text
         .replace("decisions_topic = \"decisions\"", &format!("decisions_topic = \"bench-api-out-{tag}\""))
         .replace("key_prefix = \"vigil\"", &format!("key_prefix = \"bench-api-{tag}\""))
-        .replace(
-            "max_concurrency = 512",
-            &format!(
-                "max_concurrency = 4096\nstore_calls = {}",
-                std::env::var("VIGIL_BENCH_STORE_CALLS").unwrap_or_else(|_| "64".into())
-            ),
-        )
+        .replace("max_concurrency = 512", "max_concurrency = 4096")
         .replace("listen = \"127.0.0.1:8080\"", &format!("listen = \"127.0.0.1:{port}\""));
     let file = root.join(format!("pipelines/.bench-api-{tag}.toml"));
     std::fs::write(&file, &text).unwrap();
@@ -248,12 +242,9 @@ async fn main() {
     // Warm up connections and the server.
     let _ = fixed_rate(&client, load.clone(), 1000.0, 1.0, 16).await;
 
-    let api = config.api.as_ref().unwrap();
     println!(
-        "vigil serve, pipeline local (22 Redis features, shipped rules and model, {}; store_calls {}, max_batch {})",
-        if audit { "Kafka audit" } else { "no Kafka audit" },
-        api.store_calls,
-        api.max_batch
+        "vigil serve, pipeline local (22 Redis features, shipped rules and model, {})",
+        if audit { "Kafka audit" } else { "no Kafka audit" }
     );
     println!("{:<34} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}", "load", "req/s", "errors", "p50 ms", "p99", "p99.9", "max");
     for rate in rates {

@@ -52,6 +52,14 @@ impl Server {
         Server { base, http: reqwest::Client::new(), stop: Some(stop), task }
     }
 
+    /// A server over the test pipeline's Redis and broker, with its topics made.
+    async fn on_redis_and_kafka(test: &str) -> (PipelineConfig, Server) {
+        let config = parse(&pipeline_text(test, ""));
+        vigil_stream::create_topics(config.kafka.as_ref().unwrap(), 1).await.unwrap();
+        let server = Server::start(&config, Engine::connect(&config).await.unwrap()).await;
+        (config, server)
+    }
+
     /// A request signed now (a fresh signature each call).
     async fn signed(&self, path: &str, body: &str) -> reqwest::Response {
         let header = sign(path, body, now_ms());
@@ -103,10 +111,8 @@ async fn body(r: reqwest::Response) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_requests_decide_once_and_everything_else_is_refused() {
-    let config = parse(&pipeline_text("api", ""));
+    let (config, server) = Server::on_redis_and_kafka("api").await;
     let kafka = config.kafka.clone().unwrap();
-    vigil_stream::create_topics(&kafka, 1).await.unwrap();
-    let server = Server::start(&config, Engine::connect(&config).await.unwrap()).await;
     let path = "/v1/decisions";
 
     // A signed request gets its decision.
@@ -230,10 +236,8 @@ async fn signed_requests_decide_once_and_everything_else_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn labels_reach_the_next_decision_once() {
-    let config = parse(&pipeline_text("api-labels", ""));
+    let (config, server) = Server::on_redis_and_kafka("api-labels").await;
     let kafka = config.kafka.clone().unwrap();
-    vigil_stream::create_topics(&kafka, 1).await.unwrap();
-    let server = Server::start(&config, Engine::connect(&config).await.unwrap()).await;
     let before = body(server.signed("/v1/decisions", &event("lb-1", 0, "40.00", "c-lb", "t-lb")).await).await;
     assert_eq!(before["features"]["terminal_frauds_7d"], 0);
 

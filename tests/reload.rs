@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use vigil_core::pipeline::KafkaConfig;
 use vigil_core::{Action, Decision, Event};
 use vigil_engine::watch::{watch_models, watch_rules, ModelRole, ReloadStats};
 use vigil_engine::Engine;
@@ -27,6 +28,23 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
+/// 600 generated payments, sent in three batches of 200.
+fn traffic(seed: u64) -> Vec<Event> {
+    let gen = GenConfig { seed, events: 600, cards: 200, merchants: 40, days: 3, ..GenConfig::default() };
+    vigil_gen::generate(&gen).into_iter().map(|l| l.event).collect()
+}
+
+/// Sends batch `i` of `events` and waits until the stream has delivered it.
+async fn send_batch(kafka: &KafkaConfig, events: &[Event], i: usize, stats: &vigil_stream::Stats) {
+    let lines: Vec<Vec<u8>> = events[i * 200..(i + 1) * 200].iter().map(Event::to_json).collect();
+    vigil_stream::produce_lines(kafka, &kafka.input_topic, lines.into_iter()).await.unwrap();
+    let delivered = 200 * (i as u64 + 1);
+    wait_until(Duration::from_secs(120), &format!("batch {i} to be decided"), || {
+        stats.delivered.load(Ordering::SeqCst) >= delivered
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn editing_rules_under_a_running_stream() {
     let rules = std::env::temp_dir().join(format!("vigil-reload-{}", uuid::Uuid::new_v4()));
@@ -35,9 +53,7 @@ async fn editing_rules_under_a_running_stream() {
     config.rules_path = rules.clone();
     let kafka = config.kafka.clone().unwrap();
     vigil_stream::create_topics(&kafka, 4).await.unwrap();
-    let gen = GenConfig { seed: 9, events: 600, cards: 200, merchants: 40, days: 3, ..GenConfig::default() };
-    let events: Vec<Event> = vigil_gen::generate(&gen).into_iter().map(|l| l.event).collect();
-    let batch = |i: usize| events[i * 200..(i + 1) * 200].iter().map(Event::to_json).collect::<Vec<_>>().into_iter();
+    let events = traffic(9);
 
     let engine = Arc::new(Engine::connect(&config).await.unwrap());
     let reloads = Arc::new(ReloadStats::default());
@@ -47,14 +63,8 @@ async fn editing_rules_under_a_running_stream() {
             let _ = watch_rx.await;
         }));
     let run = start(&config, engine.clone());
-    let stats = run.stats.clone();
-    let decided = |n: u64| {
-        let stats = stats.clone();
-        move || stats.delivered.load(Ordering::SeqCst) >= n
-    };
 
-    vigil_stream::produce_lines(&kafka, &kafka.input_topic, batch(0)).await.unwrap();
-    wait_until(Duration::from_secs(120), "the first batch", decided(200)).await;
+    send_batch(&kafka, &events, 0, &run.stats).await;
     let v1 = engine.rules().version().to_owned();
 
     let file = rules.join("velocity.rules");
@@ -64,8 +74,7 @@ async fn editing_rules_under_a_running_stream() {
     wait_until(Duration::from_secs(30), "the edit to load", || reloads.reloaded.load(Ordering::SeqCst) >= 1).await;
     let v2 = engine.rules().version().to_owned();
     assert_ne!(v1, v2);
-    vigil_stream::produce_lines(&kafka, &kafka.input_topic, batch(1)).await.unwrap();
-    wait_until(Duration::from_secs(120), "the second batch", decided(400)).await;
+    send_batch(&kafka, &events, 1, &run.stats).await;
 
     text.push_str("\nrule broken when amount >> 1 then decline BROKEN\n");
     std::fs::write(&file, &text).unwrap();
@@ -74,8 +83,7 @@ async fn editing_rules_under_a_running_stream() {
     })
     .await;
     assert_eq!(engine.rules().version(), v2, "a broken edit replaced the rules");
-    vigil_stream::produce_lines(&kafka, &kafka.input_topic, batch(2)).await.unwrap();
-    wait_until(Duration::from_secs(120), "the third batch", decided(600)).await;
+    send_batch(&kafka, &events, 2, &run.stats).await;
 
     run.finish().await.unwrap();
     stop_watch.send(()).unwrap();
@@ -123,9 +131,7 @@ async fn replacing_the_model_file_under_a_running_stream() {
     model.challenger = Some(challenger.clone());
     let kafka = config.kafka.clone().unwrap();
     vigil_stream::create_topics(&kafka, 4).await.unwrap();
-    let gen = GenConfig { seed: 10, events: 600, cards: 200, merchants: 40, days: 3, ..GenConfig::default() };
-    let events: Vec<Event> = vigil_gen::generate(&gen).into_iter().map(|l| l.event).collect();
-    let batch = |i: usize| events[i * 200..(i + 1) * 200].iter().map(Event::to_json).collect::<Vec<_>>().into_iter();
+    let events = traffic(10);
 
     let engine = Arc::new(Engine::connect(&config).await.unwrap());
     let v1 = engine.model_version().unwrap();
@@ -138,21 +144,14 @@ async fn replacing_the_model_file_under_a_running_stream() {
             let _ = watch_rx.await;
         }));
     let run = start(&config, engine.clone());
-    let stats = run.stats.clone();
-    let decided = |n: u64| {
-        let stats = stats.clone();
-        move || stats.delivered.load(Ordering::SeqCst) >= n
-    };
 
-    vigil_stream::produce_lines(&kafka, &kafka.input_topic, batch(0)).await.unwrap();
-    wait_until(Duration::from_secs(120), "the first batch", decided(200)).await;
+    send_batch(&kafka, &events, 0, &run.stats).await;
 
     std::fs::write(&champion, variant("champion-two", 0.0)).unwrap();
     wait_until(Duration::from_secs(30), "the new model to load", || reloads.reloaded.load(Ordering::SeqCst) >= 1).await;
     let v2 = engine.model_version().unwrap();
     assert!(v2.starts_with("champion-two@"), "{v2}");
-    vigil_stream::produce_lines(&kafka, &kafka.input_topic, batch(1)).await.unwrap();
-    wait_until(Duration::from_secs(120), "the second batch", decided(400)).await;
+    send_batch(&kafka, &events, 1, &run.stats).await;
 
     // A half-written file, then one whose checksum does not match its content.
     std::fs::write(&champion, &variant("champion-three", 0.0)[..500]).unwrap();
@@ -166,8 +165,7 @@ async fn replacing_the_model_file_under_a_running_stream() {
     })
     .await;
     assert_eq!(engine.model_version().unwrap(), v2, "a corrupt file replaced the model");
-    vigil_stream::produce_lines(&kafka, &kafka.input_topic, batch(2)).await.unwrap();
-    wait_until(Duration::from_secs(120), "the third batch", decided(600)).await;
+    send_batch(&kafka, &events, 2, &run.stats).await;
 
     run.finish().await.unwrap();
     stop_watch.send(()).unwrap();

@@ -82,13 +82,16 @@ def compare(work: Path, share: float, seed: int) -> None:
     single_us = single_event_us(lambda r: lr.predict_proba(r), x_test)
     results.append(("logistic regression", vigil_lr, scores, fit_s, batch_ns, single_us, y_test))
 
-    # Isolation forest: same trees and subsample size. scikit-learn refuses
+    # Isolation forest: the trees and subsample size Vigil's model file records. scikit-learn refuses
     # missing values, so they take the training mean there; Vigil's forest
     # sends them left at every split instead.
     vigil_if = json.loads((work / "vigil-isolation-forest.json").read_text())
+    trees = json.loads(Path(vigil_if["train"]["out"]).read_text())["training"]["hyperparameters"]
     forest = make_pipeline(
         SimpleImputer(strategy="mean"),
-        IsolationForest(n_estimators=100, max_samples=256, random_state=seed, n_jobs=1),
+        IsolationForest(
+            n_estimators=trees["n_trees"], max_samples=trees["sample_size"], random_state=seed, n_jobs=1
+        ),
     )
     started = time.perf_counter()
     forest.fit(x_train)

@@ -286,7 +286,6 @@ mod tests {
             max_body_bytes: 1024,
             max_batch: 10,
             max_concurrency: 10,
-            store_calls: 2,
             deadline_ms: 50,
             signature_tolerance_s: 60,
             audit_buffer: 10,

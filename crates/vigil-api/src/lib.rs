@@ -23,7 +23,6 @@
 
 pub mod audit;
 pub mod auth;
-pub mod coalesce;
 pub mod metrics;
 
 use std::sync::Arc;
@@ -79,7 +78,6 @@ pub struct Api {
     verifier: Verifier,
     metrics: Metrics,
     in_flight: Arc<Semaphore>,
-    coalescer: coalesce::Coalescer,
     audit: Option<Audit>,
     labels: Option<(FutureProducer, String)>,
 }
@@ -137,7 +135,6 @@ impl Api {
         let api = Api {
             metrics: Metrics::new(engine.clone(), audit_stats),
             in_flight: Arc::new(Semaphore::new(config.max_concurrency)),
-            coalescer: coalesce::Coalescer::start(engine.clone(), config.store_calls, config.max_batch),
             kafka: pipeline.kafka.clone(),
             engine,
             config,
@@ -203,11 +200,11 @@ async fn decide_one(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes
     let arrived = Instant::now();
     let Some(deadline) = api.deadline(&headers, arrived) else { return bad_budget() };
     let event = match Event::from_json(&body) {
-        Ok(e) => Arc::new(e),
+        Ok(e) => e,
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_event", e.message, e.field.as_deref()),
     };
-    let d = match api.coalescer.decide(&api.engine, event.clone(), deadline).await {
-        Ok(d) => d,
+    let d = match api.engine.decide_batch_by(&[&event], Some(deadline)).await {
+        Ok(mut ds) => ds.remove(0),
         Err(e) => return engine_failure(&e),
     };
     if !api.settle(&event, &d) {

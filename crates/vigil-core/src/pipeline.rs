@@ -178,10 +178,6 @@ pub struct ApiConfig {
     pub max_batch: usize,
     /// Requests being decided at once; beyond it, 503 with `Retry-After`.
     pub max_concurrency: usize,
-    /// Feature-store calls in flight at once for single-event requests; the
-    /// requests that arrive while they are all busy wait and are decided
-    /// together in the next call (up to `max_batch` events).
-    pub store_calls: usize,
     /// Longest a decision may take; a client may ask for less.
     pub deadline_ms: u64,
     /// How far a signature's timestamp may be from the server's clock.
@@ -229,7 +225,6 @@ struct RawApi {
     max_body_bytes: Option<Spanned<i64>>,
     max_batch: Option<Spanned<i64>>,
     max_concurrency: Option<Spanned<i64>>,
-    store_calls: Option<Spanned<i64>>,
     deadline_ms: Option<Spanned<i64>>,
     signature_tolerance: Option<Spanned<String>>,
     audit_buffer: Option<Spanned<i64>>,
@@ -620,7 +615,6 @@ fn validate_api(raw: &Spanned<RawApi>, p: &mut Problems<'_>, resolve: &dyn Fn(&s
     let max_body_bytes = bounded(&a.max_body_bytes, "api.max_body_bytes", 256 * 1024, 64 << 20) as usize;
     let max_batch = bounded(&a.max_batch, "api.max_batch", 100, 10_000) as usize;
     let max_concurrency = bounded(&a.max_concurrency, "api.max_concurrency", 512, 1 << 20) as usize;
-    let store_calls = bounded(&a.store_calls, "api.store_calls", 64, 1024) as usize;
     let deadline_ms = bounded(&a.deadline_ms, "api.deadline_ms", 50, 60_000) as u64;
     let audit_buffer = bounded(&a.audit_buffer, "api.audit_buffer", 100_000, 10_000_000) as usize;
     let listen = match &a.listen {
@@ -712,7 +706,6 @@ fn validate_api(raw: &Spanned<RawApi>, p: &mut Problems<'_>, resolve: &dyn Fn(&s
         max_body_bytes,
         max_batch,
         max_concurrency,
-        store_calls,
         deadline_ms,
         signature_tolerance_s,
         audit_buffer,

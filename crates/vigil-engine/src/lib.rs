@@ -179,7 +179,19 @@ impl Engine {
 
     /// The version of the model scoring now, when one is configured.
     pub fn model_version(&self) -> Option<String> {
-        self.model.load().as_ref().as_ref().map(|m| m.model.version().to_owned())
+        Self::version_in(&self.model)
+    }
+
+    fn version_in(slot: &ArcSwap<Option<ScoringModel>>) -> Option<String> {
+        slot.load().as_ref().as_ref().map(|m| m.model.version().to_owned())
+    }
+
+    /// Loads a model file into `slot` if it loads and fits the pipeline.
+    fn swap_in(&self, slot: &ArcSwap<Option<ScoringModel>>, path: &Path) -> Result<String, EngineError> {
+        let m = Self::load_model_for(&self.schema, path)?;
+        let version = m.model.version().to_owned();
+        slot.store(Arc::new(Some(m)));
+        Ok(version)
     }
 
     /// Loads rules from `path` and swaps them in if they check; otherwise the
@@ -193,24 +205,18 @@ impl Engine {
 
     /// The version of the challenger model, when one is configured.
     pub fn challenger_version(&self) -> Option<String> {
-        self.challenger.load().as_ref().as_ref().map(|m| m.model.version().to_owned())
+        Self::version_in(&self.challenger)
     }
 
     /// Loads a model file and swaps it in if it loads and fits the pipeline.
     pub fn reload_model(&self, path: &Path) -> Result<String, EngineError> {
-        let m = Self::load_model_for(&self.schema, path)?;
-        let version = m.model.version().to_owned();
-        self.model.store(Arc::new(Some(m)));
-        Ok(version)
+        self.swap_in(&self.model, path)
     }
 
     /// Loads a challenger model file and swaps it in if it loads and fits the
     /// pipeline; otherwise the current challenger keeps being scored.
     pub fn reload_challenger(&self, path: &Path) -> Result<String, EngineError> {
-        let m = Self::load_model_for(&self.schema, path)?;
-        let version = m.model.version().to_owned();
-        self.challenger.store(Arc::new(Some(m)));
-        Ok(version)
+        self.swap_in(&self.challenger, path)
     }
 
     /// Whether the feature store answers.
@@ -237,25 +243,15 @@ impl Engine {
         let started = Instant::now();
         match self.features_by(events, deadline).await {
             Ok(features) => Ok(self.decide_features(events, &features, false, started)),
-            Err(e) => self.decide_degraded_at(events, e, started),
+            Err(e) => self.decide_degraded(events, e, started),
         }
     }
 
     /// Decides `events` without their features, after the feature store
-    /// failed with `error`: the pipeline's degraded policy decides (marking the
+    /// failed with `e`: the pipeline's degraded policy decides (marking the
     /// decisions degraded), or, under `fail` or for an error a retry cannot
-    /// mend, the error is returned. For callers that gave up waiting on the
-    /// store themselves (a request's own deadline).
-    pub fn decide_degraded(&self, events: &[&Event], error: FeatureError) -> Result<Vec<Decision>, EngineError> {
-        self.decide_degraded_at(events, error, Instant::now())
-    }
-
-    /// Counts a feature-store call given up at a caller's deadline.
-    pub fn count_deadline_cut(&self) {
-        self.store_stats.deadline_cut.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn decide_degraded_at(
+    /// mend, the error is returned.
+    fn decide_degraded(
         &self,
         events: &[&Event],
         e: FeatureError,
@@ -287,33 +283,8 @@ impl Engine {
             .iter()
             .zip(features)
             .map(|(e, fv)| {
-                let m = model.as_ref().as_ref();
-                let scored = m.map(|m| Self::model_score(m, e, fv));
-                let c = challenger.as_ref().as_ref().map(|c| (c.model.version(), Self::score_only(c, e, fv)));
-                let scores = Scores { model_version: m.map(|m| m.model.version()), scored, challenger: c };
-                let mut d = self.decide_with(&rules, scores, e, fv, started);
-                if degraded {
-                    d.degraded = true;
-                    if let Some(c) = d.challenger.as_mut().filter(|c| c.decision == Action::Approve) {
-                        if self.degraded == DegradedPolicy::Review {
-                            c.decision = Action::Review;
-                        }
-                    }
-                    if self.degraded == DegradedPolicy::Review && d.decision == Action::Approve {
-                        d.decision = Action::Review;
-                        d.reasons.insert(
-                            0,
-                            Reason {
-                                rule: "degraded_policy".into(),
-                                code: DEGRADED_CODE.into(),
-                                action: Action::Review,
-                                score: 0.0,
-                                shadow: false,
-                            },
-                        );
-                    }
-                }
-                d
+                let scores = Self::scores(model.as_ref().as_ref(), challenger.as_ref().as_ref(), e, fv);
+                self.decide_with(&rules, scores, e, fv, degraded, started)
             })
             .collect()
     }
@@ -406,6 +377,20 @@ impl Engine {
         m.model.score(&Self::inputs_for(m, event, fv))
     }
 
+    /// The champion's score and factors and the challenger's score, for one event.
+    fn scores<'a>(
+        model: Option<&'a ScoringModel>,
+        challenger: Option<&'a ScoringModel>,
+        event: &Event,
+        fv: &FeatureVector,
+    ) -> Scores<'a> {
+        Scores {
+            model_version: model.map(|m| m.model.version()),
+            scored: model.map(|m| Self::model_score(m, event, fv)),
+            challenger: challenger.map(|c| (c.model.version(), Self::score_only(c, event, fv))),
+        }
+    }
+
     /// The model's score and the inputs that pushed it up most.
     fn model_score(m: &ScoringModel, event: &Event, fv: &FeatureVector) -> (f64, Vec<ModelFactor>) {
         let inputs = Self::inputs_for(m, event, fv);
@@ -424,7 +409,7 @@ impl Engine {
         let rules = self.rules.load();
         let scored = model_score.map(|s| (s, Vec::new()));
         let scores = Scores { model_version: None, scored, challenger: None };
-        self.decide_with(&rules, scores, event, features, Instant::now())
+        self.decide_with(&rules, scores, event, features, false, Instant::now())
     }
 
     /// Decides with given features, scoring them with the loaded model (if any):
@@ -432,11 +417,8 @@ impl Engine {
     pub fn decide_offline(&self, event: &Event, features: &FeatureVector) -> Decision {
         let rules = self.rules.load();
         let (model, challenger) = (self.model.load(), self.challenger.load());
-        let m = model.as_ref().as_ref();
-        let scored = m.map(|m| Self::model_score(m, event, features));
-        let c = challenger.as_ref().as_ref().map(|c| (c.model.version(), Self::score_only(c, event, features)));
-        let scores = Scores { model_version: m.map(|m| m.model.version()), scored, challenger: c };
-        self.decide_with(&rules, scores, event, features, Instant::now())
+        let scores = Self::scores(model.as_ref().as_ref(), challenger.as_ref().as_ref(), event, features);
+        self.decide_with(&rules, scores, event, features, false, Instant::now())
     }
 
     /// The engine's feature definitions, in feature-vector order.
@@ -450,6 +432,7 @@ impl Engine {
         scores: Scores<'_>,
         event: &Event,
         fv: &FeatureVector,
+        degraded: bool,
         started: Instant,
     ) -> Decision {
         let Scores { model_version, scored, challenger } = scores;
@@ -471,7 +454,9 @@ impl Engine {
         let live = || reasons.iter().filter(|r| !r.shadow);
         let rules_score = live().map(|r| r.score).sum::<f64>();
         let any = |a: Action| live().any(|r| r.action == a);
-        let policy = |score: f64| {
+        // Decided without features under the `review` policy: never approve.
+        let hold = degraded && self.degraded == DegradedPolicy::Review;
+        let unheld = |score: f64| {
             if any(Action::Decline) {
                 Action::Decline
             } else if any(Action::Approve) {
@@ -484,8 +469,13 @@ impl Engine {
                 Action::Approve
             }
         };
+        let policy = |score: f64| match unheld(score) {
+            Action::Approve if hold => Action::Review,
+            a => a,
+        };
         let score = rules_score + model_score.unwrap_or(0.0) * self.model_weight;
         let decision = policy(score);
+        let by_rules = unheld(score);
         let challenger = challenger.map(|(version, s)| ChallengerScore {
             model_version: version.to_owned(),
             score: s,
@@ -493,7 +483,19 @@ impl Engine {
         });
         // The rules that made the decision first, then the others by severity,
         // shadow rules last; file order within each (the sort is stable).
-        reasons.sort_by_key(|r| (r.shadow, r.action != decision, std::cmp::Reverse(r.action)));
+        reasons.sort_by_key(|r| (r.shadow, r.action != by_rules, std::cmp::Reverse(r.action)));
+        if decision != by_rules {
+            reasons.insert(
+                0,
+                Reason {
+                    rule: "degraded_policy".into(),
+                    code: DEGRADED_CODE.into(),
+                    action: Action::Review,
+                    score: 0.0,
+                    shadow: false,
+                },
+            );
+        }
         let features: BTreeMap<String, FeatureValue> =
             self.schema.features.iter().zip(&fv.values).map(|(d, v)| (d.name.clone(), *v)).collect();
         Decision {
@@ -508,7 +510,7 @@ impl Engine {
             challenger,
             features,
             replayed: fv.replayed,
-            degraded: false,
+            degraded,
             conflict: fv.replayed && fv.fingerprint != 0 && fv.fingerprint != event.fingerprint(),
             latency_us: started.elapsed().as_micros() as u64,
         }

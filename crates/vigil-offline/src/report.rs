@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use crate::evaluate::Evaluation;
@@ -24,7 +25,7 @@ pub fn write(eval: &Evaluation, dir: &Path) -> Result<Vec<PathBuf>, OfflineError
     let paths: Vec<PathBuf> = ["roc.svg", "pr.svg", "scores.svg", "index.html"].iter().map(|f| dir.join(f)).collect();
     let draw_err = |path: &Path| {
         let place = path.display().to_string();
-        move |e: String| OfflineError::Report(format!("{place}: drawing failed: {e}"))
+        move |e: Box<dyn std::error::Error>| OfflineError::Report(format!("{place}: drawing failed: {e}"))
     };
     roc(eval, &paths[0]).map_err(draw_err(&paths[0]))?;
     pr(eval, &paths[1]).map_err(draw_err(&paths[1]))?;
@@ -37,84 +38,97 @@ fn caption(eval: &Evaluation, what: &str) -> String {
     format!("{what}: {} ({} events, {} frauds)", eval.model_version, eval.events, eval.frauds)
 }
 
-fn roc(eval: &Evaluation, path: &Path) -> Result<(), String> {
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(caption(eval, "ROC"), ("sans-serif", 18))
-        .margin(16)
-        .x_label_area_size(44)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0f64..1f64, 0f64..1f64)
-        .map_err(|e| e.to_string())?;
-    chart
-        .configure_mesh()
-        .x_desc("false-positive rate (share of genuine flagged)")
-        .y_desc("recall (share of frauds flagged)")
-        .draw()
-        .map_err(|e| e.to_string())?;
-    chart
-        .draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3)))
-        .map_err(|e| e.to_string())?
-        .label("chance (AUC 0.5)")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.3)));
-    chart
-        .draw_series(LineSeries::new(eval.roc.iter().copied(), FRAUD.stroke_width(2)))
-        .map_err(|e| e.to_string())?
-        .label(format!("model (AUC {:.4})", eval.auc_roc))
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], FRAUD.stroke_width(2)));
-    if eval.threshold_at_1pct_fpr.is_finite() {
-        chart
-            .draw_series(std::iter::once(Circle::new((0.01, eval.recall_at_1pct_fpr), 4, BLACK.filled())))
-            .map_err(|e| e.to_string())?
-            .label(format!("recall {:.1}% at 1% false positives", eval.recall_at_1pct_fpr * 100.0))
-            .legend(|(x, y)| Circle::new((x + 10, y), 4, BLACK.filled()));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| e.to_string())?;
-    root.present().map_err(|e| e.to_string())
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+type DrawResult = Result<(), Box<dyn std::error::Error>>;
+
+/// One picture's frame: its title, axes and where the legend goes.
+struct Frame<'a> {
+    what: &'a str,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+    x_desc: &'a str,
+    y_desc: &'a str,
+    legend: SeriesLabelPosition,
 }
 
-fn pr(eval: &Evaluation, path: &Path) -> Result<(), String> {
+/// Draws a framed chart into `path`: `series` adds what the chart shows.
+fn plot(eval: &Evaluation, path: &Path, frame: Frame<'_>, series: impl FnOnce(&mut Chart) -> DrawResult) -> DrawResult {
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(caption(eval, "Precision-recall"), ("sans-serif", 18))
+        .caption(caption(eval, frame.what), ("sans-serif", 18))
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(56)
-        .build_cartesian_2d(0f64..1f64, 0f64..1.02f64)
-        .map_err(|e| e.to_string())?;
-    chart
-        .configure_mesh()
-        .x_desc("recall (share of frauds flagged)")
-        .y_desc("precision (share of flagged that are fraud)")
-        .draw()
-        .map_err(|e| e.to_string())?;
-    let base = eval.frauds as f64 / eval.events.max(1) as f64;
-    chart
-        .draw_series(LineSeries::new([(0.0, base), (1.0, base)], BLACK.mix(0.3)))
-        .map_err(|e| e.to_string())?
-        .label(format!("chance (fraud rate {:.2}%)", base * 100.0))
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.3)));
-    chart
-        .draw_series(LineSeries::new(eval.pr.iter().copied(), FRAUD.stroke_width(2)))
-        .map_err(|e| e.to_string())?
-        .label(format!("model (average precision {:.4})", eval.average_precision))
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], FRAUD.stroke_width(2)));
+        .build_cartesian_2d(frame.x, frame.y)?;
+    chart.configure_mesh().x_desc(frame.x_desc).y_desc(frame.y_desc).draw()?;
+    series(&mut chart)?;
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(frame.legend)
         .background_style(WHITE.mix(0.9))
         .border_style(BLACK)
-        .draw()
-        .map_err(|e| e.to_string())?;
-    root.present().map_err(|e| e.to_string())
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// A labelled line.
+fn line(
+    chart: &mut Chart,
+    points: impl IntoIterator<Item = (f64, f64)>,
+    style: ShapeStyle,
+    label: String,
+) -> DrawResult {
+    chart
+        .draw_series(LineSeries::new(points, style))?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+    Ok(())
+}
+
+fn roc(eval: &Evaluation, path: &Path) -> DrawResult {
+    let frame = Frame {
+        what: "ROC",
+        x: 0.0..1.0,
+        y: 0.0..1.0,
+        x_desc: "false-positive rate (share of genuine flagged)",
+        y_desc: "recall (share of frauds flagged)",
+        legend: SeriesLabelPosition::LowerRight,
+    };
+    plot(eval, path, frame, |chart| {
+        line(chart, [(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3).into(), "chance (AUC 0.5)".into())?;
+        line(chart, eval.roc.iter().copied(), FRAUD.stroke_width(2), format!("model (AUC {:.4})", eval.auc_roc))?;
+        if eval.threshold_at_1pct_fpr.is_finite() {
+            chart
+                .draw_series(std::iter::once(Circle::new((0.01, eval.recall_at_1pct_fpr), 4, BLACK.filled())))?
+                .label(format!("recall {:.1}% at 1% false positives", eval.recall_at_1pct_fpr * 100.0))
+                .legend(|(x, y)| Circle::new((x + 10, y), 4, BLACK.filled()));
+        }
+        Ok(())
+    })
+}
+
+fn pr(eval: &Evaluation, path: &Path) -> DrawResult {
+    let frame = Frame {
+        what: "Precision-recall",
+        x: 0.0..1.0,
+        y: 0.0..1.02,
+        x_desc: "recall (share of frauds flagged)",
+        y_desc: "precision (share of flagged that are fraud)",
+        legend: SeriesLabelPosition::UpperRight,
+    };
+    let base = eval.frauds as f64 / eval.events.max(1) as f64;
+    plot(eval, path, frame, |chart| {
+        line(
+            chart,
+            [(0.0, base), (1.0, base)],
+            BLACK.mix(0.3).into(),
+            format!("chance (fraud rate {:.2}%)", base * 100.0),
+        )?;
+        let label = format!("model (average precision {:.4})", eval.average_precision);
+        line(chart, eval.pr.iter().copied(), FRAUD.stroke_width(2), label)
+    })
 }
 
 /// Share of each class per score bin: classes this unbalanced only compare
@@ -144,45 +158,32 @@ fn bins(eval: &Evaluation) -> (f64, f64, Vec<f64>, Vec<f64>) {
     (lo, hi, fraud, genuine)
 }
 
-fn histograms(eval: &Evaluation, path: &Path) -> Result<(), String> {
+fn histograms(eval: &Evaluation, path: &Path) -> DrawResult {
     let (lo, hi, fraud, genuine) = bins(eval);
     let width = (hi - lo) / BINS as f64;
     let top = fraud.iter().chain(&genuine).fold(0.0f64, |a, b| a.max(*b)) * 1.08;
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(caption(eval, "Scores"), ("sans-serif", 18))
-        .margin(16)
-        .x_label_area_size(44)
-        .y_label_area_size(56)
-        .build_cartesian_2d(lo..hi, 0f64..top.max(0.01))
-        .map_err(|e| e.to_string())?;
-    chart
-        .configure_mesh()
-        .x_desc("model score")
-        .y_desc("share of the class in the bin")
-        .draw()
-        .map_err(|e| e.to_string())?;
-    for (shares, color, name, count) in
-        [(&genuine, GENUINE, "genuine", eval.events - eval.frauds), (&fraud, FRAUD, "fraud", eval.frauds)]
-    {
-        chart
-            .draw_series(shares.iter().enumerate().map(|(i, share)| {
-                let x0 = lo + i as f64 * width;
-                Rectangle::new([(x0, 0.0), (x0 + width, *share)], color.mix(0.45).filled())
-            }))
-            .map_err(|e| e.to_string())?
-            .label(format!("{name} ({count})"))
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.mix(0.45).filled()));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperMiddle)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| e.to_string())?;
-    root.present().map_err(|e| e.to_string())
+    let frame = Frame {
+        what: "Scores",
+        x: lo..hi,
+        y: 0.0..top.max(0.01),
+        x_desc: "model score",
+        y_desc: "share of the class in the bin",
+        legend: SeriesLabelPosition::UpperMiddle,
+    };
+    plot(eval, path, frame, |chart| {
+        for (shares, color, name, count) in
+            [(&genuine, GENUINE, "genuine", eval.events - eval.frauds), (&fraud, FRAUD, "fraud", eval.frauds)]
+        {
+            chart
+                .draw_series(shares.iter().enumerate().map(|(i, share)| {
+                    let x0 = lo + i as f64 * width;
+                    Rectangle::new([(x0, 0.0), (x0 + width, *share)], color.mix(0.45).filled())
+                }))?
+                .label(format!("{name} ({count})"))
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.mix(0.45).filled()));
+        }
+        Ok(())
+    })
 }
 
 fn html(eval: &Evaluation) -> String {
