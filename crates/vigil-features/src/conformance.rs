@@ -309,6 +309,49 @@ async fn concurrent_writers_stay_exact() {
     assert_eq!(last.values[1], money("100"));
 }
 
+/// Batches longer than the Redis store's transaction chunk, from several writers on
+/// one shared entity, with an id repeated across chunks of one batch: every event
+/// is counted once, and the repeat gets the first features back.
+#[tokio::test]
+async fn concurrent_long_batches_stay_exact() {
+    let prefix = format!("vigiltest-{}", uuid::Uuid::new_v4());
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let store = RedisStore::connect(&redis_url(), plan(), &prefix, 3600, 2000).await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let mut events: Vec<Event> =
+                (0..50).map(|i| ev(&format!("w{w}-{i}"), i, "1", Some("shared"), "t1")).collect();
+            // A redelivery inside the batch, chunks after the first delivery.
+            events.insert(45, events[2].clone());
+            let refs: Vec<&Event> = events.iter().collect();
+            let out = store.process(&refs).await.unwrap();
+            assert!(out[45].replayed);
+            assert_eq!(out[45].values, out[2].values);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let store = RedisStore::connect(&redis_url(), plan(), &prefix, 3600, 2000).await.unwrap();
+    let last = one(&store, &ev("last", 100, "1", Some("shared"), "t1")).await;
+    assert_eq!(last.values[0], count(200));
+    assert_eq!(last.values[1], money("200"));
+}
+
+/// Redis forgets scripts when it restarts or `SCRIPT FLUSH` runs: the store loads
+/// its compare-and-set script again and the call goes through.
+#[tokio::test]
+async fn a_flushed_script_is_loaded_again() {
+    let prefix = format!("vigiltest-{}", uuid::Uuid::new_v4());
+    let store = RedisStore::connect(&redis_url(), plan(), &prefix, 3600, 2000).await.unwrap();
+    one(&store, &ev("f1", 0, "1", Some("c"), "t")).await;
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.unwrap();
+    let second = one(&store, &ev("f2", 1, "1", Some("c"), "t")).await;
+    assert_eq!(second.values[0], count(1));
+}
+
 #[tokio::test]
 async fn memory_store_expires_markers_with_its_clock() {
     use std::sync::atomic::{AtomicI64, Ordering};

@@ -1,13 +1,29 @@
 //! The Redis backend.
 //!
 //! Arithmetic runs in Rust, not in Lua (Lua-side aggregation tops out near 13k
-//! events/s on these machines; see shared/FINDINGS.md). A batch costs two round
-//! trips: one pipelined read of every entity state and de-duplication marker it
-//! touches, and one compare-and-set script that writes the new states and markers
-//! only if no state changed and no marker appeared meanwhile. On a conflict (another
-//! writer on the same entity) the batch is re-read and recomputed, so concurrent
-//! writers stay exact.
+//! events/s on these machines; see shared/FINDINGS.md). A call runs as consecutive
+//! chunks of at most [`CHUNK`] events, each an optimistic transaction:
+//!
+//! 1. one `MGET` of every entity state and de-duplication marker the chunk touches;
+//! 2. Rust computes the features and the new states;
+//! 3. one compare-and-set script writes the changed states and new markers only if
+//!    no state's version changed and no marker appeared meanwhile.
+//!
+//! The script of one chunk and the read of the next go out in one pipeline (a
+//! connection runs its commands in order), so a call of `n` chunks costs `n + 1`
+//! round trips. When another writer changed a state first, only that chunk is
+//! read and computed again, so concurrent writers stay exact and a conflict costs
+//! a few events' work, not a whole batch's; short scripts also keep Redis from
+//! stalling other clients behind one long batch.
+//!
+//! Every call shares one multiplexed connection, so concurrent calls (the HTTP
+//! API's single events) reach Redis pipelined together. Compare-and-set by version
+//! needs no per-connection state, so reconnecting at any point is safe.
+//! `WATCH`/`MULTI`/`EXEC` was measured as the alternative (2026-11-29, RESULTS.md):
+//! the same server time per key, and it needs a connection per call in flight,
+//! which cost the API a fifth of its throughput.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,13 +31,17 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use vigil_core::{Event, FeatureVector, Label};
 
-use crate::state::{decode_marker, encode_marker, EntityState, LabelOutcome, Plan};
+use crate::state::{decode_marker, encode_marker, BatchKeys, EntityState, LabelOutcome, Plan};
 use crate::{FeatureError, FeatureStore};
 
+/// Stored states begin with a version counter, bumped by every write.
 const VERSION_LEN: usize = 8;
-/// Compare-and-set attempts before a batch gives up (with jittered exponential backoff,
-/// at most about a second in all).
+/// Compare-and-set attempts of one chunk before a call gives up (with jittered
+/// exponential backoff, at most about a second in all).
 const MAX_ATTEMPTS: usize = 24;
+/// Events (or labels) per compare-and-set. Measured at 8, 16, 32 and 500
+/// (RESULTS.md): small chunks conflict less and block Redis for less time.
+const CHUNK: usize = 16;
 
 /// KEYS: the state keys, then the marker keys.
 /// ARGV: state count, state TTL (ms), marker TTL (s), expected versions (empty
@@ -92,6 +112,7 @@ impl RedisStore {
             timeout,
         };
         store.ping().await?;
+        store.load_script().await?;
         Ok(store)
     }
 
@@ -104,129 +125,232 @@ impl RedisStore {
         format!("{}:tx2:{{{}}}", self.prefix, transaction_id)
     }
 
-    async fn timed<T>(&self, f: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, FeatureError> {
-        match tokio::time::timeout(self.timeout, f).await {
-            Ok(r) => r.map_err(unavailable),
-            Err(_) => Err(FeatureError::Timeout(self.timeout.as_millis() as u64)),
-        }
+    /// Sends `pipe` within the call timeout.
+    async fn query<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, FeatureError> {
+        self.query_raw(pipe).await?.map_err(unavailable)
+    }
+
+    /// As `query`, with Redis's own error left for the caller to look at.
+    async fn query_raw<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<redis::RedisResult<T>, FeatureError> {
+        let mut conn = self.conn.clone();
+        tokio::time::timeout(self.timeout, pipe.query_async(&mut conn))
+            .await
+            .map_err(|_| FeatureError::Timeout(self.timeout.as_millis() as u64))
+    }
+
+    /// Loads the compare-and-set script (Redis forgets it when it restarts).
+    async fn load_script(&self) -> Result<(), FeatureError> {
+        let mut load = redis::pipe();
+        load.load_script(&self.script);
+        self.query::<Vec<redis::Value>>(&load).await.map(drop)
     }
 
     fn label_marker_key(&self, transaction_id: &str) -> String {
         format!("{}:lb3:{{{}}}", self.prefix, transaction_id)
     }
 
-    /// One optimistic round: reads `entities`' states and the markers, lets
-    /// `compute` update the states, then writes the changed states and the new
-    /// markers in one compare-and-set. `None` when another writer got there first.
-    async fn cas_round<T>(
+    /// Runs a call's chunks in order, each its own compare-and-set (module
+    /// docs). A chunk whose script found a state changed or a marker set is read
+    /// and computed again after a jittered backoff; chunks already written stay
+    /// written (each carries its own markers, so a retried call replays them).
+    async fn run_chunks<T>(
         &self,
-        entities: &[String],
-        marker_keys: &[String],
+        chunks: &[ChunkKeys],
         marker_ttl_s: u64,
-        compute: impl FnOnce(&mut [EntityState], Vec<Option<Vec<u8>>>) -> Result<Round<T>, FeatureError>,
-    ) -> Result<Option<T>, FeatureError> {
-        let state_keys: Vec<String> = entities.iter().map(|e| self.state_key(e)).collect();
-        let mut pipe = redis::pipe();
-        if !state_keys.is_empty() {
-            pipe.cmd("MGET").arg(&state_keys);
-        }
-        pipe.cmd("MGET").arg(marker_keys);
-        let mut conn = self.conn.clone();
-        let mut replies: Vec<Vec<Option<Vec<u8>>>> = self.timed(pipe.query_async(&mut conn)).await?;
-        let raw_markers = replies.pop().unwrap_or_default();
-        let raw_states = replies.pop().unwrap_or_default();
-
-        let mut versions = Vec::with_capacity(raw_states.len());
-        let mut states = Vec::with_capacity(raw_states.len());
-        for raw in &raw_states {
-            match raw {
-                Some(bytes) if bytes.len() >= VERSION_LEN => {
-                    let (v, body) = bytes.split_at(VERSION_LEN);
-                    versions.push(v.to_vec());
-                    states.push(EntityState::decode(body)?);
-                }
-                Some(_) => return Err(FeatureError::Corrupt("entity state shorter than its version".into())),
+        mut compute: impl FnMut(usize, &mut [EntityState], &[Option<Vec<u8>>]) -> Result<Round<T>, FeatureError>,
+    ) -> Result<Vec<T>, FeatureError> {
+        let mut out = Vec::with_capacity(chunks.len());
+        let mut reads: Option<Reads> = None;
+        let (mut c, mut refused) = (0, 0);
+        let state_ttl_ms = self.plan.state_ttl_s() * 1000;
+        while c < chunks.len() {
+            let keys = &chunks[c];
+            let read = match reads.take() {
+                Some(r) => r,
                 None => {
-                    versions.push(Vec::new());
-                    states.push(EntityState::default());
+                    let mut pipe = redis::pipe();
+                    keys.push_read(&mut pipe);
+                    Reads::parse(self.query::<Vec<redis::Value>>(&pipe).await?.into(), keys)?
                 }
+            };
+            let (versions, mut states) = decode_states(&read.states)?;
+            let round = compute(c, &mut states, &read.markers)?;
+            let writes = !(round.dirty.is_empty() && round.markers.is_empty());
+            let next = chunks.get(c + 1);
+            if !writes && next.is_none() {
+                out.push(round.out);
+                break;
+            }
+            let mut pipe = redis::pipe();
+            if writes {
+                let mut inv = self.script.prepare_invoke();
+                for &i in &round.dirty {
+                    inv.key(&keys.states[i]);
+                }
+                for (i, _) in &round.markers {
+                    inv.key(&keys.markers[*i]);
+                }
+                inv.arg(round.dirty.len()).arg(state_ttl_ms).arg(marker_ttl_s);
+                for &i in &round.dirty {
+                    match versions[i] {
+                        0 => inv.arg(""),
+                        v => inv.arg(&v.to_le_bytes()[..]),
+                    };
+                }
+                for &i in &round.dirty {
+                    let mut value = versions[i].wrapping_add(1).to_le_bytes().to_vec();
+                    value.extend_from_slice(&states[i].encode());
+                    inv.arg(value);
+                }
+                for (_, value) in &round.markers {
+                    inv.arg(value.as_slice());
+                }
+                pipe.invoke_script(&inv);
+            }
+            if let Some(next) = next {
+                next.push_read(&mut pipe);
+            }
+            let mut replies: VecDeque<redis::Value> = match self.query_raw::<Vec<redis::Value>>(&pipe).await? {
+                Ok(r) => r.into(),
+                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                    // Redis restarted or its scripts were flushed: load it, redo the chunk.
+                    refused += 1;
+                    if refused >= MAX_ATTEMPTS {
+                        return Err(unavailable(e));
+                    }
+                    self.load_script().await?;
+                    continue;
+                }
+                Err(e) => return Err(unavailable(e)),
+            };
+            let applied = !writes || matches!(replies.pop_front(), Some(redis::Value::Int(1)));
+            if applied {
+                out.push(round.out);
+                c += 1;
+                refused = 0;
+                reads = next.map(|k| Reads::parse(replies, k)).transpose()?;
+            } else {
+                refused += 1;
+                if refused >= MAX_ATTEMPTS {
+                    return Err(FeatureError::Contention(MAX_ATTEMPTS));
+                }
+                tracing::debug!(attempt = refused, "feature state changed concurrently; retrying chunk");
+                tokio::time::sleep(backoff(refused)).await;
             }
         }
-        let round = compute(&mut states, raw_markers)?;
-        if round.dirty.is_empty() && round.markers.is_empty() {
-            return Ok(Some(round.out));
-        }
-        let mut inv = self.script.prepare_invoke();
-        for &i in &round.dirty {
-            inv.key(&state_keys[i]);
-        }
-        for (i, _) in &round.markers {
-            inv.key(&marker_keys[*i]);
-        }
-        inv.arg(round.dirty.len()).arg(self.plan.state_ttl_s() * 1000).arg(marker_ttl_s);
-        for &i in &round.dirty {
-            inv.arg(&versions[i]);
-        }
-        for &i in &round.dirty {
-            let next =
-                versions[i].as_slice().try_into().map_or(1u64, |v: [u8; 8]| u64::from_le_bytes(v).wrapping_add(1));
-            let mut value = next.to_le_bytes().to_vec();
-            value.extend_from_slice(&states[i].encode());
-            inv.arg(value);
-        }
-        for (_, value) in round.markers {
-            inv.arg(value);
-        }
-        let applied: i64 = self.timed(inv.invoke_async(&mut conn)).await?;
-        Ok((applied == 1).then_some(round.out))
+        Ok(out)
     }
 
-    async fn attempt(&self, events: &[&Event]) -> Result<Option<Vec<FeatureVector>>, FeatureError> {
-        let keys = self.plan.keys(events);
-        let marker_keys: Vec<String> = events.iter().map(|e| self.marker_key(&e.transaction_id)).collect();
-        self.cas_round(&keys.entities, &marker_keys, self.dedup_ttl_s, |states, raw_markers| {
-            let seen = raw_markers
-                .iter()
-                .map(|m| m.as_deref().map(decode_marker).transpose())
-                .collect::<Result<Vec<_>, _>>()?;
-            let (out, changes) = self.plan.compute(events, &keys, states, &seen);
-            let markers = changes.first_seen.iter().map(|&i| (i, encode_marker(&out[i]))).collect();
-            Ok(Round { out, dirty: changes.dirty, markers })
-        })
-        .await
+    async fn process_events(&self, events: &[&Event]) -> Result<Vec<FeatureVector>, FeatureError> {
+        let batches: Vec<(&[&Event], BatchKeys)> =
+            events.chunks(CHUNK).map(|chunk| (chunk, self.plan.keys(chunk))).collect();
+        let chunks: Vec<ChunkKeys> = batches
+            .iter()
+            .map(|(chunk, keys)| ChunkKeys {
+                states: keys.entities.iter().map(|e| self.state_key(e)).collect(),
+                markers: chunk.iter().map(|e| self.marker_key(&e.transaction_id)).collect(),
+            })
+            .collect();
+        let outs = self
+            .run_chunks(&chunks, self.dedup_ttl_s, |c, states, raw_markers| {
+                let (events, keys) = &batches[c];
+                let seen = raw_markers
+                    .iter()
+                    .map(|m| m.as_deref().map(decode_marker).transpose())
+                    .collect::<Result<Vec<_>, _>>()?;
+                let (out, changes) = self.plan.compute(events, keys, states, &seen);
+                let markers = changes.first_seen.iter().map(|&i| (i, encode_marker(&out[i]))).collect();
+                Ok(Round { out, dirty: changes.dirty, markers })
+            })
+            .await?;
+        Ok(outs.into_iter().flatten().collect())
     }
 
-    async fn attempt_labels(&self, labels: &[&Label]) -> Result<Option<Vec<LabelOutcome>>, FeatureError> {
-        let keys = self.plan.label_keys(labels);
-        let marker_keys: Vec<String> = labels.iter().map(|l| self.label_marker_key(&l.transaction_id)).collect();
-        self.cas_round(&keys.entities, &marker_keys, self.plan.state_ttl_s(), |states, raw_markers| {
-            let seen: Vec<bool> = raw_markers.iter().map(Option::is_some).collect();
-            let (out, changes) = self.plan.apply_labels(labels, &keys, states, &seen);
-            let markers = changes.first_seen.iter().map(|&i| (i, b"1".to_vec())).collect();
-            Ok(Round { out, dirty: changes.dirty, markers })
-        })
-        .await
-    }
-
-    /// Repeats `attempt` with backoff until it is not outrun by another writer.
-    async fn with_retries<T, F, Fut>(&self, mut attempt: F) -> Result<T, FeatureError>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<Option<T>, FeatureError>>,
-    {
-        for n in 1..=MAX_ATTEMPTS {
-            if let Some(out) = attempt().await? {
-                return Ok(out);
-            }
-            tracing::debug!(attempt = n, "feature state changed concurrently; retrying batch");
-            tokio::time::sleep(backoff(n)).await;
-        }
-        Err(FeatureError::Contention(MAX_ATTEMPTS))
+    async fn process_labels(&self, labels: &[&Label]) -> Result<Vec<LabelOutcome>, FeatureError> {
+        let batches: Vec<(&[&Label], BatchKeys)> =
+            labels.chunks(CHUNK).map(|chunk| (chunk, self.plan.label_keys(chunk))).collect();
+        let chunks: Vec<ChunkKeys> = batches
+            .iter()
+            .map(|(chunk, keys)| ChunkKeys {
+                states: keys.entities.iter().map(|e| self.state_key(e)).collect(),
+                markers: chunk.iter().map(|l| self.label_marker_key(&l.transaction_id)).collect(),
+            })
+            .collect();
+        let outs = self
+            .run_chunks(&chunks, self.plan.state_ttl_s(), |c, states, raw_markers| {
+                let (labels, keys) = &batches[c];
+                let seen: Vec<bool> = raw_markers.iter().map(Option::is_some).collect();
+                let (out, changes) = self.plan.apply_labels(labels, keys, states, &seen);
+                let markers = changes.first_seen.iter().map(|&i| (i, b"1".to_vec())).collect();
+                Ok(Round { out, dirty: changes.dirty, markers })
+            })
+            .await?;
+        Ok(outs.into_iter().flatten().collect())
     }
 }
 
-/// What one compare-and-set round computed: its result, the indices of states it
-/// changed, and the markers to set (index into the marker keys, value).
+/// The keys one chunk watches, reads and may write.
+struct ChunkKeys {
+    states: Vec<String>,
+    markers: Vec<String>,
+}
+
+impl ChunkKeys {
+    /// Reads the chunk's states and markers.
+    fn push_read(&self, pipe: &mut redis::Pipeline) {
+        if !self.states.is_empty() {
+            pipe.cmd("MGET").arg(&self.states);
+        }
+        pipe.cmd("MGET").arg(&self.markers);
+    }
+}
+
+/// What a chunk's read returned: raw states and raw markers, in key order.
+struct Reads {
+    states: Vec<Option<Vec<u8>>>,
+    markers: Vec<Option<Vec<u8>>>,
+}
+
+impl Reads {
+    /// The replies of `ChunkKeys::push_read`, in order.
+    fn parse(mut replies: VecDeque<redis::Value>, keys: &ChunkKeys) -> Result<Reads, FeatureError> {
+        let mut next = || -> Result<Vec<Option<Vec<u8>>>, FeatureError> {
+            let value = replies.pop_front().ok_or_else(|| FeatureError::Unavailable("missing MGET reply".into()))?;
+            redis::from_redis_value(value).map_err(|e| FeatureError::Unavailable(e.to_string()))
+        };
+        let states = if keys.states.is_empty() { Vec::new() } else { next()? };
+        let markers = next()?;
+        Ok(Reads { states, markers })
+    }
+}
+
+/// Splits stored states into their versions and decoded states (absent: version 0,
+/// an empty state).
+fn decode_states(raw: &[Option<Vec<u8>>]) -> Result<(Vec<u64>, Vec<EntityState>), FeatureError> {
+    let mut versions = Vec::with_capacity(raw.len());
+    let mut states = Vec::with_capacity(raw.len());
+    for r in raw {
+        match r {
+            Some(bytes) if bytes.len() >= VERSION_LEN => {
+                let (v, body) = bytes.split_at(VERSION_LEN);
+                versions.push(u64::from_le_bytes(v.try_into().expect("eight bytes")));
+                states.push(EntityState::decode(body)?);
+            }
+            Some(_) => return Err(FeatureError::Corrupt("entity state shorter than its version".into())),
+            None => {
+                versions.push(0);
+                states.push(EntityState::default());
+            }
+        }
+    }
+    Ok((versions, states))
+}
+
+/// What one chunk computed: its result, the indices of states it changed, and the
+/// markers to set (index into the chunk's marker keys, value).
 struct Round<T> {
     out: T,
     dirty: Vec<usize>,
@@ -248,7 +372,7 @@ impl FeatureStore for RedisStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        self.with_retries(|| self.attempt(events)).await
+        self.process_events(events).await
     }
 
     async fn apply_labels(&self, labels: &[&Label]) -> Result<Vec<LabelOutcome>, FeatureError> {
@@ -257,12 +381,13 @@ impl FeatureStore for RedisStore {
             let (out, _) = self.plan.apply_labels(labels, &Default::default(), &mut [], &vec![false; labels.len()]);
             return Ok(out);
         }
-        self.with_retries(|| self.attempt_labels(labels)).await
+        self.process_labels(labels).await
     }
 
     async fn ping(&self) -> Result<(), FeatureError> {
-        let mut conn = self.conn.clone();
-        let pong: String = self.timed(redis::cmd("PING").query_async(&mut conn)).await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("PING");
+        let (pong,): (String,) = self.query(&pipe).await?;
         if pong == "PONG" {
             Ok(())
         } else {
