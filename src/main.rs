@@ -112,6 +112,20 @@ enum Command {
         /// 0/1 label, rows in time order) instead of the pipeline's features.
         #[arg(long, value_delimiter = ',', requires = "history")]
         features: Vec<String>,
+        /// Train on the events (or rows) before this time and evaluate on the
+        /// rest, instead of `--train-share` (RFC 3339, or a date: 2026-03-01).
+        #[arg(long)]
+        before: Option<String>,
+        /// With `--features` and `--before`: the table's time column (RFC 3339,
+        /// or seconds since 1970).
+        #[arg(long, default_value = "timestamp")]
+        time_column: String,
+        /// Logistic regression: most solver (L-BFGS) iterations.
+        #[arg(long, default_value_t = 200)]
+        max_iterations: u64,
+        /// Logistic regression: the solver stops once the gradient's norm is below this.
+        #[arg(long, default_value_t = 1e-4)]
+        tolerance: f64,
         /// Isolation forest: number of trees.
         #[arg(long, default_value_t = 100)]
         trees: usize,
@@ -389,6 +403,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             label,
             features,
             algorithm,
+            before,
+            time_column,
+            max_iterations,
+            tolerance,
             trees,
             sample_size,
             out,
@@ -397,6 +415,11 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             if !(0.05..=0.95).contains(&train_share) {
                 bail!("--train-share must be between 0.05 and 0.95");
             }
+            if !(tolerance.is_finite() && tolerance > 0.0) {
+                bail!("--tolerance must be a positive number");
+            }
+            let split_before = before.as_deref().map(parse_date).transpose()?;
+            let (bar, progress) = progress_bar();
             let config = load_pipeline(&pipeline)?;
             let (algorithm, name, default_out) = match algorithm {
                 AlgorithmArg::Logistic => {
@@ -411,14 +434,19 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 name: name.into(),
                 data: GenConfig { seed, events, ..GenConfig::default() },
                 train_share,
+                split_before,
                 algorithm,
+                max_iterations,
+                gradient_tolerance: tolerance,
                 n_trees: trees,
                 sample_size,
+                progress,
                 ..vigil_offline::TrainConfig::default()
             };
             let report = match &history {
                 Some(path) if !features.is_empty() => {
-                    let table = vigil_offline::tabular::read_csv(path, &features, &label)?;
+                    let time = split_before.is_some().then_some(time_column.as_str());
+                    let table = vigil_offline::tabular::read_csv_timed(path, &features, &label, time)?;
                     eprintln!(
                         "training on {} rows of {} with {} columns...",
                         table.rows.len(),
@@ -445,6 +473,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     vigil_offline::train_on_generated(&config.features, &train)?
                 }
             };
+            bar.finish_and_clear();
             std::fs::write(&out, report.model.to_file_json())
                 .with_context(|| format!("cannot write {}", out.display()))?;
             let version = vigil_model::Model::version(&report.model);
@@ -608,12 +637,14 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Features { pipeline, history, label, out } => {
             let config = load_pipeline(&pipeline)?;
             let h = read_history(&history, &label)?;
+            let (bar, progress) = progress_bar();
             let n = if out.as_os_str() == "-" {
-                vigil_offline::tabular::write_features(std::io::stdout().lock(), &config.features, &h)?
+                vigil_offline::tabular::write_features(std::io::stdout().lock(), &config.features, &h, &progress)?
             } else {
                 let f = std::fs::File::create(&out).with_context(|| format!("cannot write {}", out.display()))?;
-                vigil_offline::tabular::write_features(std::io::BufWriter::new(f), &config.features, &h)?
+                vigil_offline::tabular::write_features(std::io::BufWriter::new(f), &config.features, &h, &progress)?
             };
+            bar.finish_and_clear();
             eprintln!("wrote the features of {n} events");
             Ok(())
         }
@@ -695,6 +726,54 @@ fn spawn_reload_on_hangup(engine: Arc<Engine>, config: PipelineConfig) {
 }
 
 /// Reads a history file, telling on stderr which records were skipped and why.
+/// A date for `--before`: RFC 3339, or a calendar day (midnight UTC).
+fn parse_date(text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let day = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .with_context(|| format!("`{text}` is neither RFC 3339 nor a date like 2026-03-01"))?;
+    day.and_hms_opt(0, 0, 0).map(|t| t.and_utc()).context("midnight exists")
+}
+
+/// A progress bar on stderr for the long steps of offline work (hidden when
+/// stderr is not a terminal): a bar while a step can count its work, a spinner
+/// with the elapsed time while it cannot (a solver's fit).
+fn progress_bar() -> (indicatif::ProgressBar, vigil_offline::Progress) {
+    // Hidden until the first step has its style, length and name.
+    let bar = indicatif::ProgressBar::hidden();
+    let shown = bar.clone();
+    let current = std::sync::Mutex::new(None::<&'static str>);
+    let progress = vigil_offline::Progress::new(move |step, done, total| {
+        let mut current = current.lock().unwrap_or_else(|e| e.into_inner());
+        if *current != Some(step) {
+            *current = Some(step);
+            let template = if total == 0 {
+                "{spinner} {msg} {elapsed}"
+            } else {
+                "{msg:10} {bar:40} {human_pos}/{human_len} ({eta} left)"
+            };
+            shown.reset();
+            shown.set_length(total);
+            shown.set_message(step);
+            shown.set_style(
+                indicatif::ProgressStyle::with_template(template)
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            if shown.is_hidden() {
+                shown.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            }
+            if total == 0 {
+                shown.enable_steady_tick(std::time::Duration::from_millis(120));
+            } else {
+                shown.disable_steady_tick();
+            }
+        }
+        shown.set_position(done);
+    });
+    (bar, progress)
+}
+
 fn read_history(path: &Path, label: &str) -> anyhow::Result<vigil_offline::history::History> {
     let h = vigil_offline::history::read(path, label)?;
     for e in &h.first_errors {

@@ -219,6 +219,20 @@ fn train_on_a_history_file_then_evaluate_the_model() {
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v["model_version"].as_str().unwrap().starts_with("card-anomaly-iforest@"), "{v}");
+    // A split by date: the first 7 of the 10 days train (gen starts on 2026-01-01).
+    let m = model.to_str().unwrap();
+    let o = vigil(&["train", "--history", h, "--before", "2026-01-08", "--out", m, "--format", "json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (train, test) = (t["train_rows"].as_u64().unwrap(), t["test_rows"].as_u64().unwrap());
+    assert!(train + test == 6000 && (3900..4500).contains(&train), "{t}");
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&model).unwrap()).unwrap();
+    assert_eq!(file["training"]["data"]["split_at"], "2026-01-08T00:00:00+00:00", "{}", file["training"]);
+    // A split that leaves nothing to test, or a date that is not one, is refused.
+    let o = vigil(&["train", "--history", h, "--before", "2027-01-01", "--out", m]);
+    assert!(!o.status.success() && text(&o).contains("leaves no training or no test"), "{}", text(&o));
+    let o = vigil(&["train", "--history", h, "--before", "next week", "--out", m]);
+    assert!(!o.status.success() && text(&o).contains("`next week` is neither RFC 3339 nor a date"), "{}", text(&o));
     // A history without the label column is refused, and says so.
     let o = vigil(&["train", "--history", h, "--label", "chargeback", "--out", model.to_str().unwrap()]);
     assert!(!o.status.success() && text(&o).contains("no labels"), "{}", text(&o));
@@ -276,6 +290,14 @@ fn the_feature_table_is_what_train_fits_and_reads_back() {
     let columns = header[2..header.len() - 1].join(",");
     let o = vigil(&["train", "--history", t, "--features", &columns, "--label", "label", "--out", m]);
     assert!(o.status.success() && text(&o).contains("AUC-ROC"), "{}", text(&o));
+    // Split by date on the table's timestamp column (gen starts on 2026-01-01).
+    let args = ["train", "--history", t, "--features", &columns, "--label", "label", "--before", "2026-01-05"];
+    let o = vigil(&args.into_iter().chain(["--out", m, "--format", "json"]).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!((1700..2300).contains(&v["train_rows"].as_u64().unwrap()), "{v}");
+    let o = vigil(&args.into_iter().chain(["--time-column", "when", "--out", m]).collect::<Vec<_>>());
+    assert!(!o.status.success() && text(&o).contains("no column `when`"), "{}", text(&o));
     // Its inputs are the pipeline's own: `--table` scores the table's rows as they are.
     let o = vigil(&["evaluate", "--table", "--model", m, "--history", t, "--label", "label", "--format", "json"]);
     assert!(o.status.success(), "{}", text(&o));

@@ -37,6 +37,33 @@ pub enum OfflineError {
     Report(String),
 }
 
+/// Reports a long offline step as it goes (the CLI draws a progress bar from
+/// it): the step's name, the work done so far and the work in all (0 when the
+/// step cannot tell, such as a solver's fit).
+#[derive(Clone, Default)]
+pub struct Progress(Option<std::sync::Arc<ReportFn>>);
+
+/// Called with a step's name, the work done and the work in all.
+type ReportFn = dyn Fn(&'static str, u64, u64) + Send + Sync;
+
+impl Progress {
+    pub fn new(report: impl Fn(&'static str, u64, u64) + Send + Sync + 'static) -> Progress {
+        Progress(Some(std::sync::Arc::new(report)))
+    }
+
+    pub fn report(&self, step: &'static str, done: u64, total: u64) {
+        if let Some(f) = &self.0 {
+            f(step, done, total);
+        }
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Progress(reporting)" } else { "Progress(quiet)" })
+    }
+}
+
 /// Features of every event as of before it, in history order, with the fraud
 /// labels (sorted by report time) applied as they became known: what the live
 /// stream computes for the same events and labels in the same order.
@@ -45,12 +72,27 @@ pub fn features_over_history(
     events: &[&Event],
     labels: &[&Label],
 ) -> Result<Vec<FeatureVector>, OfflineError> {
+    features_over_history_with(defs, events, labels, &Progress::default())
+}
+
+/// As [`features_over_history`], reporting the events done as step `features`.
+pub fn features_over_history_with(
+    defs: &[FeatureDef],
+    events: &[&Event],
+    labels: &[&Label],
+    progress: &Progress,
+) -> Result<Vec<FeatureVector>, OfflineError> {
     // A long de-duplication TTL: history may span months of event time.
     let store = MemoryStore::new(Plan::new(defs.to_vec()), 365 * 86_400);
     let mut out = Vec::with_capacity(events.len());
+    let total = events.len() as u64;
+    progress.report("features", 0, total);
     for step in vigil_features::interleave(events, labels, 1000) {
         match step {
-            Step::Events(r) => out.extend(store.process_sync(&events[r])?),
+            Step::Events(r) => {
+                out.extend(store.process_sync(&events[r])?);
+                progress.report("features", out.len() as u64, total);
+            }
             Step::Labels(r) => {
                 store.apply_labels_sync(&labels[r])?;
             }
@@ -66,15 +108,23 @@ pub struct TrainConfig {
     pub data: GenConfig,
     /// Share of the history's time span used for training; the rest evaluates.
     pub train_share: f64,
+    /// Train on events before this time, evaluate on the rest (instead of
+    /// `train_share`).
+    pub split_before: Option<chrono::DateTime<chrono::Utc>>,
     /// Frauds are replicated in the training set up to about this share.
     pub fraud_share_target: f64,
     /// L2 regularisation.
     pub alpha: f64,
+    /// Logistic regression: the solver (L-BFGS) stops after this many
+    /// iterations, or once the gradient's norm is below `gradient_tolerance`.
     pub max_iterations: u64,
+    pub gradient_tolerance: f64,
     pub algorithm: Algorithm,
     /// Isolation forest: trees, and rows drawn to grow each.
     pub n_trees: usize,
     pub sample_size: usize,
+    /// Where long steps (features, fit) report how far they are.
+    pub progress: Progress,
 }
 
 /// What `vigil train` fits.
@@ -95,6 +145,9 @@ impl Default for TrainConfig {
             fraud_share_target: 0.2,
             alpha: 1.0,
             max_iterations: 200,
+            gradient_tolerance: 1e-4,
+            split_before: None,
+            progress: Progress::default(),
             algorithm: Algorithm::Logistic,
             n_trees: 100,
             sample_size: 256,
@@ -187,16 +240,24 @@ fn train_on(
             "history is not in time order (beyond {LATE_S} s of lateness): sort it by timestamp first"
         )));
     }
-    let features = features_over_history(defs, events, fraud_labels)?;
+    let features = features_over_history_with(defs, events, fraud_labels, &config.progress)?;
     let rows: Vec<Vec<f64>> = events.iter().zip(&features).map(|(e, f)| inputs_row(e, f)).collect();
     let (first, last) = match (events.first(), events.last()) {
         (Some(a), Some(b)) => (a.timestamp, b.timestamp),
         _ => return Err(OfflineError::Data("no events".into())),
     };
-    let cut = first + (last - first) * ((config.train_share * 1000.0) as i32) / 1000;
+    let cut = match config.split_before {
+        Some(at) => at,
+        None => first + (last - first) * ((config.train_share * 1000.0) as i32) / 1000,
+    };
     let split = events.partition_point(|e| e.timestamp < cut);
     if split == 0 || split == rows.len() {
-        return Err(OfflineError::Data("the time split leaves no training or no test events".into()));
+        return Err(OfflineError::Data(format!(
+            "the time split at {} leaves no training or no test events (history from {} to {})",
+            cut.to_rfc3339(),
+            first.to_rfc3339(),
+            last.to_rfc3339()
+        )));
     }
     let input_names: Vec<String> = vigil_engine::model_inputs(defs).into_iter().map(str::to_owned).collect();
     let data = serde_json::json!({
@@ -262,9 +323,11 @@ pub fn fit_rows(
             let x = Array2::from_shape_vec((y.len(), n_inputs), x).map_err(|e| OfflineError::Data(e.to_string()))?;
             let dataset = Dataset::new(x, Array1::from(y));
             fit_started = std::time::Instant::now();
+            config.progress.report("fit", 0, 0);
             let fitted = LogisticRegression::default()
                 .alpha(config.alpha)
                 .max_iterations(config.max_iterations)
+                .gradient_tolerance(config.gradient_tolerance)
                 .fit(&dataset)
                 .map_err(|e| OfflineError::Fit(e.to_string()))?;
             // linfa models the probability of its "positive" class (the larger
@@ -285,6 +348,7 @@ pub fn fit_rows(
             let hyper = serde_json::json!({
                 "alpha": config.alpha,
                 "max_iterations": config.max_iterations,
+                "gradient_tolerance": config.gradient_tolerance,
                 "fraud_copies": copies,
             });
             (body, "linfa-logistic 0.8", hyper)
@@ -303,6 +367,7 @@ pub fn fit_rows(
                 .seed(config.data.seed);
             let dataset = Dataset::new(x, Array1::<usize>::zeros(split));
             fit_started = std::time::Instant::now();
+            config.progress.report("fit", 0, 0);
             let forest = params.fit(&dataset).map_err(|e| OfflineError::Fit(e.to_string()))?;
             let body = ModelBody {
                 format: FORMAT.into(),

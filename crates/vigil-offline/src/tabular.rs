@@ -17,6 +17,8 @@ pub struct Table {
     pub columns: Vec<String>,
     pub rows: Vec<Vec<f64>>,
     pub labels: Vec<bool>,
+    /// Each row's time, when a time column was read (`read_csv_timed`).
+    pub times: Option<Vec<chrono::DateTime<chrono::Utc>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,12 @@ pub enum TableError {
 
 /// Reads `features` and the 0/1 `label` column of a CSV file.
 pub fn read_csv(path: &Path, features: &[String], label: &str) -> Result<Table, TableError> {
+    read_csv_timed(path, features, label, None)
+}
+
+/// As [`read_csv`], also reading each row's time from the column `time`
+/// (RFC 3339, or seconds since 1970), for a split by date.
+pub fn read_csv_timed(path: &Path, features: &[String], label: &str, time: Option<&str>) -> Result<Table, TableError> {
     let read = |e: csv::Error| TableError::Read { path: path.to_path_buf(), message: e.to_string() };
     let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_path(path).map_err(read)?;
     let headers = reader.headers().map_err(read)?.clone();
@@ -43,7 +51,9 @@ pub fn read_csv(path: &Path, features: &[String], label: &str) -> Result<Table, 
     };
     let at: Vec<usize> = features.iter().map(|f| position(f)).collect::<Result<_, _>>()?;
     let label_at = position(label)?;
-    let mut table = Table { columns: features.to_vec(), rows: Vec::new(), labels: Vec::new() };
+    let time_at = time.map(|t| position(t).map(|i| (t, i))).transpose()?;
+    let mut table =
+        Table { columns: features.to_vec(), rows: Vec::new(), labels: Vec::new(), times: time_at.map(|_| Vec::new()) };
     for record in reader.records() {
         let record = record.map_err(read)?;
         let line = record.position().map_or(0, |p| p.line());
@@ -67,10 +77,25 @@ pub fn read_csv(path: &Path, features: &[String], label: &str) -> Result<Table, 
             "0" | "0.0" | "false" | "no" => false,
             other => return Err(cell(label, format!("`{other}` is not a 0/1 label"))),
         };
+        if let (Some((name, i)), Some(times)) = (time_at, table.times.as_mut()) {
+            let text = record.get(i).unwrap_or("");
+            times.push(
+                parse_time(text)
+                    .ok_or_else(|| cell(name, format!("`{text}` is not a time (RFC 3339, or seconds since 1970)")))?,
+            );
+        }
         table.rows.push(row);
         table.labels.push(flag);
     }
     Ok(table)
+}
+
+fn parse_time(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Some(t.with_timezone(&chrono::Utc));
+    }
+    let secs: f64 = text.parse().ok()?;
+    secs.is_finite().then(|| chrono::DateTime::from_timestamp_millis((secs * 1000.0).round() as i64)).flatten()
 }
 
 impl Table {
@@ -78,18 +103,37 @@ impl Table {
     pub fn split(&self, share: f64) -> usize {
         ((self.rows.len() as f64) * share).round() as usize
     }
+
+    /// The first row at or after `at`; the rows must be in time order.
+    pub fn split_before(&self, path: &Path, at: chrono::DateTime<chrono::Utc>) -> Result<usize, OfflineError> {
+        let times = self.times.as_ref().ok_or_else(|| {
+            OfflineError::Data(format!("{}: a split by date needs a time column (--time-column)", path.display()))
+        })?;
+        if let Some(i) = times.windows(2).position(|w| w[1] < w[0]) {
+            return Err(OfflineError::Data(format!(
+                "{}: rows are not in time order (data row {} is earlier than the one before it); sort the table first",
+                path.display(),
+                i + 2
+            )));
+        }
+        Ok(times.partition_point(|t| *t < at))
+    }
 }
 
-/// Trains on a table: the first `config.train_share` of its rows, in file order.
+/// Trains on a table: the first `config.train_share` of its rows in file order,
+/// or the rows before `config.split_before`.
 pub fn train(table: &Table, path: &Path, config: &crate::TrainConfig) -> Result<crate::TrainReport, OfflineError> {
     if table.rows.is_empty() {
         return Err(OfflineError::Data(format!("{}: no rows", path.display())));
     }
-    let split = table.split(config.train_share);
+    let (split, how) = match config.split_before {
+        Some(at) => (table.split_before(path, at)?, format!("before {}", at.to_rfc3339())),
+        None => (table.split(config.train_share), "by row order".to_owned()),
+    };
     let data = serde_json::json!({
         "from_table": path.display().to_string(),
         "rows": table.rows.len(),
-        "split": "by row order",
+        "split": how,
     });
     crate::fit_rows(&table.rows, &table.labels, split, table.columns.clone(), data, config)
 }
@@ -103,11 +147,12 @@ pub fn write_features(
     out: impl std::io::Write,
     defs: &[vigil_core::FeatureDef],
     history: &crate::history::History,
+    progress: &crate::Progress,
 ) -> Result<usize, OfflineError> {
     let events: Vec<&vigil_core::Event> = history.events.iter().collect();
     let labels = history.fraud_labels();
     let label_refs: Vec<&vigil_core::Label> = labels.iter().collect();
-    let features = crate::features_over_history(defs, &events, &label_refs)?;
+    let features = crate::features_over_history_with(defs, &events, &label_refs, progress)?;
     let io = |e: csv::Error| OfflineError::Data(format!("cannot write the feature table: {e}"));
     let mut w = csv::Writer::from_writer(out);
     let names = vigil_engine::model_inputs(defs);
@@ -143,6 +188,27 @@ mod tests {
         std::fs::write(&p, "a,y\n1,2\n").unwrap();
         let e = read_csv(&p, &["a".into()], "y").unwrap_err().to_string();
         assert!(e.contains("`2` is not a 0/1 label"), "{e}");
+        std::fs::remove_file(&p).ok();
+    }
+
+    #[test]
+    fn a_split_by_date_reads_the_time_column_and_wants_time_order() {
+        let p = std::env::temp_dir().join(format!("vigil-table-time-{}.csv", std::process::id()));
+        let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&chrono::Utc);
+        std::fs::write(&p, "t,a,y\n2026-01-01T00:00:00Z,1,0\n1767312000,2,1\n2026-01-03T00:00:00Z,3,0\n").unwrap();
+        let t = read_csv_timed(&p, &["a".into()], "y", Some("t")).unwrap();
+        assert_eq!(t.split_before(&p, at("2026-01-02T00:00:00Z")).unwrap(), 1);
+        assert_eq!(t.split_before(&p, at("2026-01-02T00:00:01Z")).unwrap(), 2);
+        let untimed = read_csv(&p, &["a".into()], "y").unwrap();
+        let e = untimed.split_before(&p, at("2026-01-02T00:00:00Z")).unwrap_err().to_string();
+        assert!(e.contains("needs a time column"), "{e}");
+        std::fs::write(&p, "t,a,y\n2026-01-02T00:00:00Z,1,0\n2026-01-01T00:00:00Z,2,1\n").unwrap();
+        let t = read_csv_timed(&p, &["a".into()], "y", Some("t")).unwrap();
+        let e = t.split_before(&p, at("2026-01-02T00:00:00Z")).unwrap_err().to_string();
+        assert!(e.contains("not in time order (data row 2"), "{e}");
+        std::fs::write(&p, "t,a,y\nyesterday,1,0\n").unwrap();
+        let e = read_csv_timed(&p, &["a".into()], "y", Some("t")).unwrap_err().to_string();
+        assert!(e.contains(":2: column `t`: `yesterday` is not a time"), "{e}");
         std::fs::remove_file(&p).ok();
     }
 }
