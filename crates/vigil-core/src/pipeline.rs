@@ -87,6 +87,10 @@ pub struct StoreConfig {
     pub timeout_ms: u64,
     /// What to do when the feature store is unavailable or too slow.
     pub degraded: DegradedPolicy,
+    /// Consecutive failed calls that open the circuit breaker.
+    pub breaker_failures: u64,
+    /// How long an open breaker refuses calls before it lets one through.
+    pub breaker_cool_down_ms: u64,
 }
 
 /// What the engine does when the feature store is unavailable, too slow, or
@@ -280,6 +284,8 @@ struct RawStore {
     dedup_ttl: Option<Spanned<String>>,
     timeout_ms: Option<Spanned<i64>>,
     degraded: Option<Spanned<String>>,
+    breaker_failures: Option<Spanned<i64>>,
+    breaker_cool_down: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -721,6 +727,8 @@ fn validate_store(raw: Option<&RawStore>, p: &mut Problems<'_>) -> StoreConfig {
         dedup_ttl_s: 7 * 86_400,
         timeout_ms: 1000,
         degraded: DegradedPolicy::Fail,
+        breaker_failures: 5,
+        breaker_cool_down_ms: 2000,
     };
     let Some(raw) = raw else { return store };
     match raw.backend.get_ref().as_str() {
@@ -766,6 +774,20 @@ fn validate_store(raw: Option<&RawStore>, p: &mut Problems<'_>) -> StoreConfig {
             p.on(t, "store.timeout_ms", "must be between 1 and 60000");
         } else {
             store.timeout_ms = *t.get_ref() as u64;
+        }
+    }
+    if let Some(n) = &raw.breaker_failures {
+        if !(1..=1000).contains(n.get_ref()) {
+            p.on(n, "store.breaker_failures", "must be between 1 and 1000");
+        } else {
+            store.breaker_failures = *n.get_ref() as u64;
+        }
+    }
+    if let Some(d) = &raw.breaker_cool_down {
+        match parse_duration_s(d.get_ref()) {
+            Ok(s) if (1..=600).contains(&s) => store.breaker_cool_down_ms = s * 1000,
+            Ok(_) => p.on(d, "store.breaker_cool_down", "must be between 1s and 10m"),
+            Err(m) => p.on(d, "store.breaker_cool_down", m),
         }
     }
     store
@@ -820,6 +842,22 @@ window = "10m"
             text.contains("store.degraded: unknown policy `reveiw`") && text.contains("did you mean `review`?"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn breaker_settings_are_read_and_checked() {
+        let c = PipelineConfig::parse(Path::new("x.toml"), GOOD).unwrap();
+        assert_eq!((c.store.breaker_failures, c.store.breaker_cool_down_ms), (5, 2000));
+        let with = |extra: &str| GOOD.replace("[rules]", &format!("{extra}\n[rules]"));
+        let c = PipelineConfig::parse(Path::new("x.toml"), &with("breaker_failures = 3\nbreaker_cool_down = \"30s\""))
+            .unwrap();
+        assert_eq!((c.store.breaker_failures, c.store.breaker_cool_down_ms), (3, 30_000));
+        let text =
+            PipelineConfig::parse(Path::new("x.toml"), &with("breaker_failures = 0\nbreaker_cool_down = \"1h\""))
+                .unwrap_err()
+                .to_string();
+        assert!(text.contains("store.breaker_failures: must be between 1 and 1000"), "{text}");
+        assert!(text.contains("store.breaker_cool_down: must be between 1s and 10m"), "{text}");
     }
 
     #[test]

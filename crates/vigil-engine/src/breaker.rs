@@ -1,8 +1,9 @@
 //! A circuit breaker in front of the feature store, and the counters of what it
 //! and the degraded policy did.
 //!
-//! After [`OPEN_AFTER`] consecutive retryable failures (unreachable, timed out,
-//! contended) the breaker opens: for [`COOL_DOWN`] calls fail at once without
+//! After `store.breaker_failures` (default [`OPEN_AFTER`]) consecutive retryable
+//! failures (unreachable, timed out, contended) the breaker opens: for
+//! `store.breaker_cool_down` (default [`COOL_DOWN`]) calls fail at once without
 //! touching the store, so a dead Redis costs no timeouts. Then one call is let
 //! through (half-open): success closes the breaker, failure opens it again. The
 //! store's own client reconnects underneath.
@@ -11,19 +12,37 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Consecutive failures that open the breaker.
+/// Consecutive failures that open the breaker, unless configured.
 pub const OPEN_AFTER: u64 = 5;
-/// How long an open breaker refuses calls before trying one.
+/// How long an open breaker refuses calls before trying one, unless configured.
 pub const COOL_DOWN: Duration = Duration::from_secs(2);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Breaker {
+    open_after: u64,
+    cool_down: Duration,
     consecutive: AtomicU64,
     open_until: Mutex<Option<Instant>>,
     trial_in_flight: AtomicBool,
 }
 
+impl Default for Breaker {
+    fn default() -> Self {
+        Breaker::new(OPEN_AFTER, COOL_DOWN)
+    }
+}
+
 impl Breaker {
+    pub fn new(open_after: u64, cool_down: Duration) -> Breaker {
+        Breaker {
+            open_after: open_after.max(1),
+            cool_down,
+            consecutive: AtomicU64::new(0),
+            open_until: Mutex::new(None),
+            trial_in_flight: AtomicBool::new(false),
+        }
+    }
+
     /// Whether a call may go to the store now.
     pub fn admit(&self) -> bool {
         let mut open = self.open_until.lock().unwrap_or_else(|p| p.into_inner());
@@ -51,10 +70,10 @@ impl Breaker {
     pub fn failure(&self) -> bool {
         let n = self.consecutive.fetch_add(1, Ordering::SeqCst) + 1;
         let trial = self.trial_in_flight.swap(false, Ordering::SeqCst);
-        if n >= OPEN_AFTER || trial {
+        if n >= self.open_after || trial {
             let mut open = self.open_until.lock().unwrap_or_else(|p| p.into_inner());
             let was_closed = open.is_none();
-            *open = Some(Instant::now() + COOL_DOWN);
+            *open = Some(Instant::now() + self.cool_down);
             return was_closed;
         }
         false

@@ -147,7 +147,10 @@ impl Engine {
         };
         Ok(Engine {
             store,
-            breaker: Breaker::default(),
+            breaker: Breaker::new(
+                config.store.breaker_failures,
+                std::time::Duration::from_millis(config.store.breaker_cool_down_ms),
+            ),
             store_stats: StoreStats::default(),
             degraded: config.store.degraded,
             rules: ArcSwap::from_pointee(rules),
