@@ -320,6 +320,37 @@ struct GenArgs {
     inline_labels: bool,
 }
 
+impl Command {
+    /// Commands that open no socket: when the reader of their output goes away
+    /// (`vigil gen | head`), they stop quietly, as `cat` does.
+    fn writes_files_only(&self) -> bool {
+        matches!(
+            self,
+            Command::Gen(_)
+                | Command::Demo { .. }
+                | Command::Validate { .. }
+                | Command::Rules { .. }
+                | Command::Train { .. }
+                | Command::Evaluate { .. }
+                | Command::Backtest { .. }
+                | Command::Features { .. }
+                | Command::Sign { .. }
+        )
+    }
+}
+
+/// Restores the default action of SIGPIPE, which Rust's runtime ignores (so
+/// that a closed pipe would otherwise end in an error or a panic at the next
+/// print). Only for commands without sockets: a server must not die because
+/// a peer closed its connection.
+fn default_sigpipe() {
+    // SAFETY: setting a signal's disposition to the default at start-up, before
+    // any thread that could be writing exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -328,6 +359,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if cli.command.writes_files_only() {
+        default_sigpipe();
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -337,6 +371,14 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(dispatch(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away (`vigil gen | head`): stop quietly.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
