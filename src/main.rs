@@ -593,7 +593,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             config.model = Some(vigil_core::pipeline::ModelConfig { path: model, weight, challenger: None });
             let engine = Engine::in_memory(&config)?;
             let h = read_history(&history, &label)?;
-            print_evaluation(&vigil_offline::evaluate::run(&engine, &h)?, format, report.as_deref())
+            let (bar, progress) = progress_bar();
+            let evaluation = vigil_offline::evaluate::run_with(&engine, &h, &progress);
+            bar.finish_and_clear();
+            print_evaluation(&evaluation?, format, report.as_deref())
         }
         Command::Backtest { rules, history, baseline, pipeline, label, format } => {
             let config = load_pipeline(&pipeline)?;

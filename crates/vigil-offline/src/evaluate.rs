@@ -68,13 +68,18 @@ pub fn recall_at_fpr(scores: &[f64], labels: &[bool], fpr: f64) -> (f64, f64) {
 /// Scores and decides every event of `history` with `engine` (whose model is
 /// the one under evaluation).
 pub fn run(engine: &Engine, history: &History) -> Result<Evaluation, OfflineError> {
+    run_with(engine, history, &crate::Progress::default())
+}
+
+/// As [`run`], reporting the feature computation's progress as step `features`.
+pub fn run_with(engine: &Engine, history: &History, progress: &crate::Progress) -> Result<Evaluation, OfflineError> {
     if !history.labelled() {
         return Err(OfflineError::Data("the history has no labels to evaluate against".into()));
     }
     let events: Vec<&Event> = history.events.iter().collect();
     let labels = history.fraud_labels();
     let label_refs: Vec<&Label> = labels.iter().collect();
-    let features = crate::features_over_history(engine.features(), &events, &label_refs)?;
+    let features = crate::features_over_history_with(engine.features(), &events, &label_refs, progress)?;
     let mut eval = Evaluation::empty("");
     for ((e, fv), label) in events.iter().zip(&features).zip(&history.labels) {
         let Some(fraud) = *label else { continue };
