@@ -117,7 +117,7 @@ enum Command {
         #[arg(long)]
         before: Option<String>,
         /// With `--features` and `--before`: the table's time column (RFC 3339,
-        /// or seconds since 1970).
+        /// a date, or seconds since 1970).
         #[arg(long, default_value = "timestamp")]
         time_column: String,
         /// Logistic regression: most solver (L-BFGS) iterations.
@@ -371,14 +371,6 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(dispatch(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
-        // The reader of our output went away (`vigil gen | head`): stop quietly.
-        Err(e)
-            if e.chain().any(|c| {
-                c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            }) =>
-        {
-            ExitCode::SUCCESS
-        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -594,7 +586,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let engine = Engine::in_memory(&config)?;
             let h = read_history(&history, &label)?;
             let (bar, progress) = progress_bar();
-            let evaluation = vigil_offline::evaluate::run_with(&engine, &h, &progress);
+            let evaluation = vigil_offline::evaluate::run(&engine, &h, &progress);
             bar.finish_and_clear();
             print_evaluation(&evaluation?, format, report.as_deref())
         }
@@ -609,13 +601,12 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let base = baseline.as_deref().map(engine_for).transpose()?;
             let started = std::time::Instant::now();
             let h = read_history(&history, &label)?;
-            let bar = indicatif::ProgressBar::new(h.events.len() as u64);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events {per_sec} {eta}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            let report = vigil_offline::backtest::run(&candidate, base.as_ref(), &h, |n| bar.set_position(n))?;
+            let (bar, progress) = progress_bar();
+            let total = h.events.len() as u64;
+            let report =
+                vigil_offline::backtest::run(&candidate, base.as_ref(), &h, |n| progress.report("backtest", n, total));
             bar.finish_and_clear();
+            let report = report?;
             match format {
                 ReportFormat::Table => {
                     print!("{}", report.to_table());
@@ -771,14 +762,10 @@ fn spawn_reload_on_hangup(engine: Arc<Engine>, config: PipelineConfig) {
 }
 
 /// Reads a history file, telling on stderr which records were skipped and why.
-/// A date for `--before`: RFC 3339, or a calendar day (midnight UTC).
+/// A date for `--before`: RFC 3339, a calendar day (midnight UTC), or seconds since 1970.
 fn parse_date(text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Ok(t.with_timezone(&chrono::Utc));
-    }
-    let day = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .with_context(|| format!("`{text}` is neither RFC 3339 nor a date like 2026-03-01"))?;
-    day.and_hms_opt(0, 0, 0).map(|t| t.and_utc()).context("midnight exists")
+    vigil_offline::tabular::parse_time(text)
+        .with_context(|| format!("`{text}` is neither RFC 3339 nor a date like 2026-03-01"))
 }
 
 /// A progress bar on stderr for the long steps of offline work (hidden when

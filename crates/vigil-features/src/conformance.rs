@@ -287,24 +287,35 @@ async fn batches_equal_one_by_one() {
     }
 }
 
-#[tokio::test]
-async fn concurrent_writers_stay_exact() {
+/// Runs `writer` for 4 writers (each its own store on one shared prefix) at
+/// once, then returns the features of one more event on the shared card and
+/// terminal: what the writers counted there.
+async fn after_four_writers<Fut>(writer: impl Fn(usize, RedisStore) -> Fut) -> FeatureVector
+where
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let prefix = format!("vigiltest-{}", uuid::Uuid::new_v4());
     let mut tasks = Vec::new();
     for w in 0..4 {
         let store = RedisStore::connect(&redis_url(), plan(), &prefix, 3600, 2000).await.unwrap();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..25 {
-                let e = ev(&format!("w{w}-{i}"), i, "1", Some("shared"), "t1");
-                store.process(&[&e]).await.unwrap();
-            }
-        }));
+        tasks.push(tokio::spawn(writer(w, store)));
     }
     for t in tasks {
         t.await.unwrap();
     }
     let store = RedisStore::connect(&redis_url(), plan(), &prefix, 3600, 2000).await.unwrap();
-    let last = one(&store, &ev("last", 100, "1", Some("shared"), "t1")).await;
+    one(&store, &ev("last", 100, "1", Some("shared"), "t1")).await
+}
+
+#[tokio::test]
+async fn concurrent_writers_stay_exact() {
+    let last = after_four_writers(|w, store| async move {
+        for i in 0..25 {
+            let e = ev(&format!("w{w}-{i}"), i, "1", Some("shared"), "t1");
+            store.process(&[&e]).await.unwrap();
+        }
+    })
+    .await;
     assert_eq!(last.values[0], count(100));
     assert_eq!(last.values[1], money("100"));
 }
@@ -314,26 +325,16 @@ async fn concurrent_writers_stay_exact() {
 /// is counted once, and the repeat gets the first features back.
 #[tokio::test]
 async fn concurrent_long_batches_stay_exact() {
-    let prefix = format!("vigiltest-{}", uuid::Uuid::new_v4());
-    let mut tasks = Vec::new();
-    for w in 0..4 {
-        let store = RedisStore::connect(&redis_url(), plan(), &prefix, 3600, 2000).await.unwrap();
-        tasks.push(tokio::spawn(async move {
-            let mut events: Vec<Event> =
-                (0..50).map(|i| ev(&format!("w{w}-{i}"), i, "1", Some("shared"), "t1")).collect();
-            // A redelivery inside the batch, chunks after the first delivery.
-            events.insert(45, events[2].clone());
-            let refs: Vec<&Event> = events.iter().collect();
-            let out = store.process(&refs).await.unwrap();
-            assert!(out[45].replayed);
-            assert_eq!(out[45].values, out[2].values);
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let store = RedisStore::connect(&redis_url(), plan(), &prefix, 3600, 2000).await.unwrap();
-    let last = one(&store, &ev("last", 100, "1", Some("shared"), "t1")).await;
+    let last = after_four_writers(|w, store| async move {
+        let mut events: Vec<Event> = (0..50).map(|i| ev(&format!("w{w}-{i}"), i, "1", Some("shared"), "t1")).collect();
+        // A redelivery inside the batch, chunks after the first delivery.
+        events.insert(45, events[2].clone());
+        let refs: Vec<&Event> = events.iter().collect();
+        let out = store.process(&refs).await.unwrap();
+        assert!(out[45].replayed);
+        assert_eq!(out[45].values, out[2].values);
+    })
+    .await;
     assert_eq!(last.values[0], count(200));
     assert_eq!(last.values[1], money("200"));
 }

@@ -226,7 +226,15 @@ impl RedisStore {
                 }
                 Err(e) => return Err(unavailable(e)),
             };
-            let applied = !writes || matches!(replies.pop_front(), Some(redis::Value::Int(1)));
+            // The script answers 1 when it wrote, 0 when a state or marker changed first.
+            let applied = !writes
+                || match replies.pop_front() {
+                    Some(redis::Value::Int(1)) => true,
+                    Some(redis::Value::Int(0)) => false,
+                    other => {
+                        return Err(FeatureError::Unavailable(format!("unexpected compare-and-set reply {other:?}")))
+                    }
+                };
             if applied {
                 out.push(round.out);
                 c += 1;
@@ -244,16 +252,28 @@ impl RedisStore {
         Ok(out)
     }
 
-    async fn process_events(&self, events: &[&Event]) -> Result<Vec<FeatureVector>, FeatureError> {
-        let batches: Vec<(&[&Event], BatchKeys)> =
-            events.chunks(CHUNK).map(|chunk| (chunk, self.plan.keys(chunk))).collect();
-        let chunks: Vec<ChunkKeys> = batches
+    /// Splits `items` into chunks of [`CHUNK`] with the keys each touches:
+    /// `keys` gives a chunk's entities, `marker` each item's marker key.
+    fn chunked<'a, I>(
+        &self,
+        items: &'a [&'a I],
+        keys: impl Fn(&[&I]) -> BatchKeys,
+        marker: impl Fn(&I) -> String,
+    ) -> (Vec<(&'a [&'a I], BatchKeys)>, Vec<ChunkKeys>) {
+        let batches: Vec<(&[&I], BatchKeys)> = items.chunks(CHUNK).map(|chunk| (chunk, keys(chunk))).collect();
+        let chunks = batches
             .iter()
             .map(|(chunk, keys)| ChunkKeys {
                 states: keys.entities.iter().map(|e| self.state_key(e)).collect(),
-                markers: chunk.iter().map(|e| self.marker_key(&e.transaction_id)).collect(),
+                markers: chunk.iter().map(|i| marker(i)).collect(),
             })
             .collect();
+        (batches, chunks)
+    }
+
+    async fn process_events(&self, events: &[&Event]) -> Result<Vec<FeatureVector>, FeatureError> {
+        let (batches, chunks) =
+            self.chunked(events, |c| self.plan.keys(c), |e: &Event| self.marker_key(&e.transaction_id));
         let outs = self
             .run_chunks(&chunks, self.dedup_ttl_s, |c, states, raw_markers| {
                 let (events, keys) = &batches[c];
@@ -270,15 +290,8 @@ impl RedisStore {
     }
 
     async fn process_labels(&self, labels: &[&Label]) -> Result<Vec<LabelOutcome>, FeatureError> {
-        let batches: Vec<(&[&Label], BatchKeys)> =
-            labels.chunks(CHUNK).map(|chunk| (chunk, self.plan.label_keys(chunk))).collect();
-        let chunks: Vec<ChunkKeys> = batches
-            .iter()
-            .map(|(chunk, keys)| ChunkKeys {
-                states: keys.entities.iter().map(|e| self.state_key(e)).collect(),
-                markers: chunk.iter().map(|l| self.label_marker_key(&l.transaction_id)).collect(),
-            })
-            .collect();
+        let (batches, chunks) =
+            self.chunked(labels, |c| self.plan.label_keys(c), |l: &Label| self.label_marker_key(&l.transaction_id));
         let outs = self
             .run_chunks(&chunks, self.plan.state_ttl_s(), |c, states, raw_markers| {
                 let (labels, keys) = &batches[c];
@@ -292,7 +305,7 @@ impl RedisStore {
     }
 }
 
-/// The keys one chunk watches, reads and may write.
+/// The keys one chunk reads and may write.
 struct ChunkKeys {
     states: Vec<String>,
     markers: Vec<String>,

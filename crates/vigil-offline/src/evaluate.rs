@@ -66,13 +66,8 @@ pub fn recall_at_fpr(scores: &[f64], labels: &[bool], fpr: f64) -> (f64, f64) {
 }
 
 /// Scores and decides every event of `history` with `engine` (whose model is
-/// the one under evaluation).
-pub fn run(engine: &Engine, history: &History) -> Result<Evaluation, OfflineError> {
-    run_with(engine, history, &crate::Progress::default())
-}
-
-/// As [`run`], reporting the feature computation's progress as step `features`.
-pub fn run_with(engine: &Engine, history: &History, progress: &crate::Progress) -> Result<Evaluation, OfflineError> {
+/// the one under evaluation), reporting the feature computation as step `features`.
+pub fn run(engine: &Engine, history: &History, progress: &crate::Progress) -> Result<Evaluation, OfflineError> {
     if !history.labelled() {
         return Err(OfflineError::Data("the history has no labels to evaluate against".into()));
     }

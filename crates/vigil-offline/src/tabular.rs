@@ -79,10 +79,9 @@ pub fn read_csv_timed(path: &Path, features: &[String], label: &str, time: Optio
         };
         if let (Some((name, i)), Some(times)) = (time_at, table.times.as_mut()) {
             let text = record.get(i).unwrap_or("");
-            times.push(
-                parse_time(text)
-                    .ok_or_else(|| cell(name, format!("`{text}` is not a time (RFC 3339, or seconds since 1970)")))?,
-            );
+            times.push(parse_time(text).ok_or_else(|| {
+                cell(name, format!("`{text}` is not a time (RFC 3339, a date, or seconds since 1970)"))
+            })?);
         }
         table.rows.push(row);
         table.labels.push(flag);
@@ -90,9 +89,14 @@ pub fn read_csv_timed(path: &Path, features: &[String], label: &str, time: Optio
     Ok(table)
 }
 
-fn parse_time(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+/// A time as tables and the command line give it: RFC 3339, a calendar day
+/// (`2026-03-01`, midnight UTC), or seconds since 1970.
+pub fn parse_time(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
         return Some(t.with_timezone(&chrono::Utc));
+    }
+    if let Ok(day) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return day.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
     }
     let secs: f64 = text.parse().ok()?;
     secs.is_finite().then(|| chrono::DateTime::from_timestamp_millis((secs * 1000.0).round() as i64)).flatten()
@@ -195,7 +199,7 @@ mod tests {
     fn a_split_by_date_reads_the_time_column_and_wants_time_order() {
         let p = std::env::temp_dir().join(format!("vigil-table-time-{}.csv", std::process::id()));
         let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&chrono::Utc);
-        std::fs::write(&p, "t,a,y\n2026-01-01T00:00:00Z,1,0\n1767312000,2,1\n2026-01-03T00:00:00Z,3,0\n").unwrap();
+        std::fs::write(&p, "t,a,y\n2026-01-01T00:00:00Z,1,0\n1767312000,2,1\n2026-01-03,3,0\n").unwrap();
         let t = read_csv_timed(&p, &["a".into()], "y", Some("t")).unwrap();
         assert_eq!(t.split_before(&p, at("2026-01-02T00:00:00Z")).unwrap(), 1);
         assert_eq!(t.split_before(&p, at("2026-01-02T00:00:01Z")).unwrap(), 2);
