@@ -41,6 +41,26 @@ fn benches(c: &mut Criterion) {
                 black_box(model.score(black_box(&rows[i])))
             })
         });
+        // The forest walked node by node (its reference path), on the same
+        // scaled inputs: what the flat layout is measured against.
+        if let Some(forest) = &model.body().forest {
+            let s = &model.body().scaler;
+            let scaled: Vec<Vec<f64>> =
+                rows.iter().map(|r| r.iter().enumerate().map(|(c, v)| (v - s.mean[c]) / s.std[c]).collect()).collect();
+            let mut i = 0;
+            g.bench_function(format!("{algorithm:?}_walking_nodes_scaled_inputs"), |b| {
+                b.iter(|| {
+                    i = (i + 1) % scaled.len();
+                    black_box(forest.score_one_walking(black_box(&scaled[i])))
+                })
+            });
+            g.bench_function(format!("{algorithm:?}_flat_scaled_inputs"), |b| {
+                b.iter(|| {
+                    i = (i + 1) % scaled.len();
+                    black_box(forest.score_one(black_box(&scaled[i])))
+                })
+            });
+        }
     }
     g.finish();
 }

@@ -88,3 +88,50 @@ fn bad_hyperparameters_and_data_are_refused() {
     let forest = IsolationForestParams::new().fit(&ds).unwrap();
     assert_eq!(forest.score_one(&[0.0, 0.0]), forest.score_one(&[5.0, 5.0]));
 }
+
+#[test]
+fn the_flat_layout_scores_exactly_as_walking_the_nodes() {
+    let x = data(3);
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    // Shallow and deep trees, and uneven ones (few rows leave leaves above the bottom).
+    for sample_size in [2, 3, 17, 256, 2_020] {
+        let ds = Dataset::new(x.clone(), Array1::<usize>::zeros(x.nrows()));
+        let forest = IsolationForestParams::new().sample_size(sample_size).n_trees(37).seed(5).fit(&ds).unwrap();
+        assert!(forest.flat.is_some(), "sample size {sample_size}");
+        for _ in 0..2_000 {
+            let row: Vec<f64> =
+                (0..3).map(|_| if rng.random_bool(0.1) { f64::NAN } else { rng.random_range(-9.0..9.0) }).collect();
+            let flat = forest.flat.as_ref().unwrap().path_sum(&row, forest.trees.len());
+            assert_eq!(flat.to_bits(), forest.walk_sum(&row).to_bits(), "sample size {sample_size}, row {row:?}");
+        }
+        // Rows of the training data land exactly on thresholds' neighbours too.
+        for r in x.rows().into_iter().take(300) {
+            let row = r.to_vec();
+            let flat = forest.flat.as_ref().unwrap().path_sum(&row, forest.trees.len());
+            assert_eq!(flat.to_bits(), forest.walk_sum(&row).to_bits());
+        }
+    }
+}
+
+#[test]
+fn a_forest_whose_trees_do_not_link_up_is_refused() {
+    let forest = fit(&data(1), 7);
+    let good = serde_json::to_value(&forest).unwrap();
+    let back: IsolationForest = serde_json::from_value(good.clone()).unwrap();
+    assert_eq!(back, forest);
+    assert_eq!(back.score_one(&[0.1, 0.2, 0.3]), forest.score_one(&[0.1, 0.2, 0.3]));
+
+    let first_split = forest.trees[0].nodes.iter().position(|n| n.feature != LEAF).unwrap();
+    let damage = |field: &str, value: serde_json::Value| {
+        let mut v = good.clone();
+        v["trees"][0]["nodes"][first_split][field] = value;
+        serde_json::from_value::<IsolationForest>(v).unwrap_err().to_string()
+    };
+    // A loop back to the root, a link past the end, a feature the forest lacks.
+    assert!(damage("right", 0.into()).contains("tree 0: node"), "{}", damage("right", 0.into()));
+    assert!(damage("right", 1_000_000.into()).contains("links to nodes"));
+    assert!(damage("feature", 3.into()).contains("splits on feature 3 of 3"));
+    let mut v = good.clone();
+    v["trees"] = serde_json::json!([]);
+    assert!(serde_json::from_value::<IsolationForest>(v).unwrap_err().to_string().contains("at least one tree"));
+}
