@@ -120,6 +120,17 @@ enum Command {
         /// a date, or seconds since 1970).
         #[arg(long, default_value = "timestamp")]
         time_column: String,
+        /// Train and test only on the events for which this SQL predicate holds (run by
+        /// DataFusion over the history's fields, attributes and label, as in
+        /// `channel = 'ecom' AND amount > 100`); every event still counts in
+        /// the features of later ones.
+        #[arg(long = "where", value_name = "PREDICATE")]
+        filter: Option<String>,
+        /// Logistic regression: only standardise the inputs (format 1 model
+        /// files), instead of also compressing the never-negative ones with a
+        /// logarithm and flagging missing ones with indicator columns.
+        #[arg(long)]
+        plain_inputs: bool,
         /// Logistic regression: most solver (L-BFGS) iterations.
         #[arg(long, default_value_t = 200)]
         max_iterations: u64,
@@ -166,6 +177,12 @@ enum Command {
         /// pipeline does not declare.
         #[arg(long)]
         table: bool,
+        /// Report only on the events for which this SQL predicate holds (run by
+        /// DataFusion over the history's fields, attributes and label, as in
+        /// `channel = 'ecom' AND amount > 100`); every event still counts in
+        /// the features of later ones.
+        #[arg(long = "where", value_name = "PREDICATE")]
+        filter: Option<String>,
     },
     /// Replay labelled history through a rule set: per-rule hits, precision and
     /// recall, the decision mix, and the changes against a baseline rule set.
@@ -187,6 +204,12 @@ enum Command {
         label: String,
         #[arg(long, value_enum, default_value = "table")]
         format: ReportFormat,
+        /// Report only on the events for which this SQL predicate holds (run by
+        /// DataFusion over the history's fields, attributes and label, as in
+        /// `channel = 'ecom' AND amount > 100`); every event still counts in
+        /// the features of later ones.
+        #[arg(long = "where", value_name = "PREDICATE")]
+        filter: Option<String>,
     },
     /// Record confirmed outcomes (chargebacks, analyst verdicts) for the label
     /// features: published to the pipeline's labels topic, or applied to its
@@ -229,6 +252,12 @@ enum Command {
         /// Output CSV file, or `-` for stdout.
         #[arg(long, default_value = "-")]
         out: PathBuf,
+        /// Write only the events for which this SQL predicate holds (run by
+        /// DataFusion over the history's fields, attributes and label, as in
+        /// `channel = 'ecom' AND amount > 100`); every event still counts in
+        /// the features of later ones.
+        #[arg(long = "where", value_name = "PREDICATE")]
+        filter: Option<String>,
     },
     /// Send a JSON-lines file of events (or `-` for stdin) to the pipeline's input topic.
     Produce {
@@ -439,6 +468,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             algorithm,
             before,
             time_column,
+            filter,
+            plain_inputs,
             max_iterations,
             tolerance,
             trees,
@@ -475,8 +506,12 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 n_trees: trees,
                 sample_size,
                 progress,
+                plain_inputs,
                 ..vigil_offline::TrainConfig::default()
             };
+            if filter.is_some() && (history.is_none() || !features.is_empty()) {
+                bail!("--where chooses events of a history: give --history, without --features");
+            }
             let report = match &history {
                 Some(path) if !features.is_empty() => {
                     let time = split_before.is_some().then_some(time_column.as_str());
@@ -490,10 +525,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     vigil_offline::tabular::train(&table, path, &train)?
                 }
                 Some(path) => {
-                    let h = read_history(path, &label)?;
+                    let h = read_history(path, &label, filter.as_deref()).await?;
                     eprintln!(
                         "training on {} events of {} with {} features...",
-                        h.events.len(),
+                        h.selected_count(),
                         path.display(),
                         config.features.len()
                     );
@@ -571,26 +606,29 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Evaluate { model, history, label, pipeline, format, report, table } => {
+        Command::Evaluate { model, history, label, pipeline, format, report, table, filter } => {
             let mut config = load_pipeline(&pipeline)?;
             // A model over columns the pipeline does not declare was trained on
             // a table (`train --features`): score that table's rows directly.
             let any = vigil_model::load_any(&model)?;
             let declared = vigil_engine::model_inputs(&config.features);
             if table || any.body().inputs.iter().any(|i| !declared.contains(&i.as_str())) {
+                if filter.is_some() {
+                    bail!("--where chooses events of a history, not rows of a feature table");
+                }
                 let table = vigil_offline::tabular::read_csv(&history, &any.body().inputs, &label)?;
                 return print_evaluation(&vigil_offline::evaluate::run_table(&any, &table)?, format, report.as_deref());
             }
             let weight = config.model.as_ref().map_or(100.0, |m| m.weight);
             config.model = Some(vigil_core::pipeline::ModelConfig { path: model, weight, challenger: None });
             let engine = Engine::in_memory(&config)?;
-            let h = read_history(&history, &label)?;
+            let h = read_history(&history, &label, filter.as_deref()).await?;
             let (bar, progress) = progress_bar();
             let evaluation = vigil_offline::evaluate::run(&engine, &h, &progress);
             bar.finish_and_clear();
             print_evaluation(&evaluation?, format, report.as_deref())
         }
-        Command::Backtest { rules, history, baseline, pipeline, label, format } => {
+        Command::Backtest { rules, history, baseline, pipeline, label, format, filter } => {
             let config = load_pipeline(&pipeline)?;
             let engine_for = |path: &Path| -> anyhow::Result<Engine> {
                 let mut c = config.clone();
@@ -600,7 +638,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let candidate = engine_for(&rules)?;
             let base = baseline.as_deref().map(engine_for).transpose()?;
             let started = std::time::Instant::now();
-            let h = read_history(&history, &label)?;
+            let h = read_history(&history, &label, filter.as_deref()).await?;
             let (bar, progress) = progress_bar();
             let total = h.events.len() as u64;
             let report =
@@ -670,9 +708,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             };
             label(&config, lines).await
         }
-        Command::Features { pipeline, history, label, out } => {
+        Command::Features { pipeline, history, label, out, filter } => {
             let config = load_pipeline(&pipeline)?;
-            let h = read_history(&history, &label)?;
+            let h = read_history(&history, &label, filter.as_deref()).await?;
             let (bar, progress) = progress_bar();
             let n = if out.as_os_str() == "-" {
                 vigil_offline::tabular::write_features(std::io::stdout().lock(), &config.features, &h, &progress)?
@@ -806,10 +844,19 @@ fn progress_bar() -> (indicatif::ProgressBar, vigil_offline::Progress) {
     (bar, progress)
 }
 
-fn read_history(path: &Path, label: &str) -> anyhow::Result<vigil_offline::history::History> {
-    let h = vigil_offline::history::read(path, label)?;
+/// Reads a history and, with `--where`, chooses the events to report on.
+async fn read_history(
+    path: &Path,
+    label: &str,
+    filter: Option<&str>,
+) -> anyhow::Result<vigil_offline::history::History> {
+    let mut h = vigil_offline::history::read(path, label)?;
     for e in &h.first_errors {
         eprintln!("skipped: {e}");
+    }
+    if let Some(predicate) = filter {
+        let n = vigil_offline::select::apply(&mut h, predicate, label).await?;
+        eprintln!("--where chose {n} of {} events", h.events.len());
     }
     Ok(h)
 }

@@ -187,6 +187,18 @@ fn evaluate_reports_ranking_figures_and_the_decision_mix() {
     assert!(page.contains("roc.svg") && page.contains("AUC-ROC"), "{page}");
     let o = evaluate(&["--label", "nope"]);
     assert!(!o.status.success() && text(&o).contains("no labels"), "{}", text(&o));
+    // A part of the history, chosen by a SQL predicate; a bad one says why.
+    let o = evaluate(&["--format", "json", "--where", "channel = 'ecom' AND amount >= 50"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let part: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(part["selection"], "channel = 'ecom' AND amount >= 50");
+    let n = part["events"].as_u64().unwrap();
+    assert!(n > 0 && n < 4000, "{part}");
+    assert!(text(&o).contains(&format!("--where chose {n} of 4000 events")), "{}", text(&o));
+    let o = evaluate(&["--where", "chanel = 'ecom'"]);
+    assert!(!o.status.success() && text(&o).contains("--where `chanel = 'ecom'`") && text(&o).contains("chanel"));
+    let o = vigil(&["backtest", "--rules", "rules", "--history", history.to_str().unwrap(), "--where", "is_fraud"]);
+    assert!(o.status.success() && text(&o).contains("events where is_fraud"), "{}", text(&o));
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -233,6 +245,15 @@ fn train_on_a_history_file_then_evaluate_the_model() {
     assert!(!o.status.success() && text(&o).contains("leaves no training or no test"), "{}", text(&o));
     let o = vigil(&["train", "--history", h, "--before", "next week", "--out", m]);
     assert!(!o.status.success() && text(&o).contains("`next week` is neither RFC 3339 nor a date"), "{}", text(&o));
+    // Trained on a part of the history: the model file says which.
+    let o = vigil(&["train", "--history", h, "--where", "channel = 'pos'", "--out", m, "--format", "json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = t["train_rows"].as_u64().unwrap() + t["test_rows"].as_u64().unwrap();
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&model).unwrap()).unwrap();
+    let source = &file["training"]["data"]["from_history"];
+    assert_eq!(source["where"], "channel = 'pos'", "{source}");
+    assert!(rows < 6000 && source["selected_events"] == rows, "{t} {source}");
     // A history without the label column is refused, and says so.
     let o = vigil(&["train", "--history", h, "--label", "chargeback", "--out", model.to_str().unwrap()]);
     assert!(!o.status.success() && text(&o).contains("no labels"), "{}", text(&o));

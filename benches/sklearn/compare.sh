@@ -6,8 +6,9 @@
 # 1. `vigil gen` writes a labelled history; `vigil features` turns it into the
 #    feature table `vigil train` fits (amount and the demo pipeline's 22
 #    features as of before each event, label features included, and the label).
-# 2. Vigil trains a logistic regression and an isolation forest on the table's
-#    first 70% of rows (`vigil train --features ... --format json`) and scores
+# 2. Vigil trains a logistic regression (with its input compression and
+#    missing-value indicators, and again with plain standardisation) and an
+#    isolation forest on the table's first 70% of rows (`vigil train --features ... --format json`) and scores
 #    the rest (`vigil evaluate --table --format json`).
 # 3. compare.py fits scikit-learn's LogisticRegression and IsolationForest on the
 #    same rows with the same preprocessing and hyperparameters, scores the same
@@ -39,9 +40,17 @@ echo "compare: $events events, seed $seed, in $work" >&2
 inputs=$(head -1 "$work/table.csv" | tr ',' '\n' | grep -vxE 'transaction_id|timestamp|label' | paste -sd, -)
 "$venv/bin/python" "$root/benches/sklearn/compare.py" split "$work" "$share"
 
-for algorithm in logistic isolation-forest; do
+# `logistic` compresses never-negative inputs and flags missing ones (Vigil's
+# default); `logistic-plain` only standardises them (`--plain-inputs`).
+for model in logistic logistic-plain isolation-forest; do
+  case $model in
+    logistic) flags=(--algorithm logistic) ;;
+    logistic-plain) flags=(--algorithm logistic --plain-inputs) ;;
+    isolation-forest) flags=(--algorithm isolation-forest) ;;
+  esac
+  algorithm=$model
   "$vigil" train --history "$work/table.csv" --features "$inputs" --label label --train-share "$share" \
-    --seed "$seed" --algorithm "$algorithm" --out "$work/vigil-$algorithm.model.json" --format json \
+    --seed "$seed" "${flags[@]}" --out "$work/vigil-$algorithm.model.json" --format json \
     >"$work/train-$algorithm.json"
   "$vigil" evaluate --table --model "$work/vigil-$algorithm.model.json" --history "$work/test.csv" --label label \
     --format json --report "$work/report-$algorithm" >"$work/evaluate-$algorithm.json"

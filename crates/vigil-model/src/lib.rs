@@ -6,7 +6,8 @@
 //! parameters, a summary of training, and a SHA-256 checksum over all of it.
 //!
 //! Two algorithms: `logistic_regression` (a supervised fraud probability, format
-//! version 1) and `isolation_forest` (an unsupervised anomaly score, format
+//! version 1, or 3 when its inputs are compressed and flagged when missing; see
+//! [`Scaler`]) and `isolation_forest` (an unsupervised anomaly score, format
 //! version 2, whose `forest` holds the trees).
 //! [`load`] refuses a file that is corrupt, of an unknown format, or whose inputs
 //! the pipeline cannot provide.
@@ -21,6 +22,12 @@ pub const FORMAT: &str = "vigil-model";
 pub const FORMAT_VERSION: u32 = 1;
 /// The format version of files with an isolation forest.
 pub const FOREST_FORMAT_VERSION: u32 = 2;
+/// The format version of logistic regressions whose scaler compresses inputs
+/// (`log`) or adds missing-value indicators; older builds refuse these files
+/// rather than score them without the transforms.
+pub const PREPROCESSED_FORMAT_VERSION: u32 = 3;
+/// The newest format version this build reads.
+pub const LATEST_FORMAT_VERSION: u32 = PREPROCESSED_FORMAT_VERSION;
 
 pub use vigil_iforest::IsolationForest;
 
@@ -53,11 +60,150 @@ pub enum ModelError {
     Invalid { path: PathBuf, message: String },
 }
 
-/// Standardisation applied to each input before the linear part.
+/// The preprocessing training applied, which serving applies again.
+///
+/// The model's columns are the inputs, in order, then one missing-value
+/// indicator (1 when the input is missing, else 0) per input listed in
+/// `missing_indicators`. Each input is first compressed with the signed
+/// logarithm `sign(x) · ln(1 + |x|)` when `log` says so (counts and amounts are
+/// heavy-tailed), then every column is standardised with `mean` and `std`; a
+/// missing input's own column takes its mean (it adds nothing), its indicator
+/// says it was missing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scaler {
+    /// Per column.
     pub mean: Vec<f64>,
     pub std: Vec<f64>,
+    /// Per input, whether it is compressed first; empty when none is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log: Vec<bool>,
+    /// Inputs (ascending indices) that have an indicator column.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_indicators: Vec<usize>,
+}
+
+/// `sign(x) · ln(1 + |x|)`: the logarithm's compression, defined for every
+/// number and equal to `ln(1 + x)` for the non-negative ones.
+pub fn signed_log(x: f64) -> f64 {
+    x.signum() * x.abs().ln_1p()
+}
+
+impl Scaler {
+    /// Plain standardisation of `mean.len()` inputs.
+    pub fn standard(mean: Vec<f64>, std: Vec<f64>) -> Scaler {
+        Scaler { mean, std, log: Vec::new(), missing_indicators: Vec::new() }
+    }
+
+    /// Fits the preprocessing on training rows of `n` inputs (`NaN` is
+    /// missing). With `compress`, inputs that are never negative are
+    /// compressed and inputs that are ever missing get an indicator; without,
+    /// inputs are only standardised. Deviations are over present values; a
+    /// constant column keeps a deviation of 1.
+    pub fn fit(rows: &[Vec<f64>], n: usize, compress: bool) -> Scaler {
+        let present = |c: usize| rows.iter().map(move |r| r[c]).filter(|v| v.is_finite());
+        let log: Vec<bool> = if compress {
+            (0..n).map(|c| present(c).next().is_some() && present(c).all(|v| v >= 0.0)).collect()
+        } else {
+            Vec::new()
+        };
+        let log = if log.iter().any(|l| *l) { log } else { Vec::new() };
+        let missing_indicators: Vec<usize> =
+            if compress { (0..n).filter(|&c| rows.iter().any(|r| !r[c].is_finite())).collect() } else { Vec::new() };
+        let mut scaler = Scaler { mean: Vec::new(), std: Vec::new(), log, missing_indicators };
+        let deviation = |var: f64| if var.sqrt() > 1e-9 { var.sqrt() } else { 1.0 };
+        for c in 0..n {
+            let vals: Vec<f64> = present(c).map(|v| scaler.transform(c, v)).collect();
+            let m = if vals.is_empty() { 0.0 } else { vals.iter().sum::<f64>() / vals.len() as f64 };
+            let var = if vals.is_empty() {
+                0.0
+            } else {
+                vals.iter().map(|v| (v - m).powi(2)).sum::<f64>() / vals.len() as f64
+            };
+            scaler.mean.push(m);
+            scaler.std.push(deviation(var));
+        }
+        for k in 0..scaler.missing_indicators.len() {
+            let c = scaler.missing_indicators[k];
+            let p = rows.iter().filter(|r| !r[c].is_finite()).count() as f64 / rows.len().max(1) as f64;
+            scaler.mean.push(p);
+            scaler.std.push(deviation(p * (1.0 - p)));
+        }
+        scaler
+    }
+
+    /// The model's standardised columns for one row of `n` inputs, into `out`
+    /// (cleared first): what training fits and serving scores.
+    pub fn columns_of(&self, inputs: &[f64], n: usize, out: &mut Vec<f64>) {
+        out.clear();
+        out.resize(self.columns(n), 0.0);
+        self.each(inputs, n, |i, own, flag| {
+            out[i] = own;
+            if let Some((c, v)) = flag {
+                out[c] = v;
+            }
+        });
+    }
+
+    /// Whether inputs are transformed beyond standardisation.
+    pub fn transforms(&self) -> bool {
+        !self.log.is_empty() || !self.missing_indicators.is_empty()
+    }
+
+    /// Columns the model sees: the inputs, then the indicators.
+    pub fn columns(&self, inputs: usize) -> usize {
+        inputs + self.missing_indicators.len()
+    }
+
+    /// Input `i`'s value before standardisation (compressed when `log` says).
+    pub fn transform(&self, i: usize, x: f64) -> f64 {
+        if self.log.get(i).copied().unwrap_or(false) {
+            signed_log(x)
+        } else {
+            x
+        }
+    }
+
+    /// Calls `visit(input, its own column's standardised value, its indicator
+    /// column and that column's standardised value)` for every input, in
+    /// order. A missing input's own value is 0 (it takes the mean). No
+    /// allocation: this runs per event.
+    fn each(&self, inputs: &[f64], n: usize, mut visit: impl FnMut(usize, f64, Option<(usize, f64)>)) {
+        let mut next = self.missing_indicators.iter().enumerate().peekable();
+        for i in 0..n {
+            let x = inputs.get(i).copied().unwrap_or(f64::NAN);
+            let present = x.is_finite();
+            let own = if present { (self.transform(i, x) - self.mean[i]) / self.std[i] } else { 0.0 };
+            let flag = match next.peek() {
+                Some(&(k, &j)) if j == i => {
+                    next.next();
+                    let c = n + k;
+                    Some((c, (if present { 0.0 } else { 1.0 } - self.mean[c]) / self.std[c]))
+                }
+                _ => None,
+            };
+            visit(i, own, flag);
+        }
+    }
+
+    /// Checks the shape against `n` inputs.
+    fn check(&self, n: usize) -> Result<(), String> {
+        let columns = self.columns(n);
+        if self.mean.len() != columns || self.std.len() != columns {
+            return Err(format!(
+                "{n} inputs and {} indicators but {} means and {} deviations",
+                self.missing_indicators.len(),
+                self.mean.len(),
+                self.std.len()
+            ));
+        }
+        if !self.log.is_empty() && self.log.len() != n {
+            return Err(format!("{n} inputs but {} `log` flags", self.log.len()));
+        }
+        if self.missing_indicators.windows(2).any(|w| w[0] >= w[1]) || self.missing_indicators.iter().any(|&i| i >= n) {
+            return Err(format!("missing_indicators must be ascending input indices below {n}"));
+        }
+        Ok(())
+    }
 }
 
 /// The content of a model file, less its checksum.
@@ -70,7 +216,7 @@ pub struct ModelBody {
     pub algorithm: String,
     pub inputs: Vec<String>,
     pub scaler: Scaler,
-    /// Logistic regression: one weight per input, and the intercept.
+    /// Logistic regression: one weight per column (see [`Scaler`]), and the intercept.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub weights: Vec<f64>,
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -114,16 +260,17 @@ impl TrainedModel {
         if n == 0 {
             return Err("the model has no inputs".into());
         }
-        if body.scaler.mean.len() != n || body.scaler.std.len() != n {
+        body.scaler.check(n)?;
+        let columns = body.scaler.columns(n);
+        if body.scaler.transforms() && (body.algorithm != LOGISTIC || body.format_version < PREPROCESSED_FORMAT_VERSION)
+        {
             return Err(format!(
-                "{n} inputs but {} means and {} deviations",
-                body.scaler.mean.len(),
-                body.scaler.std.len()
+                "input compression and missing-value indicators need a {LOGISTIC} of format version {PREPROCESSED_FORMAT_VERSION}"
             ));
         }
         match (body.algorithm.as_str(), &body.forest) {
-            (LOGISTIC, None) if body.weights.len() == n => {}
-            (LOGISTIC, None) => return Err(format!("{n} inputs but {} weights", body.weights.len())),
+            (LOGISTIC, None) if body.weights.len() == columns => {}
+            (LOGISTIC, None) => return Err(format!("{columns} columns but {} weights", body.weights.len())),
             (ISOLATION_FOREST, Some(f)) if f.n_features() == n && body.weights.is_empty() => {}
             (ISOLATION_FOREST, Some(f)) => {
                 return Err(format!("{n} inputs but a forest over {} features (and no weights)", f.n_features()))
@@ -177,11 +324,18 @@ impl Model for TrainedModel {
                 None => forest.score_one(&(0..n).map(scaled).collect::<Vec<_>>()),
             };
         }
+        let (w, n) = (&self.body.weights, self.body.inputs.len());
         let mut z = self.body.intercept;
-        for (i, x) in inputs.iter().enumerate().take(self.body.weights.len()) {
-            // A missing input takes the training mean: it contributes nothing.
-            if x.is_finite() {
-                z += self.body.weights[i] * (x - s.mean[i]) / s.std[i];
+        if s.transforms() {
+            s.each(inputs, n, |i, own, flag| {
+                z += w[i] * own + flag.map_or(0.0, |(c, v)| w[c] * v);
+            });
+        } else {
+            for (i, x) in inputs.iter().enumerate().take(w.len()) {
+                // A missing input takes the training mean: it contributes nothing.
+                if x.is_finite() {
+                    z += w[i] * (x - s.mean[i]) / s.std[i];
+                }
             }
         }
         1.0 / (1.0 + (-z).exp())
@@ -192,14 +346,20 @@ impl Model for TrainedModel {
     }
 
     /// For a logistic regression, weight times standardised value: the log-odds
-    /// each input adds (a missing input adds none). A forest says nothing.
+    /// each input adds against the training average, its missing-value
+    /// indicator included (so a missing input may add some). A forest says
+    /// nothing.
     fn contributions(&self, inputs: &[f64], visit: &mut dyn FnMut(usize, f64)) {
-        let s = &self.body.scaler;
-        for (i, (w, x)) in self.body.weights.iter().zip(inputs).enumerate() {
-            if x.is_finite() {
-                visit(i, w * (x - s.mean[i]) / s.std[i]);
-            }
+        let (s, w, n) = (&self.body.scaler, &self.body.weights, self.body.inputs.len());
+        if w.is_empty() {
+            return;
         }
+        s.each(inputs, n, |i, own, flag| {
+            let c = w[i] * own + flag.map_or(0.0, |(c, v)| w[c] * v);
+            if c != 0.0 {
+                visit(i, c);
+            }
+        });
     }
 }
 
@@ -224,9 +384,9 @@ fn load_checked(path: &Path, available: Option<&[&str]>) -> Result<TrainedModel,
         return Err(ModelError::Checksum { path: path.to_path_buf(), stated: file.checksum, actual });
     }
     let invalid = |message: String| ModelError::Invalid { path: path.to_path_buf(), message };
-    if file.body.format != FORMAT || !(1..=FOREST_FORMAT_VERSION).contains(&file.body.format_version) {
+    if file.body.format != FORMAT || !(1..=LATEST_FORMAT_VERSION).contains(&file.body.format_version) {
         return Err(invalid(format!(
-            "format {} v{} is not {FORMAT} v1 to v{FOREST_FORMAT_VERSION}",
+            "format {} v{} is not {FORMAT} v1 to v{LATEST_FORMAT_VERSION}",
             file.body.format, file.body.format_version
         )));
     }
@@ -251,7 +411,7 @@ mod tests {
             name: "test".into(),
             algorithm: "logistic_regression".into(),
             inputs: vec!["amount".into(), "card_count_10m".into()],
-            scaler: Scaler { mean: vec![50.0, 1.0], std: vec![25.0, 1.0] },
+            scaler: Scaler::standard(vec![50.0, 1.0], vec![25.0, 1.0]),
             weights: vec![1.0, 2.0],
             intercept: -3.0,
             forest: None,
@@ -315,6 +475,57 @@ mod tests {
         b.weights.pop();
         assert!(TrainedModel::new(b).is_err());
     }
+
+    #[test]
+    fn compressed_inputs_and_missing_indicators_score_as_fitted() {
+        // Input 0 never negative (compressed), input 1 sometimes missing (flagged).
+        let rows = vec![vec![0.0, 1.0], vec![9.0, f64::NAN], vec![99.0, -2.0], vec![999.0, f64::NAN]];
+        let scaler = Scaler::fit(&rows, 2, true);
+        assert_eq!((scaler.log.clone(), scaler.missing_indicators.clone()), (vec![true, false], vec![1]));
+        assert_eq!(scaler.columns(2), 3);
+        // Column 0 over ln(1 + x) = 0, ln 10, ln 100, ln 1000; column 1 over the
+        // present -2 and 1; the indicator over 0, 1, 0, 1.
+        let ln10 = 10f64.ln();
+        assert!((scaler.mean[0] - 1.5 * ln10).abs() < 1e-12 && (scaler.mean[1] + 0.5).abs() < 1e-12);
+        assert_eq!((scaler.mean[2], scaler.std[2]), (0.5, 0.5));
+        let mut cols = Vec::new();
+        scaler.columns_of(&[9.0, f64::NAN], 2, &mut cols);
+        assert!((cols[0] - (ln10 - 1.5 * ln10) / scaler.std[0]).abs() < 1e-12);
+        assert_eq!(&cols[1..], &[0.0, 1.0]);
+        // Negative values, never seen in training, are compressed symmetrically.
+        assert_eq!(signed_log(-9.0), -signed_log(9.0));
+
+        let mut b = body();
+        b.format_version = PREPROCESSED_FORMAT_VERSION;
+        b.scaler = scaler.clone();
+        b.weights = vec![1.5, -0.5, 2.0];
+        b.intercept = -1.0;
+        let m = TrainedModel::new(b.clone()).unwrap();
+        for inputs in [[9.0, f64::NAN], [0.0, 1.0], [f64::NAN, -2.0], [5000.0, 3.0]] {
+            scaler.columns_of(&inputs, 2, &mut cols);
+            let z = -1.0 + cols.iter().zip(&b.weights).map(|(x, w)| x * w).sum::<f64>();
+            assert!((m.score(&inputs) - 1.0 / (1.0 + (-z).exp())).abs() < 1e-12, "{inputs:?}");
+            // Contributions, the indicator's part given to its input, add up to the log-odds.
+            let mut sum = -1.0;
+            m.contributions(&inputs, &mut |i, v| {
+                assert!(i < 2);
+                sum += v;
+            });
+            assert!((sum - z).abs() < 1e-12, "{inputs:?}");
+        }
+        // Round trip through a file; an older format version with these transforms is refused.
+        let p = write(&std::env::temp_dir(), &m.to_file_json());
+        let loaded = load(&p, &["amount", "card_count_10m"]).unwrap();
+        assert_eq!(loaded.score(&[9.0, f64::NAN]), m.score(&[9.0, f64::NAN]));
+        let mut old = b.clone();
+        old.format_version = FORMAT_VERSION;
+        assert!(TrainedModel::new(old).unwrap_err().contains("format version 3"));
+        let mut short = b;
+        short.weights.pop();
+        assert!(TrainedModel::new(short).unwrap_err().contains("3 columns but 2 weights"));
+        // Without compression, fitting is plain standardisation.
+        assert!(!Scaler::fit(&rows, 2, false).transforms());
+    }
 }
 
 #[cfg(test)]
@@ -341,7 +552,7 @@ mod forest_tests {
             name: "anomaly".into(),
             algorithm: ISOLATION_FOREST.into(),
             inputs: vec!["amount".into(), "card_count_10m".into()],
-            scaler: Scaler { mean, std },
+            scaler: Scaler::standard(mean, std),
             weights: Vec::new(),
             intercept: 0.0,
             forest: Some(forest),

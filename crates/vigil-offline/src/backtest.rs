@@ -31,7 +31,11 @@ pub struct RuleFigures {
 /// A backtest's outcome.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Report {
+    /// Events reported on: all of the history's, or those `selection` chose.
     pub events: u64,
+    /// The `--where` predicate that chose them, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selection: Option<String>,
     pub invalid_records: u64,
     pub labelled_fraud: Option<u64>,
     pub rules_version: String,
@@ -85,7 +89,8 @@ pub fn run(
         .collect();
     let index: BTreeMap<&str, usize> = rules.rules().iter().enumerate().map(|(i, r)| (r.name.as_str(), i)).collect();
     let mut report = Report {
-        events: events.len() as u64,
+        events: history.selected_count() as u64,
+        selection: history.selection.as_ref().map(|s| s.predicate.clone()),
         invalid_records: history.invalid as u64,
         rules_version: rules.version().to_owned(),
         ..Report::default()
@@ -94,6 +99,9 @@ pub fn run(
         baseline.map(|b| BaselineComparison { rules_version: b.rules().version().to_owned(), ..Default::default() });
     let (mut fraud, mut fraud_flagged, mut genuine_flagged, mut newly, mut no_longer) = (0u64, 0u64, 0u64, 0u64, 0u64);
     for (i, (event, fv)) in events.iter().zip(&features).enumerate() {
+        if !history.selected(i) {
+            continue;
+        }
         let d = candidate.decide_offline(event, fv);
         let is_fraud = history.labels[i] == Some(true);
         fraud += u64::from(is_fraud);
@@ -155,6 +163,9 @@ impl Report {
     pub fn to_table(&self) -> String {
         let pct = |x: Option<f64>| x.map_or("-".to_owned(), |v| format!("{:.1}%", 100.0 * v));
         let mut out = format!("backtest of rules {} over {} events", self.rules_version, self.events);
+        if let Some(p) = &self.selection {
+            out.push_str(&format!(" where {p}"));
+        }
         if self.invalid_records > 0 {
             out.push_str(&format!(" ({} invalid records skipped)", self.invalid_records));
         }

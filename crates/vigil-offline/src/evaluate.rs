@@ -24,6 +24,9 @@ use crate::OfflineError;
 #[derive(Debug, Clone, Serialize)]
 pub struct Evaluation {
     pub model_version: String,
+    /// The `--where` predicate that chose the events, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selection: Option<String>,
     pub events: usize,
     pub frauds: usize,
     pub auc_roc: f64,
@@ -76,8 +79,12 @@ pub fn run(engine: &Engine, history: &History, progress: &crate::Progress) -> Re
     let label_refs: Vec<&Label> = labels.iter().collect();
     let features = crate::features_over_history_with(engine.features(), &events, &label_refs, progress)?;
     let mut eval = Evaluation::empty("");
-    for ((e, fv), label) in events.iter().zip(&features).zip(&history.labels) {
+    eval.selection = history.selection.as_ref().map(|s| s.predicate.clone());
+    for (i, ((e, fv), label)) in events.iter().zip(&features).zip(&history.labels).enumerate() {
         let Some(fraud) = *label else { continue };
+        if !history.selected(i) {
+            continue;
+        }
         let d = engine.decide_offline(e, fv);
         let Some(score) = d.model_score else {
             return Err(OfflineError::Data("the pipeline has no model to evaluate".into()));
@@ -132,6 +139,7 @@ impl Evaluation {
     fn empty(model_version: &str) -> Evaluation {
         Evaluation {
             model_version: model_version.to_owned(),
+            selection: None,
             events: 0,
             frauds: 0,
             auc_roc: f64::NAN,
@@ -167,7 +175,11 @@ impl Evaluation {
     pub fn to_table(&self) -> String {
         let mut out = String::new();
         let pct = |x: f64| format!("{:.2}%", x * 100.0);
-        let _ = writeln!(out, "model {}: {} labelled events, {} frauds", self.model_version, self.events, self.frauds);
+        let _ = write!(out, "model {}: {} labelled events, {} frauds", self.model_version, self.events, self.frauds);
+        let _ = match &self.selection {
+            Some(p) => writeln!(out, " (where {p})"),
+            None => writeln!(out),
+        };
         let _ = writeln!(out, "  AUC-ROC                 {:.4}", self.auc_roc);
         let _ = writeln!(out, "  average precision       {:.4}", self.average_precision);
         let _ = writeln!(

@@ -36,14 +36,37 @@ pub struct History {
     pub labels: Vec<Option<bool>>,
     /// Per event, when its fraud was confirmed, if the history says.
     pub reported_at: Vec<Option<DateTime<Utc>>>,
+    /// Per event, the fraud scenario a generated history names (`fraud_scenario`).
+    pub scenarios: Vec<Option<String>>,
     /// Records refused by the event contract: how many, and the first few reasons.
     pub invalid: usize,
     pub first_errors: Vec<String>,
+    /// The events a command reports on (`--where`, see `crate::select`); every
+    /// event still counts in the features of later ones. `None`: all of them.
+    pub selection: Option<Selection>,
+}
+
+/// Which events a `--where` predicate chose.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    pub predicate: String,
+    /// Per event, whether the predicate holds.
+    pub rows: Vec<bool>,
 }
 
 impl History {
     pub fn labelled(&self) -> bool {
         self.labels.iter().any(Option::is_some)
+    }
+
+    /// Whether event `i` is one the command reports on.
+    pub fn selected(&self, i: usize) -> bool {
+        self.selection.as_ref().is_none_or(|s| s.rows.get(i).copied().unwrap_or(false))
+    }
+
+    /// How many events the command reports on.
+    pub fn selected_count(&self) -> usize {
+        self.selection.as_ref().map_or(self.events.len(), |s| s.rows.iter().filter(|r| **r).count())
     }
 
     /// The fraud labels the history records (frauds with a report time), in
@@ -74,7 +97,10 @@ impl History {
             },
             _ => None,
         });
-        record.remove(SCENARIO_COLUMN);
+        let scenario = match record.remove(SCENARIO_COLUMN) {
+            Some(Value::String(s)) if !s.trim().is_empty() => Some(s),
+            _ => None,
+        };
         let reported = match record.remove(REPORTED_COLUMN) {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) if s.trim().is_empty() => None,
@@ -92,6 +118,7 @@ impl History {
                 self.events.push(e);
                 self.labels.push(label);
                 self.reported_at.push(reported);
+                self.scenarios.push(scenario);
             }
             Err(e) => {
                 self.invalid += 1;

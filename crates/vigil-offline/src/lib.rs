@@ -11,6 +11,7 @@ pub mod evaluate;
 pub mod history;
 pub mod ranking;
 pub mod report;
+pub mod select;
 pub mod tabular;
 
 use linfa::prelude::*;
@@ -125,6 +126,9 @@ pub struct TrainConfig {
     pub sample_size: usize,
     /// Where long steps (features, fit) report how far they are.
     pub progress: Progress,
+    /// Logistic regression: only standardise the inputs, without compressing
+    /// heavy-tailed ones or adding missing-value indicators.
+    pub plain_inputs: bool,
 }
 
 /// What `vigil train` fits.
@@ -151,6 +155,7 @@ impl Default for TrainConfig {
             algorithm: Algorithm::Logistic,
             n_trees: 100,
             sample_size: 256,
+            plain_inputs: false,
         }
     }
 }
@@ -194,7 +199,7 @@ pub fn train_on_generated(defs: &[FeatureDef], config: &TrainConfig) -> Result<T
     let label_refs: Vec<&Label> = fraud_labels.iter().collect();
     let labels: Vec<bool> = items.iter().map(|l| l.fraud.is_some()).collect();
     let source = serde_json::json!({ "source": "vigil-gen", "seed": config.data.seed });
-    train_on(defs, &events, &labels, &label_refs, source, config)
+    train_on(defs, &events, &labels, &label_refs, None, source, config)
 }
 
 /// Trains on a labelled history file (JSON lines, CSV or Parquet): events
@@ -210,28 +215,35 @@ pub fn train_on_history(
     if !history.labelled() {
         return Err(OfflineError::Data(format!("{}: no labels to train on", path.display())));
     }
-    if history.labels.iter().any(Option::is_none) {
+    let unlabelled = (0..history.events.len()).filter(|&i| history.selected(i) && history.labels[i].is_none()).count();
+    if unlabelled > 0 {
         return Err(OfflineError::Data(format!(
-            "{}: {} events have no label; give every event one (true or false)",
+            "{}: {unlabelled} events have no label; give every event one (true or false)",
             path.display(),
-            history.labels.iter().filter(|l| l.is_none()).count()
         )));
     }
     let events: Vec<&Event> = history.events.iter().collect();
     let fraud_labels = history.fraud_labels();
     let label_refs: Vec<&Label> = fraud_labels.iter().collect();
     let labels: Vec<bool> = history.labels.iter().map(|l| *l == Some(true)).collect();
-    let source = serde_json::json!({ "source": path.display().to_string(), "skipped_records": history.invalid });
-    train_on(defs, &events, &labels, &label_refs, source, config)
+    let mut source = serde_json::json!({ "source": path.display().to_string(), "skipped_records": history.invalid });
+    let chosen = history.selection.as_ref().map(|s| {
+        source["where"] = s.predicate.clone().into();
+        source["selected_events"] = history.selected_count().into();
+        s.rows.as_slice()
+    });
+    train_on(defs, &events, &labels, &label_refs, chosen, source, config)
 }
 
 /// Computes features over `events` (in time order), splits by time, trains
 /// `config.algorithm` on the earlier part and evaluates on the later one.
+/// `chosen`: the events that train and test (every event counts in features).
 fn train_on(
     defs: &[FeatureDef],
     events: &[&Event],
     labels: &[bool],
     fraud_labels: &[&Label],
+    chosen: Option<&[bool]>,
     source: serde_json::Value,
     config: &TrainConfig,
 ) -> Result<TrainReport, OfflineError> {
@@ -241,7 +253,16 @@ fn train_on(
         )));
     }
     let features = features_over_history_with(defs, events, fraud_labels, &config.progress)?;
-    let rows: Vec<Vec<f64>> = events.iter().zip(&features).map(|(e, f)| inputs_row(e, f)).collect();
+    let keep = |i: usize| chosen.is_none_or(|c| c.get(i).copied().unwrap_or(false));
+    let (mut kept, mut rows, mut kept_labels) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, ((e, f), l)) in events.iter().zip(&features).zip(labels).enumerate() {
+        if keep(i) {
+            kept.push(*e);
+            rows.push(inputs_row(e, f));
+            kept_labels.push(*l);
+        }
+    }
+    let (events, labels) = (kept.as_slice(), kept_labels.as_slice());
     let (first, last) = match (events.first(), events.last()) {
         (Some(a), Some(b)) => (a.timestamp, b.timestamp),
         _ => return Err(OfflineError::Data("no events".into())),
@@ -285,21 +306,6 @@ pub fn fit_rows(
         return Err(OfflineError::Data("the split leaves no training or no test rows".into()));
     }
 
-    // Standardise with training statistics; missing values take the mean.
-    let mut mean = vec![0.0; n_inputs];
-    let mut std = vec![0.0; n_inputs];
-    for c in 0..n_inputs {
-        let vals: Vec<f64> = rows[..split].iter().map(|r| r[c]).filter(|v| v.is_finite()).collect();
-        let m = if vals.is_empty() { 0.0 } else { vals.iter().sum::<f64>() / vals.len() as f64 };
-        let var =
-            if vals.is_empty() { 0.0 } else { vals.iter().map(|v| (v - m).powi(2)).sum::<f64>() / vals.len() as f64 };
-        mean[c] = m;
-        std[c] = if var.sqrt() > 1e-9 { var.sqrt() } else { 1.0 };
-    }
-    let scaled = |r: &[f64]| -> Vec<f64> {
-        r.iter().enumerate().map(|(c, v)| if v.is_finite() { (v - mean[c]) / std[c] } else { 0.0 }).collect()
-    };
-
     let train_frauds = labels[..split].iter().filter(|l| **l).count();
     let fit_started;
     let (body, library, hyperparameters) = match config.algorithm {
@@ -311,16 +317,20 @@ pub fn fit_rows(
             let genuine = n_train - train_frauds;
             let target = config.fraud_share_target.clamp(0.01, 0.5);
             let copies = ((target / (1.0 - target)) * genuine as f64 / train_frauds as f64).round().max(1.0) as usize;
-            let mut x = Vec::new();
-            let mut y = Vec::new();
+            // Standardised with training statistics (missing values take the
+            // mean), heavy-tailed inputs compressed and missing ones flagged
+            // unless `plain_inputs` (vigil_model::Scaler).
+            let scaler = Scaler::fit(&rows[..split], n_inputs, !config.plain_inputs);
+            let columns = scaler.columns(n_inputs);
+            let (mut x, mut y, mut row) = (Vec::new(), Vec::new(), Vec::new());
             for i in 0..split {
-                let n = if labels[i] { copies } else { 1 };
-                for _ in 0..n {
-                    x.extend(scaled(&rows[i]));
+                scaler.columns_of(&rows[i], n_inputs, &mut row);
+                for _ in 0..if labels[i] { copies } else { 1 } {
+                    x.extend_from_slice(&row);
                     y.push(labels[i]);
                 }
             }
-            let x = Array2::from_shape_vec((y.len(), n_inputs), x).map_err(|e| OfflineError::Data(e.to_string()))?;
+            let x = Array2::from_shape_vec((y.len(), columns), x).map_err(|e| OfflineError::Data(e.to_string()))?;
             let dataset = Dataset::new(x, Array1::from(y));
             fit_started = std::time::Instant::now();
             config.progress.report("fit", 0, 0);
@@ -333,13 +343,22 @@ pub fn fit_rows(
             // linfa models the probability of its "positive" class (the larger
             // one); Vigil's score is the probability of fraud.
             let sign = if fitted.labels().pos.class { 1.0 } else { -1.0 };
+            let preprocessing = if scaler.transforms() {
+                "signed log of non-negative inputs, missing-value indicators, standardised"
+            } else {
+                "standardised"
+            };
             let body = ModelBody {
                 format: FORMAT.into(),
-                format_version: FORMAT_VERSION,
+                format_version: if scaler.transforms() {
+                    vigil_model::PREPROCESSED_FORMAT_VERSION
+                } else {
+                    FORMAT_VERSION
+                },
                 name: config.name.clone(),
                 algorithm: vigil_model::LOGISTIC.into(),
                 inputs: input_names,
-                scaler: Scaler { mean, std },
+                scaler,
                 weights: fitted.params().iter().map(|w| w * sign).collect(),
                 intercept: fitted.intercept() * sign,
                 forest: None,
@@ -350,12 +369,14 @@ pub fn fit_rows(
                 "max_iterations": config.max_iterations,
                 "gradient_tolerance": config.gradient_tolerance,
                 "fraud_copies": copies,
+                "preprocessing": preprocessing,
             });
             (body, "linfa-logistic 0.8", hyper)
         }
         Algorithm::IsolationForest => {
             // Unsupervised: every training row once, labels unused. Missing
             // inputs stay missing (the forest sends them left), as in serving.
+            let Scaler { mean, std, .. } = Scaler::fit(&rows[..split], n_inputs, false);
             let mut x = Vec::with_capacity(split * n_inputs);
             for r in &rows[..split] {
                 x.extend(r.iter().enumerate().map(|(c, v)| (v - mean[c]) / std[c]));
@@ -375,7 +396,7 @@ pub fn fit_rows(
                 name: config.name.clone(),
                 algorithm: vigil_model::ISOLATION_FOREST.into(),
                 inputs: input_names,
-                scaler: Scaler { mean, std },
+                scaler: Scaler::standard(mean, std),
                 weights: Vec::new(),
                 intercept: 0.0,
                 forest: Some(forest),

@@ -35,7 +35,8 @@ pub fn write(eval: &Evaluation, dir: &Path) -> Result<Vec<PathBuf>, OfflineError
 }
 
 fn caption(eval: &Evaluation, what: &str) -> String {
-    format!("{what}: {} ({} events, {} frauds)", eval.model_version, eval.events, eval.frauds)
+    let chosen = eval.selection.as_ref().map_or(String::new(), |p| format!(" where {p}"));
+    format!("{what}: {} ({} events{chosen}, {} frauds)", eval.model_version, eval.events, eval.frauds)
 }
 
 type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
