@@ -144,15 +144,38 @@ async fn declared_aggregates_read_the_earlier_events() {
     }
 }
 
-#[test]
-fn distinct_values_are_bounded_per_entity() {
-    let store = MemoryStore::new(rich_plan(), 3600);
-    let events: Vec<Event> = (0..300).map(|i| card_event(&format!("e{i}"), i, "1", &format!("m{i}"))).collect();
-    let refs: Vec<&Event> = events.iter().collect();
-    let out = store.process_sync(&refs).unwrap();
-    // Exact up to the bound, then the oldest values are forgotten.
-    assert_eq!(out[100].values[7], count(100));
-    assert_eq!(out[299].values[7], count(crate::state::DISTINCT_LIMIT as i64));
+#[tokio::test]
+async fn distinct_counts_are_exact_up_to_the_bound_then_estimated() {
+    for (name, store) in backends_for(rich_plan).await {
+        let store = store.as_ref();
+        // 2,000 merchants in 2,000 seconds, all inside the card's one-hour window.
+        let events: Vec<Event> = (0..2000).map(|i| card_event(&format!("e{i}"), i, "1", &format!("m{i}"))).collect();
+        let refs: Vec<&Event> = events.iter().collect();
+        let out = store.process(&refs).await.unwrap();
+        let limit = crate::state::DISTINCT_LIMIT;
+        for i in [0, 1, 100, limit] {
+            assert_eq!(out[i].values[7], count(i as i64), "{name}: exact at {i}");
+        }
+        // Beyond the bound, a sliding HyperLogLog of 128 registers (about 9% error).
+        for i in [limit + 1, 300, 1000, 1999] {
+            let FeatureValue::Count(n) = out[i].values[7] else { panic!("{name}: not a count") };
+            let error = (n as f64 - i as f64).abs() / i as f64;
+            assert!(error < 0.2, "{name}: {n} distinct estimated for {i}");
+        }
+        // A repeated value adds nothing to the estimate.
+        let again = card_event("again", 2000, "1", "m5");
+        let once_more = card_event("once-more", 2001, "1", "m7");
+        let (a, b) = (one(store, &again).await, one(store, &once_more).await);
+        let (FeatureValue::Count(x), FeatureValue::Count(y)) = (&a.values[7], &b.values[7]) else { panic!() };
+        assert!(y - x <= 1, "{name}: {x} then {y}");
+        // Once the window and the lateness bound have passed every forgotten
+        // value, counts are exact again.
+        let later = 2001 + 3600 + crate::state::LATENESS_S + 60;
+        for k in 0..5 {
+            let e = card_event(&format!("late{k}"), later + k, "1", &format!("n{k}"));
+            assert_eq!(one(store, &e).await.values[7], count(k), "{name}: exact again");
+        }
+    }
 }
 
 #[tokio::test]

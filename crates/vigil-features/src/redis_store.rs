@@ -118,7 +118,7 @@ impl RedisStore {
 
     fn state_key(&self, entity: &str) -> String {
         // The entity id is the hash tag, so one entity's keys share a cluster slot.
-        format!("{}:s3:{{{}}}", self.prefix, entity)
+        format!("{}:s4:{{{}}}", self.prefix, entity)
     }
 
     fn marker_key(&self, transaction_id: &str) -> String {
