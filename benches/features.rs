@@ -155,7 +155,7 @@ fn main() {
 
     // Memory per entity, by kind (the text before `=` in the entity id).
     let sizes = rt.block_on(async {
-        let keys = common::redis_keys(&format!("{prefix}:s3:*"), 20_000).await;
+        let keys = common::redis_keys(&format!("{prefix}:s4:*"), 20_000).await;
         let client = redis::Client::open(URL).unwrap();
         let mut con = client.get_multiplexed_async_connection().await.unwrap();
         let mut by_kind: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();
