@@ -91,6 +91,10 @@ pub enum Aggregate {
     PreviousAmount,
     /// Number of distinct values of another field (`of`) among earlier events.
     Distinct,
+    /// 1 when another field (`of`) differs from its value in the entity's
+    /// previous event, 0 when it is the same; missing without a previous event
+    /// in the window, or when either event lacks the field.
+    Changed,
     /// Confirmed frauds among the entity's transactions whose labels were
     /// reported within the window before the event (label features).
     FraudCount,
@@ -109,7 +113,7 @@ pub enum ValueKind {
 }
 
 impl Aggregate {
-    pub const ALL: [Aggregate; 12] = [
+    pub const ALL: [Aggregate; 13] = [
         Aggregate::Count,
         Aggregate::SumAmount,
         Aggregate::MeanAmount,
@@ -120,6 +124,7 @@ impl Aggregate {
         Aggregate::TimeSinceLast,
         Aggregate::PreviousAmount,
         Aggregate::Distinct,
+        Aggregate::Changed,
         Aggregate::FraudCount,
         Aggregate::FraudRate,
     ];
@@ -136,6 +141,7 @@ impl Aggregate {
             Aggregate::TimeSinceLast => "time_since_last",
             Aggregate::PreviousAmount => "previous_amount",
             Aggregate::Distinct => "distinct",
+            Aggregate::Changed => "changed",
             Aggregate::FraudCount => "fraud_count",
             Aggregate::FraudRate => "fraud_rate",
         }
@@ -147,7 +153,7 @@ impl Aggregate {
 
     pub fn kind(self) -> ValueKind {
         match self {
-            Aggregate::Count | Aggregate::Distinct | Aggregate::FraudCount => ValueKind::Count,
+            Aggregate::Count | Aggregate::Distinct | Aggregate::Changed | Aggregate::FraudCount => ValueKind::Count,
             Aggregate::SumAmount
             | Aggregate::MeanAmount
             | Aggregate::MinAmount
@@ -165,6 +171,11 @@ impl Aggregate {
         matches!(self, Aggregate::MinAmount | Aggregate::MaxAmount | Aggregate::StdAmount)
     }
 
+    /// Whether the aggregate reads another field, named by `of`.
+    pub fn takes_field(self) -> bool {
+        matches!(self, Aggregate::Distinct | Aggregate::Changed)
+    }
+
     /// Whether the aggregate counts labels (confirmed outcomes) rather than events.
     pub fn is_label(self) -> bool {
         matches!(self, Aggregate::FraudCount | Aggregate::FraudRate)
@@ -178,7 +189,8 @@ pub struct FeatureDef {
     pub entity: EntityKey,
     pub aggregate: Aggregate,
     pub window_s: u64,
-    /// The field whose distinct values `distinct` counts.
+    /// The field whose distinct values `distinct` counts, or whose change
+    /// `changed` tells.
     pub of: Option<EventField>,
 }
 

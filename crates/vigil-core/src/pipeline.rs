@@ -487,15 +487,15 @@ impl PipelineConfig {
                 Ok(_) => {}
             }
             let of = match (&f.of, aggregate) {
-                (None, Some(Aggregate::Distinct)) => {
-                    p.on(&f.aggregate, key("of"), "`distinct` needs `of`, the field whose values it counts");
+                (None, Some(a)) if a.takes_field() => {
+                    p.on(&f.aggregate, key("of"), format!("`{}` needs `of`, the text field it reads", a.name()));
                     Err(())
                 }
                 (None, _) => Ok(None),
-                (Some(of), Some(Aggregate::Distinct)) => match EventField::parse(of.get_ref()) {
+                (Some(of), Some(a)) if a.takes_field() => match EventField::parse(of.get_ref()) {
                     Some(field) if !matches!(field, EventField::Timestamp | EventField::Amount) => Ok(Some(field)),
                     Some(_) => {
-                        p.on(of, key("of"), "`distinct` counts text fields, not amount or timestamp");
+                        p.on(of, key("of"), format!("`{}` reads text fields, not amount or timestamp", a.name()));
                         Err(())
                     }
                     None => {
@@ -506,7 +506,7 @@ impl PipelineConfig {
                     }
                 },
                 (Some(of), _) => {
-                    p.on(of, key("of"), "only `distinct` takes `of`");
+                    p.on(of, key("of"), "only `distinct` and `changed` take `of`");
                     Err(())
                 }
             };
@@ -869,11 +869,18 @@ window = "10m"
         let bad = with(
             "[[features]]\nname = \"a\"\nentity = \"card_id\"\naggregate = \"distinct\"\nwindow = \"24h\"\n\
              [[features]]\nname = \"b\"\nentity = \"card_id\"\naggregate = \"count\"\nof = \"ip\"\nwindow = \"24h\"\n\
-             [[features]]\nname = \"c\"\nentity = \"card_id\"\naggregate = \"distinct\"\nof = \"merchnt_id\"\nwindow = \"24h\"\n",
+             [[features]]\nname = \"c\"\nentity = \"card_id\"\naggregate = \"distinct\"\nof = \"merchnt_id\"\nwindow = \"24h\"\n\
+             [[features]]\nname = \"d\"\nentity = \"card_id\"\naggregate = \"changed\"\nwindow = \"24h\"\n\
+             [[features]]\nname = \"e\"\nentity = \"card_id\"\naggregate = \"changed\"\nof = \"amount\"\nwindow = \"24h\"\n",
         );
         let text = PipelineConfig::parse(Path::new("x.toml"), &bad).unwrap_err().to_string();
         assert!(text.contains("features[1].of: `distinct` needs `of`"), "{text}");
-        assert!(text.contains("features[2].of: only `distinct` takes `of`"), "{text}");
+        assert!(text.contains("features[4].of: `changed` needs `of`"), "{text}");
+        assert!(text.contains("features[5].of: `changed` reads text fields, not amount or timestamp"), "{text}");
+        let changed = with("[[features]]\nname = \"country_changed\"\nentity = \"card_id\"\naggregate = \"changed\"\nof = \"country\"\nwindow = \"30d\"\n");
+        let c = PipelineConfig::parse(Path::new("x.toml"), &changed).unwrap();
+        assert_eq!((c.features[1].aggregate, c.features[1].of), (Aggregate::Changed, Some(EventField::Country)));
+        assert!(text.contains("features[2].of: only `distinct` and `changed` take `of`"), "{text}");
         assert!(text.contains("features[3].of: unknown field `merchnt_id`; did you mean `merchant_id`?"), "{text}");
     }
 

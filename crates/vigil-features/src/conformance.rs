@@ -446,3 +446,58 @@ async fn labels_count_once_from_their_report_time_within_the_window() {
         assert_eq!(later.values[0], count(0), "{name}: label out of the window");
     }
 }
+
+fn changed_plan() -> Plan {
+    let f = |name: &str, aggregate, of| FeatureDef {
+        name: name.into(),
+        entity: EntityKey::parse("card_id").unwrap(),
+        aggregate,
+        window_s: 3600,
+        of: Some(of),
+    };
+    Plan::new(vec![
+        f("country_changed", Aggregate::Changed, vigil_core::EventField::Country),
+        f("device_changed", Aggregate::Changed, vigil_core::EventField::DeviceId),
+    ])
+}
+
+fn travel(id: &str, secs: i64, country: Option<&str>, device: &str) -> Event {
+    let t = chrono::DateTime::parse_from_rfc3339(T0).unwrap() + chrono::Duration::seconds(secs);
+    let country = country.map_or(String::new(), |c| format!(r#","country":"{c}""#));
+    let json = format!(
+        r#"{{"transaction_id":"{id}","timestamp":"{}","amount":"1","currency":"EUR","card_id":"c1","device_id":"{device}"{country}}}"#,
+        t.to_rfc3339()
+    );
+    Event::from_json(json.as_bytes()).unwrap()
+}
+
+#[tokio::test]
+async fn changed_compares_a_field_with_the_previous_event() {
+    let missing = FeatureValue::Missing;
+    for (name, store) in backends_for(changed_plan).await {
+        let store = store.as_ref();
+        let mut seen = Vec::new();
+        for (e, want) in [
+            // No previous event: nothing to compare.
+            (travel("a", 0, Some("FR"), "d1"), [missing, missing]),
+            (travel("b", 60, Some("FR"), "d1"), [count(0), count(0)]),
+            (travel("c", 120, Some("DE"), "d1"), [count(1), count(0)]),
+            // This event lacks the country; the next one's previous lacks it.
+            (travel("d", 180, None, "d2"), [missing, count(1)]),
+            (travel("e", 240, Some("DE"), "d2"), [missing, count(0)]),
+            // Late, within the lateness bound: compared with the event before its time (c).
+            (travel("late", 150, Some("DE"), "d1"), [count(0), count(0)]),
+            // More than the window after the previous event: nothing to compare.
+            (travel("f", 240 + 3601, Some("US"), "d2"), [missing, missing]),
+        ] {
+            let got = one(store, &e).await;
+            assert_eq!(got.values, want, "{name}: {}", e.transaction_id);
+            seen.push(got);
+        }
+        // A redelivery gives back its first values and changes nothing.
+        let again = one(store, &travel("c", 120, Some("DE"), "d1")).await;
+        assert!(again.replayed && again.values == seen[2].values, "{name}");
+        let g = one(store, &travel("g", 240 + 3660, Some("US"), "d3")).await;
+        assert_eq!(g.values, [count(0), count(1)], "{name}");
+    }
+}

@@ -154,6 +154,10 @@ pub struct EntityState {
     rings: Vec<Ring>,
     /// Up to [`RECENT_EVENTS`] newest events: (time, amount), ascending by time.
     recent: Vec<(i64, [u8; 16])>,
+    /// The fields `changed` features compare, by name ...
+    tracked: Vec<String>,
+    /// ... and, per event of `recent`, their values' stable hashes (0: absent).
+    recent_fields: Vec<Vec<u64>>,
     distinct: Vec<Seen>,
     /// Confirmed frauds by report time, one ring per label-feature window.
     frauds: Vec<Ring>,
@@ -332,6 +336,13 @@ impl EntityState {
         if !plan.recent {
             self.recent.clear();
         }
+        let tracked_match = self.tracked.len() == plan.changed.len()
+            && self.tracked.iter().zip(&plan.changed).all(|(t, f)| t == f.name());
+        if !tracked_match || self.recent_fields.len() != self.recent.len() {
+            // Values of newly tracked fields are unknown for earlier events.
+            self.tracked = plan.changed.iter().map(|f| f.name().to_owned()).collect();
+            self.recent_fields = vec![vec![0; plan.changed.len()]; self.recent.len()];
+        }
         if self.frauds.len() != plan.frauds.len() || self.frauds.iter().zip(&plan.frauds).any(|(r, w)| r.window_s != *w)
         {
             let mut old = std::mem::take(&mut self.frauds);
@@ -354,9 +365,9 @@ impl EntityState {
         }
     }
 
-    /// The newest earlier event at or before `t`: (time, amount).
-    fn previous(&self, t: i64) -> Option<(i64, Decimal)> {
-        self.recent.iter().rev().find(|(rt, _)| *rt <= t).map(|(rt, a)| (*rt, Decimal::deserialize(*a)))
+    /// The newest earlier event at or before `t`: its index in `recent`.
+    fn previous(&self, t: i64) -> Option<usize> {
+        self.recent.iter().rposition(|(rt, _)| *rt <= t)
     }
 
     fn add(&mut self, plan: &EntityPlan, ev: &Event, t: i64) {
@@ -368,8 +379,10 @@ impl EntityState {
         if plan.recent {
             let at = self.recent.partition_point(|(rt, _)| *rt <= t);
             self.recent.insert(at, (t, ev.amount.serialize()));
+            self.recent_fields.insert(at, plan.changed.iter().map(|f| field_hash(ev, *f)).collect());
             if self.recent.len() > RECENT_EVENTS {
                 self.recent.remove(0);
+                self.recent_fields.remove(0);
             }
         }
         for (seen, (field, _)) in self.distinct.iter_mut().zip(&plan.distinct) {
@@ -380,14 +393,22 @@ impl EntityState {
     }
 }
 
+/// A field's value as `changed` compares it: a stable hash, 0 when absent.
+fn field_hash(ev: &Event, field: EventField) -> u64 {
+    ev.text(field).map_or(0, |v| vigil_core::stable_hash(v).max(1))
+}
+
 /// The distinct entities features are kept for, and what each needs.
 #[derive(Debug, Clone)]
 struct EntityPlan {
     key: EntityKey,
     /// Windows and whether each keeps amount statistics, ascending by window.
     windows: Vec<(u64, bool)>,
-    /// Whether the newest events are kept (`time_since_last`, `previous_amount`).
+    /// Whether the newest events are kept (`time_since_last`,
+    /// `previous_amount`, `changed`).
     recent: bool,
+    /// The fields `changed` features compare, kept with the newest events.
+    changed: Vec<EventField>,
     /// (field, window) of each `distinct` feature.
     distinct: Vec<(EventField, u64)>,
     /// Windows of label features, ascending.
@@ -407,6 +428,8 @@ struct Output {
     frauds: usize,
     aggregate: Aggregate,
     window_s: u64,
+    /// For `changed`: the field it compares.
+    of: Option<EventField>,
 }
 
 /// The compiled feature definitions of a pipeline.
@@ -450,6 +473,7 @@ impl Plan {
                         key: d.entity.clone(),
                         windows: Vec::new(),
                         recent: false,
+                        changed: Vec::new(),
                         distinct: Vec::new(),
                         frauds: Vec::new(),
                     });
@@ -462,6 +486,12 @@ impl Plan {
             }
             match (d.aggregate, d.of) {
                 (Aggregate::TimeSinceLast | Aggregate::PreviousAmount, _) => plan.recent = true,
+                (Aggregate::Changed, Some(field)) => {
+                    plan.recent = true;
+                    if !plan.changed.contains(&field) {
+                        plan.changed.push(field);
+                    }
+                }
                 (Aggregate::FraudCount, _) => {}
                 (Aggregate::Distinct, Some(field)) => {
                     if !plan.distinct.contains(&(field, d.window_s)) {
@@ -497,12 +527,22 @@ impl Plan {
                 let plan = &entities[entity];
                 let slot = match (d.aggregate, d.of) {
                     (Aggregate::Distinct, Some(f)) => plan.distinct.iter().position(|x| *x == (f, d.window_s)),
+                    (Aggregate::Changed, Some(f)) => plan.changed.iter().position(|x| *x == f),
                     _ => plan.windows.iter().position(|(w, _)| *w == d.window_s),
                 }
                 .unwrap_or(0);
                 let frauds = plan.frauds.iter().position(|w| *w == d.window_s).unwrap_or(0);
-                let ring = ring_base[entity] + slot;
-                Output { entity, slot, ring, frauds, aggregate: d.aggregate, window_s: d.window_s }
+                // Aggregates that read no window share the spare slot past the last ring.
+                let reads_window = !matches!(
+                    d.aggregate,
+                    Aggregate::TimeSinceLast
+                        | Aggregate::PreviousAmount
+                        | Aggregate::Changed
+                        | Aggregate::Distinct
+                        | Aggregate::FraudCount
+                );
+                let ring = if reads_window { ring_base[entity] + slot } else { rings };
+                Output { entity, slot, ring, frauds, aggregate: d.aggregate, window_s: d.window_s, of: d.of }
             })
             .collect();
         let max_window_s = defs.iter().map(|d| d.window_s).max().unwrap_or(0);
@@ -675,13 +715,25 @@ pub enum LabelOutcome {
 fn value(o: &Output, state: &EntityState, ev: &Event, t: i64, read: &mut Option<Window>) -> FeatureValue {
     let money = |d: Option<Decimal>| d.map_or(FeatureValue::Missing, FeatureValue::Money);
     match o.aggregate {
-        Aggregate::TimeSinceLast | Aggregate::PreviousAmount => match state.previous(t) {
-            Some((pt, amount)) if t - pt <= o.window_s as i64 => match o.aggregate {
+        Aggregate::TimeSinceLast | Aggregate::PreviousAmount | Aggregate::Changed => {
+            let Some(i) = state.previous(t) else { return FeatureValue::Missing };
+            let (pt, amount) = state.recent[i];
+            if t - pt > o.window_s as i64 {
+                return FeatureValue::Missing;
+            }
+            match o.aggregate {
                 Aggregate::TimeSinceLast => FeatureValue::Seconds(t - pt),
-                _ => FeatureValue::Money(amount),
-            },
-            _ => FeatureValue::Missing,
-        },
+                Aggregate::PreviousAmount => FeatureValue::Money(Decimal::deserialize(amount)),
+                _ => {
+                    let before = state.recent_fields.get(i).and_then(|h| h.get(o.slot)).copied().unwrap_or(0);
+                    let now = o.of.map_or(0, |f| field_hash(ev, f));
+                    match (before, now) {
+                        (0, _) | (_, 0) => FeatureValue::Missing,
+                        (b, n) => FeatureValue::Count(i64::from(b != n)),
+                    }
+                }
+            }
+        }
         Aggregate::Distinct => FeatureValue::Count(state.distinct[o.slot].count(t)),
         Aggregate::FraudCount => FeatureValue::Count(state.frauds[o.frauds].read(t).count),
         Aggregate::FraudRate => {
