@@ -6,8 +6,10 @@
 //! pipeline: 22 Redis features, the shipped rules and model, decisions also
 //! published to Kafka. The load generator runs here, on the same machine:
 //! - **fixed rates** are open loop: request `i` is due at `start + i / rate`,
-//!   and its latency counts from when it was due, so a server that falls behind
-//!   shows it (no coordinated omission);
+//!   and its latency counts from when it was due whenever the sender was still
+//!   busy then, so a server that falls behind shows it (no coordinated
+//!   omission); a sender that was idle counts from when its timer woke it
+//!   (tokio's millisecond ticks wake it up to 1 ms late);
 //! - **saturation** is closed loop: `VIGIL_BENCH_CONNECTIONS` connections send
 //!   as fast as answers come.
 //!
@@ -93,13 +95,21 @@ async fn fixed_rate(client: &reqwest::Client, load: Arc<Load>, rate: f64, second
                     break;
                 }
                 let due = start + Duration::from_secs_f64(i as f64 / rate);
+                // A worker still busy with earlier requests when this one fell
+                // due counts from `due`: the server's backlog shows (no
+                // coordinated omission). A worker that waited counts from when
+                // its timer woke it: tokio's timer wakes on millisecond ticks,
+                // up to a millisecond after `due`, and that lag is the load
+                // generator's, not the server's.
+                let behind = tokio::time::Instant::now() >= due;
                 tokio::time::sleep_until(due).await;
+                let from = if behind { due } else { tokio::time::Instant::now() };
                 if one(&client, &load, "/v1/decisions", true).await {
                     ok += 1;
                 } else {
                     errors += 1;
                 }
-                hist.record(due.elapsed().as_micros() as u64).unwrap();
+                hist.record(from.elapsed().as_micros() as u64).unwrap();
             }
             let mut o = out.lock().await;
             o.latency.as_mut().unwrap().add(&hist).unwrap();
