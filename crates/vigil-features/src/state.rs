@@ -152,15 +152,23 @@ pub struct EntityState {
     /// Newest event time seen, seconds since the epoch.
     max_t: i64,
     rings: Vec<Ring>,
-    /// Up to [`RECENT_EVENTS`] newest events: (time, amount), ascending by time.
-    recent: Vec<(i64, [u8; 16])>,
-    /// The fields `changed` features compare, by name ...
+    /// Up to [`RECENT_EVENTS`] newest events, ascending by time.
+    recent: Vec<Recent>,
+    /// The fields `changed` features compare, by name, in the order of each
+    /// recent event's `fields`.
     tracked: Vec<String>,
-    /// ... and, per event of `recent`, their values' stable hashes (0: absent).
-    recent_fields: Vec<Vec<u64>>,
     distinct: Vec<Seen>,
     /// Confirmed frauds by report time, one ring per label-feature window.
     frauds: Vec<Ring>,
+}
+
+/// One of an entity's newest events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Recent {
+    t: i64,
+    amount: [u8; 16],
+    /// Stable hashes of the `tracked` fields' values (0: absent or unknown).
+    fields: Vec<u64>,
 }
 
 /// What a window holds at one time.
@@ -338,10 +346,12 @@ impl EntityState {
         }
         let tracked_match = self.tracked.len() == plan.changed.len()
             && self.tracked.iter().zip(&plan.changed).all(|(t, f)| t == f.name());
-        if !tracked_match || self.recent_fields.len() != self.recent.len() {
+        if !tracked_match {
             // Values of newly tracked fields are unknown for earlier events.
             self.tracked = plan.changed.iter().map(|f| f.name().to_owned()).collect();
-            self.recent_fields = vec![vec![0; plan.changed.len()]; self.recent.len()];
+            for r in &mut self.recent {
+                r.fields = vec![0; plan.changed.len()];
+            }
         }
         if self.frauds.len() != plan.frauds.len() || self.frauds.iter().zip(&plan.frauds).any(|(r, w)| r.window_s != *w)
         {
@@ -367,7 +377,7 @@ impl EntityState {
 
     /// The newest earlier event at or before `t`: its index in `recent`.
     fn previous(&self, t: i64) -> Option<usize> {
-        self.recent.iter().rposition(|(rt, _)| *rt <= t)
+        self.recent.iter().rposition(|r| r.t <= t)
     }
 
     fn add(&mut self, plan: &EntityPlan, ev: &Event, t: i64) {
@@ -377,12 +387,11 @@ impl EntityState {
             ring.add(t, ev.amount, max_t);
         }
         if plan.recent {
-            let at = self.recent.partition_point(|(rt, _)| *rt <= t);
-            self.recent.insert(at, (t, ev.amount.serialize()));
-            self.recent_fields.insert(at, plan.changed.iter().map(|f| field_hash(ev, *f)).collect());
+            let at = self.recent.partition_point(|r| r.t <= t);
+            let fields = plan.changed.iter().map(|f| field_hash(ev, *f)).collect();
+            self.recent.insert(at, Recent { t, amount: ev.amount.serialize(), fields });
             if self.recent.len() > RECENT_EVENTS {
                 self.recent.remove(0);
-                self.recent_fields.remove(0);
             }
         }
         for (seen, (field, _)) in self.distinct.iter_mut().zip(&plan.distinct) {
@@ -525,23 +534,19 @@ impl Plan {
             .map(|d| {
                 let entity = entities.iter().position(|e| e.key == d.entity).unwrap_or(0);
                 let plan = &entities[entity];
-                let slot = match (d.aggregate, d.of) {
-                    (Aggregate::Distinct, Some(f)) => plan.distinct.iter().position(|x| *x == (f, d.window_s)),
-                    (Aggregate::Changed, Some(f)) => plan.changed.iter().position(|x| *x == f),
-                    _ => plan.windows.iter().position(|(w, _)| *w == d.window_s),
-                }
-                .unwrap_or(0);
+                // The slot, and the read-cache entry of the window it reads;
+                // aggregates that read no window share the spare entry past the last.
+                let (slot, ring) = match (d.aggregate, d.of) {
+                    (Aggregate::Distinct, Some(f)) => (plan.distinct.iter().position(|x| *x == (f, d.window_s)), None),
+                    (Aggregate::Changed, Some(f)) => (plan.changed.iter().position(|x| *x == f), None),
+                    (Aggregate::TimeSinceLast | Aggregate::PreviousAmount | Aggregate::FraudCount, _) => (None, None),
+                    _ => {
+                        let w = plan.windows.iter().position(|(w, _)| *w == d.window_s);
+                        (w, w.map(|w| ring_base[entity] + w))
+                    }
+                };
+                let (slot, ring) = (slot.unwrap_or(0), ring.unwrap_or(rings));
                 let frauds = plan.frauds.iter().position(|w| *w == d.window_s).unwrap_or(0);
-                // Aggregates that read no window share the spare slot past the last ring.
-                let reads_window = !matches!(
-                    d.aggregate,
-                    Aggregate::TimeSinceLast
-                        | Aggregate::PreviousAmount
-                        | Aggregate::Changed
-                        | Aggregate::Distinct
-                        | Aggregate::FraudCount
-                );
-                let ring = if reads_window { ring_base[entity] + slot } else { rings };
                 Output { entity, slot, ring, frauds, aggregate: d.aggregate, window_s: d.window_s, of: d.of }
             })
             .collect();
@@ -717,15 +722,16 @@ fn value(o: &Output, state: &EntityState, ev: &Event, t: i64, read: &mut Option<
     match o.aggregate {
         Aggregate::TimeSinceLast | Aggregate::PreviousAmount | Aggregate::Changed => {
             let Some(i) = state.previous(t) else { return FeatureValue::Missing };
-            let (pt, amount) = state.recent[i];
+            let previous = &state.recent[i];
+            let pt = previous.t;
             if t - pt > o.window_s as i64 {
                 return FeatureValue::Missing;
             }
             match o.aggregate {
                 Aggregate::TimeSinceLast => FeatureValue::Seconds(t - pt),
-                Aggregate::PreviousAmount => FeatureValue::Money(Decimal::deserialize(amount)),
+                Aggregate::PreviousAmount => FeatureValue::Money(Decimal::deserialize(previous.amount)),
                 _ => {
-                    let before = state.recent_fields.get(i).and_then(|h| h.get(o.slot)).copied().unwrap_or(0);
+                    let before = previous.fields.get(o.slot).copied().unwrap_or(0);
                     let now = o.of.map_or(0, |f| field_hash(ev, f));
                     match (before, now) {
                         (0, _) | (_, 0) => FeatureValue::Missing,
