@@ -322,21 +322,20 @@ pub fn fit_rows(
             // unless `plain_inputs` (vigil_model::Scaler).
             let scaler = Scaler::fit(&rows[..split], n_inputs, !config.plain_inputs);
             let columns = scaler.columns(n_inputs);
-            let (mut x, mut y, mut row) = (Vec::new(), Vec::new(), Vec::new());
+            // Column-major, filled in place: linfa's solver multiplies by the
+            // matrix and its transpose at every step, and without BLAS that
+            // runs about 2.5 times faster over contiguous columns (measured).
+            let n_rows = split + train_frauds * (copies - 1);
+            let mut x = Array2::<f64>::zeros(ndarray::ShapeBuilder::f((n_rows, columns)));
+            let (mut y, mut row, mut r) = (Vec::with_capacity(n_rows), Vec::new(), 0);
             for i in 0..split {
                 scaler.columns_of(&rows[i], n_inputs, &mut row);
                 for _ in 0..if labels[i] { copies } else { 1 } {
-                    x.extend_from_slice(&row);
+                    x.row_mut(r).assign(&ndarray::ArrayView1::from(&row));
                     y.push(labels[i]);
+                    r += 1;
                 }
             }
-            let rows = Array2::from_shape_vec((y.len(), columns), x).map_err(|e| OfflineError::Data(e.to_string()))?;
-            // Column-major: linfa's solver multiplies by the matrix and its
-            // transpose at every step, and without BLAS that runs about 2.5
-            // times faster over columns laid out contiguously (measured).
-            let mut x = Array2::zeros(ndarray::ShapeBuilder::f((y.len(), columns)));
-            x.assign(&rows);
-            drop(rows);
             let dataset = Dataset::new(x, Array1::from(y));
             fit_started = std::time::Instant::now();
             config.progress.report("fit", 0, 0);
