@@ -326,18 +326,10 @@ impl Model for TrainedModel {
         }
         let (w, n) = (&self.body.weights, self.body.inputs.len());
         let mut z = self.body.intercept;
-        if s.transforms() {
-            s.each(inputs, n, |i, own, flag| {
-                z += w[i] * own + flag.map_or(0.0, |(c, v)| w[c] * v);
-            });
-        } else {
-            for (i, x) in inputs.iter().enumerate().take(w.len()) {
-                // A missing input takes the training mean: it contributes nothing.
-                if x.is_finite() {
-                    z += w[i] * (x - s.mean[i]) / s.std[i];
-                }
-            }
-        }
+        // A missing input's own column takes the training mean: it adds nothing.
+        s.each(inputs, n, |i, own, flag| {
+            z += w[i] * own + flag.map_or(0.0, |(c, v)| w[c] * v);
+        });
         1.0 / (1.0 + (-z).exp())
     }
 
