@@ -467,10 +467,8 @@ impl<D: Data<Elem = f64>, T> Fit<ArrayBase<D, Ix2>, T, IForestError> for Isolati
                 Tree::grow(x, rows, limit, &mut rng)
             })
             .collect();
-        let depth = trees.iter().map(|t| t.checked_depth(n_features)).collect::<Result<Vec<_>, _>>();
-        let depth = depth.map_err(IForestError::Grown)?.into_iter().max().unwrap_or(0);
-        let flat = Flat::build(&trees, depth);
-        Ok(IsolationForest { params: self.clone(), n_features, normaliser: c(psi), trees, flat })
+        let stored = StoredForest { params: self.clone(), n_features, normaliser: c(psi), trees };
+        IsolationForest::try_from(stored).map_err(IForestError::Grown)
     }
 }
 
