@@ -199,7 +199,7 @@ pub fn train_on_generated(defs: &[FeatureDef], config: &TrainConfig) -> Result<T
     let label_refs: Vec<&Label> = fraud_labels.iter().collect();
     let labels: Vec<bool> = items.iter().map(|l| l.fraud.is_some()).collect();
     let source = serde_json::json!({ "source": "vigil-gen", "seed": config.data.seed });
-    train_on(defs, &events, &labels, &label_refs, None, source, config)
+    train_on(defs, &events, &labels, &label_refs, |_| true, source, config)
 }
 
 /// Trains on a labelled history file (JSON lines, CSV or Parquet): events
@@ -227,23 +227,22 @@ pub fn train_on_history(
     let label_refs: Vec<&Label> = fraud_labels.iter().collect();
     let labels: Vec<bool> = history.labels.iter().map(|l| *l == Some(true)).collect();
     let mut source = serde_json::json!({ "source": path.display().to_string(), "skipped_records": history.invalid });
-    let chosen = history.selection.as_ref().map(|s| {
+    if let Some(s) = &history.selection {
         source["where"] = s.predicate.clone().into();
         source["selected_events"] = history.selected_count().into();
-        s.rows.as_slice()
-    });
-    train_on(defs, &events, &labels, &label_refs, chosen, source, config)
+    }
+    train_on(defs, &events, &labels, &label_refs, |i| history.selected(i), source, config)
 }
 
 /// Computes features over `events` (in time order), splits by time, trains
 /// `config.algorithm` on the earlier part and evaluates on the later one.
-/// `chosen`: the events that train and test (every event counts in features).
+/// `keep(i)`: whether event `i` trains or tests (every event counts in features).
 fn train_on(
     defs: &[FeatureDef],
     events: &[&Event],
     labels: &[bool],
     fraud_labels: &[&Label],
-    chosen: Option<&[bool]>,
+    keep: impl Fn(usize) -> bool,
     source: serde_json::Value,
     config: &TrainConfig,
 ) -> Result<TrainReport, OfflineError> {
@@ -253,7 +252,6 @@ fn train_on(
         )));
     }
     let features = features_over_history_with(defs, events, fraud_labels, &config.progress)?;
-    let keep = |i: usize| chosen.is_none_or(|c| c.get(i).copied().unwrap_or(false));
     let (mut kept, mut rows, mut kept_labels) = (Vec::new(), Vec::new(), Vec::new());
     for (i, ((e, f), l)) in events.iter().zip(&features).zip(labels).enumerate() {
         if keep(i) {
