@@ -120,12 +120,8 @@ enum Command {
         /// a date, or seconds since 1970).
         #[arg(long, default_value = "timestamp")]
         time_column: String,
-        /// Train and test only on the events for which this SQL predicate holds (run by
-        /// DataFusion over the history's fields, attributes and label, as in
-        /// `channel = 'ecom' AND amount > 100`); every event still counts in
-        /// the features of later ones.
-        #[arg(long = "where", value_name = "PREDICATE")]
-        filter: Option<String>,
+        #[command(flatten)]
+        filter: WhereArg,
         /// Logistic regression: only standardise the inputs (format 1 model
         /// files), instead of also compressing the never-negative ones with a
         /// logarithm and flagging missing ones with indicator columns.
@@ -177,12 +173,8 @@ enum Command {
         /// pipeline does not declare.
         #[arg(long)]
         table: bool,
-        /// Report only on the events for which this SQL predicate holds (run by
-        /// DataFusion over the history's fields, attributes and label, as in
-        /// `channel = 'ecom' AND amount > 100`); every event still counts in
-        /// the features of later ones.
-        #[arg(long = "where", value_name = "PREDICATE")]
-        filter: Option<String>,
+        #[command(flatten)]
+        filter: WhereArg,
     },
     /// Replay labelled history through a rule set: per-rule hits, precision and
     /// recall, the decision mix, and the changes against a baseline rule set.
@@ -204,12 +196,8 @@ enum Command {
         label: String,
         #[arg(long, value_enum, default_value = "table")]
         format: ReportFormat,
-        /// Report only on the events for which this SQL predicate holds (run by
-        /// DataFusion over the history's fields, attributes and label, as in
-        /// `channel = 'ecom' AND amount > 100`); every event still counts in
-        /// the features of later ones.
-        #[arg(long = "where", value_name = "PREDICATE")]
-        filter: Option<String>,
+        #[command(flatten)]
+        filter: WhereArg,
     },
     /// Record confirmed outcomes (chargebacks, analyst verdicts) for the label
     /// features: published to the pipeline's labels topic, or applied to its
@@ -252,12 +240,8 @@ enum Command {
         /// Output CSV file, or `-` for stdout.
         #[arg(long, default_value = "-")]
         out: PathBuf,
-        /// Write only the events for which this SQL predicate holds (run by
-        /// DataFusion over the history's fields, attributes and label, as in
-        /// `channel = 'ecom' AND amount > 100`); every event still counts in
-        /// the features of later ones.
-        #[arg(long = "where", value_name = "PREDICATE")]
-        filter: Option<String>,
+        #[command(flatten)]
+        filter: WhereArg,
     },
     /// Send a JSON-lines file of events (or `-` for stdin) to the pipeline's input topic.
     Produce {
@@ -314,6 +298,17 @@ enum OutFormat {
     Csv,
     /// Needs `--out FILE`.
     Parquet,
+}
+
+/// `--where`, shared by the commands that read a history.
+#[derive(clap::Args)]
+struct WhereArg {
+    /// Only the events for which this SQL predicate holds (run by DataFusion
+    /// over the history's fields, attributes and label, as in
+    /// `channel = 'ecom' AND amount > 100`) train, test, are reported or are
+    /// written; every event still counts in the features of later ones.
+    #[arg(long = "where", value_name = "PREDICATE")]
+    predicate: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -509,7 +504,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 plain_inputs,
                 ..vigil_offline::TrainConfig::default()
             };
-            if filter.is_some() && (history.is_none() || !features.is_empty()) {
+            if filter.predicate.is_some() && (history.is_none() || !features.is_empty()) {
                 bail!("--where chooses events of a history: give --history, without --features");
             }
             let report = match &history {
@@ -525,7 +520,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     vigil_offline::tabular::train(&table, path, &train)?
                 }
                 Some(path) => {
-                    let h = read_history(path, &label, filter.as_deref()).await?;
+                    let h = read_history(path, &label, filter.predicate.as_deref()).await?;
                     eprintln!(
                         "training on {} events of {} with {} features...",
                         h.selected_count(),
@@ -613,7 +608,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let any = vigil_model::load_any(&model)?;
             let declared = vigil_engine::model_inputs(&config.features);
             if table || any.body().inputs.iter().any(|i| !declared.contains(&i.as_str())) {
-                if filter.is_some() {
+                if filter.predicate.is_some() {
                     bail!("--where chooses events of a history, not rows of a feature table");
                 }
                 let table = vigil_offline::tabular::read_csv(&history, &any.body().inputs, &label)?;
@@ -622,7 +617,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let weight = config.model.as_ref().map_or(100.0, |m| m.weight);
             config.model = Some(vigil_core::pipeline::ModelConfig { path: model, weight, challenger: None });
             let engine = Engine::in_memory(&config)?;
-            let h = read_history(&history, &label, filter.as_deref()).await?;
+            let h = read_history(&history, &label, filter.predicate.as_deref()).await?;
             let (bar, progress) = progress_bar();
             let evaluation = vigil_offline::evaluate::run(&engine, &h, &progress);
             bar.finish_and_clear();
@@ -638,7 +633,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let candidate = engine_for(&rules)?;
             let base = baseline.as_deref().map(engine_for).transpose()?;
             let started = std::time::Instant::now();
-            let h = read_history(&history, &label, filter.as_deref()).await?;
+            let h = read_history(&history, &label, filter.predicate.as_deref()).await?;
             let (bar, progress) = progress_bar();
             let total = h.events.len() as u64;
             let report =
@@ -710,7 +705,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Features { pipeline, history, label, out, filter } => {
             let config = load_pipeline(&pipeline)?;
-            let h = read_history(&history, &label, filter.as_deref()).await?;
+            let h = read_history(&history, &label, filter.predicate.as_deref()).await?;
             let (bar, progress) = progress_bar();
             let n = if out.as_os_str() == "-" {
                 vigil_offline::tabular::write_features(std::io::stdout().lock(), &config.features, &h, &progress)?
