@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Brings up what Vigil's tests and benchmarks talk to, on a fresh machine:
 # - Redis on 127.0.0.1:6379 (Debian's redis-server, installed if absent);
+# - a three-node Redis Cluster on 127.0.0.1:7001-7003 (the same redis-server);
 # - a Kafka-compatible broker on 127.0.0.1:9092: tansu 0.6.0 with its sqlite
 #   storage engine (installed with cargo if absent; ~9 minutes the first time).
 # Services already answering are left alone. Idempotent; safe to run twice.
@@ -35,6 +36,36 @@ else
     --dir "$state/redis" --logfile "$state/redis/redis.log"
   wait_for 6379 redis 30
   echo "services: started redis on 127.0.0.1:6379"
+fi
+
+# Redis Cluster: three primaries on 127.0.0.1:7001-7003 (cluster bus on
+# 17001-17003), for the feature store's cluster backend and its conformance run.
+cluster_ports="7001 7002 7003"
+cluster_ok() { redis-cli -p 7001 cluster info 2>/dev/null | grep -q '^cluster_state:ok'; }
+if cluster_ok; then
+  echo "services: redis cluster already on 127.0.0.1:7001-7003"
+else
+  for port in $cluster_ports; do
+    if ! listening "$port"; then
+      mkdir -p "$state/cluster/$port"
+      redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
+        --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 5000 \
+        --dir "$state/cluster/$port" --logfile "$state/cluster/$port/redis.log"
+      wait_for "$port" "redis cluster node" 30
+    fi
+  done
+  if ! cluster_ok; then
+    # Nodes left half-joined by an earlier run are emptied first.
+    for port in $cluster_ports; do
+      redis-cli -p "$port" flushall >/dev/null 2>&1 || true
+      redis-cli -p "$port" cluster reset hard >/dev/null
+    done
+    redis-cli --cluster create 127.0.0.1:7001 127.0.0.1:7002 127.0.0.1:7003 \
+      --cluster-replicas 0 --cluster-yes >"$state/cluster/create.log"
+    for _ in $(seq 1 30); do cluster_ok && break; sleep 1; done
+    cluster_ok || { echo "services: the redis cluster did not reach cluster_state:ok" >&2; exit 1; }
+  fi
+  echo "services: started a redis cluster on 127.0.0.1:7001-7003"
 fi
 
 # Kafka-compatible broker

@@ -14,6 +14,27 @@ use vigil_gen::GenConfig;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_feature_of_every_event_agrees_between_offline_and_redis() {
     let config = pipeline("offon");
+    let store =
+        RedisStore::connect(&redis_url(), Plan::new(config.features.clone()), &config.store.key_prefix, 3600, 5000)
+            .await
+            .expect("this test needs Redis: run scripts/test.sh");
+    agrees_offline_and_online(&config, &store).await;
+    clean_redis(&config.store.key_prefix).await;
+}
+
+/// The same against a Redis Cluster, where every entity is its own unit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_feature_of_every_event_agrees_between_offline_and_a_redis_cluster() {
+    let config = pipeline("offon-cluster");
+    let plan = Plan::new(config.features.clone());
+    let store = RedisStore::connect_cluster(&cluster_nodes(), plan, &config.store.key_prefix, 3600, 5000)
+        .await
+        .expect("this test needs a Redis Cluster: run scripts/test.sh");
+    agrees_offline_and_online(&config, &store).await;
+    clean_cluster(&config.store.key_prefix).await;
+}
+
+async fn agrees_offline_and_online(config: &vigil_core::PipelineConfig, store: &RedisStore) {
     assert!(config.features.len() >= 20, "the local pipeline declares the full feature set");
     let gen = GenConfig { seed: 5, events: 6_000, cards: 400, merchants: 60, days: 5, ..GenConfig::default() };
     let items = vigil_gen::generate(&gen);
@@ -23,10 +44,6 @@ async fn every_feature_of_every_event_agrees_between_offline_and_redis() {
     let label_refs: Vec<&Label> = labels.iter().collect();
     let offline = vigil_offline::features_over_history(&config.features, &refs, &label_refs).unwrap();
 
-    let prefix = config.store.key_prefix.clone();
-    let store = RedisStore::connect(&redis_url(), Plan::new(config.features.clone()), &prefix, 3600, 5000)
-        .await
-        .expect("this test needs Redis: run scripts/test.sh");
     let mut online = Vec::with_capacity(events.len());
     let mut counted = 0;
     for step in vigil_features::interleave(&refs, &label_refs, 250) {
@@ -65,5 +82,4 @@ async fn every_feature_of_every_event_agrees_between_offline_and_redis() {
             assert_eq!(a.values, b.values);
         }
     }
-    clean_redis(&prefix).await;
 }

@@ -220,7 +220,22 @@ fn all_features(config: &PipelineConfig, events: &[Event]) -> HashMap<String, Ve
 /// after a kill mid-stream, and after a restart that replays the topic from the start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_then_a_replay_from_the_start_gives_every_feature_of_a_clean_pass() {
-    let mut config = pipeline("replay");
+    let config = pipeline("replay");
+    let prefix = config.store.key_prefix.clone();
+    kill_then_replay(config).await;
+    clean_redis(&prefix).await;
+}
+
+/// The same on a Redis Cluster, where every entity counts an event on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_a_kill_then_a_replay_gives_every_feature_of_a_clean_pass() {
+    let config = on_cluster(pipeline("replay-cluster"));
+    let prefix = config.store.key_prefix.clone();
+    kill_then_replay(config).await;
+    clean_cluster(&prefix).await;
+}
+
+async fn kill_then_replay(mut config: PipelineConfig) {
     let kafka = config.kafka.clone().unwrap();
     vigil_stream::create_topics(&kafka, 1).await.unwrap();
     let events = traffic(2_500, 23);
@@ -250,7 +265,6 @@ async fn a_kill_then_a_replay_from_the_start_gives_every_feature_of_a_clean_pass
         seen.insert(d.transaction_id.clone());
     }
     assert_eq!(seen.len(), events.len(), "an event was lost");
-    clean_redis(&config.store.key_prefix).await;
 }
 
 #[tokio::test]

@@ -89,7 +89,45 @@ pub fn total(stats: &vigil_stream::Stats) -> u64 {
 
 /// The Redis keys matching `pattern` (a SCAN pattern), up to about `limit`.
 pub async fn redis_keys(pattern: &str, limit: usize) -> Vec<String> {
-    let client = redis::Client::open(redis_url()).unwrap();
+    keys_on(&redis_url(), pattern, limit).await
+}
+
+/// The seed nodes of the test Redis Cluster (`VIGIL_TEST_REDIS_CLUSTER`,
+/// comma-separated; by default the three `scripts/services.sh` starts).
+pub fn cluster_nodes() -> Vec<String> {
+    std::env::var("VIGIL_TEST_REDIS_CLUSTER")
+        .unwrap_or_else(|_| "redis://127.0.0.1:7001,redis://127.0.0.1:7002,redis://127.0.0.1:7003".into())
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `config` with its feature store moved to the test Redis Cluster.
+pub fn on_cluster(mut config: PipelineConfig) -> PipelineConfig {
+    config.store.backend = vigil_core::pipeline::StoreBackend::RedisCluster { nodes: cluster_nodes() };
+    config
+}
+
+/// Removes a test's keys from every node of the test Redis Cluster.
+pub async fn clean_cluster(prefix: &str) {
+    for node in cluster_nodes() {
+        let keys = keys_on(&node, &format!("{prefix}:*"), usize::MAX).await;
+        let client = redis::Client::open(node).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        // Keys of one node may sit in several slots: one DEL each, pipelined.
+        for chunk in keys.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.cmd("DEL").arg(key).ignore();
+            }
+            let _: () = pipe.query_async(&mut conn).await.unwrap();
+        }
+    }
+}
+
+/// Keys matching `pattern` on one server, at most about `limit`.
+async fn keys_on(url: &str, pattern: &str, limit: usize) -> Vec<String> {
+    let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let mut keys = Vec::new();
     let mut cursor: u64 = 0;

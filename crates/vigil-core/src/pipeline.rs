@@ -75,6 +75,10 @@ pub enum StoreBackend {
     Redis {
         url: String,
     },
+    /// A Redis Cluster, found through any of these seed nodes.
+    RedisCluster {
+        nodes: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -280,6 +284,7 @@ struct RawKafka {
 struct RawStore {
     backend: Spanned<String>,
     redis_url: Option<Spanned<String>>,
+    redis_nodes: Option<Spanned<Vec<Spanned<String>>>>,
     key_prefix: Option<Spanned<String>>,
     dedup_ttl: Option<Spanned<String>>,
     timeout_ms: Option<Spanned<i64>>,
@@ -731,20 +736,58 @@ fn validate_store(raw: Option<&RawStore>, p: &mut Problems<'_>) -> StoreConfig {
         breaker_cool_down_ms: 2000,
     };
     let Some(raw) = raw else { return store };
-    match raw.backend.get_ref().as_str() {
-        "memory" => {
-            if let Some(url) = &raw.redis_url {
-                p.on(url, "store.redis_url", "only the redis backend takes a redis_url");
-            }
+    let redis_scheme = |url: &Spanned<String>, p: &mut Problems<'_>, field: &str| {
+        let ok = url.get_ref().starts_with("redis://") || url.get_ref().starts_with("rediss://");
+        if !ok {
+            p.on(url, field, "must start with redis:// or rediss://");
         }
+        ok
+    };
+    let backend = raw.backend.get_ref().as_str();
+    if backend != "redis" {
+        if let Some(url) = &raw.redis_url {
+            p.on(url, "store.redis_url", "only the redis backend takes a redis_url");
+        }
+    }
+    if backend != "redis-cluster" {
+        if let Some(nodes) = &raw.redis_nodes {
+            p.on(nodes, "store.redis_nodes", "only the redis-cluster backend takes redis_nodes");
+        }
+    }
+    match backend {
+        "memory" => {}
         "redis" => match &raw.redis_url {
-            Some(url) if url.get_ref().starts_with("redis://") || url.get_ref().starts_with("rediss://") => {
-                store.backend = StoreBackend::Redis { url: url.get_ref().clone() }
+            Some(url) => {
+                if redis_scheme(url, p, "store.redis_url") {
+                    store.backend = StoreBackend::Redis { url: url.get_ref().clone() }
+                }
             }
-            Some(url) => p.on(url, "store.redis_url", "must start with redis:// or rediss://"),
             None => p.on(&raw.backend, "store.redis_url", "the redis backend needs a redis_url"),
         },
-        other => p.on(&raw.backend, "store.backend", format!("unknown backend `{other}` (known: memory, redis)")),
+        "redis-cluster" => match &raw.redis_nodes {
+            Some(nodes) if nodes.get_ref().is_empty() => {
+                p.on(nodes, "store.redis_nodes", "needs at least one node, such as \"redis://10.0.0.1:6379\"")
+            }
+            Some(nodes) => {
+                let good = nodes.get_ref().iter().filter(|n| redis_scheme(n, p, "store.redis_nodes")).count();
+                if good == nodes.get_ref().len() {
+                    let nodes = nodes.get_ref().iter().map(|n| n.get_ref().clone()).collect();
+                    store.backend = StoreBackend::RedisCluster { nodes }
+                }
+            }
+            None => {
+                p.on(&raw.backend, "store.redis_nodes", "the redis-cluster backend needs redis_nodes (seed node URLs)")
+            }
+        },
+        other => {
+            let known = ["memory", "redis", "redis-cluster"];
+            let hint = crate::suggest::hint(other, known);
+            p.on(
+                &raw.backend,
+                "store.backend",
+                format!("unknown backend `{other}` (known: {}){hint}", known.join(", ")),
+            )
+        }
     }
     if let Some(prefix) = &raw.key_prefix {
         if prefix.get_ref().is_empty() || prefix.get_ref().contains(['{', '}', ' ']) {
@@ -827,6 +870,32 @@ window = "10m"
         assert_eq!(c.features[0].window_s, 600);
         assert_eq!(c.kafka.unwrap().batch_size, 500);
         assert_eq!(c.store.backend, StoreBackend::Redis { url: "redis://127.0.0.1:6379".into() });
+    }
+
+    #[test]
+    fn a_redis_cluster_is_named_by_its_seed_nodes() {
+        let cluster = GOOD.replace(
+            "backend = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"",
+            "backend = \"redis-cluster\"\nredis_nodes = [\"redis://10.0.0.1:6379\", \"redis://10.0.0.2:6379\"]",
+        );
+        let c = PipelineConfig::parse(Path::new("p.toml"), &cluster).unwrap();
+        let nodes = vec!["redis://10.0.0.1:6379".to_string(), "redis://10.0.0.2:6379".to_string()];
+        assert_eq!(c.store.backend, StoreBackend::RedisCluster { nodes });
+        let problems = |text: &str| match PipelineConfig::parse(Path::new("p.toml"), text) {
+            Err(ConfigError::Invalid { problems }) => problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        let bad = problems(&cluster.replace("redis://10.0.0.2", "10.0.0.2"));
+        assert!(bad.iter().any(|p| p.contains("store.redis_nodes") && p.contains("redis://")), "{bad:?}");
+        let empty = problems(
+            &cluster
+                .replace("redis_nodes = [\"redis://10.0.0.1:6379\", \"redis://10.0.0.2:6379\"]", "redis_nodes = []"),
+        );
+        assert!(empty.iter().any(|p| p.contains("at least one node")), "{empty:?}");
+        let mixed = problems(&GOOD.replace("redis_url =", "redis_nodes = [\"redis://a:1\"]\nredis_url ="));
+        assert!(mixed.iter().any(|p| p.contains("only the redis-cluster backend")), "{mixed:?}");
+        let typo = problems(&GOOD.replace("backend = \"redis\"", "backend = \"redis-clutser\""));
+        assert!(typo.iter().any(|p| p.contains("did you mean `redis-cluster`")), "{typo:?}");
     }
 
     #[test]

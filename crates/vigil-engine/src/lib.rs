@@ -121,6 +121,9 @@ impl Engine {
             StoreBackend::Redis { url } => {
                 Arc::new(RedisStore::connect(url, plan, &s.key_prefix, s.dedup_ttl_s, s.timeout_ms).await?)
             }
+            StoreBackend::RedisCluster { nodes } => {
+                Arc::new(RedisStore::connect_cluster(nodes, plan, &s.key_prefix, s.dedup_ttl_s, s.timeout_ms).await?)
+            }
         };
         Engine::new(config, store)
     }

@@ -1,5 +1,7 @@
-//! One contract, two backends: every case runs against the memory store and a
-//! real Redis (`VIGIL_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`).
+//! One contract, two backends: every case runs against the memory store, a real
+//! Redis (`VIGIL_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`) and a real
+//! Redis Cluster (`VIGIL_TEST_REDIS_CLUSTER`, comma-separated seed nodes, default
+//! the three nodes `scripts/services.sh` starts on 127.0.0.1:7001-7003).
 
 use std::sync::Arc;
 
@@ -7,7 +9,7 @@ use rust_decimal::Decimal;
 use vigil_core::feature::{Aggregate, EntityKey, FeatureDef};
 use vigil_core::{Event, FeatureValue, FeatureVector};
 
-use crate::{FeatureStore, MemoryStore, Plan, RedisStore};
+use crate::{FeatureStore, LabelOutcome, MemoryStore, Plan, RedisStore};
 
 const T0: &str = "2026-01-01T00:00:00Z";
 
@@ -54,16 +56,41 @@ fn redis_url() -> String {
     std::env::var("VIGIL_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+fn cluster_nodes() -> Vec<String> {
+    std::env::var("VIGIL_TEST_REDIS_CLUSTER")
+        .unwrap_or_else(|_| "redis://127.0.0.1:7001,redis://127.0.0.1:7002,redis://127.0.0.1:7003".into())
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The two Redis layouts.
+const REDIS: [&str; 2] = ["redis", "redis-cluster"];
+
+/// A Redis store of either layout on `prefix`.
+async fn redis_store(kind: &str, plan: Plan, prefix: &str) -> RedisStore {
+    match kind {
+        "redis" => RedisStore::connect(&redis_url(), plan, prefix, 3600, 2000)
+            .await
+            .expect("these tests need Redis: run scripts/test.sh, or set VIGIL_TEST_REDIS_URL"),
+        _ => RedisStore::connect_cluster(&cluster_nodes(), plan, prefix, 3600, 2000)
+            .await
+            .expect("these tests need a Redis Cluster: run scripts/test.sh, or set VIGIL_TEST_REDIS_CLUSTER"),
+    }
+}
+
 async fn backends() -> Vec<(&'static str, Arc<dyn FeatureStore>)> {
     backends_for(plan).await
 }
 
 async fn backends_for(plan: fn() -> Plan) -> Vec<(&'static str, Arc<dyn FeatureStore>)> {
     let prefix = format!("vigiltest-{}", uuid::Uuid::new_v4());
-    let redis = RedisStore::connect(&redis_url(), plan(), &prefix, 3600, 2000)
-        .await
-        .expect("these tests need Redis: run scripts/test.sh, or set VIGIL_TEST_REDIS_URL");
-    vec![("memory", Arc::new(MemoryStore::new(plan(), 3600))), ("redis", Arc::new(redis))]
+    let mut all: Vec<(&'static str, Arc<dyn FeatureStore>)> =
+        vec![("memory", Arc::new(MemoryStore::new(plan(), 3600)))];
+    for kind in REDIS {
+        all.push((kind, Arc::new(redis_store(kind, plan(), &prefix).await)));
+    }
+    all
 }
 
 /// Every aggregate over one card, in declaration order.
@@ -280,22 +307,12 @@ async fn batches_equal_one_by_one() {
         })
         .collect();
     let mut reference = None;
-    for name in ["memory", "redis"] {
+    for name in ["memory", "redis", "redis-cluster"] {
         for batch in [1usize, 7, 60] {
             let prefix_store: Arc<dyn FeatureStore> = if name == "memory" {
                 Arc::new(MemoryStore::new(plan(), 3600))
             } else {
-                Arc::new(
-                    RedisStore::connect(
-                        &redis_url(),
-                        plan(),
-                        &format!("vigiltest-{}", uuid::Uuid::new_v4()),
-                        3600,
-                        2000,
-                    )
-                    .await
-                    .unwrap(),
-                )
+                Arc::new(redis_store(name, plan(), &format!("vigiltest-{}", uuid::Uuid::new_v4())).await)
             };
             let mut out = Vec::new();
             for chunk in events.chunks(batch) {
@@ -313,34 +330,36 @@ async fn batches_equal_one_by_one() {
 /// Runs `writer` for 4 writers (each its own store on one shared prefix) at
 /// once, then returns the features of one more event on the shared card and
 /// terminal: what the writers counted there.
-async fn after_four_writers<Fut>(writer: impl Fn(usize, RedisStore) -> Fut) -> FeatureVector
+async fn after_four_writers<Fut>(kind: &str, writer: impl Fn(usize, RedisStore) -> Fut) -> FeatureVector
 where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let prefix = format!("vigiltest-{}", uuid::Uuid::new_v4());
     let mut tasks = Vec::new();
     for w in 0..4 {
-        let store = RedisStore::connect(&redis_url(), plan(), &prefix, 3600, 2000).await.unwrap();
+        let store = redis_store(kind, plan(), &prefix).await;
         tasks.push(tokio::spawn(writer(w, store)));
     }
     for t in tasks {
         t.await.unwrap();
     }
-    let store = RedisStore::connect(&redis_url(), plan(), &prefix, 3600, 2000).await.unwrap();
+    let store = redis_store(kind, plan(), &prefix).await;
     one(&store, &ev("last", 100, "1", Some("shared"), "t1")).await
 }
 
 #[tokio::test]
 async fn concurrent_writers_stay_exact() {
-    let last = after_four_writers(|w, store| async move {
-        for i in 0..25 {
-            let e = ev(&format!("w{w}-{i}"), i, "1", Some("shared"), "t1");
-            store.process(&[&e]).await.unwrap();
-        }
-    })
-    .await;
-    assert_eq!(last.values[0], count(100));
-    assert_eq!(last.values[1], money("100"));
+    for kind in REDIS {
+        let last = after_four_writers(kind, |w, store| async move {
+            for i in 0..25 {
+                let e = ev(&format!("w{w}-{i}"), i, "1", Some("shared"), "t1");
+                store.process(&[&e]).await.unwrap();
+            }
+        })
+        .await;
+        assert_eq!(last.values[0], count(100), "{kind}");
+        assert_eq!(last.values[1], money("100"), "{kind}");
+    }
 }
 
 /// Batches longer than the Redis store's transaction chunk, from several writers on
@@ -348,32 +367,40 @@ async fn concurrent_writers_stay_exact() {
 /// is counted once, and the repeat gets the first features back.
 #[tokio::test]
 async fn concurrent_long_batches_stay_exact() {
-    let last = after_four_writers(|w, store| async move {
-        let mut events: Vec<Event> = (0..50).map(|i| ev(&format!("w{w}-{i}"), i, "1", Some("shared"), "t1")).collect();
-        // A redelivery inside the batch, chunks after the first delivery.
-        events.insert(45, events[2].clone());
-        let refs: Vec<&Event> = events.iter().collect();
-        let out = store.process(&refs).await.unwrap();
-        assert!(out[45].replayed);
-        assert_eq!(out[45].values, out[2].values);
-    })
-    .await;
-    assert_eq!(last.values[0], count(200));
-    assert_eq!(last.values[1], money("200"));
+    for kind in REDIS {
+        let last = after_four_writers(kind, |w, store| async move {
+            let mut events: Vec<Event> =
+                (0..50).map(|i| ev(&format!("w{w}-{i}"), i, "1", Some("shared"), "t1")).collect();
+            // A redelivery inside the batch, chunks after the first delivery.
+            events.insert(45, events[2].clone());
+            let refs: Vec<&Event> = events.iter().collect();
+            let out = store.process(&refs).await.unwrap();
+            assert!(out[45].replayed);
+            assert_eq!(out[45].values, out[2].values);
+        })
+        .await;
+        assert_eq!(last.values[0], count(200), "{kind}");
+        assert_eq!(last.values[1], money("200"), "{kind}");
+    }
 }
 
 /// Redis forgets scripts when it restarts or `SCRIPT FLUSH` runs: the store loads
 /// its compare-and-set script again and the call goes through.
 #[tokio::test]
 async fn a_flushed_script_is_loaded_again() {
-    let prefix = format!("vigiltest-{}", uuid::Uuid::new_v4());
-    let store = RedisStore::connect(&redis_url(), plan(), &prefix, 3600, 2000).await.unwrap();
-    one(&store, &ev("f1", 0, "1", Some("c"), "t")).await;
-    let client = redis::Client::open(redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.unwrap();
-    let second = one(&store, &ev("f2", 1, "1", Some("c"), "t")).await;
-    assert_eq!(second.values[0], count(1));
+    for kind in REDIS {
+        let prefix = format!("vigiltest-{}", uuid::Uuid::new_v4());
+        let store = redis_store(kind, plan(), &prefix).await;
+        one(&store, &ev("f1", 0, "1", Some("c"), "t")).await;
+        let urls = if kind == "redis" { vec![redis_url()] } else { cluster_nodes() };
+        for url in urls {
+            let client = redis::Client::open(url).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.unwrap();
+        }
+        let second = one(&store, &ev("f2", 1, "1", Some("c"), "t")).await;
+        assert_eq!(second.values[0], count(1), "{kind}");
+    }
 }
 
 #[tokio::test]
@@ -388,6 +415,41 @@ async fn memory_store_expires_markers_with_its_clock() {
     now.fetch_add(601, Ordering::SeqCst);
     // Past the de-duplication TTL the id is forgotten.
     assert!(!one(&store, &e).await.replayed);
+}
+
+/// In a cluster the entities count an event before its transaction marker is
+/// written: a call cut short between the two (the marker is lost here) is
+/// finished by the redelivery, which counts nothing again.
+#[tokio::test]
+async fn a_cluster_call_cut_before_its_marker_counts_once_on_redelivery() {
+    let prefix = format!("vigiltest-{}", uuid::Uuid::new_v4());
+    let store = redis_store("redis-cluster", plan(), &prefix).await;
+    let first = one(&store, &ev("a", 0, "10", Some("c1"), "t1")).await;
+    let client = redis::cluster::ClusterClient::new(cluster_nodes()).unwrap();
+    let mut conn = client.get_async_connection().await.unwrap();
+    let removed: i64 = redis::cmd("DEL").arg(format!("{prefix}:tx2:{{a}}")).query_async(&mut conn).await.unwrap();
+    assert_eq!(removed, 1, "the transaction marker is where the store writes it");
+    let again = one(&store, &ev("a", 0, "10", Some("c1"), "t1")).await;
+    assert!(again.replayed);
+    assert_eq!(again.values, first.values);
+    let next = one(&store, &ev("b", 10, "10", Some("c1"), "t1")).await;
+    assert_eq!(next.values[0], count(1), "the redelivery was counted again");
+    assert_eq!(next.values[3], count(1));
+    // Labels likewise: each entity counts a fraud once.
+    let store = redis_store("redis-cluster", label_plan(), &prefix).await;
+    let fraud = label("a", 5, "fraud", "t1");
+    assert_eq!(store.apply_labels(&[&fraud]).await.unwrap(), [LabelOutcome::Counted]);
+    let _: i64 = redis::cmd("DEL").arg(format!("{prefix}:lb3:{{a}}")).query_async(&mut conn).await.unwrap();
+    assert_eq!(store.apply_labels(&[&fraud]).await.unwrap(), [LabelOutcome::AlreadyCounted]);
+}
+
+/// A cluster node given as a single server's URL is named as such at connect,
+/// not found out at the first key of another node's slot.
+#[tokio::test]
+async fn a_cluster_node_behind_a_single_server_url_is_refused() {
+    let node = cluster_nodes().remove(0);
+    let err = RedisStore::connect(&node, plan(), "x", 60, 2000).await.err().unwrap();
+    assert!(err.to_string().contains("redis-cluster"), "{err}");
 }
 
 #[tokio::test]

@@ -22,14 +22,29 @@
 //! `WATCH`/`MULTI`/`EXEC` was measured as the alternative (2026-11-29, RESULTS.md):
 //! the same server time per key, and it needs a connection per call in flight,
 //! which cost the API a fifth of its throughput.
+//!
+//! **Redis Cluster** ([`RedisStore::connect_cluster`]) cannot run one script over
+//! keys in several slots, and an event's entities (card, terminal, merchant...)
+//! hash to different slots. There every entity of a call is its own unit: its
+//! state and its own markers (`{entity}` hash tag) go through the same chunked
+//! compare-and-set, so each entity counts an event exactly once on its own. A
+//! transaction marker, written only after every entity has counted the event,
+//! then records the event's whole features: a redelivery finds it and touches no
+//! entity, and a call cut short between the two is finished by the redelivery,
+//! whose entities replay the features they stored. The units of a call run
+//! concurrently, so a call costs about three round trips whatever its size.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::future::try_join_all;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
 use redis::Script;
-use vigil_core::{Event, FeatureVector, Label};
+use vigil_core::{Event, FeatureValue, FeatureVector, Label};
 
 use crate::state::{decode_marker, encode_marker, BatchKeys, EntityState, LabelOutcome, Plan};
 use crate::{FeatureError, FeatureStore};
@@ -70,12 +85,40 @@ return 1
 /// Features kept in Redis, shared by every Vigil process that uses the same prefix.
 #[derive(Clone)]
 pub struct RedisStore {
-    plan: std::sync::Arc<Plan>,
-    conn: ConnectionManager,
+    plan: Arc<Plan>,
+    conn: Conn,
+    /// In a cluster: the plan split by entity, each part with the positions of
+    /// its features in the whole vector (module docs).
+    parts: Option<Arc<Vec<(Plan, Vec<usize>)>>>,
     script: Script,
     prefix: String,
     dedup_ttl_s: u64,
     timeout: Duration,
+}
+
+/// One server, or a cluster's nodes behind one routing connection.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    async fn pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> redis::RedisResult<T> {
+        match self {
+            Conn::Single(c) => pipe.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => pipe.query_async(&mut c.clone()).await,
+        }
+    }
+
+    /// One command; in a cluster, keyless commands such as `SCRIPT LOAD` go to
+    /// every primary.
+    async fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        match self {
+            Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+        }
+    }
 }
 
 fn unavailable(e: redis::RedisError) -> FeatureError {
@@ -103,17 +146,68 @@ impl RedisStore {
             .await
             .map_err(|_| FeatureError::Unavailable(format!("no answer from {url}")))?
             .map_err(|e| FeatureError::Unavailable(format!("cannot connect to {url}: {e}")))?;
-        let store = RedisStore {
-            plan: std::sync::Arc::new(plan),
+        let store = RedisStore::new(Conn::Single(conn), plan, None, prefix, dedup_ttl_s, timeout);
+        store.ping().await?;
+        // A cluster node answers single-slot commands and refuses the rest with
+        // MOVED: say so now rather than at the first event of another slot.
+        let mut info = redis::pipe();
+        info.cmd("INFO").arg("cluster");
+        let (info,): (String,) = store.query(&info).await?;
+        if info.lines().any(|l| l.trim() == "cluster_enabled:1") {
+            return Err(FeatureError::Unavailable(format!(
+                "{url} is a Redis Cluster node: use backend = \"redis-cluster\" with redis_nodes"
+            )));
+        }
+        store.load_script().await?;
+        Ok(store)
+    }
+
+    /// Connects to a Redis Cluster through any of its `nodes` (seed URLs), and
+    /// checks that every primary answers. Keys are laid out per entity (module docs).
+    pub async fn connect_cluster(
+        nodes: &[String],
+        plan: Plan,
+        prefix: &str,
+        dedup_ttl_s: u64,
+        timeout_ms: u64,
+    ) -> Result<RedisStore, FeatureError> {
+        let timeout = Duration::from_millis(timeout_ms);
+        let named = nodes.join(", ");
+        let client = ClusterClientBuilder::new(nodes.to_vec())
+            .connection_timeout(timeout.max(Duration::from_secs(2)))
+            .response_timeout(timeout)
+            .retries(2)
+            .build()
+            .map_err(|e| FeatureError::Unavailable(format!("cluster {named}: {e}")))?;
+        let connect = client.get_async_connection();
+        let conn = tokio::time::timeout(timeout.max(Duration::from_secs(2)) * 3, connect)
+            .await
+            .map_err(|_| FeatureError::Unavailable(format!("no answer from cluster {named}")))?
+            .map_err(|e| FeatureError::Unavailable(format!("cannot connect to cluster {named}: {e}")))?;
+        let parts = Some(Arc::new(plan.by_entity()));
+        let store = RedisStore::new(Conn::Cluster(conn), plan, parts, prefix, dedup_ttl_s, timeout);
+        store.ping().await?;
+        store.load_script().await?;
+        Ok(store)
+    }
+
+    fn new(
+        conn: Conn,
+        plan: Plan,
+        parts: Option<Arc<Vec<(Plan, Vec<usize>)>>>,
+        prefix: &str,
+        dedup_ttl_s: u64,
+        timeout: Duration,
+    ) -> RedisStore {
+        RedisStore {
+            plan: Arc::new(plan),
             conn,
+            parts,
             script: Script::new(CAS_SCRIPT),
             prefix: prefix.to_owned(),
             dedup_ttl_s,
             timeout,
-        };
-        store.ping().await?;
-        store.load_script().await?;
-        Ok(store)
+        }
     }
 
     fn state_key(&self, entity: &str) -> String {
@@ -123,6 +217,16 @@ impl RedisStore {
 
     fn marker_key(&self, transaction_id: &str) -> String {
         format!("{}:tx2:{{{}}}", self.prefix, transaction_id)
+    }
+
+    /// In a cluster: an entity's own marker of a transaction, in the entity's slot.
+    fn entity_marker_key(&self, entity: &str, transaction_id: &str) -> String {
+        format!("{}:tx3:{{{}}}:{}", self.prefix, entity, transaction_id)
+    }
+
+    /// In a cluster: an entity's own marker of a counted fraud label.
+    fn entity_label_marker_key(&self, entity: &str, transaction_id: &str) -> String {
+        format!("{}:lb4:{{{}}}:{}", self.prefix, entity, transaction_id)
     }
 
     /// Sends `pipe` within the call timeout.
@@ -135,17 +239,21 @@ impl RedisStore {
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<redis::RedisResult<T>, FeatureError> {
-        let mut conn = self.conn.clone();
-        tokio::time::timeout(self.timeout, pipe.query_async(&mut conn))
+        tokio::time::timeout(self.timeout, self.conn.pipe(pipe))
             .await
             .map_err(|_| FeatureError::Timeout(self.timeout.as_millis() as u64))
     }
 
-    /// Loads the compare-and-set script (Redis forgets it when it restarts).
+    /// Loads the compare-and-set script (Redis forgets it when it restarts), on
+    /// every primary of a cluster.
     async fn load_script(&self) -> Result<(), FeatureError> {
-        let mut load = redis::pipe();
-        load.load_script(&self.script);
-        self.query::<Vec<redis::Value>>(&load).await.map(drop)
+        let mut load = redis::cmd("SCRIPT");
+        load.arg("LOAD").arg(CAS_SCRIPT);
+        tokio::time::timeout(self.timeout, self.conn.cmd::<String>(&load))
+            .await
+            .map_err(|_| FeatureError::Timeout(self.timeout.as_millis() as u64))?
+            .map(drop)
+            .map_err(unavailable)
     }
 
     fn label_marker_key(&self, transaction_id: &str) -> String {
@@ -159,13 +267,14 @@ impl RedisStore {
     async fn run_chunks<T>(
         &self,
         chunks: &[ChunkKeys],
+        state_ttl_s: u64,
         marker_ttl_s: u64,
         mut compute: impl FnMut(usize, &mut [EntityState], &[Option<Vec<u8>>]) -> Result<Round<T>, FeatureError>,
     ) -> Result<Vec<T>, FeatureError> {
         let mut out = Vec::with_capacity(chunks.len());
         let mut reads: Option<Reads> = None;
         let (mut c, mut refused) = (0, 0);
-        let state_ttl_ms = self.plan.state_ttl_s() * 1000;
+        let state_ttl_ms = state_ttl_s * 1000;
         while c < chunks.len() {
             let keys = &chunks[c];
             let read = match reads.take() {
@@ -271,17 +380,22 @@ impl RedisStore {
         (batches, chunks)
     }
 
-    async fn process_events(&self, events: &[&Event]) -> Result<Vec<FeatureVector>, FeatureError> {
-        let (batches, chunks) =
-            self.chunked(events, |c| self.plan.keys(c), |e: &Event| self.marker_key(&e.transaction_id));
+    /// Features of `events` under `plan`, each event marked under `marker`.
+    async fn process_events(
+        &self,
+        plan: &Plan,
+        events: &[&Event],
+        marker: impl Fn(&Event) -> String,
+    ) -> Result<Vec<FeatureVector>, FeatureError> {
+        let (batches, chunks) = self.chunked(events, |c| plan.keys(c), marker);
         let outs = self
-            .run_chunks(&chunks, self.dedup_ttl_s, |c, states, raw_markers| {
+            .run_chunks(&chunks, plan.state_ttl_s(), self.dedup_ttl_s, |c, states, raw_markers| {
                 let (events, keys) = &batches[c];
                 let seen = raw_markers
                     .iter()
                     .map(|m| m.as_deref().map(decode_marker).transpose())
                     .collect::<Result<Vec<_>, _>>()?;
-                let (out, changes) = self.plan.compute(events, keys, states, &seen);
+                let (out, changes) = plan.compute(events, keys, states, &seen);
                 let markers = changes.first_seen.iter().map(|&i| (i, encode_marker(&out[i]))).collect();
                 Ok(Round { out, dirty: changes.dirty, markers })
             })
@@ -289,19 +403,182 @@ impl RedisStore {
         Ok(outs.into_iter().flatten().collect())
     }
 
-    async fn process_labels(&self, labels: &[&Label]) -> Result<Vec<LabelOutcome>, FeatureError> {
-        let (batches, chunks) =
-            self.chunked(labels, |c| self.plan.label_keys(c), |l: &Label| self.label_marker_key(&l.transaction_id));
+    /// Counts `labels` under `plan`, each label marked under `marker`.
+    async fn process_labels(
+        &self,
+        plan: &Plan,
+        labels: &[&Label],
+        marker: impl Fn(&Label) -> String,
+    ) -> Result<Vec<LabelOutcome>, FeatureError> {
+        let (batches, chunks) = self.chunked(labels, |c| plan.label_keys(c), marker);
         let outs = self
-            .run_chunks(&chunks, self.plan.state_ttl_s(), |c, states, raw_markers| {
+            .run_chunks(&chunks, plan.state_ttl_s(), plan.state_ttl_s(), |c, states, raw_markers| {
                 let (labels, keys) = &batches[c];
                 let seen: Vec<bool> = raw_markers.iter().map(Option::is_some).collect();
-                let (out, changes) = self.plan.apply_labels(labels, keys, states, &seen);
+                let (out, changes) = plan.apply_labels(labels, keys, states, &seen);
                 let markers = changes.first_seen.iter().map(|&i| (i, b"1".to_vec())).collect();
                 Ok(Round { out, dirty: changes.dirty, markers })
             })
             .await?;
         Ok(outs.into_iter().flatten().collect())
+    }
+
+    /// Reads one key (in a cluster, any slot).
+    async fn get(&self, key: String) -> Result<Option<Vec<u8>>, FeatureError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(key);
+        let (value,): (Option<Vec<u8>>,) = self.query(&pipe).await?;
+        Ok(value)
+    }
+
+    /// Sets one key unless it exists, expiring after `ttl_s`.
+    async fn set_once(&self, key: String, value: Vec<u8>, ttl_s: u64) -> Result<(), FeatureError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(key).arg(value).arg("NX").arg("EX").arg(ttl_s).ignore();
+        self.query::<()>(&pipe).await
+    }
+
+    /// Runs `unit` for every entity the `items` touch under each part of the
+    /// plan, concurrently: each entity's keys share one slot. Returns, per part
+    /// and entity, the items it covered and what its unit gave for them.
+    async fn per_entity<'a, I, T, F, Fut>(
+        &self,
+        parts: &[(Plan, Vec<usize>)],
+        items: &[&'a I],
+        keys: impl Fn(&Plan, &[&'a I]) -> BatchKeys,
+        unit: F,
+    ) -> Result<Vec<(usize, Vec<usize>, Vec<T>)>, FeatureError>
+    where
+        F: Fn(usize, String, Vec<&'a I>) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<T>, FeatureError>>,
+    {
+        let mut units = Vec::new();
+        for (p, (plan, _)) in parts.iter().enumerate() {
+            let keys = keys(plan, items);
+            for (entity, members) in keys.entities.iter().zip(keys.items_by_entity()) {
+                let run = unit(p, entity.clone(), members.iter().map(|&i| items[i]).collect());
+                units.push(async move { run.await.map(|out| (p, members, out)) });
+            }
+        }
+        try_join_all(units).await
+    }
+
+    /// `process` on a cluster (module docs).
+    async fn process_in_cluster(
+        &self,
+        parts: &[(Plan, Vec<usize>)],
+        events: &[&Event],
+    ) -> Result<Vec<FeatureVector>, FeatureError> {
+        // A repeated id within the call is its first occurrence's replay.
+        let mut first: HashMap<&str, usize> = HashMap::new();
+        let origin: Vec<usize> =
+            events.iter().enumerate().map(|(i, e)| *first.entry(&e.transaction_id).or_insert(i)).collect();
+        let fresh: Vec<usize> = (0..events.len()).filter(|&i| origin[i] == i).collect();
+        let committed =
+            try_join_all(fresh.iter().map(|&i| self.get(self.marker_key(&events[i].transaction_id)))).await?;
+        let mut out: Vec<Option<FeatureVector>> = vec![None; events.len()];
+        let mut pending = Vec::new();
+        for (&i, stored) in fresh.iter().zip(committed) {
+            match stored {
+                Some(bytes) => out[i] = Some(decode_marker(&bytes)?),
+                None => pending.push(i),
+            }
+        }
+        let todo: Vec<&Event> = pending.iter().map(|&i| events[i]).collect();
+        let width = self.plan.defs().len();
+        let mut merged: Vec<FeatureVector> = todo
+            .iter()
+            .map(|e| FeatureVector {
+                values: vec![FeatureValue::Missing; width],
+                replayed: false,
+                fingerprint: e.fingerprint(),
+            })
+            .collect();
+        // Whether every entity of the event had counted it before (a call cut short).
+        let mut replayed: Vec<Option<bool>> = vec![None; todo.len()];
+        let units = self
+            .per_entity(
+                parts,
+                &todo,
+                |plan, items| plan.keys(items),
+                |p, entity, evs| {
+                    let plan = &parts[p].0;
+                    async move {
+                        self.process_events(plan, &evs, |e| self.entity_marker_key(&entity, &e.transaction_id)).await
+                    }
+                },
+            )
+            .await?;
+        for (p, members, outs) in units {
+            for (j, fv) in members.into_iter().zip(outs) {
+                for (&at, v) in parts[p].1.iter().zip(fv.values) {
+                    merged[j].values[at] = v;
+                }
+                if fv.replayed {
+                    // The stored fingerprint tells a reused id from a retry.
+                    merged[j].fingerprint = fv.fingerprint;
+                }
+                replayed[j] = Some(replayed[j].unwrap_or(true) && fv.replayed);
+            }
+        }
+        // Every entity has counted the events: record their whole features.
+        try_join_all(pending.iter().zip(&merged).map(|(&i, fv)| {
+            self.set_once(self.marker_key(&events[i].transaction_id), encode_marker(fv), self.dedup_ttl_s)
+        }))
+        .await?;
+        for ((&i, mut fv), again) in pending.iter().zip(merged).zip(replayed) {
+            fv.replayed = again.unwrap_or(false);
+            out[i] = Some(fv);
+        }
+        for (i, &o) in origin.iter().enumerate() {
+            if o != i {
+                out[i] = out[o].clone().map(|fv| FeatureVector { replayed: true, ..fv });
+            }
+        }
+        Ok(out.into_iter().map(|fv| fv.expect("every event is decided")).collect())
+    }
+
+    /// `apply_labels` on a cluster (module docs): the plan tells fresh frauds
+    /// from genuine verdicts and repeats, then each fresh fraud is counted by
+    /// each of its entities, then marked as counted.
+    async fn labels_in_cluster(
+        &self,
+        parts: &[(Plan, Vec<usize>)],
+        labels: &[&Label],
+    ) -> Result<Vec<LabelOutcome>, FeatureError> {
+        let counted = try_join_all(labels.iter().map(|l| self.get(self.label_marker_key(&l.transaction_id)))).await?;
+        let seen: Vec<bool> = counted.iter().map(Option::is_some).collect();
+        let (mut out, changes) = self.plan.apply_labels(labels, &BatchKeys::none(labels.len()), &mut [], &seen);
+        let todo: Vec<&Label> = changes.first_seen.iter().map(|&i| labels[i]).collect();
+        let mut again: Vec<Option<bool>> = vec![None; todo.len()];
+        let units = self
+            .per_entity(
+                parts,
+                &todo,
+                |plan, items| plan.label_keys(items),
+                |p, entity, ls| {
+                    let plan = &parts[p].0;
+                    async move {
+                        self.process_labels(plan, &ls, |l| self.entity_label_marker_key(&entity, &l.transaction_id))
+                            .await
+                    }
+                },
+            )
+            .await?;
+        for (_, members, outs) in units {
+            for (j, outcome) in members.into_iter().zip(outs) {
+                again[j] = Some(again[j].unwrap_or(true) && outcome == LabelOutcome::AlreadyCounted);
+            }
+        }
+        let ttl = self.plan.state_ttl_s();
+        try_join_all(todo.iter().map(|l| self.set_once(self.label_marker_key(&l.transaction_id), b"1".to_vec(), ttl)))
+            .await?;
+        for (&i, again) in changes.first_seen.iter().zip(again) {
+            if again == Some(true) {
+                out[i] = LabelOutcome::AlreadyCounted;
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -385,16 +662,23 @@ impl FeatureStore for RedisStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        self.process_events(events).await
+        match &self.parts {
+            None => self.process_events(&self.plan, events, |e| self.marker_key(&e.transaction_id)).await,
+            Some(parts) => self.process_in_cluster(parts, events).await,
+        }
     }
 
     async fn apply_labels(&self, labels: &[&Label]) -> Result<Vec<LabelOutcome>, FeatureError> {
         // Nothing to count: no round trip (the outcome is what the plan gives).
         if !self.plan.has_label_features() || labels.iter().all(|l| l.verdict == vigil_core::Verdict::Genuine) {
-            let (out, _) = self.plan.apply_labels(labels, &Default::default(), &mut [], &vec![false; labels.len()]);
+            let (out, _) =
+                self.plan.apply_labels(labels, &BatchKeys::none(labels.len()), &mut [], &vec![false; labels.len()]);
             return Ok(out);
         }
-        self.process_labels(labels).await
+        match &self.parts {
+            None => self.process_labels(&self.plan, labels, |l| self.label_marker_key(&l.transaction_id)).await,
+            Some(parts) => self.labels_in_cluster(parts, labels).await,
+        }
     }
 
     async fn ping(&self) -> Result<(), FeatureError> {

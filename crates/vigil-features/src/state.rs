@@ -471,7 +471,43 @@ pub struct BatchKeys {
     per_event: Vec<Vec<Option<usize>>>,
 }
 
+impl BatchKeys {
+    /// Keys for `n` items that touch no entity.
+    pub fn none(n: usize) -> BatchKeys {
+        BatchKeys { entities: Vec::new(), per_event: vec![Vec::new(); n] }
+    }
+
+    /// For each entity (in `entities` order), the items that touch it, in order.
+    pub fn items_by_entity(&self) -> Vec<Vec<usize>> {
+        let mut by = vec![Vec::new(); self.entities.len()];
+        for (i, row) in self.per_event.iter().enumerate() {
+            let mut touched: Vec<usize> = row.iter().flatten().copied().collect();
+            touched.sort_unstable();
+            touched.dedup();
+            for k in touched {
+                by[k].push(i);
+            }
+        }
+        by
+    }
+}
+
 impl Plan {
+    /// The plan split by entity key: one plan per entity, each with the
+    /// positions of its features in this plan's feature vector. Every feature
+    /// reads one entity's state only, so the parts together compute what the
+    /// whole plan does.
+    pub fn by_entity(&self) -> Vec<(Plan, Vec<usize>)> {
+        self.entities
+            .iter()
+            .map(|e| {
+                let positions: Vec<usize> = (0..self.defs.len()).filter(|&i| self.defs[i].entity == e.key).collect();
+                let defs = positions.iter().map(|&i| self.defs[i].clone()).collect();
+                (Plan::new(defs), positions)
+            })
+            .collect()
+    }
+
     pub fn new(defs: Vec<FeatureDef>) -> Plan {
         let mut entities: Vec<EntityPlan> = Vec::new();
         for d in &defs {
