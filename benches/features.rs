@@ -7,6 +7,8 @@
 //!    local pipeline's declared features, in batches of 500 from 4 concurrent
 //!    writers, events split between writers by card (as Kafka partitions keyed by
 //!    card would); merchants and terminals are shared, so writers contend on them.
+//!    Then the same on the three-node Redis Cluster of `scripts/services.sh`,
+//!    when it answers.
 //! 3. **Latency**: single-event calls at a fixed total rate from 4 paced callers,
 //!    each call timed (p50 / p99 / p99.9).
 //! 4. **Memory**: the stored size of entity states by entity kind, from Redis's
@@ -52,6 +54,46 @@ async fn store(plan: &Plan, prefix: &str) -> RedisStore {
     RedisStore::connect(URL, plan.clone(), prefix, 3600, 2000).await.expect("the harness needs Redis on 127.0.0.1:6379")
 }
 
+/// Events split between `writers` by card, as Kafka partitions keyed by card would.
+fn by_card(events: &[Event], writers: usize) -> Vec<Vec<Event>> {
+    let mut shards: Vec<Vec<Event>> = vec![Vec::new(); writers];
+    for e in events {
+        let card = e.card_id.as_deref().unwrap_or_default();
+        let shard = card.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize)) % writers;
+        shards[shard].push(e.clone());
+    }
+    shards
+}
+
+/// Every shard through its own store in batches of [`BATCH`], all at once: the
+/// time taken and the events per writer.
+async fn throughput<F, Fut>(shards: &[Vec<Event>], store: F) -> (Duration, Vec<usize>)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = RedisStore>,
+{
+    let mut stores = Vec::new();
+    for _ in shards {
+        stores.push(store().await);
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (shard, s) in shards.iter().cloned().zip(stores) {
+        tasks.push(tokio::spawn(async move {
+            for chunk in shard.chunks(BATCH) {
+                let refs: Vec<&Event> = chunk.iter().collect();
+                s.process(&refs).await.expect("feature batch");
+            }
+            shard.len()
+        }));
+    }
+    let mut counts = Vec::new();
+    for t in tasks {
+        counts.push(t.await.unwrap());
+    }
+    (start.elapsed(), counts)
+}
+
 fn main() {
     let n = env_usize("VIGIL_BENCH_EVENTS", 200_000);
     let rate = env_usize("VIGIL_BENCH_RATE", 10_000);
@@ -73,37 +115,34 @@ fn main() {
 
     let prefix = format!("bench-features-{}", std::process::id());
     let features = config.features.len();
-    let (elapsed, per_writer) = rt.block_on(async {
-        let mut shards: Vec<Vec<Event>> = vec![Vec::new(); writers];
-        for e in &events {
-            let card = e.card_id.as_deref().unwrap_or_default();
-            let shard = card.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize)) % writers;
-            shards[shard].push(e.clone());
-        }
-        let start = Instant::now();
-        let mut tasks = Vec::new();
-        for shard in shards {
-            let s = store(&plan, &prefix).await;
-            tasks.push(tokio::spawn(async move {
-                for chunk in shard.chunks(BATCH) {
-                    let refs: Vec<&Event> = chunk.iter().collect();
-                    s.process(&refs).await.expect("feature batch");
-                }
-                shard.len()
-            }));
-        }
-        let mut counts = Vec::new();
-        for t in tasks {
-            counts.push(t.await.unwrap());
-        }
-        (start.elapsed(), counts)
-    });
+    let shards = by_card(&events, writers);
+    let (elapsed, per_writer) = rt.block_on(throughput(&shards, || store(&plan, &prefix)));
     println!(
         "vigil RedisStore::process, {features} features, batches of {BATCH}, {writers} writers {per_writer:?}: \
          {n} events in {:.2} s = {:.0} events/s",
         elapsed.as_secs_f64(),
         n as f64 / elapsed.as_secs_f64()
     );
+    // The same on the three-node cluster of scripts/services.sh, when it answers
+    // (every node on this machine's cores: a cost figure, not a scaling one).
+    let nodes = common::cluster_nodes();
+    let cluster_prefix = format!("{prefix}-cluster");
+    let cluster = rt.block_on(RedisStore::connect_cluster(&nodes, plan.clone(), &cluster_prefix, 3600, 2000));
+    match cluster {
+        Ok(_) => {
+            let (elapsed, _) = rt.block_on(throughput(&shards, || async {
+                RedisStore::connect_cluster(&nodes, plan.clone(), &cluster_prefix, 3600, 2000).await.unwrap()
+            }));
+            println!(
+                "vigil RedisStore::process on a 3-node Redis Cluster (same cores), same events and writers: \
+                 {n} events in {:.2} s = {:.0} events/s",
+                elapsed.as_secs_f64(),
+                n as f64 / elapsed.as_secs_f64()
+            );
+            rt.block_on(common::clean_cluster(&cluster_prefix));
+        }
+        Err(e) => println!("redis cluster: not measured ({e})"),
+    }
 
     // Latency: fresh events (new ids, later times) one per call, at `rate` in all.
     let hist = rt.block_on(async {
