@@ -358,3 +358,61 @@ fn strip_tables(text: &str, prefix: &str) -> String {
     }
     out
 }
+
+/// `[api.tls]`: the API answers over HTTPS with the configured certificate, and
+/// `[api] metrics_token` keeps `/metrics` for whoever holds the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_the_configured_certificate_and_metrics_behind_a_token() {
+    let dir = std::env::temp_dir().join(format!("vigil-tls-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, issued.cert.pem()).unwrap();
+    std::fs::write(&key, issued.signing_key.serialize_pem()).unwrap();
+    let token = "metrics-token-0123456789abcdef";
+    let text = strip_tables(&pipeline_text("api-tls", ""), "[kafka")
+        .replace("max_concurrency = 512", &format!("max_concurrency = 512\nmetrics_token = \"{token}\""));
+    let text = format!("{text}\n[api.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n", cert.display(), key.display());
+    let config = parse(&text);
+    let mut server = Server::start(&config, Engine::in_memory(&config).unwrap()).await;
+    let port = server.base.rsplit(':').next().unwrap().to_owned();
+    let plain = reqwest::Client::new();
+    server.base = format!("https://localhost:{port}");
+    server.http = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(issued.cert.pem().as_bytes()).unwrap())
+        .https_only(true)
+        .build()
+        .unwrap();
+
+    let e = event("tls-1", 0, "12.00", "c-tls", "t-tls");
+    let decided = server.signed("/v1/decisions", &e).await;
+    assert_eq!(decided.status(), StatusCode::OK);
+    assert_eq!(body(decided).await["transaction_id"], "tls-1");
+    // Plain HTTP to the same port gets no answer that is a decision.
+    let refused = plain.get(format!("http://127.0.0.1:{port}/healthz")).send().await;
+    assert!(refused.is_err() || refused.unwrap().status() != StatusCode::OK, "plain HTTP was served");
+    // A client that does not trust the certificate does not get through.
+    let untrusting = reqwest::Client::builder().tls_built_in_root_certs(false).build().unwrap();
+    assert!(untrusting.get(format!("{}/healthz", server.base)).send().await.is_err());
+
+    let metrics = |auth: Option<String>| {
+        let mut req = server.http.get(format!("{}/metrics", server.base));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        req.send()
+    };
+    let none = metrics(None).await.unwrap();
+    assert_eq!(none.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(none.headers()["www-authenticate"], "Bearer");
+    assert_eq!(metrics(Some(format!("Bearer {token}x"))).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let read = metrics(Some(format!("Bearer {token}"))).await.unwrap();
+    assert_eq!(read.status(), StatusCode::OK);
+    let text = read.text().await.unwrap();
+    assert!(text.contains(r#"vigil_auth_failures_total{reason="missing"} 1"#), "{text}");
+    assert!(text.contains(r#"vigil_auth_failures_total{reason="bad_token"} 1"#), "{text}");
+    assert!(server.get("/healthz").await.status().is_success(), "/healthz stays open");
+    server.stop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}

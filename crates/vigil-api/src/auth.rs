@@ -125,6 +125,16 @@ pub struct Verifier {
     tolerance_ms: i64,
     replays: Mutex<ReplayGuard>,
     jwt: Option<Jwt>,
+    /// The digest of the `/metrics` bearer token, when one is configured.
+    metrics_token: Option<Vec<u8>>,
+}
+
+/// Digests a `/metrics` token, so that tokens are compared in constant time
+/// whatever their lengths.
+fn token_digest(token: &[u8]) -> HmacSha256 {
+    let mut m = HmacSha256::new_from_slice(b"vigil-metrics-token").expect("HMAC accepts any key length");
+    m.update(token);
+    m
 }
 
 impl Verifier {
@@ -186,12 +196,34 @@ impl Verifier {
                 Some(Jwt { key, validation })
             }
         };
+        let metrics_token = match &api.metrics_token {
+            None => None,
+            Some(source) => {
+                let token = resolve(source, "api.metrics_token")?.ok_or_else(|| {
+                    let name = match source {
+                        SecretSource::Env(v) => v.as_str(),
+                        SecretSource::Inline(_) => "metrics_token",
+                    };
+                    SetupError(format!("api.metrics_token_env: ${name} is not set"))
+                })?;
+                Some(token_digest(&token).finalize().into_bytes().to_vec())
+            }
+        };
         Ok(Verifier {
             clients,
             tolerance_ms: api.signature_tolerance_s as i64 * 1000,
             replays: Mutex::new(ReplayGuard::default()),
             jwt,
+            metrics_token,
         })
+    }
+
+    /// Whether a `/metrics` request may read: always when no token is
+    /// configured, else only with `Authorization: Bearer TOKEN`.
+    pub fn metrics_allowed(&self, authorization: Option<&str>) -> Result<(), Refusal> {
+        let Some(expected) = &self.metrics_token else { return Ok(()) };
+        let token = authorization.and_then(|a| a.strip_prefix("Bearer ")).ok_or(Refusal::Missing)?;
+        token_digest(token.trim().as_bytes()).verify_slice(expected).map_err(|_| Refusal::BadToken)
     }
 
     /// The client a request comes from, or why it is refused. `now_ms` is the
@@ -300,6 +332,8 @@ mod tests {
                 issuer: Some("issuer".into()),
                 audience: None,
             }),
+            metrics_token: Some(SecretSource::Inline("metrics-token-0123456789".into())),
+            tls: None,
         }
     }
 
@@ -371,5 +405,21 @@ mod tests {
         a.clients[0].secrets = vec![SecretSource::Env("VIGIL_TEST_SURELY_UNSET_SECRET".into())];
         let e = Verifier::new(&a).err().unwrap().to_string();
         assert!(e.contains("$VIGIL_TEST_SURELY_UNSET_SECRET") && e.contains("api.clients[0] (shop)"), "{e}");
+    }
+
+    #[test]
+    fn metrics_need_the_configured_token_when_there_is_one() {
+        let v = Verifier::new(&api()).unwrap();
+        assert_eq!(v.metrics_allowed(Some("Bearer metrics-token-0123456789")), Ok(()));
+        assert_eq!(v.metrics_allowed(Some("Bearer metrics-token-012345678")), Err(Refusal::BadToken));
+        assert_eq!(v.metrics_allowed(Some("Bearer ")), Err(Refusal::BadToken));
+        assert_eq!(v.metrics_allowed(Some("Basic abc")), Err(Refusal::Missing));
+        assert_eq!(v.metrics_allowed(None), Err(Refusal::Missing));
+        let open = Verifier::new(&ApiConfig { metrics_token: None, ..api() }).unwrap();
+        assert_eq!(open.metrics_allowed(None), Ok(()));
+        let unset =
+            ApiConfig { metrics_token: Some(SecretSource::Env("VIGIL_TEST_SURELY_UNSET_METRICS".into())), ..api() };
+        let err = Verifier::new(&unset).err().unwrap().to_string();
+        assert!(err.contains("VIGIL_TEST_SURELY_UNSET_METRICS"), "{err}");
     }
 }

@@ -24,6 +24,7 @@
 pub mod audit;
 pub mod auth;
 pub mod metrics;
+mod tls;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -64,6 +65,8 @@ pub enum ApiError {
     Listen { address: String, source: std::io::Error },
     #[error("server: {0}")]
     Serve(std::io::Error),
+    #[error("api.tls: {0}")]
+    Tls(String),
 }
 
 /// The authenticated caller, for handlers and logs.
@@ -365,7 +368,15 @@ async fn readyz(State(api): State<Arc<Api>>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn render_metrics(State(api): State<Arc<Api>>) -> Response {
+async fn render_metrics(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if let Err(reason) = api.verifier.metrics_allowed(authorization) {
+        api.metrics.auth_failures.get_or_create(&ReasonLabels { reason: reason.as_str().to_owned() }).inc();
+        tracing::info!(reason = reason.as_str(), path = "/metrics", "request refused");
+        let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized", "missing or invalid credentials", None);
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
     let mut r = api.metrics.render().into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -467,8 +478,30 @@ pub async fn serve(
 ) -> Result<(), ApiError> {
     let (api, audit_task) = Api::new(pipeline, engine)?;
     let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    tracing::info!(%address, "serving decisions");
-    axum::serve(listener, router(api)).with_graceful_shutdown(shutdown).await.map_err(ApiError::Serve)?;
+    match api.config.tls.clone() {
+        None => {
+            tracing::info!(%address, "serving decisions");
+            axum::serve(listener, router(api)).with_graceful_shutdown(shutdown).await.map_err(ApiError::Serve)?;
+        }
+        Some(files) => {
+            let tls = tls::load(&files).await?;
+            tracing::info!(%address, cert = %files.cert_file.display(), "serving decisions over TLS");
+            tls::reload_on_hangup(tls.clone(), files);
+            let handle = axum_server::Handle::new();
+            let stop = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                stop.graceful_shutdown(Some(Duration::from_secs(10)));
+            });
+            let listener = listener.into_std().map_err(ApiError::Serve)?;
+            axum_server::from_tcp_rustls(listener, tls)
+                .map_err(ApiError::Serve)?
+                .handle(handle)
+                .serve(router(api).into_make_service())
+                .await
+                .map_err(ApiError::Serve)?;
+        }
+    }
     if let Some(t) = audit_task {
         if tokio::time::timeout(Duration::from_secs(10), t).await.is_err() {
             tracing::warn!("the audit trail did not finish within 10 s of shutdown");

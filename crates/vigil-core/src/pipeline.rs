@@ -194,6 +194,17 @@ pub struct ApiConfig {
     pub audit_buffer: usize,
     pub clients: Vec<ApiClient>,
     pub jwt: Option<JwtConfig>,
+    /// When set, `/metrics` needs `Authorization: Bearer TOKEN`.
+    pub metrics_token: Option<SecretSource>,
+    /// When set, the API speaks HTTPS only.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The server's certificate chain and private key, PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// A validated pipeline.
@@ -239,6 +250,16 @@ struct RawApi {
     #[serde(default)]
     clients: Vec<Spanned<RawClient>>,
     jwt: Option<Spanned<RawJwt>>,
+    metrics_token_env: Option<Spanned<String>>,
+    metrics_token: Option<Spanned<String>>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: Spanned<String>,
+    key_file: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -712,6 +733,32 @@ fn validate_api(raw: &Spanned<RawApi>, p: &mut Problems<'_>, resolve: &dyn Fn(&s
     if clients.is_empty() && jwt.is_none() && a.jwt.is_none() {
         p.on(raw, "api", "declares no way in: add [[api.clients]] (signed requests) or [api.jwt]");
     }
+    let metrics_token = match (&a.metrics_token_env, &a.metrics_token) {
+        (Some(env), Some(_)) => {
+            p.on(env, "api.metrics_token_env", "give metrics_token_env or metrics_token, not both");
+            None
+        }
+        (Some(env), None) => Some(SecretSource::Env(env.get_ref().clone())),
+        (None, Some(t)) if t.get_ref().len() < 16 => {
+            p.on(t, "api.metrics_token", "a token must be at least 16 bytes");
+            None
+        }
+        (None, Some(t)) => Some(SecretSource::Inline(t.get_ref().clone())),
+        (None, None) => None,
+    };
+    let tls = a.tls.as_ref().map(|t| {
+        let file = |f: &Spanned<String>, key: &str, p: &mut Problems<'_>| {
+            let path = resolve(f.get_ref());
+            if !path.is_file() {
+                p.on(f, key, format!("no such file: {}", path.display()));
+            }
+            path
+        };
+        TlsFiles {
+            cert_file: file(&t.cert_file, "api.tls.cert_file", p),
+            key_file: file(&t.key_file, "api.tls.key_file", p),
+        }
+    });
     ApiConfig {
         listen,
         max_body_bytes,
@@ -722,6 +769,8 @@ fn validate_api(raw: &Spanned<RawApi>, p: &mut Problems<'_>, resolve: &dyn Fn(&s
         audit_buffer,
         clients,
         jwt,
+        metrics_token,
+        tls,
     }
 }
 
@@ -982,12 +1031,18 @@ window = "10m"
         assert_eq!((api.listen.as_str(), api.deadline_ms, api.signature_tolerance_s), ("0.0.0.0:9000", 5, 120));
         assert_eq!(api.clients[0].secrets, [SecretSource::Env("A".into()), SecretSource::Env("B".into())]);
         assert_eq!(api.jwt.unwrap().public_key_file, Some(PathBuf::from("pipelines/keys/pub.pem")));
+        assert_eq!((api.metrics_token, api.tls), (None, None));
+        let token =
+            PipelineConfig::parse(Path::new("p.toml"), &good.replace("deadline_ms = 5", "metrics_token_env = \"M\""));
+        assert_eq!(token.unwrap().api.unwrap().metrics_token, Some(SecretSource::Env("M".into())));
 
         let bad = with(
             "[api]\nlisten = \"localhost\"\nmax_concurrency = 0\nsignature_tolerance = \"2d\"\n\
+             metrics_token = \"short\"\n\
              [[api.clients]]\nid = \"a b\"\nsecrets = [\"short\"]\n\
              [[api.clients]]\nid = \"x\"\nsecrets_env = [\"A\", \"B\", \"C\"]\n\
-             [api.jwt]\nalgorithm = \"HS512\"\n",
+             [api.jwt]\nalgorithm = \"HS512\"\n\
+             [api.tls]\ncert_file = \"no/such/cert.pem\"\nkey_file = \"no/such/key.pem\"\n",
         );
         let text = PipelineConfig::parse(Path::new("p.toml"), &bad).unwrap_err().to_string();
         for expected in [
@@ -998,6 +1053,9 @@ window = "10m"
             "api.clients[0].secrets: a secret must be at least 16 bytes",
             "api.clients[1].secrets_env: needs one or two secrets",
             "api.jwt.algorithm: unknown algorithm `HS512`",
+            "api.metrics_token: a token must be at least 16 bytes",
+            "api.tls.cert_file: no such file: no/such/cert.pem",
+            "api.tls.key_file: no such file: no/such/key.pem",
         ] {
             assert!(text.contains(expected), "no `{expected}` in\n{text}");
         }

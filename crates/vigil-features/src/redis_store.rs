@@ -89,12 +89,16 @@ pub struct RedisStore {
     conn: Conn,
     /// In a cluster: the plan split by entity, each part with the positions of
     /// its features in the whole vector (module docs).
-    parts: Option<Arc<Vec<(Plan, Vec<usize>)>>>,
+    parts: Option<Arc<Parts>>,
     script: Script,
     prefix: String,
     dedup_ttl_s: u64,
     timeout: Duration,
 }
+
+/// A plan split by entity: each part's plan, and the positions of its
+/// features in the whole feature vector.
+type Parts = [(Plan, Vec<usize>)];
 
 /// One server, or a cluster's nodes behind one routing connection.
 #[derive(Clone)]
@@ -184,7 +188,7 @@ impl RedisStore {
             .await
             .map_err(|_| FeatureError::Unavailable(format!("no answer from cluster {named}")))?
             .map_err(|e| FeatureError::Unavailable(format!("cannot connect to cluster {named}: {e}")))?;
-        let parts = Some(Arc::new(plan.by_entity()));
+        let parts = Some(Arc::from(plan.by_entity()));
         let store = RedisStore::new(Conn::Cluster(conn), plan, parts, prefix, dedup_ttl_s, timeout);
         store.ping().await?;
         store.load_script().await?;
@@ -194,7 +198,7 @@ impl RedisStore {
     fn new(
         conn: Conn,
         plan: Plan,
-        parts: Option<Arc<Vec<(Plan, Vec<usize>)>>>,
+        parts: Option<Arc<Parts>>,
         prefix: &str,
         dedup_ttl_s: u64,
         timeout: Duration,
@@ -443,7 +447,7 @@ impl RedisStore {
     /// and entity, the items it covered and what its unit gave for them.
     async fn per_entity<'a, I, T, F, Fut>(
         &self,
-        parts: &[(Plan, Vec<usize>)],
+        parts: &Parts,
         items: &[&'a I],
         keys: impl Fn(&Plan, &[&'a I]) -> BatchKeys,
         unit: F,
@@ -464,11 +468,7 @@ impl RedisStore {
     }
 
     /// `process` on a cluster (module docs).
-    async fn process_in_cluster(
-        &self,
-        parts: &[(Plan, Vec<usize>)],
-        events: &[&Event],
-    ) -> Result<Vec<FeatureVector>, FeatureError> {
+    async fn process_in_cluster(&self, parts: &Parts, events: &[&Event]) -> Result<Vec<FeatureVector>, FeatureError> {
         // A repeated id within the call is its first occurrence's replay.
         let mut first: HashMap<&str, usize> = HashMap::new();
         let origin: Vec<usize> =
@@ -541,11 +541,7 @@ impl RedisStore {
     /// `apply_labels` on a cluster (module docs): the plan tells fresh frauds
     /// from genuine verdicts and repeats, then each fresh fraud is counted by
     /// each of its entities, then marked as counted.
-    async fn labels_in_cluster(
-        &self,
-        parts: &[(Plan, Vec<usize>)],
-        labels: &[&Label],
-    ) -> Result<Vec<LabelOutcome>, FeatureError> {
+    async fn labels_in_cluster(&self, parts: &Parts, labels: &[&Label]) -> Result<Vec<LabelOutcome>, FeatureError> {
         let counted = try_join_all(labels.iter().map(|l| self.get(self.label_marker_key(&l.transaction_id)))).await?;
         let seen: Vec<bool> = counted.iter().map(Option::is_some).collect();
         let (mut out, changes) = self.plan.apply_labels(labels, &BatchKeys::none(labels.len()), &mut [], &seen);
