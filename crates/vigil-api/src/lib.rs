@@ -315,22 +315,29 @@ async fn labels(State(api): State<Arc<Api>>, body: Bytes) -> Response {
         Err(e) => return engine_failure(&e),
     };
     if let Some((producer, topic)) = &api.labels {
+        // Every label is handed to the producer first, then the deliveries are
+        // awaited: a list costs about one broker round trip, not one per label.
+        let mut pending = Vec::with_capacity(checked.len());
         for l in &checked {
             let payload = l.to_json();
             let record = FutureRecord::to(topic).key(l.transaction_id.as_bytes()).payload(payload.as_slice());
-            let delivered = match vigil_stream::enqueue(producer, record).await {
+            pending.push(vigil_stream::enqueue(producer, record).await);
+        }
+        let mut delivered = true;
+        for p in pending {
+            delivered &= match p {
                 Ok(f) => matches!(f.await, Ok(Ok(_))),
                 Err(_) => false,
             };
-            if !delivered {
-                return retry_later(
-                    "labels_topic_unavailable",
-                    format!(
-                        "the labels were counted but could not be written to `{topic}`; retrying is safe (a label \
-                         counts once)"
-                    ),
-                );
-            }
+        }
+        if !delivered {
+            return retry_later(
+                "labels_topic_unavailable",
+                format!(
+                    "the labels were counted but could not be written to `{topic}`; retrying is safe (a label counts \
+                     once)"
+                ),
+            );
         }
     }
     let results: Vec<Value> = checked
