@@ -65,7 +65,10 @@ const CAS_SCRIPT: &str = r"
 local n = tonumber(ARGV[1])
 local m = #KEYS - n
 for i = 1, n do
-  if redis.call('GETRANGE', KEYS[i], 0, 7) ~= ARGV[3 + i] then return 0 end
+  local cur = redis.call('GET', KEYS[i])
+  local ver = ''
+  if cur then ver = string.sub(cur, 1, 8) end
+  if ver ~= ARGV[3 + i] then return 0 end
 end
 for j = 1, m do
   if redis.call('EXISTS', KEYS[n + j]) == 1 then return 0 end
