@@ -45,15 +45,21 @@ cluster_ok() { redis-cli -p 7001 cluster info 2>/dev/null | grep -q '^cluster_st
 if cluster_ok; then
   echo "services: redis cluster already on 127.0.0.1:7001-7003"
 else
+  rejoining=0
   for port in $cluster_ports; do
     if ! listening "$port"; then
       mkdir -p "$state/cluster/$port"
+      [ -s "$state/cluster/$port/nodes.conf" ] && rejoining=1
       redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
         --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 5000 \
         --dir "$state/cluster/$port" --logfile "$state/cluster/$port/redis.log"
       wait_for "$port" "redis cluster node" 30
     fi
   done
+  # Nodes restarted with their nodes.conf rejoin on their own within seconds.
+  if [ "$rejoining" = 1 ]; then
+    for _ in $(seq 1 10); do cluster_ok && break; sleep 1; done
+  fi
   if ! cluster_ok; then
     # Nodes left half-joined by an earlier run are emptied first.
     for port in $cluster_ports; do
