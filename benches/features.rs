@@ -72,13 +72,14 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = RedisStore>,
 {
-    let mut stores = Vec::new();
-    for _ in shards {
-        stores.push(store().await);
+    let mut writers = Vec::new();
+    for shard in shards {
+        // Each writer owns its events before the clock starts.
+        writers.push((shard.clone(), store().await));
     }
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for (shard, s) in shards.iter().cloned().zip(stores) {
+    for (shard, s) in writers {
         tasks.push(tokio::spawn(async move {
             for chunk in shard.chunks(BATCH) {
                 let refs: Vec<&Event> = chunk.iter().collect();

@@ -439,7 +439,8 @@ async fn a_cluster_call_cut_before_its_marker_counts_once_on_redelivery() {
     let store = redis_store("redis-cluster", label_plan(), &prefix).await;
     let fraud = label("a", 5, "fraud", "t1");
     assert_eq!(store.apply_labels(&[&fraud]).await.unwrap(), [LabelOutcome::Counted]);
-    let _: i64 = redis::cmd("DEL").arg(format!("{prefix}:lb3:{{a}}")).query_async(&mut conn).await.unwrap();
+    let removed: i64 = redis::cmd("DEL").arg(format!("{prefix}:lb3:{{a}}")).query_async(&mut conn).await.unwrap();
+    assert_eq!(removed, 1, "the label's transaction marker is where the store writes it");
     assert_eq!(store.apply_labels(&[&fraud]).await.unwrap(), [LabelOutcome::AlreadyCounted]);
 }
 

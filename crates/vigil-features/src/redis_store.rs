@@ -445,22 +445,23 @@ impl RedisStore {
     /// Runs `unit` for every entity the `items` touch under each part of the
     /// plan, concurrently: each entity's keys share one slot. Returns, per part
     /// and entity, the items it covered and what its unit gave for them.
-    async fn per_entity<'a, I, T, F, Fut>(
+    async fn per_entity<'a, 'p, I, T, F, Fut>(
         &self,
-        parts: &Parts,
+        parts: &'p Parts,
         items: &[&'a I],
         keys: impl Fn(&Plan, &[&'a I]) -> BatchKeys,
         unit: F,
     ) -> Result<Vec<(usize, Vec<usize>, Vec<T>)>, FeatureError>
     where
-        F: Fn(usize, String, Vec<&'a I>) -> Fut,
+        F: Fn(&'p Plan, String, Vec<&'a I>) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<T>, FeatureError>>,
     {
         let mut units = Vec::new();
         for (p, (plan, _)) in parts.iter().enumerate() {
             let keys = keys(plan, items);
-            for (entity, members) in keys.entities.iter().zip(keys.items_by_entity()) {
-                let run = unit(p, entity.clone(), members.iter().map(|&i| items[i]).collect());
+            let by_entity = keys.items_by_entity();
+            for (entity, members) in keys.entities.into_iter().zip(by_entity) {
+                let run = unit(plan, entity, members.iter().map(|&i| items[i]).collect());
                 units.push(async move { run.await.map(|out| (p, members, out)) });
             }
         }
@@ -501,11 +502,8 @@ impl RedisStore {
                 parts,
                 &todo,
                 |plan, items| plan.keys(items),
-                |p, entity, evs| {
-                    let plan = &parts[p].0;
-                    async move {
-                        self.process_events(plan, &evs, |e| self.entity_marker_key(&entity, &e.transaction_id)).await
-                    }
+                |plan, entity, evs| async move {
+                    self.process_events(plan, &evs, |e| self.entity_marker_key(&entity, &e.transaction_id)).await
                 },
             )
             .await?;
@@ -542,8 +540,16 @@ impl RedisStore {
     /// from genuine verdicts and repeats, then each fresh fraud is counted by
     /// each of its entities, then marked as counted.
     async fn labels_in_cluster(&self, parts: &Parts, labels: &[&Label]) -> Result<Vec<LabelOutcome>, FeatureError> {
-        let counted = try_join_all(labels.iter().map(|l| self.get(self.label_marker_key(&l.transaction_id)))).await?;
-        let seen: Vec<bool> = counted.iter().map(Option::is_some).collect();
+        // Only frauds count, so only theirs are looked up.
+        let seen = try_join_all(labels.iter().map(|l| async move {
+            match l.verdict {
+                vigil_core::Verdict::Fraud => {
+                    self.get(self.label_marker_key(&l.transaction_id)).await.map(|m| m.is_some())
+                }
+                vigil_core::Verdict::Genuine => Ok(false),
+            }
+        }))
+        .await?;
         let (mut out, changes) = self.plan.apply_labels(labels, &BatchKeys::none(labels.len()), &mut [], &seen);
         let todo: Vec<&Label> = changes.first_seen.iter().map(|&i| labels[i]).collect();
         let mut again: Vec<Option<bool>> = vec![None; todo.len()];
@@ -552,12 +558,8 @@ impl RedisStore {
                 parts,
                 &todo,
                 |plan, items| plan.label_keys(items),
-                |p, entity, ls| {
-                    let plan = &parts[p].0;
-                    async move {
-                        self.process_labels(plan, &ls, |l| self.entity_label_marker_key(&entity, &l.transaction_id))
-                            .await
-                    }
+                |plan, entity, ls| async move {
+                    self.process_labels(plan, &ls, |l| self.entity_label_marker_key(&entity, &l.transaction_id)).await
                 },
             )
             .await?;

@@ -478,13 +478,12 @@ impl BatchKeys {
     }
 
     /// For each entity (in `entities` order), the items that touch it, in order.
+    /// An entity id names its key (`card_id=...`), so a row never holds the
+    /// same entity twice.
     pub fn items_by_entity(&self) -> Vec<Vec<usize>> {
         let mut by = vec![Vec::new(); self.entities.len()];
         for (i, row) in self.per_event.iter().enumerate() {
-            let mut touched: Vec<usize> = row.iter().flatten().copied().collect();
-            touched.sort_unstable();
-            touched.dedup();
-            for k in touched {
+            for &k in row.iter().flatten() {
                 by[k].push(i);
             }
         }
