@@ -9,8 +9,11 @@
 //!    card would); merchants and terminals are shared, so writers contend on them.
 //!    Then the same on the three-node Redis Cluster of `scripts/services.sh`,
 //!    when it answers.
-//! 3. **Latency**: single-event calls at a fixed total rate from 4 paced callers,
-//!    each call timed (p50 / p99 / p99.9).
+//!    Redis's own time per event in the single-server run comes from
+//!    `INFO commandstats` (reset before it).
+//! 3. **Latency**: single-event calls at a fixed total rate from 4 paced callers
+//!    sharing one store (as `vigil serve`'s requests do), each call timed
+//!    (p50 / p99 / p99.9).
 //! 4. **Memory**: the stored size of entity states by entity kind, from Redis's
 //!    `STRLEN` and `MEMORY USAGE` over a sample of keys.
 //!
@@ -95,6 +98,31 @@ where
     (start.elapsed(), counts)
 }
 
+async fn admin() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(URL).unwrap().get_multiplexed_async_connection().await.unwrap()
+}
+
+async fn reset_command_stats() {
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut admin().await).await.unwrap();
+}
+
+/// (command, calls, total µs) for the commands the store sends, from `INFO commandstats`.
+async fn command_stats() -> Vec<(String, u64, u64)> {
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut admin().await).await.unwrap();
+    let mut out = Vec::new();
+    for line in info.lines() {
+        let Some((name, fields)) = line.strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else { continue };
+        if !["mget", "evalsha", "get", "set", "exists"].contains(&name) {
+            continue;
+        }
+        let field = |key: &str| {
+            fields.split(',').find_map(|f| f.strip_prefix(key).and_then(|v| v.parse::<u64>().ok())).unwrap_or(0)
+        };
+        out.push((name.to_owned(), field("calls="), field("usec=")));
+    }
+    out
+}
+
 fn main() {
     let n = env_usize("VIGIL_BENCH_EVENTS", 200_000);
     let rate = env_usize("VIGIL_BENCH_RATE", 10_000);
@@ -117,6 +145,7 @@ fn main() {
     let prefix = format!("bench-features-{}", std::process::id());
     let features = config.features.len();
     let shards = by_card(&events, writers);
+    rt.block_on(reset_command_stats());
     let (elapsed, per_writer) = rt.block_on(throughput(&shards, || store(&plan, &prefix)));
     println!(
         "vigil RedisStore::process, {features} features, batches of {BATCH}, {writers} writers {per_writer:?}: \
@@ -124,6 +153,10 @@ fn main() {
         elapsed.as_secs_f64(),
         n as f64 / elapsed.as_secs_f64()
     );
+    println!("  Redis time per event in that run (INFO commandstats):");
+    for (cmd, calls, usec) in rt.block_on(command_stats()) {
+        println!("    {cmd:8} {calls:>8} calls  {:>6.2} µs per event", usec as f64 / n as f64);
+    }
     // The same on the three-node cluster of scripts/services.sh, when it answers
     // (every node on this machine's cores: a cost figure, not a scaling one).
     let nodes = common::cluster_nodes();
@@ -151,8 +184,10 @@ fn main() {
         let per_caller = (rate * 5) / callers; // five seconds
         let interval = Duration::from_secs_f64(callers as f64 / rate as f64);
         let mut tasks = Vec::new();
+        // One store for every caller, as `vigil serve` has for its requests.
+        let shared = store(&plan, &prefix).await;
         for c in 0..callers {
-            let s = store(&plan, &prefix).await;
+            let s = shared.clone();
             let mine: Vec<Event> = events
                 .iter()
                 .skip(c)
