@@ -384,14 +384,16 @@ impl RedisStore {
         (batches, chunks)
     }
 
-    /// Features of `events` under `plan`, each event marked under `marker`.
+    /// Features of `events` under `plan`, the entities of a chunk given by
+    /// `keys`, each event marked under `marker`.
     async fn process_events(
         &self,
         plan: &Plan,
         events: &[&Event],
+        keys: impl Fn(&[&Event]) -> BatchKeys,
         marker: impl Fn(&Event) -> String,
     ) -> Result<Vec<FeatureVector>, FeatureError> {
-        let (batches, chunks) = self.chunked(events, |c| plan.keys(c), marker);
+        let (batches, chunks) = self.chunked(events, keys, marker);
         let outs = self
             .run_chunks(&chunks, plan.state_ttl_s(), self.dedup_ttl_s, |c, states, raw_markers| {
                 let (events, keys) = &batches[c];
@@ -407,14 +409,16 @@ impl RedisStore {
         Ok(outs.into_iter().flatten().collect())
     }
 
-    /// Counts `labels` under `plan`, each label marked under `marker`.
+    /// Counts `labels` under `plan`, the entities of a chunk given by `keys`,
+    /// each label marked under `marker`.
     async fn process_labels(
         &self,
         plan: &Plan,
         labels: &[&Label],
+        keys: impl Fn(&[&Label]) -> BatchKeys,
         marker: impl Fn(&Label) -> String,
     ) -> Result<Vec<LabelOutcome>, FeatureError> {
-        let (batches, chunks) = self.chunked(labels, |c| plan.label_keys(c), marker);
+        let (batches, chunks) = self.chunked(labels, keys, marker);
         let outs = self
             .run_chunks(&chunks, plan.state_ttl_s(), plan.state_ttl_s(), |c, states, raw_markers| {
                 let (labels, keys) = &batches[c];
@@ -443,8 +447,10 @@ impl RedisStore {
     }
 
     /// Runs `unit` for every entity the `items` touch under each part of the
-    /// plan, concurrently: each entity's keys share one slot. Returns, per part
-    /// and entity, the items it covered and what its unit gave for them.
+    /// plan, concurrently: each entity's keys share one slot. A unit gets its
+    /// part's plan, the entity and the items that touch it (so every chunk of
+    /// a unit has the keys [`BatchKeys::one`] gives). Returns, per part and
+    /// entity, the items it covered and what its unit gave for them.
     async fn per_entity<'a, 'p, I, T, F, Fut>(
         &self,
         parts: &'p Parts,
@@ -503,7 +509,8 @@ impl RedisStore {
                 &todo,
                 |plan, items| plan.keys(items),
                 |plan, entity, evs| async move {
-                    self.process_events(plan, &evs, |e| self.entity_marker_key(&entity, &e.transaction_id)).await
+                    let keys = |c: &[&Event]| BatchKeys::one(&entity, c.len());
+                    self.process_events(plan, &evs, keys, |e| self.entity_marker_key(&entity, &e.transaction_id)).await
                 },
             )
             .await?;
@@ -559,7 +566,9 @@ impl RedisStore {
                 &todo,
                 |plan, items| plan.label_keys(items),
                 |plan, entity, ls| async move {
-                    self.process_labels(plan, &ls, |l| self.entity_label_marker_key(&entity, &l.transaction_id)).await
+                    let keys = |c: &[&Label]| BatchKeys::one(&entity, c.len());
+                    self.process_labels(plan, &ls, keys, |l| self.entity_label_marker_key(&entity, &l.transaction_id))
+                        .await
                 },
             )
             .await?;
@@ -661,7 +670,10 @@ impl FeatureStore for RedisStore {
             return Ok(Vec::new());
         }
         match &self.parts {
-            None => self.process_events(&self.plan, events, |e| self.marker_key(&e.transaction_id)).await,
+            None => {
+                let keys = |c: &[&Event]| self.plan.keys(c);
+                self.process_events(&self.plan, events, keys, |e| self.marker_key(&e.transaction_id)).await
+            }
             Some(parts) => self.process_in_cluster(parts, events).await,
         }
     }
@@ -674,7 +686,10 @@ impl FeatureStore for RedisStore {
             return Ok(out);
         }
         match &self.parts {
-            None => self.process_labels(&self.plan, labels, |l| self.label_marker_key(&l.transaction_id)).await,
+            None => {
+                let keys = |c: &[&Label]| self.plan.label_keys(c);
+                self.process_labels(&self.plan, labels, keys, |l| self.label_marker_key(&l.transaction_id)).await
+            }
             Some(parts) => self.labels_in_cluster(parts, labels).await,
         }
     }

@@ -463,7 +463,7 @@ pub struct Changes {
 }
 
 /// The keys a batch touches.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 pub struct BatchKeys {
     /// Distinct entity ids (`tag` + value), in first-seen order.
     pub entities: Vec<String>,
@@ -475,6 +475,12 @@ impl BatchKeys {
     /// Keys for `n` items that touch no entity.
     pub fn none(n: usize) -> BatchKeys {
         BatchKeys { entities: Vec::new(), per_event: vec![Vec::new(); n] }
+    }
+
+    /// Keys for `n` items that all touch one entity, under a plan of that
+    /// entity alone (a part of [`Plan::by_entity`]).
+    pub fn one(entity: &str, n: usize) -> BatchKeys {
+        BatchKeys { entities: vec![entity.to_owned()], per_event: vec![vec![Some(0)]; n] }
     }
 
     /// For each entity (in `entities` order), the items that touch it, in order.
@@ -870,6 +876,70 @@ pub fn decode_marker(bytes: &[u8]) -> Result<FeatureVector, FeatureError> {
         })
         .collect();
     Ok(FeatureVector { values, replayed: true, fingerprint })
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+    use vigil_core::feature::{Aggregate, EntityKey};
+
+    /// What a cluster unit assumes: the items of one entity, under its part of
+    /// the plan, have exactly the keys `BatchKeys::one` gives.
+    #[test]
+    fn a_part_sees_one_entity_per_unit() {
+        let f = |name: &str, entity: &str, aggregate| FeatureDef {
+            name: name.into(),
+            entity: EntityKey::parse(entity).unwrap(),
+            aggregate,
+            window_s: 3600,
+            of: None,
+        };
+        let plan = Plan::new(vec![
+            f("card", "card_id", Aggregate::Count),
+            f("card_terminal", "card_id+terminal_id", Aggregate::Count),
+            f("terminal_frauds", "terminal_id", Aggregate::FraudCount),
+        ]);
+        let event = |id: &str, card: Option<&str>, terminal: &str| {
+            let card = card.map_or(String::new(), |c| format!(r#","card_id":"{c}""#));
+            let json = format!(
+                r#"{{"transaction_id":"{id}","timestamp":"2026-01-01T00:00:00Z","amount":"1","currency":"EUR"{card},"terminal_id":"{terminal}"}}"#
+            );
+            Event::from_json(json.as_bytes()).unwrap()
+        };
+        let events = [
+            event("a", Some("c1"), "t1"),
+            event("b", None, "t1"),
+            event("c", Some("c2"), "t2"),
+            event("d", Some("c1"), "t2"),
+        ];
+        let refs: Vec<&Event> = events.iter().collect();
+        let label = |id: &str, terminal: &str| {
+            let json = format!(
+                r#"{{"transaction_id":"{id}","label":"fraud","reported_at":"2026-01-02T00:00:00Z","terminal_id":"{terminal}"}}"#
+            );
+            Label::from_json(json.as_bytes()).unwrap()
+        };
+        let labels = [label("a", "t1"), label("c", "t2"), label("b", "t1")];
+        let label_refs: Vec<&Label> = labels.iter().collect();
+        let mut units = 0;
+        for (part, _) in plan.by_entity() {
+            let keys = part.keys(&refs);
+            for (entity, members) in keys.entities.iter().zip(keys.items_by_entity()) {
+                let mine: Vec<&Event> = members.iter().map(|&i| refs[i]).collect();
+                assert_eq!(part.keys(&mine), BatchKeys::one(entity, mine.len()), "{entity}");
+                units += 1;
+            }
+            let keys = part.label_keys(&label_refs);
+            for (entity, members) in keys.entities.iter().zip(keys.items_by_entity()) {
+                let mine: Vec<&Label> = members.iter().map(|&i| label_refs[i]).collect();
+                assert_eq!(part.label_keys(&mine), BatchKeys::one(entity, mine.len()), "{entity}");
+                units += 1;
+            }
+        }
+        // Cards c1, c2; card+terminal pairs (c1,t1), (c2,t2), (c1,t2); terminals t1, t2
+        // for events, and again for labels.
+        assert_eq!(units, 2 + 3 + 2 + 2);
+    }
 }
 
 #[cfg(test)]
