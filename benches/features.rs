@@ -11,6 +11,11 @@
 //!    when it answers.
 //!    Redis's own time per event in the single-server run comes from
 //!    `INFO commandstats` (reset before it).
+//!    Then the **same key traffic without a check**: for the same chunks of the
+//!    same writers, pipelined `MGET`s of the states and markers the store reads
+//!    and plain `SET`s of as many bytes as it writes, with no script, no
+//!    version check and no feature computation. No exact store can move these
+//!    keys faster, so it is the ceiling of this state layout on this machine.
 //! 3. **Latency**: single-event calls at a fixed total rate from 4 paced callers
 //!    sharing one store (as `vigil serve`'s requests do), each call timed
 //!    (p50 / p99 / p99.9).
@@ -34,6 +39,8 @@ use vigil_gen::GenConfig;
 
 const URL: &str = "redis://127.0.0.1:6379";
 const BATCH: usize = 500;
+/// Events per compare-and-set in `RedisStore` (its `CHUNK`).
+const CHUNK: usize = 16;
 
 fn env_usize(key: &str, default: usize) -> usize {
     std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -98,6 +105,61 @@ where
     (start.elapsed(), counts)
 }
 
+/// The store's key traffic for `shards` with nothing else: per chunk of
+/// [`CHUNK`] events, `MGET`s of its states and markers, then a plain `SET` of
+/// each state (the bytes Redis holds for it, or 400 for one it lacks) and of
+/// each marker, pipelined with the next chunk's read as the store does. Keys
+/// are listed and values read before the clock starts.
+async fn raw_traffic(shards: &[Vec<Event>], plan: &Plan, prefix: &str) -> Duration {
+    let client = redis::Client::open(URL).unwrap();
+    let mut writers = Vec::new();
+    for shard in shards {
+        let mut con = client.get_multiplexed_async_connection().await.unwrap();
+        let mut chunks = Vec::new();
+        for chunk in shard.chunks(CHUNK) {
+            let refs: Vec<&Event> = chunk.iter().collect();
+            let states: Vec<String> =
+                plan.keys(&refs).entities.iter().map(|e| format!("{prefix}:raw:{{{e}}}")).collect();
+            let markers: Vec<String> =
+                chunk.iter().map(|e| format!("{prefix}:rawtx:{{{}}}", e.transaction_id)).collect();
+            let real: Vec<String> = plan.keys(&refs).entities.iter().map(|e| format!("{prefix}:s5:{{{e}}}")).collect();
+            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&real).query_async(&mut con).await.unwrap();
+            let values: Vec<Vec<u8>> = values.into_iter().map(|v| v.unwrap_or_else(|| vec![7; 400])).collect();
+            chunks.push((states, markers, values));
+        }
+        writers.push((con, chunks));
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (mut con, chunks) in writers {
+        tasks.push(tokio::spawn(async move {
+            let read = |pipe: &mut redis::Pipeline, c: &(Vec<String>, Vec<String>, Vec<Vec<u8>>)| {
+                pipe.cmd("MGET").arg(&c.0).cmd("MGET").arg(&c.1);
+            };
+            let mut first = redis::pipe();
+            read(&mut first, &chunks[0]);
+            let _: redis::Value = first.query_async(&mut con).await.unwrap();
+            for (i, c) in chunks.iter().enumerate() {
+                let mut pipe = redis::pipe();
+                for (k, v) in c.0.iter().zip(&c.2) {
+                    pipe.cmd("SET").arg(k).arg(v.as_slice()).arg("PX").arg(3_600_000).ignore();
+                }
+                for k in &c.1 {
+                    pipe.cmd("SET").arg(k).arg(&[9u8; 200][..]).arg("EX").arg(3600).ignore();
+                }
+                if let Some(next) = chunks.get(i + 1) {
+                    read(&mut pipe, next);
+                }
+                let _: redis::Value = pipe.query_async(&mut con).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    start.elapsed()
+}
+
 async fn admin() -> redis::aio::MultiplexedConnection {
     redis::Client::open(URL).unwrap().get_multiplexed_async_connection().await.unwrap()
 }
@@ -157,6 +219,13 @@ fn main() {
     for (cmd, calls, usec) in rt.block_on(command_stats()) {
         println!("    {cmd:8} {calls:>8} calls  {:>6.2} µs per event", usec as f64 / n as f64);
     }
+    let raw = rt.block_on(raw_traffic(&shards, &plan, &prefix));
+    println!(
+        "the same keys without a check (pipelined MGET and SET only, {writers} writers): \
+         {n} events in {:.2} s = {:.0} events/s",
+        raw.as_secs_f64(),
+        n as f64 / raw.as_secs_f64()
+    );
     // The same on the three-node cluster of scripts/services.sh, when it answers
     // (every node on this machine's cores: a cost figure, not a scaling one).
     let nodes = common::cluster_nodes();
@@ -230,7 +299,7 @@ fn main() {
 
     // Memory per entity, by kind (the text before `=` in the entity id).
     let sizes = rt.block_on(async {
-        let keys = common::redis_keys(&format!("{prefix}:s4:*"), 20_000).await;
+        let keys = common::redis_keys(&format!("{prefix}:s5:*"), 20_000).await;
         let client = redis::Client::open(URL).unwrap();
         let mut con = client.get_multiplexed_async_connection().await.unwrap();
         let mut by_kind: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();

@@ -36,6 +36,11 @@ impl EntityKey {
         Ok(EntityKey { fields })
     }
 
+    /// The key of one field alone.
+    pub fn of(field: EventField) -> EntityKey {
+        EntityKey { fields: vec![field] }
+    }
+
     pub fn fields(&self) -> &[EventField] {
         &self.fields
     }

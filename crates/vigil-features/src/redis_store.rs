@@ -24,8 +24,8 @@
 //! which cost the API a fifth of its throughput.
 //!
 //! **Redis Cluster** ([`RedisStore::connect_cluster`]) cannot run one script over
-//! keys in several slots, and an event's entities (card, terminal, merchant...)
-//! hash to different slots. There every entity of a call is its own unit: its
+//! keys in several slots, and an event's records (card, terminal, merchant...)
+//! hash to different slots. There every record of a call is its own unit: its
 //! state and its own markers (`{entity}` hash tag) go through the same chunked
 //! compare-and-set, so each entity counts an event exactly once on its own. A
 //! transaction marker, written only after every entity has counted the event,
@@ -216,7 +216,7 @@ impl RedisStore {
 
     fn state_key(&self, entity: &str) -> String {
         // The entity id is the hash tag, so one entity's keys share a cluster slot.
-        format!("{}:s4:{{{}}}", self.prefix, entity)
+        format!("{}:s5:{{{}}}", self.prefix, entity)
     }
 
     fn marker_key(&self, transaction_id: &str) -> String {
@@ -366,14 +366,16 @@ impl RedisStore {
     }
 
     /// Splits `items` into chunks of [`CHUNK`] with the keys each touches:
-    /// `keys` gives a chunk's entities, `marker` each item's marker key.
+    /// `keys` gives the entities of a chunk (given its first item's position),
+    /// `marker` each item's marker key.
     fn chunked<'a, I>(
         &self,
         items: &'a [&'a I],
-        keys: impl Fn(&[&I]) -> BatchKeys,
+        keys: impl Fn(usize, &[&I]) -> BatchKeys,
         marker: impl Fn(&I) -> String,
     ) -> (Vec<(&'a [&'a I], BatchKeys)>, Vec<ChunkKeys>) {
-        let batches: Vec<(&[&I], BatchKeys)> = items.chunks(CHUNK).map(|chunk| (chunk, keys(chunk))).collect();
+        let batches: Vec<(&[&I], BatchKeys)> =
+            items.chunks(CHUNK).enumerate().map(|(c, chunk)| (chunk, keys(c * CHUNK, chunk))).collect();
         let chunks = batches
             .iter()
             .map(|(chunk, keys)| ChunkKeys {
@@ -390,7 +392,7 @@ impl RedisStore {
         &self,
         plan: &Plan,
         events: &[&Event],
-        keys: impl Fn(&[&Event]) -> BatchKeys,
+        keys: impl Fn(usize, &[&Event]) -> BatchKeys,
         marker: impl Fn(&Event) -> String,
     ) -> Result<Vec<FeatureVector>, FeatureError> {
         let (batches, chunks) = self.chunked(events, keys, marker);
@@ -415,7 +417,7 @@ impl RedisStore {
         &self,
         plan: &Plan,
         labels: &[&Label],
-        keys: impl Fn(&[&Label]) -> BatchKeys,
+        keys: impl Fn(usize, &[&Label]) -> BatchKeys,
         marker: impl Fn(&Label) -> String,
     ) -> Result<Vec<LabelOutcome>, FeatureError> {
         let (batches, chunks) = self.chunked(labels, keys, marker);
@@ -448,9 +450,10 @@ impl RedisStore {
 
     /// Runs `unit` for every entity the `items` touch under each part of the
     /// plan, concurrently: each entity's keys share one slot. A unit gets its
-    /// part's plan, the entity and the items that touch it (so every chunk of
-    /// a unit has the keys [`BatchKeys::one`] gives). Returns, per part and
-    /// entity, the items it covered and what its unit gave for them.
+    /// part's plan, the items that touch the entity and their keys over it
+    /// alone ([`BatchKeys::of_entity`]; the entity is their one key). Returns,
+    /// per part and entity, the items it covered and what its unit gave for
+    /// them.
     async fn per_entity<'a, 'p, I, T, F, Fut>(
         &self,
         parts: &'p Parts,
@@ -459,15 +462,14 @@ impl RedisStore {
         unit: F,
     ) -> Result<Vec<(usize, Vec<usize>, Vec<T>)>, FeatureError>
     where
-        F: Fn(&'p Plan, String, Vec<&'a I>) -> Fut,
+        F: Fn(&'p Plan, BatchKeys, Vec<&'a I>) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<T>, FeatureError>>,
     {
         let mut units = Vec::new();
         for (p, (plan, _)) in parts.iter().enumerate() {
             let keys = keys(plan, items);
-            let by_entity = keys.items_by_entity();
-            for (entity, members) in keys.entities.into_iter().zip(by_entity) {
-                let run = unit(plan, entity, members.iter().map(|&i| items[i]).collect());
+            for (k, members) in keys.items_by_entity().into_iter().enumerate() {
+                let run = unit(plan, keys.of_entity(k, &members), members.iter().map(|&i| items[i]).collect());
                 units.push(async move { run.await.map(|out| (p, members, out)) });
             }
         }
@@ -508,9 +510,10 @@ impl RedisStore {
                 parts,
                 &todo,
                 |plan, items| plan.keys(items),
-                |plan, entity, evs| async move {
-                    let keys = |c: &[&Event]| BatchKeys::one(&entity, c.len());
-                    self.process_events(plan, &evs, keys, |e| self.entity_marker_key(&entity, &e.transaction_id)).await
+                |plan, keys, evs| async move {
+                    let entity = &keys.entities[0];
+                    let chunk = |at, c: &[&Event]| keys.slice(at, c.len());
+                    self.process_events(plan, &evs, chunk, |e| self.entity_marker_key(entity, &e.transaction_id)).await
                 },
             )
             .await?;
@@ -565,9 +568,10 @@ impl RedisStore {
                 parts,
                 &todo,
                 |plan, items| plan.label_keys(items),
-                |plan, entity, ls| async move {
-                    let keys = |c: &[&Label]| BatchKeys::one(&entity, c.len());
-                    self.process_labels(plan, &ls, keys, |l| self.entity_label_marker_key(&entity, &l.transaction_id))
+                |plan, keys, ls| async move {
+                    let entity = &keys.entities[0];
+                    let chunk = |at, c: &[&Label]| keys.slice(at, c.len());
+                    self.process_labels(plan, &ls, chunk, |l| self.entity_label_marker_key(entity, &l.transaction_id))
                         .await
                 },
             )
@@ -671,7 +675,7 @@ impl FeatureStore for RedisStore {
         }
         match &self.parts {
             None => {
-                let keys = |c: &[&Event]| self.plan.keys(c);
+                let keys = |_, c: &[&Event]| self.plan.keys(c);
                 self.process_events(&self.plan, events, keys, |e| self.marker_key(&e.transaction_id)).await
             }
             Some(parts) => self.process_in_cluster(parts, events).await,
@@ -687,7 +691,7 @@ impl FeatureStore for RedisStore {
         }
         match &self.parts {
             None => {
-                let keys = |c: &[&Label]| self.plan.label_keys(c);
+                let keys = |_, c: &[&Label]| self.plan.label_keys(c);
                 self.process_labels(&self.plan, labels, keys, |l| self.label_marker_key(&l.transaction_id)).await
             }
             Some(parts) => self.labels_in_cluster(parts, labels).await,

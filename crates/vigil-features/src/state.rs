@@ -12,6 +12,15 @@
 //! if their timestamp is slightly later. Events older than the newest seen by more
 //! than the window plus [`LATENESS_S`] are no longer counted.
 //!
+//! A composite entity (`card_id+device_id`) is kept inside the record of its
+//! first field (the card's), as a member of a nested map keyed by the other
+//! fields' values, so that an event touches one stored record per first field
+//! rather than one per declared key. A member is dropped when its record has
+//! seen no event of it for [`Plan::state_ttl_s`] (as a key of its own would
+//! expire), and a record keeps at most [`NEST_LIMIT`] members per composite
+//! key: beyond it, the least recently seen member is forgotten and its
+//! features start afresh if it comes back.
+//!
 //! Label features (`fraud_count`, `fraud_rate`) count confirmed frauds in rings
 //! of their own, bucketed by the time each label was reported: a read for an
 //! event at `t` counts the frauds reported in `(t - window, t]`, so a label
@@ -38,6 +47,10 @@ pub const RECENT_EVENTS: usize = 4;
 /// HyperLogLog of [`SKETCH_REGISTERS`] registers) counts for the windows that
 /// reach back past the newest forgotten value.
 pub const DISTINCT_LIMIT: usize = 128;
+/// Members per composite key kept in one record (module docs): a card seen on
+/// more devices than this within its longest window forgets the least recently
+/// seen.
+pub const NEST_LIMIT: usize = 64;
 /// Registers of a distinct-count sketch: a standard error of about
 /// 1.04 / sqrt(128), 9%.
 pub const SKETCH_REGISTERS: usize = 1 << SKETCH_BITS;
@@ -160,6 +173,24 @@ pub struct EntityState {
     distinct: Vec<Seen>,
     /// Confirmed frauds by report time, one ring per label-feature window.
     frauds: Vec<Ring>,
+    /// Composite entities kept in this record (module docs), by key.
+    nests: Vec<Nest>,
+}
+
+/// The members of one composite key (`card_id+device_id`) in the record of
+/// its first field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Nest {
+    /// The composite key's name.
+    key: String,
+    /// Ascending by id: the values of the key's other fields.
+    members: Vec<Member>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Member {
+    id: String,
+    state: EntityState,
 }
 
 /// One of an entity's newest events.
@@ -367,6 +398,45 @@ impl EntityState {
         }
     }
 
+    /// The member `id` of the composite key `key`, made (empty) when new:
+    /// its (nest, member) position. A full nest forgets its least recently
+    /// seen member first.
+    fn member(&mut self, key: &str, id: &str) -> (usize, usize) {
+        let n = match self.nests.iter().position(|n| n.key == key) {
+            Some(n) => n,
+            None => {
+                self.nests.push(Nest { key: key.to_owned(), members: Vec::new() });
+                self.nests.len() - 1
+            }
+        };
+        let members = &mut self.nests[n].members;
+        let m = match members.binary_search_by(|m| m.id.as_str().cmp(id)) {
+            Ok(m) => m,
+            Err(_) => {
+                if members.len() >= NEST_LIMIT {
+                    let oldest = members.iter().enumerate().min_by_key(|(_, m)| m.state.max_t).map(|(i, _)| i);
+                    if let Some(i) = oldest {
+                        members.remove(i);
+                    }
+                }
+                let at = members.partition_point(|m| m.id.as_str() < id);
+                members.insert(at, Member { id: id.to_owned(), state: EntityState::default() });
+                at
+            }
+        };
+        (n, m)
+    }
+
+    /// Forgets members not seen for `keep_s` before the record's newest
+    /// event, and composite keys left without members.
+    fn prune_nests(&mut self, keep_s: u64) {
+        let horizon = self.max_t.saturating_sub(keep_s as i64);
+        for nest in &mut self.nests {
+            nest.members.retain(|m| m.state.max_t >= horizon);
+        }
+        self.nests.retain(|n| !n.members.is_empty());
+    }
+
     /// Counts one confirmed fraud reported at `t`.
     fn add_fraud(&mut self, t: i64) {
         let horizon_t = self.max_t.max(t);
@@ -411,6 +481,9 @@ fn field_hash(ev: &Event, field: EventField) -> u64 {
 #[derive(Debug, Clone)]
 struct EntityPlan {
     key: EntityKey,
+    /// For a composite key: the key of the record it is kept in (its first
+    /// field's), and its own name there.
+    nest: Option<(EntityKey, String)>,
     /// Windows and whether each keeps amount statistics, ascending by window.
     windows: Vec<(u64, bool)>,
     /// Whether the newest events are kept (`time_since_last`,
@@ -422,6 +495,46 @@ struct EntityPlan {
     distinct: Vec<(EventField, u64)>,
     /// Windows of label features, ascending.
     frauds: Vec<u64>,
+}
+
+impl EntityPlan {
+    /// The key of the record this entity's state is kept in.
+    fn record(&self) -> &EntityKey {
+        self.nest.as_ref().map_or(&self.key, |(record, _)| record)
+    }
+}
+
+/// The key of the record an entity key's state is kept in: its first field's.
+fn record_of(key: &EntityKey) -> EntityKey {
+    EntityKey::of(key.fields()[0])
+}
+
+/// A composite key's member id in its record: the values of its other fields.
+fn member_id<T: Fields>(key: &EntityKey, item: &T) -> Option<String> {
+    let mut out = String::new();
+    for (i, f) in key.fields()[1..].iter().enumerate() {
+        if i > 0 {
+            out.push('\u{1f}');
+        }
+        out.push_str(item.text(*f)?);
+    }
+    Some(out)
+}
+
+/// An entity's state in its record: the record itself, or the member at
+/// (nest, member).
+fn within(record: &EntityState, at: Option<(usize, usize)>) -> &EntityState {
+    match at {
+        None => record,
+        Some((n, m)) => &record.nests[n].members[m].state,
+    }
+}
+
+fn within_mut(record: &mut EntityState, at: Option<(usize, usize)>) -> &mut EntityState {
+    match at {
+        None => record,
+        Some((n, m)) => &mut record.nests[n].members[m].state,
+    }
 }
 
 /// Where each declared feature reads from.
@@ -477,10 +590,23 @@ impl BatchKeys {
         BatchKeys { entities: Vec::new(), per_event: vec![Vec::new(); n] }
     }
 
-    /// Keys for `n` items that all touch one entity, under a plan of that
-    /// entity alone (a part of [`Plan::by_entity`]).
-    pub fn one(entity: &str, n: usize) -> BatchKeys {
-        BatchKeys { entities: vec![entity.to_owned()], per_event: vec![vec![Some(0)]; n] }
+    /// The keys of the items at `members`, as a batch of their own over
+    /// entity `k` alone (a cluster unit's: a part of [`Plan::by_entity`]
+    /// keeps one record per item, so this is what the part's keys of those
+    /// items would be).
+    pub fn of_entity(&self, k: usize, members: &[usize]) -> BatchKeys {
+        BatchKeys {
+            entities: vec![self.entities[k].clone()],
+            per_event: members
+                .iter()
+                .map(|&i| self.per_event[i].iter().map(|s| (*s == Some(k)).then_some(0)).collect())
+                .collect(),
+        }
+    }
+
+    /// The keys of items `at..at + n` (a chunk's); every entity is kept.
+    pub fn slice(&self, at: usize, n: usize) -> BatchKeys {
+        BatchKeys { entities: self.entities.clone(), per_event: self.per_event[at..at + n].to_vec() }
     }
 
     /// For each entity (in `entities` order), the items that touch it, in order.
@@ -498,15 +624,24 @@ impl BatchKeys {
 }
 
 impl Plan {
-    /// The plan split by entity key: one plan per entity, each with the
+    /// The plan split by stored record: one plan per record key (an entity
+    /// key, with the composite keys kept in its record), each with the
     /// positions of its features in this plan's feature vector. Every feature
-    /// reads one entity's state only, so the parts together compute what the
-    /// whole plan does.
+    /// reads one record only, so the parts together compute what the whole
+    /// plan does.
     pub fn by_entity(&self) -> Vec<(Plan, Vec<usize>)> {
-        self.entities
+        let mut records: Vec<EntityKey> = Vec::new();
+        for e in &self.entities {
+            let record = e.record();
+            if !records.contains(record) {
+                records.push(record.clone());
+            }
+        }
+        records
             .iter()
-            .map(|e| {
-                let positions: Vec<usize> = (0..self.defs.len()).filter(|&i| self.defs[i].entity == e.key).collect();
+            .map(|r| {
+                let positions: Vec<usize> =
+                    (0..self.defs.len()).filter(|&i| record_of(&self.defs[i].entity) == *r).collect();
                 let defs = positions.iter().map(|&i| self.defs[i].clone()).collect();
                 (Plan::new(defs), positions)
             })
@@ -519,8 +654,10 @@ impl Plan {
             let e = match entities.iter().position(|e| e.key == d.entity) {
                 Some(i) => i,
                 None => {
+                    let fields = d.entity.fields();
                     entities.push(EntityPlan {
                         key: d.entity.clone(),
+                        nest: (fields.len() > 1).then(|| (EntityKey::of(fields[0]), d.entity.to_string())),
                         windows: Vec::new(),
                         recent: false,
                         changed: Vec::new(),
@@ -629,8 +766,15 @@ impl Plan {
                     row.push(None);
                     continue;
                 }
-                row.push(e.key.value_of(*ev).map(|v| {
-                    let id = format!("{}={}", e.key, v);
+                let value = match &e.nest {
+                    None => e.key.value_of(*ev),
+                    // Kept in the first field's record, when every field is there.
+                    Some((record, _)) => {
+                        member_id(&e.key, *ev).and_then(|_| ev.text(record.fields()[0]).map(str::to_owned))
+                    }
+                };
+                row.push(value.map(|v| {
+                    let id = format!("{}={}", e.record(), v);
                     match index.get(&id) {
                         Some(&i) => i,
                         None => {
@@ -645,6 +789,22 @@ impl Plan {
             keys.per_event.push(row);
         }
         keys
+    }
+
+    /// Conforms entity `e`'s state in `record` to its plan: the record
+    /// itself, or for a composite key the member `item` names (made when
+    /// new), whose position it gives.
+    fn locate<T: Fields>(&self, e: usize, record: &mut EntityState, item: &T) -> Option<(usize, usize)> {
+        let plan = &self.entities[e];
+        let Some((_, name)) = &plan.nest else {
+            record.conform(plan);
+            return None;
+        };
+        // The keys list a composite entity only when all its fields are there.
+        let id = member_id(&plan.key, item).unwrap_or_default();
+        let (n, m) = record.member(name, &id);
+        record.nests[n].members[m].state.conform(plan);
+        Some((n, m))
     }
 
     /// Computes every event's features as of before it and applies it to the
@@ -664,6 +824,8 @@ impl Plan {
         let mut out: Vec<FeatureVector> = Vec::with_capacity(events.len());
         // One spare slot: outputs that read no ring may point one past the last.
         let mut reads: Vec<Option<Window>> = vec![None; self.rings + 1];
+        let mut located: Vec<Option<(usize, usize)>> = Vec::with_capacity(self.entities.len());
+        let keep_s = self.state_ttl_s();
         for (i, ev) in events.iter().enumerate() {
             if let Some(stored) = &seen[i] {
                 out.push(FeatureVector { replayed: true, ..stored.clone() });
@@ -675,10 +837,9 @@ impl Plan {
             }
             first_in_batch.insert(&ev.transaction_id, i);
             let row = &keys.per_event[i];
+            located.clear();
             for (e, slot) in row.iter().enumerate() {
-                if let Some(s) = slot {
-                    states[*s].conform(&self.entities[e]);
-                }
+                located.push(slot.and_then(|s| self.locate(e, &mut states[s], *ev)));
             }
             let t = ev.unix_s();
             reads.fill(None);
@@ -687,13 +848,21 @@ impl Plan {
                 .iter()
                 .map(|o| match row[o.entity] {
                     None => FeatureValue::Missing,
-                    Some(s) => value(o, &states[s], ev, t, &mut reads[o.ring]),
+                    Some(s) => value(o, within(&states[s], located[o.entity]), ev, t, &mut reads[o.ring]),
                 })
                 .collect();
             for (e, slot) in row.iter().enumerate() {
                 if let Some(s) = slot {
-                    states[*s].add(&self.entities[e], ev, t);
+                    let record = &mut states[*s];
+                    record.max_t = record.max_t.max(t);
+                    within_mut(record, located[e]).add(&self.entities[e], ev, t);
                     dirty[*s] = true;
+                }
+            }
+            // After the adds: forgetting members moves the positions in `located`.
+            for &s in row.iter().flatten() {
+                if !states[s].nests.is_empty() {
+                    states[s].prune_nests(keep_s);
                 }
             }
             changes.first_seen.push(i);
@@ -730,8 +899,8 @@ impl Plan {
             let t = label.unix_s();
             for (e, slot) in keys.per_event[i].iter().enumerate() {
                 if let Some(s) = slot {
-                    states[*s].conform(&self.entities[e]);
-                    states[*s].add_fraud(t);
+                    let at = self.locate(e, &mut states[*s], *label);
+                    within_mut(&mut states[*s], at).add_fraud(t);
                     dirty[*s] = true;
                 }
             }
@@ -883,8 +1052,9 @@ mod split_tests {
     use super::*;
     use vigil_core::feature::{Aggregate, EntityKey};
 
-    /// What a cluster unit assumes: the items of one entity, under its part of
-    /// the plan, have exactly the keys `BatchKeys::one` gives.
+    /// What a cluster unit assumes: the items of one record, under its part
+    /// of the plan, have exactly the keys `BatchKeys::of_entity` gives, and
+    /// composite keys share their first field's record.
     #[test]
     fn a_part_sees_one_entity_per_unit() {
         let f = |name: &str, entity: &str, aggregate| FeatureDef {
@@ -924,21 +1094,21 @@ mod split_tests {
         let mut units = 0;
         for (part, _) in plan.by_entity() {
             let keys = part.keys(&refs);
-            for (entity, members) in keys.entities.iter().zip(keys.items_by_entity()) {
+            for (k, members) in keys.items_by_entity().into_iter().enumerate() {
                 let mine: Vec<&Event> = members.iter().map(|&i| refs[i]).collect();
-                assert_eq!(part.keys(&mine), BatchKeys::one(entity, mine.len()), "{entity}");
+                assert_eq!(part.keys(&mine), keys.of_entity(k, &members), "{}", keys.entities[k]);
                 units += 1;
             }
             let keys = part.label_keys(&label_refs);
-            for (entity, members) in keys.entities.iter().zip(keys.items_by_entity()) {
+            for (k, members) in keys.items_by_entity().into_iter().enumerate() {
                 let mine: Vec<&Label> = members.iter().map(|&i| label_refs[i]).collect();
-                assert_eq!(part.label_keys(&mine), BatchKeys::one(entity, mine.len()), "{entity}");
+                assert_eq!(part.label_keys(&mine), keys.of_entity(k, &members), "{}", keys.entities[k]);
                 units += 1;
             }
         }
-        // Cards c1, c2; card+terminal pairs (c1,t1), (c2,t2), (c1,t2); terminals t1, t2
-        // for events, and again for labels.
-        assert_eq!(units, 2 + 3 + 2 + 2);
+        // Cards c1, c2 (each with its card+terminal pairs); terminals t1, t2 for
+        // events, and again for labels.
+        assert_eq!(units, 2 + 2 + 2);
     }
 }
 
@@ -967,5 +1137,95 @@ mod sketch_tests {
             assert!(!sk.expire(n), "every pair is at or before {n}");
         }
         assert!(worst < 0.25, "worst error {worst}");
+    }
+}
+
+#[cfg(test)]
+mod nest_tests {
+    use super::*;
+    use vigil_core::feature::{Aggregate, EntityKey};
+
+    fn def(name: &str, entity: &str, aggregate: Aggregate) -> FeatureDef {
+        FeatureDef { name: name.into(), entity: EntityKey::parse(entity).unwrap(), aggregate, window_s: 3600, of: None }
+    }
+
+    fn event(id: &str, secs: i64, card: &str, device: &str) -> Event {
+        let t = chrono::DateTime::from_timestamp(1_767_225_600 + secs, 0).unwrap().to_rfc3339();
+        let json = format!(
+            r#"{{"transaction_id":"{id}","timestamp":"{t}","amount":"5","currency":"EUR","card_id":"{card}","device_id":"{device}","country":"FR"}}"#
+        );
+        Event::from_json(json.as_bytes()).unwrap()
+    }
+
+    /// Runs events one at a time over `records`, as a store would.
+    fn run(plan: &Plan, records: &mut HashMap<String, EntityState>, events: &[Event]) -> Vec<Vec<FeatureValue>> {
+        let mut out = Vec::new();
+        for ev in events {
+            let keys = plan.keys(&[ev]);
+            let mut states: Vec<EntityState> =
+                keys.entities.iter().map(|k| records.get(k).cloned().unwrap_or_default()).collect();
+            let (fv, changes) = plan.compute(&[ev], &keys, &mut states, &[None]);
+            for i in changes.dirty {
+                records.insert(keys.entities[i].clone(), states[i].clone());
+            }
+            out.push(fv[0].values.clone());
+        }
+        out
+    }
+
+    fn plan() -> Plan {
+        Plan::new(vec![
+            def("card", "card_id", Aggregate::Count),
+            def("card_device", "card_id+device_id", Aggregate::Count),
+            def("card_country", "card_id+country", Aggregate::Count),
+        ])
+    }
+
+    #[test]
+    fn composite_keys_live_in_their_first_fields_record() {
+        let plan = plan();
+        let events = [event("a", 0, "c1", "d1"), event("b", 10, "c1", "d2"), event("c", 20, "c1", "d1")];
+        let refs: Vec<&Event> = events.iter().collect();
+        assert_eq!(plan.keys(&refs).entities, ["card_id=c1"], "one record for the card and its pairs");
+        let mut records = HashMap::new();
+        let c = FeatureValue::Count;
+        assert_eq!(
+            run(&plan, &mut records, &events),
+            [vec![c(0), c(0), c(0)], vec![c(1), c(0), c(1)], vec![c(2), c(1), c(2)]]
+        );
+        let card = &records["card_id=c1"];
+        assert_eq!(card.nests.len(), 2);
+        assert_eq!(card.nests[0].members.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["d1", "d2"]);
+        // Alone, a composite key still keeps its first field's record, and an
+        // event without its second field touches nothing.
+        let alone = Plan::new(vec![def("card_device", "card_id+device_id", Aggregate::Count)]);
+        let mut no_device = event("d", 30, "c1", "d1");
+        no_device.device_id = None;
+        assert_eq!(alone.keys(&[&events[0]]).entities, ["card_id=c1"]);
+        assert!(alone.keys(&[&no_device]).entities.is_empty());
+        assert_eq!(alone.by_entity().len(), 1);
+        assert_eq!(plan.by_entity().len(), 1, "one part per record");
+    }
+
+    #[test]
+    fn members_expire_and_stay_bounded() {
+        let plan = plan();
+        let mut records = HashMap::new();
+        let c = FeatureValue::Count;
+        // NEST_LIMIT + 1 devices: the first one seen is forgotten.
+        let events: Vec<Event> =
+            (0..=NEST_LIMIT).map(|i| event(&format!("e{i}"), i as i64, "c1", &format!("d{i}"))).collect();
+        run(&plan, &mut records, &events);
+        assert_eq!(records["card_id=c1"].nests[0].members.len(), NEST_LIMIT);
+        let again = [event("x", 100, "c1", "d0"), event("y", 101, "c1", &format!("d{NEST_LIMIT}"))];
+        let out = run(&plan, &mut records, &again);
+        assert_eq!(out[0][1], c(0), "the least recently seen device was forgotten");
+        assert_eq!(out[1][1], c(1), "a recent device still counts");
+        // A member unseen for the state's lifetime goes, as its own key would expire.
+        let later = plan.state_ttl_s() as i64 + 200;
+        run(&plan, &mut records, &[event("z", later, "c1", "fresh")]);
+        let card = &records["card_id=c1"];
+        assert_eq!(card.nests[0].members.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["fresh"]);
+        assert_eq!(card.nests[1].members.len(), 1, "the country pair was seen at this event");
     }
 }
