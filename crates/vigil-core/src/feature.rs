@@ -94,6 +94,9 @@ pub enum Aggregate {
     TimeSinceLast,
     /// Amount of the entity's previous event, if it is within the window.
     PreviousAmount,
+    /// The value of another field (`of`) in the entity's previous event, as
+    /// text, if that event is within the window and had the field.
+    Previous,
     /// Number of distinct values of another field (`of`) among earlier events.
     Distinct,
     /// 1 when another field (`of`) differs from its value in the entity's
@@ -115,10 +118,12 @@ pub enum ValueKind {
     Money,
     Number,
     Seconds,
+    /// A field's value: rules compare it with text; models do not take it.
+    Text,
 }
 
 impl Aggregate {
-    pub const ALL: [Aggregate; 13] = [
+    pub const ALL: [Aggregate; 14] = [
         Aggregate::Count,
         Aggregate::SumAmount,
         Aggregate::MeanAmount,
@@ -128,6 +133,7 @@ impl Aggregate {
         Aggregate::AmountOverMean,
         Aggregate::TimeSinceLast,
         Aggregate::PreviousAmount,
+        Aggregate::Previous,
         Aggregate::Distinct,
         Aggregate::Changed,
         Aggregate::FraudCount,
@@ -145,6 +151,7 @@ impl Aggregate {
             Aggregate::AmountOverMean => "amount_over_mean",
             Aggregate::TimeSinceLast => "time_since_last",
             Aggregate::PreviousAmount => "previous_amount",
+            Aggregate::Previous => "previous",
             Aggregate::Distinct => "distinct",
             Aggregate::Changed => "changed",
             Aggregate::FraudCount => "fraud_count",
@@ -167,6 +174,7 @@ impl Aggregate {
             | Aggregate::PreviousAmount => ValueKind::Money,
             Aggregate::AmountOverMean | Aggregate::FraudRate => ValueKind::Number,
             Aggregate::TimeSinceLast => ValueKind::Seconds,
+            Aggregate::Previous => ValueKind::Text,
         }
     }
 
@@ -178,7 +186,7 @@ impl Aggregate {
 
     /// Whether the aggregate reads another field, named by `of`.
     pub fn takes_field(self) -> bool {
-        matches!(self, Aggregate::Distinct | Aggregate::Changed)
+        matches!(self, Aggregate::Distinct | Aggregate::Changed | Aggregate::Previous)
     }
 
     /// Whether the aggregate counts labels (confirmed outcomes) rather than events.
@@ -194,32 +202,37 @@ pub struct FeatureDef {
     pub entity: EntityKey,
     pub aggregate: Aggregate,
     pub window_s: u64,
-    /// The field whose distinct values `distinct` counts, or whose change
-    /// `changed` tells.
+    /// The field whose distinct values `distinct` counts, whose change
+    /// `changed` tells, or whose earlier value `previous` gives.
     pub of: Option<EventField>,
 }
 
 /// A feature's value. Counts are integers, money is an exact decimal, plain
-/// numbers (ratios) are decimals, and times are whole seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// numbers (ratios) are decimals, times are whole seconds, and `previous`
+/// gives a field's text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum FeatureValue {
     Count(i64),
     Money(Decimal),
     Number(Decimal),
     Seconds(i64),
+    /// In JSON a string, as money is: read back, a text that spells a
+    /// decimal number comes back as money.
+    Text(String),
     /// No value: the entity key was absent from the event, or the aggregate has
     /// nothing to aggregate (no earlier event in the window).
     Missing,
 }
 
 impl FeatureValue {
-    /// The value as a model input (floats appear only as model features).
-    pub fn as_f64(self) -> Option<f64> {
+    /// The value as a model input (floats appear only as model features);
+    /// text is not one.
+    pub fn as_f64(&self) -> Option<f64> {
         match self {
-            FeatureValue::Count(c) | FeatureValue::Seconds(c) => Some(c as f64),
+            FeatureValue::Count(c) | FeatureValue::Seconds(c) => Some(*c as f64),
             FeatureValue::Money(m) | FeatureValue::Number(m) => m.to_f64(),
-            FeatureValue::Missing => None,
+            FeatureValue::Text(_) | FeatureValue::Missing => None,
         }
     }
 }

@@ -520,8 +520,12 @@ impl PipelineConfig {
                 (None, _) => Ok(None),
                 (Some(of), Some(a)) if a.takes_field() => match EventField::parse(of.get_ref()) {
                     Some(field) if !matches!(field, EventField::Timestamp | EventField::Amount) => Ok(Some(field)),
-                    Some(_) => {
-                        p.on(of, key("of"), format!("`{}` reads text fields, not amount or timestamp", a.name()));
+                    Some(field) => {
+                        let hint = match (a, field) {
+                            (Aggregate::Previous, EventField::Amount) => "; the previous amount is `previous_amount`",
+                            _ => "",
+                        };
+                        p.on(of, key("of"), format!("`{}` reads text fields, not amount or timestamp{hint}", a.name()));
                         Err(())
                     }
                     None => {
@@ -532,7 +536,7 @@ impl PipelineConfig {
                     }
                 },
                 (Some(of), _) => {
-                    p.on(of, key("of"), "only `distinct` and `changed` take `of`");
+                    p.on(of, key("of"), "only `distinct`, `changed` and `previous` take `of`");
                     Err(())
                 }
             };
@@ -998,7 +1002,13 @@ window = "10m"
         let changed = with("[[features]]\nname = \"country_changed\"\nentity = \"card_id\"\naggregate = \"changed\"\nof = \"country\"\nwindow = \"30d\"\n");
         let c = PipelineConfig::parse(Path::new("x.toml"), &changed).unwrap();
         assert_eq!((c.features[1].aggregate, c.features[1].of), (Aggregate::Changed, Some(EventField::Country)));
-        assert!(text.contains("features[2].of: only `distinct` and `changed` take `of`"), "{text}");
+        let previous = with("[[features]]\nname = \"previous_country\"\nentity = \"card_id\"\naggregate = \"previous\"\nof = \"country\"\nwindow = \"30d\"\n");
+        let c = PipelineConfig::parse(Path::new("x.toml"), &previous).unwrap();
+        assert_eq!((c.features[1].aggregate, c.features[1].of), (Aggregate::Previous, Some(EventField::Country)));
+        let amount = with("[[features]]\nname = \"p\"\nentity = \"card_id\"\naggregate = \"previous\"\nof = \"amount\"\nwindow = \"30d\"\n");
+        let err = PipelineConfig::parse(Path::new("x.toml"), &amount).unwrap_err().to_string();
+        assert!(err.contains("features[1].of: `previous` reads text fields, not amount or timestamp; the previous amount is `previous_amount`"), "{err}");
+        assert!(text.contains("features[2].of: only `distinct`, `changed` and `previous` take `of`"), "{text}");
         assert!(text.contains("features[3].of: unknown field `merchnt_id`; did you mean `merchant_id`?"), "{text}");
     }
 

@@ -107,7 +107,12 @@ pub const MODEL_FACTORS: usize = 3;
 /// Names a model may take as inputs, in the order training lays them out:
 /// `amount`, then the declared features.
 pub fn model_inputs(features: &[vigil_core::FeatureDef]) -> Vec<&str> {
-    std::iter::once("amount").chain(features.iter().map(|f| f.name.as_str())).collect()
+    std::iter::once("amount").chain(features.iter().filter(|f| is_model_input(f)).map(|f| f.name.as_str())).collect()
+}
+
+/// Whether a feature can be a model input: every one but text (`previous`).
+pub fn is_model_input(feature: &vigil_core::FeatureDef) -> bool {
+    feature.aggregate.kind() != vigil_core::feature::ValueKind::Text
 }
 
 impl Engine {
@@ -503,7 +508,7 @@ impl Engine {
             );
         }
         let features: BTreeMap<String, FeatureValue> =
-            self.schema.features.iter().zip(&fv.values).map(|(d, v)| (d.name.clone(), *v)).collect();
+            self.schema.features.iter().zip(&fv.values).map(|(d, v)| (d.name.clone(), v.clone())).collect();
         Decision {
             transaction_id: event.transaction_id.clone(),
             decision,

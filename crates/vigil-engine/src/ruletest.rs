@@ -112,6 +112,10 @@ fn feature_value(aggregate: Aggregate, v: &toml::Value) -> Result<FeatureValue, 
                 .map_err(|e| format!("a time must be seconds or a duration such as \"10m\": {e}")),
             other => Err(format!("a time must be seconds or a duration such as \"10m\", not {other}")),
         },
+        ValueKind::Text => match v {
+            toml::Value::String(s) => Ok(FeatureValue::Text(s.clone())),
+            other => Err(format!("a field's value must be a string, not {other}")),
+        },
     }
 }
 

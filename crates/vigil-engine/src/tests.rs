@@ -329,3 +329,42 @@ async fn a_challenger_is_scored_and_reported_on_every_decision_and_never_decides
     assert!(engine.challenger_version().unwrap().starts_with("challenger@"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test]
+async fn a_text_feature_reaches_rules_and_decisions_but_not_the_model() {
+    let dir = tempdir::Dir::new();
+    std::fs::write(
+        dir.path.join("r.rules"),
+        "rule moved when card_previous_country != country then review MOVED score 60\n",
+    )
+    .unwrap();
+    let text = r#"
+[rules]
+path = "r.rules"
+[decision]
+review_score = 50
+decline_score = 100
+[[features]]
+name = "card_count_1h"
+entity = "card_id"
+aggregate = "count"
+window = "1h"
+[[features]]
+name = "card_previous_country"
+entity = "card_id"
+aggregate = "previous"
+of = "country"
+window = "1h"
+"#;
+    let c = PipelineConfig::parse(&dir.path.join("p.toml"), text).unwrap();
+    assert_eq!(model_inputs(&c.features), ["amount", "card_count_1h"], "text is not a model input");
+    let store = Arc::new(MemoryStore::new(Plan::new(c.features.clone()), 3600));
+    let engine = Engine::new(&c, store).unwrap();
+    let (a, b) = (ev_on("a", "10", "FR", "c1"), ev_on("b", "10", "DE", "c1"));
+    let decisions = engine.decide_batch(&[&a, &b]).await.unwrap();
+    assert_eq!(decisions[0].features["card_previous_country"], FeatureValue::Missing);
+    assert_eq!(decisions[1].features["card_previous_country"], FeatureValue::Text("FR".into()));
+    assert_eq!(decisions[1].action, Action::Review, "{:?}", decisions[1]);
+    let json = serde_json::to_value(&decisions[1]).unwrap();
+    assert_eq!(json["features"]["card_previous_country"], "FR");
+}

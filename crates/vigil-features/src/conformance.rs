@@ -521,6 +521,7 @@ fn changed_plan() -> Plan {
     Plan::new(vec![
         f("country_changed", Aggregate::Changed, vigil_core::EventField::Country),
         f("device_changed", Aggregate::Changed, vigil_core::EventField::DeviceId),
+        f("previous_country", Aggregate::Previous, vigil_core::EventField::Country),
     ])
 }
 
@@ -536,22 +537,23 @@ fn travel(id: &str, secs: i64, country: Option<&str>, device: &str) -> Event {
 
 #[tokio::test]
 async fn changed_compares_a_field_with_the_previous_event() {
-    let missing = FeatureValue::Missing;
+    let missing = || FeatureValue::Missing;
+    let text = |t: &str| FeatureValue::Text(t.into());
     for (name, store) in backends_for(changed_plan).await {
         let store = store.as_ref();
         let mut seen = Vec::new();
         for (e, want) in [
             // No previous event: nothing to compare.
-            (travel("a", 0, Some("FR"), "d1"), [missing, missing]),
-            (travel("b", 60, Some("FR"), "d1"), [count(0), count(0)]),
-            (travel("c", 120, Some("DE"), "d1"), [count(1), count(0)]),
+            (travel("a", 0, Some("FR"), "d1"), [missing(), missing(), missing()]),
+            (travel("b", 60, Some("FR"), "d1"), [count(0), count(0), text("FR")]),
+            (travel("c", 120, Some("DE"), "d1"), [count(1), count(0), text("FR")]),
             // This event lacks the country; the next one's previous lacks it.
-            (travel("d", 180, None, "d2"), [missing, count(1)]),
-            (travel("e", 240, Some("DE"), "d2"), [missing, count(0)]),
+            (travel("d", 180, None, "d2"), [missing(), count(1), text("DE")]),
+            (travel("e", 240, Some("DE"), "d2"), [missing(), count(0), missing()]),
             // Late, within the lateness bound: compared with the event before its time (c).
-            (travel("late", 150, Some("DE"), "d1"), [count(0), count(0)]),
+            (travel("late", 150, Some("DE"), "d1"), [count(0), count(0), text("DE")]),
             // More than the window after the previous event: nothing to compare.
-            (travel("f", 240 + 3601, Some("US"), "d2"), [missing, missing]),
+            (travel("f", 240 + 3601, Some("US"), "d2"), [missing(), missing(), missing()]),
         ] {
             let got = one(store, &e).await;
             assert_eq!(got.values, want, "{name}: {}", e.transaction_id);
@@ -561,6 +563,6 @@ async fn changed_compares_a_field_with_the_previous_event() {
         let again = one(store, &travel("c", 120, Some("DE"), "d1")).await;
         assert!(again.replayed && again.values == seen[2].values, "{name}");
         let g = one(store, &travel("g", 240 + 3660, Some("US"), "d3")).await;
-        assert_eq!(g.values, [count(0), count(1)], "{name}");
+        assert_eq!(g.values, [count(0), count(1), text("US")], "{name}");
     }
 }

@@ -170,6 +170,9 @@ pub struct EntityState {
     /// The fields `changed` features compare, by name, in the order of each
     /// recent event's `fields`.
     tracked: Vec<String>,
+    /// The fields `previous` features give, by name, in the order of each
+    /// recent event's `texts`.
+    kept: Vec<String>,
     distinct: Vec<Seen>,
     /// Confirmed frauds by report time, one ring per label-feature window.
     frauds: Vec<Ring>,
@@ -200,6 +203,8 @@ struct Recent {
     amount: [u8; 16],
     /// Stable hashes of the `tracked` fields' values (0: absent or unknown).
     fields: Vec<u64>,
+    /// The `kept` fields' values (`None`: absent or unknown).
+    texts: Vec<Option<String>>,
 }
 
 /// What a window holds at one time.
@@ -384,6 +389,14 @@ impl EntityState {
                 r.fields = vec![0; plan.changed.len()];
             }
         }
+        let kept_match =
+            self.kept.len() == plan.previous.len() && self.kept.iter().zip(&plan.previous).all(|(k, f)| k == f.name());
+        if !kept_match {
+            self.kept = plan.previous.iter().map(|f| f.name().to_owned()).collect();
+            for r in &mut self.recent {
+                r.texts = vec![None; plan.previous.len()];
+            }
+        }
         if self.frauds.len() != plan.frauds.len() || self.frauds.iter().zip(&plan.frauds).any(|(r, w)| r.window_s != *w)
         {
             let mut old = std::mem::take(&mut self.frauds);
@@ -459,7 +472,8 @@ impl EntityState {
         if plan.recent {
             let at = self.recent.partition_point(|r| r.t <= t);
             let fields = plan.changed.iter().map(|f| field_hash(ev, *f)).collect();
-            self.recent.insert(at, Recent { t, amount: ev.amount.serialize(), fields });
+            let texts = plan.previous.iter().map(|f| ev.text(*f).map(str::to_owned)).collect();
+            self.recent.insert(at, Recent { t, amount: ev.amount.serialize(), fields, texts });
             if self.recent.len() > RECENT_EVENTS {
                 self.recent.remove(0);
             }
@@ -491,6 +505,8 @@ struct EntityPlan {
     recent: bool,
     /// The fields `changed` features compare, kept with the newest events.
     changed: Vec<EventField>,
+    /// The fields `previous` features give, kept with the newest events.
+    previous: Vec<EventField>,
     /// (field, window) of each `distinct` feature.
     distinct: Vec<(EventField, u64)>,
     /// Windows of label features, ascending.
@@ -661,6 +677,7 @@ impl Plan {
                         windows: Vec::new(),
                         recent: false,
                         changed: Vec::new(),
+                        previous: Vec::new(),
                         distinct: Vec::new(),
                         frauds: Vec::new(),
                     });
@@ -677,6 +694,12 @@ impl Plan {
                     plan.recent = true;
                     if !plan.changed.contains(&field) {
                         plan.changed.push(field);
+                    }
+                }
+                (Aggregate::Previous, Some(field)) => {
+                    plan.recent = true;
+                    if !plan.previous.contains(&field) {
+                        plan.previous.push(field);
                     }
                 }
                 (Aggregate::FraudCount, _) => {}
@@ -717,6 +740,7 @@ impl Plan {
                 let (slot, ring) = match (d.aggregate, d.of) {
                     (Aggregate::Distinct, Some(f)) => (plan.distinct.iter().position(|x| *x == (f, d.window_s)), None),
                     (Aggregate::Changed, Some(f)) => (plan.changed.iter().position(|x| *x == f), None),
+                    (Aggregate::Previous, Some(f)) => (plan.previous.iter().position(|x| *x == f), None),
                     (Aggregate::TimeSinceLast | Aggregate::PreviousAmount | Aggregate::FraudCount, _) => (None, None),
                     _ => {
                         let w = plan.windows.iter().position(|(w, _)| *w == d.window_s);
@@ -930,7 +954,7 @@ pub enum LabelOutcome {
 fn value(o: &Output, state: &EntityState, ev: &Event, t: i64, read: &mut Option<Window>) -> FeatureValue {
     let money = |d: Option<Decimal>| d.map_or(FeatureValue::Missing, FeatureValue::Money);
     match o.aggregate {
-        Aggregate::TimeSinceLast | Aggregate::PreviousAmount | Aggregate::Changed => {
+        Aggregate::TimeSinceLast | Aggregate::PreviousAmount | Aggregate::Changed | Aggregate::Previous => {
             let Some(i) = state.previous(t) else { return FeatureValue::Missing };
             let previous = &state.recent[i];
             let pt = previous.t;
@@ -940,6 +964,10 @@ fn value(o: &Output, state: &EntityState, ev: &Event, t: i64, read: &mut Option<
             match o.aggregate {
                 Aggregate::TimeSinceLast => FeatureValue::Seconds(t - pt),
                 Aggregate::PreviousAmount => FeatureValue::Money(Decimal::deserialize(previous.amount)),
+                Aggregate::Previous => match previous.texts.get(o.slot) {
+                    Some(Some(text)) => FeatureValue::Text(text.clone()),
+                    _ => FeatureValue::Missing,
+                },
                 _ => {
                     let before = previous.fields.get(o.slot).copied().unwrap_or(0);
                     let now = o.of.map_or(0, |f| field_hash(ev, f));
@@ -1000,6 +1028,7 @@ enum Stored {
     N(Decimal),
     S(i64),
     X,
+    T(String),
 }
 
 /// A de-duplication marker: the first features of a transaction and the
@@ -1017,11 +1046,12 @@ pub fn encode_marker(fv: &FeatureVector) -> Vec<u8> {
     let stored: Vec<Stored> = fv
         .values
         .iter()
-        .map(|v| match *v {
-            FeatureValue::Count(c) => Stored::C(c),
-            FeatureValue::Money(m) => Stored::M(m),
-            FeatureValue::Number(n) => Stored::N(n),
-            FeatureValue::Seconds(s) => Stored::S(s),
+        .map(|v| match v {
+            FeatureValue::Count(c) => Stored::C(*c),
+            FeatureValue::Money(m) => Stored::M(*m),
+            FeatureValue::Number(n) => Stored::N(*n),
+            FeatureValue::Seconds(s) => Stored::S(*s),
+            FeatureValue::Text(t) => Stored::T(t.clone()),
             FeatureValue::Missing => Stored::X,
         })
         .collect();
@@ -1041,6 +1071,7 @@ pub fn decode_marker(bytes: &[u8]) -> Result<FeatureVector, FeatureError> {
             Stored::M(m) => FeatureValue::Money(m),
             Stored::N(n) => FeatureValue::Number(n),
             Stored::S(s) => FeatureValue::Seconds(s),
+            Stored::T(t) => FeatureValue::Text(t),
             Stored::X => FeatureValue::Missing,
         })
         .collect();

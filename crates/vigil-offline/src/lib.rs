@@ -179,12 +179,14 @@ pub fn auc_and_ap(scores: &[f64], labels: &[bool]) -> (f64, f64) {
     (r.auc_roc(), r.average_precision())
 }
 
-/// Model inputs in the order the engine builds them: `amount`, then the features.
-/// Floats appear only here, as model inputs; money stays a `Decimal` elsewhere.
-pub(crate) fn inputs_row(event: &Event, fv: &FeatureVector) -> Vec<f64> {
+/// Model inputs in the order the engine builds them: `amount`, then the
+/// features that are model inputs ([`vigil_engine::model_inputs`]). Floats
+/// appear only here, as model inputs; money stays a `Decimal` elsewhere.
+pub(crate) fn inputs_row(defs: &[FeatureDef], event: &Event, fv: &FeatureVector) -> Vec<f64> {
     use rust_decimal::prelude::ToPrimitive;
+    let features = defs.iter().zip(&fv.values).filter(|(d, _)| vigil_engine::is_model_input(d));
     std::iter::once(event.amount.to_f64().unwrap_or(f64::NAN))
-        .chain(fv.values.iter().map(|v| v.as_f64().unwrap_or(f64::NAN)))
+        .chain(features.map(|(_, v)| v.as_f64().unwrap_or(f64::NAN)))
         .collect()
 }
 
@@ -256,7 +258,7 @@ fn train_on(
     for (i, ((e, f), l)) in events.iter().zip(&features).zip(labels).enumerate() {
         if keep(i) {
             kept.push(*e);
-            rows.push(inputs_row(e, f));
+            rows.push(inputs_row(defs, e, f));
             kept_labels.push(*l);
         }
     }

@@ -168,7 +168,13 @@ pub fn write_features(
         }
         written += 1;
         let mut record = vec![e.transaction_id.clone(), e.timestamp.to_rfc3339()];
-        record.extend(crate::inputs_row(e, fv).iter().map(|v| if v.is_nan() { String::new() } else { v.to_string() }));
+        record.extend(crate::inputs_row(defs, e, fv).iter().map(|v| {
+            if v.is_nan() {
+                String::new()
+            } else {
+                v.to_string()
+            }
+        }));
         record.push(label.map_or(String::new(), |l| u8::from(l).to_string()));
         w.write_record(&record).map_err(io)?;
     }

@@ -190,6 +190,7 @@ impl Checker<'_> {
                 ValueKind::Money => Type::Money,
                 ValueKind::Number => Type::Number,
                 ValueKind::Seconds => Type::Duration,
+                ValueKind::Text => Type::Text,
             };
             return (Expr::Feature(i), ty);
         }

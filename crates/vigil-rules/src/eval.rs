@@ -64,6 +64,7 @@ pub(crate) fn leaf<'a>(e: &'a Expr, ctx: &Context<'a>) -> Value<'a> {
         Expr::Feature(i) => match ctx.features.get(*i) {
             Some(FeatureValue::Count(c) | FeatureValue::Seconds(c)) => Value::Num(Decimal::from(*c)),
             Some(FeatureValue::Money(m) | FeatureValue::Number(m)) => Value::Num(*m),
+            Some(FeatureValue::Text(t)) => Value::Text(Cow::Borrowed(t)),
             _ => Value::Missing,
         },
         Expr::ModelScore => ctx.model_score.and_then(Decimal::from_f64).map_or(Value::Missing, Value::Num),

@@ -15,7 +15,14 @@ fn schema() -> Schema {
         of: None,
     };
     Schema {
-        features: vec![f("card_count_10m", Aggregate::Count, 600), f("card_sum_24h", Aggregate::SumAmount, 86_400)],
+        features: vec![
+            f("card_count_10m", Aggregate::Count, 600),
+            f("card_sum_24h", Aggregate::SumAmount, 86_400),
+            FeatureDef {
+                of: Some(vigil_core::EventField::Country),
+                ..f("card_previous_country", Aggregate::Previous, 86_400)
+            },
+        ],
     }
 }
 
@@ -48,7 +55,8 @@ fn table_of_conditions() {
         r#"{"transaction_id":"t","timestamp":"2026-01-01T00:00:00Z","amount":"250.00","currency":"EUR",
             "card_id":"c","country":"FR","attributes":{"email_domain":"mail.example","age_days":3}}"#,
     );
-    let features = [FeatureValue::Count(4), FeatureValue::Money(Decimal::new(90_000, 2))];
+    let features =
+        [FeatureValue::Count(4), FeatureValue::Money(Decimal::new(90_000, 2)), FeatureValue::Text("DE".into())];
     let cases: &[(&str, bool)] = &[
         ("amount > 249.99", true),
         ("amount >= 250", true),
@@ -83,6 +91,10 @@ fn table_of_conditions() {
         ("hour(timestamp) < 6", true),
         ("weekday(timestamp) == \"thu\"", true),
         ("weekday(timestamp) in [\"sat\", \"sun\"]", false),
+        // A text feature: the card's previous country.
+        ("card_previous_country != country", true),
+        ("card_previous_country in [\"DE\", \"AT\"]", true),
+        ("lower(card_previous_country) == \"de\"", true),
     ];
     for (cond, expect) in cases {
         let rules = set(&format!("rule r when {cond} then review R")).unwrap_or_else(|e| panic!("{cond}: {e}"));
@@ -106,16 +118,18 @@ fn type_errors_are_caught_at_load_with_places() {
                 rule c when amount + \"x\" > 1 then review C\n\
                 rule d when amount then review D\n\
                 rule e when card_cnt_10m > 1 then review E\n\
-                rule f when amount * card_sum_24h > 1 then review F\n";
+                rule f when amount * card_sum_24h > 1 then review F\n\
+                rule g when card_previous_country > 3 then review G\n";
     let errors = set(text).unwrap_err().0;
     let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-    assert_eq!(errors.len(), 6, "{text:#?}");
+    assert_eq!(errors.len(), 7, "{text:#?}");
     assert_eq!(text[0], "t.rules:2:15: cannot compare money with a count");
     assert!(text[1].starts_with("t.rules:4:21: cannot compare text with a number"), "{}", text[1]);
     assert!(text[2].contains("cannot do arithmetic on text"));
     assert!(text[3].contains("`when` needs a condition"));
     assert!(text[4].contains("unknown name `card_cnt_10m`; did you mean `card_count_10m`?"));
     assert!(text[5].contains("cannot multiply money by money"));
+    assert!(text[6].starts_with("t.rules:8:35: cannot compare text with a number"), "{}", text[6]);
 }
 
 #[test]
