@@ -445,9 +445,16 @@ impl EntityState {
     fn prune_nests(&mut self, keep_s: u64) {
         let horizon = self.max_t.saturating_sub(keep_s as i64);
         for nest in &mut self.nests {
-            nest.members.retain(|m| m.state.max_t >= horizon);
+            nest.members.retain(|m| m.state.last_seen() >= horizon);
         }
         self.nests.retain(|n| !n.members.is_empty());
+    }
+
+    /// The newest time this state was written for: its newest event, or the
+    /// bucket of its newest fraud report (a label does not move `max_t`).
+    fn last_seen(&self) -> i64 {
+        let reported = self.frauds.iter().filter_map(|r| r.buckets.last().map(|b| b.index * r.bucket_s as i64));
+        reported.fold(self.max_t, i64::max)
     }
 
     /// Counts one confirmed fraud reported at `t`.
@@ -1236,6 +1243,38 @@ mod nest_tests {
         assert!(alone.keys(&[&no_device]).entities.is_empty());
         assert_eq!(alone.by_entity().len(), 1);
         assert_eq!(plan.by_entity().len(), 1, "one part per record");
+    }
+
+    #[test]
+    fn a_fraud_reported_late_keeps_its_member() {
+        let frauds =
+            FeatureDef { window_s: 7 * 86_400, ..def("pair_frauds", "card_id+terminal_id", Aggregate::FraudCount) };
+        let plan = Plan::new(vec![def("card", "card_id", Aggregate::Count), frauds]);
+        let at = |id: &str, secs: i64, terminal: &str| {
+            let mut e = event(id, secs, "c1", "d1");
+            e.terminal_id = Some(terminal.into());
+            e
+        };
+        let mut records = HashMap::new();
+        run(&plan, &mut records, &[at("a", 0, "t1")]);
+        // Reported long after the pair's last event, past the state's lifetime.
+        let late = plan.state_ttl_s() as i64 + 1_000;
+        let t = chrono::DateTime::from_timestamp(1_767_225_600 + late, 0).unwrap().to_rfc3339();
+        let json = format!(
+            r#"{{"transaction_id":"a","label":"fraud","reported_at":"{t}","card_id":"c1","terminal_id":"t1"}}"#
+        );
+        let label = Label::from_json(json.as_bytes()).unwrap();
+        let keys = plan.label_keys(&[&label]);
+        let mut states: Vec<EntityState> =
+            keys.entities.iter().map(|k| records.get(k).cloned().unwrap_or_default()).collect();
+        let (outcome, changes) = plan.apply_labels(&[&label], &keys, &mut states, &[false]);
+        assert_eq!(outcome, [LabelOutcome::Counted]);
+        for i in changes.dirty {
+            records.insert(keys.entities[i].clone(), states[i].clone());
+        }
+        // Another terminal's event prunes the record; the reported pair stays.
+        let out = run(&plan, &mut records, &[at("b", late + 10, "t2"), at("c", late + 20, "t1")]);
+        assert_eq!(out[1][1], FeatureValue::Count(1), "the fraud still counts for the pair");
     }
 
     #[test]
