@@ -364,7 +364,7 @@ window = "1h"
     let decisions = engine.decide_batch(&[&a, &b]).await.unwrap();
     assert_eq!(decisions[0].features["card_previous_country"], FeatureValue::Missing);
     assert_eq!(decisions[1].features["card_previous_country"], FeatureValue::Text("FR".into()));
-    assert_eq!(decisions[1].action, Action::Review, "{:?}", decisions[1]);
+    assert_eq!(decisions[1].decision, Action::Review, "{:?}", decisions[1]);
     let json = serde_json::to_value(&decisions[1]).unwrap();
     assert_eq!(json["features"]["card_previous_country"], "FR");
 }
