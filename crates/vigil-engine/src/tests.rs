@@ -7,6 +7,12 @@ use vigil_features::{MemoryStore, Plan};
 use super::*;
 
 fn config(rules: &str) -> (PipelineConfig, tempdir::Dir) {
+    config_with(rules, "")
+}
+
+/// A pipeline of `rules`, a card count over an hour, and the `features`
+/// declared after it.
+fn config_with(rules: &str, features: &str) -> (PipelineConfig, tempdir::Dir) {
     let dir = tempdir::Dir::new();
     std::fs::write(dir.path.join("r.rules"), rules).unwrap();
     let text = r#"
@@ -21,7 +27,7 @@ entity = "card_id"
 aggregate = "count"
 window = "1h"
 "#;
-    let c = PipelineConfig::parse(&dir.path.join("p.toml"), text).unwrap();
+    let c = PipelineConfig::parse(&dir.path.join("p.toml"), &format!("{text}{features}")).unwrap();
     (c, dir)
 }
 
@@ -332,31 +338,9 @@ async fn a_challenger_is_scored_and_reported_on_every_decision_and_never_decides
 
 #[tokio::test]
 async fn a_text_feature_reaches_rules_and_decisions_but_not_the_model() {
-    let dir = tempdir::Dir::new();
-    std::fs::write(
-        dir.path.join("r.rules"),
-        "rule moved when card_previous_country != country then review MOVED score 60\n",
-    )
-    .unwrap();
-    let text = r#"
-[rules]
-path = "r.rules"
-[decision]
-review_score = 50
-decline_score = 100
-[[features]]
-name = "card_count_1h"
-entity = "card_id"
-aggregate = "count"
-window = "1h"
-[[features]]
-name = "card_previous_country"
-entity = "card_id"
-aggregate = "previous"
-of = "country"
-window = "1h"
-"#;
-    let c = PipelineConfig::parse(&dir.path.join("p.toml"), text).unwrap();
+    let previous = "[[features]]\nname = \"card_previous_country\"\nentity = \"card_id\"\naggregate = \"previous\"\nof = \"country\"\nwindow = \"1h\"\n";
+    let rules = "rule moved when card_previous_country != country then review MOVED score 60\n";
+    let (c, _dir) = config_with(rules, previous);
     assert_eq!(model_inputs(&c.features), ["amount", "card_count_1h"], "text is not a model input");
     let store = Arc::new(MemoryStore::new(Plan::new(c.features.clone()), 3600));
     let engine = Engine::new(&c, store).unwrap();

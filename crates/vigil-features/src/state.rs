@@ -800,9 +800,10 @@ impl Plan {
                 let value = match &e.nest {
                     None => e.key.value_of(*ev),
                     // Kept in the first field's record, when every field is there.
-                    Some((record, _)) => {
-                        member_id(&e.key, *ev).and_then(|_| ev.text(record.fields()[0]).map(str::to_owned))
+                    Some((record, _)) if e.key.fields()[1..].iter().all(|f| ev.text(*f).is_some()) => {
+                        ev.text(record.fields()[0]).map(str::to_owned)
                     }
+                    Some(_) => None,
                 };
                 row.push(value.map(|v| {
                     let id = format!("{}={}", e.record(), v);
