@@ -129,7 +129,7 @@ fn type_errors_are_caught_at_load_with_places() {
     assert!(text[3].contains("`when` needs a condition"));
     assert!(text[4].contains("unknown name `card_cnt_10m`; did you mean `card_count_10m`?"));
     assert!(text[5].contains("cannot multiply money by money"));
-    assert!(text[6].starts_with("t.rules:8:35: cannot compare text with a number"), "{}", text[6]);
+    assert!(text[6].starts_with("t.rules:9:35: cannot compare text with a number"), "{}", text[6]);
 }
 
 #[test]
