@@ -88,8 +88,9 @@ fn zen_input(e: &Event, features: &[(usize, &str)], values: &[FeatureValue]) -> 
     map.insert("country".into(), e.country.as_deref().map_or(Value::Null, |c| json!(c)));
     for (i, name) in features {
         let v = match &values[*i] {
-            FeatureValue::Count(c) => json!(c),
-            FeatureValue::Money(m) => number(m.to_string()),
+            FeatureValue::Count(c) | FeatureValue::Seconds(c) => json!(c),
+            FeatureValue::Money(m) | FeatureValue::Number(m) => number(m.to_string()),
+            FeatureValue::Text(t) => json!(t),
             FeatureValue::Missing => Value::Null,
         };
         map.insert((*name).into(), v);
