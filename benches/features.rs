@@ -41,6 +41,10 @@ const URL: &str = "redis://127.0.0.1:6379";
 const BATCH: usize = 500;
 /// Events per compare-and-set in `RedisStore` (its `CHUNK`).
 const CHUNK: usize = 16;
+/// The layout tag in `RedisStore`'s state keys (`PREFIX:s5:{ENTITY}`) and
+/// its transaction markers (`PREFIX:tx2:{ID}`).
+const STATES: &str = "s5";
+const MARKERS: &str = "tx2";
 
 fn env_usize(key: &str, default: usize) -> usize {
     std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -107,9 +111,9 @@ where
 
 /// The store's key traffic for `shards` with nothing else: per chunk of
 /// [`CHUNK`] events, `MGET`s of its states and markers, then a plain `SET` of
-/// each state (the bytes Redis holds for it, or 400 for one it lacks) and of
-/// each marker, pipelined with the next chunk's read as the store does. Keys
-/// are listed and values read before the clock starts.
+/// each state and marker with the bytes the store's run left in Redis (400
+/// for a key it lacks), pipelined with the next chunk's read as the store
+/// does. Keys are listed and values read before the clock starts.
 async fn raw_traffic(shards: &[Vec<Event>], plan: &Plan, prefix: &str) -> Duration {
     let client = redis::Client::open(URL).unwrap();
     let mut writers = Vec::new();
@@ -118,14 +122,15 @@ async fn raw_traffic(shards: &[Vec<Event>], plan: &Plan, prefix: &str) -> Durati
         let mut chunks = Vec::new();
         for chunk in shard.chunks(CHUNK) {
             let refs: Vec<&Event> = chunk.iter().collect();
-            let states: Vec<String> =
-                plan.keys(&refs).entities.iter().map(|e| format!("{prefix}:raw:{{{e}}}")).collect();
-            let markers: Vec<String> =
-                chunk.iter().map(|e| format!("{prefix}:rawtx:{{{}}}", e.transaction_id)).collect();
-            let real: Vec<String> = plan.keys(&refs).entities.iter().map(|e| format!("{prefix}:s5:{{{e}}}")).collect();
+            let entities = plan.keys(&refs).entities;
+            let ids: Vec<&str> = chunk.iter().map(|e| e.transaction_id.as_str()).collect();
+            let mut keys: Vec<String> = entities.iter().map(|e| format!("{prefix}:raw:{{{e}}}")).collect();
+            keys.extend(ids.iter().map(|id| format!("{prefix}:rawtx:{{{id}}}")));
+            let mut real: Vec<String> = entities.iter().map(|e| format!("{prefix}:{STATES}:{{{e}}}")).collect();
+            real.extend(ids.iter().map(|id| format!("{prefix}:{MARKERS}:{{{id}}}")));
             let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&real).query_async(&mut con).await.unwrap();
             let values: Vec<Vec<u8>> = values.into_iter().map(|v| v.unwrap_or_else(|| vec![7; 400])).collect();
-            chunks.push((states, markers, values));
+            chunks.push((keys, entities.len(), values));
         }
         writers.push((con, chunks));
     }
@@ -133,19 +138,20 @@ async fn raw_traffic(shards: &[Vec<Event>], plan: &Plan, prefix: &str) -> Durati
     let mut tasks = Vec::new();
     for (mut con, chunks) in writers {
         tasks.push(tokio::spawn(async move {
-            let read = |pipe: &mut redis::Pipeline, c: &(Vec<String>, Vec<String>, Vec<Vec<u8>>)| {
-                pipe.cmd("MGET").arg(&c.0).cmd("MGET").arg(&c.1);
+            // States, then markers, as the store reads them.
+            let read = |pipe: &mut redis::Pipeline, (keys, states, _): &(Vec<String>, usize, Vec<Vec<u8>>)| {
+                pipe.cmd("MGET").arg(&keys[..*states]).cmd("MGET").arg(&keys[*states..]);
             };
             let mut first = redis::pipe();
             read(&mut first, &chunks[0]);
             let _: redis::Value = first.query_async(&mut con).await.unwrap();
             for (i, c) in chunks.iter().enumerate() {
+                let (keys, states, values) = c;
                 let mut pipe = redis::pipe();
-                for (k, v) in c.0.iter().zip(&c.2) {
-                    pipe.cmd("SET").arg(k).arg(v.as_slice()).arg("PX").arg(3_600_000).ignore();
-                }
-                for k in &c.1 {
-                    pipe.cmd("SET").arg(k).arg(&[9u8; 200][..]).arg("EX").arg(3600).ignore();
+                for (i, (k, v)) in keys.iter().zip(values).enumerate() {
+                    let expiry = if i < *states { "PX" } else { "EX" };
+                    let ttl = if i < *states { 3_600_000 } else { 3600 };
+                    pipe.cmd("SET").arg(k).arg(v.as_slice()).arg(expiry).arg(ttl).ignore();
                 }
                 if let Some(next) = chunks.get(i + 1) {
                     read(&mut pipe, next);
@@ -299,7 +305,7 @@ fn main() {
 
     // Memory per entity, by kind (the text before `=` in the entity id).
     let sizes = rt.block_on(async {
-        let keys = common::redis_keys(&format!("{prefix}:s5:*"), 20_000).await;
+        let keys = common::redis_keys(&format!("{prefix}:{STATES}:*"), 20_000).await;
         let client = redis::Client::open(URL).unwrap();
         let mut con = client.get_multiplexed_async_connection().await.unwrap();
         let mut by_kind: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();

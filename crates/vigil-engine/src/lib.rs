@@ -105,7 +105,7 @@ fn strongest(parts: impl FnOnce(&mut dyn FnMut(usize, f64))) -> ([(usize, f64); 
 pub const MODEL_FACTORS: usize = 3;
 
 /// Names a model may take as inputs, in the order training lays them out:
-/// `amount`, then the declared features.
+/// `amount`, then the declared features that are numbers ([`is_model_input`]).
 pub fn model_inputs(features: &[vigil_core::FeatureDef]) -> Vec<&str> {
     std::iter::once("amount").chain(features.iter().filter(|f| is_model_input(f)).map(|f| f.name.as_str())).collect()
 }

@@ -448,12 +448,12 @@ impl RedisStore {
         self.query::<()>(&pipe).await
     }
 
-    /// Runs `unit` for every entity the `items` touch under each part of the
-    /// plan, concurrently: each entity's keys share one slot. A unit gets its
-    /// part's plan, the items that touch the entity and their keys over it
-    /// alone ([`BatchKeys::of_entity`]; the entity is their one key). Returns,
-    /// per part and entity, the items it covered and what its unit gave for
-    /// them.
+    /// Runs `unit` for every record the `items` touch under each part of the
+    /// plan (a part is one record key, [`Plan::by_entity`]), concurrently:
+    /// each record's keys share one slot. A unit gets its part's plan, the
+    /// items that touch the record and their keys over it alone
+    /// ([`BatchKeys::of_entity`]; the record is their one key). Returns, per
+    /// part and record, the items it covered and what its unit gave for them.
     async fn per_entity<'a, 'p, I, T, F, Fut>(
         &self,
         parts: &'p Parts,

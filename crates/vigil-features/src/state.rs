@@ -502,9 +502,10 @@ fn field_hash(ev: &Event, field: EventField) -> u64 {
 #[derive(Debug, Clone)]
 struct EntityPlan {
     key: EntityKey,
-    /// For a composite key: the key of the record it is kept in (its first
-    /// field's), and its own name there.
-    nest: Option<(EntityKey, String)>,
+    /// The key of the record this entity's state is kept in ([`record_of`]).
+    record: EntityKey,
+    /// For a composite key: its name among the record's nests.
+    nest: Option<String>,
     /// Windows and whether each keeps amount statistics, ascending by window.
     windows: Vec<(u64, bool)>,
     /// Whether the newest events are kept (`time_since_last`,
@@ -520,14 +521,8 @@ struct EntityPlan {
     frauds: Vec<u64>,
 }
 
-impl EntityPlan {
-    /// The key of the record this entity's state is kept in.
-    fn record(&self) -> &EntityKey {
-        self.nest.as_ref().map_or(&self.key, |(record, _)| record)
-    }
-}
-
-/// The key of the record an entity key's state is kept in: its first field's.
+/// The key of the record an entity key's state is kept in: its first field's
+/// (itself, for a key of one field).
 fn record_of(key: &EntityKey) -> EntityKey {
     EntityKey::of(key.fields()[0])
 }
@@ -655,9 +650,8 @@ impl Plan {
     pub fn by_entity(&self) -> Vec<(Plan, Vec<usize>)> {
         let mut records: Vec<EntityKey> = Vec::new();
         for e in &self.entities {
-            let record = e.record();
-            if !records.contains(record) {
-                records.push(record.clone());
+            if !records.contains(&e.record) {
+                records.push(e.record.clone());
             }
         }
         records
@@ -677,10 +671,10 @@ impl Plan {
             let e = match entities.iter().position(|e| e.key == d.entity) {
                 Some(i) => i,
                 None => {
-                    let fields = d.entity.fields();
                     entities.push(EntityPlan {
                         key: d.entity.clone(),
-                        nest: (fields.len() > 1).then(|| (EntityKey::of(fields[0]), d.entity.to_string())),
+                        record: record_of(&d.entity),
+                        nest: (d.entity.fields().len() > 1).then(|| d.entity.to_string()),
                         windows: Vec::new(),
                         recent: false,
                         changed: Vec::new(),
@@ -797,24 +791,21 @@ impl Plan {
                     row.push(None);
                     continue;
                 }
-                let value = match &e.nest {
-                    None => e.key.value_of(*ev),
+                let id = match &e.nest {
+                    None => e.key.value_of(*ev).map(|v| format!("{}={}", e.key, v)),
                     // Kept in the first field's record, when every field is there.
-                    Some((record, _)) if e.key.fields()[1..].iter().all(|f| ev.text(*f).is_some()) => {
-                        ev.text(record.fields()[0]).map(str::to_owned)
+                    Some(_) if e.key.fields()[1..].iter().all(|f| ev.text(*f).is_some()) => {
+                        ev.text(e.record.fields()[0]).map(|v| format!("{}={}", e.record, v))
                     }
                     Some(_) => None,
                 };
-                row.push(value.map(|v| {
-                    let id = format!("{}={}", e.record(), v);
-                    match index.get(&id) {
-                        Some(&i) => i,
-                        None => {
-                            let i = keys.entities.len();
-                            keys.entities.push(id.clone());
-                            index.insert(id, i);
-                            i
-                        }
+                row.push(id.map(|id| match index.get(&id) {
+                    Some(&i) => i,
+                    None => {
+                        let i = keys.entities.len();
+                        keys.entities.push(id.clone());
+                        index.insert(id, i);
+                        i
                     }
                 }));
             }
@@ -828,7 +819,7 @@ impl Plan {
     /// new), whose position it gives.
     fn locate<T: Fields>(&self, e: usize, record: &mut EntityState, item: &T) -> Option<(usize, usize)> {
         let plan = &self.entities[e];
-        let Some((_, name)) = &plan.nest else {
+        let Some(name) = &plan.nest else {
             record.conform(plan);
             return None;
         };
@@ -886,15 +877,21 @@ impl Plan {
             for (e, slot) in row.iter().enumerate() {
                 if let Some(s) = slot {
                     let record = &mut states[*s];
-                    record.max_t = record.max_t.max(t);
+                    if located[e].is_some() {
+                        // A member's event is also its record's newest.
+                        record.max_t = record.max_t.max(t);
+                    }
                     within_mut(record, located[e]).add(&self.entities[e], ev, t);
                     dirty[*s] = true;
                 }
             }
-            // After the adds: forgetting members moves the positions in `located`.
-            for &s in row.iter().flatten() {
-                if !states[s].nests.is_empty() {
-                    states[s].prune_nests(keep_s);
+            // After the adds (forgetting members moves the positions in
+            // `located`), once per record the event touched.
+            for (e, slot) in row.iter().enumerate() {
+                if let Some(s) = *slot {
+                    if !states[s].nests.is_empty() && !row[..e].contains(&Some(s)) {
+                        states[s].prune_nests(keep_s);
+                    }
                 }
             }
             changes.first_seen.push(i);
