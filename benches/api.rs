@@ -208,7 +208,7 @@ async fn main() {
     std::fs::write(&file, &text).unwrap();
     let config = PipelineConfig::parse(&file, &text).unwrap();
     if let Some(kafka) = &config.kafka {
-        vigil_stream::create_topics(kafka, 4).await.unwrap();
+        vigil_kafka::create_topics(kafka, 4).await.unwrap();
     }
 
     let _server = Server(

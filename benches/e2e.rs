@@ -114,7 +114,7 @@ async fn pass_through(input: String, output: String, group: String, delivered: A
             if let Some(k) = m.key() {
                 r = r.key(k);
             }
-            fs.push(vigil_stream::enqueue(&p, r).await.unwrap());
+            fs.push(vigil_kafka::enqueue(&p, r).await.unwrap());
         }
         tx.send((fs, offsets)).await.unwrap();
     }
@@ -129,7 +129,7 @@ async fn produce(topic: &str, events: &[Event]) {
         let payload = e.to_json();
         let key = e.card_id.clone().unwrap_or_default();
         let r = FutureRecord::to(topic).payload(payload.as_slice()).key(key.as_bytes());
-        fs.push(vigil_stream::enqueue(&p, r).await.unwrap());
+        fs.push(vigil_kafka::enqueue(&p, r).await.unwrap());
     }
     for f in fs {
         f.await.unwrap().unwrap();
@@ -227,12 +227,12 @@ async fn main() {
     let kafka = config.kafka.clone().unwrap();
     let raw_in = format!("bench-raw-in-{tag}");
     let raw_out = format!("bench-raw-out-{tag}");
-    vigil_stream::create_topics(&kafka, 4).await.unwrap();
+    vigil_kafka::create_topics(&kafka, 4).await.unwrap();
     let mut raw = kafka.clone();
     raw.input_topic = raw_in.clone();
     raw.decisions_topic = raw_out.clone();
     raw.dead_letter_topic = format!("bench-raw-dlq-{tag}");
-    vigil_stream::create_topics(&raw, 4).await.unwrap();
+    vigil_kafka::create_topics(&raw, 4).await.unwrap();
 
     let gen = GenConfig {
         seed: 1,

@@ -80,7 +80,7 @@ fn benches(c: &mut Criterion) {
             },
             |engine| {
                 let refs: Vec<&Event> = events.iter().take(500).collect();
-                rt.block_on(engine.decide_batch(&refs)).unwrap()
+                rt.block_on(engine.decide(&refs, vigil_engine::Options::online())).unwrap()
             },
             BatchSize::LargeInput,
         )

@@ -34,17 +34,13 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use vigil_core::{Event, PipelineConfig};
-use vigil_features::{FeatureStore, Plan, RedisStore};
+use vigil_features::{FeatureStore, KeyLayout, Plan, RedisStore};
 use vigil_gen::GenConfig;
 
 const URL: &str = "redis://127.0.0.1:6379";
 const BATCH: usize = 500;
-/// Events per compare-and-set in `RedisStore` (its `CHUNK`).
-const CHUNK: usize = 16;
-/// The layout tag in `RedisStore`'s state keys (`PREFIX:s5:{ENTITY}`) and
-/// its transaction markers (`PREFIX:tx2:{ID}`).
-const STATES: &str = "s5";
-const MARKERS: &str = "tx2";
+/// Events per compare-and-set in `RedisStore`.
+const CHUNK: usize = vigil_features::CHUNK;
 
 fn env_usize(key: &str, default: usize) -> usize {
     std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -122,12 +118,13 @@ async fn raw_traffic(shards: &[Vec<Event>], plan: &Plan, prefix: &str) -> Durati
         let mut chunks = Vec::new();
         for chunk in shard.chunks(CHUNK) {
             let refs: Vec<&Event> = chunk.iter().collect();
-            let entities = plan.keys(&refs).entities;
+            let entities = plan.keys(&refs).records;
             let ids: Vec<&str> = chunk.iter().map(|e| e.transaction_id.as_str()).collect();
             let mut keys: Vec<String> = entities.iter().map(|e| format!("{prefix}:raw:{{{e}}}")).collect();
             keys.extend(ids.iter().map(|id| format!("{prefix}:rawtx:{{{id}}}")));
-            let mut real: Vec<String> = entities.iter().map(|e| format!("{prefix}:{STATES}:{{{e}}}")).collect();
-            real.extend(ids.iter().map(|id| format!("{prefix}:{MARKERS}:{{{id}}}")));
+            let layout = KeyLayout::new(prefix);
+            let mut real: Vec<String> = entities.iter().map(|e| layout.state(e)).collect();
+            real.extend(ids.iter().map(|id| layout.marker(id)));
             let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&real).query_async(&mut con).await.unwrap();
             let values: Vec<Vec<u8>> = values.into_iter().map(|v| v.unwrap_or_else(|| vec![7; 400])).collect();
             chunks.push((keys, entities.len(), values));
@@ -305,7 +302,7 @@ fn main() {
 
     // Memory per entity, by kind (the text before `=` in the entity id).
     let sizes = rt.block_on(async {
-        let keys = common::redis_keys(&format!("{prefix}:{STATES}:*"), 20_000).await;
+        let keys = common::redis_keys(&format!("{prefix}:{}:*", vigil_features::layout::STATE_TAG), 20_000).await;
         let client = redis::Client::open(URL).unwrap();
         let mut con = client.get_multiplexed_async_connection().await.unwrap();
         let mut by_kind: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();

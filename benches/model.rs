@@ -8,34 +8,33 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use vigil_core::PipelineConfig;
+use vigil_engine::InputMap;
 use vigil_model::Model;
-use vigil_offline::{Algorithm, TrainConfig};
+use vigil_model::{Algorithm, IsolationForestParams, TrainParams};
+use vigil_offline::TrainConfig;
 
 fn benches(c: &mut Criterion) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let config = PipelineConfig::load(&root.join("pipelines/demo.toml")).unwrap();
     let data = vigil_gen::GenConfig { events: 40_000, seed: 3, ..vigil_gen::GenConfig::default() };
-    // Inputs of real events: the amount, then every feature (NaN when missing).
+    // Inputs of real events: the amount, then every feature that is a model input (NaN when missing).
     let items = vigil_gen::generate(&data);
     let events: Vec<&vigil_core::Event> = items.iter().map(|l| &l.event).collect();
     let features = vigil_offline::features_over_history(&config.features, &events, &[]).unwrap();
-    let rows: Vec<Vec<f64>> = events
-        .iter()
-        .zip(&features)
-        .map(|(e, f)| {
-            use rust_decimal::prelude::ToPrimitive;
-            std::iter::once(e.amount.to_f64().unwrap_or(f64::NAN))
-                .chain(f.values.iter().map(|v| v.as_f64().unwrap_or(f64::NAN)))
-                .collect()
-        })
-        .collect();
+    let inputs = InputMap::all(&config.features);
+    let rows: Vec<Vec<f64>> = events.iter().zip(&features).map(|(e, f)| inputs.row(e, f)).collect();
 
     let mut g = c.benchmark_group("model_score_one");
-    for algorithm in [Algorithm::Logistic, Algorithm::IsolationForest] {
-        let train = TrainConfig { data: data.clone(), algorithm, ..TrainConfig::default() };
+    // The forest seeded as the data, as when the generator's seed was its own.
+    let algorithms = [
+        ("Logistic", TrainParams::Logistic(Default::default())),
+        ("IsolationForest", TrainParams::IsolationForest(IsolationForestParams::new().seed(data.seed))),
+    ];
+    for (algorithm, params) in algorithms {
+        let train = TrainConfig { data: data.clone(), params, ..TrainConfig::default() };
         let model = vigil_offline::train_on_generated(&config.features, &train).unwrap().model;
         let mut i = 0;
-        g.bench_function(format!("{algorithm:?}_{}_inputs", rows[0].len()), |b| {
+        g.bench_function(format!("{algorithm}_{}_inputs", rows[0].len()), |b| {
             b.iter(|| {
                 i = (i + 1) % rows.len();
                 black_box(model.score(black_box(&rows[i])))
@@ -43,18 +42,18 @@ fn benches(c: &mut Criterion) {
         });
         // The forest walked node by node (its reference path), on the same
         // scaled inputs: what the flat layout is measured against.
-        if let Some(forest) = &model.body().forest {
+        if let Algorithm::IsolationForest(vigil_model::forest::Forest { forest }) = &model.body().algorithm {
             let s = &model.body().scaler;
             let scaled: Vec<Vec<f64>> =
                 rows.iter().map(|r| r.iter().enumerate().map(|(c, v)| (v - s.mean[c]) / s.std[c]).collect()).collect();
             let mut i = 0;
-            g.bench_function(format!("{algorithm:?}_walking_nodes_scaled_inputs"), |b| {
+            g.bench_function(format!("{algorithm}_walking_nodes_scaled_inputs"), |b| {
                 b.iter(|| {
                     i = (i + 1) % scaled.len();
                     black_box(forest.score_one_walking(black_box(&scaled[i])))
                 })
             });
-            g.bench_function(format!("{algorithm:?}_flat_scaled_inputs"), |b| {
+            g.bench_function(format!("{algorithm}_flat_scaled_inputs"), |b| {
                 b.iter(|| {
                     i = (i + 1) % scaled.len();
                     black_box(forest.score_one(black_box(&scaled[i])))

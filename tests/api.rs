@@ -55,7 +55,7 @@ impl Server {
     /// A server over the test pipeline's Redis and broker, with its topics made.
     async fn on_redis_and_kafka(test: &str) -> (PipelineConfig, Server) {
         let config = parse(&pipeline_text(test, ""));
-        vigil_stream::create_topics(config.kafka.as_ref().unwrap(), 1).await.unwrap();
+        vigil_kafka::create_topics(config.kafka.as_ref().unwrap(), 1).await.unwrap();
         let server = Server::start(&config, Engine::connect(&config).await.unwrap()).await;
         (config, server)
     }

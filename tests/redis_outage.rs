@@ -51,11 +51,11 @@ async fn a_stalled_redis_delays_decisions_but_loses_and_double_counts_nothing() 
     config.store.backend = vigil_core::pipeline::StoreBackend::Redis { url: url.clone() };
     config.store.timeout_ms = 200;
     let kafka = config.kafka.clone().unwrap();
-    vigil_stream::create_topics(&kafka, 4).await.unwrap();
+    vigil_kafka::create_topics(&kafka, 4).await.unwrap();
     let gen = GenConfig { seed: 5, events: 4_000, cards: 400, merchants: 60, days: 5, ..GenConfig::default() };
     let events: Vec<Event> = vigil_gen::generate(&gen).into_iter().map(|l| l.event).collect();
     let lines = |r: std::ops::Range<usize>| events[r].iter().map(Event::to_json).collect::<Vec<_>>().into_iter();
-    vigil_stream::produce_lines(&kafka, &kafka.input_topic, lines(0..1_000)).await.unwrap();
+    vigil_kafka::produce_lines(&kafka, &kafka.input_topic, lines(0..1_000)).await.unwrap();
 
     let run = start(&config, Arc::new(Engine::connect(&config).await.unwrap()));
     let stats = run.stats.clone();
@@ -66,7 +66,7 @@ async fn a_stalled_redis_delays_decisions_but_loses_and_double_counts_nothing() 
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(3000).arg("ALL").query_async(&mut conn).await.unwrap();
-    vigil_stream::produce_lines(&kafka, &kafka.input_topic, lines(1_000..4_000)).await.unwrap();
+    vigil_kafka::produce_lines(&kafka, &kafka.input_topic, lines(1_000..4_000)).await.unwrap();
 
     wait_until(Duration::from_secs(180), "every event decided", || stats.decided.load(Ordering::SeqCst) >= 4_000).await;
     wait_until(Duration::from_secs(60), "every decision delivered", || stats.delivered.load(Ordering::SeqCst) >= 4_000)

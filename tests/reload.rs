@@ -37,7 +37,7 @@ fn traffic(seed: u64) -> Vec<Event> {
 /// Sends batch `i` of `events` and waits until the stream has delivered it.
 async fn send_batch(kafka: &KafkaConfig, events: &[Event], i: usize, stats: &vigil_stream::Stats) {
     let lines: Vec<Vec<u8>> = events[i * 200..(i + 1) * 200].iter().map(Event::to_json).collect();
-    vigil_stream::produce_lines(kafka, &kafka.input_topic, lines.into_iter()).await.unwrap();
+    vigil_kafka::produce_lines(kafka, &kafka.input_topic, lines.into_iter()).await.unwrap();
     let delivered = 200 * (i as u64 + 1);
     wait_until(Duration::from_secs(120), &format!("batch {i} to be decided"), || {
         stats.delivered.load(Ordering::SeqCst) >= delivered
@@ -52,7 +52,7 @@ async fn editing_rules_under_a_running_stream() {
     let mut config = pipeline("reload");
     config.rules_path = rules.clone();
     let kafka = config.kafka.clone().unwrap();
-    vigil_stream::create_topics(&kafka, 4).await.unwrap();
+    vigil_kafka::create_topics(&kafka, 4).await.unwrap();
     let events = traffic(9);
 
     let engine = Arc::new(Engine::connect(&config).await.unwrap());
@@ -114,7 +114,8 @@ fn variant(name: &str, shift: f64) -> String {
     let shipped = vigil_model::load_any(&repo().join("models/card-fraud.json")).unwrap();
     let mut body = shipped.body().clone();
     body.name = name.to_owned();
-    body.intercept += shift;
+    let vigil_model::Algorithm::Logistic(logistic) = &mut body.algorithm else { panic!("a logistic regression") };
+    logistic.intercept += shift;
     vigil_model::TrainedModel::new(body).unwrap().to_file_json()
 }
 
@@ -130,7 +131,7 @@ async fn replacing_the_model_file_under_a_running_stream() {
     model.path = champion.clone();
     model.challenger = Some(challenger.clone());
     let kafka = config.kafka.clone().unwrap();
-    vigil_stream::create_topics(&kafka, 4).await.unwrap();
+    vigil_kafka::create_topics(&kafka, 4).await.unwrap();
     let events = traffic(10);
 
     let engine = Arc::new(Engine::connect(&config).await.unwrap());

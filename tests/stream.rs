@@ -86,7 +86,7 @@ async fn until_idle(stats: &Stats, quiet: Duration, limit: Duration) {
 async fn ten_thousand_events_give_one_decision_each_and_malformed_ones_dead_letters() {
     let config = pipeline("tenk");
     let kafka = config.kafka.clone().unwrap();
-    vigil_stream::create_topics(&kafka, 4).await.unwrap();
+    vigil_kafka::create_topics(&kafka, 4).await.unwrap();
     let events = traffic(10_000, 7);
     let malformed: Vec<(String, &str)> = vec![
         ("{not json".into(), "malformed JSON"),
@@ -114,7 +114,7 @@ async fn ten_thousand_events_give_one_decision_each_and_malformed_ones_dead_lett
     for (i, (bad, _)) in malformed.iter().enumerate() {
         lines.insert(i * 1400 + 3, bad.clone().into_bytes());
     }
-    let produced = vigil_stream::produce_lines(&kafka, &kafka.input_topic, lines.into_iter()).await.unwrap();
+    let produced = vigil_kafka::produce_lines(&kafka, &kafka.input_topic, lines.into_iter()).await.unwrap();
     assert_eq!(produced as usize, events.len() + malformed.len());
 
     let run = start_stream(&config).await;
@@ -162,17 +162,17 @@ async fn ten_thousand_events_give_one_decision_each_and_malformed_ones_dead_lett
 async fn a_crash_and_restart_loses_no_event_and_double_counts_no_feature() {
     let config = pipeline("restart");
     let kafka = config.kafka.clone().unwrap();
-    vigil_stream::create_topics(&kafka, 4).await.unwrap();
+    vigil_kafka::create_topics(&kafka, 4).await.unwrap();
     let events = traffic(3_000, 11);
     let lines = |r: std::ops::Range<usize>| events[r].iter().map(Event::to_json).collect::<Vec<_>>().into_iter();
-    vigil_stream::produce_lines(&kafka, &kafka.input_topic, lines(0..2_000)).await.unwrap();
+    vigil_kafka::produce_lines(&kafka, &kafka.input_topic, lines(0..2_000)).await.unwrap();
 
     // First run: killed mid-stream, without draining or committing.
     killed_after(&config, 700).await;
 
     // More traffic, and the first 300 events delivered a second time.
-    vigil_stream::produce_lines(&kafka, &kafka.input_topic, lines(2_000..3_000)).await.unwrap();
-    vigil_stream::produce_lines(&kafka, &kafka.input_topic, lines(0..300)).await.unwrap();
+    vigil_kafka::produce_lines(&kafka, &kafka.input_topic, lines(2_000..3_000)).await.unwrap();
+    vigil_kafka::produce_lines(&kafka, &kafka.input_topic, lines(0..300)).await.unwrap();
 
     let second = start_stream(&config).await;
     until_idle(&second.stats, Duration::from_secs(6), Duration::from_secs(240)).await;
@@ -237,9 +237,9 @@ async fn on_a_redis_cluster_a_kill_then_a_replay_gives_every_feature_of_a_clean_
 
 async fn kill_then_replay(mut config: PipelineConfig) {
     let kafka = config.kafka.clone().unwrap();
-    vigil_stream::create_topics(&kafka, 1).await.unwrap();
+    vigil_kafka::create_topics(&kafka, 1).await.unwrap();
     let events = traffic(2_500, 23);
-    vigil_stream::produce_lines(&kafka, &kafka.input_topic, events.iter().map(Event::to_json)).await.unwrap();
+    vigil_kafka::produce_lines(&kafka, &kafka.input_topic, events.iter().map(Event::to_json)).await.unwrap();
 
     let decided_first = killed_after(&config, 800).await;
     assert!(decided_first < events.len() as u64, "the first run finished before it was killed");
@@ -277,13 +277,13 @@ async fn unreachable_broker_and_missing_topics_are_clear_errors() {
     let err = vigil_stream::run(&kafka, engine.clone(), Arc::new(Stats::default()), std::future::pending())
         .await
         .unwrap_err();
-    assert!(matches!(err, StreamError::MissingTopic { .. }), "{err}");
+    assert!(matches!(err, StreamError::Kafka(vigil_kafka::Error::MissingTopic { .. })), "{err}");
     assert!(err.to_string().contains(&kafka.input_topic));
 
     kafka.brokers = "127.0.0.1:1".into();
     let started = std::time::Instant::now();
     let err = vigil_stream::run(&kafka, engine, Arc::new(Stats::default()), std::future::pending()).await.unwrap_err();
-    assert!(matches!(err, StreamError::Unreachable { .. }), "{err}");
+    assert!(matches!(err, StreamError::Kafka(vigil_kafka::Error::Unreachable { .. })), "{err}");
     assert!(err.to_string().contains("127.0.0.1:1"));
     assert!(started.elapsed() < Duration::from_secs(30));
 
@@ -303,7 +303,7 @@ async fn labels_reach_the_next_decisions_once_and_bad_ones_dead_letter() {
     std::fs::write(&file, &text).unwrap();
     let kafka = config.kafka.clone().unwrap();
     let labels_topic = kafka.labels_topic.clone().unwrap();
-    vigil_stream::create_topics(&kafka, 1).await.unwrap();
+    vigil_kafka::create_topics(&kafka, 1).await.unwrap();
     let event = |id: &str, minute: u32| {
         format!(
             r#"{{"transaction_id":"{id}","timestamp":"2026-03-02T10:{minute:02}:00Z","amount":"20.00","currency":"EUR","card_id":"c-{id}","terminal_id":"T9"}}"#
@@ -311,7 +311,7 @@ async fn labels_reach_the_next_decisions_once_and_bad_ones_dead_letter() {
     };
     let first: Vec<Vec<u8>> =
         ["p1", "p2", "p3"].iter().zip([1, 2, 3]).map(|(id, m)| event(id, m).into_bytes()).collect();
-    vigil_stream::produce_lines(&kafka, &kafka.input_topic, first.into_iter()).await.unwrap();
+    vigil_kafka::produce_lines(&kafka, &kafka.input_topic, first.into_iter()).await.unwrap();
     let run = start_stream(&config).await;
     wait_until(Duration::from_secs(60), "the first events decided", || run.stats.decided.load(Ordering::SeqCst) >= 3)
         .await;
@@ -340,7 +340,7 @@ async fn labels_reach_the_next_decisions_once_and_bad_ones_dead_letter() {
     let lacking = r#"{"transaction_id":"p3","label":"fraud","reported_at":"2026-03-02T10:05:00Z"}"#;
     let malformed = r#"{"transaction_id":"p3","label":"stolen","reported_at":"2026-03-02T10:05:00Z"}"#;
     let lines = [again, genuine, lacking, malformed].map(|l| l.as_bytes().to_vec());
-    vigil_stream::produce_lines(&kafka, &labels_topic, lines.into_iter()).await.unwrap();
+    vigil_kafka::produce_lines(&kafka, &labels_topic, lines.into_iter()).await.unwrap();
     wait_until(Duration::from_secs(60), "the labels handled", || {
         run.stats.labels_counted.load(Ordering::SeqCst) + run.stats.labels_unchanged.load(Ordering::SeqCst) >= 3
             && run.stats.dead_lettered.load(Ordering::SeqCst) >= 2
@@ -349,7 +349,7 @@ async fn labels_reach_the_next_decisions_once_and_bad_ones_dead_letter() {
     assert_eq!(run.stats.labels_counted.load(Ordering::SeqCst), 1, "{:?}", run.stats.snapshot());
 
     let later = vec![event("p4", 10).into_bytes()];
-    vigil_stream::produce_lines(&kafka, &kafka.input_topic, later.into_iter()).await.unwrap();
+    vigil_kafka::produce_lines(&kafka, &kafka.input_topic, later.into_iter()).await.unwrap();
     wait_until(Duration::from_secs(60), "the later event decided", || run.stats.decided.load(Ordering::SeqCst) >= 4)
         .await;
     run.finish().await.unwrap();

@@ -36,15 +36,15 @@ impl Audit {
         kafka: &KafkaConfig,
         buffer: usize,
         stats: Arc<AuditStats>,
-    ) -> Result<(Audit, tokio::task::JoinHandle<()>), vigil_stream::StreamError> {
-        let producer = vigil_stream::producer(kafka)?;
+    ) -> Result<(Audit, tokio::task::JoinHandle<()>), vigil_kafka::Error> {
+        let producer = vigil_kafka::producer(kafka)?;
         let topic = kafka.decisions_topic.clone();
         let (tx, mut rx) = mpsc::channel::<(String, Vec<u8>)>(buffer);
         let task_stats = stats.clone();
         let task = tokio::spawn(async move {
             while let Some((key, payload)) = rx.recv().await {
                 let record = FutureRecord::to(&topic).key(key.as_bytes()).payload(payload.as_slice());
-                match vigil_stream::enqueue(&producer, record).await {
+                match vigil_kafka::enqueue(&producer, record).await {
                     Ok(delivery) => {
                         let stats = task_stats.clone();
                         tokio::spawn(async move {

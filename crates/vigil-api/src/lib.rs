@@ -36,13 +36,13 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use vigil_core::pipeline::{ApiConfig, KafkaConfig};
 use vigil_core::{Decision, Event, Label, PipelineConfig};
-use vigil_engine::{Engine, EngineError, LabelOutcome};
+use vigil_engine::{Engine, EngineError, LabelOutcome, Options};
 
 use audit::{Audit, AuditStats};
 use auth::Verifier;
@@ -60,7 +60,7 @@ pub enum ApiError {
     #[error(transparent)]
     Setup(#[from] auth::SetupError),
     #[error(transparent)]
-    Kafka(#[from] vigil_stream::StreamError),
+    Kafka(#[from] vigil_kafka::Error),
     #[error("cannot listen on {address}: {source}")]
     Listen { address: String, source: std::io::Error },
     #[error("server: {0}")]
@@ -132,7 +132,7 @@ impl Api {
             }
         };
         let labels = match pipeline.kafka.as_ref().and_then(|k| k.labels_topic.as_ref().map(|t| (k, t))) {
-            Some((k, topic)) => Some((vigil_stream::producer(k)?, topic.clone())),
+            Some((k, topic)) => Some((vigil_kafka::producer(k)?, topic.clone())),
             None => None,
         };
         let api = Api {
@@ -172,7 +172,7 @@ impl Api {
         }
         self.metrics.decided(d);
         if let (Some(audit), Some(k), false) = (&self.audit, &self.kafka, d.replayed) {
-            audit.record(vigil_stream::decision_key(event, &k.decision_key), d.to_json());
+            audit.record(vigil_kafka::decision_key(event, &k.decision_key), d.to_json());
         }
         true
     }
@@ -206,8 +206,9 @@ async fn decide_one(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes
         Ok(e) => e,
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_event", e.message, e.field.as_deref()),
     };
-    let d = match api.engine.decide_batch_by(&[&event], Some(deadline)).await {
-        Ok(mut ds) => ds.remove(0),
+    let d = match api.engine.decide(&[&event], Options::within(deadline)).await.map(|mut ds| ds.pop()) {
+        Ok(Some(d)) => d,
+        Ok(None) => return engine_failure(&EngineError::Inputs("no decision for the event".into())),
         Err(e) => return engine_failure(&e),
     };
     if !api.settle(&event, &d) {
@@ -256,7 +257,7 @@ async fn decide_batch(State(api): State<Arc<Api>>, headers: HeaderMap, body: Byt
     let mut decided = if valid.is_empty() {
         Vec::new().into_iter()
     } else {
-        match api.engine.decide_batch_by(&valid, Some(deadline)).await {
+        match api.engine.decide(&valid, Options::within(deadline)).await {
             Ok(ds) => ds.into_iter(),
             Err(e) => return engine_failure(&e),
         }
@@ -300,7 +301,7 @@ async fn labels(State(api): State<Arc<Api>>, body: Bytes) -> Response {
     }
     let mut checked = Vec::with_capacity(raws.len());
     for (i, raw) in raws.iter().enumerate() {
-        match Label::from_json(raw).and_then(|l| api.engine.check_label(&l).map(|()| l)) {
+        match vigil_features::labels::read(raw, api.engine.features()) {
             Ok(l) => checked.push(l),
             Err(e) => {
                 let place = if raws.len() > 1 { format!("label {i}: ") } else { String::new() };
@@ -310,27 +311,17 @@ async fn labels(State(api): State<Arc<Api>>, body: Bytes) -> Response {
         }
     }
     let refs: Vec<&Label> = checked.iter().collect();
-    let outcomes = match api.engine.apply_labels(&refs).await {
-        Ok(o) => o,
+    let outcomes = match api.engine.record_labels(&refs).await {
+        Ok(recorded) => recorded.outcomes,
         Err(e) => return engine_failure(&e),
     };
     if let Some((producer, topic)) = &api.labels {
         // Every label is handed to the producer first, then the deliveries are
         // awaited: a list costs about one broker round trip, not one per label.
-        let mut pending = Vec::with_capacity(checked.len());
-        for l in &checked {
-            let payload = l.to_json();
-            let record = FutureRecord::to(topic).key(l.transaction_id.as_bytes()).payload(payload.as_slice());
-            pending.push(vigil_stream::enqueue(producer, record).await);
-        }
-        let mut delivered = true;
-        for p in pending {
-            delivered &= match p {
-                Ok(f) => matches!(f.await, Ok(Ok(_))),
-                Err(_) => false,
-            };
-        }
-        if !delivered {
+        let payloads: Vec<Vec<u8>> = checked.iter().map(Label::to_json).collect();
+        let records: Vec<(&[u8], &[u8])> =
+            checked.iter().zip(&payloads).map(|(l, p)| (l.transaction_id.as_bytes(), p.as_slice())).collect();
+        if vigil_kafka::publish(producer, topic, records).await.is_err() {
             return retry_later(
                 "labels_topic_unavailable",
                 format!(

@@ -8,6 +8,7 @@
 
 mod currency;
 pub mod decision;
+pub mod diagnostic;
 pub mod event;
 pub mod feature;
 pub mod label;
@@ -51,7 +52,8 @@ impl StableHasher {
 }
 
 pub use decision::{Action, ChallengerScore, Decision, ModelFactor, Reason};
+pub use diagnostic::Diagnostic;
 pub use event::{Event, EventError, EventField, Fields};
 pub use feature::{Aggregate, EntityKey, FeatureDef, FeatureValue, FeatureVector};
 pub use label::{Label, Verdict};
-pub use pipeline::{ConfigError, PipelineConfig, Problem};
+pub use pipeline::{ConfigError, PipelineConfig};

@@ -30,7 +30,7 @@ use toml::Spanned;
 use vigil_core::feature::{Aggregate, ValueKind};
 use vigil_core::{Action, Event, FeatureValue, FeatureVector};
 
-use crate::Engine;
+use crate::{Engine, Options};
 
 /// Folder of test files inside the rules folder.
 pub const TESTS_DIR: &str = "tests";
@@ -120,7 +120,7 @@ fn feature_value(aggregate: Aggregate, v: &toml::Value) -> Result<FeatureValue, 
 }
 
 /// Runs every case of one file. A file that does not parse is one failed case.
-pub fn run_file(engine: &Engine, file: &Path) -> Vec<CaseResult> {
+pub async fn run_file(engine: &Engine, file: &Path) -> Vec<CaseResult> {
     let fail = |line: usize, name: &str, why: String| CaseResult {
         file: file.to_path_buf(),
         line,
@@ -134,80 +134,119 @@ pub fn run_file(engine: &Engine, file: &Path) -> Vec<CaseResult> {
     let parsed: TestFile = match toml::from_str(&text) {
         Ok(p) => p,
         Err(e) => {
-            let line = e.span().map_or(0, |s| vigil_core::pipeline::line_col(&text, s.start).0);
+            let line = e.span().map_or(0, |s| vigil_core::diagnostic::line_col(&text, s.start).0);
             return vec![fail(line, "(file)", e.message().trim().to_owned())];
         }
     };
-    let defs = engine.features();
+    let line_of = |spanned: &Spanned<RawCase>| vigil_core::diagnostic::line_col(&text, spanned.span().start).0;
+    // Every case that reads as a case is decided in one call; the others fail as they are.
+    let prepared: Vec<Result<Prepared, String>> =
+        parsed.case.iter().map(|c| Prepared::of(c.get_ref(), engine.features())).collect();
+    let ready: Vec<&Prepared> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
+    let events: Vec<&Event> = ready.iter().map(|p| &p.event).collect();
+    let features: Vec<FeatureVector> = ready.iter().map(|p| p.features.clone()).collect();
+    let scores: Vec<Option<f64>> = ready.iter().map(|p| p.model_score).collect();
+    let mut decided = match engine.decide(&events, Options::given(&features, &scores)).await {
+        Ok(d) => d.into_iter(),
+        Err(e) => return vec![fail(0, "(file)", format!("cannot decide: {e}"))],
+    };
     parsed
         .case
         .iter()
-        .map(|spanned| {
-            let line = vigil_core::pipeline::line_col(&text, spanned.span().start).0;
+        .zip(&prepared)
+        .map(|(spanned, p)| {
             let case = spanned.get_ref();
-            let result = (|| -> Result<(), String> {
-                let expect = Action::parse(&case.expect)
-                    .ok_or_else(|| format!("`expect = \"{}\"` is not approve, review or decline", case.expect))?;
-                let json = serde_json::to_vec(&case.event).map_err(|e| e.to_string())?;
-                let event = Event::from_json(&json).map_err(|e| format!("the case's event is invalid: {e}"))?;
-                let mut values = vec![FeatureValue::Missing; defs.len()];
-                for (name, v) in &case.features {
-                    let Some(i) = defs.iter().position(|d| &d.name == name) else {
-                        let hint = vigil_core::suggest::hint(name, defs.iter().map(|d| d.name.as_str()));
-                        return Err(format!("unknown feature `{name}`{hint}"));
-                    };
-                    values[i] = feature_value(defs[i].aggregate, v).map_err(|m| format!("feature `{name}`: {m}"))?;
-                }
-                let d = engine.decide_given(
-                    &event,
-                    &FeatureVector { values, ..FeatureVector::default() },
-                    case.model_score,
-                );
-                let got: BTreeSet<&str> = d.reasons.iter().filter(|r| !r.shadow).map(|r| r.code.as_str()).collect();
-                let want: BTreeSet<&str> = case.reasons.iter().map(String::as_str).collect();
-                let shadow_got: BTreeSet<&str> =
-                    d.reasons.iter().filter(|r| r.shadow).map(|r| r.code.as_str()).collect();
-                let shadow_want: Option<BTreeSet<&str>> =
-                    case.shadow.as_ref().map(|s| s.iter().map(String::as_str).collect());
-                let shadow_ok = shadow_want.as_ref().is_none_or(|w| *w == shadow_got);
-                if d.decision == expect && got == want && shadow_ok {
-                    return Ok(());
-                }
-                let list = |s: &BTreeSet<&str>| s.iter().copied().collect::<Vec<_>>().join(", ");
-                let shadow: Vec<&str> = shadow_got.iter().copied().collect();
-                let mut why = format!(
-                    "expected: {} [{}]\ngot:      {} [{}] (score {})",
-                    expect,
-                    list(&want),
-                    d.decision,
-                    list(&got),
-                    d.score
-                );
-                let missing: Vec<&str> = want.difference(&got).copied().collect();
-                let extra: Vec<&str> = got.difference(&want).copied().collect();
-                if !missing.is_empty() {
-                    why.push_str(&format!("\nmissing reasons: {}", missing.join(", ")));
-                }
-                if !extra.is_empty() {
-                    why.push_str(&format!("\nunexpected reasons: {}", extra.join(", ")));
-                }
-                match &shadow_want {
-                    Some(w) if !shadow_ok => why.push_str(&format!(
-                        "\nexpected shadow rules: [{}]\ngot shadow rules:      [{}]",
-                        list(w),
-                        shadow.join(", ")
-                    )),
-                    _ if !shadow.is_empty() => why.push_str(&format!("\nshadow rules fired: {}", shadow.join(", "))),
-                    _ => {}
-                }
-                Err(why)
-            })();
-            CaseResult { file: file.to_path_buf(), line, name: case.name.clone(), failure: result.err() }
+            let result = match p {
+                Err(why) => Err(why.clone()),
+                Ok(p) => match decided.next() {
+                    Some(d) => compare(case, p.expect, &d),
+                    None => Err("no decision for this case (a bug)".to_owned()),
+                },
+            };
+            CaseResult {
+                file: file.to_path_buf(),
+                line: line_of(spanned),
+                name: case.name.clone(),
+                failure: result.err(),
+            }
         })
         .collect()
 }
 
+/// A case read into what the engine decides on.
+struct Prepared {
+    expect: Action,
+    event: Event,
+    features: FeatureVector,
+    model_score: Option<f64>,
+}
+
+impl Prepared {
+    /// Reads a case against the pipeline's feature definitions.
+    fn of(case: &RawCase, defs: &[vigil_core::FeatureDef]) -> Result<Prepared, String> {
+        let expect = Action::parse(&case.expect)
+            .ok_or_else(|| format!("`expect = \"{}\"` is not approve, review or decline", case.expect))?;
+        let json = serde_json::to_vec(&case.event).map_err(|e| e.to_string())?;
+        let event = Event::from_json(&json).map_err(|e| format!("the case's event is invalid: {e}"))?;
+        let mut values = vec![FeatureValue::Missing; defs.len()];
+        for (name, v) in &case.features {
+            let Some(i) = defs.iter().position(|d| &d.name == name) else {
+                let hint = vigil_core::suggest::hint(name, defs.iter().map(|d| d.name.as_str()));
+                return Err(format!("unknown feature `{name}`{hint}"));
+            };
+            values[i] = feature_value(defs[i].aggregate, v).map_err(|m| format!("feature `{name}`: {m}"))?;
+        }
+        let features = FeatureVector { values, ..FeatureVector::default() };
+        Ok(Prepared { expect, event, features, model_score: case.model_score })
+    }
+}
+
+/// Whether a case's decision is the one it expects; if not, a readable diff.
+fn compare(case: &RawCase, expect: Action, d: &vigil_core::Decision) -> Result<(), String> {
+    let got: BTreeSet<&str> = d.reasons.iter().filter(|r| !r.shadow).map(|r| r.code.as_str()).collect();
+    let want: BTreeSet<&str> = case.reasons.iter().map(String::as_str).collect();
+    let shadow_got: BTreeSet<&str> = d.reasons.iter().filter(|r| r.shadow).map(|r| r.code.as_str()).collect();
+    let shadow_want: Option<BTreeSet<&str>> = case.shadow.as_ref().map(|s| s.iter().map(String::as_str).collect());
+    let shadow_ok = shadow_want.as_ref().is_none_or(|w| *w == shadow_got);
+    if d.decision == expect && got == want && shadow_ok {
+        return Ok(());
+    }
+    let list = |s: &BTreeSet<&str>| s.iter().copied().collect::<Vec<_>>().join(", ");
+    let shadow: Vec<&str> = shadow_got.iter().copied().collect();
+    let mut why = format!(
+        "expected: {} [{}]\ngot:      {} [{}] (score {})",
+        expect,
+        list(&want),
+        d.decision,
+        list(&got),
+        d.score
+    );
+    let missing: Vec<&str> = want.difference(&got).copied().collect();
+    let extra: Vec<&str> = got.difference(&want).copied().collect();
+    if !missing.is_empty() {
+        why.push_str(&format!("\nmissing reasons: {}", missing.join(", ")));
+    }
+    if !extra.is_empty() {
+        why.push_str(&format!("\nunexpected reasons: {}", extra.join(", ")));
+    }
+    match &shadow_want {
+        Some(w) if !shadow_ok => why.push_str(&format!(
+            "\nexpected shadow rules: [{}]\ngot shadow rules:      [{}]",
+            list(w),
+            shadow.join(", ")
+        )),
+        _ if !shadow.is_empty() => why.push_str(&format!("\nshadow rules fired: {}", shadow.join(", "))),
+        _ => {}
+    }
+    Err(why)
+}
+
 /// Runs every test file of the rules folder.
-pub fn run_all(engine: &Engine, rules_path: &Path) -> BTreeMap<PathBuf, Vec<CaseResult>> {
-    test_files(rules_path).into_iter().map(|f| (f.clone(), run_file(engine, &f))).collect()
+pub async fn run_all(engine: &Engine, rules_path: &Path) -> BTreeMap<PathBuf, Vec<CaseResult>> {
+    let mut out = BTreeMap::new();
+    for f in test_files(rules_path) {
+        let results = run_file(engine, &f).await;
+        out.insert(f, results);
+    }
+    out
 }

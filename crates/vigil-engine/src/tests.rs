@@ -5,6 +5,20 @@ use vigil_core::{Action, Event, PipelineConfig};
 use vigil_features::{MemoryStore, Plan};
 
 use super::*;
+use crate::scoring::strongest;
+
+impl Engine {
+    /// One event, online.
+    async fn decide_one(&self, event: &Event) -> Result<Decision, EngineError> {
+        let mut out = self.decide(&[event], Options::online()).await?;
+        Ok(out.remove(0))
+    }
+
+    /// A batch, online.
+    async fn decide_batch(&self, events: &[&Event]) -> Result<Vec<Decision>, EngineError> {
+        self.decide(events, Options::online()).await
+    }
+}
 
 fn config(rules: &str) -> (PipelineConfig, tempdir::Dir) {
     config_with(rules, "")
@@ -92,10 +106,10 @@ async fn decision_policy_table() {
         // Third event on card `f` this hour: burst (80) + risky (60) = 140 >= 100.
         ("f", "5", "XX", Action::Decline, vec!["risky_country", "burst"]),
     ];
-    e.decide(&ev_on("f1", "1", "FR", "f")).await.unwrap();
-    e.decide(&ev_on("f2", "1", "FR", "f")).await.unwrap();
+    e.decide_one(&ev_on("f1", "1", "FR", "f")).await.unwrap();
+    e.decide_one(&ev_on("f2", "1", "FR", "f")).await.unwrap();
     for (id, amount, country, expected, reasons) in cases {
-        let d = e.decide(&ev(id, amount, country)).await.unwrap();
+        let d = e.decide_one(&ev(id, amount, country)).await.unwrap();
         assert_eq!(d.decision, expected, "{id}: {d:?}");
         let names: Vec<&str> = d.reasons.iter().map(|r| r.rule.as_str()).collect();
         assert_eq!(names, reasons, "{id}");
@@ -107,9 +121,9 @@ async fn decision_policy_table() {
 #[tokio::test]
 async fn redelivered_event_gets_the_same_decision() {
     let (e, _dir) = engine(RULES);
-    let first = e.decide(&ev_on("x", "5", "FR", "c")).await.unwrap();
-    e.decide(&ev_on("y", "5", "FR", "c")).await.unwrap();
-    let again = e.decide(&ev_on("x", "5", "FR", "c")).await.unwrap();
+    let first = e.decide_one(&ev_on("x", "5", "FR", "c")).await.unwrap();
+    e.decide_one(&ev_on("y", "5", "FR", "c")).await.unwrap();
+    let again = e.decide_one(&ev_on("x", "5", "FR", "c")).await.unwrap();
     assert!(again.replayed);
     assert_eq!((again.decision, &again.features, &again.reasons), (first.decision, &first.features, &first.reasons));
 }
@@ -126,7 +140,7 @@ async fn a_broken_reload_keeps_the_last_good_rules() {
     std::fs::write(&path, "rule x when amount > 1 then decline X").unwrap();
     let after = e.reload_rules(&path).unwrap();
     assert_ne!(after, before);
-    assert_eq!(e.decide(&ev("z", "5", "FR")).await.unwrap().decision, Action::Decline);
+    assert_eq!(e.decide_one(&ev("z", "5", "FR")).await.unwrap().decision, Action::Decline);
 }
 
 #[test]
@@ -183,25 +197,25 @@ async fn degraded_policies_decide_without_features_and_say_so() {
     let rules = "rule big when amount > 1000 then decline BIG\nrule busy when card_count_1h >= 1 then review BUSY";
     let (review, store, _d1) = engine_with_policy(rules, DegradedPolicy::Review);
     store.down.store(true, Ordering::SeqCst);
-    let d = review.decide(&ev("a", "10", "FR")).await.unwrap();
+    let d = review.decide_one(&ev("a", "10", "FR")).await.unwrap();
     assert!(d.degraded);
     assert_eq!((d.decision, d.reasons[0].code.as_str()), (Action::Review, DEGRADED_CODE));
     assert!(d.features.values().all(|v| *v == FeatureValue::Missing));
     // A rule on the event alone still declines.
-    let d = review.decide(&ev("b", "5000", "FR")).await.unwrap();
+    let d = review.decide_one(&ev("b", "5000", "FR")).await.unwrap();
     assert_eq!((d.decision, d.degraded), (Action::Decline, true));
 
     let (decide, store, _d2) = engine_with_policy(rules, DegradedPolicy::Decide);
     store.down.store(true, Ordering::SeqCst);
-    let d = decide.decide(&ev("c", "10", "FR")).await.unwrap();
+    let d = decide.decide_one(&ev("c", "10", "FR")).await.unwrap();
     assert_eq!((d.decision, d.degraded, d.reasons.len()), (Action::Approve, true, 0));
     assert_eq!(decide.store_stats().degraded_decisions.load(Ordering::SeqCst), 1);
     store.down.store(false, Ordering::SeqCst);
-    assert!(!decide.decide(&ev("d", "10", "FR")).await.unwrap().degraded);
+    assert!(!decide.decide_one(&ev("d", "10", "FR")).await.unwrap().degraded);
 
     let (fail, store, _d3) = engine_with_policy(rules, DegradedPolicy::Fail);
     store.down.store(true, Ordering::SeqCst);
-    let err = fail.decide(&ev("e", "10", "FR")).await.unwrap_err();
+    let err = fail.decide_one(&ev("e", "10", "FR")).await.unwrap_err();
     assert!(err.to_string().contains("timed out"), "{err}");
 }
 
@@ -210,13 +224,13 @@ async fn the_breaker_stops_calling_a_failing_store_then_tries_again() {
     let (engine, store, _dir) = engine_with_policy("rule big when amount > 1000 then review BIG", DegradedPolicy::Fail);
     store.down.store(true, Ordering::SeqCst);
     for i in 0..breaker::OPEN_AFTER {
-        assert!(engine.decide(&ev(&format!("x{i}"), "1", "FR")).await.is_err());
+        assert!(engine.decide_one(&ev(&format!("x{i}"), "1", "FR")).await.is_err());
     }
     assert!(engine.breaker_open());
     assert_eq!(store.calls.load(Ordering::SeqCst), breaker::OPEN_AFTER);
     // Open: calls fail at once without reaching the store.
     for i in 0..10 {
-        let err = engine.decide(&ev(&format!("y{i}"), "1", "FR")).await.unwrap_err();
+        let err = engine.decide_one(&ev(&format!("y{i}"), "1", "FR")).await.unwrap_err();
         assert!(err.to_string().contains("circuit breaker open"), "{err}");
     }
     assert_eq!(store.calls.load(Ordering::SeqCst), breaker::OPEN_AFTER);
@@ -227,7 +241,7 @@ async fn the_breaker_stops_calling_a_failing_store_then_tries_again() {
     // After the cool-down one trial goes through; the store is back, so it closes.
     store.down.store(false, Ordering::SeqCst);
     tokio::time::sleep(breaker::COOL_DOWN + std::time::Duration::from_millis(50)).await;
-    assert!(engine.decide(&ev("z", "1", "FR")).await.is_ok());
+    assert!(engine.decide_one(&ev("z", "1", "FR")).await.is_ok());
     assert!(!engine.breaker_open());
     assert_eq!(store.calls.load(Ordering::SeqCst), breaker::OPEN_AFTER + 1);
 }
@@ -301,11 +315,9 @@ async fn a_challenger_is_scored_and_reported_on_every_decision_and_never_decides
     let inputs = model_inputs(&c.features);
     let shipped = vigil_model::load(&root.join("models/card-fraud.json"), &inputs).unwrap();
     // A challenger that scores every event higher than the champion.
-    let body = vigil_model::ModelBody {
-        name: "challenger".into(),
-        intercept: shipped.body().intercept + 4.0,
-        ..shipped.body().clone()
-    };
+    let mut body = vigil_model::ModelBody { name: "challenger".into(), ..shipped.body().clone() };
+    let vigil_model::Algorithm::Logistic(logistic) = &mut body.algorithm else { panic!("a logistic regression") };
+    logistic.intercept += 4.0;
     let dir = std::env::temp_dir().join(format!("vigil-engine-challenger-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("challenger.json");

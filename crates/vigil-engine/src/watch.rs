@@ -1,14 +1,21 @@
 //! Live reload: polls the rule files (and lists) and the model files for changes
 //! and swaps a new rule set or model in when it checks; a broken edit or a
-//! corrupt model file is refused and the last good one keeps serving. Polling metadata once a second is cheap for rule folders and sees
-//! editors that replace files as well as those that write in place.
+//! corrupt model file is refused and the last good one keeps serving. Polling
+//! metadata once a second is cheap for rule folders and sees editors that
+//! replace files as well as those that write in place. SIGHUP reloads all.
+//!
+//! [`live`] gives the long-running entry points (`vigil run`, `vigil serve`)
+//! their engine with all of this going.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::Engine;
+use vigil_core::PipelineConfig;
+
+pub use crate::scoring::ModelRole;
+use crate::{Engine, EngineError};
 
 /// What the watcher did, for tests and metrics.
 #[derive(Debug, Default)]
@@ -85,13 +92,6 @@ fn file_stamp(path: &Path) -> Option<(u64, Option<SystemTime>)> {
     Some((meta.len(), meta.modified().ok()))
 }
 
-/// Which model a watched file feeds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ModelRole {
-    Champion,
-    Challenger,
-}
-
 /// Watches model files until `shutdown` completes, swapping in each file that
 /// changes and loads (checksum, format, inputs matching the pipeline). A file
 /// that is refused is logged and counted; the model it would replace keeps
@@ -135,4 +135,53 @@ pub async fn watch_models(
             }
         }
     }
+}
+
+/// The engine of a long-running entry point: connected, with rules and models
+/// reloaded when their files change, and all on SIGHUP.
+pub async fn live(config: &PipelineConfig) -> Result<Arc<Engine>, EngineError> {
+    let engine = Arc::new(Engine::connect(config).await?);
+    tracing::info!(pipeline = %config.name, rules = engine.rules().version(), "engine ready");
+    reload_on_hangup(engine.clone(), config.clone());
+    let second = Duration::from_secs(1);
+    let stats = || Arc::new(ReloadStats::default());
+    tokio::spawn(watch_rules(engine.clone(), config.rules_path.clone(), second, stats(), std::future::pending()));
+    if let Some(m) = &config.model {
+        let files = std::iter::once((ModelRole::Champion, m.path.clone()))
+            .chain(m.challenger.clone().map(|c| (ModelRole::Challenger, c)))
+            .collect();
+        tokio::spawn(watch_models(engine.clone(), files, second, stats(), std::future::pending()));
+    }
+    Ok(engine)
+}
+
+/// On SIGHUP, reloads rules (and the models, when configured). A rule set or
+/// model that does not load is refused with a logged error; the last good one
+/// keeps serving.
+pub fn reload_on_hangup(engine: Arc<Engine>, config: PipelineConfig) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else { return };
+        while hangup.recv().await.is_some() {
+            match engine.reload_rules(&config.rules_path) {
+                Ok(v) => tracing::info!(version = %v, "rules reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, kept = %engine.rules().version(), "rules refused; keeping the last good set")
+                }
+            }
+            if let Some(m) = &config.model {
+                match engine.reload_model(&m.path) {
+                    Ok(v) => tracing::info!(version = %v, "model reloaded"),
+                    Err(e) => tracing::error!(error = %e, "model refused; keeping the last good one"),
+                }
+                if let Some(c) = &m.challenger {
+                    match engine.reload_challenger(c) {
+                        Ok(v) => tracing::info!(version = %v, "challenger model reloaded"),
+                        Err(e) => tracing::error!(error = %e, "challenger model refused; keeping the last good one"),
+                    }
+                }
+            }
+        }
+    });
 }

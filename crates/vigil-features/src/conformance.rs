@@ -1,7 +1,9 @@
-//! One contract, two backends: every case runs against the memory store, a real
-//! Redis (`VIGIL_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`) and a real
-//! Redis Cluster (`VIGIL_TEST_REDIS_CLUSTER`, comma-separated seed nodes, default
-//! the three nodes `scripts/services.sh` starts on 127.0.0.1:7001-7003).
+//! One contract, two backends: every case runs against the memory store (which
+//! needs no server), a real Redis (`VIGIL_TEST_REDIS_URL`, default
+//! `redis://127.0.0.1:6379`) and a real Redis Cluster
+//! (`VIGIL_TEST_REDIS_CLUSTER`, comma-separated seed nodes, default the three
+//! nodes `scripts/services.sh` starts on 127.0.0.1:7001-7003), each as a test
+//! of its own: `on_memory::CASE`, `on_redis::CASE`, `on_cluster::CASE`.
 
 use std::sync::Arc;
 
@@ -9,7 +11,7 @@ use rust_decimal::Decimal;
 use vigil_core::feature::{Aggregate, EntityKey, FeatureDef};
 use vigil_core::{Event, FeatureValue, FeatureVector};
 
-use crate::{FeatureStore, LabelOutcome, MemoryStore, Plan, RedisStore};
+use crate::{FeatureStore, KeyLayout, LabelOutcome, MemoryStore, Plan, RedisStore};
 
 const T0: &str = "2026-01-01T00:00:00Z";
 
@@ -64,10 +66,7 @@ fn cluster_nodes() -> Vec<String> {
         .collect()
 }
 
-/// The two Redis layouts.
-const REDIS: [&str; 2] = ["redis", "redis-cluster"];
-
-/// A Redis store of either layout on `prefix`.
+/// A Redis store of either layout (`redis` or `redis-cluster`) on `prefix`.
 async fn redis_store(kind: &str, plan: Plan, prefix: &str) -> RedisStore {
     match kind {
         "redis" => RedisStore::connect(&redis_url(), plan, prefix, 3600, 2000)
@@ -79,19 +78,75 @@ async fn redis_store(kind: &str, plan: Plan, prefix: &str) -> RedisStore {
     }
 }
 
-async fn backends() -> Vec<(&'static str, Arc<dyn FeatureStore>)> {
-    backends_for(plan).await
+/// The backend a case runs on. The memory store's cases need no server.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Memory,
+    Redis,
+    Cluster,
 }
 
-async fn backends_for(plan: fn() -> Plan) -> Vec<(&'static str, Arc<dyn FeatureStore>)> {
-    let prefix = format!("vigiltest-{}", uuid::Uuid::new_v4());
-    let mut all: Vec<(&'static str, Arc<dyn FeatureStore>)> =
-        vec![("memory", Arc::new(MemoryStore::new(plan(), 3600)))];
-    for kind in REDIS {
-        all.push((kind, Arc::new(redis_store(kind, plan(), &prefix).await)));
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Memory => "memory",
+            Backend::Redis => "redis",
+            Backend::Cluster => "redis-cluster",
+        }
     }
-    all
+
+    /// A fresh store of this backend (on a prefix of its own) computing `plan`.
+    async fn store(self, plan: fn() -> Plan) -> Arc<dyn FeatureStore> {
+        match self {
+            Backend::Memory => Arc::new(MemoryStore::new(plan(), 3600)),
+            redis => Arc::new(redis_store(redis.name(), plan(), &format!("vigiltest-{}", uuid::Uuid::new_v4())).await),
+        }
+    }
 }
+
+/// One test per case and backend: `on_memory::CASE`, `on_redis::CASE` and
+/// `on_cluster::CASE`.
+macro_rules! on_every_backend {
+    ($($case:ident),* $(,)?) => {
+        mod on_memory {
+            $(#[tokio::test] async fn $case() { super::$case(super::Backend::Memory).await })*
+        }
+        mod on_redis {
+            $(#[tokio::test] async fn $case() { super::$case(super::Backend::Redis).await })*
+        }
+        mod on_cluster {
+            $(#[tokio::test] async fn $case() { super::$case(super::Backend::Cluster).await })*
+        }
+    };
+}
+
+/// One test per case and Redis layout, for what only Redis has (several
+/// processes on one store, its scripts).
+macro_rules! on_redis_backends {
+    ($($case:ident),* $(,)?) => {
+        mod on_redis_only {
+            $(#[tokio::test] async fn $case() { super::$case("redis").await })*
+        }
+        mod on_cluster_only {
+            $(#[tokio::test] async fn $case() { super::$case("redis-cluster").await })*
+        }
+    };
+}
+
+on_every_backend!(
+    declared_aggregates_read_the_earlier_events,
+    distinct_counts_are_exact_up_to_the_bound_then_estimated,
+    reads_before_the_event_then_counts_it,
+    redelivery_changes_nothing_and_returns_the_first_features,
+    a_reused_id_keeps_the_first_fingerprint,
+    late_events_see_only_earlier_time,
+    absent_entities_are_missing_not_zero,
+    batches_equal_one_by_one,
+    labels_count_once_from_their_report_time_within_the_window,
+    changed_compares_a_field_with_the_previous_event,
+);
+
+on_redis_backends!(concurrent_writers_stay_exact, concurrent_long_batches_stay_exact, a_flushed_script_is_loaded_again);
 
 /// Every aggregate over one card, in declaration order.
 fn rich_plan() -> Plan {
@@ -124,173 +179,157 @@ fn card_event(id: &str, secs: i64, amount: &str, merchant: &str) -> Event {
     Event::from_json(json.as_bytes()).unwrap()
 }
 
-#[tokio::test]
-async fn declared_aggregates_read_the_earlier_events() {
+async fn declared_aggregates_read_the_earlier_events(backend: Backend) {
     let missing = FeatureValue::Missing;
     let number = |s: &str| FeatureValue::Number(s.parse::<Decimal>().unwrap());
-    for (name, store) in backends_for(rich_plan).await {
-        let store = store.as_ref();
-        let first = one(store, &card_event("a", 0, "10.00", "m1")).await;
-        assert_eq!(
-            first.values,
-            [vec![missing.clone(); 7], vec![count(0), count(0)]].concat(),
-            "{name}: nothing before the first event"
-        );
-        one(store, &card_event("b", 60, "30.00", "m2")).await;
-        let c = one(store, &card_event("c", 90, "40.00", "m1")).await;
-        assert_eq!(
-            c.values,
-            vec![
-                money("20"),
-                money("10.00"),
-                money("30.00"),
-                money("10"),
-                number("2"),
-                FeatureValue::Seconds(30),
-                money("30.00"),
-                count(2),
-                count(2)
-            ],
-            "{name}"
-        );
-        // A redelivery returns the same values of the same kinds.
-        let again = one(store, &card_event("c", 90, "40.00", "m1")).await;
-        assert!(again.replayed, "{name}");
-        assert_eq!(again.values, c.values, "{name}");
-        // Late by a minute: its predecessor is `a`, not the newest event.
-        let late = one(store, &card_event("late", 30, "10.00", "m3")).await;
-        assert_eq!(late.values[5], FeatureValue::Seconds(30), "{name}");
-        assert_eq!(late.values[6], money("10.00"), "{name}");
-        // Two hours later the hour window is empty and the predecessor too old.
-        let d = one(store, &card_event("d", 7290, "5", "m1")).await;
-        assert_eq!(d.values, [vec![missing.clone(); 7], vec![count(0), count(0)]].concat(), "{name}");
+    let (name, store) = (backend.name(), backend.store(rich_plan).await);
+    let store = store.as_ref();
+    let first = one(store, &card_event("a", 0, "10.00", "m1")).await;
+    assert_eq!(
+        first.values,
+        [vec![missing.clone(); 7], vec![count(0), count(0)]].concat(),
+        "{name}: nothing before the first event"
+    );
+    one(store, &card_event("b", 60, "30.00", "m2")).await;
+    let c = one(store, &card_event("c", 90, "40.00", "m1")).await;
+    assert_eq!(
+        c.values,
+        vec![
+            money("20"),
+            money("10.00"),
+            money("30.00"),
+            money("10"),
+            number("2"),
+            FeatureValue::Seconds(30),
+            money("30.00"),
+            count(2),
+            count(2)
+        ],
+        "{name}"
+    );
+    // A redelivery returns the same values of the same kinds.
+    let again = one(store, &card_event("c", 90, "40.00", "m1")).await;
+    assert!(again.replayed, "{name}");
+    assert_eq!(again.values, c.values, "{name}");
+    // Late by a minute: its predecessor is `a`, not the newest event.
+    let late = one(store, &card_event("late", 30, "10.00", "m3")).await;
+    assert_eq!(late.values[5], FeatureValue::Seconds(30), "{name}");
+    assert_eq!(late.values[6], money("10.00"), "{name}");
+    // Two hours later the hour window is empty and the predecessor too old.
+    let d = one(store, &card_event("d", 7290, "5", "m1")).await;
+    assert_eq!(d.values, [vec![missing.clone(); 7], vec![count(0), count(0)]].concat(), "{name}");
+}
+
+async fn distinct_counts_are_exact_up_to_the_bound_then_estimated(backend: Backend) {
+    let (name, store) = (backend.name(), backend.store(rich_plan).await);
+    let store = store.as_ref();
+    // 2,000 merchants in 2,000 seconds, all inside the card's one-hour window.
+    let events: Vec<Event> = (0..2000).map(|i| card_event(&format!("e{i}"), i, "1", &format!("m{i}"))).collect();
+    let refs: Vec<&Event> = events.iter().collect();
+    let out = store.process(&refs).await.unwrap();
+    let limit = crate::state::DISTINCT_LIMIT;
+    for i in [0, 1, 100, limit] {
+        assert_eq!(out[i].values[7], count(i as i64), "{name}: exact at {i}");
+    }
+    // Beyond the bound, a sliding HyperLogLog of 128 registers (about 9% error).
+    for i in [limit + 1, 300, 1000, 1999] {
+        let FeatureValue::Count(n) = out[i].values[7] else { panic!("{name}: not a count") };
+        let error = (n as f64 - i as f64).abs() / i as f64;
+        assert!(error < 0.2, "{name}: {n} distinct estimated for {i}");
+    }
+    // A repeated value adds nothing to the estimate.
+    let again = card_event("again", 2000, "1", "m5");
+    let once_more = card_event("once-more", 2001, "1", "m7");
+    let (a, b) = (one(store, &again).await, one(store, &once_more).await);
+    let (FeatureValue::Count(x), FeatureValue::Count(y)) = (&a.values[7], &b.values[7]) else { panic!() };
+    assert!(y - x <= 1, "{name}: {x} then {y}");
+    // Once the window and the lateness bound have passed every forgotten
+    // value, counts are exact again.
+    let later = 2001 + 3600 + crate::state::LATENESS_S + 60;
+    for k in 0..5 {
+        let e = card_event(&format!("late{k}"), later + k, "1", &format!("n{k}"));
+        assert_eq!(one(store, &e).await.values[7], count(k), "{name}: exact again");
     }
 }
 
-#[tokio::test]
-async fn distinct_counts_are_exact_up_to_the_bound_then_estimated() {
-    for (name, store) in backends_for(rich_plan).await {
-        let store = store.as_ref();
-        // 2,000 merchants in 2,000 seconds, all inside the card's one-hour window.
-        let events: Vec<Event> = (0..2000).map(|i| card_event(&format!("e{i}"), i, "1", &format!("m{i}"))).collect();
-        let refs: Vec<&Event> = events.iter().collect();
-        let out = store.process(&refs).await.unwrap();
-        let limit = crate::state::DISTINCT_LIMIT;
-        for i in [0, 1, 100, limit] {
-            assert_eq!(out[i].values[7], count(i as i64), "{name}: exact at {i}");
-        }
-        // Beyond the bound, a sliding HyperLogLog of 128 registers (about 9% error).
-        for i in [limit + 1, 300, 1000, 1999] {
-            let FeatureValue::Count(n) = out[i].values[7] else { panic!("{name}: not a count") };
-            let error = (n as f64 - i as f64).abs() / i as f64;
-            assert!(error < 0.2, "{name}: {n} distinct estimated for {i}");
-        }
-        // A repeated value adds nothing to the estimate.
-        let again = card_event("again", 2000, "1", "m5");
-        let once_more = card_event("once-more", 2001, "1", "m7");
-        let (a, b) = (one(store, &again).await, one(store, &once_more).await);
-        let (FeatureValue::Count(x), FeatureValue::Count(y)) = (&a.values[7], &b.values[7]) else { panic!() };
-        assert!(y - x <= 1, "{name}: {x} then {y}");
-        // Once the window and the lateness bound have passed every forgotten
-        // value, counts are exact again.
-        let later = 2001 + 3600 + crate::state::LATENESS_S + 60;
-        for k in 0..5 {
-            let e = card_event(&format!("late{k}"), later + k, "1", &format!("n{k}"));
-            assert_eq!(one(store, &e).await.values[7], count(k), "{name}: exact again");
-        }
-    }
+async fn reads_before_the_event_then_counts_it(backend: Backend) {
+    let (name, store) = (backend.name(), backend.store(plan).await);
+    let store = store.as_ref();
+    let a = one(store, &ev("a", 0, "10.00", Some("c1"), "t1")).await;
+    assert_eq!(a.values, vec![count(0), money("0"), count(0), count(0), count(0)], "{name}");
+    let b = one(store, &ev("b", 60, "5.50", Some("c1"), "t1")).await;
+    assert_eq!(b.values, vec![count(1), money("10.00"), count(1), count(1), count(1)], "{name}");
+    // 11 minutes after the first: out of the 10-minute window, inside the hour.
+    let c = one(store, &ev("c", 660, "1", Some("c1"), "t2")).await;
+    assert_eq!(c.values, vec![count(1), money("15.50"), count(2), count(0), count(2)], "{name}");
+    // Two hours later: only the 24-hour window remembers.
+    let d = one(store, &ev("d", 7200 + 660, "1", Some("c1"), "t1")).await;
+    assert_eq!(d.values, vec![count(0), money("0"), count(3), count(0), count(3)], "{name}");
+    assert!(!d.replayed);
 }
 
-#[tokio::test]
-async fn reads_before_the_event_then_counts_it() {
-    for (name, store) in backends().await {
-        let store = store.as_ref();
-        let a = one(store, &ev("a", 0, "10.00", Some("c1"), "t1")).await;
-        assert_eq!(a.values, vec![count(0), money("0"), count(0), count(0), count(0)], "{name}");
-        let b = one(store, &ev("b", 60, "5.50", Some("c1"), "t1")).await;
-        assert_eq!(b.values, vec![count(1), money("10.00"), count(1), count(1), count(1)], "{name}");
-        // 11 minutes after the first: out of the 10-minute window, inside the hour.
-        let c = one(store, &ev("c", 660, "1", Some("c1"), "t2")).await;
-        assert_eq!(c.values, vec![count(1), money("15.50"), count(2), count(0), count(2)], "{name}");
-        // Two hours later: only the 24-hour window remembers.
-        let d = one(store, &ev("d", 7200 + 660, "1", Some("c1"), "t1")).await;
-        assert_eq!(d.values, vec![count(0), money("0"), count(3), count(0), count(3)], "{name}");
-        assert!(!d.replayed);
-    }
+async fn redelivery_changes_nothing_and_returns_the_first_features(backend: Backend) {
+    let (name, store) = (backend.name(), backend.store(plan).await);
+    let store = store.as_ref();
+    let first = one(store, &ev("a", 0, "10", Some("c1"), "t1")).await;
+    one(store, &ev("b", 10, "10", Some("c1"), "t1")).await;
+    let again = one(store, &ev("a", 0, "10", Some("c1"), "t1")).await;
+    assert!(again.replayed, "{name}");
+    assert_eq!(again.values, first.values, "{name}");
+    let c = one(store, &ev("c", 20, "10", Some("c1"), "t1")).await;
+    assert_eq!(c.values[0], count(2), "{name}: the redelivered event was counted twice");
+    // The same id twice within one batch: counted once.
+    let (x1, x2, y) =
+        (ev("x", 30, "1", Some("c1"), "t1"), ev("x", 30, "1", Some("c1"), "t1"), ev("y", 40, "1", Some("c1"), "t1"));
+    let out = store.process(&[&x1, &x2, &y]).await.unwrap();
+    assert_eq!(out[0].values, out[1].values, "{name}");
+    assert!(!out[0].replayed && out[1].replayed, "{name}");
+    assert_eq!(out[2].values[0], count(4), "{name}");
 }
 
-#[tokio::test]
-async fn redelivery_changes_nothing_and_returns_the_first_features() {
-    for (name, store) in backends().await {
-        let store = store.as_ref();
-        let first = one(store, &ev("a", 0, "10", Some("c1"), "t1")).await;
-        one(store, &ev("b", 10, "10", Some("c1"), "t1")).await;
-        let again = one(store, &ev("a", 0, "10", Some("c1"), "t1")).await;
-        assert!(again.replayed, "{name}");
-        assert_eq!(again.values, first.values, "{name}");
-        let c = one(store, &ev("c", 20, "10", Some("c1"), "t1")).await;
-        assert_eq!(c.values[0], count(2), "{name}: the redelivered event was counted twice");
-        // The same id twice within one batch: counted once.
-        let (x1, x2, y) = (
-            ev("x", 30, "1", Some("c1"), "t1"),
-            ev("x", 30, "1", Some("c1"), "t1"),
-            ev("y", 40, "1", Some("c1"), "t1"),
-        );
-        let out = store.process(&[&x1, &x2, &y]).await.unwrap();
-        assert_eq!(out[0].values, out[1].values, "{name}");
-        assert!(!out[0].replayed && out[1].replayed, "{name}");
-        assert_eq!(out[2].values[0], count(4), "{name}");
-    }
+async fn a_reused_id_keeps_the_first_fingerprint(backend: Backend) {
+    let (name, store) = (backend.name(), backend.store(plan).await);
+    let store = store.as_ref();
+    let first = ev("a", 0, "10", Some("c1"), "t1");
+    let fresh = one(store, &first).await;
+    assert_eq!(fresh.fingerprint, first.fingerprint(), "{name}");
+    let retry = one(store, &first).await;
+    assert!(retry.replayed && retry.fingerprint == first.fingerprint(), "{name}: a retry");
+    // Same id, another amount: not counted, and told apart by its fingerprint.
+    let reused = ev("a", 0, "99", Some("c1"), "t1");
+    assert_ne!(reused.fingerprint(), first.fingerprint());
+    let out = one(store, &reused).await;
+    assert!(out.replayed, "{name}");
+    assert_eq!(out.fingerprint, first.fingerprint(), "{name}: the stored fingerprint is the first event's");
+    // Within one batch as well.
+    let (x1, x2) = (ev("x", 30, "1", Some("c1"), "t1"), ev("x", 30, "2", Some("c1"), "t1"));
+    let out = store.process(&[&x1, &x2]).await.unwrap();
+    assert_eq!(out[1].fingerprint, x1.fingerprint(), "{name}");
 }
 
-#[tokio::test]
-async fn a_reused_id_keeps_the_first_fingerprint() {
-    for (name, store) in backends().await {
-        let store = store.as_ref();
-        let first = ev("a", 0, "10", Some("c1"), "t1");
-        let fresh = one(store, &first).await;
-        assert_eq!(fresh.fingerprint, first.fingerprint(), "{name}");
-        let retry = one(store, &first).await;
-        assert!(retry.replayed && retry.fingerprint == first.fingerprint(), "{name}: a retry");
-        // Same id, another amount: not counted, and told apart by its fingerprint.
-        let reused = ev("a", 0, "99", Some("c1"), "t1");
-        assert_ne!(reused.fingerprint(), first.fingerprint());
-        let out = one(store, &reused).await;
-        assert!(out.replayed, "{name}");
-        assert_eq!(out.fingerprint, first.fingerprint(), "{name}: the stored fingerprint is the first event's");
-        // Within one batch as well.
-        let (x1, x2) = (ev("x", 30, "1", Some("c1"), "t1"), ev("x", 30, "2", Some("c1"), "t1"));
-        let out = store.process(&[&x1, &x2]).await.unwrap();
-        assert_eq!(out[1].fingerprint, x1.fingerprint(), "{name}");
-    }
+async fn late_events_see_only_earlier_time(backend: Backend) {
+    let (name, store) = (backend.name(), backend.store(plan).await);
+    let store = store.as_ref();
+    one(store, &ev("a", 0, "1", Some("c1"), "t1")).await;
+    one(store, &ev("b", 240, "1", Some("c1"), "t1")).await;
+    // Arrives third, happened between the two: sees only `a`.
+    let late = one(store, &ev("late", 120, "1", Some("c1"), "t1")).await;
+    assert_eq!(late.values[0], count(1), "{name}");
+    let next = one(store, &ev("n", 300, "1", Some("c1"), "t1")).await;
+    assert_eq!(next.values[0], count(3), "{name}");
 }
 
-#[tokio::test]
-async fn late_events_see_only_earlier_time() {
-    for (name, store) in backends().await {
-        let store = store.as_ref();
-        one(store, &ev("a", 0, "1", Some("c1"), "t1")).await;
-        one(store, &ev("b", 240, "1", Some("c1"), "t1")).await;
-        // Arrives third, happened between the two: sees only `a`.
-        let late = one(store, &ev("late", 120, "1", Some("c1"), "t1")).await;
-        assert_eq!(late.values[0], count(1), "{name}");
-        let next = one(store, &ev("n", 300, "1", Some("c1"), "t1")).await;
-        assert_eq!(next.values[0], count(3), "{name}");
-    }
+async fn absent_entities_are_missing_not_zero(backend: Backend) {
+    let (name, store) = (backend.name(), backend.store(plan).await);
+    let e = one(store.as_ref(), &ev("a", 0, "1", None, "t1")).await;
+    assert_eq!(e.values[0], FeatureValue::Missing, "{name}");
+    assert_eq!(e.values[3], count(0), "{name}");
+    assert_eq!(e.values[4], FeatureValue::Missing, "{name}");
 }
 
-#[tokio::test]
-async fn absent_entities_are_missing_not_zero() {
-    for (name, store) in backends().await {
-        let e = one(store.as_ref(), &ev("a", 0, "1", None, "t1")).await;
-        assert_eq!(e.values[0], FeatureValue::Missing, "{name}");
-        assert_eq!(e.values[3], count(0), "{name}");
-        assert_eq!(e.values[4], FeatureValue::Missing, "{name}");
-    }
-}
-
-#[tokio::test]
-async fn batches_equal_one_by_one() {
+/// Any batching gives the features of one event at a time, as the memory
+/// store computes them.
+async fn batches_equal_one_by_one(backend: Backend) {
     let events: Vec<Event> = (0..60)
         .map(|i| {
             ev(
@@ -302,23 +341,18 @@ async fn batches_equal_one_by_one() {
             )
         })
         .collect();
+    let name = backend.name();
     let mut reference = None;
-    for name in ["memory", "redis", "redis-cluster"] {
-        for batch in [1usize, 7, 60] {
-            let prefix_store: Arc<dyn FeatureStore> = if name == "memory" {
-                Arc::new(MemoryStore::new(plan(), 3600))
-            } else {
-                Arc::new(redis_store(name, plan(), &format!("vigiltest-{}", uuid::Uuid::new_v4())).await)
-            };
-            let mut out = Vec::new();
-            for chunk in events.chunks(batch) {
-                let refs: Vec<&Event> = chunk.iter().collect();
-                out.extend(prefix_store.process(&refs).await.unwrap());
-            }
-            match &reference {
-                None => reference = Some(out),
-                Some(r) => assert_eq!(&out, r, "{name} with batches of {batch}"),
-            }
+    for (store, batch) in [(Backend::Memory, 1usize), (backend, 1), (backend, 7), (backend, 60)] {
+        let store = store.store(plan).await;
+        let mut out = Vec::new();
+        for chunk in events.chunks(batch) {
+            let refs: Vec<&Event> = chunk.iter().collect();
+            out.extend(store.process(&refs).await.unwrap());
+        }
+        match &reference {
+            None => reference = Some(out),
+            Some(r) => assert_eq!(&out, r, "{name} with batches of {batch}"),
         }
     }
 }
@@ -343,60 +377,50 @@ where
     one(&store, &ev("last", 100, "1", Some("shared"), "t1")).await
 }
 
-#[tokio::test]
-async fn concurrent_writers_stay_exact() {
-    for kind in REDIS {
-        let last = after_four_writers(kind, |w, store| async move {
-            for i in 0..25 {
-                let e = ev(&format!("w{w}-{i}"), i, "1", Some("shared"), "t1");
-                store.process(&[&e]).await.unwrap();
-            }
-        })
-        .await;
-        assert_eq!(last.values[0], count(100), "{kind}");
-        assert_eq!(last.values[1], money("100"), "{kind}");
-    }
+async fn concurrent_writers_stay_exact(kind: &str) {
+    let last = after_four_writers(kind, |w, store| async move {
+        for i in 0..25 {
+            let e = ev(&format!("w{w}-{i}"), i, "1", Some("shared"), "t1");
+            store.process(&[&e]).await.unwrap();
+        }
+    })
+    .await;
+    assert_eq!(last.values[0], count(100), "{kind}");
+    assert_eq!(last.values[1], money("100"), "{kind}");
 }
 
 /// Batches longer than the Redis store's transaction chunk, from several writers on
 /// one shared entity, with an id repeated across chunks of one batch: every event
 /// is counted once, and the repeat gets the first features back.
-#[tokio::test]
-async fn concurrent_long_batches_stay_exact() {
-    for kind in REDIS {
-        let last = after_four_writers(kind, |w, store| async move {
-            let mut events: Vec<Event> =
-                (0..50).map(|i| ev(&format!("w{w}-{i}"), i, "1", Some("shared"), "t1")).collect();
-            // A redelivery inside the batch, chunks after the first delivery.
-            events.insert(45, events[2].clone());
-            let refs: Vec<&Event> = events.iter().collect();
-            let out = store.process(&refs).await.unwrap();
-            assert!(out[45].replayed);
-            assert_eq!(out[45].values, out[2].values);
-        })
-        .await;
-        assert_eq!(last.values[0], count(200), "{kind}");
-        assert_eq!(last.values[1], money("200"), "{kind}");
-    }
+async fn concurrent_long_batches_stay_exact(kind: &str) {
+    let last = after_four_writers(kind, |w, store| async move {
+        let mut events: Vec<Event> = (0..50).map(|i| ev(&format!("w{w}-{i}"), i, "1", Some("shared"), "t1")).collect();
+        // A redelivery inside the batch, chunks after the first delivery.
+        events.insert(45, events[2].clone());
+        let refs: Vec<&Event> = events.iter().collect();
+        let out = store.process(&refs).await.unwrap();
+        assert!(out[45].replayed);
+        assert_eq!(out[45].values, out[2].values);
+    })
+    .await;
+    assert_eq!(last.values[0], count(200), "{kind}");
+    assert_eq!(last.values[1], money("200"), "{kind}");
 }
 
 /// Redis forgets scripts when it restarts or `SCRIPT FLUSH` runs: the store loads
 /// its compare-and-set script again and the call goes through.
-#[tokio::test]
-async fn a_flushed_script_is_loaded_again() {
-    for kind in REDIS {
-        let prefix = format!("vigiltest-{}", uuid::Uuid::new_v4());
-        let store = redis_store(kind, plan(), &prefix).await;
-        one(&store, &ev("f1", 0, "1", Some("c"), "t")).await;
-        let urls = if kind == "redis" { vec![redis_url()] } else { cluster_nodes() };
-        for url in urls {
-            let client = redis::Client::open(url).unwrap();
-            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-            let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.unwrap();
-        }
-        let second = one(&store, &ev("f2", 1, "1", Some("c"), "t")).await;
-        assert_eq!(second.values[0], count(1), "{kind}");
+async fn a_flushed_script_is_loaded_again(kind: &str) {
+    let prefix = format!("vigiltest-{}", uuid::Uuid::new_v4());
+    let store = redis_store(kind, plan(), &prefix).await;
+    one(&store, &ev("f1", 0, "1", Some("c"), "t")).await;
+    let urls = if kind == "redis" { vec![redis_url()] } else { cluster_nodes() };
+    for url in urls {
+        let client = redis::Client::open(url).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.unwrap();
     }
+    let second = one(&store, &ev("f2", 1, "1", Some("c"), "t")).await;
+    assert_eq!(second.values[0], count(1), "{kind}");
 }
 
 #[tokio::test]
@@ -423,7 +447,7 @@ async fn a_cluster_call_cut_before_its_marker_counts_once_on_redelivery() {
     let first = one(&store, &ev("a", 0, "10", Some("c1"), "t1")).await;
     let client = redis::cluster::ClusterClient::new(cluster_nodes()).unwrap();
     let mut conn = client.get_async_connection().await.unwrap();
-    let removed: i64 = redis::cmd("DEL").arg(format!("{prefix}:tx2:{{a}}")).query_async(&mut conn).await.unwrap();
+    let removed: i64 = redis::cmd("DEL").arg(KeyLayout::new(&prefix).marker("a")).query_async(&mut conn).await.unwrap();
     assert_eq!(removed, 1, "the transaction marker is where the store writes it");
     let again = one(&store, &ev("a", 0, "10", Some("c1"), "t1")).await;
     assert!(again.replayed);
@@ -435,7 +459,8 @@ async fn a_cluster_call_cut_before_its_marker_counts_once_on_redelivery() {
     let store = redis_store("redis-cluster", label_plan(), &prefix).await;
     let fraud = label("a", 5, "fraud", "t1");
     assert_eq!(store.apply_labels(&[&fraud]).await.unwrap(), [LabelOutcome::Counted]);
-    let removed: i64 = redis::cmd("DEL").arg(format!("{prefix}:lb3:{{a}}")).query_async(&mut conn).await.unwrap();
+    let removed: i64 =
+        redis::cmd("DEL").arg(KeyLayout::new(&prefix).label_marker("a")).query_async(&mut conn).await.unwrap();
     assert_eq!(removed, 1, "the label's transaction marker is where the store writes it");
     assert_eq!(store.apply_labels(&[&fraud]).await.unwrap(), [LabelOutcome::AlreadyCounted]);
 }
@@ -476,34 +501,32 @@ fn label(id: &str, secs: i64, verdict: &str, terminal: &str) -> vigil_core::Labe
     vigil_core::Label::from_json(json.as_bytes()).unwrap()
 }
 
-#[tokio::test]
-async fn labels_count_once_from_their_report_time_within_the_window() {
+async fn labels_count_once_from_their_report_time_within_the_window(backend: Backend) {
     use crate::LabelOutcome::*;
-    for (name, store) in backends_for(label_plan).await {
-        let s = store.as_ref();
-        // Four events at t1, then a fraud label for one of them at 100 s.
-        for i in 0..4 {
-            one(s, &ev(&format!("a{i}"), i * 10, "10", Some("c"), "t1")).await;
-        }
-        let fraud = label("a0", 100, "fraud", "t1");
-        let genuine = label("a1", 100, "genuine", "t1");
-        assert_eq!(s.apply_labels(&[&fraud, &genuine, &fraud]).await.unwrap(), [Counted, Recorded, AlreadyCounted]);
-        assert_eq!(s.apply_labels(&[&fraud]).await.unwrap(), [AlreadyCounted], "{name}: a redelivered label");
-        assert_eq!(s.apply_labels(&[&genuine]).await.unwrap(), [Recorded], "{name}: genuine verdicts alone");
-        let rate = |n: i64, d: i64| FeatureValue::Number(Decimal::from(n) / Decimal::from(d));
-
-        // An event before the report time does not see the label; one after does.
-        let before = one(s, &ev("b", 50, "10", Some("c"), "t1")).await;
-        assert_eq!(before.values, vec![count(0), rate(0, 4), count(4)], "{name}: before the report");
-        let after = one(s, &ev("c", 200, "10", Some("c"), "t1")).await;
-        assert_eq!(after.values, vec![count(1), rate(1, 5), count(5)], "{name}: after the report");
-        // Another terminal knows nothing of it; a terminal with no events has no rate.
-        let other = one(s, &ev("d", 200, "10", Some("c"), "t2")).await;
-        assert_eq!(other.values, vec![count(0), FeatureValue::Missing, count(0)], "{name}: another terminal");
-        // The label leaves the window an hour after it was reported.
-        let later = one(s, &ev("e", 100 + 3600 + 60, "10", Some("c"), "t1")).await;
-        assert_eq!(later.values[0], count(0), "{name}: label out of the window");
+    let (name, store) = (backend.name(), backend.store(label_plan).await);
+    let s = store.as_ref();
+    // Four events at t1, then a fraud label for one of them at 100 s.
+    for i in 0..4 {
+        one(s, &ev(&format!("a{i}"), i * 10, "10", Some("c"), "t1")).await;
     }
+    let fraud = label("a0", 100, "fraud", "t1");
+    let genuine = label("a1", 100, "genuine", "t1");
+    assert_eq!(s.apply_labels(&[&fraud, &genuine, &fraud]).await.unwrap(), [Counted, Recorded, AlreadyCounted]);
+    assert_eq!(s.apply_labels(&[&fraud]).await.unwrap(), [AlreadyCounted], "{name}: a redelivered label");
+    assert_eq!(s.apply_labels(&[&genuine]).await.unwrap(), [Recorded], "{name}: genuine verdicts alone");
+    let rate = |n: i64, d: i64| FeatureValue::Number(Decimal::from(n) / Decimal::from(d));
+
+    // An event before the report time does not see the label; one after does.
+    let before = one(s, &ev("b", 50, "10", Some("c"), "t1")).await;
+    assert_eq!(before.values, vec![count(0), rate(0, 4), count(4)], "{name}: before the report");
+    let after = one(s, &ev("c", 200, "10", Some("c"), "t1")).await;
+    assert_eq!(after.values, vec![count(1), rate(1, 5), count(5)], "{name}: after the report");
+    // Another terminal knows nothing of it; a terminal with no events has no rate.
+    let other = one(s, &ev("d", 200, "10", Some("c"), "t2")).await;
+    assert_eq!(other.values, vec![count(0), FeatureValue::Missing, count(0)], "{name}: another terminal");
+    // The label leaves the window an hour after it was reported.
+    let later = one(s, &ev("e", 100 + 3600 + 60, "10", Some("c"), "t1")).await;
+    assert_eq!(later.values[0], count(0), "{name}: label out of the window");
 }
 
 fn changed_plan() -> Plan {
@@ -531,34 +554,32 @@ fn travel(id: &str, secs: i64, country: Option<&str>, device: &str) -> Event {
     Event::from_json(json.as_bytes()).unwrap()
 }
 
-#[tokio::test]
-async fn changed_compares_a_field_with_the_previous_event() {
+async fn changed_compares_a_field_with_the_previous_event(backend: Backend) {
     let missing = || FeatureValue::Missing;
     let text = |t: &str| FeatureValue::Text(t.into());
-    for (name, store) in backends_for(changed_plan).await {
-        let store = store.as_ref();
-        let mut seen = Vec::new();
-        for (e, want) in [
-            // No previous event: nothing to compare.
-            (travel("a", 0, Some("FR"), "d1"), [missing(), missing(), missing()]),
-            (travel("b", 60, Some("FR"), "d1"), [count(0), count(0), text("FR")]),
-            (travel("c", 120, Some("DE"), "d1"), [count(1), count(0), text("FR")]),
-            // This event lacks the country; the next one's previous lacks it.
-            (travel("d", 180, None, "d2"), [missing(), count(1), text("DE")]),
-            (travel("e", 240, Some("DE"), "d2"), [missing(), count(0), missing()]),
-            // Late, within the lateness bound: compared with the event before its time (c).
-            (travel("late", 150, Some("DE"), "d1"), [count(0), count(0), text("DE")]),
-            // More than the window after the previous event: nothing to compare.
-            (travel("f", 240 + 3601, Some("US"), "d2"), [missing(), missing(), missing()]),
-        ] {
-            let got = one(store, &e).await;
-            assert_eq!(got.values, want, "{name}: {}", e.transaction_id);
-            seen.push(got);
-        }
-        // A redelivery gives back its first values and changes nothing.
-        let again = one(store, &travel("c", 120, Some("DE"), "d1")).await;
-        assert!(again.replayed && again.values == seen[2].values, "{name}");
-        let g = one(store, &travel("g", 240 + 3660, Some("US"), "d3")).await;
-        assert_eq!(g.values, [count(0), count(1), text("US")], "{name}");
+    let (name, store) = (backend.name(), backend.store(changed_plan).await);
+    let store = store.as_ref();
+    let mut seen = Vec::new();
+    for (e, want) in [
+        // No previous event: nothing to compare.
+        (travel("a", 0, Some("FR"), "d1"), [missing(), missing(), missing()]),
+        (travel("b", 60, Some("FR"), "d1"), [count(0), count(0), text("FR")]),
+        (travel("c", 120, Some("DE"), "d1"), [count(1), count(0), text("FR")]),
+        // This event lacks the country; the next one's previous lacks it.
+        (travel("d", 180, None, "d2"), [missing(), count(1), text("DE")]),
+        (travel("e", 240, Some("DE"), "d2"), [missing(), count(0), missing()]),
+        // Late, within the lateness bound: compared with the event before its time (c).
+        (travel("late", 150, Some("DE"), "d1"), [count(0), count(0), text("DE")]),
+        // More than the window after the previous event: nothing to compare.
+        (travel("f", 240 + 3601, Some("US"), "d2"), [missing(), missing(), missing()]),
+    ] {
+        let got = one(store, &e).await;
+        assert_eq!(got.values, want, "{name}: {}", e.transaction_id);
+        seen.push(got);
     }
+    // A redelivery gives back its first values and changes nothing.
+    let again = one(store, &travel("c", 120, Some("DE"), "d1")).await;
+    assert!(again.replayed && again.values == seen[2].values, "{name}");
+    let g = one(store, &travel("g", 240 + 3660, Some("US"), "d3")).await;
+    assert_eq!(g.values, [count(0), count(1), text("US")], "{name}");
 }

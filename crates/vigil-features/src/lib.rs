@@ -6,19 +6,38 @@
 //! back the features computed the first time and changes nothing.
 //!
 //! Two backends keep one contract: [`MemoryStore`] (the embedded default) and
-//! [`RedisStore`]. Both run the same computation ([`Plan::compute`]) on the same
-//! encoded state, so they agree by construction; the conformance tests check it.
+//! [`RedisStore`] (a server or a cluster); [`connect`] builds the one a
+//! pipeline's `[store]` names. Both run the same computation ([`Plan::compute`])
+//! on the same encoded state, so they agree by construction; the conformance
+//! tests check it. The crate's rooms:
+//! - [`plan`]: feature definitions compiled into a [`Plan`], and the records a
+//!   batch touches;
+//! - [`compute`](Plan::compute) and the aggregate semantics, over the stored
+//!   records of [`state`] (window rings, distinct sets and their sketch,
+//!   composite keys nested in their first field's record);
+//! - the de-duplication marker codec, the backends, and [`labels`], the one
+//!   path by which confirmed outcomes reach the label features.
 
+mod aggregate;
+mod compute;
+pub mod labels;
+mod marker;
 mod memory;
+pub mod plan;
 mod redis_store;
 pub mod state;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use vigil_core::pipeline::{StoreBackend, StoreConfig};
 use vigil_core::{Event, FeatureVector, Label};
 
+pub use compute::{Changes, LabelOutcome};
 pub use memory::MemoryStore;
-pub use redis_store::RedisStore;
-pub use state::{LabelOutcome, Plan};
+pub use plan::{BatchKeys, Plan};
+pub use redis_store::layout;
+pub use redis_store::{KeyLayout, RedisStore, CHUNK};
 
 /// Why the feature store could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +80,21 @@ pub trait FeatureStore: Send + Sync {
     async fn ping(&self) -> Result<(), FeatureError> {
         Ok(())
     }
+}
+
+/// Connects the feature store a pipeline's `[store]` names, computing `plan`;
+/// an unreachable Redis fails clearly within seconds rather than hanging.
+pub async fn connect(config: &StoreConfig, plan: Plan) -> Result<Arc<dyn FeatureStore>, FeatureError> {
+    let s = config;
+    Ok(match &s.backend {
+        StoreBackend::Memory => Arc::new(MemoryStore::new(plan, s.dedup_ttl_s)),
+        StoreBackend::Redis { url } => {
+            Arc::new(RedisStore::connect(url, plan, &s.key_prefix, s.dedup_ttl_s, s.timeout_ms).await?)
+        }
+        StoreBackend::RedisCluster { nodes } => {
+            Arc::new(RedisStore::connect_cluster(nodes, plan, &s.key_prefix, s.dedup_ttl_s, s.timeout_ms).await?)
+        }
+    })
 }
 
 /// One step of replaying a history with its labels in time order.

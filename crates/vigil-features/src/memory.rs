@@ -7,8 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use vigil_core::{Event, FeatureVector, Label};
 
-use crate::state::{EntityState, LabelOutcome, Plan};
+use crate::state::EntityState;
 use crate::{FeatureError, FeatureStore};
+use crate::{LabelOutcome, Plan};
 
 /// Seconds since the epoch; injectable so tests can move time.
 pub type Clock = Box<dyn Fn() -> i64 + Send + Sync>;
@@ -55,7 +56,7 @@ impl MemoryStore {
         let now = (self.clock)();
         let mut inner = self.inner.lock().map_err(|_| FeatureError::Corrupt("memory store lock poisoned".into()))?;
         let mut keys = self.plan.keys(events);
-        let (mut states, expiries) = take_states(&mut inner, &keys.entities, now);
+        let (mut states, expiries) = take_states(&mut inner, &keys.records, now);
         let seen: Vec<Option<FeatureVector>> = events
             .iter()
             .map(|e| match inner.markers.get(&e.transaction_id) {
@@ -66,7 +67,7 @@ impl MemoryStore {
         let (out, changes) = self.plan.compute(events, &keys, &mut states, &seen);
         put_states(
             &mut inner,
-            &mut keys.entities,
+            &mut keys.records,
             (states, expiries),
             &changes.dirty,
             now + self.plan.state_ttl_s() as i64,
@@ -91,14 +92,14 @@ impl MemoryStore {
         let now = (self.clock)();
         let mut inner = self.inner.lock().map_err(|_| FeatureError::Corrupt("memory store lock poisoned".into()))?;
         let mut keys = self.plan.label_keys(labels);
-        let (mut states, expiries) = take_states(&mut inner, &keys.entities, now);
+        let (mut states, expiries) = take_states(&mut inner, &keys.records, now);
         let seen: Vec<bool> = labels
             .iter()
             .map(|l| inner.label_markers.get(&l.transaction_id).is_some_and(|m| m.expires_at_s > now))
             .collect();
         let (out, changes) = self.plan.apply_labels(labels, &keys, &mut states, &seen);
         let state_expiry = now + self.plan.state_ttl_s() as i64;
-        put_states(&mut inner, &mut keys.entities, (states, expiries), &changes.dirty, state_expiry);
+        put_states(&mut inner, &mut keys.records, (states, expiries), &changes.dirty, state_expiry);
         for i in changes.first_seen {
             let entry = Entry { value: (), expires_at_s: state_expiry };
             inner.label_markers.insert(labels[i].transaction_id.clone(), entry);

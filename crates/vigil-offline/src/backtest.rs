@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use vigil_core::{Action, Event};
-use vigil_engine::Engine;
+use vigil_core::{Action, Decision, Event};
+use vigil_engine::{Engine, Options};
 
 use crate::history::History;
 use crate::OfflineError;
@@ -62,9 +62,12 @@ pub struct BaselineComparison {
     pub fraud_no_longer_flagged: Option<u64>,
 }
 
+/// Events decided per engine call.
+const DECIDE_BATCH: usize = 1_000;
+
 /// Runs `candidate` (and `baseline`) over the history. `progress` is called with
 /// the number of events done, now and then.
-pub fn run(
+pub async fn run(
     candidate: &Engine,
     baseline: Option<&Engine>,
     history: &History,
@@ -74,54 +77,93 @@ pub fn run(
     let labels = history.fraud_labels();
     let label_refs: Vec<&vigil_core::Label> = labels.iter().collect();
     let features = crate::features_over_history(candidate.features(), &events, &label_refs)?;
-    let labelled = history.labelled();
     let rules = candidate.rules();
-    let mut figures: Vec<RuleFigures> = rules
-        .rules()
-        .iter()
-        .map(|r| RuleFigures {
-            rule: r.name.clone(),
-            code: r.code.clone(),
-            action: Some(r.action),
-            shadow: r.shadow,
-            ..RuleFigures::default()
-        })
-        .collect();
-    let index: BTreeMap<&str, usize> = rules.rules().iter().enumerate().map(|(i, r)| (r.name.as_str(), i)).collect();
-    let mut report = Report {
-        events: history.selected_count() as u64,
-        selection: history.selection.as_ref().map(|s| s.predicate.clone()),
-        invalid_records: history.invalid as u64,
-        rules_version: rules.version().to_owned(),
-        ..Report::default()
+    let mut tally = Tally {
+        figures: rules
+            .rules()
+            .iter()
+            .map(|r| RuleFigures {
+                rule: r.name.clone(),
+                code: r.code.clone(),
+                action: Some(r.action),
+                shadow: r.shadow,
+                ..RuleFigures::default()
+            })
+            .collect(),
+        index: rules.rules().iter().enumerate().map(|(i, r)| (r.name.clone(), i)).collect(),
+        report: Report {
+            events: history.selected_count() as u64,
+            selection: history.selection.as_ref().map(|s| s.predicate.clone()),
+            invalid_records: history.invalid as u64,
+            rules_version: rules.version().to_owned(),
+            ..Report::default()
+        },
+        base: baseline
+            .map(|b| BaselineComparison { rules_version: b.rules().version().to_owned(), ..Default::default() }),
+        counts: Counts::default(),
     };
-    let mut base =
-        baseline.map(|b| BaselineComparison { rules_version: b.rules().version().to_owned(), ..Default::default() });
-    let (mut fraud, mut fraud_flagged, mut genuine_flagged, mut newly, mut no_longer) = (0u64, 0u64, 0u64, 0u64, 0u64);
-    for (i, (event, fv)) in events.iter().zip(&features).enumerate() {
-        if !history.selected(i) {
-            continue;
+    let mut done = 0;
+    for (events, features) in events.chunks(DECIDE_BATCH).zip(features.chunks(DECIDE_BATCH)) {
+        let decisions = candidate.decide(events, Options::offline(features)).await?;
+        let base = match baseline {
+            Some(b) => Some(b.decide(events, Options::offline(features)).await?),
+            None => None,
+        };
+        for (j, d) in decisions.iter().enumerate() {
+            let i = done + j;
+            if history.selected(i) {
+                tally.add(history.labels[i], d, base.as_ref().map(|b| &b[j]));
+            }
+            if i % 10_000 == 0 {
+                progress(i as u64);
+            }
         }
-        let d = candidate.decide_offline(event, fv);
-        let is_fraud = history.labels[i] == Some(true);
-        fraud += u64::from(is_fraud);
-        *report.decisions.entry(d.decision).or_default() += 1;
+        done += events.len();
+    }
+    progress(events.len() as u64);
+    Ok(tally.finish(history.labelled()))
+}
+
+/// A backtest's figures as they are counted.
+struct Tally {
+    figures: Vec<RuleFigures>,
+    index: BTreeMap<String, usize>,
+    report: Report,
+    base: Option<BaselineComparison>,
+    counts: Counts,
+}
+
+#[derive(Default)]
+struct Counts {
+    fraud: u64,
+    fraud_flagged: u64,
+    genuine_flagged: u64,
+    newly: u64,
+    no_longer: u64,
+}
+
+impl Tally {
+    /// Counts one chosen event's decision (and the baseline's), given its label.
+    fn add(&mut self, label: Option<bool>, d: &Decision, bd: Option<&Decision>) {
+        let c = &mut self.counts;
+        let is_fraud = label == Some(true);
+        c.fraud += u64::from(is_fraud);
+        *self.report.decisions.entry(d.decision).or_default() += 1;
         let flagged = d.decision != Action::Approve;
         if flagged {
             if is_fraud {
-                fraud_flagged += 1;
-            } else if history.labels[i] == Some(false) {
-                genuine_flagged += 1;
+                c.fraud_flagged += 1;
+            } else if label == Some(false) {
+                c.genuine_flagged += 1;
             }
         }
         for r in &d.reasons {
-            if let Some(&j) = index.get(r.rule.as_str()) {
-                figures[j].hits += 1;
-                figures[j].fraud_hits += u64::from(is_fraud);
+            if let Some(&j) = self.index.get(r.rule.as_str()) {
+                self.figures[j].hits += 1;
+                self.figures[j].fraud_hits += u64::from(is_fraud);
             }
         }
-        if let (Some(b), Some(cmp)) = (baseline, base.as_mut()) {
-            let bd = b.decide_offline(event, fv);
+        if let (Some(bd), Some(cmp)) = (bd, self.base.as_mut()) {
             *cmp.decisions.entry(bd.decision).or_default() += 1;
             if bd.decision != d.decision {
                 cmp.changed += 1;
@@ -129,33 +171,34 @@ pub fn run(
             }
             let base_flagged = bd.decision != Action::Approve;
             if is_fraud && flagged && !base_flagged {
-                newly += 1;
+                c.newly += 1;
             }
             if is_fraud && !flagged && base_flagged {
-                no_longer += 1;
+                c.no_longer += 1;
             }
         }
-        if i % 10_000 == 0 {
-            progress(i as u64);
-        }
     }
-    progress(events.len() as u64);
-    if labelled {
-        report.labelled_fraud = Some(fraud);
-        report.fraud_flagged = Some(fraud_flagged);
-        report.genuine_flagged = Some(genuine_flagged);
-        for f in &mut figures {
-            f.precision = (f.hits > 0).then(|| f.fraud_hits as f64 / f.hits as f64);
-            f.recall = (fraud > 0).then(|| f.fraud_hits as f64 / fraud as f64);
+
+    /// The report, with the label figures when the history is labelled.
+    fn finish(self, labelled: bool) -> Report {
+        let Tally { mut figures, mut report, mut base, counts: c, .. } = self;
+        if labelled {
+            report.labelled_fraud = Some(c.fraud);
+            report.fraud_flagged = Some(c.fraud_flagged);
+            report.genuine_flagged = Some(c.genuine_flagged);
+            for f in &mut figures {
+                f.precision = (f.hits > 0).then(|| f.fraud_hits as f64 / f.hits as f64);
+                f.recall = (c.fraud > 0).then(|| f.fraud_hits as f64 / c.fraud as f64);
+            }
+            if let Some(cmp) = base.as_mut() {
+                cmp.fraud_newly_flagged = Some(c.newly);
+                cmp.fraud_no_longer_flagged = Some(c.no_longer);
+            }
         }
-        if let Some(cmp) = base.as_mut() {
-            cmp.fraud_newly_flagged = Some(newly);
-            cmp.fraud_no_longer_flagged = Some(no_longer);
-        }
+        report.rules = figures;
+        report.baseline = base;
+        report
     }
-    report.rules = figures;
-    report.baseline = base;
-    Ok(report)
 }
 
 impl Report {

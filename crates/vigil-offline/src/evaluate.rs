@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
-use vigil_core::{Action, Event, Label};
-use vigil_engine::Engine;
+use vigil_core::{Action, Decision, Event, FeatureVector, Label};
+use vigil_engine::{Engine, Options};
 
 use vigil_model::{Model, TrainedModel};
 
@@ -70,7 +70,7 @@ pub fn recall_at_fpr(scores: &[f64], labels: &[bool], fpr: f64) -> (f64, f64) {
 
 /// Scores and decides every event of `history` with `engine` (whose model is
 /// the one under evaluation), reporting the feature computation as step `features`.
-pub fn run(engine: &Engine, history: &History, progress: &crate::Progress) -> Result<Evaluation, OfflineError> {
+pub async fn run(engine: &Engine, history: &History, progress: &crate::Progress) -> Result<Evaluation, OfflineError> {
     if !history.labelled() {
         return Err(OfflineError::Data("the history has no labels to evaluate against".into()));
     }
@@ -80,12 +80,29 @@ pub fn run(engine: &Engine, history: &History, progress: &crate::Progress) -> Re
     let features = crate::features_over_history_with(engine.features(), &events, &label_refs, progress)?;
     let mut eval = Evaluation::empty("");
     eval.selection = history.selection.as_ref().map(|s| s.predicate.clone());
-    for (i, ((e, fv), label)) in events.iter().zip(&features).zip(&history.labels).enumerate() {
-        let Some(fraud) = *label else { continue };
-        if !history.selected(i) {
-            continue;
+    // The events scored: labelled and chosen.
+    let scored: Vec<usize> =
+        (0..events.len()).filter(|&i| history.labels[i].is_some() && history.selected(i)).collect();
+    for chunk in scored.chunks(DECIDE_BATCH) {
+        let batch: Vec<&Event> = chunk.iter().map(|&i| events[i]).collect();
+        let given: Vec<FeatureVector> = chunk.iter().map(|&i| features[i].clone()).collect();
+        let decisions = engine.decide(&batch, Options::offline(&given)).await?;
+        for (&i, d) in chunk.iter().zip(&decisions) {
+            let fraud = history.labels[i] == Some(true);
+            eval.add(fraud, d)?;
         }
-        let d = engine.decide_offline(e, fv);
+    }
+    eval.rank();
+    Ok(eval)
+}
+
+/// Events decided per engine call.
+const DECIDE_BATCH: usize = 1_000;
+
+impl Evaluation {
+    /// Counts one scored event's decision.
+    fn add(&mut self, fraud: bool, d: &Decision) -> Result<(), OfflineError> {
+        let eval = self;
         let Some(score) = d.model_score else {
             return Err(OfflineError::Data("the pipeline has no model to evaluate".into()));
         };
@@ -102,9 +119,8 @@ pub fn run(engine: &Engine, history: &History, progress: &crate::Progress) -> Re
         }
         eval.scores.push(score);
         eval.labels.push(fraud);
+        Ok(())
     }
-    eval.rank();
-    Ok(eval)
 }
 
 /// Scores the rows of a table (`vigil train --features ...` data) with `model`,

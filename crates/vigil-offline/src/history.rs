@@ -130,14 +130,47 @@ impl History {
     }
 }
 
+/// How a history file is written: JSON lines, CSV or Parquet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    JsonLines,
+    Csv,
+    Parquet,
+}
+
+impl Format {
+    /// Every format, by the name `--format` takes.
+    pub const NAMES: [&'static str; 3] = ["jsonl", "csv", "parquet"];
+
+    pub fn parse(name: &str) -> Option<Format> {
+        match name {
+            "jsonl" => Some(Format::JsonLines),
+            "csv" => Some(Format::Csv),
+            "parquet" => Some(Format::Parquet),
+            _ => None,
+        }
+    }
+
+    /// The format a file's extension names (`.jsonl`, `.json`, `.ndjson`,
+    /// `.csv`, `.parquet`, `.parq`, `.pq`; in any case), if any.
+    pub fn of_path(path: &Path) -> Option<Format> {
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
+        match ext.as_str() {
+            "jsonl" | "json" | "ndjson" => Some(Format::JsonLines),
+            "csv" => Some(Format::Csv),
+            "parquet" | "parq" | "pq" => Some(Format::Parquet),
+            _ => None,
+        }
+    }
+}
+
 /// Reads a history file. `label_column` names the fraud label (`is_fraud` by default).
 pub fn read(path: &Path, label_column: &str) -> Result<History, HistoryError> {
     let io = |source| HistoryError::Io { path: path.to_path_buf(), source };
     let file = std::fs::File::open(path).map_err(io)?;
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
     let mut history = History::default();
-    match ext.as_str() {
-        "jsonl" | "json" | "ndjson" => {
+    match Format::of_path(path).ok_or_else(|| HistoryError::Format { path: path.to_path_buf() })? {
+        Format::JsonLines => {
             let reader = std::io::BufReader::with_capacity(1 << 20, file);
             for (i, line) in reader.lines().enumerate() {
                 let line = line.map_err(io)?;
@@ -152,7 +185,7 @@ pub fn read(path: &Path, label_column: &str) -> Result<History, HistoryError> {
                 }
             }
         }
-        "csv" => {
+        Format::Csv => {
             let mut reader = csv::ReaderBuilder::new().from_reader(std::io::BufReader::with_capacity(1 << 20, file));
             let headers = reader
                 .headers()
@@ -187,8 +220,7 @@ pub fn read(path: &Path, label_column: &str) -> Result<History, HistoryError> {
                 history.push_row(path, line, record, label_column);
             }
         }
-        "parquet" | "parq" | "pq" => crate::columnar::read(path, file, label_column, &mut history)?,
-        _ => return Err(HistoryError::Format { path: path.to_path_buf() }),
+        Format::Parquet => crate::columnar::read(path, file, label_column, &mut history)?,
     }
     Ok(history)
 }

@@ -1,9 +1,9 @@
 //! Vigil's offline tools, beside the live entry points: they compute features over
-//! history with the very code the stream uses (the in-memory [`FeatureStore`]), so
-//! training and serving cannot drift apart, and train models with linfa.
-//!
-//! This first cut trains a logistic regression on generated, labelled history with
-//! a split by time (train on the earlier days, evaluate on the later ones).
+//! history with the very code the stream uses (the in-memory feature store), so
+//! training and serving cannot drift apart; they decide through the engine's
+//! one path with those features ([`backtest`], [`evaluate`]); and they train
+//! the model algorithms of `vigil-model` on history, split by time (train on the
+//! earlier days, evaluate on the later ones).
 
 pub mod backtest;
 pub mod columnar;
@@ -14,15 +14,12 @@ pub mod report;
 pub mod select;
 pub mod tabular;
 
-use linfa::prelude::*;
-use linfa::Dataset;
-use linfa_logistic::LogisticRegression;
-use ndarray::{Array1, Array2};
 use vigil_core::feature::FeatureDef;
 use vigil_core::{Event, FeatureVector, Label};
+use vigil_engine::InputMap;
 use vigil_features::{MemoryStore, Plan, Step};
 use vigil_gen::{GenConfig, Labelled};
-use vigil_model::{ModelBody, Scaler, TrainedModel, FORMAT, FORMAT_VERSION};
+use vigil_model::{FitError, Model, ModelBody, Rows, TrainParams, TrainedModel, FORMAT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OfflineError {
@@ -36,6 +33,8 @@ pub enum OfflineError {
     Io(String, std::io::Error),
     #[error("report: {0}")]
     Report(String),
+    #[error(transparent)]
+    Engine(#[from] vigil_engine::EngineError),
 }
 
 /// Reports a long offline step as it goes (the CLI draws a progress bar from
@@ -112,32 +111,10 @@ pub struct TrainConfig {
     /// Train on events before this time, evaluate on the rest (instead of
     /// `train_share`).
     pub split_before: Option<chrono::DateTime<chrono::Utc>>,
-    /// Frauds are replicated in the training set up to about this share.
-    pub fraud_share_target: f64,
-    /// L2 regularisation.
-    pub alpha: f64,
-    /// Logistic regression: the solver (L-BFGS) stops after this many
-    /// iterations, or once the gradient's norm is below `gradient_tolerance`.
-    pub max_iterations: u64,
-    pub gradient_tolerance: f64,
-    pub algorithm: Algorithm,
-    /// Isolation forest: trees, and rows drawn to grow each.
-    pub n_trees: usize,
-    pub sample_size: usize,
+    /// The algorithm and its parameters (its own seed among them, where it draws).
+    pub params: TrainParams,
     /// Where long steps (features, fit) report how far they are.
     pub progress: Progress,
-    /// Logistic regression: only standardise the inputs, without compressing
-    /// heavy-tailed ones or adding missing-value indicators.
-    pub plain_inputs: bool,
-}
-
-/// What `vigil train` fits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    /// Supervised: a fraud probability, from labelled history (linfa-logistic).
-    Logistic,
-    /// Unsupervised: an anomaly score, labels used only to evaluate (vigil-iforest).
-    IsolationForest,
 }
 
 impl Default for TrainConfig {
@@ -146,16 +123,9 @@ impl Default for TrainConfig {
             name: "card-fraud-logistic".into(),
             data: GenConfig::default(),
             train_share: 0.7,
-            fraud_share_target: 0.2,
-            alpha: 1.0,
-            max_iterations: 200,
-            gradient_tolerance: 1e-4,
             split_before: None,
+            params: TrainParams::Logistic(vigil_model::logistic::LogisticParams::default()),
             progress: Progress::default(),
-            algorithm: Algorithm::Logistic,
-            n_trees: 100,
-            sample_size: 256,
-            plain_inputs: false,
         }
     }
 }
@@ -177,17 +147,6 @@ pub struct TrainReport {
 pub fn auc_and_ap(scores: &[f64], labels: &[bool]) -> (f64, f64) {
     let r = ranking::Ranking::new(scores, labels);
     (r.auc_roc(), r.average_precision())
-}
-
-/// Model inputs in the order the engine builds them: `amount`, then the
-/// features that are model inputs ([`vigil_engine::model_inputs`]). Floats
-/// appear only here, as model inputs; money stays a `Decimal` elsewhere.
-pub(crate) fn inputs_row(defs: &[FeatureDef], event: &Event, fv: &FeatureVector) -> Vec<f64> {
-    use rust_decimal::prelude::ToPrimitive;
-    let features = defs.iter().zip(&fv.values).filter(|(d, _)| vigil_engine::is_model_input(d));
-    std::iter::once(event.amount.to_f64().unwrap_or(f64::NAN))
-        .chain(features.map(|(_, v)| v.as_f64().unwrap_or(f64::NAN)))
-        .collect()
 }
 
 /// How far out of time order a training history may be.
@@ -254,11 +213,12 @@ fn train_on(
         )));
     }
     let features = features_over_history_with(defs, events, fraud_labels, &config.progress)?;
+    let inputs = InputMap::all(defs);
     let (mut kept, mut rows, mut kept_labels) = (Vec::new(), Vec::new(), Vec::new());
     for (i, ((e, f), l)) in events.iter().zip(&features).zip(labels).enumerate() {
         if keep(i) {
             kept.push(*e);
-            rows.push(inputs_row(defs, e, f));
+            rows.push(inputs.row(e, f));
             kept_labels.push(*l);
         }
     }
@@ -307,117 +267,22 @@ pub fn fit_rows(
     }
 
     let train_frauds = labels[..split].iter().filter(|l| **l).count();
-    let fit_started;
-    let (body, library, hyperparameters) = match config.algorithm {
-        Algorithm::Logistic => {
-            // Class imbalance: replicate frauds up to about the target share.
-            if train_frauds == 0 {
-                return Err(OfflineError::Data("no fraud in the training period".into()));
-            }
-            let genuine = n_train - train_frauds;
-            let target = config.fraud_share_target.clamp(0.01, 0.5);
-            let copies = ((target / (1.0 - target)) * genuine as f64 / train_frauds as f64).round().max(1.0) as usize;
-            // Standardised with training statistics (missing values take the
-            // mean), heavy-tailed inputs compressed and missing ones flagged
-            // unless `plain_inputs` (vigil_model::Scaler).
-            let scaler = Scaler::fit(&rows[..split], n_inputs, !config.plain_inputs);
-            let columns = scaler.columns(n_inputs);
-            // Column-major, filled in place: linfa's solver multiplies by the
-            // matrix and its transpose at every step, and without BLAS that
-            // runs about 2.5 times faster over contiguous columns (measured).
-            let n_rows = split + train_frauds * (copies - 1);
-            let mut x = Array2::<f64>::zeros(ndarray::ShapeBuilder::f((n_rows, columns)));
-            let (mut y, mut row, mut r) = (Vec::with_capacity(n_rows), Vec::new(), 0);
-            for i in 0..split {
-                scaler.columns_of(&rows[i], n_inputs, &mut row);
-                for _ in 0..if labels[i] { copies } else { 1 } {
-                    x.row_mut(r).assign(&ndarray::ArrayView1::from(&row));
-                    y.push(labels[i]);
-                    r += 1;
-                }
-            }
-            let dataset = Dataset::new(x, Array1::from(y));
-            fit_started = std::time::Instant::now();
-            config.progress.report("fit", 0, 0);
-            let fitted = LogisticRegression::default()
-                .alpha(config.alpha)
-                .max_iterations(config.max_iterations)
-                .gradient_tolerance(config.gradient_tolerance)
-                .fit(&dataset)
-                .map_err(|e| OfflineError::Fit(e.to_string()))?;
-            // linfa models the probability of its "positive" class (the larger
-            // one); Vigil's score is the probability of fraud.
-            let sign = if fitted.labels().pos.class { 1.0 } else { -1.0 };
-            let preprocessing = if scaler.transforms() {
-                "signed log of non-negative inputs, missing-value indicators, standardised"
-            } else {
-                "standardised"
-            };
-            let body = ModelBody {
-                format: FORMAT.into(),
-                format_version: if scaler.transforms() {
-                    vigil_model::PREPROCESSED_FORMAT_VERSION
-                } else {
-                    FORMAT_VERSION
-                },
-                name: config.name.clone(),
-                algorithm: vigil_model::LOGISTIC.into(),
-                inputs: input_names,
-                scaler,
-                weights: fitted.params().iter().map(|w| w * sign).collect(),
-                intercept: fitted.intercept() * sign,
-                forest: None,
-                training: serde_json::Value::Null,
-            };
-            let hyper = serde_json::json!({
-                "alpha": config.alpha,
-                "max_iterations": config.max_iterations,
-                "gradient_tolerance": config.gradient_tolerance,
-                "fraud_copies": copies,
-                "preprocessing": preprocessing,
-            });
-            (body, "linfa-logistic 0.8", hyper)
-        }
-        Algorithm::IsolationForest => {
-            // Unsupervised: every training row once, labels unused. Missing
-            // inputs stay missing (the forest sends them left), as in serving.
-            let Scaler { mean, std, .. } = Scaler::fit(&rows[..split], n_inputs, false);
-            let mut x = Vec::with_capacity(split * n_inputs);
-            for r in &rows[..split] {
-                x.extend(r.iter().enumerate().map(|(c, v)| (v - mean[c]) / std[c]));
-            }
-            let x = Array2::from_shape_vec((split, n_inputs), x).map_err(|e| OfflineError::Data(e.to_string()))?;
-            let params = vigil_iforest::IsolationForestParams::new()
-                .n_trees(config.n_trees)
-                .sample_size(config.sample_size)
-                .seed(config.data.seed);
-            let dataset = Dataset::new(x, Array1::<usize>::zeros(split));
-            fit_started = std::time::Instant::now();
-            config.progress.report("fit", 0, 0);
-            let forest = params.fit(&dataset).map_err(|e| OfflineError::Fit(e.to_string()))?;
-            let body = ModelBody {
-                format: FORMAT.into(),
-                format_version: vigil_model::FOREST_FORMAT_VERSION,
-                name: config.name.clone(),
-                algorithm: vigil_model::ISOLATION_FOREST.into(),
-                inputs: input_names,
-                scaler: Scaler::standard(mean, std),
-                weights: Vec::new(),
-                intercept: 0.0,
-                forest: Some(forest),
-                training: serde_json::Value::Null,
-            };
-            let hyper = serde_json::json!({
-                "n_trees": config.n_trees,
-                "sample_size": config.sample_size,
-                "seed": config.data.seed,
-            });
-            (body, "vigil-iforest (linfa 0.8 traits)", hyper)
-        }
+    let solving = || config.progress.report("fit", 0, 0);
+    let fitting = Rows { rows: &rows[..split], labels: &labels[..split], inputs: n_inputs, solving: &solving };
+    let fitted = config.params.fit(&fitting).map_err(|e| match e {
+        FitError::Data(m) => OfflineError::Data(m),
+        FitError::Solver(m) => OfflineError::Fit(m),
+    })?;
+    let body = ModelBody {
+        format: FORMAT.into(),
+        format_version: fitted.format_version,
+        name: config.name.clone(),
+        inputs: input_names,
+        scaler: fitted.scaler,
+        algorithm: fitted.algorithm,
+        training: serde_json::Value::Null,
     };
-    let fit_seconds = fit_started.elapsed().as_secs_f64();
     let draft = TrainedModel::new(body.clone()).map_err(OfflineError::Fit)?;
-    use vigil_model::Model;
     let scores: Vec<f64> = rows[split..].iter().map(|r| draft.score(r)).collect();
     let (auc_roc, average_precision) = auc_and_ap(&scores, &labels[split..]);
     let test_frauds = labels[split..].iter().filter(|l| **l).count();
@@ -428,9 +293,9 @@ pub fn fit_rows(
         d.insert("test_frauds".into(), test_frauds.into());
     }
     let training = serde_json::json!({
-        "library": library,
+        "library": fitted.library,
         "data": data,
-        "hyperparameters": hyperparameters,
+        "hyperparameters": fitted.hyperparameters,
         "test_metrics": { "auc_roc": auc_roc, "average_precision": average_precision },
     });
     let model = TrainedModel::new(ModelBody { training, ..body }).map_err(OfflineError::Fit)?;
@@ -441,7 +306,7 @@ pub fn fit_rows(
         test_frauds,
         auc_roc,
         average_precision,
-        fit_seconds,
+        fit_seconds: fitted.fit_seconds,
     })
 }
 
@@ -477,7 +342,8 @@ mod tests {
 
         // The unsupervised forest ranks frauds above chance without seeing a
         // label, is seeded too, and its file loads for the pipeline's inputs.
-        let forest = TrainConfig { algorithm: Algorithm::IsolationForest, n_trees: 50, ..config };
+        let params = vigil_model::IsolationForestParams::new().n_trees(50);
+        let forest = TrainConfig { params: TrainParams::IsolationForest(params), ..config };
         let f = train_on_generated(&defs, &forest).unwrap();
         assert!(f.auc_roc > 0.65, "AUC {}", f.auc_roc);
         assert_eq!(f.model.to_file_json(), train_on_generated(&defs, &forest).unwrap().model.to_file_json());
@@ -486,7 +352,7 @@ mod tests {
         let available = vigil_engine::model_inputs(&defs);
         let loaded = vigil_model::load(&path, &available).unwrap();
         std::fs::remove_file(&path).ok();
-        assert_eq!(loaded.body().algorithm, vigil_model::ISOLATION_FOREST);
+        assert_eq!(loaded.body().algorithm.name(), vigil_model::ISOLATION_FOREST);
         assert_eq!(loaded.body().training["hyperparameters"]["n_trees"], 50);
     }
 }
@@ -511,8 +377,8 @@ mod backtest_tests {
     }
 
     /// The backtest's per-rule figures equal a count made directly on the history.
-    #[test]
-    fn figures_match_an_independent_count() {
+    #[tokio::test]
+    async fn figures_match_an_independent_count() {
         let items = vigil_gen::generate(&GenConfig {
             events: 20_000,
             cards: 1_000,
@@ -529,7 +395,7 @@ mod backtest_tests {
             "rule big when amount >= 150 then review BIG score 10\nrule fr when country == \"FR\" then decline FR\n",
         );
         let (baseline, d2) = engine("rule big when amount >= 150 then review BIG score 10\n");
-        let report = crate::backtest::run(&candidate, Some(&baseline), &history, |_| {}).unwrap();
+        let report = crate::backtest::run(&candidate, Some(&baseline), &history, |_| {}).await.unwrap();
 
         let big = |l: &vigil_gen::Labelled| l.event.amount >= rust_decimal::Decimal::from(150);
         let fr = |l: &vigil_gen::Labelled| l.event.country.as_deref() == Some("FR");

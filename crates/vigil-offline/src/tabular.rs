@@ -160,6 +160,7 @@ pub fn write_features(
     let io = |e: csv::Error| OfflineError::Data(format!("cannot write the feature table: {e}"));
     let mut w = csv::Writer::from_writer(out);
     let names = vigil_engine::model_inputs(defs);
+    let inputs = vigil_engine::InputMap::all(defs);
     w.write_record(["transaction_id", "timestamp"].iter().chain(names.iter()).chain(["label"].iter())).map_err(io)?;
     let mut written = 0;
     for (i, ((e, fv), label)) in events.iter().zip(&features).zip(&history.labels).enumerate() {
@@ -168,13 +169,7 @@ pub fn write_features(
         }
         written += 1;
         let mut record = vec![e.transaction_id.clone(), e.timestamp.to_rfc3339()];
-        record.extend(crate::inputs_row(defs, e, fv).iter().map(|v| {
-            if v.is_nan() {
-                String::new()
-            } else {
-                v.to_string()
-            }
-        }));
+        record.extend(inputs.row(e, fv).iter().map(|v| if v.is_nan() { String::new() } else { v.to_string() }));
         record.push(label.map_or(String::new(), |l| u8::from(l).to_string()));
         w.write_record(&record).map_err(io)?;
     }

@@ -13,7 +13,7 @@ use rust_decimal::Decimal;
 use serde_json::Value as Json;
 use vigil_core::{Event, FeatureValue};
 
-use crate::compile::{Arith, Cmp, Expr, Lit, TextTest};
+use crate::typecheck::{Arith, Cmp, Expr, Lit, TextTest};
 
 /// What a rule sees of one event.
 pub struct Context<'a> {

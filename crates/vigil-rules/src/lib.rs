@@ -6,25 +6,24 @@
 //! A rule set that does not check is never built: [`RuleSet::load`] returns every
 //! error in every file, each as `file:line:column: message`.
 
-mod compile;
 mod eval;
 mod lexer;
 mod parser;
 mod program;
+mod typecheck;
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rust_decimal::prelude::ToPrimitive;
 use sha2::{Digest, Sha256};
-use vigil_core::Action;
+use vigil_core::{Action, Diagnostic};
 
-pub use compile::{Lists, Schema};
 pub use eval::Context;
+pub use typecheck::{Lists, Schema};
 
-use compile::{Checker, Expr};
 use program::Program;
+use typecheck::{Checker, Expr};
 
 /// File extension of rule files.
 pub const RULE_EXTENSION: &str = "rules";
@@ -50,25 +49,10 @@ pub struct Rule {
     when: Expr,
 }
 
-/// A problem in a rule file, with its place.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuleError {
-    pub file: PathBuf,
-    pub line: usize,
-    pub column: usize,
-    pub message: String,
-}
-
-impl fmt::Display for RuleError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
-    }
-}
-
-/// Every problem found while loading a rule set.
+/// Every problem found while loading a rule set, each with its place.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
-pub struct RuleErrors(pub Vec<RuleError>);
+pub struct RuleErrors(pub Vec<Diagnostic>);
 
 /// An immutable, checked set of rules with a content-hash version.
 #[derive(Debug, Clone)]
@@ -81,14 +65,8 @@ pub struct RuleSet {
 impl RuleSet {
     /// Loads a rule file, or every `*.rules` file in a folder (in name order).
     pub fn load(path: &Path, schema: &Schema) -> Result<RuleSet, RuleErrors> {
-        let io_error = |p: &Path, e: std::io::Error| {
-            RuleErrors(vec![RuleError {
-                file: p.to_path_buf(),
-                line: 0,
-                column: 0,
-                message: format!("cannot read: {e}"),
-            }])
-        };
+        let io_error =
+            |p: &Path, e: std::io::Error| RuleErrors(vec![Diagnostic::whole(p, format!("cannot read: {e}"))]);
         let mut files = Vec::new();
         if path.is_dir() {
             let entries = std::fs::read_dir(path).map_err(|e| io_error(path, e))?;
@@ -100,12 +78,8 @@ impl RuleSet {
             }
             files.sort();
             if files.is_empty() {
-                return Err(RuleErrors(vec![RuleError {
-                    file: path.to_path_buf(),
-                    line: 0,
-                    column: 0,
-                    message: format!("no *.{RULE_EXTENSION} files in this folder"),
-                }]));
+                let message = format!("no *.{RULE_EXTENSION} files in this folder");
+                return Err(RuleErrors(vec![Diagnostic::whole(path, message)]));
             }
         } else {
             files.push(path.to_path_buf());
@@ -113,12 +87,8 @@ impl RuleSet {
         let read = |f: &Path, limit: u64| -> Result<String, RuleErrors> {
             let len = std::fs::metadata(f).map_err(|e| io_error(f, e))?.len();
             if len > limit {
-                return Err(RuleErrors(vec![RuleError {
-                    file: f.to_path_buf(),
-                    line: 0,
-                    column: 0,
-                    message: format!("{len} bytes is over the {limit}-byte limit for this kind of file"),
-                }]));
+                let message = format!("{len} bytes is over the {limit}-byte limit for this kind of file");
+                return Err(RuleErrors(vec![Diagnostic::whole(f, message)]));
             }
             std::fs::read_to_string(f).map_err(|e| io_error(f, e))
         };
@@ -167,12 +137,10 @@ impl RuleSet {
             let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
                 && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
             if !valid {
-                errors.push(RuleError {
-                    file: file.clone(),
-                    line: 0,
-                    column: 0,
-                    message: format!("list name `{name}` must be lower-case letters, digits and _"),
-                });
+                errors.push(Diagnostic::whole(
+                    file,
+                    format!("list name `{name}` must be lower-case letters, digits and _"),
+                ));
                 continue;
             }
             hasher.update(b"list:");
@@ -188,12 +156,7 @@ impl RuleSet {
             hasher.update([0]);
             hasher.update(text.as_bytes());
             hasher.update([0]);
-            let err = |pos: lexer::Pos, message: String| RuleError {
-                file: file.clone(),
-                line: pos.line,
-                column: pos.column,
-                message,
-            };
+            let err = |pos: lexer::Pos, message: String| Diagnostic::at(file, pos.line, pos.column, message);
             let (tokens, lex_errors) = lexer::lex(text);
             errors.extend(lex_errors.into_iter().map(|e| err(e.pos, e.message)));
             let (parsed, parse_errors) = parser::parse(&tokens);

@@ -24,8 +24,8 @@ use std::sync::Arc;
 
 use rust_decimal::Decimal;
 
-use crate::compile::{Arith, Cmp, Expr, Lit, TextTest};
 use crate::eval::{self, Context, Value};
+use crate::typecheck::{Arith, Cmp, Expr, Lit, TextTest};
 
 type Id = u32;
 

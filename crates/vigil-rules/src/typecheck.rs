@@ -1,4 +1,4 @@
-//! Resolves names and checks types, turning a parsed rule into an [`Expr`] that
+//! Type checking: resolves names and checks types, turning a parsed rule into an [`Expr`] that
 //! evaluates without lookups. Type errors (money compared with a count, text
 //! with a number) are caught here, at load, never at evaluation.
 

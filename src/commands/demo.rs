@@ -2,13 +2,34 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context as _;
 use vigil_core::{Action, Decision, Event, PipelineConfig};
-use vigil_engine::Engine;
+use vigil_engine::{Engine, Options};
 use vigil_gen::{GenConfig, Labelled, Scenario};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, default_value = "pipelines/demo.toml")]
+    pipeline: PathBuf,
+    #[arg(long, default_value_t = 100_000)]
+    events: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Where to write the decisions (JSON lines).
+    #[arg(long, default_value = "vigil-demo-decisions.jsonl")]
+    out: PathBuf,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    let config = super::load_pipeline(&a.pipeline)?;
+    let gen = GenConfig { seed: a.seed, events: a.events, ..GenConfig::default() };
+    let summary = decide_generated(&config, &gen, &a.out, 500).await?;
+    summary.print(&mut std::io::stdout().lock(), &a.out)?;
+    Ok(())
+}
 
 /// What the demo measured, for the summary and for tests.
 #[derive(Debug, Default)]
@@ -67,7 +88,12 @@ impl Summary {
 }
 
 /// Generates traffic and decides it with the pipeline's engine, in batches.
-pub async fn run(config: &PipelineConfig, gen: &GenConfig, out: &Path, batch: usize) -> anyhow::Result<Summary> {
+pub async fn decide_generated(
+    config: &PipelineConfig,
+    gen: &GenConfig,
+    out: &Path,
+    batch: usize,
+) -> anyhow::Result<Summary> {
     let engine = Engine::connect(config).await.context("cannot build the engine")?;
     let items = vigil_gen::generate(gen);
     let file = std::fs::File::create(out).with_context(|| format!("cannot write {}", out.display()))?;
@@ -85,10 +111,10 @@ pub async fn run(config: &PipelineConfig, gen: &GenConfig, out: &Path, batch: us
     for step in vigil_features::interleave(&events, &label_refs, batch) {
         match step {
             vigil_features::Step::Labels(r) => {
-                engine.apply_labels(&label_refs[r]).await?;
+                engine.record_labels(&label_refs[r]).await?;
             }
             vigil_features::Step::Events(r) => {
-                let decisions = engine.decide_batch(&events[r.clone()]).await?;
+                let decisions = engine.decide(&events[r.clone()], Options::online()).await?;
                 for (l, d) in items[r].iter().zip(&decisions) {
                     tally(&mut summary, l, d);
                     writer.write_all(&d.to_json())?;

@@ -1,0 +1,201 @@
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::event::EventField;
+use crate::feature::Aggregate;
+
+const GOOD: &str = r#"
+name = "test"
+[kafka]
+brokers = "127.0.0.1:9092"
+group_id = "g"
+input_topic = "in"
+decisions_topic = "out"
+dead_letter_topic = "dlq"
+[store]
+backend = "redis"
+redis_url = "redis://127.0.0.1:6379"
+[rules]
+path = "../rules"
+[decision]
+review_score = 40
+decline_score = 80
+[[features]]
+name = "card_count_10m"
+entity = "card_id"
+aggregate = "count"
+window = "10m"
+"#;
+
+#[test]
+fn good_config_validates() {
+    let c = PipelineConfig::parse(Path::new("pipelines/x.toml"), GOOD).unwrap();
+    assert_eq!(c.rules_path, PathBuf::from("pipelines/../rules"));
+    assert_eq!(c.features[0].window_s, 600);
+    assert_eq!(c.kafka.unwrap().batch_size, 500);
+    assert_eq!(c.store.backend, StoreBackend::Redis { url: "redis://127.0.0.1:6379".into() });
+}
+
+#[test]
+fn a_redis_cluster_is_named_by_its_seed_nodes() {
+    let cluster = GOOD.replace(
+        "backend = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"",
+        "backend = \"redis-cluster\"\nredis_nodes = [\"redis://10.0.0.1:6379\", \"redis://10.0.0.2:6379\"]",
+    );
+    let c = PipelineConfig::parse(Path::new("p.toml"), &cluster).unwrap();
+    let nodes = vec!["redis://10.0.0.1:6379".to_string(), "redis://10.0.0.2:6379".to_string()];
+    assert_eq!(c.store.backend, StoreBackend::RedisCluster { nodes });
+    let problems = |text: &str| match PipelineConfig::parse(Path::new("p.toml"), text) {
+        Err(ConfigError::Invalid { problems }) => problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    let bad = problems(&cluster.replace("redis://10.0.0.2", "10.0.0.2"));
+    assert!(bad.iter().any(|p| p.contains("store.redis_nodes") && p.contains("redis://")), "{bad:?}");
+    let empty = problems(
+        &cluster.replace("redis_nodes = [\"redis://10.0.0.1:6379\", \"redis://10.0.0.2:6379\"]", "redis_nodes = []"),
+    );
+    assert!(empty.iter().any(|p| p.contains("at least one node")), "{empty:?}");
+    let mixed = problems(&GOOD.replace("redis_url =", "redis_nodes = [\"redis://a:1\"]\nredis_url ="));
+    assert!(mixed.iter().any(|p| p.contains("only the redis-cluster backend")), "{mixed:?}");
+    let typo = problems(&GOOD.replace("backend = \"redis\"", "backend = \"redis-clutser\""));
+    assert!(typo.iter().any(|p| p.contains("did you mean `redis-cluster`")), "{typo:?}");
+}
+
+#[test]
+fn degraded_policy_is_checked() {
+    let c =
+        PipelineConfig::parse(Path::new("x.toml"), &GOOD.replace("[rules]", "degraded = \"review\"\n[rules]")).unwrap();
+    assert_eq!(c.store.degraded, DegradedPolicy::Review);
+    let text = PipelineConfig::parse(Path::new("x.toml"), &GOOD.replace("[rules]", "degraded = \"reveiw\"\n[rules]"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("store.degraded: unknown policy `reveiw`") && text.contains("did you mean `review`?"),
+        "{text}"
+    );
+}
+
+#[test]
+fn breaker_settings_are_read_and_checked() {
+    let c = PipelineConfig::parse(Path::new("x.toml"), GOOD).unwrap();
+    assert_eq!((c.store.breaker_failures, c.store.breaker_cool_down_ms), (5, 2000));
+    let with = |extra: &str| GOOD.replace("[rules]", &format!("{extra}\n[rules]"));
+    let c =
+        PipelineConfig::parse(Path::new("x.toml"), &with("breaker_failures = 3\nbreaker_cool_down = \"30s\"")).unwrap();
+    assert_eq!((c.store.breaker_failures, c.store.breaker_cool_down_ms), (3, 30_000));
+    let text = PipelineConfig::parse(Path::new("x.toml"), &with("breaker_failures = 0\nbreaker_cool_down = \"1h\""))
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("store.breaker_failures: must be between 1 and 1000"), "{text}");
+    assert!(text.contains("store.breaker_cool_down: must be between 1s and 10m"), "{text}");
+}
+
+#[test]
+fn distinct_features_name_the_field_they_count() {
+    let with = |extra: &str| format!("{GOOD}{extra}");
+    let good = with("[[features]]\nname = \"card_merchants_24h\"\nentity = \"card_id\"\naggregate = \"distinct\"\nof = \"merchant_id\"\nwindow = \"24h\"\n");
+    let c = PipelineConfig::parse(Path::new("x.toml"), &good).unwrap();
+    assert_eq!((c.features[1].aggregate, c.features[1].of), (Aggregate::Distinct, Some(EventField::MerchantId)));
+    let bad = with(
+        "[[features]]\nname = \"a\"\nentity = \"card_id\"\naggregate = \"distinct\"\nwindow = \"24h\"\n\
+         [[features]]\nname = \"b\"\nentity = \"card_id\"\naggregate = \"count\"\nof = \"ip\"\nwindow = \"24h\"\n\
+         [[features]]\nname = \"c\"\nentity = \"card_id\"\naggregate = \"distinct\"\nof = \"merchnt_id\"\nwindow = \"24h\"\n\
+         [[features]]\nname = \"d\"\nentity = \"card_id\"\naggregate = \"changed\"\nwindow = \"24h\"\n\
+         [[features]]\nname = \"e\"\nentity = \"card_id\"\naggregate = \"changed\"\nof = \"amount\"\nwindow = \"24h\"\n",
+    );
+    let text = PipelineConfig::parse(Path::new("x.toml"), &bad).unwrap_err().to_string();
+    assert!(text.contains("features[1].of: `distinct` needs `of`"), "{text}");
+    assert!(text.contains("features[4].of: `changed` needs `of`"), "{text}");
+    assert!(text.contains("features[5].of: `changed` reads text fields, not amount or timestamp"), "{text}");
+    let changed = with("[[features]]\nname = \"country_changed\"\nentity = \"card_id\"\naggregate = \"changed\"\nof = \"country\"\nwindow = \"30d\"\n");
+    let c = PipelineConfig::parse(Path::new("x.toml"), &changed).unwrap();
+    assert_eq!((c.features[1].aggregate, c.features[1].of), (Aggregate::Changed, Some(EventField::Country)));
+    let previous = with("[[features]]\nname = \"previous_country\"\nentity = \"card_id\"\naggregate = \"previous\"\nof = \"country\"\nwindow = \"30d\"\n");
+    let c = PipelineConfig::parse(Path::new("x.toml"), &previous).unwrap();
+    assert_eq!((c.features[1].aggregate, c.features[1].of), (Aggregate::Previous, Some(EventField::Country)));
+    let amount = with("[[features]]\nname = \"p\"\nentity = \"card_id\"\naggregate = \"previous\"\nof = \"amount\"\nwindow = \"30d\"\n");
+    let err = PipelineConfig::parse(Path::new("x.toml"), &amount).unwrap_err().to_string();
+    assert!(err.contains("features[1].of: `previous` reads text fields, not amount or timestamp; the previous amount is `previous_amount`"), "{err}");
+    assert!(text.contains("features[2].of: only `distinct`, `changed` and `previous` take `of`"), "{text}");
+    assert!(text.contains("features[3].of: unknown field `merchnt_id`; did you mean `merchant_id`?"), "{text}");
+}
+
+#[test]
+fn every_problem_is_reported_with_its_place() {
+    let bad = GOOD
+        .replace("window = \"10m\"", "window = \"10x\"")
+        .replace("aggregate = \"count\"", "aggregate = \"cuont\"")
+        .replace("decline_score = 80", "decline_score = 20")
+        .replace("redis://127", "http://127");
+    let Err(ConfigError::Invalid { problems }) = PipelineConfig::parse(Path::new("p.toml"), &bad) else {
+        panic!("accepted a bad config")
+    };
+    let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(problems.len(), 4, "{text:#?}");
+    assert!(text.iter().any(|t| t.starts_with("p.toml:11:13: store.redis_url")), "{text:#?}");
+    assert!(text.iter().any(|t| t.contains("features[0].aggregate") && t.contains("did you mean `count`")));
+    assert!(text.iter().any(|t| t.contains("features[0].window") && t.contains("unknown unit")));
+    assert!(text.iter().any(|t| t.contains("decision.decline_score")));
+}
+
+#[test]
+fn api_sections_are_checked() {
+    let with = |api: &str| format!("{GOOD}\n{api}");
+    let good = with(
+        "[api]\nlisten = \"0.0.0.0:9000\"\ndeadline_ms = 5\n[[api.clients]]\nid = \"shop\"\n\
+         secrets_env = [\"A\", \"B\"]\n[api.jwt]\nalgorithm = \"RS256\"\npublic_key_file = \"keys/pub.pem\"\n",
+    );
+    let api = PipelineConfig::parse(Path::new("pipelines/x.toml"), &good).unwrap().api.unwrap();
+    assert_eq!((api.listen.as_str(), api.deadline_ms, api.signature_tolerance_s), ("0.0.0.0:9000", 5, 120));
+    assert_eq!(api.clients[0].secrets, [SecretSource::Env("A".into()), SecretSource::Env("B".into())]);
+    assert_eq!(api.jwt.unwrap().public_key_file, Some(PathBuf::from("pipelines/keys/pub.pem")));
+    assert_eq!((api.metrics_token, api.tls), (None, None));
+    let token =
+        PipelineConfig::parse(Path::new("p.toml"), &good.replace("deadline_ms = 5", "metrics_token_env = \"M\""));
+    assert_eq!(token.unwrap().api.unwrap().metrics_token, Some(SecretSource::Env("M".into())));
+
+    let bad = with(
+        "[api]\nlisten = \"localhost\"\nmax_concurrency = 0\nsignature_tolerance = \"2d\"\n\
+         metrics_token = \"short\"\n\
+         [[api.clients]]\nid = \"a b\"\nsecrets = [\"short\"]\n\
+         [[api.clients]]\nid = \"x\"\nsecrets_env = [\"A\", \"B\", \"C\"]\n\
+         [api.jwt]\nalgorithm = \"HS512\"\n\
+         [api.tls]\ncert_file = \"no/such/cert.pem\"\nkey_file = \"no/such/key.pem\"\n",
+    );
+    let text = PipelineConfig::parse(Path::new("p.toml"), &bad).unwrap_err().to_string();
+    for expected in [
+        "api.listen: must be an address and port",
+        "api.max_concurrency: must be between 1 and",
+        "api.signature_tolerance: must be between 1s and 1h",
+        "api.clients[0].id: must be letters",
+        "api.clients[0].secrets: a secret must be at least 16 bytes",
+        "api.clients[1].secrets_env: needs one or two secrets",
+        "api.jwt.algorithm: unknown algorithm `HS512`",
+        "api.metrics_token: a token must be at least 16 bytes",
+        "api.tls.cert_file: no such file: no/such/cert.pem",
+        "api.tls.key_file: no such file: no/such/key.pem",
+    ] {
+        assert!(text.contains(expected), "no `{expected}` in\n{text}");
+    }
+    let none = PipelineConfig::parse(Path::new("p.toml"), &with("[api]\n")).unwrap_err().to_string();
+    assert!(none.contains("api: declares no way in"), "{none}");
+}
+
+#[test]
+fn a_challenger_model_resolves_beside_the_champion() {
+    let with = |model: &str| format!("{GOOD}\n[model]\npath = \"../models/a.json\"\n{model}");
+    let c = PipelineConfig::parse(Path::new("pipelines/x.toml"), &with("challenger = \"../models/b.json\"\n")).unwrap();
+    let m = c.model.unwrap();
+    assert_eq!((m.weight, m.challenger), (100.0, Some(PathBuf::from("pipelines/../models/b.json"))));
+    let none = PipelineConfig::parse(Path::new("p.toml"), &with("")).unwrap();
+    assert_eq!(none.model.unwrap().challenger, None);
+    let err = PipelineConfig::parse(Path::new("p.toml"), &with("challenger = \" \"\n")).unwrap_err().to_string();
+    assert!(err.contains("model.challenger: must not be empty"), "{err}");
+}
+
+#[test]
+fn syntax_and_unknown_keys_are_located() {
+    let bad = GOOD.replace("group_id", "group");
+    let err = PipelineConfig::parse(Path::new("p.toml"), &bad).unwrap_err().to_string();
+    assert!(err.starts_with("p.toml:5:1:") && err.contains("unknown field `group`"), "{err}");
+}

@@ -1,0 +1,75 @@
+//! `vigil evaluate`: a model file's ranking figures and decision mix on labelled history.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::bail;
+use vigil_engine::Engine;
+
+use super::{load_pipeline, progress_bar, read_history, ReportFormat, WhereArg};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    model: PathBuf,
+    /// History: JSON lines, CSV or Parquet, in time order, with a label column.
+    #[arg(long)]
+    history: PathBuf,
+    #[arg(long, default_value = "is_fraud")]
+    label: String,
+    /// Pipeline whose features, rules and thresholds decide with the model.
+    #[arg(long, default_value = "pipelines/demo.toml")]
+    pipeline: PathBuf,
+    #[arg(long, value_enum, default_value = "table")]
+    format: ReportFormat,
+    /// Also write the pictures into this folder: ROC and precision-recall
+    /// curves and score histograms (SVG), with an `index.html` showing them.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// The history is a CSV table whose columns are the model's inputs (as
+    /// `vigil features` writes): score its rows as they are, without
+    /// computing features. Implied when the model takes inputs the
+    /// pipeline does not declare.
+    #[arg(long)]
+    table: bool,
+    #[command(flatten)]
+    filter: WhereArg,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    let mut config = load_pipeline(&a.pipeline)?;
+    // A model over columns the pipeline does not declare was trained on
+    // a table (`train --features`): score that table's rows directly.
+    let any = vigil_model::load_any(&a.model)?;
+    let declared = vigil_engine::model_inputs(&config.features);
+    if a.table || any.body().inputs.iter().any(|i| !declared.contains(&i.as_str())) {
+        if a.filter.predicate.is_some() {
+            bail!("--where chooses events of a history, not rows of a feature table");
+        }
+        let table = vigil_offline::tabular::read_csv(&a.history, &any.body().inputs, &a.label)?;
+        return print(&vigil_offline::evaluate::run_table(&any, &table)?, a.format, a.report.as_deref());
+    }
+    let weight = config.model.as_ref().map_or(100.0, |m| m.weight);
+    config.model = Some(vigil_core::pipeline::ModelConfig { path: a.model, weight, challenger: None });
+    let engine = Engine::in_memory(&config)?;
+    let h = read_history(&a.history, &a.label, a.filter.predicate.as_deref()).await?;
+    let (bar, progress) = progress_bar();
+    let evaluation = vigil_offline::evaluate::run(&engine, &h, &progress).await;
+    bar.finish_and_clear();
+    print(&evaluation?, a.format, a.report.as_deref())
+}
+
+fn print(
+    eval: &vigil_offline::evaluate::Evaluation,
+    format: ReportFormat,
+    report: Option<&Path>,
+) -> anyhow::Result<()> {
+    match format {
+        ReportFormat::Table => print!("{}", eval.to_table()),
+        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(eval)?),
+    }
+    if let Some(dir) = report {
+        let written = vigil_offline::report::write(eval, dir)?;
+        eprintln!("report: {}", written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    }
+    Ok(())
+}

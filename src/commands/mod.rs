@@ -1,0 +1,133 @@
+//! One module per subcommand, each with its arguments (`Args`) and its `run`;
+//! what several share is here: the pipeline, input files, history, progress.
+
+pub mod backtest;
+pub mod demo;
+pub mod evaluate;
+pub mod features;
+pub mod gen;
+pub mod label;
+pub mod produce;
+pub mod rules;
+pub mod serve;
+pub mod sign;
+pub mod stream;
+pub mod topics;
+pub mod train;
+pub mod validate;
+
+use std::io::BufRead;
+use std::path::Path;
+
+use anyhow::Context as _;
+use clap::ValueEnum;
+use vigil_core::PipelineConfig;
+
+pub fn load_pipeline(path: &Path) -> anyhow::Result<PipelineConfig> {
+    PipelineConfig::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// A report as a table for people, or as JSON.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ReportFormat {
+    Table,
+    Json,
+}
+
+/// `--where`, shared by the commands that read a history.
+#[derive(clap::Args)]
+pub struct WhereArg {
+    /// Only the events for which this SQL predicate holds (run by DataFusion
+    /// over the history's fields, attributes and label, as in
+    /// `channel = 'ecom' AND amount > 100`) train, test, are reported or are
+    /// written; every event still counts in the features of later ones.
+    #[arg(long = "where", value_name = "PREDICATE")]
+    pub predicate: Option<String>,
+}
+
+/// A file to read, or stdin for `-`.
+pub fn open_input(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
+    if path.as_os_str() == "-" {
+        return Ok(Box::new(std::io::stdin().lock()));
+    }
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(Box::new(std::io::BufReader::new(file)))
+}
+
+/// A file's bytes, or stdin's for `-`.
+pub fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
+    if path.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes).context("cannot read stdin")?;
+        return Ok(bytes);
+    }
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// The non-blank lines of a file or stdin, each with its place (`file:line`).
+pub fn read_lines(path: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for (n, line) in open_input(path)?.split(b'\n').enumerate() {
+        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+        if !line.iter().all(u8::is_ascii_whitespace) {
+            out.push((format!("{}:{}", path.display(), n + 1), line));
+        }
+    }
+    Ok(out)
+}
+
+/// Reads a history, telling on stderr which records were skipped and why,
+/// and with `--where` chooses the events to report on.
+pub async fn read_history(
+    path: &Path,
+    label: &str,
+    filter: Option<&str>,
+) -> anyhow::Result<vigil_offline::history::History> {
+    let mut h = vigil_offline::history::read(path, label)?;
+    for e in &h.first_errors {
+        eprintln!("skipped: {e}");
+    }
+    if let Some(predicate) = filter {
+        let n = vigil_offline::select::apply(&mut h, predicate, label).await?;
+        eprintln!("--where chose {n} of {} events", h.events.len());
+    }
+    Ok(h)
+}
+
+/// A progress bar on stderr for the long steps of offline work (hidden when
+/// stderr is not a terminal): a bar while a step can count its work, a spinner
+/// with the elapsed time while it cannot (a solver's fit).
+pub fn progress_bar() -> (indicatif::ProgressBar, vigil_offline::Progress) {
+    // Hidden until the first step has its style, length and name.
+    let bar = indicatif::ProgressBar::hidden();
+    let shown = bar.clone();
+    let current = std::sync::Mutex::new(None::<&'static str>);
+    let progress = vigil_offline::Progress::new(move |step, done, total| {
+        let mut current = current.lock().unwrap_or_else(|e| e.into_inner());
+        if *current != Some(step) {
+            *current = Some(step);
+            let template = if total == 0 {
+                "{spinner} {msg} {elapsed}"
+            } else {
+                "{msg:10} {bar:40} {human_pos}/{human_len} ({eta} left)"
+            };
+            shown.reset();
+            shown.set_length(total);
+            shown.set_message(step);
+            shown.set_style(
+                indicatif::ProgressStyle::with_template(template)
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            if shown.is_hidden() {
+                shown.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            }
+            if total == 0 {
+                shown.enable_steady_tick(std::time::Duration::from_millis(120));
+            } else {
+                shown.disable_steady_tick();
+            }
+        }
+        shown.set_position(done);
+    });
+    (bar, progress)
+}

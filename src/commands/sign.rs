@@ -1,0 +1,29 @@
+//! `vigil sign`: a `Vigil-Signature` header for a request body.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The client id, as in `[[api.clients]]`.
+    #[arg(long)]
+    client: String,
+    /// Environment variable holding the client's secret.
+    #[arg(long)]
+    secret_env: String,
+    #[arg(long, default_value = "POST")]
+    method: String,
+    #[arg(long, default_value = "/v1/decisions")]
+    path: String,
+    /// The body file, or `-` for stdin; sign exactly the bytes you send.
+    body: PathBuf,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let secret = std::env::var(&a.secret_env).with_context(|| format!("${} is not set", a.secret_env))?;
+    let bytes = super::read_input(&a.body)?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    println!("{}", vigil_api::auth::sign(&a.client, secret.as_bytes(), now, &a.method, &a.path, &bytes));
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! `vigil train`: a model fitted on history (generated, a labelled history
+//! file, or a numeric table), tested on the later part.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use clap::ValueEnum;
+use vigil_gen::GenConfig;
+use vigil_model::logistic::LogisticParams;
+use vigil_model::{IsolationForestParams, TrainParams};
+use vigil_offline::{TrainConfig, TrainReport};
+
+use super::{load_pipeline, progress_bar, read_history, ReportFormat, WhereArg};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, default_value = "pipelines/demo.toml")]
+    pipeline: PathBuf,
+    #[arg(long, default_value_t = 200_000)]
+    events: usize,
+    /// Seed of the generated events.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Seed of the algorithm's own draws (the isolation forest's subsamples
+    /// and splits), apart from the data's.
+    #[arg(long, default_value_t = 42)]
+    train_seed: u64,
+    /// Share of the history's time span to train on; the later rest evaluates.
+    #[arg(long, default_value_t = 0.7)]
+    train_share: f64,
+    /// `logistic` (supervised fraud probability) or `isolation-forest`
+    /// (unsupervised anomaly score; labels only evaluate it).
+    #[arg(long, value_enum, default_value = "logistic")]
+    algorithm: AlgorithmArg,
+    /// Train on this labelled history (JSON lines, CSV or Parquet, in time
+    /// order) instead of generated events.
+    #[arg(long)]
+    history: Option<PathBuf>,
+    /// The history's fraud label column (true/false or 1/0).
+    #[arg(long, default_value = "is_fraud")]
+    label: String,
+    /// Train on these numeric columns of a CSV history (any table with a
+    /// 0/1 label, rows in time order) instead of the pipeline's features.
+    #[arg(long, value_delimiter = ',', requires = "history")]
+    features: Vec<String>,
+    /// Train on the events (or rows) before this time and evaluate on the
+    /// rest, instead of `--train-share` (RFC 3339, or a date: 2026-03-01).
+    #[arg(long)]
+    before: Option<String>,
+    /// With `--features` and `--before`: the table's time column (RFC 3339,
+    /// a date, or seconds since 1970).
+    #[arg(long, default_value = "timestamp")]
+    time_column: String,
+    #[command(flatten)]
+    filter: WhereArg,
+    /// Logistic regression: only standardise the inputs (format 1 model
+    /// files), instead of also compressing the never-negative ones with a
+    /// logarithm and flagging missing ones with indicator columns.
+    #[arg(long)]
+    plain_inputs: bool,
+    /// Logistic regression: most solver (L-BFGS) iterations.
+    #[arg(long, default_value_t = 200)]
+    max_iterations: u64,
+    /// Logistic regression: the solver stops once the gradient's norm is below this.
+    #[arg(long, default_value_t = 1e-4)]
+    tolerance: f64,
+    /// Isolation forest: number of trees.
+    #[arg(long, default_value_t = 100)]
+    trees: usize,
+    /// Isolation forest: rows drawn to grow each tree.
+    #[arg(long, default_value_t = 256)]
+    sample_size: usize,
+    /// Where to write the model; `models/card-fraud.json` for a logistic
+    /// regression, `models/card-anomaly.json` for an isolation forest.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The summary as a line of text or as JSON.
+    #[arg(long, value_enum, default_value = "table")]
+    format: ReportFormat,
+}
+
+/// The algorithms `vigil train` fits (`vigil_model`'s registry).
+#[derive(Clone, Copy, ValueEnum)]
+enum AlgorithmArg {
+    Logistic,
+    IsolationForest,
+}
+
+impl AlgorithmArg {
+    /// The algorithm's parameters from the flags, the model's name and its
+    /// default file.
+    fn params(self, a: &Args) -> (TrainParams, &'static str, &'static str) {
+        match self {
+            AlgorithmArg::Logistic => (
+                TrainParams::Logistic(LogisticParams {
+                    max_iterations: a.max_iterations,
+                    gradient_tolerance: a.tolerance,
+                    plain_inputs: a.plain_inputs,
+                    ..LogisticParams::default()
+                }),
+                "card-fraud-logistic",
+                "models/card-fraud.json",
+            ),
+            AlgorithmArg::IsolationForest => (
+                TrainParams::IsolationForest(
+                    IsolationForestParams::new().n_trees(a.trees).sample_size(a.sample_size).seed(a.train_seed),
+                ),
+                "card-anomaly-iforest",
+                "models/card-anomaly.json",
+            ),
+        }
+    }
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    if !(0.05..=0.95).contains(&a.train_share) {
+        bail!("--train-share must be between 0.05 and 0.95");
+    }
+    if !(a.tolerance.is_finite() && a.tolerance > 0.0) {
+        bail!("--tolerance must be a positive number");
+    }
+    let split_before = a.before.as_deref().map(parse_date).transpose()?;
+    let (bar, progress) = progress_bar();
+    let config = load_pipeline(&a.pipeline)?;
+    let (params, name, default_out) = a.algorithm.params(&a);
+    let out = a.out.clone().unwrap_or_else(|| PathBuf::from(default_out));
+    let train = TrainConfig {
+        name: name.into(),
+        data: GenConfig { seed: a.seed, events: a.events, ..GenConfig::default() },
+        train_share: a.train_share,
+        split_before,
+        params,
+        progress,
+    };
+    if a.filter.predicate.is_some() && (a.history.is_none() || !a.features.is_empty()) {
+        bail!("--where chooses events of a history: give --history, without --features");
+    }
+    let report = fit(&a, &config, &train).await?;
+    bar.finish_and_clear();
+    std::fs::write(&out, report.model.to_file_json()).with_context(|| format!("cannot write {}", out.display()))?;
+    print(&report, &out, a.format)
+}
+
+/// Trains on what the flags name: a table, a history file, or generated events.
+async fn fit(a: &Args, config: &vigil_core::PipelineConfig, train: &TrainConfig) -> anyhow::Result<TrainReport> {
+    Ok(match &a.history {
+        Some(path) if !a.features.is_empty() => {
+            let time = train.split_before.is_some().then_some(a.time_column.as_str());
+            let table = vigil_offline::tabular::read_csv_timed(path, &a.features, &a.label, time)?;
+            eprintln!(
+                "training on {} rows of {} with {} columns...",
+                table.rows.len(),
+                path.display(),
+                a.features.len()
+            );
+            vigil_offline::tabular::train(&table, path, train)?
+        }
+        Some(path) => {
+            let h = read_history(path, &a.label, a.filter.predicate.as_deref()).await?;
+            eprintln!(
+                "training on {} events of {} with {} features...",
+                h.selected_count(),
+                path.display(),
+                config.features.len()
+            );
+            vigil_offline::train_on_history(&config.features, &h, path, train)?
+        }
+        None => {
+            eprintln!(
+                "training on {} generated events (seed {}) with {} features...",
+                a.events,
+                a.seed,
+                config.features.len()
+            );
+            vigil_offline::train_on_generated(&config.features, train)?
+        }
+    })
+}
+
+fn print(report: &TrainReport, out: &Path, format: ReportFormat) -> anyhow::Result<()> {
+    let version = vigil_model::Model::version(&report.model);
+    match format {
+        ReportFormat::Table => println!(
+            "wrote {} ({version}): trained on {} rows in {:.1} s, tested on the later {} ({} frauds): AUC-ROC {:.3}, average precision {:.3}",
+            out.display(),
+            report.train_events,
+            report.fit_seconds,
+            report.test_events,
+            report.test_frauds,
+            report.auc_roc,
+            report.average_precision
+        ),
+        ReportFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "out": out.display().to_string(),
+                "model_version": version,
+                "train_rows": report.train_events,
+                "test_rows": report.test_events,
+                "test_frauds": report.test_frauds,
+                "auc_roc": report.auc_roc,
+                "average_precision": report.average_precision,
+                "fit_seconds": report.fit_seconds,
+            }))?
+        ),
+    }
+    Ok(())
+}
+
+/// A date for `--before`: RFC 3339, a calendar day (midnight UTC), or seconds since 1970.
+fn parse_date(text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    vigil_offline::tabular::parse_time(text)
+        .with_context(|| format!("`{text}` is neither RFC 3339 nor a date like 2026-03-01"))
+}
