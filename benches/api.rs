@@ -19,6 +19,9 @@
 //! VIGIL_BENCH_RATES=2000,10000,20000, VIGIL_BENCH_SECONDS=5, VIGIL_BENCH_CONNECTIONS=64,
 //! VIGIL_BENCH_AUDIT=0 to leave out the Kafka audit trail.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -193,17 +196,16 @@ async fn main() {
         l.local_addr().unwrap().port()
     };
     let audit = std::env::var("VIGIL_BENCH_AUDIT").map_or(true, |v| v != "0");
-    let mut text = std::fs::read_to_string(root.join("pipelines/local.toml")).unwrap();
+    let mut pipeline = common::TestPipeline::shipped("local.toml")
+        .set("kafka.decisions_topic", format!("bench-api-out-{tag}"))
+        .set("store.key_prefix", format!("bench-api-{tag}"))
+        .set("api.max_concurrency", 4096)
+        .set("api.listen", format!("127.0.0.1:{port}"));
     if !audit {
         // No [kafka]: decisions are not published (measures the API without the broker's CPU).
-        let (from, to) = (text.find("[kafka]").unwrap(), text.find("[store]").unwrap());
-        text.replace_range(from..to, "");
+        pipeline = pipeline.without("kafka");
     }
-    let text = text
-        .replace("decisions_topic = \"decisions\"", &format!("decisions_topic = \"bench-api-out-{tag}\""))
-        .replace("key_prefix = \"vigil\"", &format!("key_prefix = \"bench-api-{tag}\""))
-        .replace("max_concurrency = 512", "max_concurrency = 4096")
-        .replace("listen = \"127.0.0.1:8080\"", &format!("listen = \"127.0.0.1:{port}\""));
+    let text = pipeline.text();
     let file = root.join(format!("pipelines/.bench-api-{tag}.toml"));
     std::fs::write(&file, &text).unwrap();
     let config = PipelineConfig::parse(&file, &text).unwrap();

@@ -13,6 +13,9 @@
 //! Needs the broker and Redis of `scripts/services.sh`. Run:
 //! `cargo bench --bench e2e` (env: VIGIL_BENCH_EVENTS, VIGIL_BENCH_RATE, VIGIL_BENCH_SECONDS).
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,18 +40,13 @@ fn env_usize(key: &str, default: usize) -> usize {
 }
 
 fn pipeline(tag: &str) -> PipelineConfig {
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(root.join("pipelines/local.toml"))
-        .unwrap()
-        .replace("group_id = \"vigil\"", &format!("group_id = \"bench-{tag}\""))
-        .replace("input_topic = \"transactions\"", &format!("input_topic = \"bench-in-{tag}\""))
-        .replace("decisions_topic = \"decisions\"", &format!("decisions_topic = \"bench-out-{tag}\""))
-        .replace(
-            "dead_letter_topic = \"transactions-dead-letter\"",
-            &format!("dead_letter_topic = \"bench-dlq-{tag}\""),
-        )
-        .replace("key_prefix = \"vigil\"", &format!("key_prefix = \"bench-{tag}\""));
-    PipelineConfig::parse(&root.join("pipelines/bench.toml"), &text).unwrap()
+    common::TestPipeline::shipped("local.toml")
+        .set("kafka.group_id", format!("bench-{tag}"))
+        .set("kafka.input_topic", format!("bench-in-{tag}"))
+        .set("kafka.decisions_topic", format!("bench-out-{tag}"))
+        .set("kafka.dead_letter_topic", format!("bench-dlq-{tag}"))
+        .set("store.key_prefix", format!("bench-{tag}"))
+        .config()
 }
 
 fn producer() -> FutureProducer {

@@ -14,20 +14,19 @@ use vigil_core::{Event, FeatureVector, Label, PipelineConfig};
 use vigil_engine::{Engine, LabelOutcome};
 use vigil_features::{FeatureError, FeatureStore, MemoryStore, Plan};
 
+use common::TestPipeline;
+
 const SECRET: &str = "test-secret-0123456789abcdef";
 const JWT_SECRET: &str = "jwt-test-secret-0123456789";
 
 /// The local pipeline with this test's topics and prefix, an inline client
 /// secret and an HS256 JWT key (tests cannot share environment variables).
-fn pipeline_text(test: &str, api_extra: &str) -> String {
-    common::pipeline_text(test).replace(
-        "secrets_env = [\"VIGIL_CHECKOUT_SECRET\", \"VIGIL_CHECKOUT_SECRET_NEXT\"]",
-        &format!("secrets = [\"{SECRET}\"]\n{api_extra}\n[api.jwt]\nalgorithm = \"HS256\"\nsecret = \"{JWT_SECRET}\""),
-    )
-}
-
-fn parse(text: &str) -> PipelineConfig {
-    PipelineConfig::parse(&common::repo().join("pipelines/test.toml"), text).unwrap()
+fn test_pipeline(test: &str) -> TestPipeline {
+    let jwt = common::table(&[("algorithm", "HS256"), ("secret", JWT_SECRET)]);
+    TestPipeline::local(test)
+        .without("api.clients[0].secrets_env")
+        .add("api.clients[0].secrets", vec![SECRET])
+        .add("api.jwt", jwt)
 }
 
 struct Server {
@@ -54,7 +53,7 @@ impl Server {
 
     /// A server over the test pipeline's Redis and broker, with its topics made.
     async fn on_redis_and_kafka(test: &str) -> (PipelineConfig, Server) {
-        let config = parse(&pipeline_text(test, ""));
+        let config = test_pipeline(test).config();
         vigil_kafka::create_topics(config.kafka.as_ref().unwrap(), 1).await.unwrap();
         let server = Server::start(&config, Engine::connect(&config).await.unwrap()).await;
         (config, server)
@@ -293,13 +292,13 @@ fn slow_engine(config: &PipelineConfig, delay: Duration) -> Engine {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_is_shed_and_a_slow_store_meets_the_degraded_policy_at_the_deadline() {
-    let text = pipeline_text("api-slow", "")
-        .replace("max_concurrency = 512", "max_concurrency = 1")
-        .replace("deadline_ms = 50", "deadline_ms = 400")
-        .replace("degraded = \"fail\"", "degraded = \"review\"");
-    // No Kafka: nothing to publish to, the API still serves.
-    let text = strip_tables(&text, "[kafka");
-    let config = parse(&text);
+    let slow = test_pipeline("api-slow")
+        .set("api.max_concurrency", 1)
+        .set("api.deadline_ms", 400)
+        .set("store.degraded", "review")
+        // No Kafka: nothing to publish to, the API still serves.
+        .without("kafka");
+    let config = slow.config();
     let server = Server::start(&config, slow_engine(&config, Duration::from_secs(5))).await;
 
     let e = event("slow-1", 0, "10.00", "c-slow", "t-slow");
@@ -335,28 +334,12 @@ async fn overload_is_shed_and_a_slow_store_meets_the_degraded_policy_at_the_dead
     server.stop().await;
 
     // Under `fail`, no decision without features: 503, retry later.
-    let config = parse(&text.replace("degraded = \"review\"", "degraded = \"fail\""));
+    let config = slow.set("store.degraded", "fail").config();
     let server = Server::start(&config, slow_engine(&config, Duration::from_secs(5))).await;
     let failed = server.signed("/v1/decisions", &e).await;
     assert_eq!(failed.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body(failed).await["error"]["code"], "dependency_unavailable");
     server.stop().await;
-}
-
-/// `text` without the TOML tables whose headers start with `prefix`.
-fn strip_tables(text: &str, prefix: &str) -> String {
-    let mut out = String::new();
-    let mut skipping = false;
-    for line in text.lines() {
-        if line.starts_with('[') {
-            skipping = line.starts_with(prefix);
-        }
-        if !skipping {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
 }
 
 /// `[api.tls]`: the API answers over HTTPS with the configured certificate, and
@@ -370,10 +353,9 @@ async fn https_with_the_configured_certificate_and_metrics_behind_a_token() {
     std::fs::write(&cert, issued.cert.pem()).unwrap();
     std::fs::write(&key, issued.signing_key.serialize_pem()).unwrap();
     let token = "metrics-token-0123456789abcdef";
-    let text = strip_tables(&pipeline_text("api-tls", ""), "[kafka")
-        .replace("max_concurrency = 512", &format!("max_concurrency = 512\nmetrics_token = \"{token}\""));
-    let text = format!("{text}\n[api.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n", cert.display(), key.display());
-    let config = parse(&text);
+    let (cert_file, key_file) = (cert.display().to_string(), key.display().to_string());
+    let tls = common::table(&[("cert_file", &cert_file), ("key_file", &key_file)]);
+    let config = test_pipeline("api-tls").without("kafka").add("api.metrics_token", token).add("api.tls", tls).config();
     let mut server = Server::start(&config, Engine::in_memory(&config).unwrap()).await;
     let port = server.base.rsplit(':').next().unwrap().to_owned();
     let plain = reqwest::Client::new();

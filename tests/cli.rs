@@ -1,7 +1,11 @@
 //! The `vigil` command as a user runs it.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
+
+use common::TestPipeline;
 
 fn vigil(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vigil")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap()
@@ -39,14 +43,16 @@ fn shipped_pipelines_and_rules_validate() {
 
 #[test]
 fn validate_reports_every_problem_with_its_place_and_fails() {
-    let local =
-        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("pipelines/local.toml")).unwrap();
-    let bad = local
-        .replace("window = \"10m\"", "window = \"10 minutes\"")
-        .replace("aggregate = \"sum_amount\"", "aggregate = \"sum\"")
-        .replace("batch_size = 500", "batch_size = 0")
-        .replace("path = \"../rules\"", &format!("path = \"{}/rules\"", env!("CARGO_MANIFEST_DIR")));
-    let p = temp("bad.toml", &bad);
+    let bad = TestPipeline::shipped("local.toml")
+        .set("features[0].window", "10 minutes")
+        .each_feature(|f| {
+            if f["aggregate"].as_str() == Some("sum_amount") {
+                f.insert("aggregate".into(), "sum".into());
+            }
+        })
+        .set("kafka.batch_size", 0)
+        .set("rules.path", format!("{}/rules", env!("CARGO_MANIFEST_DIR")));
+    let p = temp("bad.toml", &bad.text());
     let o = vigil(&["validate", "--pipeline", p.to_str().unwrap()]);
     assert!(!o.status.success());
     let out = text(&o);
@@ -102,12 +108,10 @@ fn demo_decides_and_writes_every_event() {
 
 #[test]
 fn run_without_redis_fails_fast_and_clearly() {
-    let local =
-        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("pipelines/local.toml")).unwrap();
-    let bad = local
-        .replace("redis://127.0.0.1:6379", "redis://127.0.0.1:1")
-        .replace("path = \"../rules\"", &format!("path = \"{}/rules\"", env!("CARGO_MANIFEST_DIR")));
-    let p = temp("noredis.toml", &bad);
+    let bad = TestPipeline::shipped("local.toml")
+        .set("store.redis_url", "redis://127.0.0.1:1")
+        .set("rules.path", format!("{}/rules", env!("CARGO_MANIFEST_DIR")));
+    let p = temp("noredis.toml", &bad.text());
     let o = vigil(&["run", "--pipeline", p.to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(text(&o).contains("redis://127.0.0.1:1"), "{}", text(&o));

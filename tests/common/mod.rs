@@ -26,24 +26,114 @@ pub fn repo() -> PathBuf {
 
 /// The shipped local pipeline with this test's own topics, group and key prefix.
 pub fn pipeline(test: &str) -> PipelineConfig {
-    PipelineConfig::parse(&repo().join("pipelines/test.toml"), &pipeline_text(test)).unwrap()
+    TestPipeline::local(test).config()
 }
 
 /// The text of [`pipeline`], for tests that hand a pipeline file to the binary:
 /// write it beside the shipped ones (`pipelines/`), so its paths resolve alike.
 pub fn pipeline_text(test: &str) -> String {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let tag = format!("{test}-{}", &id[..8]);
-    let text = std::fs::read_to_string(repo().join("pipelines/local.toml")).unwrap();
-    text.replace("brokers = \"127.0.0.1:9092\"", &format!("brokers = \"{}\"", brokers()))
-        .replace("redis_url = \"redis://127.0.0.1:6379\"", &format!("redis_url = \"{}\"", redis_url()))
-        .replace("group_id = \"vigil\"", &format!("group_id = \"g-{tag}\""))
-        .replace("input_topic = \"transactions\"", &format!("input_topic = \"in-{tag}\""))
-        .replace("decisions_topic = \"decisions\"", &format!("decisions_topic = \"out-{tag}\""))
-        .replace("dead_letter_topic = \"transactions-dead-letter\"", &format!("dead_letter_topic = \"dlq-{tag}\""))
-        .replace("labels_topic = \"labels\"", &format!("labels_topic = \"labels-{tag}\""))
-        .replace("key_prefix = \"vigil\"", &format!("key_prefix = \"t-{tag}\""))
-        .replace("batch_size = 500", "batch_size = 250")
+    TestPipeline::local(test).text()
+}
+
+/// A pipeline for a test, made from a shipped one read as TOML (not by
+/// replacing its text, so a reformatted file makes no difference): every key
+/// a test sets must be there already, or the test stops and says which.
+#[derive(Clone)]
+pub struct TestPipeline {
+    table: toml::Table,
+}
+
+impl TestPipeline {
+    /// A shipped pipeline, `pipelines/NAME`.
+    pub fn shipped(name: &str) -> TestPipeline {
+        let text = std::fs::read_to_string(repo().join("pipelines").join(name)).unwrap();
+        TestPipeline { table: text.parse().unwrap() }
+    }
+
+    /// `pipelines/local.toml` with this test's own consumer group, topics and
+    /// Redis key prefix (unique per call), the test brokers and Redis, and
+    /// batches of 250.
+    pub fn local(test: &str) -> TestPipeline {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let tag = format!("{test}-{}", &id[..8]);
+        TestPipeline::shipped("local.toml")
+            .set("kafka.brokers", brokers())
+            .set("store.redis_url", redis_url())
+            .set("kafka.group_id", format!("g-{tag}"))
+            .set("kafka.input_topic", format!("in-{tag}"))
+            .set("kafka.decisions_topic", format!("out-{tag}"))
+            .set("kafka.dead_letter_topic", format!("dlq-{tag}"))
+            .set("kafka.labels_topic", format!("labels-{tag}"))
+            .set("store.key_prefix", format!("t-{tag}"))
+            .set("kafka.batch_size", 250)
+    }
+
+    /// Sets the key at `path` (`kafka.batch_size`, `features[0].window`), which must exist.
+    pub fn set(mut self, path: &str, value: impl Into<toml::Value>) -> TestPipeline {
+        let (table, key) = self.parent(path);
+        assert!(table.contains_key(key), "the pipeline has no `{path}` to set");
+        table.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Adds the key at `path`, whose table must exist and lack it.
+    pub fn add(mut self, path: &str, value: impl Into<toml::Value>) -> TestPipeline {
+        let (table, key) = self.parent(path);
+        assert!(table.insert(key.to_owned(), value.into()).is_none(), "the pipeline has `{path}` already");
+        self
+    }
+
+    /// Removes the key (or table) at `path`, which must exist.
+    pub fn without(mut self, path: &str) -> TestPipeline {
+        let (table, key) = self.parent(path);
+        assert!(table.remove(key).is_some(), "the pipeline has no `{path}` to remove");
+        self
+    }
+
+    /// Calls `edit` on every `[[features]]` table.
+    pub fn each_feature(mut self, mut edit: impl FnMut(&mut toml::Table)) -> TestPipeline {
+        let features = self.table.get_mut("features").and_then(toml::Value::as_array_mut).expect("features");
+        for f in features {
+            edit(f.as_table_mut().expect("a feature is a table"));
+        }
+        self
+    }
+
+    pub fn text(&self) -> String {
+        toml::to_string(&self.table).unwrap()
+    }
+
+    /// The validated pipeline, its paths resolved as if it were a file in `pipelines/`.
+    pub fn config(&self) -> PipelineConfig {
+        PipelineConfig::parse(&repo().join("pipelines/test.toml"), &self.text()).unwrap()
+    }
+
+    /// The table holding the last key of a dotted path, and that key.
+    fn parent<'a>(&mut self, path: &'a str) -> (&mut toml::Table, &'a str) {
+        let mut parts: Vec<&str> = path.split('.').collect();
+        let key = parts.pop().unwrap();
+        let mut table = &mut self.table;
+        for part in parts {
+            let (name, index) = match part.split_once('[') {
+                Some((name, rest)) => (name, Some(rest.trim_end_matches(']').parse::<usize>().unwrap())),
+                None => (part, None),
+            };
+            let value = table.get_mut(name).unwrap_or_else(|| panic!("the pipeline has no `{name}` in `{path}`"));
+            let value = match index {
+                Some(i) => value.as_array_mut().and_then(|a| a.get_mut(i)),
+                None => Some(value),
+            };
+            table = value
+                .and_then(toml::Value::as_table_mut)
+                .unwrap_or_else(|| panic!("`{part}` of `{path}` is not a table"));
+        }
+        (table, key)
+    }
+}
+
+/// A TOML table of text values, for [`TestPipeline::add`].
+pub fn table(entries: &[(&str, &str)]) -> toml::Table {
+    entries.iter().map(|(k, v)| ((*k).to_owned(), toml::Value::from(*v))).collect()
 }
 
 /// Reads `topic` from the start until `expected` records arrived or `idle` passed

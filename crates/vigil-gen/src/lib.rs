@@ -180,22 +180,71 @@ pub fn generate(config: &GenConfig) -> Vec<Labelled> {
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let country_cum = cumulative(COUNTRIES.iter().map(|c| c.1));
     let hour_cum = cumulative(HOURS);
-    let n_merchants = config.merchants.max(1);
-    let merchants: Vec<Merchant> = (0..n_merchants)
+    let merchants = merchants(&mut rng, config.merchants.max(1), &country_cum);
+    let cards = cards(&mut rng, config.cards.max(1), &merchants, &country_cum);
+    let world = World {
+        activity_cum: cumulative((0..cards.len()).map(|_| rng.random_range(0.2..4.0))),
+        cards,
+        merchants,
+        hour_cum,
+        start: config.start,
+        days: i64::from(config.days.max(1)),
+    };
+    let n_fraud = ((config.events as f64) * config.fraud_share).round() as usize;
+    let n_fraud = n_fraud.min(config.events);
+    let mut drafts: Vec<Draft> = Vec::with_capacity(config.events);
+    // Fraud first, so the legitimate share fills exactly what is left.
+    frauds(&mut rng, &world, n_fraud, &mut drafts);
+    for _ in 0..config.events - n_fraud {
+        drafts.push(genuine(&mut rng, &world));
+    }
+    drafts.sort_by_key(|d| d.t);
+    drafts.into_iter().enumerate().map(|(i, d)| labelled(config.seed, i, d, &world)).collect()
+}
+
+/// The merchants, cards and habits events are drawn from.
+struct World {
+    merchants: Vec<Merchant>,
+    cards: Vec<Card>,
+    /// How often each card pays, cumulated for drawing.
+    activity_cum: Vec<f64>,
+    hour_cum: Vec<f64>,
+    start: DateTime<Utc>,
+    days: i64,
+}
+
+impl World {
+    /// A time on a random day, at an hour drawn from the day's rhythm.
+    fn random_time(&self, rng: &mut ChaCha8Rng) -> DateTime<Utc> {
+        let day = rng.random_range(0..self.days);
+        let hour = pick(rng, &self.hour_cum) as i64;
+        self.start + Duration::seconds(day * 86_400 + hour * 3600 + rng.random_range(0..3600))
+    }
+
+    /// A card, drawn by its activity.
+    fn card(&self, rng: &mut ChaCha8Rng) -> usize {
+        pick(rng, &self.activity_cum)
+    }
+}
+
+fn merchants(rng: &mut ChaCha8Rng, n: usize, country_cum: &[f64]) -> Vec<Merchant> {
+    (0..n)
         .map(|i| {
             let n_terminals = rng.random_range(1..=4);
             Merchant {
                 id: format!("m{i:05}"),
                 mcc: MCCS[rng.random_range(0..MCCS.len())],
-                country: COUNTRIES[pick(&mut rng, &country_cum)].0,
+                country: COUNTRIES[pick(rng, country_cum)].0,
                 terminals: (0..n_terminals).map(|t| format!("t{i:05}-{t}")).collect(),
             }
         })
-        .collect();
-    let n_cards = config.cards.max(1);
-    let cards: Vec<Card> = (0..n_cards)
+        .collect()
+}
+
+fn cards(rng: &mut ChaCha8Rng, n: usize, merchants: &[Merchant], country_cum: &[f64]) -> Vec<Card> {
+    (0..n)
         .map(|i| {
-            let country = COUNTRIES[pick(&mut rng, &country_cum)].0;
+            let country = COUNTRIES[pick(rng, country_cum)].0;
             let local: Vec<usize> = (0..merchants.len()).filter(|m| merchants[*m].country == country).collect();
             let pool = if local.is_empty() { (0..merchants.len()).collect() } else { local };
             let n_fav = rng.random_range(3..=12).min(pool.len());
@@ -215,34 +264,26 @@ pub fn generate(config: &GenConfig) -> Vec<Labelled> {
                 ),
             }
         })
-        .collect();
-    let activity_cum = cumulative((0..cards.len()).map(|_| rng.random_range(0.2..4.0)));
-    let random_time = |rng: &mut ChaCha8Rng| {
-        let day = rng.random_range(0..i64::from(config.days.max(1)));
-        let hour = pick(rng, &hour_cum) as i64;
-        config.start + Duration::seconds(day * 86_400 + hour * 3600 + rng.random_range(0..3600))
-    };
+        .collect()
+}
 
-    let n_fraud = ((config.events as f64) * config.fraud_share).round() as usize;
-    let n_fraud = n_fraud.min(config.events);
-    let mut drafts: Vec<Draft> = Vec::with_capacity(config.events);
-
-    // Fraud first, so the legitimate share fills exactly what is left.
+/// `n` fraud events, the three scenarios in turn, into `drafts`.
+fn frauds(rng: &mut ChaCha8Rng, world: &World, n_fraud: usize, drafts: &mut Vec<Draft>) {
     let mut fraud_left = n_fraud;
     let mut kind = 0usize;
     while fraud_left > 0 {
-        let card = pick(&mut rng, &activity_cum);
-        let c = &cards[card];
+        let card = world.card(rng);
+        let c = &world.cards[card];
         match kind % 3 {
             0 => {
                 let m = c.favourites.first().copied().unwrap_or(0);
                 let factor = rng.random_range(8.0..25.0);
                 drafts.push(Draft {
-                    t: random_time(&mut rng),
+                    t: world.random_time(rng),
                     amount: cents(c.mean_cents * factor),
                     card,
                     merchant: m,
-                    terminal: merchants[m].terminals.first().cloned(),
+                    terminal: world.merchants[m].terminals.first().cloned(),
                     country: c.country,
                     device_ip: None,
                     fraud: Some(Scenario::LargeAmount),
@@ -251,21 +292,22 @@ pub fn generate(config: &GenConfig) -> Vec<Labelled> {
             }
             1 => {
                 // A terminal serving skimmed cards for 2 to 4 days.
-                let m = rng.random_range(0..merchants.len());
-                let terminal = merchants[m].terminals[rng.random_range(0..merchants[m].terminals.len())].clone();
-                let start = random_time(&mut rng);
+                let m = rng.random_range(0..world.merchants.len());
+                let terminal =
+                    world.merchants[m].terminals[rng.random_range(0..world.merchants[m].terminals.len())].clone();
+                let start = world.random_time(rng);
                 let span_s = rng.random_range(2..=4) * 86_400;
                 let n = rng.random_range(15..=40).min(fraud_left);
                 for _ in 0..n {
-                    let victim = pick(&mut rng, &activity_cum);
+                    let victim = world.card(rng);
                     let t = start + Duration::seconds(rng.random_range(0..span_s));
                     drafts.push(Draft {
                         t,
-                        amount: cents(cards[victim].mean_cents * rng.random_range(1.5..4.0)),
+                        amount: cents(world.cards[victim].mean_cents * rng.random_range(1.5..4.0)),
                         card: victim,
                         merchant: m,
                         terminal: Some(terminal.clone()),
-                        country: merchants[m].country,
+                        country: world.merchants[m].country,
                         device_ip: None,
                         fraud: Some(Scenario::CompromisedTerminal),
                     });
@@ -273,13 +315,13 @@ pub fn generate(config: &GenConfig) -> Vec<Labelled> {
                 fraud_left -= n;
             }
             _ => {
-                let start = random_time(&mut rng);
+                let start = world.random_time(rng);
                 let n = rng.random_range(4..=12).min(fraud_left);
                 let country = FRAUD_COUNTRIES[rng.random_range(0..FRAUD_COUNTRIES.len())];
                 let device = format!("d{:08x}", rng.random::<u32>());
                 let ip = format!("203.0.113.{}", rng.random_range(1..=254u8));
                 for _ in 0..n {
-                    let m = rng.random_range(0..merchants.len());
+                    let m = rng.random_range(0..world.merchants.len());
                     drafts.push(Draft {
                         t: start + Duration::seconds(rng.random_range(0..1800)),
                         amount: cents(c.mean_cents * rng.random_range(1.0..4.0)),
@@ -296,63 +338,61 @@ pub fn generate(config: &GenConfig) -> Vec<Labelled> {
         }
         kind += 1;
     }
+}
 
-    for _ in 0..config.events - n_fraud {
-        let card = pick(&mut rng, &activity_cum);
-        let c = &cards[card];
-        let m = if c.favourites.is_empty() || rng.random_bool(0.1) {
-            rng.random_range(0..merchants.len())
-        } else {
-            c.favourites[rng.random_range(0..c.favourites.len())]
-        };
-        let online = rng.random_bool(0.3);
-        let amount = cents(c.mean_cents * (0.5 * normal(&mut rng)).exp());
-        drafts.push(Draft {
-            t: random_time(&mut rng),
-            amount,
-            card,
-            merchant: m,
-            terminal: (!online)
-                .then(|| merchants[m].terminals[rng.random_range(0..merchants[m].terminals.len())].clone()),
-            country: if online { merchants[m].country } else { c.country },
-            device_ip: online.then(|| (c.device.clone(), c.ip.clone())),
-            fraud: None,
-        });
+/// One genuine payment: a card at one of its usual merchants mostly, online
+/// or at a terminal.
+fn genuine(rng: &mut ChaCha8Rng, world: &World) -> Draft {
+    let card = world.card(rng);
+    let c = &world.cards[card];
+    let m = if c.favourites.is_empty() || rng.random_bool(0.1) {
+        rng.random_range(0..world.merchants.len())
+    } else {
+        c.favourites[rng.random_range(0..c.favourites.len())]
+    };
+    let online = rng.random_bool(0.3);
+    let amount = cents(c.mean_cents * (0.5 * normal(rng)).exp());
+    Draft {
+        t: world.random_time(rng),
+        amount,
+        card,
+        merchant: m,
+        terminal: (!online)
+            .then(|| world.merchants[m].terminals[rng.random_range(0..world.merchants[m].terminals.len())].clone()),
+        country: if online { world.merchants[m].country } else { c.country },
+        device_ip: online.then(|| (c.device.clone(), c.ip.clone())),
+        fraud: None,
     }
+}
 
-    drafts.sort_by_key(|d| d.t);
-    drafts
-        .into_iter()
-        .enumerate()
-        .map(|(i, d)| {
-            let c = &cards[d.card];
-            let m = &merchants[d.merchant];
-            let (device_id, ip) = match d.device_ip {
-                Some((dv, ip)) => (Some(dv), Some(ip)),
-                None => (None, None),
-            };
-            let event = Event {
-                transaction_id: format!("tx-{:x}-{i:08}", config.seed),
-                timestamp: d.t,
-                amount: d.amount,
-                currency: "EUR".into(),
-                card_id: Some(c.id.clone()),
-                account_id: Some(format!("a{:06}", c.customer)),
-                customer_id: Some(format!("u{:06}", c.customer)),
-                merchant_id: Some(m.id.clone()),
-                channel: Some(if d.terminal.is_some() { "pos" } else { "ecom" }.into()),
-                terminal_id: d.terminal,
-                device_id,
-                mcc: Some(m.mcc.into()),
-                country: Some(d.country.into()),
-                ip,
-                attributes: Default::default(),
-            };
-            let reported_at =
-                d.fraud.map(|_| event.timestamp + chrono::Duration::seconds(report_delay_s(&event.transaction_id)));
-            Labelled { event, fraud: d.fraud, reported_at }
-        })
-        .collect()
+/// The `i`th event in time order, with its label.
+fn labelled(seed: u64, i: usize, d: Draft, world: &World) -> Labelled {
+    let c = &world.cards[d.card];
+    let m = &world.merchants[d.merchant];
+    let (device_id, ip) = match d.device_ip {
+        Some((dv, ip)) => (Some(dv), Some(ip)),
+        None => (None, None),
+    };
+    let event = Event {
+        transaction_id: format!("tx-{:x}-{i:08}", seed),
+        timestamp: d.t,
+        amount: d.amount,
+        currency: "EUR".into(),
+        card_id: Some(c.id.clone()),
+        account_id: Some(format!("a{:06}", c.customer)),
+        customer_id: Some(format!("u{:06}", c.customer)),
+        merchant_id: Some(m.id.clone()),
+        channel: Some(if d.terminal.is_some() { "pos" } else { "ecom" }.into()),
+        terminal_id: d.terminal,
+        device_id,
+        mcc: Some(m.mcc.into()),
+        country: Some(d.country.into()),
+        ip,
+        attributes: Default::default(),
+    };
+    let reported_at =
+        d.fraud.map(|_| event.timestamp + chrono::Duration::seconds(report_delay_s(&event.transaction_id)));
+    Labelled { event, fraud: d.fraud, reported_at }
 }
 
 /// Output formats of `vigil gen`.

@@ -86,6 +86,10 @@ pub struct LexError {
 
 /// Tokenises the whole text. Lexing errors are collected and the offending
 /// characters skipped, so one typo does not hide the problems after it.
+///
+/// Longer than most functions here, on purpose: one loop with one arm per
+/// kind of token, sharing the position it advances, reads as the grammar's
+/// token table; split up, each piece would need the cursor passed around.
 pub fn lex(text: &str) -> (Vec<Token>, Vec<LexError>) {
     let mut tokens = Vec::new();
     let mut errors = Vec::new();

@@ -227,6 +227,9 @@ impl Checker<'_> {
         }
     }
 
+    /// Resolves and types one expression. One arm per node kind, on purpose:
+    /// the language's typing rules stand together in one match (longer than
+    /// most functions here) rather than scattered over helpers.
     pub fn expr(&mut self, node: &Node) -> (Expr, Type) {
         let pos = node.pos;
         match &node.ast {

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::diagnostic::Diagnostics;
 pub use crate::diagnostic::Diagnostic;
+use crate::diagnostic::Diagnostics;
 use crate::feature::FeatureDef;
 pub use api::{ApiClient, ApiConfig, JwtAlgorithm, JwtConfig, SecretSource, TlsFiles};
 pub use features::{MAX_WINDOW_S, MIN_WINDOW_S, RESERVED_NAMES};
