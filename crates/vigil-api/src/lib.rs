@@ -1,4 +1,6 @@
-//! `vigil serve`: the synchronous scoring API for payment services.
+//! `vigil serve`: the synchronous scoring API for payment services, an entry
+//! point at the end of the data flow beside the Kafka stream, over the engine
+//! (and `vigil-kafka` for its audit trail and labels topic).
 //!
 //! Routes (contract in `docs/openapi.yaml`):
 //! - `POST /v1/decisions`: one transaction event in, its decision out, through

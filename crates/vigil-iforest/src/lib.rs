@@ -1,6 +1,7 @@
 //! An isolation forest (Liu, Ting and Zhou, 2008) for Vigil's unsupervised
-//! anomaly model. linfa has none, so this one follows linfa's conventions:
-//! hyperparameters are checked through [`ParamGuard`], training is
+//! anomaly model: the algorithm's core, below `vigil-model` (whose `forest`
+//! module serves and trains it). linfa has none, so this one follows linfa's
+//! conventions: hyperparameters are checked through [`ParamGuard`], training is
 //! [`Fit`] on a linfa dataset, scoring is [`PredictInplace`] (so `predict`
 //! works on any 2-d array), and the fitted forest is serde-serialisable.
 //!
