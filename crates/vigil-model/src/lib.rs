@@ -1,7 +1,7 @@
 //! Vigil's model stage, beside the rules: turns an event's numeric inputs (its
 //! amount and declared features) into a score in [0, 1].
 //!
-//! A model file is self-describing JSON ([`file`]): format version, algorithm,
+//! A model file is self-describing JSON ([`mod@file`]): format version, algorithm,
 //! the input names in order, the preprocessing applied in training
 //! ([`Scaler`]), the algorithm's own parameters, a summary of training, and a
 //! SHA-256 checksum over all of it. [`load`] refuses a file that is corrupt,

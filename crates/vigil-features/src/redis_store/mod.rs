@@ -131,7 +131,7 @@ impl RedisStore {
     }
 
     /// Connects to a Redis Cluster through any of its `nodes` (seed URLs), and
-    /// checks that every primary answers. Keys are laid out per record ([`cluster`]).
+    /// checks that every primary answers. Keys are laid out per record (module `cluster`).
     pub async fn connect_cluster(
         nodes: &[String],
         plan: Plan,

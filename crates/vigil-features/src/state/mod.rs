@@ -3,10 +3,10 @@
 //! ([`crate::Plan::compute`]), so the in-memory store and Redis give the same
 //! values by construction, and offline replays can use the same code.
 //!
-//! A record holds, per declared need of its entity: window rings ([`ring`]),
+//! A record holds, per declared need of its entity: window rings (`ring`),
 //! its newest events (for `time_since_last`, `previous_amount`, `changed`,
-//! `previous`), distinct-value sets ([`distinct`]), fraud rings fed by labels,
-//! and the composite entities kept inside it ([`nest`]). Records are encoded
+//! `previous`), distinct-value sets (`distinct`), fraud rings fed by labels,
+//! and the composite entities kept inside it (`nest`). Records are encoded
 //! with postcard; the Redis key names the layout's version (`s5`), so that a
 //! record of an older layout is left to expire rather than misread.
 
