@@ -23,8 +23,23 @@ use anyhow::Context as _;
 use clap::ValueEnum;
 use vigil_core::PipelineConfig;
 
+/// Reads and validates `--pipeline`; a file that cannot be read says which
+/// flag names it and where a relative path was looked for.
 pub fn load_pipeline(path: &Path) -> anyhow::Result<PipelineConfig> {
-    PipelineConfig::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+    PipelineConfig::load(path).map_err(|e| match e {
+        vigil_core::ConfigError::Io { .. } => anyhow::anyhow!("{e}; {}", pipeline_hint(path)),
+        e => anyhow::anyhow!("{e}"),
+    })
+}
+
+/// What to do about a pipeline file that is not there.
+pub fn pipeline_hint(path: &Path) -> String {
+    let here = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
+    if path.is_relative() {
+        format!("give --pipeline FILE (a relative path is read from the current folder, {here})")
+    } else {
+        "give --pipeline FILE".to_owned()
+    }
 }
 
 /// A report as a table for people, or as JSON.

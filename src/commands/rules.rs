@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::Subcommand;
-use vigil_core::PipelineConfig;
 use vigil_engine::Engine;
 use vigil_rules::{RuleSet, Schema};
 
@@ -29,11 +28,9 @@ pub enum Command {
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Check { path, pipeline } => {
-            let schema = match PipelineConfig::load(&pipeline) {
-                Ok(c) => Schema { features: c.features },
-                Err(vigil_core::ConfigError::Io { .. }) => Schema::default(),
-                Err(e) => bail!("{e}"),
-            };
+            // Rules name the pipeline's features: checked without them, every
+            // feature would be an unknown name.
+            let schema = Schema { features: super::load_pipeline(&pipeline)?.features };
             let rules = RuleSet::load(&path, &schema).map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{}: {} rules check (version {})", path.display(), rules.rules().len(), rules.version());
             Ok(())

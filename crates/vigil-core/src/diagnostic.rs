@@ -1,13 +1,14 @@
 //! A located problem in a file a person edits (a pipeline config, a rule or
 //! list file): where it is and why, as every command prints it:
 //! `file:line:column: key: message` (the key, a dotted path such as
-//! `features[2].window`, where there is one).
+//! `features[2].window`, where there is one; `file: message` for the whole file).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// One problem in a file, with where it is. Line and column are 1-based; 0
-/// for a problem with the whole file (it cannot be read, it is too large).
+/// for a problem with the whole file (it cannot be read, it is too large),
+/// which is shown without them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
     pub file: PathBuf,
@@ -33,7 +34,11 @@ impl Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        match self.line {
+            // The whole file: no place inside it to name.
+            0 => write!(f, "{}: ", self.file.display())?,
+            _ => write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?,
+        }
         if !self.key.is_empty() {
             write!(f, "{}: ", self.key)?;
         }

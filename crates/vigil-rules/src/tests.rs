@@ -123,7 +123,12 @@ fn type_errors_are_caught_at_load_with_places() {
     let errors = set(text).unwrap_err().0;
     let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
     assert_eq!(errors.len(), 7, "{text:#?}");
-    assert_eq!(text[0], "t.rules:2:15: cannot compare money with a count");
+    assert_eq!(
+        text[0],
+        "t.rules:2:15: cannot compare money with a count: `amount` on the left is money, `card_count_10m` on the \
+         right is a count; compare money with money (`amount`, an amount feature, or a number such as 250.00), and a \
+         count with a count or a whole number such as 3"
+    );
     assert!(text[1].starts_with("t.rules:4:21: cannot compare text with a number"), "{}", text[1]);
     assert!(text[2].contains("cannot do arithmetic on text"));
     assert!(text[3].contains("`when` needs a condition"));

@@ -54,6 +54,19 @@ impl Type {
         }
     }
 
+    /// What a value of this kind goes with, for the fix in a mismatch message.
+    fn partners(self) -> &'static str {
+        match self {
+            Type::Money => "money with money (`amount`, an amount feature, or a number such as 250.00)",
+            Type::Count => "a count with a count or a whole number such as 3",
+            Type::Number | Type::Literal => "a number with a number such as 1.5",
+            Type::Duration => "a duration with a duration such as 10m",
+            Type::Text => "text with text in quotes, such as \"FR\"",
+            Type::Bool => "a condition with `and`, `or` or `not`",
+            _ => "values of one kind",
+        }
+    }
+
     fn is_numeric(self) -> bool {
         matches!(self, Type::Money | Type::Count | Type::Number | Type::Literal | Type::Any | Type::Duration)
     }
@@ -203,8 +216,9 @@ impl Checker<'_> {
         self.error(pos, format!("unknown name `{first}`{hint}"))
     }
 
-    /// The common kind of two numeric operands, or an error naming both.
-    fn unify(&mut self, a: Type, b: Type, pos: Pos, verb: &str) -> Type {
+    /// The common kind of two numeric operands, or an error naming both
+    /// (`sides`: the operands as written, to name them).
+    fn unify(&mut self, a: Type, b: Type, pos: Pos, verb: &str, sides: (Option<&Node>, Option<&Node>)) -> Type {
         match (a, b) {
             (Type::Error, _) | (_, Type::Error) => Type::Error,
             (Type::Duration, Type::Literal) | (Type::Literal, Type::Duration) => {
@@ -220,8 +234,8 @@ impl Checker<'_> {
             (Type::Literal | Type::Any, y) => y,
             (x, Type::Literal | Type::Any) => x,
             (x, y) => {
-                self.errors
-                    .push(CheckError { pos, message: format!("cannot {verb} {} with {}", x.describe(), y.describe()) });
+                let message = mismatch(verb, (x, sides.0), (y, sides.1));
+                self.errors.push(CheckError { pos, message });
                 Type::Error
             }
         }
@@ -268,8 +282,8 @@ impl Checker<'_> {
                             }
                         }
                         let (arith, ty) = match op {
-                            BinOp::Add => (Arith::Add, self.unify(lt, rt, pos, "add")),
-                            BinOp::Sub => (Arith::Sub, self.unify(lt, rt, pos, "subtract")),
+                            BinOp::Add => (Arith::Add, self.unify(lt, rt, pos, "add", (Some(l), Some(r)))),
+                            BinOp::Sub => (Arith::Sub, self.unify(lt, rt, pos, "subtract", (Some(l), Some(r)))),
                             BinOp::Mul => (Arith::Mul, self.mul_type(lt, rt, pos)),
                             _ => (Arith::Div, div_type(lt, rt)),
                         };
@@ -289,17 +303,14 @@ impl Checker<'_> {
                             (Type::Error, _) | (_, Type::Error) => {}
                             (Type::Any, _) | (_, Type::Any) => {}
                             (a, b) if a.is_numeric() && b.is_numeric() => {
-                                self.unify(a, b, pos, "compare");
+                                self.unify(a, b, pos, "compare", (Some(l), Some(r)));
                             }
                             (Type::Text, Type::Text) if !ordering => {}
                             (Type::Bool, Type::Bool) if !ordering => {}
                             (Type::Text, Type::Text) => {
                                 return self.error(pos, "text has no order; use `==`, `!=` or `in`");
                             }
-                            (a, b) => {
-                                return self
-                                    .error(pos, format!("cannot compare {} with {}", a.describe(), b.describe()));
-                            }
+                            (a, b) => return self.error(pos, mismatch("compare", (a, Some(l)), (b, Some(r)))),
                         }
                         (Expr::Cmp(cmp, le, re), Type::Bool)
                     }
@@ -445,5 +456,26 @@ fn div_type(a: Type, b: Type) -> Type {
         (x, Type::Literal | Type::Any) => x,
         (Type::Money, Type::Count) => Type::Money,
         _ => Type::Number,
+    }
+}
+
+/// Why two kinds do not go together, naming each side as written where it is
+/// a name or a number, and what each goes with.
+fn mismatch(verb: &str, (a, left): (Type, Option<&Node>), (b, right): (Type, Option<&Node>)) -> String {
+    let mut message = format!("cannot {verb} {} with {}", a.describe(), b.describe());
+    if let (Some(l), Some(r)) = (left.and_then(written), right.and_then(written)) {
+        message.push_str(&format!(": {l} on the left is {}, {r} on the right is {}", a.describe(), b.describe()));
+    }
+    message.push_str(&format!("; {verb} {}, and {}", a.partners(), b.partners()));
+    message
+}
+
+/// An operand as written, when it is short: a name or a number.
+fn written(node: &Node) -> Option<String> {
+    match &node.ast {
+        Ast::Name(path) => Some(format!("`{}`", path.join("."))),
+        Ast::Num(n) => Some(n.to_string()),
+        Ast::Str(t) => Some(format!("\"{t}\"")),
+        _ => None,
     }
 }

@@ -10,6 +10,7 @@ mod model;
 mod rules;
 mod store;
 mod thresholds;
+mod unknown_keys;
 
 use std::path::{Path, PathBuf};
 
@@ -83,13 +84,8 @@ impl PipelineConfig {
     /// resolved against `path`'s folder).
     pub fn parse(path: &Path, text: &str) -> Result<PipelineConfig, ConfigError> {
         let mut p = Diagnostics::new(path, text);
-        let raw: RawPipeline = match toml::from_str(text) {
-            Ok(raw) => raw,
-            Err(e) => {
-                let offset = e.span().map_or(0, |s| s.start);
-                p.at(offset, "", e.message().trim().to_owned());
-                return Err(ConfigError::Invalid { problems: p.list });
-            }
+        let Some(raw) = unknown_keys::read::<RawPipeline>(text, &mut p) else {
+            return Err(ConfigError::Invalid { problems: p.list });
         };
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let resolve = |s: &str| {

@@ -199,3 +199,29 @@ fn syntax_and_unknown_keys_are_located() {
     let err = PipelineConfig::parse(Path::new("p.toml"), &bad).unwrap_err().to_string();
     assert!(err.starts_with("p.toml:5:1:") && err.contains("unknown field `group`"), "{err}");
 }
+
+#[test]
+fn unknown_keys_are_reported_with_the_other_problems() {
+    let bad = GOOD
+        .replace("window = \"10m\"", "windw = \"10m\"\nwindow = \"10 minutes\"")
+        .replace("aggregate = \"count\"", "aggregate = \"cuont\"")
+        .replace("[decision]", "[decisions]")
+        .replace("group_id = \"g\"", "group_id = \"g\"\nbatch = [\n  1,\n  2,\n]");
+    let Err(ConfigError::Invalid { problems }) = PipelineConfig::parse(Path::new("p.toml"), &bad) else {
+        panic!("the config validated")
+    };
+    let shown: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    let joined = shown.join("\n");
+    // Every problem at once: three unknown keys (one a multi-line value, one
+    // a whole table), a misspelt aggregate and a bad window.
+    assert_eq!(shown.len(), 5, "{joined}");
+    assert!(joined.contains("p.toml:6:1: kafka.batch: unknown field `batch`; did you mean `batch_size`?"), "{joined}");
+    assert!(joined.contains("p.toml:18:2: decisions: unknown field `decisions`; did you mean `decision`?"), "{joined}");
+    assert!(
+        joined.contains("p.toml:25:1: features[0].windw: unknown field `windw`; did you mean `window`?"),
+        "{joined}"
+    );
+    assert!(joined.contains("(known here: name, entity, aggregate, window, of)"), "{joined}");
+    assert!(joined.contains("features[0].aggregate: unknown aggregate `cuont`"), "{joined}");
+    assert!(joined.contains("features[0].window"), "{joined}");
+}
