@@ -111,6 +111,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| "info,rdkafka=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: a log file gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     if cli.command.writes_files_only() {

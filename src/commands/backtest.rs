@@ -45,7 +45,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let report =
         vigil_offline::backtest::run(&candidate, base.as_ref(), &h, |n| progress.report("backtest", n, total)).await;
     bar.finish_and_clear();
-    let report = report?;
+    let mut report = report?;
+    report.pipeline = Some(a.pipeline.display().to_string());
+    if let Some(why) = &report.unlabelled {
+        eprintln!("warning: {why}");
+    }
     match a.format {
         ReportFormat::Table => {
             print!("{}", report.to_table());

@@ -23,6 +23,13 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<()> {
     let secret = std::env::var(&a.secret_env).with_context(|| format!("${} is not set", a.secret_env))?;
     let bytes = super::read_input(&a.body)?;
+    if bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        eprintln!(
+            "warning: {} ends in a newline, which the signature covers: send the body byte for byte \
+             (curl --data-binary @FILE); curl -d @FILE strips newlines and the request would get 401",
+            a.body.display()
+        );
+    }
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
     println!("{}", vigil_api::auth::sign(&a.client, secret.as_bytes(), now, &a.method, &a.path, &bytes));
     Ok(())

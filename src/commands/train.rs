@@ -71,7 +71,8 @@ pub struct Args {
     #[arg(long, default_value_t = 256)]
     sample_size: usize,
     /// Where to write the model; `models/card-fraud.json` for a logistic
-    /// regression, `models/card-anomaly.json` for an isolation forest.
+    /// regression, `models/card-anomaly.json` for an isolation forest, unless
+    /// that file exists (name it here to replace it).
     #[arg(long)]
     out: Option<PathBuf>,
     /// The summary as a line of text or as JSON.
@@ -123,7 +124,15 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let (bar, progress) = progress_bar();
     let config = load_pipeline(&a.pipeline)?;
     let (params, name, default_out) = a.algorithm.params(&a);
-    let out = a.out.clone().unwrap_or_else(|| PathBuf::from(default_out));
+    let out = match &a.out {
+        Some(out) => out.clone(),
+        // The default file is the shipped model: replacing it takes saying so.
+        None if Path::new(default_out).exists() => bail!(
+            "{default_out} exists (the shipped model): give --out FILE to write the new model elsewhere, or \
+             --out {default_out} to replace it"
+        ),
+        None => PathBuf::from(default_out),
+    };
     let train = TrainConfig {
         name: name.into(),
         data: GenConfig { seed: a.seed, events: a.events, ..GenConfig::default() },

@@ -36,8 +36,9 @@ impl Audit {
         kafka: &KafkaConfig,
         buffer: usize,
         stats: Arc<AuditStats>,
+        broker: &Arc<vigil_kafka::BrokerHealth>,
     ) -> Result<(Audit, tokio::task::JoinHandle<()>), vigil_kafka::Error> {
-        let producer = vigil_kafka::producer(kafka)?;
+        let producer = vigil_kafka::producer(kafka, broker)?;
         let topic = kafka.decisions_topic.clone();
         let (tx, mut rx) = mpsc::channel::<(String, Vec<u8>)>(buffer);
         let task_stats = stats.clone();

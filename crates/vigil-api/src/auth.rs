@@ -145,8 +145,19 @@ impl Verifier {
         for (i, c) in api.clients.iter().enumerate() {
             let place = format!("api.clients[{i}] ({})", c.id);
             let mut secrets = Vec::new();
+            let mut unset = Vec::new();
             for s in &c.secrets {
-                secrets.extend(resolve(s, &place)?);
+                match resolve(s, &place)? {
+                    Some(secret) => secrets.push(secret),
+                    None => unset.extend(match s {
+                        SecretSource::Env(v) => Some(format!("${v}")),
+                        SecretSource::Inline(_) => None,
+                    }),
+                }
+            }
+            if !secrets.is_empty() && !unset.is_empty() {
+                // While rotating, one of the two may not be there yet (or any more).
+                tracing::warn!(client = %c.id, unset = %unset.join(", "), "a client secret's variable is not set; the other secret verifies");
             }
             if secrets.is_empty() {
                 let names: Vec<String> = c

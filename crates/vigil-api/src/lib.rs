@@ -38,7 +38,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use rdkafka::producer::FutureProducer;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
@@ -54,6 +53,8 @@ use metrics::{Metrics, ReasonLabels, RouteLabels};
 pub const BUDGET_HEADER: &str = "vigil-budget-ms";
 /// Set on answers to a retried transaction.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+/// How long a broker error counts against `/readyz`'s `kafka`.
+const BROKER_RECENT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -84,7 +85,9 @@ pub struct Api {
     metrics: Metrics,
     in_flight: Arc<Semaphore>,
     audit: Option<Audit>,
-    labels: Option<(FutureProducer, String)>,
+    labels: Option<(vigil_kafka::Producer, String)>,
+    /// What the API's Kafka clients (audit trail, labels) met at the brokers.
+    broker: Arc<vigil_kafka::BrokerHealth>,
 }
 
 fn unix_now_ms() -> i64 {
@@ -123,9 +126,10 @@ impl Api {
         let config = pipeline.api.clone().ok_or_else(|| ApiError::NotConfigured(pipeline.file.clone()))?;
         let verifier = Verifier::new(&config)?;
         let audit_stats = Arc::new(AuditStats::default());
+        let broker = vigil_kafka::BrokerHealth::new();
         let (audit, task) = match &pipeline.kafka {
             Some(k) => {
-                let (a, t) = Audit::start(k, config.audit_buffer, audit_stats.clone())?;
+                let (a, t) = Audit::start(k, config.audit_buffer, audit_stats.clone(), &broker)?;
                 (Some(a), Some(t))
             }
             None => {
@@ -134,11 +138,12 @@ impl Api {
             }
         };
         let labels = match pipeline.kafka.as_ref().and_then(|k| k.labels_topic.as_ref().map(|t| (k, t))) {
-            Some((k, topic)) => Some((vigil_kafka::producer(k)?, topic.clone())),
+            Some((k, topic)) => Some((vigil_kafka::producer(k, &broker)?, topic.clone())),
             None => None,
         };
         let api = Api {
-            metrics: Metrics::new(engine.clone(), audit_stats),
+            metrics: Metrics::new(engine.clone(), audit_stats, broker.clone()),
+            broker,
             in_flight: Arc::new(Semaphore::new(config.max_concurrency)),
             kafka: pipeline.kafka.clone(),
             engine,
@@ -358,12 +363,24 @@ async fn readyz(State(api): State<Arc<Api>>) -> Response {
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("no answer within 500 ms".to_owned()),
     };
-    let body = json!({
+    let mut body = json!({
         "ready": store.is_ok(),
         "feature_store": store.as_ref().err().map_or("ok", String::as_str),
         "rules_version": api.engine.rules().version(),
         "model_version": api.engine.model_version(),
     });
+    // The brokers take the audit trail (and labels), not the decisions: a
+    // broker that is away is said here, and the API stays ready.
+    if api.kafka.is_some() {
+        body["kafka"] = match api.broker.recent_error(BROKER_RECENT) {
+            None => json!("ok"),
+            Some(e) => json!(format!(
+                "{e} (within the last {} s; decisions are still served, and the audit trail waits in the \
+                 producer's queue)",
+                BROKER_RECENT.as_secs()
+            )),
+        };
+    }
     let status = if store.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(body)).into_response()
 }

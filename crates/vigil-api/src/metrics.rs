@@ -59,10 +59,11 @@ pub struct Metrics {
 }
 
 /// Counters kept elsewhere (the engine's feature-store counters, the audit
-/// publisher's), read at each scrape.
+/// publisher's, the Kafka clients'), read at each scrape.
 struct Live {
     engine: Arc<Engine>,
     audit: Arc<AuditStats>,
+    broker: Arc<vigil_kafka::BrokerHealth>,
 }
 
 impl std::fmt::Debug for Live {
@@ -96,6 +97,7 @@ impl Collector for Live {
         counter(e, "vigil_audit_published", "Decisions delivered to the decisions topic", g(&a.published))?;
         counter(e, "vigil_audit_dropped", "Decisions dropped because the audit buffer was full", g(&a.dropped))?;
         counter(e, "vigil_audit_failed", "Decisions the broker did not take", g(&a.failed))?;
+        counter(e, "vigil_kafka_errors", "Errors the API's Kafka clients met at the brokers", self.broker.errors())?;
         let breaker = ConstGauge::new(i64::from(self.engine.breaker_open()));
         breaker.encode(e.encode_descriptor(
             "vigil_feature_store_breaker_open",
@@ -113,7 +115,7 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
 }
 
 impl Metrics {
-    pub fn new(engine: Arc<Engine>, audit: Arc<AuditStats>) -> Metrics {
+    pub fn new(engine: Arc<Engine>, audit: Arc<AuditStats>, broker: Arc<vigil_kafka::BrokerHealth>) -> Metrics {
         let mut registry = Registry::with_prefix("vigil");
         let requests = Family::<RouteLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
         registry.register("http_request_duration_seconds", "Request latency by route and status", requests.clone());
@@ -145,7 +147,7 @@ impl Metrics {
             "Transaction ids reused with other content (409)",
             conflicts.clone(),
         );
-        registry.register_collector(Box::new(Live { engine, audit }));
+        registry.register_collector(Box::new(Live { engine, audit, broker }));
         Metrics {
             registry,
             requests,

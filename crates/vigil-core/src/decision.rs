@@ -90,10 +90,19 @@ pub struct Decision {
     /// The model's score in [0, 1], when a model is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_score: Option<f64>,
-    /// The model inputs that pushed the score up most, largest first (models
-    /// that explain their score: the logistic regression).
+    /// The model's score with every input at its training average: what
+    /// `model_factors` are measured against (models that explain their score:
+    /// the logistic regression).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_baseline: Option<f64>,
+    /// The model inputs that moved the score most from the baseline, up
+    /// (positive) or down (negative), largest in size first, in log-odds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub model_factors: Vec<ModelFactor>,
+    /// What every other input moved the score by, together (log-odds): the
+    /// baseline's log-odds, the factors and this add up to the score's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_factors_rest: Option<f64>,
     /// The challenger model's score and would-be decision, when one is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub challenger: Option<ChallengerScore>,

@@ -220,7 +220,15 @@ impl Engine {
             .enumerate()
             .map(|(i, (event, fv))| {
                 let scores = match given_scores {
-                    Some(s) => Scores { scored: s[i].map(|s| (s, Vec::new())), ..Scores::default() },
+                    Some(s) => Scores {
+                        scored: s[i].map(|score| scoring::Explained {
+                            score,
+                            baseline: None,
+                            factors: Vec::new(),
+                            rest: None,
+                        }),
+                        ..Scores::default()
+                    },
                     None => models.scores(event, fv),
                 };
                 let given = policy::Given { event, features: fv, scores, degraded };

@@ -14,9 +14,11 @@
 use std::collections::BTreeMap;
 
 use vigil_core::pipeline::{DegradedPolicy, Thresholds};
-use vigil_core::{Action, ChallengerScore, Decision, Event, FeatureDef, FeatureValue, FeatureVector, ModelFactor};
+use vigil_core::{Action, ChallengerScore, Decision, Event, FeatureDef, FeatureValue, FeatureVector};
 use vigil_core::{PipelineConfig, Reason};
 use vigil_rules::{Context, RuleSet};
+
+pub use crate::scoring::Explained;
 
 /// Reason code of decisions the `review` degraded policy turned from approve.
 pub const DEGRADED_CODE: &str = "FEATURES_UNAVAILABLE";
@@ -26,7 +28,7 @@ pub const DEGRADED_CODE: &str = "FEATURES_UNAVAILABLE";
 #[derive(Debug, Default)]
 pub struct Scores<'a> {
     pub model_version: Option<&'a str>,
-    pub scored: Option<(f64, Vec<ModelFactor>)>,
+    pub scored: Option<Explained>,
     pub challenger: Option<(&'a str, f64)>,
 }
 
@@ -63,9 +65,9 @@ impl Policy {
     pub fn decide(&self, rules: &RuleSet, features: &[FeatureDef], given: Given<'_>) -> Decision {
         let Given { event, features: fv, scores, degraded } = given;
         let Scores { model_version, scored, challenger } = scores;
-        let (model_score, model_factors) = match scored {
-            Some((s, f)) => (Some(s), f),
-            None => (None, Vec::new()),
+        let (model_score, model_baseline, model_factors, model_factors_rest) = match scored {
+            Some(e) => (Some(e.score), e.baseline, e.factors, e.rest),
+            None => (None, None, Vec::new(), None),
         };
         let mut reasons = fired(rules, &Context { event, features: &fv.values, model_score });
         let rules_score = reasons.iter().filter(|r| !r.shadow).map(|r| r.score).sum::<f64>();
@@ -107,7 +109,9 @@ impl Policy {
             rules_version: rules.version().to_owned(),
             model_version: model_version.map(str::to_owned),
             model_score,
+            model_baseline,
             model_factors,
+            model_factors_rest,
             challenger,
             features,
             replayed: fv.replayed,

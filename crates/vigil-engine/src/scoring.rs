@@ -104,16 +104,24 @@ impl ScoringModel {
         self.model.score(&self.inputs.row(event, fv))
     }
 
-    /// The score and the inputs that pushed it up most.
-    fn explained(&self, event: &Event, fv: &FeatureVector) -> (f64, Vec<ModelFactor>) {
+    /// The score, the inputs that moved it most from the baseline, and the baseline.
+    fn explained(&self, event: &Event, fv: &FeatureVector) -> Explained {
         let inputs = self.inputs.row(event, fv);
-        let (top, n) = strongest(|visit| self.model.contributions(&inputs, visit));
+        let mut total = 0.0;
+        let (top, n) = strongest(|visit| {
+            self.model.contributions(&inputs, &mut |i, c| {
+                total += c;
+                visit(i, c)
+            })
+        });
         let names = self.model.inputs();
-        let factors = top[..n]
-            .iter()
-            .map(|(i, c)| ModelFactor { input: names[*i].clone(), contribution: (c * 1e4).round() / 1e4 })
-            .collect();
-        (self.model.score(&inputs), factors)
+        let round = |c: f64| (c * 1e4).round() / 1e4;
+        let factors =
+            top[..n].iter().map(|(i, c)| ModelFactor { input: names[*i].clone(), contribution: round(*c) }).collect();
+        let baseline = self.model.baseline();
+        // Only a model that states a baseline says how its score is made up.
+        let rest = baseline.map(|_| round(total - top[..n].iter().map(|(_, c)| c).sum::<f64>()));
+        Explained { score: self.model.score(&inputs), baseline, factors, rest }
     }
 }
 
@@ -167,14 +175,29 @@ impl Loaded {
     }
 }
 
-/// The [`MODEL_FACTORS`] largest positive contributions `parts` visits, largest
-/// first, and how many there are; kept in place, since this runs per event.
+/// A model's account of one score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explained {
+    pub score: f64,
+    /// The score with every input at its training average.
+    pub baseline: Option<f64>,
+    /// The inputs that moved the score most from the baseline, signed,
+    /// largest in size first.
+    pub factors: Vec<ModelFactor>,
+    /// What the other inputs moved it by, together.
+    pub rest: Option<f64>,
+}
+
+/// The [`MODEL_FACTORS`] contributions `parts` visits that are largest in
+/// size, signed, largest first, and how many there are; kept in place, since
+/// this runs per event.
 pub(crate) fn strongest(parts: impl FnOnce(&mut dyn FnMut(usize, f64))) -> ([(usize, f64); MODEL_FACTORS], usize) {
     let mut top = [(0usize, 0.0f64); MODEL_FACTORS];
     let mut n = 0;
     parts(&mut |i, c| {
-        if c > 0.0 && (n < MODEL_FACTORS || c > top[MODEL_FACTORS - 1].1) {
-            let at = top[..n].partition_point(|(_, t)| *t >= c);
+        let size = c.abs();
+        if size > 0.0 && (n < MODEL_FACTORS || size > top[MODEL_FACTORS - 1].1.abs()) {
+            let at = top[..n].partition_point(|(_, t)| t.abs() >= size);
             n = (n + 1).min(MODEL_FACTORS);
             top.copy_within(at..n - 1, at + 1);
             top[at] = (i, c);

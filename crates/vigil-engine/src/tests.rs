@@ -258,15 +258,28 @@ async fn model_decisions_name_their_strongest_inputs_and_a_swap_keeps_the_last_g
     let shipped = decisions[0].model_version.clone().expect("the demo pipeline has a model");
     let inputs = model_inputs(&c.features);
     let mut explained = 0;
+    let (mut explained, mut lowered) = (explained, 0);
     for d in &decisions {
         assert!(d.model_factors.len() <= MODEL_FACTORS);
-        assert!(d.model_factors.windows(2).all(|w| w[0].contribution >= w[1].contribution), "{d:?}");
+        let size = |f: &vigil_core::ModelFactor| f.contribution.abs();
+        assert!(d.model_factors.windows(2).all(|w| size(&w[0]) >= size(&w[1])), "{d:?}");
         for f in &d.model_factors {
-            assert!(f.contribution > 0.0 && inputs.contains(&f.input.as_str()), "{f:?}");
+            assert!(f.contribution != 0.0 && inputs.contains(&f.input.as_str()), "{f:?}");
         }
+        // Measured against a stated baseline, and signed: what lowered a score
+        // shows too, and with the rest they add up to the score.
+        let baseline = d.model_baseline.expect("a logistic regression states its baseline");
+        let logit = |p: f64| (p / (1.0 - p)).ln();
+        let sum = d.model_factors.iter().map(|f| f.contribution).sum::<f64>() + d.model_factors_rest.unwrap();
+        let score = d.model_score.unwrap();
+        if score > 1e-12 && score < 1.0 - 1e-12 {
+            assert!((logit(baseline) + sum - logit(score)).abs() < 1e-3 * (1.0 + sum.abs()), "{d:?}");
+        }
+        lowered += usize::from(d.model_factors.iter().any(|f| f.contribution < 0.0));
         explained += usize::from(d.model_score.unwrap() > 0.5 && !d.model_factors.is_empty());
     }
     assert!(explained > 0, "some high scores are explained");
+    assert!(lowered > 0, "some decisions name an input that lowered the score");
 
     // A corrupt file is refused and the shipped model keeps deciding.
     let dir = std::env::temp_dir().join(format!("vigil-engine-model-{}", std::process::id()));
@@ -291,7 +304,7 @@ async fn model_decisions_name_their_strongest_inputs_and_a_swap_keeps_the_last_g
 }
 
 #[test]
-fn strongest_keeps_the_largest_positive_parts_in_order() {
+fn strongest_keeps_the_largest_parts_in_size_in_order() {
     let mut state = 11u64;
     for round in 0..500 {
         let parts: Vec<f64> = (0..(round % 30))
@@ -300,8 +313,8 @@ fn strongest_keeps_the_largest_positive_parts_in_order() {
                 ((state >> 40) as f64 / (1u64 << 24) as f64) - 0.5
             })
             .collect();
-        let mut want: Vec<(usize, f64)> = parts.iter().copied().enumerate().filter(|(_, c)| *c > 0.0).collect();
-        want.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let mut want: Vec<(usize, f64)> = parts.iter().copied().enumerate().filter(|(_, c)| *c != 0.0).collect();
+        want.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
         want.truncate(MODEL_FACTORS);
         let (top, n) = strongest(|visit| parts.iter().enumerate().for_each(|(i, c)| visit(i, *c)));
         assert_eq!(top[..n], want[..], "{parts:?}");

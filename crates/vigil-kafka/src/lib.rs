@@ -9,14 +9,22 @@
 //! cluster works, with librdkafka properties passed through from
 //! `[kafka.properties]`.
 
+mod health;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+
+pub use health::{BrokerHealth, Watched};
+
+/// A producer whose broker errors are counted and logged at a bounded rate.
+pub type Producer = FutureProducer<Watched>;
 use vigil_core::pipeline::KafkaConfig;
 use vigil_core::{Event, EventField, PipelineConfig};
 
@@ -68,7 +76,7 @@ impl SetIfAbsent for ClientConfig {
 
 /// The stream's consumer in the pipeline's group: offsets stored by hand
 /// (only once what a batch produced is delivered) and committed every second.
-pub fn consumer(k: &KafkaConfig) -> Result<StreamConsumer, Error> {
+pub fn consumer(k: &KafkaConfig, health: &Arc<BrokerHealth>) -> Result<StreamConsumer<Watched>, Error> {
     Ok(client_config(k)
         .set("group.id", &k.group_id)
         .set("enable.auto.commit", "true")
@@ -78,18 +86,23 @@ pub fn consumer(k: &KafkaConfig) -> Result<StreamConsumer, Error> {
         // A decision is due before the ledger commits: do not let the broker hold
         // a fetch for librdkafka's default 500 ms when little is arriving.
         .set_if_absent("fetch.wait.max.ms", "10")
-        .create()?)
+        .create_with_context(Watched::new(health))?)
 }
 
 /// A producer for the pipeline's brokers and properties. It does not wait for
 /// the brokers: records queue in librdkafka until they are delivered or time out.
-pub fn producer(k: &KafkaConfig) -> Result<FutureProducer, Error> {
-    Ok(client_config(k).set_if_absent("linger.ms", "2").set_if_absent("message.timeout.ms", "60000").create()?)
+pub fn producer(k: &KafkaConfig, health: &Arc<BrokerHealth>) -> Result<Producer, Error> {
+    let mut c = client_config(k);
+    c.set_if_absent("linger.ms", "2").set_if_absent("message.timeout.ms", "60000");
+    Ok(c.create_with_context(Watched::new(health))?)
 }
 
 /// Checks that every topic of the pipeline exists, failing with a clear error
 /// within seconds when the brokers cannot be reached.
-pub fn check_topics(k: &KafkaConfig, consumer: &StreamConsumer) -> Result<(), Error> {
+pub fn check_topics<C: rdkafka::consumer::ConsumerContext + 'static>(
+    k: &KafkaConfig,
+    consumer: &StreamConsumer<C>,
+) -> Result<(), Error> {
     for topic in all_topics(k) {
         let metadata = consumer
             .fetch_metadata(Some(topic), STARTUP_TIMEOUT)
@@ -149,8 +162,8 @@ pub fn decision_key<'a>(event: &'a Event, fields: &[EventField]) -> &'a str {
 }
 
 /// Enqueues a record, waiting while the producer queue is full (backpressure).
-pub async fn enqueue(
-    producer: &FutureProducer,
+pub async fn enqueue<C: ClientContext + 'static>(
+    producer: &FutureProducer<C>,
     mut record: FutureRecord<'_, [u8], [u8]>,
 ) -> Result<DeliveryFuture, KafkaError> {
     loop {
@@ -180,8 +193,8 @@ pub async fn delivered(pending: Vec<DeliveryFuture>, topic: &str) -> Result<u64,
 
 /// Publishes `(key, payload)` records to `topic`: all enqueued, then their
 /// deliveries awaited, so a list costs about one broker round trip.
-pub async fn publish<'a>(
-    producer: &FutureProducer,
+pub async fn publish<'a, C: ClientContext + 'static>(
+    producer: &FutureProducer<C>,
     topic: &str,
     records: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
 ) -> Result<u64, Error> {

@@ -127,6 +127,10 @@ impl crate::Model for TrainedModel {
     fn contributions(&self, inputs: &[f64], visit: &mut dyn FnMut(usize, f64)) {
         self.body.algorithm.contributions(&self.body.scaler, inputs, visit)
     }
+
+    fn baseline(&self) -> Option<f64> {
+        self.body.algorithm.baseline(&self.body.scaler)
+    }
 }
 
 /// Loads and checks a model file. `available` lists the inputs the pipeline can

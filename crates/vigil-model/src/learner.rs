@@ -83,6 +83,12 @@ pub trait Learner: Serialize + DeserializeOwned + Clone + std::fmt::Debug + Part
     /// score, where the algorithm can say (no allocation: this runs per event).
     fn contributions(&self, _scaler: &Scaler, _inputs: &[f64], _visit: &mut dyn FnMut(usize, f64)) {}
 
+    /// The score with every input at its training average, which the
+    /// contributions are measured against, where the algorithm can say.
+    fn baseline(&self, _scaler: &Scaler) -> Option<f64> {
+        None
+    }
+
     /// Fits on the training rows.
     fn fit(params: &Self::Params, data: &Rows<'_>) -> Result<Fitted<Self>, FitError>;
 }

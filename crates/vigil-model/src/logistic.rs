@@ -111,6 +111,12 @@ impl Learner for Logistic {
         });
     }
 
+    /// Every column at its training mean standardises to 0, indicators
+    /// included: the score is the intercept's.
+    fn baseline(&self, _scaler: &Scaler) -> Option<f64> {
+        Some(1.0 / (1.0 + (-self.intercept).exp()))
+    }
+
     fn fit(params: &LogisticParams, data: &Rows<'_>) -> Result<Fitted<Logistic>, FitError> {
         let (rows, labels, n_inputs) = (data.rows, data.labels, data.inputs);
         let n_train = rows.len();

@@ -123,6 +123,12 @@ macro_rules! registry {
                     $(Algorithm::$variant(a) => a.contributions(scaler, inputs, visit),)+
                 }
             }
+
+            pub(crate) fn baseline(&self, scaler: &Scaler) -> Option<f64> {
+                match self {
+                    $(Algorithm::$variant(a) => a.baseline(scaler),)+
+                }
+            }
         }
 
         impl TrainParams {

@@ -39,6 +39,15 @@ pub struct Report {
     pub invalid_records: u64,
     pub labelled_fraud: Option<u64>,
     pub rules_version: String,
+    /// The pipeline whose features, thresholds and model the replay used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
+    /// The model that scored the events, when the pipeline has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_version: Option<String>,
+    /// Why precision and recall are missing, when the history has no labels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unlabelled: Option<String>,
     pub decisions: BTreeMap<Action, u64>,
     /// Labelled frauds sent to review or declined.
     pub fraud_flagged: Option<u64>,
@@ -96,6 +105,8 @@ pub async fn run(
             selection: history.selection.as_ref().map(|s| s.predicate.clone()),
             invalid_records: history.invalid as u64,
             rules_version: rules.version().to_owned(),
+            model_version: candidate.model_version(),
+            unlabelled: (!history.labelled()).then(|| history.no_labels("precision and recall are unknown")),
             ..Report::default()
         },
         base: baseline
@@ -204,13 +215,22 @@ impl Tally {
 impl Report {
     /// A table for people.
     pub fn to_table(&self) -> String {
-        let pct = |x: Option<f64>| x.map_or("-".to_owned(), |v| format!("{:.1}%", 100.0 * v));
+        let pct = |x: Option<f64>| x.map_or("-".to_owned(), percent);
         let mut out = format!("backtest of rules {} over {} events", self.rules_version, self.events);
         if let Some(p) = &self.selection {
             out.push_str(&format!(" where {p}"));
         }
         if self.invalid_records > 0 {
             out.push_str(&format!(" ({} invalid records skipped)", self.invalid_records));
+        }
+        if let Some(p) = &self.pipeline {
+            out.push_str(&format!("\npipeline {p}"));
+            if let Some(m) = &self.model_version {
+                out.push_str(&format!(", model {m}"));
+            }
+        }
+        if let Some(why) = &self.unlabelled {
+            out.push_str(&format!("\n{why}"));
         }
         out.push_str("\n\n");
         out.push_str(&format!(
@@ -257,5 +277,29 @@ impl Report {
             }
         }
         out
+    }
+}
+
+/// A share as a percentage, with enough digits that a small one does not read
+/// as zero: 12.5%, 0.42%, 0.042%.
+pub fn percent(share: f64) -> String {
+    let p = 100.0 * share;
+    if p == 0.0 || p >= 1.0 || !p.is_finite() {
+        return format!("{p:.1}%");
+    }
+    // Two significant digits below 1%.
+    let digits = (1.0 - p.log10().floor()).clamp(1.0, 8.0) as usize;
+    format!("{p:.digits$}%")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn small_shares_do_not_read_as_zero() {
+        assert_eq!(super::percent(5.0 / 11_975.0), "0.042%");
+        assert_eq!(super::percent(0.0042), "0.42%");
+        assert_eq!(super::percent(0.125), "12.5%");
+        assert_eq!(super::percent(0.0), "0.0%");
+        assert_eq!(super::percent(1.0), "100.0%");
     }
 }

@@ -72,7 +72,7 @@ pub fn recall_at_fpr(scores: &[f64], labels: &[bool], fpr: f64) -> (f64, f64) {
 /// the one under evaluation), reporting the feature computation as step `features`.
 pub async fn run(engine: &Engine, history: &History, progress: &crate::Progress) -> Result<Evaluation, OfflineError> {
     if !history.labelled() {
-        return Err(OfflineError::Data("the history has no labels to evaluate against".into()));
+        return Err(OfflineError::NoLabels(history.no_labels("there is nothing to evaluate the model against")));
     }
     let events: Vec<&Event> = history.events.iter().collect();
     let labels = history.fraud_labels();

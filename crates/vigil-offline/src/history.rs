@@ -44,6 +44,9 @@ pub struct History {
     /// The events a command reports on (`--where`, see `crate::select`); every
     /// event still counts in the features of later ones. `None`: all of them.
     pub selection: Option<Selection>,
+    /// The file it was read from and the label column looked for, for messages.
+    pub source: PathBuf,
+    pub label_column: String,
 }
 
 /// Which events a `--where` predicate chose.
@@ -57,6 +60,16 @@ pub struct Selection {
 impl History {
     pub fn labelled(&self) -> bool {
         self.labels.iter().any(Option::is_some)
+    }
+
+    /// Why an unlabelled history cannot give what a command needs: which file,
+    /// which column, and the flag that names another.
+    pub fn no_labels(&self, needed: &str) -> String {
+        format!(
+            "{}: no `{}` column with labels, so {needed}; give --label COLUMN if the labels are in another column",
+            self.source.display(),
+            self.label_column
+        )
     }
 
     /// Whether event `i` is one the command reports on.
@@ -168,7 +181,8 @@ impl Format {
 pub fn read(path: &Path, label_column: &str) -> Result<History, HistoryError> {
     let io = |source| HistoryError::Io { path: path.to_path_buf(), source };
     let file = std::fs::File::open(path).map_err(io)?;
-    let mut history = History::default();
+    let mut history =
+        History { source: path.to_path_buf(), label_column: label_column.to_owned(), ..History::default() };
     match Format::of_path(path).ok_or_else(|| HistoryError::Format { path: path.to_path_buf() })? {
         Format::JsonLines => {
             let reader = std::io::BufReader::with_capacity(1 << 20, file);

@@ -29,6 +29,12 @@ pub enum OfflineError {
     Fit(String),
     #[error("bad training data: {0}")]
     Data(String),
+    /// A `--where` predicate that does not run, or chooses nothing.
+    #[error("--where `{predicate}`: {reason}")]
+    Where { predicate: String, reason: String },
+    /// A history without the labels the command needs.
+    #[error("{0}")]
+    NoLabels(String),
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
     #[error("report: {0}")]
@@ -174,7 +180,7 @@ pub fn train_on_history(
     config: &TrainConfig,
 ) -> Result<TrainReport, OfflineError> {
     if !history.labelled() {
-        return Err(OfflineError::Data(format!("{}: no labels to train on", path.display())));
+        return Err(OfflineError::NoLabels(history.no_labels("there is nothing to train on")));
     }
     let unlabelled = (0..history.events.len()).filter(|&i| history.selected(i) && history.labels[i].is_none()).count();
     if unlabelled > 0 {

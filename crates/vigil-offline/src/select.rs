@@ -37,7 +37,10 @@ const ROW: &str = "vigil_row";
 /// Runs `predicate` over `history` and records which events it chose. Returns
 /// how many. An empty choice is an error: nothing would be trained or reported.
 pub async fn apply(history: &mut History, predicate: &str, label_column: &str) -> Result<usize, OfflineError> {
-    let bad = |e: &dyn std::fmt::Display| OfflineError::Data(format!("--where `{predicate}`: {e}"));
+    let bad = |e: &dyn std::fmt::Display| OfflineError::Where {
+        predicate: predicate.to_owned(),
+        reason: plain(&e.to_string(), predicate),
+    };
     let batch = table(history, label_column).map_err(|e| bad(&e))?;
     let ctx = SessionContext::new();
     let df = ctx.read_batch(batch).map_err(|e| bad(&e))?;
@@ -57,6 +60,25 @@ pub async fn apply(history: &mut History, predicate: &str, label_column: &str) -
     }
     history.selection = Some(Selection { predicate: predicate.to_owned(), rows });
     Ok(n)
+}
+
+/// DataFusion's reason in the history's own words: one line, columns by their
+/// names (not `"?table?".name`), without the internal row column, and the
+/// usual slip named: SQL text takes single quotes (`channel = 'ecom'`), while
+/// double quotes name a column.
+fn plain(reason: &str, predicate: &str) -> String {
+    let mut text = reason.replace("\"?table?\".", "").replace(&format!(", {ROW}"), "").replace(ROW, "");
+    text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    for prefix in ["Schema error: ", "Error during planning: ", "Arrow error: "] {
+        text = text.replace(prefix, "");
+    }
+    let unknown = text.strip_prefix("No field named ").and_then(|t| t.split(['.', ' ']).next()).map(str::to_owned);
+    if let Some(name) = unknown {
+        if predicate.contains(&format!("\"{name}\"")) {
+            text.push_str(&format!(" (in SQL, text takes single quotes: '{name}'; double quotes name a column)"));
+        }
+    }
+    text
 }
 
 /// The history as one Arrow record batch (module docs for its columns).

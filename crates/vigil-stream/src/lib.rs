@@ -29,13 +29,13 @@ use std::time::Duration;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 use tokio::sync::mpsc;
 use vigil_core::pipeline::KafkaConfig;
 use vigil_core::{Event, Label};
 use vigil_engine::{Engine, EngineError, Options};
-use vigil_kafka::{decision_key, enqueue};
+use vigil_kafka::{decision_key, enqueue, BrokerHealth, Producer, Watched};
 
 /// Header carrying why an event was dead-lettered.
 pub const ERROR_HEADER: &str = "vigil.error";
@@ -75,6 +75,8 @@ pub struct Stats {
     pub labels_counted: AtomicU64,
     /// Labels that changed nothing: redelivered frauds and genuine verdicts.
     pub labels_unchanged: AtomicU64,
+    /// Errors the consumer and producer met at the brokers.
+    pub broker: Arc<BrokerHealth>,
 }
 
 impl Stats {
@@ -89,6 +91,7 @@ impl Stats {
             ("committed_batches", self.committed_batches.load(Ordering::Relaxed)),
             ("labels_counted", self.labels_counted.load(Ordering::Relaxed)),
             ("labels_unchanged", self.labels_unchanged.load(Ordering::Relaxed)),
+            ("broker_errors", self.broker.errors()),
         ])
     }
 }
@@ -114,8 +117,8 @@ pub async fn run(
     stats: Arc<Stats>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StreamError> {
-    let consumer = vigil_kafka::consumer(kafka)?;
-    let producer = vigil_kafka::producer(kafka)?;
+    let consumer = vigil_kafka::consumer(kafka, &stats.broker)?;
+    let producer = vigil_kafka::producer(kafka, &stats.broker)?;
     vigil_kafka::check_topics(kafka, &consumer)?;
     let consumer = Arc::new(consumer);
     let inputs = vigil_kafka::input_topics(kafka);
@@ -177,8 +180,8 @@ pub async fn run(
 async fn consume(
     kafka: &KafkaConfig,
     engine: &Engine,
-    consumer: &StreamConsumer,
-    producer: &FutureProducer,
+    consumer: &StreamConsumer<Watched>,
+    producer: &Producer,
     stats: &Stats,
     tx: mpsc::Sender<InFlight>,
     shutdown: impl Future<Output = ()>,
@@ -262,7 +265,7 @@ fn sort(kafka: &KafkaConfig, engine: &Engine, batch: &[OwnedMessage]) -> Sorted 
 async fn process_batch(
     kafka: &KafkaConfig,
     engine: &Engine,
-    producer: &FutureProducer,
+    producer: &Producer,
     stats: &Stats,
     batch: &[OwnedMessage],
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
@@ -305,7 +308,7 @@ async fn process_batch(
 /// headers, the reason in [`ERROR_HEADER`] and its origin in [`SOURCE_HEADER`].
 async fn dead_letter(
     kafka: &KafkaConfig,
-    producer: &FutureProducer,
+    producer: &Producer,
     m: &OwnedMessage,
     reason: &str,
 ) -> Result<DeliveryFuture, KafkaError> {

@@ -1,0 +1,103 @@
+//! What a client meets at the brokers. librdkafka reports a broker that is
+//! down several times a second, for as long as it is down; logged as it
+//! comes, that buries every other line. Here each error is counted (for
+//! `/metrics`), the newest kept (for `/readyz`), and the log gets the first
+//! one, then at most one a minute with how many it left out.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::KafkaError;
+
+/// How often broker errors reach the log at most.
+const LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Broker errors met by the clients that share it.
+#[derive(Debug, Default)]
+pub struct BrokerHealth {
+    errors: AtomicU64,
+    newest: Mutex<Option<(Instant, String)>>,
+    /// When an error was last logged, and how many were left out since.
+    logged: Mutex<(Option<Instant>, u64)>,
+}
+
+impl BrokerHealth {
+    pub fn new() -> Arc<BrokerHealth> {
+        Arc::new(BrokerHealth::default())
+    }
+
+    /// Errors met so far.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    /// The newest error, if it came within `within`.
+    pub fn recent_error(&self, within: Duration) -> Option<String> {
+        let newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
+        newest.as_ref().filter(|(at, _)| at.elapsed() <= within).map(|(_, what)| what.clone())
+    }
+
+    fn note(&self, what: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+        let due = logged.0.is_none_or(|at| now.duration_since(at) >= LOG_EVERY);
+        if due {
+            tracing::warn!(error = %what, left_out = logged.1, "kafka: {what} (the same and other broker errors are logged at most once a minute; all are counted in /metrics)");
+            *logged = (Some(now), 0);
+        } else {
+            logged.1 += 1;
+        }
+        *self.newest.lock().unwrap_or_else(|e| e.into_inner()) = Some((now, what));
+    }
+}
+
+/// A client context that reports to a [`BrokerHealth`].
+pub struct Watched(Arc<BrokerHealth>);
+
+impl Watched {
+    pub fn new(health: &Arc<BrokerHealth>) -> Watched {
+        Watched(health.clone())
+    }
+}
+
+impl ClientContext for Watched {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error
+            | RDKafkaLogLevel::Warning => self.0.note(format!("{fac} {message}")),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => tracing::info!(target: "librdkafka", "{fac} {message}"),
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", "{fac} {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.0.note(format!("{error}: {reason}"));
+    }
+}
+
+impl ConsumerContext for Watched {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_all_counted_and_the_newest_kept() {
+        let health = BrokerHealth::new();
+        let context = Watched::new(&health);
+        for i in 0..5 {
+            context.error(KafkaError::Canceled, &format!("broker down {i}"));
+        }
+        assert_eq!(health.errors(), 5);
+        assert!(health.recent_error(Duration::from_secs(5)).unwrap().ends_with("broker down 4"));
+        assert_eq!(health.logged.lock().unwrap().1, 4, "one logged, four left out");
+    }
+}
