@@ -46,7 +46,9 @@ enum Command {
         #[command(subcommand)]
         command: topics::Command,
     },
-    /// Train a fraud model on generated history with the pipeline's features (linfa).
+    /// Train a model (a logistic regression or an isolation forest) with the
+    /// pipeline's features on history (generated, a labelled file, or a feature
+    /// table), and test it on the later part.
     Train(Box<train::Args>),
     /// Evaluate a model file on labelled history: AUC-ROC, average precision,
     /// recall at 1% false positives, precision among the top scores, and the

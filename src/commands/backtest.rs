@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use vigil_engine::Engine;
 
-use super::{load_pipeline, progress_bar, read_history, ReportFormat, WhereArg};
+use super::{load_pipeline, progress_bar, read_history, ReportFormat};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -25,8 +25,12 @@ pub struct Args {
     label: String,
     #[arg(long, value_enum, default_value = "table")]
     format: ReportFormat,
-    #[command(flatten)]
-    filter: WhereArg,
+    /// Only the events for which this SQL predicate holds are reported on
+    /// (run by DataFusion over the history's fields, attributes and label, as
+    /// in `channel = 'ecom' AND amount > 100`; text in single quotes); every
+    /// event still counts in the features of later ones.
+    #[arg(long = "where", value_name = "PREDICATE")]
+    filter: Option<String>,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -39,7 +43,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let candidate = engine_for(&a.rules)?;
     let base = a.baseline.as_deref().map(engine_for).transpose()?;
     let started = std::time::Instant::now();
-    let h = read_history(&a.history, &a.label, a.filter.predicate.as_deref()).await?;
+    let h = read_history(&a.history, &a.label, a.filter.as_deref()).await?;
     let (bar, progress) = progress_bar();
     let total = h.events.len() as u64;
     let report =

@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 use vigil_engine::Engine;
 
-use super::{load_pipeline, progress_bar, read_history, ReportFormat, WhereArg};
+use super::{load_pipeline, progress_bar, read_history, ReportFormat};
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// The model file to evaluate (as `vigil train` writes it).
     #[arg(long)]
     model: PathBuf,
     /// History: JSON lines, CSV or Parquet, in time order, with a label column.
@@ -31,8 +32,12 @@ pub struct Args {
     /// pipeline does not declare.
     #[arg(long)]
     table: bool,
-    #[command(flatten)]
-    filter: WhereArg,
+    /// Only the events for which this SQL predicate holds are scored (run by
+    /// DataFusion over the history's fields, attributes and label, as in
+    /// `channel = 'ecom' AND amount > 100`; text in single quotes); every
+    /// event still counts in the features of later ones.
+    #[arg(long = "where", value_name = "PREDICATE")]
+    filter: Option<String>,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -42,7 +47,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let any = vigil_model::load_any(&a.model)?;
     let declared = vigil_engine::model_inputs(&config.features);
     if a.table || any.body().inputs.iter().any(|i| !declared.contains(&i.as_str())) {
-        if a.filter.predicate.is_some() {
+        if a.filter.is_some() {
             bail!("--where chooses events of a history, not rows of a feature table");
         }
         let table = vigil_offline::tabular::read_csv(&a.history, &any.body().inputs, &a.label)?;
@@ -51,7 +56,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let weight = config.model.as_ref().map_or(100.0, |m| m.weight);
     config.model = Some(vigil_core::pipeline::ModelConfig { path: a.model, weight, challenger: None });
     let engine = Engine::in_memory(&config)?;
-    let h = read_history(&a.history, &a.label, a.filter.predicate.as_deref()).await?;
+    let h = read_history(&a.history, &a.label, a.filter.as_deref()).await?;
     let (bar, progress) = progress_bar();
     let evaluation = vigil_offline::evaluate::run(&engine, &h, &progress).await;
     bar.finish_and_clear();

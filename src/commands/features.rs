@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 
-use super::{load_pipeline, progress_bar, read_history, WhereArg};
+use super::{load_pipeline, progress_bar, read_history};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -18,13 +18,17 @@ pub struct Args {
     /// Output CSV file, or `-` for stdout.
     #[arg(long, default_value = "-")]
     out: PathBuf,
-    #[command(flatten)]
-    filter: WhereArg,
+    /// Only the events for which this SQL predicate holds are written (run by
+    /// DataFusion over the history's fields, attributes and label, as in
+    /// `channel = 'ecom' AND amount > 100`; text in single quotes); every
+    /// event still counts in the features of later ones.
+    #[arg(long = "where", value_name = "PREDICATE")]
+    filter: Option<String>,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let config = load_pipeline(&a.pipeline)?;
-    let h = read_history(&a.history, &a.label, a.filter.predicate.as_deref()).await?;
+    let h = read_history(&a.history, &a.label, a.filter.as_deref()).await?;
     let (bar, progress) = progress_bar();
     let n = if a.out.as_os_str() == "-" {
         vigil_offline::tabular::write_features(std::io::stdout().lock(), &config.features, &h, &progress)?

@@ -23,7 +23,7 @@ pub struct Args {
     /// Share of events that belong to a fraud scenario.
     #[arg(long, default_value_t = 0.015)]
     fraud_share: f64,
-    /// First day, RFC 3339.
+    /// First day: RFC 3339, a date (2026-01-01, midnight UTC) or seconds since 1970.
     #[arg(long, default_value = "2026-01-01T00:00:00Z")]
     start: String,
     /// Output format; by default from the file's extension (`.csv`,
@@ -45,9 +45,19 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&a.fraud_share) {
         bail!("--fraud-share must be between 0 and 1");
     }
-    let start = chrono::DateTime::parse_from_rfc3339(&a.start)
-        .with_context(|| format!("--start `{}` is not RFC 3339", a.start))?
-        .with_timezone(&chrono::Utc);
+    let start = vigil_offline::tabular::parse_time(&a.start)
+        .with_context(|| format!("--start `{}` is neither RFC 3339 nor a date like 2026-01-01", a.start))?;
+    let named = Format::of_path(&a.out);
+    if let (Some(given), Some(named)) = (a.format, named) {
+        if given != named {
+            bail!(
+                "--format {} but --out {} names another format: drop --format, or give the file the extension \
+                 of the format",
+                given.name(),
+                a.out.display()
+            );
+        }
+    }
     let config = GenConfig {
         seed: a.seed,
         events: a.events,
@@ -59,7 +69,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     let items = vigil_gen::generate(&config);
     // JSON lines unless the extension says CSV or Parquet.
-    let format = a.format.or_else(|| Format::of_path(&a.out).filter(|f| *f != Format::JsonLines));
+    let format = a.format.or(named);
     let text = match format.unwrap_or(Format::JsonLines) {
         Format::JsonLines => Some(vigil_gen::Format::JsonLines),
         Format::Csv => Some(vigil_gen::Format::Csv),

@@ -13,6 +13,8 @@ use super::load_pipeline;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// The pipeline config (TOML): Kafka, the feature store, rules, model,
+    /// features.
     #[arg(long)]
     pipeline: PathBuf,
     /// A JSON-lines file of labels (or `-` for stdin), one per line.
@@ -21,8 +23,10 @@ pub struct Args {
     /// The labelled transaction.
     #[arg(long, required_unless_present = "file")]
     transaction_id: Option<String>,
+    /// The transaction was a fraud (counted by the label features).
     #[arg(long, conflicts_with = "genuine")]
     fraud: bool,
+    /// The transaction was genuine (recorded; it changes no feature).
     #[arg(long)]
     genuine: bool,
     /// When the outcome became known (RFC 3339); now by default.

@@ -49,17 +49,6 @@ pub enum ReportFormat {
     Json,
 }
 
-/// `--where`, shared by the commands that read a history.
-#[derive(clap::Args)]
-pub struct WhereArg {
-    /// Only the events for which this SQL predicate holds (run by DataFusion
-    /// over the history's fields, attributes and label, as in
-    /// `channel = 'ecom' AND amount > 100`) train, test, are reported or are
-    /// written; every event still counts in the features of later ones.
-    #[arg(long = "where", value_name = "PREDICATE")]
-    pub predicate: Option<String>,
-}
-
 /// A file to read, or stdin for `-`.
 pub fn open_input(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
     if path.as_os_str() == "-" {

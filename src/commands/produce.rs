@@ -7,8 +7,11 @@ use super::load_pipeline;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// The pipeline config (TOML): Kafka, the feature store, rules, model,
+    /// features.
     #[arg(long)]
     pipeline: PathBuf,
+    /// A JSON-lines file of events, one per line, or `-` for stdin.
     file: PathBuf,
 }
 

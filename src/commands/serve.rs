@@ -6,6 +6,8 @@ use super::load_pipeline;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// The pipeline config (TOML): Kafka, the feature store, rules, model,
+    /// features.
     #[arg(long)]
     pipeline: PathBuf,
     /// Listen here instead of `api.listen`.

@@ -10,8 +10,10 @@ use super::load_pipeline;
 pub enum Command {
     /// Create the input, decisions and dead-letter topics where missing.
     Create {
+        /// The pipeline config whose `[kafka]` names the topics.
         #[arg(long)]
         pipeline: PathBuf,
+        /// Partitions of each topic created.
         #[arg(long, default_value_t = 4)]
         partitions: i32,
     },

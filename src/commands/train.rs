@@ -10,7 +10,7 @@ use vigil_model::logistic::LogisticParams;
 use vigil_model::{IsolationForestParams, TrainParams};
 use vigil_offline::{TrainConfig, TrainReport};
 
-use super::{load_pipeline, progress_bar, read_history, ReportFormat, WhereArg};
+use super::{load_pipeline, progress_bar, read_history, ReportFormat};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -51,8 +51,12 @@ pub struct Args {
     /// a date, or seconds since 1970).
     #[arg(long, default_value = "timestamp")]
     time_column: String,
-    #[command(flatten)]
-    filter: WhereArg,
+    /// With `--history`: only the events for which this SQL predicate holds
+    /// train and test (run by DataFusion over the history's fields,
+    /// attributes and label, as in `channel = 'ecom' AND amount > 100`; text in
+    /// single quotes); every event still counts in the features of later ones.
+    #[arg(long = "where", value_name = "PREDICATE")]
+    filter: Option<String>,
     /// Logistic regression: only standardise the inputs (format 1 model
     /// files), instead of also compressing the never-negative ones with a
     /// logarithm and flagging missing ones with indicator columns.
@@ -141,7 +145,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         params,
         progress,
     };
-    if a.filter.predicate.is_some() && (a.history.is_none() || !a.features.is_empty()) {
+    if a.filter.is_some() && (a.history.is_none() || !a.features.is_empty()) {
         bail!("--where chooses events of a history: give --history, without --features");
     }
     let report = fit(&a, &config, &train).await?;
@@ -165,7 +169,7 @@ async fn fit(a: &Args, config: &vigil_core::PipelineConfig, train: &TrainConfig)
             vigil_offline::tabular::train(&table, path, train)?
         }
         Some(path) => {
-            let h = read_history(path, &a.label, a.filter.predicate.as_deref()).await?;
+            let h = read_history(path, &a.label, a.filter.as_deref()).await?;
             eprintln!(
                 "training on {} events of {} with {} features...",
                 h.selected_count(),

@@ -8,6 +8,8 @@ use vigil_rules::{RuleSet, Schema};
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// The pipeline config (TOML): Kafka, the feature store, rules, model,
+    /// features.
     #[arg(long)]
     pipeline: PathBuf,
 }

@@ -220,10 +220,13 @@ impl RawEvent<'_> {
             return Err(EventError::field("amount", "must not be negative"));
         }
         if !is_iso4217(&self.currency) {
-            return Err(EventError::field(
-                "currency",
-                format!("`{}` is not an ISO 4217 code (three upper-case letters, such as EUR)", self.currency),
-            ));
+            let c = &self.currency;
+            let message = if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) {
+                format!("`{c}` is not a currency of ISO 4217 (such as EUR, USD or GBP)")
+            } else {
+                format!("`{c}` is not an ISO 4217 code (three upper-case letters, such as EUR)")
+            };
+            return Err(EventError::field("currency", message));
         }
         check_opt_id("card_id", &self.card_id)?;
         check_opt_id("account_id", &self.account_id)?;
@@ -414,6 +417,13 @@ mod tests {
         for (json, field) in cases {
             assert_eq!(err(&json).field.as_deref(), field, "{json}");
         }
+    }
+
+    #[test]
+    fn a_currency_is_refused_for_what_is_wrong_with_it() {
+        let with = |c: &str| format!(r#"{{"transaction_id":"t","timestamp":"2026-01-01T00:00:00Z","amount":1,"currency":"{c}"}}"#);
+        assert_eq!(err(&with("XYZ")).message, "`XYZ` is not a currency of ISO 4217 (such as EUR, USD or GBP)");
+        assert_eq!(err(&with("eur")).message, "`eur` is not an ISO 4217 code (three upper-case letters, such as EUR)");
     }
 
     #[test]

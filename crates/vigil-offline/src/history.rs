@@ -155,6 +155,15 @@ impl Format {
     /// Every format, by the name `--format` takes.
     pub const NAMES: [&'static str; 3] = ["jsonl", "csv", "parquet"];
 
+    /// The name `--format` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::JsonLines => "jsonl",
+            Format::Csv => "csv",
+            Format::Parquet => "parquet",
+        }
+    }
+
     pub fn parse(name: &str) -> Option<Format> {
         match name {
             "jsonl" => Some(Format::JsonLines),

@@ -117,7 +117,9 @@ fn pr(eval: &Evaluation, path: &Path) -> DrawResult {
         y: 0.0..1.02,
         x_desc: "recall (share of frauds flagged)",
         y_desc: "precision (share of flagged that are fraud)",
-        legend: SeriesLabelPosition::UpperRight,
+        // The curve runs from the top left down to the right: the lower left
+        // is where it never goes.
+        legend: SeriesLabelPosition::LowerLeft,
     };
     let base = eval.frauds as f64 / eval.events.max(1) as f64;
     plot(eval, path, frame, |chart| {
@@ -165,7 +167,8 @@ fn histograms(eval: &Evaluation, path: &Path) -> DrawResult {
     let top = fraud.iter().chain(&genuine).fold(0.0f64, |a, b| a.max(*b)) * 1.08;
     let frame = Frame {
         what: "Scores",
-        x: lo..hi,
+        // The whole score range, so that 0 and 1 are on the axis.
+        x: lo.min(0.0)..hi.max(1.0),
         y: 0.0..top.max(0.01),
         x_desc: "model score",
         y_desc: "share of the class in the bin",
@@ -219,6 +222,8 @@ mod tests {
         assert!(roc.starts_with("<svg") && roc.contains("<polyline") && roc.contains("AUC"), "{roc}");
         let scores = std::fs::read_to_string(dir.join("scores.svg")).unwrap();
         assert!(scores.contains("fraud (") && scores.contains("genuine ("), "{scores}");
+        let ticks: Vec<&str> = scores.lines().map(str::trim).collect();
+        assert!(ticks.contains(&"0.0") && ticks.contains(&"1.0"), "0 and 1 are on the score axis: {scores}");
         eval = crate::evaluate::Evaluation::from_scores("m@1", vec![0.1, 0.2], vec![false, false]);
         assert!(matches!(write(&eval, &dir), Err(OfflineError::Report(_))));
         std::fs::remove_dir_all(&dir).ok();
