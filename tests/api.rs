@@ -330,7 +330,8 @@ async fn overload_is_shed_and_a_slow_store_meets_the_degraded_policy_at_the_dead
     assert!(t.elapsed() < Duration::from_millis(300), "{:?}", t.elapsed());
     let metrics = server.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("vigil_requests_shed_total 1"), "{metrics}");
-    assert!(metrics.contains("vigil_feature_store_deadline_cuts_total 2"), "{metrics}");
+    // Line by line: the names are the documented ones, not prefixed twice.
+    assert!(metrics.lines().any(|l| l == "vigil_feature_store_deadline_cuts_total 2"), "{metrics}");
     server.stop().await;
 
     // Under `fail`, no decision without features: 503, retry later.
@@ -397,4 +398,35 @@ async fn https_with_the_configured_certificate_and_metrics_behind_a_token() {
     assert!(server.get("/healthz").await.status().is_success(), "/healthz stays open");
     server.stop().await;
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Brokers that are away: the API keeps deciding and stays ready, `/readyz`
+/// says what the brokers answered, `/metrics` counts it, and the log is not
+/// flooded (the rate limit itself is a unit test of `vigil-kafka`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brokers_away_are_said_in_readiness_and_counted() {
+    let config = test_pipeline("api-no-broker").set("kafka.brokers", "127.0.0.1:1").config();
+    let server = Server::start(&config, Engine::in_memory(&config).unwrap()).await;
+    let started = std::time::Instant::now();
+    let ready = loop {
+        let r = server.get("/readyz").await;
+        assert_eq!(r.status(), StatusCode::OK, "the API stays ready without its brokers");
+        let ready = body(r).await;
+        if ready["kafka"] != "ok" || started.elapsed() > Duration::from_secs(20) {
+            break ready;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let said = ready["kafka"].as_str().unwrap();
+    assert!(said.contains("decisions are still served"), "{ready}");
+    let decided = server.signed("/v1/decisions", &event("away-1", 0, "10.00", "c-away", "t-away")).await;
+    assert_eq!(decided.status(), StatusCode::OK);
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    let errors = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("vigil_kafka_errors_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no vigil_kafka_errors_total in {metrics}"));
+    assert!(errors >= 1, "{metrics}");
+    server.stop().await;
 }

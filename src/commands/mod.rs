@@ -91,6 +91,19 @@ pub async fn read_history(
     for e in &h.first_errors {
         eprintln!("skipped: {e}");
     }
+    if h.events.is_empty() {
+        anyhow::bail!(
+            "{}: no valid event ({} records refused, the first reasons above); a history holds one event per \
+             record (docs/events.md){}",
+            path.display(),
+            h.invalid,
+            if path.extension().is_some_and(|e| e == "csv") {
+                "; a feature table, as `vigil features` writes, is read by `evaluate --table` and `train --features`"
+            } else {
+                ""
+            }
+        );
+    }
     if let Some(predicate) = filter {
         let n = vigil_offline::select::apply(&mut h, predicate, label).await?;
         eprintln!("--where chose {n} of {} events", h.events.len());

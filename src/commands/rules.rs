@@ -11,6 +11,7 @@ use vigil_rules::{RuleSet, Schema};
 pub enum Command {
     /// Run the rule tests kept beside the rules (`tests/*.toml` in the rules folder).
     Test {
+        /// The rules folder (its tests are in `tests/*.toml` inside it), or one rule file.
         path: PathBuf,
         /// Pipeline whose features, thresholds and model weight the tests use.
         #[arg(long, default_value = "pipelines/demo.toml")]
@@ -18,6 +19,7 @@ pub enum Command {
     },
     /// Check a rule file or folder against a pipeline's features.
     Check {
+        /// A rule file, or a folder of `*.rules` files (and its `lists/`).
         path: PathBuf,
         /// Pipeline whose declared features the rules may use.
         #[arg(long, default_value = "pipelines/demo.toml")]

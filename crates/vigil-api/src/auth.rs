@@ -434,3 +434,40 @@ mod tests {
         assert!(err.contains("VIGIL_TEST_SURELY_UNSET_METRICS"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod secret_tests {
+    use vigil_core::pipeline::{ApiClient, ApiConfig, SecretSource};
+
+    use super::Verifier;
+
+    fn with(secrets: Vec<SecretSource>) -> ApiConfig {
+        ApiConfig {
+            listen: "127.0.0.1:0".into(),
+            max_body_bytes: 1024,
+            max_batch: 10,
+            max_concurrency: 10,
+            deadline_ms: 50,
+            signature_tolerance_s: 60,
+            audit_buffer: 10,
+            clients: vec![ApiClient { id: "shop".into(), secrets }],
+            jwt: None,
+            metrics_token: None,
+            tls: None,
+        }
+    }
+
+    /// The rule docs/api.md states: none of a client's variables set stops
+    /// the start, naming them; one of two set is enough (while rotating).
+    #[test]
+    fn a_client_starts_with_one_of_its_two_secrets_and_not_with_none() {
+        // Names of this test alone: the environment is the process's.
+        let (set, unset) = ("VIGIL_TEST_SECRET_SET_7f3a", "VIGIL_TEST_SECRET_UNSET_7f3a");
+        std::env::set_var(set, "0123456789abcdef-rotated");
+        let both = with(vec![SecretSource::Env(unset.into()), SecretSource::Env(set.into())]);
+        assert!(Verifier::new(&both).is_ok());
+        let none = with(vec![SecretSource::Env(unset.into())]);
+        let err = Verifier::new(&none).err().unwrap().to_string();
+        assert_eq!(err, format!("api.clients[0] (shop): none of ${unset} is set"));
+    }
+}

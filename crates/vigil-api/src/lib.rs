@@ -64,12 +64,23 @@ pub enum ApiError {
     Setup(#[from] auth::SetupError),
     #[error(transparent)]
     Kafka(#[from] vigil_kafka::Error),
-    #[error("cannot listen on {address}: {source}")]
+    #[error("cannot listen on {address}: {source}{}", listen_hint(source))]
     Listen { address: String, source: std::io::Error },
     #[error("server: {0}")]
     Serve(std::io::Error),
     #[error("api.tls: {0}")]
     Tls(String),
+}
+
+/// What to do when the address cannot be had.
+fn listen_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => "; another server holds it: give --listen ADDR, or change api.listen",
+        std::io::ErrorKind::PermissionDenied => {
+            "; a port below 1024 needs privileges: give --listen with a higher port"
+        }
+        _ => "",
+    }
 }
 
 /// The authenticated caller, for handlers and logs.

@@ -59,7 +59,8 @@ pub struct Metrics {
 }
 
 /// Counters kept elsewhere (the engine's feature-store counters, the audit
-/// publisher's, the Kafka clients'), read at each scrape.
+/// publisher's, the Kafka clients'), read at each scrape. Their names take
+/// the registry's `vigil_` prefix, as every other metric's do.
 struct Live {
     engine: Arc<Engine>,
     audit: Arc<AuditStats>,
@@ -82,25 +83,20 @@ impl Collector for Live {
         let s = self.engine.store_stats();
         let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let e = &mut encoder;
-        counter(e, "vigil_feature_store_errors", "Feature-store calls that failed", g(&s.errors))?;
-        counter(e, "vigil_feature_store_timeouts", "Feature-store calls that timed out", g(&s.timeouts))?;
-        counter(
-            e,
-            "vigil_feature_store_deadline_cuts",
-            "Feature-store calls cut at a request deadline",
-            g(&s.deadline_cut),
-        )?;
-        counter(e, "vigil_feature_store_breaker_opened", "Times the circuit breaker opened", g(&s.breaker_opened))?;
-        counter(e, "vigil_feature_store_short_circuited", "Calls refused by the open breaker", g(&s.short_circuited))?;
-        counter(e, "vigil_degraded_decisions", "Decisions made without features", g(&s.degraded_decisions))?;
+        counter(e, "feature_store_errors", "Feature-store calls that failed", g(&s.errors))?;
+        counter(e, "feature_store_timeouts", "Feature-store calls that timed out", g(&s.timeouts))?;
+        counter(e, "feature_store_deadline_cuts", "Feature-store calls cut at a request deadline", g(&s.deadline_cut))?;
+        counter(e, "feature_store_breaker_opened", "Times the circuit breaker opened", g(&s.breaker_opened))?;
+        counter(e, "feature_store_short_circuited", "Calls refused by the open breaker", g(&s.short_circuited))?;
+        counter(e, "degraded_decisions", "Decisions made without features", g(&s.degraded_decisions))?;
         let a = &self.audit;
-        counter(e, "vigil_audit_published", "Decisions delivered to the decisions topic", g(&a.published))?;
-        counter(e, "vigil_audit_dropped", "Decisions dropped because the audit buffer was full", g(&a.dropped))?;
-        counter(e, "vigil_audit_failed", "Decisions the broker did not take", g(&a.failed))?;
-        counter(e, "vigil_kafka_errors", "Errors the API's Kafka clients met at the brokers", self.broker.errors())?;
+        counter(e, "audit_published", "Decisions delivered to the decisions topic", g(&a.published))?;
+        counter(e, "audit_dropped", "Decisions dropped because the audit buffer was full", g(&a.dropped))?;
+        counter(e, "audit_failed", "Decisions the broker did not take", g(&a.failed))?;
+        counter(e, "kafka_errors", "Errors the API's Kafka clients met at the brokers", self.broker.errors())?;
         let breaker = ConstGauge::new(i64::from(self.engine.breaker_open()));
         breaker.encode(e.encode_descriptor(
-            "vigil_feature_store_breaker_open",
+            "feature_store_breaker_open",
             "1 while the feature store's circuit breaker is open",
             None,
             breaker.metric_type(),

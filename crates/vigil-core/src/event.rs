@@ -421,7 +421,9 @@ mod tests {
 
     #[test]
     fn a_currency_is_refused_for_what_is_wrong_with_it() {
-        let with = |c: &str| format!(r#"{{"transaction_id":"t","timestamp":"2026-01-01T00:00:00Z","amount":1,"currency":"{c}"}}"#);
+        let with = |c: &str| {
+            format!(r#"{{"transaction_id":"t","timestamp":"2026-01-01T00:00:00Z","amount":1,"currency":"{c}"}}"#)
+        };
         assert_eq!(err(&with("XYZ")).message, "`XYZ` is not a currency of ISO 4217 (such as EUR, USD or GBP)");
         assert_eq!(err(&with("eur")).message, "`eur` is not an ISO 4217 code (three upper-case letters, such as EUR)");
     }

@@ -257,8 +257,7 @@ async fn model_decisions_name_their_strongest_inputs_and_a_swap_keeps_the_last_g
     let decisions = engine.decide_batch(&refs).await.unwrap();
     let shipped = decisions[0].model_version.clone().expect("the demo pipeline has a model");
     let inputs = model_inputs(&c.features);
-    let mut explained = 0;
-    let (mut explained, mut lowered) = (explained, 0);
+    let (mut explained, mut lowered) = (0, 0);
     for d in &decisions {
         assert!(d.model_factors.len() <= MODEL_FACTORS);
         let size = |f: &vigil_core::ModelFactor| f.contribution.abs();
