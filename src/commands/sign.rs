@@ -2,8 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
-
 #[derive(clap::Args)]
 pub struct Args {
     /// The client id, as in `[[api.clients]]`.
@@ -21,7 +19,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let secret = std::env::var(&a.secret_env).with_context(|| format!("${} is not set", a.secret_env))?;
+    let Ok(secret) = std::env::var(&a.secret_env) else {
+        anyhow::bail!("--secret-env {0}: ${0} is not set; export the client's secret in it", a.secret_env);
+    };
     let bytes = super::read_input(&a.body)?;
     if bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         eprintln!(

@@ -168,7 +168,12 @@ impl Verifier {
                         SecretSource::Inline(_) => None,
                     })
                     .collect();
-                return Err(SetupError(format!("{place}: none of {} is set", names.join(", "))));
+                let first = names.first().map_or("VARIABLE", |n| n.trim_start_matches('$'));
+                return Err(SetupError(format!(
+                    "{place}: none of {} is set; set one to the client's secret (16 bytes or more), such as \
+                     `export {first}=$(openssl rand -hex 32)`",
+                    names.join(", ")
+                )));
             }
             clients.insert(c.id.clone(), secrets);
         }
@@ -468,6 +473,6 @@ mod secret_tests {
         assert!(Verifier::new(&both).is_ok());
         let none = with(vec![SecretSource::Env(unset.into())]);
         let err = Verifier::new(&none).err().unwrap().to_string();
-        assert_eq!(err, format!("api.clients[0] (shop): none of ${unset} is set"));
+        assert!(err.starts_with(&format!("api.clients[0] (shop): none of ${unset} is set; set one")), "{err}");
     }
 }
