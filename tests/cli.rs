@@ -260,7 +260,9 @@ fn train_on_a_history_file_then_evaluate_the_model() {
     assert!(rows < 6000 && source["selected_events"] == rows, "{t} {source}");
     // A history without the label column is refused, and says so.
     let o = vigil(&["train", "--history", h, "--label", "chargeback", "--out", model.to_str().unwrap()]);
-    assert!(!o.status.success() && text(&o).contains("no labels"), "{}", text(&o));
+    let said = "no valid event (6000 records refused, the first reasons above); a history holds one event per \
+                record (docs/events.md); if `is_fraud` is the label column, give --label is_fraud";
+    assert!(!o.status.success() && text(&o).contains(said), "{}", text(&o));
     std::fs::remove_dir_all(&dir).ok();
 }
 

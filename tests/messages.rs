@@ -180,7 +180,8 @@ fn a_history_without_labels_is_said_with_its_column_and_flag() {
     let h = history.to_str().unwrap();
     let why = |needed: &str| {
         format!(
-            "{h}: no `is_fraud` column with labels, so {needed}; give --label COLUMN if the labels are in another column"
+            "{h}: no labels (no `is_fraud` column), so {needed}; give --label COLUMN if the labels are in another \
+             column"
         )
     };
     let o = vigil(&["backtest", "--rules", "rules", "--history", h]);

@@ -92,16 +92,22 @@ pub async fn read_history(
         eprintln!("skipped: {e}");
     }
     if h.events.is_empty() {
+        // A field no event has, in every record: most likely the label column
+        // under another name than `--label`'s.
+        let unknown = h.first_errors.iter().find_map(|e| e.split("unknown field `").nth(1)?.split('`').next());
+        let hint = match unknown {
+            Some(field) => format!("; if `{field}` is the label column, give --label {field}"),
+            None if path.extension().is_some_and(|e| e == "csv") => {
+                "; a feature table, as `vigil features` writes, is read by `evaluate --table` and `train --features`"
+                    .to_owned()
+            }
+            None => String::new(),
+        };
         anyhow::bail!(
             "{}: no valid event ({} records refused, the first reasons above); a history holds one event per \
-             record (docs/events.md){}",
+             record (docs/events.md){hint}",
             path.display(),
             h.invalid,
-            if path.extension().is_some_and(|e| e == "csv") {
-                "; a feature table, as `vigil features` writes, is read by `evaluate --table` and `train --features`"
-            } else {
-                ""
-            }
         );
     }
     if let Some(predicate) = filter {

@@ -66,7 +66,7 @@ impl History {
     /// which column, and the flag that names another.
     pub fn no_labels(&self, needed: &str) -> String {
         format!(
-            "{}: no `{}` column with labels, so {needed}; give --label COLUMN if the labels are in another column",
+            "{}: no labels (no `{}` column), so {needed}; give --label COLUMN if the labels are in another column",
             self.source.display(),
             self.label_column
         )
