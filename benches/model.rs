@@ -1,6 +1,6 @@
 //! Single-event model scoring: `cargo bench --bench model`.
 //!
-//! Trains both algorithms on 40,000 generated events with the demo pipeline's
+//! Trains every algorithm on 40,000 generated events with the demo pipeline's
 //! features (the same code as `vigil train`), then times one event's score, the
 //! call the engine makes per decision, on inputs taken from real rows.
 
@@ -10,7 +10,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use vigil_core::PipelineConfig;
 use vigil_engine::InputMap;
 use vigil_model::Model;
-use vigil_model::{Algorithm, IsolationForestParams, TrainParams};
+use vigil_model::{Algorithm, GbdtParams, IsolationForestParams, TrainParams};
 use vigil_offline::TrainConfig;
 
 fn benches(c: &mut Criterion) {
@@ -29,6 +29,7 @@ fn benches(c: &mut Criterion) {
     let algorithms = [
         ("Logistic", TrainParams::Logistic(Default::default())),
         ("IsolationForest", TrainParams::IsolationForest(IsolationForestParams::new().seed(data.seed))),
+        ("GradientBoostedTrees", TrainParams::GradientBoostedTrees(GbdtParams::new())),
     ];
     for (algorithm, params) in algorithms {
         let train = TrainConfig { data: data.clone(), params, ..TrainConfig::default() };

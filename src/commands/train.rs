@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _};
 use clap::ValueEnum;
 use vigil_gen::GenConfig;
 use vigil_model::logistic::LogisticParams;
-use vigil_model::{IsolationForestParams, TrainParams};
+use vigil_model::{GbdtParams, IsolationForestParams, TrainParams};
 use vigil_offline::{TrainConfig, TrainReport};
 
 use super::{load_pipeline, progress_bar, read_history, ReportFormat};
@@ -22,14 +22,15 @@ pub struct Args {
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Seed of the algorithm's own draws (the isolation forest's subsamples
-    /// and splits), apart from the data's.
+    /// and splits, boosting's row and input samples), apart from the data's.
     #[arg(long, default_value_t = 42)]
     train_seed: u64,
     /// Share of the history's time span to train on; the later rest evaluates.
     #[arg(long, default_value_t = 0.7)]
     train_share: f64,
-    /// `logistic` (supervised fraud probability) or `isolation-forest`
-    /// (unsupervised anomaly score; labels only evaluate it).
+    /// `logistic` (supervised fraud probability), `gbdt` (gradient-boosted
+    /// trees, supervised) or `isolation-forest` (unsupervised anomaly score;
+    /// labels only evaluate it).
     #[arg(long, value_enum, default_value = "logistic")]
     algorithm: AlgorithmArg,
     /// Train on this labelled history (JSON lines, CSV or Parquet, in time
@@ -68,15 +69,19 @@ pub struct Args {
     /// Logistic regression: the solver stops once the gradient's norm is below this.
     #[arg(long, default_value_t = 1e-4)]
     tolerance: f64,
-    /// Isolation forest: number of trees.
-    #[arg(long, default_value_t = 100)]
-    trees: usize,
+    /// Isolation forest and gradient-boosted trees: number of trees (100 for
+    /// a forest, 300 for boosting).
+    #[arg(long)]
+    trees: Option<usize>,
     /// Isolation forest: rows drawn to grow each tree.
     #[arg(long, default_value_t = 256)]
     sample_size: usize,
+    #[command(flatten)]
+    gbdt: GbdtArgs,
     /// Where to write the model; `models/card-fraud.json` for a logistic
-    /// regression, `models/card-anomaly.json` for an isolation forest, unless
-    /// that file exists (name it here to replace it).
+    /// regression, `models/card-fraud-gbdt.json` for boosted trees,
+    /// `models/card-anomaly.json` for an isolation forest, unless that file
+    /// exists (name it here to replace it).
     #[arg(long)]
     out: Option<PathBuf>,
     /// The summary as a line of text or as JSON.
@@ -84,10 +89,71 @@ pub struct Args {
     format: ReportFormat,
 }
 
+/// Gradient-boosted trees' hyperparameters (`vigil_gbdt::GbdtParams`); each
+/// defaults to the library's.
+#[derive(clap::Args)]
+struct GbdtArgs {
+    /// Gradient-boosted trees: the learning rate (shrinkage), 0.05 by default.
+    #[arg(long)]
+    learning_rate: Option<f64>,
+    /// Gradient-boosted trees: most leaves per tree, 31 by default.
+    #[arg(long)]
+    leaves: Option<usize>,
+    /// Gradient-boosted trees: most levels per tree (0: no limit, the default).
+    #[arg(long)]
+    max_depth: Option<usize>,
+    /// Gradient-boosted trees: fewest rows in a leaf, 20 by default.
+    #[arg(long)]
+    min_data_in_leaf: Option<usize>,
+    /// Gradient-boosted trees: least hessian (weight) in a leaf, 0.001 by default.
+    #[arg(long)]
+    min_child_weight: Option<f64>,
+    /// Gradient-boosted trees: L2 regularisation of leaf values, 1 by default.
+    #[arg(long)]
+    l2: Option<f64>,
+    /// Gradient-boosted trees: share of rows drawn for each tree, 1 by default.
+    #[arg(long)]
+    row_subsample: Option<f64>,
+    /// Gradient-boosted trees: share of inputs drawn for each tree, 1 by default.
+    #[arg(long)]
+    col_subsample: Option<f64>,
+    /// Gradient-boosted trees: bins per input (4 to 255), 255 by default.
+    #[arg(long)]
+    max_bins: Option<usize>,
+    /// Gradient-boosted trees: weight of a fraud against a genuine row, 1 by default.
+    #[arg(long)]
+    scale_pos_weight: Option<f64>,
+    /// Gradient-boosted trees: share of the newest training rows kept apart to
+    /// stop boosting early, 0.1 by default.
+    #[arg(long)]
+    validation_share: Option<f64>,
+    /// Gradient-boosted trees: stop after this many rounds without a better
+    /// validation loss (0: never stop early), 50 by default.
+    #[arg(long)]
+    early_stopping: Option<usize>,
+}
+
+impl GbdtArgs {
+    fn params(&self, trees: Option<usize>, seed: u64) -> GbdtParams {
+        let mut p = GbdtParams::new().seed(seed);
+        macro_rules! set {
+            ($($flag:expr => $setter:ident),*) => { $(if let Some(v) = $flag { p = p.$setter(v); })* };
+        }
+        set!(trees => n_trees, self.learning_rate => learning_rate, self.leaves => max_leaves,
+            self.max_depth => max_depth, self.min_data_in_leaf => min_data_in_leaf,
+            self.min_child_weight => min_child_weight, self.l2 => lambda, self.row_subsample => row_subsample,
+            self.col_subsample => col_subsample, self.max_bins => max_bins,
+            self.scale_pos_weight => scale_pos_weight, self.validation_share => validation_share,
+            self.early_stopping => early_stopping_rounds);
+        p
+    }
+}
+
 /// The algorithms `vigil train` fits (`vigil_model`'s registry).
 #[derive(Clone, Copy, ValueEnum)]
 enum AlgorithmArg {
     Logistic,
+    Gbdt,
     IsolationForest,
 }
 
@@ -106,9 +172,17 @@ impl AlgorithmArg {
                 "card-fraud-logistic",
                 "models/card-fraud.json",
             ),
+            AlgorithmArg::Gbdt => (
+                TrainParams::GradientBoostedTrees(a.gbdt.params(a.trees, a.train_seed)),
+                "card-fraud-gbdt",
+                "models/card-fraud-gbdt.json",
+            ),
             AlgorithmArg::IsolationForest => (
                 TrainParams::IsolationForest(
-                    IsolationForestParams::new().n_trees(a.trees).sample_size(a.sample_size).seed(a.train_seed),
+                    IsolationForestParams::new()
+                        .n_trees(a.trees.unwrap_or(100))
+                        .sample_size(a.sample_size)
+                        .seed(a.train_seed),
                 ),
                 "card-anomaly-iforest",
                 "models/card-anomaly.json",

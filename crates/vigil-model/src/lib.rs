@@ -12,13 +12,15 @@
 //! parameters, scoring, explanation and fitting), listed once in the
 //! registry, which makes [`Algorithm`] and [`TrainParams`]:
 //! - [`logistic`]: a supervised fraud probability (linfa-logistic);
-//! - [`forest`]: an unsupervised anomaly score (`vigil-iforest`).
+//! - [`forest`]: an unsupervised anomaly score (`vigil-iforest`);
+//! - [`gbdt`]: gradient-boosted trees, a supervised fraud probability (`vigil-gbdt`).
 //!
 //! To add one: a module implementing [`Learner`], one line in
 //! `registry.rs`, and its choice in `vigil train`.
 
 pub mod file;
 pub mod forest;
+pub mod gbdt;
 pub mod learner;
 pub mod logistic;
 mod registry;
@@ -28,10 +30,12 @@ use std::path::PathBuf;
 
 pub use file::{load, load_any, ModelBody, TrainedModel};
 pub use forest::{FOREST_FORMAT_VERSION, NAME as ISOLATION_FOREST};
+pub use gbdt::{GBDT_FORMAT_VERSION, NAME as GRADIENT_BOOSTED_TREES};
 pub use learner::{FitError, Fitted, Learner, Rows};
 pub use logistic::{NAME as LOGISTIC, PREPROCESSED_FORMAT_VERSION};
 pub use registry::{Algorithm, TrainParams, ALGORITHMS, LATEST_FORMAT_VERSION};
 pub use scaler::{signed_log, Scaler};
+pub use vigil_gbdt::{GbdtParams, GradientBoostedTrees};
 pub use vigil_iforest::{IsolationForest, IsolationForestParams};
 
 /// The format this build reads and writes.

@@ -152,4 +152,5 @@ macro_rules! registry {
 registry! {
     Logistic(crate::logistic::Logistic),
     IsolationForest(crate::forest::Forest),
+    GradientBoostedTrees(crate::gbdt::Gbdt),
 }
