@@ -176,6 +176,21 @@ fn evaluate_reports_ranking_figures_and_the_decision_mix() {
     assert!(v["recall_at_1pct_fpr"].as_f64().unwrap() > 0.0, "{v}");
     let decided: u64 = v["decisions"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum();
     assert_eq!(decided, 4000);
+    // Card precision: the day's top cards, as a fraud team works them.
+    let cp = &v["card_precision_at_k"];
+    assert_eq!(cp["k"], 100, "{v}");
+    assert!(cp["days"].as_u64().unwrap() >= 1 && (0.0..=1.0).contains(&cp["precision"].as_f64().unwrap()), "{v}");
+    // Every event's score, for outside tools.
+    let scores = dir.join("scores.csv");
+    let o = evaluate(&["--scores", scores.to_str().unwrap()]);
+    assert!(o.status.success() && text(&o).contains("card precision, top 100"), "{}", text(&o));
+    let written = std::fs::read_to_string(&scores).unwrap();
+    let mut lines = written.lines();
+    assert_eq!(lines.next(), Some("transaction_id,timestamp,card_id,score,label"));
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 4000);
+    let frauds = rows.iter().filter(|r| r.ends_with(",1")).count() as u64;
+    assert_eq!(frauds, v["frauds"].as_u64().unwrap());
     // The table form with the pictures, and a clear refusal of a history without labels.
     let report = dir.join("report");
     let o = evaluate(&["--report", report.to_str().unwrap()]);

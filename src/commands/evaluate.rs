@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::bail;
+use anyhow::{bail, Context as _};
 use vigil_engine::Engine;
 
 use super::{load_pipeline, progress_bar, read_history, ReportFormat};
@@ -22,6 +22,10 @@ pub struct Args {
     pipeline: PathBuf,
     #[arg(long, value_enum, default_value = "table")]
     format: ReportFormat,
+    /// Also write every scored event's score and label to this CSV file (in
+    /// history mode with its transaction, time and card), for outside tools.
+    #[arg(long)]
+    scores: Option<PathBuf>,
     /// Also write the pictures into this folder: ROC and precision-recall
     /// curves and score histograms (SVG), with an `index.html` showing them.
     #[arg(long)]
@@ -51,7 +55,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             bail!("--where chooses events of a history, not rows of a feature table");
         }
         let table = vigil_offline::tabular::read_csv(&a.history, &any.body().inputs, &a.label)?;
-        return print(&vigil_offline::evaluate::run_table(&any, &table)?, a.format, a.report.as_deref());
+        let evaluation = vigil_offline::evaluate::run_table(&any, &table)?;
+        return print(&evaluation, a.format, a.report.as_deref(), a.scores.as_deref());
     }
     let weight = config.model.as_ref().map_or(100.0, |m| m.weight);
     config.model = Some(vigil_core::pipeline::ModelConfig { path: a.model, weight, challenger: None });
@@ -60,17 +65,23 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let (bar, progress) = progress_bar();
     let evaluation = vigil_offline::evaluate::run(&engine, &h, &progress).await;
     bar.finish_and_clear();
-    print(&evaluation?, a.format, a.report.as_deref())
+    print(&evaluation?, a.format, a.report.as_deref(), a.scores.as_deref())
 }
 
 fn print(
     eval: &vigil_offline::evaluate::Evaluation,
     format: ReportFormat,
     report: Option<&Path>,
+    scores: Option<&Path>,
 ) -> anyhow::Result<()> {
     match format {
         ReportFormat::Table => print!("{}", eval.to_table()),
         ReportFormat::Json => println!("{}", serde_json::to_string_pretty(eval)?),
+    }
+    if let Some(path) = scores {
+        let file = std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+        eval.write_scores(std::io::BufWriter::new(file))?;
+        eprintln!("scores: {}", path.display());
     }
     if let Some(dir) = report {
         let written = vigil_offline::report::write(eval, dir)?;

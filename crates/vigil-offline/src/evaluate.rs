@@ -46,6 +46,14 @@ pub struct Evaluation {
     /// time, as the engine scores), over every row.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub score_ns_per_event: Option<f64>,
+    /// History mode: the share of frauds among the [`CARD_PRECISION_K`] cards
+    /// scored highest each day (fraud teams staff by it; [`card_precision`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub card_precision_at_k: Option<CardPrecision>,
+    /// History mode, per scored event: its transaction, time and card, for
+    /// the scores file and the per-card figures.
+    #[serde(skip)]
+    pub scored: Vec<ScoredEvent>,
     /// Scores and labels, for curves.
     #[serde(skip)]
     pub scores: Vec<f64>,
@@ -90,9 +98,16 @@ pub async fn run(engine: &Engine, history: &History, progress: &crate::Progress)
         for (&i, d) in chunk.iter().zip(&decisions) {
             let fraud = history.labels[i] == Some(true);
             eval.add(fraud, d)?;
+            let e = events[i];
+            eval.scored.push(ScoredEvent {
+                transaction_id: e.transaction_id.clone(),
+                timestamp: e.timestamp,
+                card_id: e.card_id.clone(),
+            });
         }
     }
     eval.rank();
+    eval.card_precision_at_k = card_precision(&eval.scores, &eval.labels, &eval.scored, CARD_PRECISION_K);
     Ok(eval)
 }
 
@@ -121,6 +136,61 @@ impl Evaluation {
         eval.labels.push(fraud);
         Ok(())
     }
+}
+
+/// Cards a day's investigators look at, for [`card_precision`].
+pub const CARD_PRECISION_K: usize = 100;
+
+/// Card precision at k over a history.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CardPrecision {
+    pub k: usize,
+    /// Days with at least one card to rank.
+    pub days: usize,
+    /// The mean over those days of the share of frauds among the day's k cards.
+    pub precision: f64,
+}
+
+/// One scored event of a history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoredEvent {
+    pub transaction_id: String,
+    pub timestamp: chrono::DateTime<chrono::Utc>,
+    pub card_id: Option<String>,
+}
+
+/// Card precision at `k`: each day (UTC), each card's highest score that day
+/// ranks it; of the `k` cards ranked highest, the share that had a fraud that
+/// day, over `k`. A card found fraudulent among a day's `k` is known from then
+/// on and leaves the later days' rankings (it is blocked, not scored again).
+/// The mean over the days that had cards. Events without a card are left out.
+pub fn card_precision(scores: &[f64], labels: &[bool], events: &[ScoredEvent], k: usize) -> Option<CardPrecision> {
+    use std::collections::{BTreeMap, HashMap, HashSet};
+    let mut by_day: BTreeMap<chrono::NaiveDate, HashMap<&str, (f64, bool)>> = BTreeMap::new();
+    for ((s, l), e) in scores.iter().zip(labels).zip(events) {
+        let Some(card) = e.card_id.as_deref() else { continue };
+        let entry =
+            by_day.entry(e.timestamp.date_naive()).or_default().entry(card).or_insert((f64::NEG_INFINITY, false));
+        entry.0 = entry.0.max(*s);
+        entry.1 |= *l;
+    }
+    let mut known: HashSet<&str> = HashSet::new();
+    let (mut sum, mut days) = (0.0, 0usize);
+    for cards in by_day.values() {
+        let mut ranked: Vec<(&str, f64, bool)> =
+            cards.iter().filter(|(c, _)| !known.contains(**c)).map(|(c, (s, f))| (*c, *s, *f)).collect();
+        if ranked.is_empty() {
+            continue;
+        }
+        // Highest first; ties by card id, so the figure does not depend on hashing.
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
+        ranked.truncate(k);
+        let frauds = ranked.iter().filter(|(_, _, f)| *f).count();
+        sum += frauds as f64 / k as f64;
+        days += 1;
+        known.extend(ranked.iter().filter(|(_, _, f)| *f).map(|(c, _, _)| *c));
+    }
+    (days > 0).then(|| CardPrecision { k, days, precision: sum / days as f64 })
 }
 
 /// Scores the rows of a table (`vigil train --features ...` data) with `model`,
@@ -167,6 +237,8 @@ impl Evaluation {
             frauds_flagged: 0,
             genuine_flagged: 0,
             score_ns_per_event: None,
+            card_precision_at_k: None,
+            scored: Vec::new(),
             scores: Vec::new(),
             labels: Vec::new(),
             roc: Vec::new(),
@@ -207,6 +279,10 @@ impl Evaluation {
         for (k, p) in &self.precision_at_top {
             let _ = writeln!(out, "  precision, top {k:<7}  {}", pct(*p));
         }
+        if let Some(c) = &self.card_precision_at_k {
+            let _ =
+                writeln!(out, "  card precision, top {:<3} {} (per day, over {} days)", c.k, pct(c.precision), c.days);
+        }
         if let Some(ns) = self.score_ns_per_event {
             let _ = writeln!(out, "  scoring                 {ns:.0} ns per event, one at a time");
         }
@@ -231,9 +307,71 @@ impl Evaluation {
     }
 }
 
+impl Evaluation {
+    /// Every scored event's score and label, as CSV, for outside tools: in
+    /// history mode `transaction_id,timestamp,card_id,score,label`, in table
+    /// mode `row,score,label`.
+    pub fn write_scores(&self, out: impl std::io::Write) -> Result<(), OfflineError> {
+        let io = |e: csv::Error| OfflineError::Report(format!("cannot write the scores: {e}"));
+        let mut w = csv::Writer::from_writer(out);
+        let label = |l: bool| if l { "1" } else { "0" };
+        if self.scored.len() == self.scores.len() && !self.scored.is_empty() {
+            w.write_record(["transaction_id", "timestamp", "card_id", "score", "label"]).map_err(io)?;
+            for ((e, s), l) in self.scored.iter().zip(&self.scores).zip(&self.labels) {
+                let t = e.timestamp.to_rfc3339();
+                w.write_record([
+                    e.transaction_id.as_str(),
+                    &t,
+                    e.card_id.as_deref().unwrap_or(""),
+                    &s.to_string(),
+                    label(*l),
+                ])
+                .map_err(io)?;
+            }
+        } else {
+            w.write_record(["row", "score", "label"]).map_err(io)?;
+            for (i, (s, l)) in self.scores.iter().zip(&self.labels).enumerate() {
+                w.write_record([i.to_string().as_str(), &s.to_string(), label(*l)]).map_err(io)?;
+            }
+        }
+        w.flush().map_err(|e| OfflineError::Report(format!("cannot write the scores: {e}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn card_precision_ranks_cards_per_day_and_drops_the_ones_found() {
+        let at = |day: u32, hour: u32| {
+            chrono::DateTime::parse_from_rfc3339(&format!("2026-01-0{day}T{hour:02}:00:00Z")).unwrap().to_utc()
+        };
+        let e = |id: &str, day, hour, card: &str| ScoredEvent {
+            transaction_id: id.into(),
+            timestamp: at(day, hour),
+            card_id: Some(card.into()),
+        };
+        // Day 1: card a (fraud, 0.9 then 0.2), b (0.8), c (0.1, fraud). Day 2: a
+        // again (0.95, fraud: known since day 1, dropped), d (0.7, fraud), e (0.6).
+        let events = [
+            e("1", 1, 1, "a"),
+            e("2", 1, 2, "a"),
+            e("3", 1, 3, "b"),
+            e("4", 1, 4, "c"),
+            e("5", 2, 1, "a"),
+            e("6", 2, 2, "d"),
+            e("7", 2, 3, "e"),
+        ];
+        let scores = [0.9, 0.2, 0.8, 0.1, 0.95, 0.7, 0.6];
+        let labels = [true, false, false, true, true, true, false];
+        let c = card_precision(&scores, &labels, &events, 2).unwrap();
+        // Day 1: a and b, one fraud of 2; day 2: d and e (a is known), one of 2.
+        assert_eq!((c.days, c.precision), (2, 0.5));
+        // With k = 3, day 1 takes c too: 2 of 3.
+        let c = card_precision(&scores, &labels, &events, 3).unwrap();
+        assert!((c.precision - (2.0 / 3.0 + 1.0 / 3.0) / 2.0).abs() < 1e-12, "{c:?}");
+    }
 
     #[test]
     fn recall_at_a_false_positive_rate() {

