@@ -116,6 +116,7 @@ def compare(work: Path, share: float, seed: int, label: str) -> None:
     hyper = json.loads(Path(vigil["train"]["out"]).read_text())["training"]["hyperparameters"]
     trees, rate, leaves = hyper["n_trees"], hyper["learning_rate"], hyper["max_leaves"]
     results = []
+    kept = {}
 
     def lightgbm():
         m = lgb.LGBMClassifier(
@@ -124,6 +125,7 @@ def compare(work: Path, share: float, seed: int, label: str) -> None:
             n_jobs=2, random_state=seed, verbose=-1,
         )
         m.fit(x_fit, y_fit, eval_set=[(x_val, y_val)], callbacks=[lgb.early_stopping(hyper["early_stopping_rounds"], verbose=False)])
+        kept["LightGBM"] = m.best_iteration_
         return m
 
     results.append(("LightGBM " + lgb.__version__, *timed(lightgbm, lambda m, x: m.predict_proba(x)[:, 1], x_test, lambda m, r: m.predict_proba(r))))
@@ -136,6 +138,7 @@ def compare(work: Path, share: float, seed: int, label: str) -> None:
             early_stopping_rounds=hyper["early_stopping_rounds"], eval_metric="logloss",
         )
         m.fit(x_fit, y_fit, eval_set=[(x_val, y_val)], verbose=False)
+        kept["XGBoost"] = m.best_iteration + 1
         return m
 
     results.append(("XGBoost " + xgb.__version__, *timed(xgboost, lambda m, x: m.predict_proba(x)[:, 1], x_test, lambda m, r: m.predict_proba(r))))
@@ -181,7 +184,8 @@ def compare(work: Path, share: float, seed: int, label: str) -> None:
     v_eval, v_train = vigil["evaluate"], vigil["train"]
     print(
         f"{len(table)} rows ({cut} train, {len(table) - cut} test, {int(y_test.sum())} test frauds), {len(names)} inputs; "
-        f"Vigil kept {hyper['trees_kept']} of {hyper['rounds']} boosting rounds"
+        f"Vigil kept {hyper['trees_kept']} of {hyper['rounds']} boosting rounds; "
+        + ", ".join(f"{k} kept {v}" for k, v in kept.items())
     )
     print()
     print(f"(Vigil's own evaluate: AUC-ROC {v_eval['auc_roc']:.4f}, average precision {v_eval['average_precision']:.4f})")

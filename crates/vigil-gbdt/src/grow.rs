@@ -1,5 +1,7 @@
 //! Growing one tree, leaf by leaf, on gradient and hessian histograms.
 
+use rayon::prelude::*;
+
 use crate::bins::Binned;
 use crate::tree::{Node, LEAF};
 
@@ -17,8 +19,14 @@ pub(crate) struct Limits {
 }
 
 /// Rows times inputs below which a histogram is built on one thread: below
-/// it, starting threads costs more than it saves.
-const PARALLEL_WORK: usize = 1 << 18;
+/// it, handing work to the pool costs more than it saves.
+const PARALLEL_WORK: usize = 1 << 15;
+
+/// Rows below which a pass over rows runs on one thread.
+pub(crate) const PARALLEL_ROWS: usize = 1 << 14;
+
+/// Inputs one task looks for a split on, at least.
+const SPLIT_INPUTS_PER_TASK: usize = 4;
 
 /// Gradient, hessian and row count of a set of rows.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -112,17 +120,39 @@ pub(crate) struct Data<'a> {
     pub(crate) h: &'a [f64],
 }
 
-/// A grown tree: its nodes, flat, and each row of `rows` with the value of
-/// the leaf it fell in.
+/// A grown tree: its nodes, flat, and the rows it was grown on, grouped by
+/// leaf: `rows[start..end]` fell in a leaf of that value, for each of `leaves`.
 pub(crate) struct Tree {
     pub(crate) nodes: Vec<Node>,
-    pub(crate) leaf_of: Vec<(u32, f64)>,
+    pub(crate) rows: Vec<u32>,
+    pub(crate) leaves: Vec<(usize, usize, f64)>,
+}
+
+/// Histograms of grown trees, kept for the next ones: one is larger than
+/// the allocator's threshold for fresh pages (29 inputs of 256 bins is
+/// 178 KB), so allocating each anew had the kernel zero pages for every leaf.
+#[derive(Default)]
+pub(crate) struct Pool {
+    free: Vec<Hist>,
+}
+
+impl Pool {
+    fn take(&mut self, total: usize) -> Hist {
+        match self.free.pop() {
+            Some(mut h) => {
+                h.bins.clear();
+                h.bins.resize(total, Sums::default());
+                h
+            }
+            None => Hist { bins: vec![Sums::default(); total] },
+        }
+    }
 }
 
 /// Grows a tree on `rows` (row indices into the data), splitting on `inputs`.
-pub(crate) fn grow(data: &Data<'_>, mut rows: Vec<u32>, inputs: &[usize], l: &Limits) -> Tree {
+pub(crate) fn grow(data: &Data<'_>, mut rows: Vec<u32>, inputs: &[usize], l: &Limits, pool: &mut Pool) -> Tree {
     let layout = Layout::of(data.binned);
-    let hist = build(data, &layout, &rows, inputs, l.threads);
+    let hist = build(data, &layout, &rows, inputs, l.threads, pool);
     let sums = total(&hist, &layout, inputs);
     let mut nodes = vec![Grown { value: sums.value(l), split: None }];
     let best = best_split(&hist, &layout, inputs, sums, l);
@@ -152,7 +182,7 @@ pub(crate) fn grow(data: &Data<'_>, mut rows: Vec<u32>, inputs: &[usize], l: &Li
         // The smaller child's histogram from its rows, the larger's by subtraction.
         let left_smaller = mid - leaf.start <= leaf.end - mid;
         let small = if left_smaller { left_rows } else { right_rows };
-        let small_hist = build(data, &layout, &rows[small.0..small.1], inputs, l.threads);
+        let small_hist = build(data, &layout, &rows[small.0..small.1], inputs, l.threads, pool);
         let mut large_hist = leaf.hist;
         for (a, b) in large_hist.bins.iter_mut().zip(&small_hist.bins) {
             *a = a.minus(*b);
@@ -169,14 +199,14 @@ pub(crate) fn grow(data: &Data<'_>, mut rows: Vec<u32>, inputs: &[usize], l: &Li
             leaves.push(Leaf { start, end, depth: leaf.depth + 1, hist, best, node });
         }
     }
-    let mut leaf_of = Vec::with_capacity(rows.len());
-    for leaf in &leaves {
-        let value = nodes[leaf.node].value;
-        leaf_of.extend(rows[leaf.start..leaf.end].iter().map(|&r| (r, value)));
+    let mut grouped = Vec::with_capacity(leaves.len());
+    for leaf in leaves {
+        grouped.push((leaf.start, leaf.end, nodes[leaf.node].value));
+        pool.free.push(leaf.hist);
     }
     let mut flat = Vec::with_capacity(nodes.len());
     lay_out(&nodes, 0, data.binned, &mut flat);
-    Tree { nodes: flat, leaf_of }
+    Tree { nodes: flat, rows, leaves: grouped }
 }
 
 /// Puts the subtree of `nodes[i]` into `out` depth-first, thresholds as raw values.
@@ -211,21 +241,29 @@ fn partition(v: &mut [u32], left: impl Fn(u32) -> bool) -> usize {
 }
 
 /// The histogram of `rows` over `inputs`, on up to `threads` threads.
-fn build(data: &Data<'_>, layout: &Layout, rows: &[u32], inputs: &[usize], threads: usize) -> Hist {
-    let mut bins = vec![Sums::default(); layout.total];
+fn build(data: &Data<'_>, layout: &Layout, rows: &[u32], inputs: &[usize], threads: usize, pool: &mut Pool) -> Hist {
+    let mut hist = pool.take(layout.total);
+    let bins = &mut hist.bins;
+    // The rows' gradients and hessians gathered once, in the rows' order: each
+    // input then reads them in sequence, and only its own bins at random.
+    let gather = |&r: &u32| (data.g[r as usize], data.h[r as usize]);
+    let ordered: Vec<(f64, f64)> = if threads > 1 && rows.len() >= PARALLEL_ROWS {
+        rows.par_iter().with_min_len(PARALLEL_ROWS / 2).map(gather).collect()
+    } else {
+        rows.iter().map(gather).collect()
+    };
     let fill = |f: usize, out: &mut [Sums]| {
         let column = data.binned.column(f);
-        for &r in rows {
-            let r = r as usize;
-            let s = &mut out[column[r] as usize];
-            s.g += data.g[r];
-            s.h += data.h[r];
+        for (&r, &(g, h)) in rows.iter().zip(&ordered) {
+            let s = &mut out[column[r as usize] as usize];
+            s.g += g;
+            s.h += h;
             s.n += 1;
         }
     };
     // Each input's bins are its own slice of the histogram.
     let mut slices: Vec<(usize, &mut [Sums])> = Vec::with_capacity(inputs.len());
-    let mut rest: &mut [Sums] = &mut bins;
+    let mut rest: &mut [Sums] = bins;
     let mut at = 0;
     let mut wanted: Vec<usize> = inputs.to_vec();
     wanted.sort_unstable();
@@ -238,30 +276,16 @@ fn build(data: &Data<'_>, layout: &Layout, rows: &[u32], inputs: &[usize], threa
         rest = tail;
         at = start + len;
     }
-    let threads = threads.clamp(1, slices.len().max(1));
     if threads == 1 || rows.len() * slices.len() < PARALLEL_WORK {
         for (f, out) in slices {
             fill(f, out);
         }
     } else {
-        let per = slices.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let mut chunks = Vec::new();
-            while !slices.is_empty() {
-                let take = per.min(slices.len());
-                chunks.push(slices.drain(..take).collect::<Vec<_>>());
-            }
-            for chunk in chunks {
-                let fill = &fill;
-                scope.spawn(move || {
-                    for (f, out) in chunk {
-                        fill(f, out);
-                    }
-                });
-            }
-        });
+        // One task per input (its sums are its own, so the result does not
+        // depend on the threads), on the fit's pool.
+        slices.into_par_iter().for_each(|(f, out)| fill(f, out));
     }
-    Hist { bins }
+    hist
 }
 
 /// The sums of a node, from any one input's bins (every row has one bin per input).
@@ -274,44 +298,60 @@ fn total(hist: &Hist, layout: &Layout, inputs: &[usize]) -> Sums {
     s
 }
 
-/// The best split of a node over `inputs`, if one gains anything within the limits.
+/// The best split of a node over `inputs`, if one gains anything within
+/// the limits; ties go to the input listed first.
 fn best_split(hist: &Hist, layout: &Layout, inputs: &[usize], sums: Sums, l: &Limits) -> Option<Split> {
+    let better = |a: Option<Split>, b: Option<Split>| match (a, b) {
+        (Some(a), Some(b)) => Some(if b.gain > a.gain { b } else { a }),
+        (a, b) => a.or(b),
+    };
+    if l.threads > 1 && inputs.len() >= 2 * SPLIT_INPUTS_PER_TASK {
+        inputs
+            .par_iter()
+            .with_min_len(SPLIT_INPUTS_PER_TASK)
+            .map(|&f| best_split_on(hist, layout, f, sums, l))
+            .reduce(|| None, better)
+    } else {
+        inputs.iter().map(|&f| best_split_on(hist, layout, f, sums, l)).fold(None, better)
+    }
+}
+
+/// The best split of a node on input `f`.
+fn best_split_on(hist: &Hist, layout: &Layout, f: usize, sums: Sums, l: &Limits) -> Option<Split> {
     let parent = sums.score(l.lambda);
     let allowed = |s: Sums| s.n as usize >= l.min_data_in_leaf && s.h >= l.min_child_weight;
     let mut best: Option<Split> = None;
-    for &f in inputs {
-        let (start, value_bins) = (layout.offset[f], layout.value_bins[f]);
-        let bins = &hist.bins[start..start + value_bins + 1];
-        let missing = bins[value_bins];
-        let mut acc = Sums::default();
-        for (b, s) in bins[..value_bins].iter().enumerate() {
-            acc.add(*s);
-            // With missing values to place, both sides are tried; the last
-            // bin only separates present values from missing ones.
-            let options: &[bool] = match (missing.n > 0, b + 1 == value_bins) {
-                (true, false) => &[false, true],
-                (true, true) => &[false],
-                (false, false) => &[false],
-                (false, true) => &[],
+    let (start, value_bins) = (layout.offset[f], layout.value_bins[f]);
+    let bins = &hist.bins[start..start + value_bins + 1];
+    let missing = bins[value_bins];
+    let mut acc = Sums::default();
+    for (b, s) in bins[..value_bins].iter().enumerate() {
+        acc.add(*s);
+        // With missing values to place, both sides are tried; the last
+        // bin only separates present values from missing ones.
+        let options: &[bool] = match (missing.n > 0, b + 1 == value_bins) {
+            (true, false) => &[false, true],
+            (true, true) => &[false],
+            (false, false) => &[false],
+            (false, true) => &[],
+        };
+        for &missing_left in options {
+            let left = if missing_left {
+                let mut with = acc;
+                with.add(missing);
+                with
+            } else {
+                acc
             };
-            for &missing_left in options {
-                let left = if missing_left {
-                    let mut with = acc;
-                    with.add(missing);
-                    with
-                } else {
-                    acc
-                };
-                let right = sums.minus(left);
-                if !allowed(left) || !allowed(right) {
-                    continue;
-                }
-                let gain = left.score(l.lambda) + right.score(l.lambda) - parent;
-                if gain > 1e-12 && best.is_none_or(|s| gain > s.gain) {
-                    // Without missing values here, unseen ones follow the larger side.
-                    let missing_left = if missing.n > 0 { missing_left } else { left.h >= right.h };
-                    best = Some(Split { gain, feature: f, bin: b, missing_left, left, right });
-                }
+            let right = sums.minus(left);
+            if !allowed(left) || !allowed(right) {
+                continue;
+            }
+            let gain = left.score(l.lambda) + right.score(l.lambda) - parent;
+            if gain > 1e-12 && best.is_none_or(|s| gain > s.gain) {
+                // Without missing values here, unseen ones follow the larger side.
+                let missing_left = if missing.n > 0 { missing_left } else { left.h >= right.h };
+                best = Some(Split { gain, feature: f, bin: b, missing_left, left, right });
             }
         }
     }

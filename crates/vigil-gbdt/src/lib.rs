@@ -23,6 +23,7 @@ use ndarray::{Array1, ArrayBase, Data, Ix2};
 use rand::seq::index::sample;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use tree::Tree;
@@ -185,6 +186,9 @@ pub struct GradientBoostedTrees {
     nodes: Vec<tree::Node>,
     #[serde(skip_serializing)]
     starts: Vec<usize>,
+    /// The same trees in scoring's layout.
+    #[serde(skip_serializing)]
+    layout: tree::Layout,
 }
 
 /// A model as its file holds it.
@@ -205,10 +209,20 @@ impl TryFrom<Stored> for GradientBoostedTrees {
         if s.trees.is_empty() || s.n_features == 0 || !s.base_margin.is_finite() {
             return Err("a model needs a finite base margin, at least one tree and one feature".into());
         }
+        if s.n_features > tree::MAX_FEATURES {
+            return Err(format!("{} features: at most {} can be scored", s.n_features, tree::MAX_FEATURES));
+        }
+        let checked = s
+            .trees
+            .iter()
+            .enumerate()
+            .map(|(k, t)| t.nodes(s.n_features).map_err(|e| format!("tree {k}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let layout = tree::Layout::of(&checked)?;
         let (mut nodes, mut starts) = (Vec::new(), Vec::with_capacity(s.trees.len()));
-        for (k, t) in s.trees.iter().enumerate() {
+        for t in checked {
             starts.push(nodes.len());
-            nodes.extend(t.nodes(s.n_features).map_err(|e| format!("tree {k}: {e}"))?);
+            nodes.extend(t);
         }
         Ok(GradientBoostedTrees {
             params: s.params,
@@ -218,6 +232,7 @@ impl TryFrom<Stored> for GradientBoostedTrees {
             trees: s.trees,
             nodes,
             starts,
+            layout,
         })
     }
 }
@@ -229,14 +244,10 @@ fn sigmoid(z: f64) -> f64 {
 impl GradientBoostedTrees {
     /// The log-odds of fraud for one row (`NaN`: missing). No allocation.
     pub fn margin(&self, x: &[f64]) -> f64 {
-        let mut z = self.base_margin;
         if x.len() < self.n_features {
             return f64::NAN;
         }
-        for &s in &self.starts {
-            z += tree::leaf(&self.nodes[s..], x).value;
-        }
-        z
+        self.layout.margin(self.base_margin, x)
     }
 
     /// The probability of fraud for one row, in (0, 1).
@@ -297,10 +308,21 @@ impl<D: Data<Elem = f64>, T: AsSingleTargets<Elem = bool>> Fit<ArrayBase<D, Ix2>
             return Err(GbdtError::Targets(targets.len(), n));
         }
         let y: Vec<bool> = targets.iter().copied().collect();
-        let rows: Vec<f64> = x.rows().into_iter().flat_map(|r| r.to_vec()).collect();
+        // Logical order is row-major, whatever the array's layout.
+        let rows: Vec<f64> = x.iter().copied().collect();
         let weights: Vec<f64> =
             (0..n).map(|i| f64::from(dataset.weight_for(i)) * if y[i] { self.scale_pos_weight } else { 1.0 }).collect();
-        boost(self, &rows, &y, &weights, features)
+        let threads = match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |t| t.get()),
+            t => t,
+        };
+        // A pool of the fit's own, so that `threads` holds whatever else runs.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("vigil-gbdt-{i}"))
+            .build()
+            .map_err(|e| GbdtError::Params(format!("cannot start {threads} threads: {e}")))?;
+        pool.install(|| boost(self, &rows, &y, &weights, features, threads))
     }
 }
 
@@ -311,6 +333,7 @@ fn boost(
     y: &[bool],
     w: &[f64],
     features: usize,
+    threads: usize,
 ) -> Result<GradientBoostedTrees, GbdtError> {
     let n = y.len();
     // The last rows validate early stopping: the newest, when rows are in time order.
@@ -324,10 +347,6 @@ fn boost(
     }
     let base_margin = (positive / negative).ln();
     let binned = bins::Binned::new(&rows[..n_train * features], n_train, features, p.max_bins, p.seed);
-    let threads = match p.threads {
-        0 => std::thread::available_parallelism().map_or(1, |t| t.get()),
-        t => t,
-    };
     let limits = grow::Limits {
         max_leaves: p.max_leaves,
         max_depth: p.max_depth,
@@ -342,15 +361,22 @@ fn boost(
     let mut val_margin = vec![base_margin; n_val];
     let (mut g, mut h) = (vec![0.0; n_train], vec![0.0; n_train]);
     let mut trees: Vec<Vec<tree::Node>> = Vec::new();
+    let mut pool = grow::Pool::default();
     let (mut best_loss, mut best_round) = (f64::INFINITY, 0);
     let mut rounds = 0;
     for round in 0..p.n_trees {
         rounds = round + 1;
-        for i in 0..n_train {
+        // The logistic loss's gradient and hessian of row i.
+        let gradient = |(i, (g, h)): (usize, (&mut f64, &mut f64))| {
             let prob = sigmoid(margin[i]);
             let target = if train_y[i] { 1.0 } else { 0.0 };
-            g[i] = train_w[i] * (prob - target);
-            h[i] = (train_w[i] * prob * (1.0 - prob)).max(1e-16);
+            *g = train_w[i] * (prob - target);
+            *h = (train_w[i] * prob * (1.0 - prob)).max(1e-16);
+        };
+        if threads > 1 {
+            g.par_iter_mut().zip(h.par_iter_mut()).enumerate().with_min_len(grow::PARALLEL_ROWS).for_each(gradient);
+        } else {
+            g.iter_mut().zip(h.iter_mut()).enumerate().for_each(gradient);
         }
         let sampled: Vec<u32> = if p.row_subsample < 1.0 {
             let k = ((n_train as f64 * p.row_subsample) as usize).max(2);
@@ -369,20 +395,22 @@ fn boost(
             (0..features).collect()
         };
         let data = grow::Data { binned: &binned, g: &g, h: &h };
-        let grown = grow::grow(&data, sampled, &inputs, &limits);
+        let grown = grow::grow(&data, sampled, &inputs, &limits, &mut pool);
+        let add_tree = |(m, row): (&mut f64, &[f64])| *m += tree::leaf(&grown.nodes, row).value;
         if p.row_subsample < 1.0 {
-            for (i, m) in margin.iter_mut().enumerate() {
-                *m += tree::leaf(&grown.nodes, &rows[i * features..(i + 1) * features]).value;
-            }
+            margin.par_iter_mut().zip(rows.par_chunks(features)).with_min_len(grow::PARALLEL_ROWS).for_each(add_tree);
         } else {
-            for (r, value) in &grown.leaf_of {
-                margin[*r as usize] += value;
+            for &(start, end, value) in &grown.leaves {
+                for &r in &grown.rows[start..end] {
+                    margin[r as usize] += value;
+                }
             }
         }
-        for (j, m) in val_margin.iter_mut().enumerate() {
-            let i = n_train + j;
-            *m += tree::leaf(&grown.nodes, &rows[i * features..(i + 1) * features]).value;
-        }
+        val_margin
+            .par_iter_mut()
+            .zip(rows[n_train * features..].par_chunks(features))
+            .with_min_len(grow::PARALLEL_ROWS)
+            .for_each(add_tree);
         trees.push(grown.nodes);
         if n_val > 0 {
             let loss = log_loss(&val_margin, &y[n_train..], &w[n_train..]);

@@ -172,3 +172,23 @@ fn one_class_and_too_little_data_are_refused() {
         Err(GbdtError::TooFewRows(1))
     ));
 }
+
+#[test]
+fn trees_walked_in_lockstep_reach_the_leaves_each_tree_reaches_alone() {
+    // 61 trees: groups of eight and a part group; missing values both ways;
+    // deep trees beside shallow ones.
+    let (x, y) = data(4000, 8);
+    let model = fit(GbdtParams::new().n_trees(61).max_leaves(40).early_stopping_rounds(0), x.clone(), y);
+    assert_eq!(model.n_trees(), 61);
+    let mut rows: Vec<Vec<f64>> = x.rows().into_iter().take(500).map(|r| r.to_vec()).collect();
+    rows.push(vec![f64::NAN; 3]);
+    rows.push(vec![f64::INFINITY, f64::NEG_INFINITY, 0.5]);
+    for r in &rows {
+        let mut alone = model.base_margin;
+        for &s in &model.starts {
+            alone += tree::leaf(&model.nodes[s..], r).value;
+        }
+        // The same sum in the same order: the same bits.
+        assert_eq!(model.margin(r).to_bits(), alone.to_bits(), "{r:?}");
+    }
+}

@@ -123,3 +123,118 @@ pub(crate) fn attribute(nodes: &[Node], x: &[f64], visit: &mut dyn FnMut(usize, 
         i = next;
     }
 }
+
+/// One node of the scoring layout: every tree of a model in one array,
+/// walked [`LANES`] trees at a time in lockstep, without a branch on the
+/// data: each step of each lane loads its node, compares and picks a child,
+/// and the lanes' steps overlap in the processor. A leaf is its own two
+/// children (further steps stay on it) and keeps its value in `threshold`.
+/// `feature` holds the input in its low 30 bits, "missing goes left" in its
+/// top bit and "leaf" in the next: a split's left child is the next step, a
+/// leaf's is itself, and 16 bytes a step keep more of the trees in cache.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Step {
+    threshold: f64,
+    right: u32,
+    feature: u32,
+}
+
+/// Trees walked together.
+pub(crate) const LANES: usize = 8;
+
+const MISSING_LEFT: u32 = 1 << 31;
+const IS_LEAF: u32 = 1 << 30;
+
+/// The most inputs the layout can name.
+pub(crate) const MAX_FEATURES: usize = (IS_LEAF - 1) as usize;
+
+/// [`LANES`] trees: their roots (a lane past the last tree starts on the
+/// zero-valued leaf at index 0) and the deepest leaf's depth among them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Group {
+    roots: [u32; LANES],
+    depth: u32,
+}
+
+/// Every tree of a model in the scoring layout.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct Layout {
+    steps: Vec<Step>,
+    groups: Vec<Group>,
+}
+
+impl Layout {
+    /// The layout of checked trees, whose inputs are below [`MAX_FEATURES`].
+    pub(crate) fn of(trees: &[Vec<Node>]) -> Result<Layout, String> {
+        let mut steps = vec![Step { threshold: 0.0, right: 0, feature: IS_LEAF }];
+        let mut roots = Vec::with_capacity(trees.len());
+        let mut depths = Vec::with_capacity(trees.len());
+        for nodes in trees {
+            let base = steps.len();
+            if base + nodes.len() > u32::MAX as usize {
+                return Err(format!("more than {} nodes cannot be scored", u32::MAX));
+            }
+            let at = |i: usize| (base + i) as u32;
+            steps.extend(nodes.iter().enumerate().map(|(i, n)| match n.feature {
+                LEAF => Step { threshold: n.value, right: at(i), feature: IS_LEAF },
+                f => Step {
+                    threshold: n.threshold,
+                    right: at(n.right as usize),
+                    feature: f | if n.missing_left { MISSING_LEFT } else { 0 },
+                },
+            }));
+            roots.push(base as u32);
+            depths.push(depth(nodes));
+        }
+        let groups = roots
+            .chunks(LANES)
+            .zip(depths.chunks(LANES))
+            .map(|(r, d)| {
+                let mut g = Group { roots: [0; LANES], depth: d.iter().copied().max().unwrap_or(0) };
+                g.roots[..r.len()].copy_from_slice(r);
+                g
+            })
+            .collect();
+        Ok(Layout { steps, groups })
+    }
+
+    /// `base` plus the value of the leaf `x` reaches in every tree, added
+    /// tree by tree in the trees' order.
+    #[inline]
+    pub(crate) fn margin(&self, base: f64, x: &[f64]) -> f64 {
+        let mut z = base;
+        for g in &self.groups {
+            let mut at = g.roots;
+            for _ in 0..g.depth {
+                for i in &mut at {
+                    let n = self.steps[*i as usize];
+                    let v = x[(n.feature & !(MISSING_LEFT | IS_LEAF)) as usize];
+                    // A missing value compares false; then its direction decides.
+                    let left = (v <= n.threshold) | (v.is_nan() & (n.feature & MISSING_LEFT != 0));
+                    let next = *i + 1 - ((n.feature & IS_LEAF) >> 30);
+                    *i = if left { next } else { n.right };
+                }
+            }
+            for i in at {
+                z += self.steps[i as usize].threshold;
+            }
+        }
+        z
+    }
+}
+
+/// The depth of a checked tree's deepest leaf (a lone leaf: 0).
+fn depth(nodes: &[Node]) -> u32 {
+    // Depth-first order: a node's depth is known when it is reached.
+    let mut d = vec![0u32; nodes.len()];
+    let mut deepest = 0;
+    for (i, n) in nodes.iter().enumerate() {
+        if n.feature != LEAF {
+            d[i + 1] = d[i] + 1;
+            d[n.right as usize] = d[i] + 1;
+        } else {
+            deepest = deepest.max(d[i]);
+        }
+    }
+    deepest
+}
