@@ -14,14 +14,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+
+def _sklearn_compare():
+    """benches/sklearn/compare.py, whose split and timing this script shares
+    (loaded by path: both files are named compare.py)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "sklearn" / "compare.py"
+    spec = importlib.util.spec_from_file_location("sklearn_compare", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_shared = _sklearn_compare()
+split_at, single_event_us = _shared.split_at, _shared.single_event_us
+
 NOT_INPUTS = {"transaction_id", "timestamp", "label", "Class", "Time"}
-SINGLE_CALLS = 2000
 VALIDATION_SHARE = 0.1
-
-
-def split_at(rows: int, share: float) -> int:
-    # The same rounding as Vigil's `Table::split`: round half away from zero.
-    return int(np.floor(rows * share + 0.5))
 
 
 def pca(work: Path) -> None:
@@ -54,15 +64,6 @@ def split(work: Path, share: float) -> None:
     cut = split_at(len(table), share)
     table.iloc[cut:].to_csv(work / "test.csv", index=False, na_rep="")
     print(f"split: {cut} training rows, {len(table) - cut} test rows", file=sys.stderr)
-
-
-def single_event_us(score_one, rows: np.ndarray) -> float:
-    """Mean microseconds of one call that scores one row, as a service would."""
-    n = min(SINGLE_CALLS, len(rows))
-    started = time.perf_counter()
-    for i in range(n):
-        score_one(rows[i : i + 1])
-    return (time.perf_counter() - started) / n * 1e6
 
 
 def card_precision(scores: np.ndarray, labels: np.ndarray, cards: pd.Series, days: pd.Series, k: int = 100):

@@ -39,60 +39,70 @@ pub enum GbdtError {
     NoColumns,
     #[error("{0} targets for {1} rows")]
     Targets(usize, usize),
+    #[error("cannot start {0} threads for the fit: {1}")]
+    Threads(usize, String),
     #[error("the training rows hold a single class: nothing to separate")]
     OneClass,
     #[error(transparent)]
     Linfa(#[from] linfa::Error),
 }
 
-/// Checked hyperparameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GbdtValidParams {
-    n_trees: usize,
-    learning_rate: f64,
-    max_leaves: usize,
-    max_depth: usize,
-    min_child_weight: f64,
-    min_data_in_leaf: usize,
-    lambda: f64,
-    row_subsample: f64,
-    col_subsample: f64,
-    max_bins: usize,
-    scale_pos_weight: f64,
-    validation_share: f64,
-    early_stopping_rounds: usize,
-    seed: u64,
-    threads: usize,
-}
-
-macro_rules! getters {
-    ($($name:ident: $ty:ty),* $(,)?) => {
-        impl GbdtValidParams {
-            $(pub fn $name(&self) -> $ty { self.$name })*
+/// The hyperparameters, listed once: each with its type and default. This
+/// makes the checked struct's fields and getters, the builder's setters and
+/// the defaults.
+macro_rules! hyperparameters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty = $default:expr),* $(,)?) => {
+        /// Checked hyperparameters.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct GbdtValidParams {
+            $($(#[$doc])* $name: $ty,)*
         }
+
+        impl GbdtValidParams {
+            $($(#[$doc])* pub fn $name(&self) -> $ty { self.$name })*
+        }
+
         impl GbdtParams {
-            $(pub fn $name(mut self, v: $ty) -> Self { self.0.$name = v; self })*
+            $($(#[$doc])* pub fn $name(mut self, v: $ty) -> Self { self.0.$name = v; self })*
+        }
+
+        impl Default for GbdtParams {
+            fn default() -> Self {
+                GbdtParams(GbdtValidParams { $($name: $default,)* })
+            }
         }
     };
 }
 
-getters!(
-    n_trees: usize,
-    learning_rate: f64,
-    max_leaves: usize,
-    max_depth: usize,
-    min_child_weight: f64,
-    min_data_in_leaf: usize,
-    lambda: f64,
-    row_subsample: f64,
-    col_subsample: f64,
-    max_bins: usize,
-    scale_pos_weight: f64,
-    validation_share: f64,
-    early_stopping_rounds: usize,
-    seed: u64,
-    threads: usize,
+hyperparameters!(
+    /// Boosting rounds at most.
+    n_trees: usize = 300,
+    learning_rate: f64 = 0.05,
+    max_leaves: usize = 31,
+    /// 0: no limit.
+    max_depth: usize = 0,
+    /// Hessian a child needs at least.
+    min_child_weight: f64 = 1e-3,
+    /// Rows a child needs at least.
+    min_data_in_leaf: usize = 20,
+    /// L2 regularisation of leaf values.
+    lambda: f64 = 1.0,
+    /// Share of rows each tree is grown on.
+    row_subsample: f64 = 1.0,
+    /// Share of inputs each tree may split on.
+    col_subsample: f64 = 1.0,
+    /// Bins per input for present values (one more holds missing ones).
+    max_bins: usize = 255,
+    /// Weight of a fraud row relative to a genuine one.
+    scale_pos_weight: f64 = 1.0,
+    /// Share of the newest rows kept apart to stop early.
+    validation_share: f64 = 0.1,
+    /// Rounds without a better validation loss before stopping; 0: never stop early.
+    early_stopping_rounds: usize = 50,
+    seed: u64 = 42,
+    /// Threads of the fit; 0: every core.
+    threads: usize = 0,
 );
 
 /// Hyperparameters, checked when fitting. The defaults are LightGBM's usual
@@ -101,28 +111,6 @@ getters!(
 /// rows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GbdtParams(GbdtValidParams);
-
-impl Default for GbdtParams {
-    fn default() -> Self {
-        GbdtParams(GbdtValidParams {
-            n_trees: 300,
-            learning_rate: 0.05,
-            max_leaves: 31,
-            max_depth: 0,
-            min_child_weight: 1e-3,
-            min_data_in_leaf: 20,
-            lambda: 1.0,
-            row_subsample: 1.0,
-            col_subsample: 1.0,
-            max_bins: 255,
-            scale_pos_weight: 1.0,
-            validation_share: 0.1,
-            early_stopping_rounds: 50,
-            seed: 42,
-            threads: 0,
-        })
-    }
-}
 
 impl GbdtParams {
     pub fn new() -> Self {
@@ -321,7 +309,7 @@ impl<D: Data<Elem = f64>, T: AsSingleTargets<Elem = bool>> Fit<ArrayBase<D, Ix2>
             .num_threads(threads)
             .thread_name(|i| format!("vigil-gbdt-{i}"))
             .build()
-            .map_err(|e| GbdtError::Params(format!("cannot start {threads} threads: {e}")))?;
+            .map_err(|e| GbdtError::Threads(threads, e.to_string()))?;
         pool.install(|| boost(self, &rows, &y, &weights, features, threads))
     }
 }
