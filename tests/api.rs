@@ -242,7 +242,7 @@ async fn labels_reach_the_next_decision_once() {
 
     let label = json!({
         "transaction_id": "lb-1", "label": "fraud", "reported_at": "2026-01-05T10:05:00Z",
-        "source": "chargeback", "terminal_id": "t-lb", "card_id": "c-lb",
+        "timestamp": "2026-01-05T10:00:00Z", "source": "chargeback", "terminal_id": "t-lb", "card_id": "c-lb",
     })
     .to_string();
     let recorded = body(server.signed("/v1/labels", &label).await).await;
@@ -253,6 +253,10 @@ async fn labels_reach_the_next_decision_once() {
     let refused = server.signed("/v1/labels", &missing_entity.to_string()).await;
     assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
     assert_eq!(body(refused).await["error"]["field"], "terminal_id");
+    // The matured terminal risk counts frauds by when they happened.
+    let undated = json!({"transaction_id": "lb-2", "label": "fraud", "reported_at": "2026-01-05T10:05:00Z", "terminal_id": "t-lb"});
+    let refused = body(server.signed("/v1/labels", &undated.to_string()).await).await;
+    assert_eq!(refused["error"]["field"], "timestamp", "{refused}");
 
     let after = body(server.signed("/v1/decisions", &event("lb-3", 10, "40.00", "c-lb2", "t-lb")).await).await;
     assert_eq!(after["features"]["terminal_frauds_7d"], 1, "{after}");

@@ -312,6 +312,19 @@ fn train_and_evaluate_on_any_numeric_csv_with_a_label() {
     // A column that is not there is named, with the ones that are.
     let o = vigil(&["train", "--history", d, "--features", "x3", "--label", "label", "--out", m]);
     assert!(!o.status.success() && text(&o).contains("no column `x3`"), "{}", text(&o));
+    // Every row trains with a share of 1: no figures are claimed, and the
+    // summary says where to evaluate instead.
+    let all = ["train", "--history", d, "--features", "x1,x 2", "--label", "label", "--out", m, "--train-share", "1"];
+    let o = vigil(&all);
+    assert!(o.status.success() && text(&o).contains("trained on all 3000 rows"), "{}", text(&o));
+    assert!(text(&o).contains("vigil evaluate"), "{}", text(&o));
+    let o = vigil(&[&all[..], &["--format", "json"]].concat());
+    let t: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((t["train_rows"].as_u64(), t["test_rows"].as_u64()), (Some(3000), Some(0)), "{t}");
+    assert!(t["auc_roc"].is_null(), "{t}");
+    let o =
+        vigil(&["train", "--history", d, "--features", "x1", "--label", "label", "--out", m, "--train-share", "1.5"]);
+    assert!(!o.status.success() && text(&o).contains("between 0.05 and 1"), "{}", text(&o));
 }
 
 #[test]

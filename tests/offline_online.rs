@@ -13,7 +13,7 @@ use vigil_gen::GenConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_feature_of_every_event_agrees_between_offline_and_redis() {
-    let config = pipeline("offon");
+    let config = with_short_maturity(pipeline("offon"));
     let store =
         RedisStore::connect(&redis_url(), Plan::new(config.features.clone()), &config.store.key_prefix, 3600, 5000)
             .await
@@ -25,13 +25,25 @@ async fn every_feature_of_every_event_agrees_between_offline_and_redis() {
 /// The same against a Redis Cluster, where every entity is its own unit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_feature_of_every_event_agrees_between_offline_and_a_redis_cluster() {
-    let config = pipeline("offon-cluster");
+    let config = with_short_maturity(pipeline("offon-cluster"));
     let plan = Plan::new(config.features.clone());
     let store = RedisStore::connect_cluster(&cluster_nodes(), plan, &config.store.key_prefix, 3600, 5000)
         .await
         .expect("this test needs a Redis Cluster: run scripts/test.sh");
     agrees_offline_and_online(&config, &store).await;
     clean_cluster(&config.store.key_prefix).await;
+}
+
+/// The shipped pipeline plus a terminal risk matured for a day, which a
+/// five-day history reaches (the shipped ones wait a week).
+fn with_short_maturity(mut config: vigil_core::PipelineConfig) -> vigil_core::PipelineConfig {
+    use vigil_core::feature::{Aggregate, EntityKey, FeatureDef};
+    let terminal = EntityKey::parse("terminal_id").unwrap();
+    config.features.push(FeatureDef {
+        delay_s: 86_400,
+        ..FeatureDef::new("terminal_risk_1d_after_1d", terminal, Aggregate::FraudRate, 86_400)
+    });
+    config
 }
 
 async fn agrees_offline_and_online(config: &vigil_core::PipelineConfig, store: &RedisStore) {
@@ -72,6 +84,14 @@ async fn agrees_offline_and_online(config: &vigil_core::PipelineConfig, store: &
             && fv.values[frauds_seen] != vigil_core::FeatureValue::Missing),
         "some event saw a confirmed fraud at its terminal"
     );
+    let matured = config.features.iter().position(|d| d.name == "terminal_risk_1d_after_1d").unwrap();
+    let risky =
+        online.iter().filter(|fv| matches!(&fv.values[matured], vigil_core::FeatureValue::Number(r) if !r.is_zero()));
+    assert!(risky.count() > 10, "some events saw a matured fraud at their terminal");
+    let hour = config.features.iter().position(|d| d.name == "hour").unwrap();
+    let hours: std::collections::HashSet<_> =
+        online.iter().filter_map(|fv| fv.values[hour].as_f64().map(|h| h as i64)).collect();
+    assert_eq!(hours.len(), 24, "every hour of the day occurred");
 
     // A full replay (a consumer group reset to the start) changes nothing.
     for (chunk, expected) in events.chunks(500).zip(online.chunks(500)) {

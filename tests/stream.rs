@@ -319,7 +319,8 @@ async fn labels_reach_the_next_decisions_once_and_bad_ones_dead_letter() {
     // p1 is confirmed fraud through the command line, and again on the topic.
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(["label", "--pipeline", file.to_str().unwrap(), "--transaction-id", "p1", "--fraud"])
-        .args(["--reported-at", "2026-03-02T10:05:00Z", "--field", "terminal_id=T9", "--source", "chargeback"])
+        .args(["--reported-at", "2026-03-02T10:05:00Z", "--timestamp", "2026-03-02T10:01:00Z"])
+        .args(["--field", "terminal_id=T9", "--source", "chargeback"])
         .current_dir(repo())
         .output()
         .unwrap();
@@ -335,7 +336,7 @@ async fn labels_reach_the_next_decisions_once_and_bad_ones_dead_letter() {
     assert!(!o.status.success() && said.contains("terminal_id") && said.contains("terminal_frauds_7d"), "{said}");
     std::fs::remove_file(&file).ok();
 
-    let again = r#"{"transaction_id":"p1","label":"fraud","reported_at":"2026-03-02T10:05:00Z","terminal_id":"T9"}"#;
+    let again = r#"{"transaction_id":"p1","label":"fraud","reported_at":"2026-03-02T10:05:00Z","timestamp":"2026-03-02T10:01:00Z","terminal_id":"T9"}"#;
     let genuine = r#"{"transaction_id":"p2","label":"genuine","reported_at":"2026-03-02T10:05:00Z"}"#;
     let lacking = r#"{"transaction_id":"p3","label":"fraud","reported_at":"2026-03-02T10:05:00Z"}"#;
     let malformed = r#"{"transaction_id":"p3","label":"stolen","reported_at":"2026-03-02T10:05:00Z"}"#;

@@ -32,6 +32,10 @@ pub struct Args {
     /// When the outcome became known (RFC 3339); now by default.
     #[arg(long)]
     reported_at: Option<String>,
+    /// When the labelled transaction happened (RFC 3339): label features
+    /// with a `delay` count the fraud at that time, and need it.
+    #[arg(long)]
+    timestamp: Option<String>,
     /// Where it came from, such as `chargeback` or `analyst`.
     #[arg(long)]
     source: Option<String>,
@@ -61,6 +65,9 @@ fn one(a: &Args, id: &str) -> anyhow::Result<Vec<u8>> {
     map.insert("label".into(), if a.fraud { "fraud" } else { "genuine" }.into());
     let at = a.reported_at.clone().unwrap_or_else(|| chrono::Utc::now().to_rfc3339());
     map.insert("reported_at".into(), at.into());
+    if let Some(t) = &a.timestamp {
+        map.insert("timestamp".into(), t.as_str().into());
+    }
     if let Some(s) = &a.source {
         map.insert("source".into(), s.as_str().into());
     }

@@ -25,7 +25,9 @@ pub struct Args {
     /// and splits, boosting's row and input samples), apart from the data's.
     #[arg(long, default_value_t = 42)]
     train_seed: u64,
-    /// Share of the history's time span to train on; the later rest evaluates.
+    /// Share of the history's time span to train on; the later rest
+    /// evaluates. 1 trains on every row (evaluate on a later file with
+    /// `vigil evaluate`).
     #[arg(long, default_value_t = 0.7)]
     train_share: f64,
     /// `logistic` (supervised fraud probability), `gbdt` (gradient-boosted
@@ -192,8 +194,8 @@ impl AlgorithmArg {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    if !(0.05..=0.95).contains(&a.train_share) {
-        bail!("--train-share must be between 0.05 and 0.95");
+    if !(0.05..=1.0).contains(&a.train_share) {
+        bail!("--train-share must be between 0.05 and 1 (1: train on every row, then `vigil evaluate` a later file)");
     }
     if !(a.tolerance.is_finite() && a.tolerance > 0.0) {
         bail!("--tolerance must be a positive number");
@@ -267,16 +269,23 @@ async fn fit(a: &Args, config: &vigil_core::PipelineConfig, train: &TrainConfig)
 fn print(report: &TrainReport, out: &Path, format: ReportFormat) -> anyhow::Result<()> {
     let version = vigil_model::Model::version(&report.model);
     match format {
-        ReportFormat::Table => println!(
-            "wrote {} ({version}): trained on {} rows in {:.1} s, tested on the later {} ({} frauds): AUC-ROC {:.3}, average precision {:.3}",
-            out.display(),
-            report.train_events,
-            report.fit_seconds,
-            report.test_events,
-            report.test_frauds,
-            report.auc_roc,
-            report.average_precision
-        ),
+        ReportFormat::Table => match (report.auc_roc, report.average_precision) {
+            (Some(auc), Some(ap)) => println!(
+                "wrote {} ({version}): trained on {} rows in {:.1} s, tested on the later {} ({} frauds): AUC-ROC {auc:.3}, average precision {ap:.3}",
+                out.display(),
+                report.train_events,
+                report.fit_seconds,
+                report.test_events,
+                report.test_frauds,
+            ),
+            _ => println!(
+                "wrote {} ({version}): trained on all {} rows in {:.1} s, none held back: evaluate it on a later history with `vigil evaluate --model {}`",
+                out.display(),
+                report.train_events,
+                report.fit_seconds,
+                out.display(),
+            ),
+        },
         ReportFormat::Json => println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({

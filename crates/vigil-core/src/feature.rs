@@ -36,6 +36,11 @@ impl EntityKey {
         Ok(EntityKey { fields })
     }
 
+    /// The key of no field: event-time features' (they touch no record).
+    pub fn none() -> EntityKey {
+        EntityKey { fields: Vec::new() }
+    }
+
     /// The key of one field alone.
     pub fn of(field: EventField) -> EntityKey {
         EntityKey { fields: vec![field] }
@@ -109,6 +114,16 @@ pub enum Aggregate {
     /// `fraud_count` over the entity's number of events in the same window (a
     /// plain number); missing when there were none.
     FraudRate,
+    /// The event's hour of day, 0 to 23, in the feature's time zone (event
+    /// time features read the event alone: no entity, no window).
+    HourOfDay,
+    /// The event's day of the week, 1 (Monday) to 7 (Sunday), in the
+    /// feature's time zone.
+    DayOfWeek,
+    /// 1 on a Saturday or a Sunday in the feature's time zone, else 0.
+    Weekend,
+    /// 1 from midnight to 6 a.m. (hours 0 to 5) in the feature's time zone, else 0.
+    Night,
 }
 
 /// The kind of value an aggregate gives, as rules and models see it.
@@ -123,7 +138,7 @@ pub enum ValueKind {
 }
 
 impl Aggregate {
-    pub const ALL: [Aggregate; 14] = [
+    pub const ALL: [Aggregate; 18] = [
         Aggregate::Count,
         Aggregate::SumAmount,
         Aggregate::MeanAmount,
@@ -138,6 +153,10 @@ impl Aggregate {
         Aggregate::Changed,
         Aggregate::FraudCount,
         Aggregate::FraudRate,
+        Aggregate::HourOfDay,
+        Aggregate::DayOfWeek,
+        Aggregate::Weekend,
+        Aggregate::Night,
     ];
 
     pub fn name(self) -> &'static str {
@@ -156,6 +175,10 @@ impl Aggregate {
             Aggregate::Changed => "changed",
             Aggregate::FraudCount => "fraud_count",
             Aggregate::FraudRate => "fraud_rate",
+            Aggregate::HourOfDay => "hour_of_day",
+            Aggregate::DayOfWeek => "day_of_week",
+            Aggregate::Weekend => "weekend",
+            Aggregate::Night => "night",
         }
     }
 
@@ -165,7 +188,14 @@ impl Aggregate {
 
     pub fn kind(self) -> ValueKind {
         match self {
-            Aggregate::Count | Aggregate::Distinct | Aggregate::Changed | Aggregate::FraudCount => ValueKind::Count,
+            Aggregate::Count
+            | Aggregate::Distinct
+            | Aggregate::Changed
+            | Aggregate::FraudCount
+            | Aggregate::HourOfDay
+            | Aggregate::DayOfWeek
+            | Aggregate::Weekend
+            | Aggregate::Night => ValueKind::Count,
             Aggregate::SumAmount
             | Aggregate::MeanAmount
             | Aggregate::MinAmount
@@ -193,18 +223,65 @@ impl Aggregate {
     pub fn is_label(self) -> bool {
         matches!(self, Aggregate::FraudCount | Aggregate::FraudRate)
     }
+
+    /// Whether the aggregate reads the event's own time alone (no entity, no
+    /// window, nothing stored).
+    pub fn is_event_time(self) -> bool {
+        matches!(self, Aggregate::HourOfDay | Aggregate::DayOfWeek | Aggregate::Weekend | Aggregate::Night)
+    }
+
+    /// Whether a `delay` (a matured window) applies: the aggregates read from
+    /// window rings, events' and frauds'.
+    pub fn takes_delay(self) -> bool {
+        matches!(
+            self,
+            Aggregate::Count
+                | Aggregate::SumAmount
+                | Aggregate::MeanAmount
+                | Aggregate::MinAmount
+                | Aggregate::MaxAmount
+                | Aggregate::StdAmount
+                | Aggregate::AmountOverMean
+                | Aggregate::FraudCount
+                | Aggregate::FraudRate
+        )
+    }
 }
 
-/// A declared feature: `aggregate` of the `entity`'s events over the last `window_s`.
+/// A declared feature: `aggregate` of the `entity`'s events over the last
+/// `window_s`, or, with a `delay_s`, over `(t - delay - window, t - delay]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeatureDef {
     pub name: String,
+    /// No fields for event-time features ([`Aggregate::is_event_time`]).
     pub entity: EntityKey,
     pub aggregate: Aggregate,
+    /// 0 for event-time features.
     pub window_s: u64,
     /// The field whose distinct values `distinct` counts, whose change
     /// `changed` tells, or whose earlier value `previous` gives.
     pub of: Option<EventField>,
+    /// How far back the window ends (a matured window), 0 for none. Label
+    /// features with a delay count frauds by the time of the transaction,
+    /// among the transactions the window covers, as reported by the event's time.
+    pub delay_s: u64,
+    /// The zone event-time features read the event's time in.
+    pub time_zone: chrono_tz::Tz,
+}
+
+impl FeatureDef {
+    /// A feature with no delay, read in UTC.
+    pub fn new(name: &str, entity: EntityKey, aggregate: Aggregate, window_s: u64) -> FeatureDef {
+        FeatureDef {
+            name: name.to_owned(),
+            entity,
+            aggregate,
+            window_s,
+            of: None,
+            delay_s: 0,
+            time_zone: chrono_tz::Tz::UTC,
+        }
+    }
 }
 
 /// A feature's value. Counts are integers, money is an exact decimal, plain

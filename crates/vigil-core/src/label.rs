@@ -37,6 +37,9 @@ pub struct Label {
     pub verdict: Verdict,
     /// When the outcome became known: label features count it from then on.
     pub reported_at: DateTime<Utc>,
+    /// When the labelled transaction happened (its `timestamp`): label
+    /// features with a delay count the fraud at that time.
+    pub occurred_at: Option<DateTime<Utc>>,
     /// Where it came from (`chargeback`, `analyst`...), free text.
     pub source: Option<String>,
     /// Entity fields of the labelled transaction.
@@ -68,6 +71,13 @@ impl Label {
             v.as_str().map(str::to_owned).ok_or_else(|| EventError::field(key, "must be a string"))
         };
         let (mut id, mut verdict, mut reported_at, mut source) = (None, None, None, None);
+        let mut occurred_at = None;
+        let time = |key: &str, v: &Value| -> Result<DateTime<Utc>, EventError> {
+            let raw = text(key, v)?;
+            let t = DateTime::parse_from_rfc3339(&raw)
+                .map_err(|e| EventError::field(key, format!("`{raw}` is not RFC 3339 ({e})")))?;
+            Ok(t.with_timezone(&Utc))
+        };
         let mut fields = BTreeMap::new();
         for (key, v) in &map {
             match key.as_str() {
@@ -81,12 +91,8 @@ impl Label {
                         }
                     })
                 }
-                "reported_at" => {
-                    let raw = text(key, v)?;
-                    let t = DateTime::parse_from_rfc3339(&raw)
-                        .map_err(|e| EventError::field(key, format!("`{raw}` is not RFC 3339 ({e})")))?;
-                    reported_at = Some(t.with_timezone(&Utc));
-                }
+                "reported_at" => reported_at = Some(time(key, v)?),
+                "timestamp" => occurred_at = Some(time(key, v)?),
                 "source" => source = Some(text(key, v)?),
                 other => match EventField::parse(other).filter(|f| f.is_entity()) {
                     Some(f) => {
@@ -95,7 +101,7 @@ impl Label {
                         fields.insert(f, value);
                     }
                     None => {
-                        let known = ["transaction_id", "label", "reported_at", "source"]
+                        let known = ["transaction_id", "label", "reported_at", "timestamp", "source"]
                             .into_iter()
                             .chain(EventField::ALL.iter().filter(|f| f.is_entity()).map(|f| f.name()));
                         return Err(EventError::field(
@@ -112,6 +118,7 @@ impl Label {
             transaction_id,
             verdict: verdict.ok_or_else(|| EventError::field("label", "is required (`fraud` or `genuine`)"))?,
             reported_at: reported_at.ok_or_else(|| EventError::field("reported_at", "is required"))?,
+            occurred_at,
             source,
             fields,
         })
@@ -123,6 +130,9 @@ impl Label {
         map.insert("transaction_id".into(), self.transaction_id.clone().into());
         map.insert("label".into(), self.verdict.name().into());
         map.insert("reported_at".into(), self.reported_at.to_rfc3339().into());
+        if let Some(t) = &self.occurred_at {
+            map.insert("timestamp".into(), t.to_rfc3339().into());
+        }
         if let Some(s) = &self.source {
             map.insert("source".into(), s.clone().into());
         }
@@ -148,6 +158,7 @@ impl Label {
             transaction_id: event.transaction_id.clone(),
             verdict,
             reported_at,
+            occurred_at: Some(event.timestamp),
             source: source.map(str::to_owned),
             fields,
         }
@@ -169,6 +180,13 @@ impl Label {
                 let message = format!("is required: label feature `{}` counts frauds by it", d.name);
                 return Err(EventError::field(f.name(), message));
             }
+            if d.delay_s > 0 && self.occurred_at.is_none() {
+                let message = format!(
+                    "is required (the labelled transaction's time): label feature `{}` has a delay, so it counts frauds by when they happened",
+                    d.name
+                );
+                return Err(EventError::field("timestamp", message));
+            }
         }
         Ok(())
     }
@@ -187,16 +205,24 @@ mod tests {
         assert_eq!(l.verdict, Verdict::Fraud);
         assert_eq!(l.text(EventField::TerminalId), Some("T7"));
         assert_eq!(Label::from_json(&l.to_json()).unwrap(), l);
-        let needed = [crate::FeatureDef {
-            name: "card_frauds_30d".into(),
-            entity: crate::EntityKey::parse("card_id").unwrap(),
-            aggregate: crate::Aggregate::FraudCount,
-            window_s: 30 * 86_400,
-            of: None,
-        }];
+        let card = crate::EntityKey::parse("card_id").unwrap();
+        let needed = [crate::FeatureDef::new("card_frauds_30d", card, crate::Aggregate::FraudCount, 30 * 86_400)];
         let e = l.missing_for(&needed).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("card_id"));
         assert!(e.message.contains("card_frauds_30d"), "{e}");
+        let terminal = crate::EntityKey::parse("terminal_id").unwrap();
+        let matured = crate::FeatureDef {
+            delay_s: 7 * 86_400,
+            ..crate::FeatureDef::new("terminal_frauds_7d", terminal, crate::Aggregate::FraudRate, 7 * 86_400)
+        };
+        let e = l.missing_for(std::slice::from_ref(&matured)).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("timestamp"), "{e}");
+        let dated = Label::from_json(
+            br#"{"transaction_id":"t1","label":"fraud","reported_at":"2026-01-09T00:00:00Z","timestamp":"2026-01-02T10:00:00Z","terminal_id":"T7"}"#,
+        )
+        .unwrap();
+        assert!(dated.missing_for(&[matured]).is_ok());
+        assert_eq!(Label::from_json(&dated.to_json()).unwrap(), dated);
     }
 
     #[test]

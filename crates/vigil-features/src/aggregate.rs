@@ -1,6 +1,7 @@
 //! Aggregate semantics: one feature's value for an event, from its entity's
 //! state as of before the event.
 
+use chrono::{Datelike, Timelike};
 use rust_decimal::{Decimal, MathematicalOps};
 use vigil_core::feature::Aggregate;
 use vigil_core::{Event, FeatureValue};
@@ -39,10 +40,10 @@ pub(crate) fn value(o: &Output, state: &EntityState, ev: &Event, t: i64, read: &
             }
         }
         Aggregate::Distinct => FeatureValue::Count(state.distinct[o.slot].count(t)),
-        Aggregate::FraudCount => FeatureValue::Count(state.frauds[o.frauds].read(t).count),
+        Aggregate::FraudCount => FeatureValue::Count(state.frauds[o.frauds].read(t, o.delay_s).count),
         Aggregate::FraudRate => {
-            let frauds = state.frauds[o.frauds].read(t).count;
-            let w = *read.get_or_insert_with(|| state.rings[o.slot].read(t));
+            let frauds = state.frauds[o.frauds].read(t, o.delay_s).count;
+            let w = *read.get_or_insert_with(|| state.rings[o.slot].read(t, o.delay_s));
             match w.count {
                 0 => FeatureValue::Missing,
                 n => Decimal::from(frauds)
@@ -50,8 +51,9 @@ pub(crate) fn value(o: &Output, state: &EntityState, ev: &Event, t: i64, read: &
                     .map_or(FeatureValue::Missing, FeatureValue::Number),
             }
         }
+        Aggregate::HourOfDay | Aggregate::DayOfWeek | Aggregate::Weekend | Aggregate::Night => event_time(o, ev),
         _ => {
-            let w = *read.get_or_insert_with(|| state.rings[o.slot].read(t));
+            let w = *read.get_or_insert_with(|| state.rings[o.slot].read(t, o.delay_s));
             let mean = (w.count > 0).then(|| w.sum.checked_div(Decimal::from(w.count))).flatten();
             match o.aggregate {
                 Aggregate::Count => FeatureValue::Count(w.count),
@@ -69,6 +71,18 @@ pub(crate) fn value(o: &Output, state: &EntityState, ev: &Event, t: i64, read: &
             }
         }
     }
+}
+
+/// An event-time feature's value: the event's time in the feature's zone.
+pub(crate) fn event_time(o: &Output, ev: &Event) -> FeatureValue {
+    let local = ev.timestamp.with_timezone(&o.time_zone);
+    let (hour, day) = (i64::from(local.hour()), i64::from(local.weekday().number_from_monday()));
+    FeatureValue::Count(match o.aggregate {
+        Aggregate::HourOfDay => hour,
+        Aggregate::DayOfWeek => day,
+        Aggregate::Weekend => i64::from(day >= 6),
+        _ => i64::from(hour < 6),
+    })
 }
 
 /// Population standard deviation from a count, mean and sum of squares.

@@ -76,7 +76,8 @@ impl Plan {
             let values = self
                 .outputs
                 .iter()
-                .map(|o| match row[o.entity] {
+                .map(|o| match row.get(o.entity).copied().flatten() {
+                    _ if o.aggregate.is_event_time() => crate::aggregate::event_time(o, ev),
                     None => FeatureValue::Missing,
                     Some(s) => value(o, within(&states[s], located[o.entity]), ev, t, &mut reads[o.ring]),
                 })
@@ -132,11 +133,11 @@ impl Plan {
                 out.push(LabelOutcome::AlreadyCounted);
                 continue;
             }
-            let t = label.unix_s();
+            let (t, occurred) = (label.unix_s(), label.occurred_at.map(|at| at.timestamp()));
             for (e, slot) in keys.per_event[i].iter().enumerate() {
                 if let Some(s) = slot {
                     let at = self.locate(e, &mut states[*s], *label);
-                    within_mut(&mut states[*s], at).add_fraud(t);
+                    within_mut(&mut states[*s], at).add_fraud(&self.entities[e], t, occurred);
                     dirty[*s] = true;
                 }
             }

@@ -16,12 +16,8 @@ use crate::{FeatureStore, KeyLayout, LabelOutcome, MemoryStore, Plan, RedisStore
 const T0: &str = "2026-01-01T00:00:00Z";
 
 fn plan() -> Plan {
-    let f = |name: &str, entity: &str, aggregate, window_s| FeatureDef {
-        name: name.into(),
-        entity: EntityKey::parse(entity).unwrap(),
-        aggregate,
-        window_s,
-        of: None,
+    let f = |name: &str, entity: &str, aggregate, window_s| {
+        FeatureDef::new(name, EntityKey::parse(entity).unwrap(), aggregate, window_s)
     };
     Plan::new(vec![
         f("card_count_10m", "card_id", Aggregate::Count, 600),
@@ -144,6 +140,8 @@ on_every_backend!(
     batches_equal_one_by_one,
     labels_count_once_from_their_report_time_within_the_window,
     changed_compares_a_field_with_the_previous_event,
+    matured_windows_end_their_delay_before_the_event,
+    event_time_features_read_the_event_in_their_zone,
 );
 
 on_redis_backends!(concurrent_writers_stay_exact, concurrent_long_batches_stay_exact, a_flushed_script_is_loaded_again);
@@ -151,11 +149,8 @@ on_redis_backends!(concurrent_writers_stay_exact, concurrent_long_batches_stay_e
 /// Every aggregate over one card, in declaration order.
 fn rich_plan() -> Plan {
     let f = |name: &str, aggregate, window_s, of| FeatureDef {
-        name: name.into(),
-        entity: EntityKey::parse("card_id").unwrap(),
-        aggregate,
-        window_s,
         of,
+        ..FeatureDef::new(name, EntityKey::parse("card_id").unwrap(), aggregate, window_s)
     };
     Plan::new(vec![
         f("mean", Aggregate::MeanAmount, 3600, None),
@@ -482,13 +477,7 @@ async fn unreachable_redis_is_a_clear_error() {
 
 /// Label features over terminals: frauds in 1 hour and their rate over 1 hour.
 fn label_plan() -> Plan {
-    let f = |name: &str, aggregate| FeatureDef {
-        name: name.into(),
-        entity: EntityKey::parse("terminal_id").unwrap(),
-        aggregate,
-        window_s: 3600,
-        of: None,
-    };
+    let f = |name: &str, aggregate| FeatureDef::new(name, EntityKey::parse("terminal_id").unwrap(), aggregate, 3600);
     Plan::new(vec![f("frauds", Aggregate::FraudCount), f("rate", Aggregate::FraudRate), f("count", Aggregate::Count)])
 }
 
@@ -531,11 +520,8 @@ async fn labels_count_once_from_their_report_time_within_the_window(backend: Bac
 
 fn changed_plan() -> Plan {
     let f = |name: &str, aggregate, of| FeatureDef {
-        name: name.into(),
-        entity: EntityKey::parse("card_id").unwrap(),
-        aggregate,
-        window_s: 3600,
         of: Some(of),
+        ..FeatureDef::new(name, EntityKey::parse("card_id").unwrap(), aggregate, 3600)
     };
     Plan::new(vec![
         f("country_changed", Aggregate::Changed, vigil_core::EventField::Country),
@@ -582,4 +568,82 @@ async fn changed_compares_a_field_with_the_previous_event(backend: Backend) {
     assert!(again.replayed && again.values == seen[2].values, "{name}");
     let g = one(store, &travel("g", 240 + 3660, Some("US"), "d3")).await;
     assert_eq!(g.values, [count(0), count(1), text("US")], "{name}");
+}
+
+/// Matured windows over terminals (an hour, ending an hour before the
+/// event), a card count beside them (another record), and event-time features.
+fn matured_plan() -> Plan {
+    let terminal = |name: &str, aggregate| FeatureDef {
+        delay_s: 3600,
+        ..FeatureDef::new(name, EntityKey::parse("terminal_id").unwrap(), aggregate, 3600)
+    };
+    let at = |name: &str, aggregate, zone: &str| FeatureDef {
+        time_zone: zone.parse().unwrap(),
+        ..FeatureDef::new(name, EntityKey::none(), aggregate, 0)
+    };
+    Plan::new(vec![
+        terminal("matured_count", Aggregate::Count),
+        terminal("matured_sum", Aggregate::SumAmount),
+        terminal("matured_frauds", Aggregate::FraudCount),
+        terminal("matured_rate", Aggregate::FraudRate),
+        FeatureDef::new("card_count_1h", EntityKey::parse("card_id").unwrap(), Aggregate::Count, 3600),
+        at("hour_paris", Aggregate::HourOfDay, "Europe/Paris"),
+        at("day", Aggregate::DayOfWeek, "UTC"),
+        at("weekend", Aggregate::Weekend, "UTC"),
+        at("night", Aggregate::Night, "UTC"),
+    ])
+}
+
+/// A fraud label that names its transaction's time.
+fn dated_label(id: &str, occurred: i64, reported: i64, terminal: &str) -> vigil_core::Label {
+    let at = |secs| (chrono::DateTime::parse_from_rfc3339(T0).unwrap() + chrono::Duration::seconds(secs)).to_rfc3339();
+    let json = format!(
+        r#"{{"transaction_id":"{id}","label":"fraud","reported_at":"{}","timestamp":"{}","terminal_id":"{terminal}"}}"#,
+        at(reported),
+        at(occurred)
+    );
+    vigil_core::Label::from_json(json.as_bytes()).unwrap()
+}
+
+async fn matured_windows_end_their_delay_before_the_event(backend: Backend) {
+    let (name, store) = (backend.name(), backend.store(matured_plan).await);
+    let s = store.as_ref();
+    let rate = |n: i64, d: i64| FeatureValue::Number(Decimal::from(n) / Decimal::from(d));
+    let matured = |fv: &FeatureVector| fv.values[..4].to_vec();
+    // Three payments on t1 in the first 20 minutes; the one at 600 s is a
+    // fraud, reported at 5,400 s.
+    for (id, secs) in [("a", 0), ("b", 600), ("c", 1200)] {
+        let first = one(s, &ev(id, secs, "10", Some("c1"), "t1")).await;
+        assert_eq!(matured(&first), [count(0), money("0"), count(0), FeatureValue::Missing], "{name}: {id}");
+    }
+    // At 4,300 s the window is (-2,900 s, 700 s]: a and b, no fraud reported yet.
+    let x = one(s, &ev("x", 4300, "10", Some("c2"), "t1")).await;
+    assert_eq!(matured(&x), [count(2), money("20"), count(0), rate(0, 2)], "{name}: before the report");
+    let fraud = dated_label("b", 600, 5400, "t1");
+    assert_eq!(s.apply_labels(&[&fraud]).await.unwrap(), [LabelOutcome::Counted], "{name}");
+    // At 6,000 s, (-1,200 s, 2,400 s]: a, b and c, b a fraud.
+    let y = one(s, &ev("y", 6000, "10", Some("c3"), "t1")).await;
+    assert_eq!(matured(&y), [count(3), money("30"), count(1), rate(1, 3)], "{name}: after the report");
+    // At 8,000 s, (800 s, 4,400 s]: c and x; b's fraud is out of the window
+    // though it was reported later than c and x happened.
+    let z = one(s, &ev("z", 8000, "10", Some("c3"), "t1")).await;
+    assert_eq!(matured(&z), [count(2), money("20"), count(0), rate(0, 2)], "{name}: b out of the window");
+    assert_eq!(z.values[4], count(1), "{name}: the card's own window ends at the event");
+    // A redelivery gives back its first values.
+    let again = one(s, &ev("y", 6000, "10", Some("c3"), "t1")).await;
+    assert!(again.replayed && again.values == y.values, "{name}");
+}
+
+async fn event_time_features_read_the_event_in_their_zone(backend: Backend) {
+    let (name, store) = (backend.name(), backend.store(matured_plan).await);
+    let s = store.as_ref();
+    let time = |fv: &FeatureVector| fv.values[5..].to_vec();
+    // 2026-01-01 is a Thursday; Paris is an hour ahead of UTC in January.
+    let thursday = one(s, &ev("a", 4300, "10", Some("c1"), "t1")).await;
+    assert_eq!(time(&thursday), [count(2), count(4), count(0), count(1)], "{name}: 01:11 UTC on a Thursday");
+    let saturday = one(s, &ev("b", 2 * 86_400 + 12 * 3600, "10", None, "t2")).await;
+    assert_eq!(time(&saturday), [count(13), count(6), count(1), count(0)], "{name}: noon UTC on a Saturday");
+    // Late on Sunday evening in UTC is Monday in Paris.
+    let sunday = one(s, &ev("c", 3 * 86_400 + 23 * 3600 + 1800, "10", Some("c1"), "t1")).await;
+    assert_eq!(time(&sunday), [count(0), count(7), count(1), count(0)], "{name}: 23:30 UTC on a Sunday");
 }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use vigil_core::feature::{Aggregate, EntityKey, FeatureDef};
-use vigil_core::{Event, EventField, Fields, Label};
+use vigil_core::{Event, EventField, FeatureValue, Fields, Label};
 
 use crate::state::{record_of, LATENESS_S};
 
@@ -16,8 +16,8 @@ pub(crate) struct EntityPlan {
     pub(crate) record: EntityKey,
     /// For a composite key: its name among the record's nests.
     pub(crate) nest: Option<String>,
-    /// Windows and whether each keeps amount statistics, ascending by window.
-    pub(crate) windows: Vec<(u64, bool)>,
+    /// The window rings, ascending by window and delay.
+    pub(crate) windows: Vec<Span>,
     /// Whether the newest events are kept (`time_since_last`,
     /// `previous_amount`, `changed`).
     pub(crate) recent: bool,
@@ -27,8 +27,18 @@ pub(crate) struct EntityPlan {
     pub(crate) previous: Vec<EventField>,
     /// (field, window) of each `distinct` feature.
     pub(crate) distinct: Vec<(EventField, u64)>,
-    /// Windows of label features, ascending.
-    pub(crate) frauds: Vec<u64>,
+    /// (window, delay) of label features' rings, ascending.
+    pub(crate) frauds: Vec<(u64, u64)>,
+}
+
+/// One window ring an entity keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Span {
+    pub(crate) window_s: u64,
+    /// How long before the event the window ends (0: at the event).
+    pub(crate) delay_s: u64,
+    /// Whether the ring keeps amount statistics (min, max, standard deviation).
+    pub(crate) stats: bool,
 }
 
 /// Where each declared feature reads from.
@@ -44,8 +54,11 @@ pub(crate) struct Output {
     pub(crate) frauds: usize,
     pub(crate) aggregate: Aggregate,
     pub(crate) window_s: u64,
+    pub(crate) delay_s: u64,
     /// For `changed`: the field it compares.
     pub(crate) of: Option<EventField>,
+    /// For event-time features: the zone they read the time in.
+    pub(crate) time_zone: chrono_tz::Tz,
 }
 
 /// The compiled feature definitions of a pipeline.
@@ -120,15 +133,15 @@ impl Plan {
             .collect();
         let rings = entities.iter().map(|e| e.windows.len()).sum();
         let outputs = defs.iter().map(|d| output(d, &entities, &ring_base, rings)).collect();
-        let max_window_s = defs.iter().map(|d| d.window_s).max().unwrap_or(0);
+        let max_window_s = defs.iter().map(|d| d.window_s + d.delay_s).max().unwrap_or(0);
         Plan { defs, entities, outputs, rings, max_window_s }
     }
 
     /// The plan split by stored record: one plan per record key (an entity
     /// key, with the composite keys kept in its record), each with the
     /// positions of its features in this plan's feature vector. Every feature
-    /// reads one record only, so the parts together compute what the whole
-    /// plan does.
+    /// but the event-time ones reads one record only, so the parts together
+    /// compute what the whole plan does with [`Plan::event_time`].
     pub fn by_record(&self) -> Vec<(Plan, Vec<usize>)> {
         let mut records: Vec<EntityKey> = Vec::new();
         for e in &self.entities {
@@ -139,8 +152,9 @@ impl Plan {
         records
             .iter()
             .map(|r| {
-                let positions: Vec<usize> =
-                    (0..self.defs.len()).filter(|&i| record_of(&self.defs[i].entity) == *r).collect();
+                let positions: Vec<usize> = (0..self.defs.len())
+                    .filter(|&i| !self.defs[i].aggregate.is_event_time() && record_of(&self.defs[i].entity) == *r)
+                    .collect();
                 let defs = positions.iter().map(|&i| self.defs[i].clone()).collect();
                 (Plan::new(defs), positions)
             })
@@ -149,6 +163,16 @@ impl Plan {
 
     pub fn defs(&self) -> &[FeatureDef] {
         &self.defs
+    }
+
+    /// Sets the event-time features' values for `event` in `values` (a
+    /// vector of this plan's features): they read the event alone.
+    pub fn event_time(&self, event: &Event, values: &mut [FeatureValue]) {
+        for (o, v) in self.outputs.iter().zip(values) {
+            if o.aggregate.is_event_time() {
+                *v = crate::aggregate::event_time(o, event);
+            }
+        }
     }
 
     /// How long an idle entity's state must be kept.
@@ -209,7 +233,7 @@ impl Plan {
 /// what its features need kept.
 fn entity_plans(defs: &[FeatureDef]) -> Vec<EntityPlan> {
     let mut entities: Vec<EntityPlan> = Vec::new();
-    for d in defs {
+    for d in defs.iter().filter(|d| !d.aggregate.is_event_time()) {
         let e = match entities.iter().position(|e| e.key == d.entity) {
             Some(i) => i,
             None => {
@@ -228,8 +252,8 @@ fn entity_plans(defs: &[FeatureDef]) -> Vec<EntityPlan> {
             }
         };
         let plan = &mut entities[e];
-        if d.aggregate.is_label() && !plan.frauds.contains(&d.window_s) {
-            plan.frauds.push(d.window_s);
+        if d.aggregate.is_label() && !plan.frauds.contains(&(d.window_s, d.delay_s)) {
+            plan.frauds.push((d.window_s, d.delay_s));
         }
         match (d.aggregate, d.of) {
             (Aggregate::TimeSinceLast | Aggregate::PreviousAmount, _) => plan.recent = true,
@@ -253,9 +277,9 @@ fn entity_plans(defs: &[FeatureDef]) -> Vec<EntityPlan> {
             }
             _ => {
                 let stats = d.aggregate.needs_amount_stats();
-                match plan.windows.iter_mut().find(|(w, _)| *w == d.window_s) {
-                    Some((_, st)) => *st |= stats,
-                    None => plan.windows.push((d.window_s, stats)),
+                match plan.windows.iter_mut().find(|w| (w.window_s, w.delay_s) == (d.window_s, d.delay_s)) {
+                    Some(w) => w.stats |= stats,
+                    None => plan.windows.push(Span { window_s: d.window_s, delay_s: d.delay_s, stats }),
                 }
             }
         }
@@ -271,7 +295,21 @@ fn entity_plans(defs: &[FeatureDef]) -> Vec<EntityPlan> {
 /// read-cache entry of the window it reads (`ring_base[e]` is entity `e`'s
 /// first entry among the `rings` of all entities).
 fn output(d: &FeatureDef, entities: &[EntityPlan], ring_base: &[usize], rings: usize) -> Output {
-    let entity = entities.iter().position(|e| e.key == d.entity).unwrap_or(0);
+    let at = Output {
+        entity: 0,
+        slot: 0,
+        ring: rings,
+        frauds: 0,
+        aggregate: d.aggregate,
+        window_s: d.window_s,
+        delay_s: d.delay_s,
+        of: d.of,
+        time_zone: d.time_zone,
+    };
+    // Event-time features read no record (and there may be none).
+    let Some(entity) = entities.iter().position(|e| e.key == d.entity).filter(|_| !d.aggregate.is_event_time()) else {
+        return at;
+    };
     let plan = &entities[entity];
     // Aggregates that read no window share the spare entry past the last.
     let (slot, ring) = match (d.aggregate, d.of) {
@@ -280,13 +318,13 @@ fn output(d: &FeatureDef, entities: &[EntityPlan], ring_base: &[usize], rings: u
         (Aggregate::Previous, Some(f)) => (plan.previous.iter().position(|x| *x == f), None),
         (Aggregate::TimeSinceLast | Aggregate::PreviousAmount | Aggregate::FraudCount, _) => (None, None),
         _ => {
-            let w = plan.windows.iter().position(|(w, _)| *w == d.window_s);
+            let w = plan.windows.iter().position(|w| (w.window_s, w.delay_s) == (d.window_s, d.delay_s));
             (w, w.map(|w| ring_base[entity] + w))
         }
     };
     let (slot, ring) = (slot.unwrap_or(0), ring.unwrap_or(rings));
-    let frauds = plan.frauds.iter().position(|w| *w == d.window_s).unwrap_or(0);
-    Output { entity, slot, ring, frauds, aggregate: d.aggregate, window_s: d.window_s, of: d.of }
+    let frauds = plan.frauds.iter().position(|w| *w == (d.window_s, d.delay_s)).unwrap_or(0);
+    Output { entity, slot, ring, frauds, ..at }
 }
 
 #[cfg(test)]
@@ -299,12 +337,8 @@ mod tests {
     /// composite keys share their first field's record.
     #[test]
     fn a_part_sees_one_record_per_unit() {
-        let f = |name: &str, entity: &str, aggregate| FeatureDef {
-            name: name.into(),
-            entity: EntityKey::parse(entity).unwrap(),
-            aggregate,
-            window_s: 3600,
-            of: None,
+        let f = |name: &str, entity: &str, aggregate| {
+            FeatureDef::new(name, EntityKey::parse(entity).unwrap(), aggregate, 3600)
         };
         let plan = Plan::new(vec![
             f("card", "card_id", Aggregate::Count),

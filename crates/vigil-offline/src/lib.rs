@@ -112,7 +112,8 @@ pub fn features_over_history_with(
 pub struct TrainConfig {
     pub name: String,
     pub data: GenConfig,
-    /// Share of the history's time span used for training; the rest evaluates.
+    /// Share of the history's time span used for training; the rest
+    /// evaluates. 1 trains on every row and evaluates nothing.
     pub train_share: f64,
     /// Train on events before this time, evaluate on the rest (instead of
     /// `train_share`).
@@ -143,8 +144,9 @@ pub struct TrainReport {
     pub train_events: usize,
     pub test_events: usize,
     pub test_frauds: usize,
-    pub auc_roc: f64,
-    pub average_precision: f64,
+    /// `None` when no rows were held back (`train_share` 1).
+    pub auc_roc: Option<f64>,
+    pub average_precision: Option<f64>,
     /// Wall time of the fit alone (not reading, features or scaling).
     pub fit_seconds: f64,
 }
@@ -237,8 +239,11 @@ fn train_on(
         Some(at) => at,
         None => first + (last - first) * ((config.train_share * 1000.0) as i32) / 1000,
     };
-    let split = events.partition_point(|e| e.timestamp < cut);
-    if split == 0 || split == rows.len() {
+    let split = match config.split_before {
+        None if config.train_share >= 1.0 => rows.len(),
+        _ => events.partition_point(|e| e.timestamp < cut),
+    };
+    if split == 0 || (split == rows.len() && config.train_share < 1.0) {
         return Err(OfflineError::Data(format!(
             "the time split at {} leaves no training or no test events (history from {} to {})",
             cut.to_rfc3339(),
@@ -258,7 +263,8 @@ fn train_on(
 }
 
 /// Fits `config.algorithm` on `rows[..split]` (inputs named `input_names`) and
-/// evaluates it on the rest. `data` describes where the rows came from.
+/// evaluates it on the rest, if any (`split` may be every row only with a
+/// `train_share` of 1). `data` describes where the rows came from.
 pub fn fit_rows(
     rows: &[Vec<f64>],
     labels: &[bool],
@@ -268,7 +274,7 @@ pub fn fit_rows(
     config: &TrainConfig,
 ) -> Result<TrainReport, OfflineError> {
     let (n_inputs, n_train) = (input_names.len(), split);
-    if n_train == 0 || split >= rows.len() {
+    if n_train == 0 || split > rows.len() || (split == rows.len() && config.train_share < 1.0) {
         return Err(OfflineError::Data("the split leaves no training or no test rows".into()));
     }
 
@@ -290,7 +296,13 @@ pub fn fit_rows(
     };
     let draft = TrainedModel::new(body.clone()).map_err(OfflineError::Fit)?;
     let scores: Vec<f64> = rows[split..].iter().map(|r| draft.score(r)).collect();
-    let (auc_roc, average_precision) = auc_and_ap(&scores, &labels[split..]);
+    let (auc_roc, average_precision) = match scores.is_empty() {
+        true => (None, None),
+        false => {
+            let (auc, ap) = auc_and_ap(&scores, &labels[split..]);
+            (Some(auc), Some(ap))
+        }
+    };
     let test_frauds = labels[split..].iter().filter(|l| **l).count();
     if let Some(d) = data.as_object_mut() {
         d.insert("train_rows".into(), n_train.into());
@@ -302,7 +314,7 @@ pub fn fit_rows(
         "library": fitted.library,
         "data": data,
         "hyperparameters": fitted.hyperparameters,
-        "test_metrics": { "auc_roc": auc_roc, "average_precision": average_precision },
+        "test_metrics": auc_roc.map(|auc| serde_json::json!({ "auc_roc": auc, "average_precision": average_precision })),
     });
     let model = TrainedModel::new(ModelBody { training, ..body }).map_err(OfflineError::Fit)?;
     Ok(TrainReport {
@@ -341,7 +353,7 @@ mod tests {
             ..TrainConfig::default()
         };
         let a = train_on_generated(&defs, &config).unwrap();
-        assert!(a.auc_roc > 0.75, "AUC {}", a.auc_roc);
+        assert!(a.auc_roc.unwrap() > 0.75, "AUC {:?}", a.auc_roc);
         // Seeded: the same data and parameters give the same model.
         let b = train_on_generated(&defs, &config).unwrap();
         assert_eq!(a.model.to_file_json(), b.model.to_file_json());
@@ -351,7 +363,7 @@ mod tests {
         let params = vigil_model::IsolationForestParams::new().n_trees(50);
         let forest = TrainConfig { params: TrainParams::IsolationForest(params), ..config };
         let f = train_on_generated(&defs, &forest).unwrap();
-        assert!(f.auc_roc > 0.65, "AUC {}", f.auc_roc);
+        assert!(f.auc_roc.unwrap() > 0.65, "AUC {:?}", f.auc_roc);
         assert_eq!(f.model.to_file_json(), train_on_generated(&defs, &forest).unwrap().model.to_file_json());
         let path = std::env::temp_dir().join(format!("vigil-forest-train-{}.json", std::process::id()));
         std::fs::write(&path, f.model.to_file_json()).unwrap();
@@ -360,6 +372,20 @@ mod tests {
         std::fs::remove_file(&path).ok();
         assert_eq!(loaded.body().algorithm.name(), vigil_model::ISOLATION_FOREST);
         assert_eq!(loaded.body().training["hyperparameters"]["n_trees"], 50);
+    }
+
+    #[test]
+    fn a_share_of_one_trains_on_every_row_and_claims_no_test_figures() {
+        let rows: Vec<Vec<f64>> = (0..200).map(|i| vec![f64::from(i % 10), f64::from(i % 7)]).collect();
+        let labels: Vec<bool> = (0..200).map(|i| i % 10 == 9).collect();
+        let config = TrainConfig { train_share: 1.0, ..TrainConfig::default() };
+        let names = vec!["amount".to_owned(), "x".to_owned()];
+        let all = fit_rows(&rows, &labels, rows.len(), names.clone(), serde_json::json!({}), &config).unwrap();
+        assert_eq!((all.train_events, all.test_events), (200, 0));
+        assert_eq!((all.auc_roc, all.average_precision), (None, None));
+        assert!(all.model.body().training["test_metrics"].is_null());
+        let held = TrainConfig { train_share: 0.7, ..config };
+        assert!(fit_rows(&rows, &labels, rows.len(), names, serde_json::json!({}), &held).is_err());
     }
 }
 

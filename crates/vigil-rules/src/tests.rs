@@ -7,12 +7,8 @@ use vigil_core::{Event, FeatureValue};
 use super::*;
 
 fn schema() -> Schema {
-    let f = |name: &str, aggregate, window_s| FeatureDef {
-        name: name.into(),
-        entity: EntityKey::parse("card_id").unwrap(),
-        aggregate,
-        window_s,
-        of: None,
+    let f = |name: &str, aggregate, window_s| {
+        FeatureDef::new(name, EntityKey::parse("card_id").unwrap(), aggregate, window_s)
     };
     Schema {
         features: vec![

@@ -221,7 +221,77 @@ fn unknown_keys_are_reported_with_the_other_problems() {
         joined.contains("p.toml:25:1: features[0].windw: unknown field `windw`; did you mean `window`?"),
         "{joined}"
     );
-    assert!(joined.contains("(known here: name, entity, aggregate, window, of)"), "{joined}");
+    assert!(joined.contains("(known here: name, entity, aggregate, window, of, delay, time_zone)"), "{joined}");
     assert!(joined.contains("features[0].aggregate: unknown aggregate `cuont`"), "{joined}");
     assert!(joined.contains("features[0].window"), "{joined}");
+}
+
+#[test]
+fn matured_windows_and_event_time_features_are_read_and_checked() {
+    let with = |extra: &str| format!("{GOOD}{extra}");
+    let good = with(
+        r#"
+[[features]]
+name = "terminal_rate_7d_matured"
+entity = "terminal_id"
+aggregate = "fraud_rate"
+window = "7d"
+delay = "7d"
+[[features]]
+name = "hour"
+aggregate = "hour_of_day"
+time_zone = "Europe/Paris"
+[[features]]
+name = "weekend"
+aggregate = "weekend"
+"#,
+    );
+    let c = PipelineConfig::parse(Path::new("p.toml"), &good).unwrap();
+    assert_eq!((c.features[1].window_s, c.features[1].delay_s), (7 * 86_400, 7 * 86_400));
+    assert_eq!(c.features[2].aggregate, Aggregate::HourOfDay);
+    assert_eq!(c.features[2].time_zone, chrono_tz::Tz::Europe__Paris);
+    assert_eq!(c.features[3].time_zone, chrono_tz::Tz::UTC);
+    assert!(c.features[2].entity.fields().is_empty());
+    let problems = |text: &str| match PipelineConfig::parse(Path::new("p.toml"), text) {
+        Err(ConfigError::Invalid { problems }) => problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    let bad = problems(&with(
+        r#"
+[[features]]
+name = "since"
+entity = "card_id"
+aggregate = "time_since_last"
+window = "1h"
+delay = "1h"
+[[features]]
+name = "far"
+entity = "card_id"
+aggregate = "count"
+window = "60d"
+delay = "31d"
+[[features]]
+name = "hour"
+entity = "card_id"
+aggregate = "hour_of_day"
+time_zone = "Europe/Pariss"
+[[features]]
+name = "nowhere"
+aggregate = "count"
+[[features]]
+name = "zoned"
+entity = "card_id"
+aggregate = "count"
+window = "1h"
+time_zone = "UTC"
+"#,
+    ));
+    let has = |key: &str, text: &str| bad.iter().any(|p| p.contains(key) && p.contains(text));
+    assert!(has("features[1].delay", "`time_since_last` takes no delay"), "{bad:?}");
+    assert!(has("features[2].delay", "90d"), "{bad:?}");
+    assert!(has("features[3].entity", "leave `entity` out"), "{bad:?}");
+    assert!(has("features[3].time_zone", "did you mean `Europe/Paris`"), "{bad:?}");
+    assert!(has("features[4].entity", "is required"), "{bad:?}");
+    assert!(has("features[4].window", "is required"), "{bad:?}");
+    assert!(has("features[5].time_zone", "only event-time features"), "{bad:?}");
 }

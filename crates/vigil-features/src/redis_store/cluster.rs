@@ -73,10 +73,11 @@ impl RedisStore {
         let width = self.plan.defs().len();
         let mut merged: Vec<FeatureVector> = todo
             .iter()
-            .map(|e| FeatureVector {
-                values: vec![FeatureValue::Missing; width],
-                replayed: false,
-                fingerprint: e.fingerprint(),
+            .map(|e| {
+                let mut values = vec![FeatureValue::Missing; width];
+                // No part holds them: they read the event alone.
+                self.plan.event_time(e, &mut values);
+                FeatureVector { values, replayed: false, fingerprint: e.fingerprint() }
             })
             .collect();
         // Whether every entity of the event had counted it before (a call cut short).

@@ -92,21 +92,21 @@ impl EntityState {
     /// Makes the state match its plan, keeping what is still declared.
     pub(crate) fn conform(&mut self, plan: &EntityPlan) {
         let rings_match = self.rings.len() == plan.windows.len()
-            && self.rings.iter().zip(&plan.windows).all(|(r, (w, st))| r.window_s == *w && r.stats == *st);
+            && self.rings.iter().zip(&plan.windows).all(|(r, w)| r.fits(w.window_s, w.delay_s) && r.stats == w.stats);
         if !rings_match {
             let mut old = std::mem::take(&mut self.rings);
             self.rings = plan
                 .windows
                 .iter()
-                .map(|(w, st)| match old.iter().position(|r| r.window_s == *w) {
+                .map(|w| match old.iter().position(|r| r.fits(w.window_s, w.delay_s)) {
                     Some(i) => {
                         let mut r = old.swap_remove(i);
                         // Buckets written without statistics make min, max and
                         // standard deviation missing until they age out.
-                        r.stats = *st;
+                        r.stats = w.stats;
                         r
                     }
-                    None => Ring::new(*w, *st),
+                    None => Ring::new(w.window_s, w.delay_s, w.stats),
                 })
                 .collect();
         }
@@ -143,15 +143,16 @@ impl EntityState {
                 r.texts = vec![None; plan.previous.len()];
             }
         }
-        if self.frauds.len() != plan.frauds.len() || self.frauds.iter().zip(&plan.frauds).any(|(r, w)| r.window_s != *w)
+        if self.frauds.len() != plan.frauds.len()
+            || self.frauds.iter().zip(&plan.frauds).any(|(r, (w, d))| !r.fits(*w, *d))
         {
             let mut old = std::mem::take(&mut self.frauds);
             self.frauds = plan
                 .frauds
                 .iter()
-                .map(|w| match old.iter().position(|r| r.window_s == *w) {
+                .map(|(w, d)| match old.iter().position(|r| r.fits(*w, *d)) {
                     Some(i) => old.swap_remove(i),
-                    None => Ring::new(*w, false),
+                    None => Ring::new(*w, *d, false),
                 })
                 .collect();
         }
@@ -164,11 +165,17 @@ impl EntityState {
         reported.fold(self.max_t, i64::max)
     }
 
-    /// Counts one confirmed fraud reported at `t`.
-    pub(crate) fn add_fraud(&mut self, t: i64) {
+    /// Counts one confirmed fraud reported at `t`, of a transaction at
+    /// `occurred` when the label says: rings of matured windows count it at
+    /// the transaction's time (a label without it is not theirs to count).
+    pub(crate) fn add_fraud(&mut self, plan: &EntityPlan, t: i64, occurred: Option<i64>) {
         let horizon_t = self.max_t.max(t);
-        for ring in &mut self.frauds {
-            ring.add(t, Decimal::ZERO, horizon_t);
+        for (ring, (_, delay_s)) in self.frauds.iter_mut().zip(&plan.frauds) {
+            match (*delay_s, occurred) {
+                (0, _) => ring.add(t, Decimal::ZERO, horizon_t),
+                (_, Some(at)) => ring.add(at, Decimal::ZERO, horizon_t),
+                (_, None) => {}
+            }
         }
     }
 

@@ -115,7 +115,7 @@ mod tests {
     use crate::{LabelOutcome, Plan};
 
     fn def(name: &str, entity: &str, aggregate: Aggregate) -> FeatureDef {
-        FeatureDef { name: name.into(), entity: EntityKey::parse(entity).unwrap(), aggregate, window_s: 3600, of: None }
+        FeatureDef::new(name, EntityKey::parse(entity).unwrap(), aggregate, 3600)
     }
 
     fn event(id: &str, secs: i64, card: &str, device: &str) -> Event {

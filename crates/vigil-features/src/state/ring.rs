@@ -9,8 +9,13 @@
 //! if their timestamp is slightly later. Events older than the newest seen by more
 //! than the window plus [`LATENESS_S`] are no longer counted.
 //!
+//! A matured window (a feature with a `delay`) reads `(t - delay - window, t -
+//! delay]` from a ring that keeps `window + delay` of history at the window's
+//! own resolution: its `window_s` is that span, its `bucket_s` the window's.
+//!
 //! Label features count confirmed frauds in rings of their own, bucketed by the
-//! time each label was reported.
+//! time each label was reported, or, for a matured window, by the time of the
+//! fraudulent transaction.
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -36,6 +41,7 @@ pub(crate) struct Stats {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Ring {
+    /// The history kept: the window plus its delay.
     pub(crate) window_s: u64,
     pub(crate) bucket_s: u64,
     pub(crate) stats: bool,
@@ -52,13 +58,27 @@ pub(crate) struct Window {
     pub(crate) stats: Option<(Decimal, Decimal, Decimal)>,
 }
 
+/// The bucket length of a window: a sixtieth of it.
+fn bucket_s(window_s: u64) -> u64 {
+    window_s.div_ceil(BUCKETS_PER_WINDOW).max(1)
+}
+
 impl Ring {
-    pub(crate) fn new(window_s: u64, stats: bool) -> Ring {
-        Ring { window_s, bucket_s: window_s.div_ceil(BUCKETS_PER_WINDOW).max(1), stats, buckets: Vec::new() }
+    /// A ring for a window of `window_s` ending `delay_s` before the events read.
+    pub(crate) fn new(window_s: u64, delay_s: u64, stats: bool) -> Ring {
+        Ring { window_s: window_s + delay_s, bucket_s: bucket_s(window_s), stats, buckets: Vec::new() }
     }
 
-    pub(crate) fn read(&self, t: i64) -> Window {
+    /// Whether this is the ring of a window of `window_s` with `delay_s`.
+    pub(crate) fn fits(&self, window_s: u64, delay_s: u64) -> bool {
+        self.window_s == window_s + delay_s && self.bucket_s == bucket_s(window_s)
+    }
+
+    /// What the window held for an event at `t`: the buckets that overlap
+    /// `(t - window_s, t - delay_s]`.
+    pub(crate) fn read(&self, t: i64, delay_s: u64) -> Window {
         let lo = t - self.window_s as i64;
+        let t = t - delay_s as i64;
         let bs = self.bucket_s as i64;
         let mut w = Window { count: 0, sum: Decimal::ZERO, stats: None };
         let mut stats: Option<(Decimal, Decimal, Decimal)> = None;
