@@ -71,6 +71,12 @@ pub struct Args {
     /// Logistic regression: the solver stops once the gradient's norm is below this.
     #[arg(long, default_value_t = 1e-4)]
     tolerance: f64,
+    /// Logistic regression: frauds are repeated in the training rows up to
+    /// about this share of them (0 keeps the history's own share). Repeating
+    /// a row k times is weighting it by k: linfa-logistic 0.8 takes no sample
+    /// weights.
+    #[arg(long, default_value_t = 0.2)]
+    fraud_share: f64,
     /// Isolation forest and gradient-boosted trees: number of trees (100 for
     /// a forest, 300 for boosting).
     #[arg(long)]
@@ -169,6 +175,7 @@ impl AlgorithmArg {
                     max_iterations: a.max_iterations,
                     gradient_tolerance: a.tolerance,
                     plain_inputs: a.plain_inputs,
+                    fraud_share_target: a.fraud_share,
                     ..LogisticParams::default()
                 }),
                 "card-fraud-logistic",
@@ -196,6 +203,9 @@ impl AlgorithmArg {
 pub async fn run(a: Args) -> anyhow::Result<()> {
     if !(0.05..=1.0).contains(&a.train_share) {
         bail!("--train-share must be between 0.05 and 1 (1: train on every row, then `vigil evaluate` a later file)");
+    }
+    if !(0.0..=0.5).contains(&a.fraud_share) {
+        bail!("--fraud-share must be between 0 (the history's own share) and 0.5");
     }
     if !(a.tolerance.is_finite() && a.tolerance > 0.0) {
         bail!("--tolerance must be a positive number");

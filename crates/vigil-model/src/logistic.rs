@@ -50,7 +50,10 @@ pub struct LogisticParams {
     /// gradient's norm is below `gradient_tolerance`.
     pub max_iterations: u64,
     pub gradient_tolerance: f64,
-    /// Frauds are replicated in the training set up to about this share.
+    /// Frauds are replicated in the training set up to about this share (0
+    /// or less than the data's own share: not at all). Replicating a row k
+    /// times is weighting it by k in the likelihood: linfa-logistic 0.8's
+    /// fit reads no sample weights, so weights are given this way.
     pub fraud_share_target: f64,
     /// Only standardise the inputs, without compressing heavy-tailed ones or
     /// adding missing-value indicators.
@@ -126,7 +129,7 @@ impl Learner for Logistic {
             return Err(FitError::Data("no fraud in the training period".into()));
         }
         let genuine = n_train - train_frauds;
-        let target = params.fraud_share_target.clamp(0.01, 0.5);
+        let target = params.fraud_share_target.clamp(0.0, 0.5);
         let copies = ((target / (1.0 - target)) * genuine as f64 / train_frauds as f64).round().max(1.0) as usize;
         // Standardised with training statistics (missing values take the
         // mean), heavy-tailed inputs compressed and missing ones flagged
