@@ -124,7 +124,7 @@ fn validate_lists_every_problem_of_every_kind_with_its_place() {
     assert!(!o.status.success());
     for expected in [
         "features[0].windw: unknown field `windw`; did you mean `window`? (known here: name, entity, aggregate, \
-         window, of)",
+         window, of, delay, time_zone)",
         "kafka.batch: unknown field `batch`; did you mean `batch_size`?",
         "features[1].aggregate: unknown aggregate `cuont`",
         "; did you mean `count`?",
