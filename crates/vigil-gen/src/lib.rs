@@ -35,6 +35,11 @@ pub struct GenConfig {
     pub start: DateTime<Utc>,
     /// Share of events that belong to a fraud scenario.
     pub fraud_share: f64,
+    /// Adds the scenarios models tell apart ([`Scenario::CardTesting`],
+    /// [`Scenario::SlowCompromise`], [`Scenario::Imitation`]) and leaves 3%
+    /// of frauds labelled genuine. Off, the events are those of earlier
+    /// versions for the same seed.
+    pub hard: bool,
 }
 
 impl Default for GenConfig {
@@ -49,6 +54,7 @@ impl Default for GenConfig {
                 .map(|d| d.with_timezone(&Utc))
                 .unwrap_or_default(),
             fraud_share: 0.015,
+            hard: false,
         }
     }
 }
@@ -60,6 +66,14 @@ pub enum Scenario {
     LargeAmount,
     CompromisedTerminal,
     CardTakeover,
+    /// Hard mode: a stolen card tried with small online payments at many
+    /// merchants, then spent.
+    CardTesting,
+    /// Hard mode: a terminal skimming for weeks, at its victims' usual amounts.
+    SlowCompromise,
+    /// Hard mode: a taken-over card spent at its own merchants, in its own
+    /// country, at its usual amounts.
+    Imitation,
 }
 
 impl Scenario {
@@ -68,6 +82,9 @@ impl Scenario {
             Scenario::LargeAmount => "large_amount",
             Scenario::CompromisedTerminal => "compromised_terminal",
             Scenario::CardTakeover => "card_takeover",
+            Scenario::CardTesting => "card_testing",
+            Scenario::SlowCompromise => "slow_compromise",
+            Scenario::Imitation => "imitation",
         }
     }
 }
@@ -194,7 +211,15 @@ pub fn generate(config: &GenConfig) -> Vec<Labelled> {
     let n_fraud = n_fraud.min(config.events);
     let mut drafts: Vec<Draft> = Vec::with_capacity(config.events);
     // Fraud first, so the legitimate share fills exactly what is left.
-    frauds(&mut rng, &world, n_fraud, &mut drafts);
+    frauds(&mut rng, &world, n_fraud, config.hard, &mut drafts);
+    if config.hard {
+        // Label noise: some frauds are never reported.
+        for d in &mut drafts {
+            if rng.random_bool(0.03) {
+                d.fraud = None;
+            }
+        }
+    }
     for _ in 0..config.events - n_fraud {
         drafts.push(genuine(&mut rng, &world));
     }
@@ -267,14 +292,16 @@ fn cards(rng: &mut ChaCha8Rng, n: usize, merchants: &[Merchant], country_cum: &[
         .collect()
 }
 
-/// `n` fraud events, the three scenarios in turn, into `drafts`.
-fn frauds(rng: &mut ChaCha8Rng, world: &World, n_fraud: usize, drafts: &mut Vec<Draft>) {
+/// `n` fraud events, the scenarios in turn (three, or six when `hard`), into `drafts`.
+fn frauds(rng: &mut ChaCha8Rng, world: &World, n_fraud: usize, hard: bool, drafts: &mut Vec<Draft>) {
     let mut fraud_left = n_fraud;
     let mut kind = 0usize;
+    let kinds = if hard { 6 } else { 3 };
     while fraud_left > 0 {
         let card = world.card(rng);
         let c = &world.cards[card];
-        match kind % 3 {
+        match kind % kinds {
+            3..=5 => fraud_left -= hard_fraud(rng, world, kind % kinds, card, fraud_left, drafts),
             0 => {
                 let m = c.favourites.first().copied().unwrap_or(0);
                 let factor = rng.random_range(8.0..25.0);
@@ -337,6 +364,87 @@ fn frauds(rng: &mut ChaCha8Rng, world: &World, n_fraud: usize, drafts: &mut Vec<
             }
         }
         kind += 1;
+    }
+}
+
+/// One of the hard scenarios (`kind` 3 to 5) for `card`, at most `left`
+/// events into `drafts`: how many it drew.
+fn hard_fraud(
+    rng: &mut ChaCha8Rng,
+    world: &World,
+    kind: usize,
+    card: usize,
+    left: usize,
+    drafts: &mut Vec<Draft>,
+) -> usize {
+    let c = &world.cards[card];
+    let start = world.random_time(rng);
+    let mut push = |t, amount, merchant: usize, terminal, country, device_ip, scenario| {
+        drafts.push(Draft { t, amount, card, merchant, terminal, country, device_ip, fraud: Some(scenario) })
+    };
+    match kind {
+        3 => {
+            // Small online tries at many merchants within half an hour, in
+            // the card's own country, then two or three real payments.
+            let n = rng.random_range(6..=16).min(left);
+            let device = format!("d{:08x}", rng.random::<u32>());
+            let ip = format!("198.51.100.{}", rng.random_range(1..=254u8));
+            for i in 0..n {
+                let m = rng.random_range(0..world.merchants.len());
+                let amount = match i + 3 >= n {
+                    true => cents(c.mean_cents * rng.random_range(2.0..5.0)),
+                    false => cents(rng.random_range(50.0..300.0)),
+                };
+                let t = start + Duration::seconds(rng.random_range(0..1800) + i as i64 * 60);
+                push(t, amount, m, None, c.country, Some((device.clone(), ip.clone())), Scenario::CardTesting);
+            }
+            n
+        }
+        4 => {
+            // A terminal skimming for two to four weeks, a few victims a
+            // day among its usual customers, each at their usual amount.
+            let m = rng.random_range(0..world.merchants.len());
+            let terminals = &world.merchants[m].terminals;
+            let terminal = terminals[rng.random_range(0..terminals.len())].clone();
+            // Within the history: it starts early enough to end by its last day.
+            let span_days = rng.random_range(14..=28).min(world.days);
+            let first_day = rng.random_range(0..=world.days - span_days);
+            let begin = world.start + Duration::days(first_day);
+            let span_s = span_days * 86_400;
+            let n = rng.random_range(30..=80).min(left);
+            for _ in 0..n {
+                let victim = world.card(rng);
+                let t = begin + Duration::seconds(rng.random_range(0..span_s));
+                let amount = cents(world.cards[victim].mean_cents * (0.5 * normal(rng)).exp());
+                drafts.push(Draft {
+                    t,
+                    amount,
+                    card: victim,
+                    merchant: m,
+                    terminal: Some(terminal.clone()),
+                    country: world.merchants[m].country,
+                    device_ip: None,
+                    fraud: Some(Scenario::SlowCompromise),
+                });
+            }
+            n
+        }
+        _ => {
+            // The card's own merchants, country, device and amounts, a few
+            // payments over a day.
+            let n = rng.random_range(3..=6).min(left);
+            for _ in 0..n {
+                let m = match c.favourites.is_empty() {
+                    true => rng.random_range(0..world.merchants.len()),
+                    false => c.favourites[rng.random_range(0..c.favourites.len())],
+                };
+                let t = start + Duration::seconds(rng.random_range(0..86_400));
+                let amount = cents(c.mean_cents * rng.random_range(0.8..1.6));
+                let terminal = world.merchants[m].terminals.first().cloned();
+                push(t, amount, m, terminal, c.country, None, Scenario::Imitation);
+            }
+            n
+        }
     }
 }
 
@@ -611,5 +719,32 @@ mod tests {
         let quick = labels.iter().filter(|l| l.source.as_deref() == Some("analyst")).count();
         assert!(quick > 0 && quick < labels.len(), "some analyst verdicts, some chargebacks");
         assert!(labels.iter().all(|l| l.fields.contains_key(&vigil_core::EventField::CardId)));
+    }
+
+    #[test]
+    fn hard_mode_adds_the_scenarios_models_tell_apart_and_some_unreported_frauds() {
+        let plain = generate(&GenConfig { events: 20_000, days: 40, ..small(4) });
+        let hard = generate(&GenConfig { events: 20_000, days: 40, hard: true, ..small(4) });
+        let scenarios = |items: &[Labelled]| {
+            let mut seen: Vec<&str> = items.iter().filter_map(|l| l.fraud.map(Scenario::name)).collect();
+            seen.sort_unstable();
+            seen.dedup();
+            seen
+        };
+        assert_eq!(scenarios(&plain), ["card_takeover", "compromised_terminal", "large_amount"]);
+        let all =
+            ["card_takeover", "card_testing", "compromised_terminal", "imitation", "large_amount", "slow_compromise"];
+        assert_eq!(scenarios(&hard), all);
+        let frauds = |items: &[Labelled]| items.iter().filter(|l| l.fraud.is_some()).count();
+        // 300 fraud events drawn, about 3% of them left unreported.
+        assert!(frauds(&plain) == 300 && (275..300).contains(&frauds(&hard)), "{}", frauds(&hard));
+        // A slow compromise spans weeks at one terminal.
+        let slow: Vec<_> = hard.iter().filter(|l| l.fraud == Some(Scenario::SlowCompromise)).collect();
+        let terminal = slow[0].event.terminal_id.clone();
+        let times: Vec<_> =
+            slow.iter().filter(|l| l.event.terminal_id == terminal).map(|l| l.event.timestamp).collect();
+        assert!(*times.last().unwrap() - times[0] > Duration::days(10), "{times:?}");
+        let end = small(4).start + Duration::days(40);
+        assert!(hard.iter().filter(|l| l.fraud == Some(Scenario::SlowCompromise)).all(|l| l.event.timestamp < end));
     }
 }
