@@ -232,6 +232,20 @@ fn train_does_not_replace_the_shipped_model_unasked() {
     assert_eq!(std::fs::read(dir.join("models/card-fraud.json")).unwrap(), before);
 }
 
+/// A feature table's columns are the inputs: training on one needs no
+/// pipeline, so it works from any folder.
+#[test]
+fn a_table_trains_outside_the_repository() {
+    let dir = scratch("table");
+    let rows: String = (0..400)
+        .map(|i| format!("{},{}\n", f64::from(i % 13) + f64::from(u8::from(i % 10 == 0)) * 20.0, u8::from(i % 10 == 0)))
+        .collect();
+    std::fs::write(dir.join("t.csv"), format!("x,label\n{rows}")).unwrap();
+    let o = vigil_in(&dir, &["train", "--history", "t.csv", "--features", "x", "--label", "label", "--out", "m.json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(dir.join("m.json").exists());
+}
+
 #[test]
 fn sign_warns_about_a_final_newline() {
     let dir = scratch("sign");

@@ -14,6 +14,7 @@ use super::{load_pipeline, progress_bar, read_history, ReportFormat};
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// The pipeline whose features train (not read for a table, `--features`).
     #[arg(long, default_value = "pipelines/demo.toml")]
     pipeline: PathBuf,
     #[arg(long, default_value_t = 200_000)]
@@ -212,7 +213,6 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     }
     let split_before = a.before.as_deref().map(parse_date).transpose()?;
     let (bar, progress) = progress_bar();
-    let config = load_pipeline(&a.pipeline)?;
     let (params, name, default_out) = a.algorithm.params(&a);
     let out = match &a.out {
         Some(out) => out.clone(),
@@ -234,14 +234,15 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     if a.filter.is_some() && (a.history.is_none() || !a.features.is_empty()) {
         bail!("--where chooses events of a history: give --history, without --features");
     }
-    let report = fit(&a, &config, &train).await?;
+    let report = fit(&a, &train).await?;
     bar.finish_and_clear();
     std::fs::write(&out, report.model.to_file_json()).with_context(|| format!("cannot write {}", out.display()))?;
     print(&report, &out, a.format)
 }
 
 /// Trains on what the flags name: a table, a history file, or generated events.
-async fn fit(a: &Args, config: &vigil_core::PipelineConfig, train: &TrainConfig) -> anyhow::Result<TrainReport> {
+/// A table's columns are the inputs, so only the other two read the pipeline.
+async fn fit(a: &Args, train: &TrainConfig) -> anyhow::Result<TrainReport> {
     Ok(match &a.history {
         Some(path) if !a.features.is_empty() => {
             let time = train.split_before.is_some().then_some(a.time_column.as_str());
@@ -255,6 +256,7 @@ async fn fit(a: &Args, config: &vigil_core::PipelineConfig, train: &TrainConfig)
             vigil_offline::tabular::train(&table, path, train)?
         }
         Some(path) => {
+            let config = load_pipeline(&a.pipeline)?;
             let h = read_history(path, &a.label, a.filter.as_deref()).await?;
             eprintln!(
                 "training on {} events of {} with {} features...",
@@ -265,6 +267,7 @@ async fn fit(a: &Args, config: &vigil_core::PipelineConfig, train: &TrainConfig)
             vigil_offline::train_on_history(&config.features, &h, path, train)?
         }
         None => {
+            let config = load_pipeline(&a.pipeline)?;
             eprintln!(
                 "training on {} generated events (seed {}) with {} features...",
                 a.events,
