@@ -379,7 +379,8 @@ fn hard_fraud(
 ) -> usize {
     let c = &world.cards[card];
     let start = world.random_time(rng);
-    let mut push = |t, amount, merchant: usize, terminal, country, device_ip, scenario| {
+    // Every draft of one scenario: only these vary.
+    let mut push = |t, amount, card, merchant: usize, terminal, country, device_ip, scenario| {
         drafts.push(Draft { t, amount, card, merchant, terminal, country, device_ip, fraud: Some(scenario) })
     };
     match kind {
@@ -396,7 +397,8 @@ fn hard_fraud(
                     false => cents(rng.random_range(50.0..300.0)),
                 };
                 let t = start + Duration::seconds(rng.random_range(0..1800) + i as i64 * 60);
-                push(t, amount, m, None, c.country, Some((device.clone(), ip.clone())), Scenario::CardTesting);
+                let device_ip = Some((device.clone(), ip.clone()));
+                push(t, amount, card, m, None, c.country, device_ip, Scenario::CardTesting);
             }
             n
         }
@@ -416,16 +418,8 @@ fn hard_fraud(
                 let victim = world.card(rng);
                 let t = begin + Duration::seconds(rng.random_range(0..span_s));
                 let amount = cents(world.cards[victim].mean_cents * (0.5 * normal(rng)).exp());
-                drafts.push(Draft {
-                    t,
-                    amount,
-                    card: victim,
-                    merchant: m,
-                    terminal: Some(terminal.clone()),
-                    country: world.merchants[m].country,
-                    device_ip: None,
-                    fraud: Some(Scenario::SlowCompromise),
-                });
+                let country = world.merchants[m].country;
+                push(t, amount, victim, m, Some(terminal.clone()), country, None, Scenario::SlowCompromise);
             }
             n
         }
@@ -441,7 +435,7 @@ fn hard_fraud(
                 let t = start + Duration::seconds(rng.random_range(0..86_400));
                 let amount = cents(c.mean_cents * rng.random_range(0.8..1.6));
                 let terminal = world.merchants[m].terminals.first().cloned();
-                push(t, amount, m, terminal, c.country, None, Scenario::Imitation);
+                push(t, amount, card, m, terminal, c.country, None, Scenario::Imitation);
             }
             n
         }
