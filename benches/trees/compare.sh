@@ -6,7 +6,9 @@
 #   bash benches/trees/compare.sh             # a generated history's feature table
 #   VIGIL_COMPARE_TABLE=pca bash benches/trees/compare.sh   # the public PCA dataset
 #
-# env: VIGIL_COMPARE_EVENTS (1000000), VIGIL_COMPARE_SEED (7), VIGIL_COMPARE_DIR.
+# env: VIGIL_COMPARE_EVENTS (1000000), VIGIL_COMPARE_SEED (7), VIGIL_COMPARE_DIR,
+# VIGIL_COMPARE_HARD (1: the generated history is `vigil gen --hard`'s),
+# VIGIL_COMPARE_DAYS (the generated history's span, 30).
 #
 # - generated: `vigil gen` writes a labelled history, `vigil features` its
 #   feature table (amount and the demo pipeline's features as of before each
@@ -25,6 +27,11 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 events=${VIGIL_COMPARE_EVENTS:-1000000}
 seed=${VIGIL_COMPARE_SEED:-7}
 table_kind=${VIGIL_COMPARE_TABLE:-generated}
+hard=()
+if [ "${VIGIL_COMPARE_HARD:-0}" = 1 ] && [ "$table_kind" = generated ]; then
+  hard=(--hard)
+  table_kind=generated-hard
+fi
 work=${VIGIL_COMPARE_DIR:-$root/target/compare-trees-$table_kind}
 venv=$root/target/sklearn-venv
 vigil=$root/target/release/vigil
@@ -40,12 +47,12 @@ fi
 
 cd "$root"
 case $table_kind in
-  generated)
+  generated | generated-hard)
     share=0.7
     label=label
-    echo "compare: $events generated events, seed $seed, in $work" >&2
+    echo "compare: $events generated events${hard:+ (hard)}, seed $seed, in $work" >&2
     # CSV, so that compare.py can read each test row's card and time for card precision.
-    "$vigil" gen --events "$events" --seed "$seed" --inline-labels --out "$work/history.csv" >&2
+    "$vigil" gen "${hard[@]}" --events "$events" --days "${VIGIL_COMPARE_DAYS:-30}" --seed "$seed" --inline-labels --out "$work/history.csv" >&2
     "$vigil" features --pipeline pipelines/demo.toml --history "$work/history.csv" --out "$work/table.csv"
     ;;
   pca)

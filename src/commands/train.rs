@@ -117,7 +117,7 @@ struct GbdtArgs {
     /// Gradient-boosted trees: least hessian (weight) in a leaf, 0.001 by default.
     #[arg(long)]
     min_child_weight: Option<f64>,
-    /// Gradient-boosted trees: L2 regularisation of leaf values, 1 by default.
+    /// Gradient-boosted trees: L2 regularisation of leaf values, 10 by default.
     #[arg(long)]
     l2: Option<f64>,
     /// Gradient-boosted trees: share of rows drawn for each tree, 1 by default.

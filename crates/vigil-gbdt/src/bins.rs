@@ -10,6 +10,18 @@ use rand_chacha::ChaCha8Rng;
 /// this large are as good as those of every row, for far less sorting.
 const BIN_SAMPLE: usize = 200_000;
 
+/// The part of the bins placed by distinct values rather than by rows. Rows
+/// alone (plain quantiles, as LightGBM and XGBoost start) put few cuts where
+/// values are sparse, and the sparse tail is where much fraud is: on raw card
+/// payments whose frauds include every amount above a threshold, the top bin
+/// of 255 quantiles held a few hundred rows on both sides of it, and boosting
+/// could not find the threshold. Measured on validation splits only
+/// (benches/RESULTS.md, "Bins for the tails"): 0 -> 0.25 raised average
+/// precision from 0.710 to 0.743 on raw payments and left the PCA table and
+/// the hard generated table within their noise; 0.5 gave back some of the
+/// raw gain. With all values distinct it is plain quantiles.
+const DISTINCT_SHARE: f64 = 0.25;
+
 /// The bins of one input.
 #[derive(Debug, Clone)]
 pub(crate) struct Bins {
@@ -31,14 +43,29 @@ impl Bins {
         if distinct.len() <= value_bins {
             return Bins { upper: distinct };
         }
-        // Cut at quantiles: each bin's upper bound is a value that occurs, and
-        // a value repeated across several cuts makes one bin.
+        // Cut at quantiles of a blend of two orders (`DISTINCT_SHARE`): each
+        // bin holds about the same share of rows and distinct values together.
+        // Each bin's upper bound is a value that occurs, and a value reached
+        // by several cuts makes one bin.
+        let (n, d) = (present.len() as f64, distinct.len() as f64);
         let mut upper = Vec::with_capacity(value_bins);
-        for b in 1..=value_bins {
-            let at = (b * present.len()).div_ceil(value_bins).clamp(1, present.len()) - 1;
-            let v = present[at];
-            if upper.last().is_none_or(|last: &f64| v > *last) {
-                upper.push(v);
+        let mut rank = 0usize;
+        let mut b = 1usize;
+        for (i, &v) in present.iter().enumerate() {
+            if i > 0 && v > present[i - 1] {
+                rank += 1;
+            }
+            // Rows up to and including i, and distinct values up to v.
+            let share = (1.0 - DISTINCT_SHARE) * (i + 1) as f64 / n + DISTINCT_SHARE * (rank + 1) as f64 / d;
+            let last = i + 1 == present.len();
+            if share * value_bins as f64 >= b as f64 || last {
+                // The cut takes every row of the value, so it ends the value's run.
+                if upper.last().is_none_or(|u: &f64| v > *u) {
+                    upper.push(v);
+                }
+                while b <= value_bins && (share * value_bins as f64 >= b as f64 || last) {
+                    b += 1;
+                }
             }
         }
         Bins { upper }
@@ -108,5 +135,20 @@ mod tests {
             counts[b.of(*v) as usize] += 1;
         }
         assert!(counts[..10].iter().all(|c| (900..=1100).contains(c)), "{counts:?}");
+    }
+
+    #[test]
+    fn a_sparse_tail_gets_cuts_of_its_own() {
+        // 10,000 rows on 100 usual amounts, then 40 rare large ones (all
+        // distinct): plain quantiles would leave them inside the last bin with
+        // usual ones; the blend cuts among them.
+        let mut column: Vec<f64> = (0..10_000).map(|i| f64::from(i % 100)).collect();
+        column.extend((0..40).map(|i| 500.0 + f64::from(i) * 10.0));
+        let b = Bins::fit(&column, 32, 1);
+        let in_tail = b.upper.iter().filter(|u| **u >= 500.0).count();
+        // Plain quantiles of 32 bins: 314 rows each, one bin for the whole tail.
+        assert!(in_tail >= 3, "{:?}", b.upper);
+        assert!(b.len() <= 32 && b.upper.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(*b.upper.last().unwrap(), 890.0, "the last bin ends at the largest value");
     }
 }
