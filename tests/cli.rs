@@ -33,7 +33,8 @@ fn help_lists_the_commands() {
 
 #[test]
 fn shipped_pipelines_and_rules_validate() {
-    for p in ["pipelines/demo.toml", "pipelines/local.toml"] {
+    // benches/raw/raw.toml is the raw-payments comparison's (benches/raw/compare.sh).
+    for p in ["pipelines/demo.toml", "pipelines/local.toml", "benches/raw/raw.toml"] {
         let o = vigil(&["validate", "--pipeline", p]);
         assert!(o.status.success(), "{p}: {}", text(&o));
     }
