@@ -78,3 +78,105 @@ async fn a_tree_model_decides_explains_itself_swaps_and_refuses_a_damaged_file()
     assert_eq!(later[0].model_version.as_deref(), Some(swapped.as_str()));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The same through the `vigil serve` binary: trees decide a signed request
+/// and explain it; a damaged file put in their place is refused on SIGHUP and
+/// the trees keep deciding; a good new file is then taken.
+#[tokio::test]
+async fn vigil_serve_decides_with_trees_and_swaps_them_on_hangup() {
+    const SECRET: &str = "tree-serve-secret-0123456789";
+    let root = common::repo();
+    let features = PipelineConfig::load(&root.join("pipelines/demo.toml")).unwrap().features;
+    let data =
+        vigil_gen::GenConfig { events: 4_000, cards: 200, merchants: 30, days: 3, seed: 5, ..Default::default() };
+    let trained = |trees: usize, seed: u64| {
+        let train = TrainConfig {
+            data: data.clone(),
+            params: TrainParams::GradientBoostedTrees(GbdtParams::new().n_trees(trees).seed(seed)),
+            ..TrainConfig::default()
+        };
+        vigil_offline::train_on_generated(&features, &train).unwrap().model.to_file_json()
+    };
+    let dir = std::env::temp_dir().join(format!("vigil-tree-serve-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("trees.json");
+    std::fs::write(&model, trained(30, 5)).unwrap();
+    let pipeline = dir.join("pipeline.toml");
+    let text = common::TestPipeline::shipped("demo.toml")
+        .set("rules.path", root.join("rules").display().to_string())
+        .set("model.path", model.display().to_string())
+        .without("api.clients[0].secrets_env")
+        .add("api.clients[0].secrets", vec![SECRET])
+        .text();
+    std::fs::write(&pipeline, text).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["serve", "--pipeline", pipeline.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
+        .env("VIGIL_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..300 {
+        if http.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(up, "vigil serve did not answer /healthz within 30 s");
+    let mut n = 0;
+    let mut decide = || {
+        n += 1;
+        let body = serde_json::json!({
+            "transaction_id": format!("tree-serve-{n}"), "timestamp": "2026-01-05T10:00:00Z", "amount": "950.00",
+            "currency": "EUR", "card_id": "c-serve", "terminal_id": "t-serve", "channel": "ecom", "country": "FR",
+        })
+        .to_string();
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        let signature = vigil_api::auth::sign("demo", SECRET.as_bytes(), t, "POST", "/v1/decisions", body.as_bytes());
+        let request = http.post(format!("{base}/v1/decisions")).header("vigil-signature", signature).body(body).send();
+        async move {
+            let r = request.await.unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let hangup = |pid: u32| {
+        let o = std::process::Command::new("kill").args(["-HUP", &pid.to_string()]).output().unwrap();
+        assert!(o.status.success());
+    };
+
+    let first = decide().await;
+    let version = first["model_version"].as_str().unwrap().to_owned();
+    assert!(version.contains('@'), "{first}");
+    let factors = first["model_factors"].as_array().expect("trees explain the decision");
+    assert!(!factors.is_empty() && factors[0]["input"].is_string(), "{first}");
+    assert!(first["model_baseline"].is_number() && first["model_factors_rest"].is_number(), "{first}");
+
+    // A damaged file in the model's place: refused, the trees keep deciding.
+    std::fs::write(&model, "{\"format_version\": 4, \"body\": ").unwrap();
+    hangup(server.id());
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let after = decide().await;
+    assert_eq!(after["model_version"].as_str(), Some(version.as_str()), "{after}");
+
+    // Good new trees: taken on the next hangup.
+    std::fs::write(&model, trained(20, 9)).unwrap();
+    let mut swapped = None;
+    for _ in 0..30 {
+        hangup(server.id());
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let d = decide().await;
+        if d["model_version"].as_str() != Some(version.as_str()) {
+            swapped = Some(d);
+            break;
+        }
+    }
+    let swapped = swapped.expect("the new trees were not taken within 15 s");
+    assert!(!swapped["model_factors"].as_array().unwrap().is_empty(), "{swapped}");
+    server.kill().ok();
+    server.wait().ok();
+    std::fs::remove_dir_all(&dir).ok();
+}
