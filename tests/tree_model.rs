@@ -114,8 +114,21 @@ async fn vigil_serve_decides_with_trees_and_swaps_them_on_hangup() {
     let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(["serve", "--pipeline", pipeline.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
         .env("VIGIL_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // The server's log, read as it comes: the refusal below must be seen there.
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let stderr = server.stderr.take().unwrap();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
     let http = reqwest::Client::new();
     let mut up = false;
     for _ in 0..300 {
@@ -155,10 +168,19 @@ async fn vigil_serve_decides_with_trees_and_swaps_them_on_hangup() {
     assert!(!factors.is_empty() && factors[0]["input"].is_string(), "{first}");
     assert!(first["model_baseline"].is_number() && first["model_factors_rest"].is_number(), "{first}");
 
-    // A damaged file in the model's place: refused, the trees keep deciding.
+    // A damaged file in the model's place: refused (said in the log), the
+    // trees keep deciding.
     std::fs::write(&model, "{\"format_version\": 4, \"body\": ").unwrap();
     hangup(server.id());
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let mut refused = false;
+    for _ in 0..150 {
+        if log.lock().unwrap().contains("refused") {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(refused, "no refusal logged within 15 s:\n{}", log.lock().unwrap());
     let after = decide().await;
     assert_eq!(after["model_version"].as_str(), Some(version.as_str()), "{after}");
 

@@ -24,15 +24,8 @@ train=${VIGIL_RAW_TRAIN:-2026-06-03}
 test=${VIGIL_RAW_TEST:-2026-06-17}
 week=${VIGIL_RAW_WEEK:-7}
 work=${VIGIL_RAW_DIR:-$root/target/compare-raw-$seed}
-venv=$root/target/sklearn-venv
-vigil=$root/target/release/vigil
 mkdir -p "$work"
-
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import lightgbm, xgboost' 2>/dev/null; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check scikit-learn==1.7.2 pandas==2.3.3 lightgbm xgboost
-fi
-(cd "$root" && cargo build --release --quiet --bin vigil)
+. "$root/benches/python-env.sh"
 
 cd "$root"
 "$venv/bin/python" benches/raw/simulate.py "$work/raw.csv" --days "$days" --seed "$seed" >&2

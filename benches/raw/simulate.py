@@ -70,7 +70,7 @@ def simulate(customers: int, terminals: int, days: int, seed: int) -> pd.DataFra
     time = day.astype(np.int64) * DAY + second
 
     order = np.argsort(time, kind="stable")
-    card, terminal, amount, time, day = card[order], terminal[order], amount[order], time[order], day[order]
+    card, terminal, amount, time = card[order], terminal[order], amount[order], time[order]
     fraud = np.zeros(n, dtype=np.int8)
     scenario = np.zeros(n, dtype=np.int8)
 

@@ -110,7 +110,7 @@ def main() -> None:
 
     rows = []
 
-    def fitted(name, make, nan_free=False):
+    def fitted(name, make):
         m = make()
         started = time.perf_counter()
         m.fit(x_train, y_train)

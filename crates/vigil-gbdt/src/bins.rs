@@ -57,15 +57,14 @@ impl Bins {
             }
             // Rows up to and including i, and distinct values up to v.
             let share = (1.0 - DISTINCT_SHARE) * (i + 1) as f64 / n + DISTINCT_SHARE * (rank + 1) as f64 / d;
-            let last = i + 1 == present.len();
-            if share * value_bins as f64 >= b as f64 || last {
+            // The cuts this row reaches (all of them at the last row).
+            let reached = if i + 1 == present.len() { value_bins } else { (share * value_bins as f64) as usize };
+            if reached >= b {
                 // The cut takes every row of the value, so it ends the value's run.
                 if upper.last().is_none_or(|u: &f64| v > *u) {
                     upper.push(v);
                 }
-                while b <= value_bins && (share * value_bins as f64 >= b as f64 || last) {
-                    b += 1;
-                }
+                b = reached + 1;
             }
         }
         Bins { upper }
