@@ -199,7 +199,7 @@ fn a_backtest_names_its_pipeline_and_model_and_where_speaks_sql() {
     let h = history.to_str().unwrap();
     assert!(vigil(&["gen", "--events", "500", "--inline-labels", "--out", h]).status.success());
     let o = vigil(&["backtest", "--rules", "rules", "--history", h]);
-    assert!(stdout(&o).contains("\npipeline pipelines/demo.toml, model card-fraud-logistic@"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("\npipeline pipelines/demo.toml, model card-fraud-gbdt@"), "{}", stdout(&o));
     let o = vigil(&["backtest", "--rules", "rules", "--history", h, "--where", "channel = \"ecom\""]);
     let line = error_line(&o);
     assert!(line.starts_with("error: --where `channel = \"ecom\"`: No field named ecom. Valid fields are "), "{line}");

@@ -21,11 +21,13 @@ pub struct Args {
     /// Where to write the decisions (JSON lines).
     #[arg(long, default_value = "vigil-demo-decisions.jsonl")]
     out: PathBuf,
+    #[command(flatten)]
+    scenarios: super::ScenarioArgs,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let config = super::load_pipeline(&a.pipeline)?;
-    let gen = GenConfig { seed: a.seed, events: a.events, ..GenConfig::default() };
+    let gen = GenConfig { seed: a.seed, events: a.events, hard: a.scenarios.hard(), ..GenConfig::default() };
     let summary = decide_generated(&config, &gen, &a.out, 500).await?;
     summary.print(&mut std::io::stdout().lock(), &a.out)?;
     Ok(())
@@ -99,7 +101,7 @@ pub async fn decide_generated(
     let file = std::fs::File::create(out).with_context(|| format!("cannot write {}", out.display()))?;
     let mut writer = std::io::BufWriter::new(file);
     let mut summary = Summary { events: items.len(), ..Summary::default() };
-    for s in [Scenario::LargeAmount, Scenario::CompromisedTerminal, Scenario::CardTakeover] {
+    for s in Scenario::ALL.iter().filter(|s| gen.hard || !s.hard()) {
         summary.by_scenario.insert(s.name(), (0, 0));
     }
     // Frauds are confirmed some time after they happen (an analyst within a

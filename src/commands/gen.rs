@@ -23,11 +23,8 @@ pub struct Args {
     /// Share of events that belong to a fraud scenario.
     #[arg(long, default_value_t = 0.015)]
     fraud_share: f64,
-    /// Add the scenarios that tell models apart (card testing, a terminal
-    /// skimming for weeks at usual amounts, a taken-over card spent like its
-    /// owner) and leave 3% of frauds labelled genuine.
-    #[arg(long)]
-    hard: bool,
+    #[command(flatten)]
+    scenarios: super::ScenarioArgs,
     /// First day: RFC 3339, a date (2026-01-01, midnight UTC) or seconds since 1970.
     #[arg(long, default_value = "2026-01-01T00:00:00Z")]
     start: String,
@@ -71,7 +68,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         days: a.days,
         start,
         fraud_share: a.fraud_share,
-        hard: a.hard,
+        hard: a.scenarios.hard(),
     };
     let items = vigil_gen::generate(&config);
     // JSON lines unless the extension says CSV or Parquet.

@@ -22,6 +22,8 @@ pub struct Args {
     /// Seed of the generated events.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    #[command(flatten)]
+    scenarios: super::ScenarioArgs,
     /// Seed of the algorithm's own draws (the isolation forest's subsamples
     /// and splits, boosting's row and input samples), apart from the data's.
     #[arg(long, default_value_t = 42)]
@@ -225,7 +227,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     };
     let train = TrainConfig {
         name: name.into(),
-        data: GenConfig { seed: a.seed, events: a.events, ..GenConfig::default() },
+        data: GenConfig { seed: a.seed, events: a.events, hard: a.scenarios.hard(), ..GenConfig::default() },
         train_share: a.train_share,
         split_before,
         params,

@@ -325,6 +325,8 @@ async fn a_challenger_is_scored_and_reported_on_every_decision_and_never_decides
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut c = PipelineConfig::load(&root.join("pipelines/demo.toml")).unwrap();
     let inputs = model_inputs(&c.features);
+    // The champion is the shipped logistic regression.
+    c.model.as_mut().unwrap().path = root.join("models/card-fraud.json");
     let shipped = vigil_model::load(&root.join("models/card-fraud.json"), &inputs).unwrap();
     // A challenger that scores every event higher than the champion.
     let mut body = vigil_model::ModelBody { name: "challenger".into(), ..shipped.body().clone() };

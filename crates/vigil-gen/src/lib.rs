@@ -36,9 +36,10 @@ pub struct GenConfig {
     /// Share of events that belong to a fraud scenario.
     pub fraud_share: f64,
     /// Adds the scenarios models tell apart ([`Scenario::CardTesting`],
-    /// [`Scenario::SlowCompromise`], [`Scenario::Imitation`]) and leaves 3%
-    /// of frauds labelled genuine. Off, the events are those of earlier
-    /// versions for the same seed.
+    /// [`Scenario::SlowCompromise`], [`Scenario::Imitation`],
+    /// [`Scenario::MerchantBustOut`]), confirms about 15% of frauds only
+    /// 30 to 75 days later and leaves 3% of frauds labelled genuine. Off, the
+    /// events are those of earlier versions for the same seed.
     pub hard: bool,
 }
 
@@ -74,9 +75,28 @@ pub enum Scenario {
     /// Hard mode: a taken-over card spent at its own merchants, in its own
     /// country, at its usual amounts.
     Imitation,
+    /// Hard mode: a merchant that, after weeks of ordinary trade, charges
+    /// many cards it never served online within a day or two, then vanishes.
+    MerchantBustOut,
 }
 
 impl Scenario {
+    /// Every scenario, the plain ones first.
+    pub const ALL: [Scenario; 7] = [
+        Scenario::LargeAmount,
+        Scenario::CompromisedTerminal,
+        Scenario::CardTakeover,
+        Scenario::CardTesting,
+        Scenario::SlowCompromise,
+        Scenario::Imitation,
+        Scenario::MerchantBustOut,
+    ];
+
+    /// Whether only hard mode ([`GenConfig::hard`]) generates it.
+    pub fn hard(self) -> bool {
+        !matches!(self, Scenario::LargeAmount | Scenario::CompromisedTerminal | Scenario::CardTakeover)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Scenario::LargeAmount => "large_amount",
@@ -85,6 +105,7 @@ impl Scenario {
             Scenario::CardTesting => "card_testing",
             Scenario::SlowCompromise => "slow_compromise",
             Scenario::Imitation => "imitation",
+            Scenario::MerchantBustOut => "merchant_bust_out",
         }
     }
 }
@@ -95,16 +116,22 @@ pub struct Labelled {
     pub event: Event,
     pub fraud: Option<Scenario>,
     /// When the fraud was confirmed: within a day for about 40% of frauds (an
-    /// analyst's verdict), after 2 to 30 days for the rest (a chargeback).
+    /// analyst's verdict), after 2 to 30 days for the rest (a chargeback); in
+    /// hard mode, about 15% of frauds only after 30 to 75 days (a late
+    /// chargeback or a customer who reads a statement weeks later).
     pub reported_at: Option<DateTime<Utc>>,
 }
 
 /// A deterministic report delay for a fraud, from its transaction id, so that
 /// adding labels changed no generated event.
-fn report_delay_s(transaction_id: &str) -> i64 {
+fn report_delay_s(transaction_id: &str, hard: bool) -> i64 {
     let h = vigil_core::stable_hash(transaction_id);
     let u = (h >> 11) as f64 / (1u64 << 53) as f64;
-    if u < 0.4 {
+    // The low bits, apart from `u`'s, choose the late ones.
+    let late = (h & 0x3ff) as f64 / 1024.0;
+    if hard && late < 0.15 {
+        30 * 86_400 + (late / 0.15 * 45.0 * 86_400.0) as i64
+    } else if u < 0.4 {
         3600 + (u / 0.4 * 23.0 * 3600.0) as i64
     } else {
         2 * 86_400 + ((u - 0.4) / 0.6 * 28.0 * 86_400.0) as i64
@@ -224,7 +251,7 @@ pub fn generate(config: &GenConfig) -> Vec<Labelled> {
         drafts.push(genuine(&mut rng, &world));
     }
     drafts.sort_by_key(|d| d.t);
-    drafts.into_iter().enumerate().map(|(i, d)| labelled(config.seed, i, d, &world)).collect()
+    drafts.into_iter().enumerate().map(|(i, d)| labelled(config, i, d, &world)).collect()
 }
 
 /// The merchants, cards and habits events are drawn from.
@@ -292,16 +319,16 @@ fn cards(rng: &mut ChaCha8Rng, n: usize, merchants: &[Merchant], country_cum: &[
         .collect()
 }
 
-/// `n` fraud events, the scenarios in turn (three, or six when `hard`), into `drafts`.
+/// `n` fraud events, the scenarios in turn (three, or seven when `hard`), into `drafts`.
 fn frauds(rng: &mut ChaCha8Rng, world: &World, n_fraud: usize, hard: bool, drafts: &mut Vec<Draft>) {
     let mut fraud_left = n_fraud;
     let mut kind = 0usize;
-    let kinds = if hard { 6 } else { 3 };
+    let kinds = if hard { 7 } else { 3 };
     while fraud_left > 0 {
         let card = world.card(rng);
         let c = &world.cards[card];
         match kind % kinds {
-            3..=5 => fraud_left -= hard_fraud(rng, world, kind % kinds, card, fraud_left, drafts),
+            3..=6 => fraud_left -= hard_fraud(rng, world, kind % kinds, card, fraud_left, drafts),
             0 => {
                 let m = c.favourites.first().copied().unwrap_or(0);
                 let factor = rng.random_range(8.0..25.0);
@@ -367,7 +394,7 @@ fn frauds(rng: &mut ChaCha8Rng, world: &World, n_fraud: usize, hard: bool, draft
     }
 }
 
-/// One of the hard scenarios (`kind` 3 to 5) for `card`, at most `left`
+/// One of the hard scenarios (`kind` 3 to 6) for `card`, at most `left`
 /// events into `drafts`: how many it drew.
 fn hard_fraud(
     rng: &mut ChaCha8Rng,
@@ -423,6 +450,29 @@ fn hard_fraud(
             }
             n
         }
+        6 => {
+            // A merchant charging cards it never served, online, at two or
+            // three of its own devices, over one or two days, at round
+            // amounts a few times each victim's usual; it had traded
+            // normally before (its genuine payments are the others').
+            let m = rng.random_range(0..world.merchants.len());
+            let begin = world.start + Duration::days(rng.random_range(world.days / 2..world.days.max(1)));
+            let span_s = rng.random_range(1..=2) * 86_400;
+            let devices: Vec<(String, String)> = (0..rng.random_range(2..=3))
+                .map(|_| (format!("d{:08x}", rng.random::<u32>()), format!("192.0.2.{}", rng.random_range(1..=254u8))))
+                .collect();
+            let n = rng.random_range(20..=60).min(left);
+            for _ in 0..n {
+                let victim = world.card(rng);
+                let t = begin + Duration::seconds(rng.random_range(0..span_s));
+                let euros = (world.cards[victim].mean_cents * rng.random_range(2.0..6.0) / 100.0).round();
+                let amount = cents(euros * 100.0);
+                let device_ip = Some(devices[rng.random_range(0..devices.len())].clone());
+                let country = world.merchants[m].country;
+                push(t, amount, victim, m, None, country, device_ip, Scenario::MerchantBustOut);
+            }
+            n
+        }
         _ => {
             // The card's own merchants, country, device and amounts, a few
             // payments over a day.
@@ -468,7 +518,7 @@ fn genuine(rng: &mut ChaCha8Rng, world: &World) -> Draft {
 }
 
 /// The `i`th event in time order, with its label.
-fn labelled(seed: u64, i: usize, d: Draft, world: &World) -> Labelled {
+fn labelled(config: &GenConfig, i: usize, d: Draft, world: &World) -> Labelled {
     let c = &world.cards[d.card];
     let m = &world.merchants[d.merchant];
     let (device_id, ip) = match d.device_ip {
@@ -476,7 +526,7 @@ fn labelled(seed: u64, i: usize, d: Draft, world: &World) -> Labelled {
         None => (None, None),
     };
     let event = Event {
-        transaction_id: format!("tx-{:x}-{i:08}", seed),
+        transaction_id: format!("tx-{:x}-{i:08}", config.seed),
         timestamp: d.t,
         amount: d.amount,
         currency: "EUR".into(),
@@ -492,8 +542,9 @@ fn labelled(seed: u64, i: usize, d: Draft, world: &World) -> Labelled {
         ip,
         attributes: Default::default(),
     };
-    let reported_at =
-        d.fraud.map(|_| event.timestamp + chrono::Duration::seconds(report_delay_s(&event.transaction_id)));
+    let reported_at = d
+        .fraud
+        .map(|_| event.timestamp + chrono::Duration::seconds(report_delay_s(&event.transaction_id, config.hard)));
     Labelled { event, fraud: d.fraud, reported_at }
 }
 
@@ -726,8 +777,15 @@ mod tests {
             seen
         };
         assert_eq!(scenarios(&plain), ["card_takeover", "compromised_terminal", "large_amount"]);
-        let all =
-            ["card_takeover", "card_testing", "compromised_terminal", "imitation", "large_amount", "slow_compromise"];
+        let all = [
+            "card_takeover",
+            "card_testing",
+            "compromised_terminal",
+            "imitation",
+            "large_amount",
+            "merchant_bust_out",
+            "slow_compromise",
+        ];
         assert_eq!(scenarios(&hard), all);
         let frauds = |items: &[Labelled]| items.iter().filter(|l| l.fraud.is_some()).count();
         // 300 fraud events drawn, about 3% of them left unreported.
@@ -740,5 +798,21 @@ mod tests {
         assert!(*times.last().unwrap() - times[0] > Duration::days(10), "{times:?}");
         let end = small(4).start + Duration::days(40);
         assert!(hard.iter().filter(|l| l.fraud == Some(Scenario::SlowCompromise)).all(|l| l.event.timestamp < end));
+        // A bust-out: one merchant, many cards, online, within two days.
+        let bust: Vec<_> = hard.iter().filter(|l| l.fraud == Some(Scenario::MerchantBustOut)).collect();
+        let merchant = bust[0].event.merchant_id.clone();
+        let one: Vec<_> = bust.iter().filter(|l| l.event.merchant_id == merchant).collect();
+        let cards: std::collections::HashSet<_> = one.iter().map(|l| &l.event.card_id).collect();
+        assert!(one.len() >= 10 && cards.len() * 10 >= one.len() * 8, "{} payments, {} cards", one.len(), cards.len());
+        assert!(one.iter().all(|l| l.event.channel.as_deref() == Some("ecom") && l.event.amount.fract().is_zero()));
+        assert!(one.last().unwrap().event.timestamp - one[0].event.timestamp <= Duration::days(2));
+        // Some frauds are confirmed weeks late; none in plain mode.
+        let delays = |items: &[Labelled]| -> Vec<Duration> {
+            items.iter().filter_map(|l| Some(l.reported_at? - l.event.timestamp)).collect()
+        };
+        let late = delays(&hard).iter().filter(|d| **d > Duration::days(30)).count();
+        assert!((20..70).contains(&late), "{late} of {}", delays(&hard).len());
+        assert!(delays(&hard).iter().all(|d| *d <= Duration::days(75)));
+        assert!(delays(&plain).iter().all(|d| *d <= Duration::days(30)));
     }
 }

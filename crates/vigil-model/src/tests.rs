@@ -169,11 +169,12 @@ fn an_isolation_forest_file_round_trips_and_scores_outliers_higher() {
     assert!(TrainedModel::new(b).unwrap_err().contains("forest over 2"));
 }
 
-/// Files written before algorithms became modules load with their checksums,
-/// and write back to the very same bytes.
+/// The shipped files and files written before algorithms became modules load
+/// with their checksums, and write back to the very same bytes.
 #[test]
 fn shipped_and_earlier_files_read_and_write_back_unchanged() {
-    let mut files = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/card-fraud.json")];
+    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models");
+    let mut files = vec![shipped.join("card-fraud.json"), shipped.join("card-fraud-gbdt.json")];
     files.extend(
         std::env::var_os("VIGIL_MODEL_FILES")
             .map(|v| std::env::split_paths(&v).collect::<Vec<_>>())

@@ -167,7 +167,8 @@ pub fn train_on_generated(defs: &[FeatureDef], config: &TrainConfig) -> Result<T
     let fraud_labels = vigil_gen::labels(&items);
     let label_refs: Vec<&Label> = fraud_labels.iter().collect();
     let labels: Vec<bool> = items.iter().map(|l| l.fraud.is_some()).collect();
-    let source = serde_json::json!({ "source": "vigil-gen", "seed": config.data.seed });
+    let scenarios = if config.data.hard { "hard" } else { "plain" };
+    let source = serde_json::json!({ "source": "vigil-gen", "seed": config.data.seed, "scenarios": scenarios });
     train_on(defs, &events, &labels, &label_refs, |_| true, source, config)
 }
 
