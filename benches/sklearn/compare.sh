@@ -2,6 +2,7 @@
 # Vigil's models beside scikit-learn's, on the very same feature table and split.
 #
 #   bash benches/sklearn/compare.sh        # env: VIGIL_COMPARE_EVENTS (1000000), VIGIL_COMPARE_SEED (7)
+#   VIGIL_COMPARE_PLAIN=1: the easy generated history of runs before 2026-12-02 (`vigil gen --plain`)
 #
 # 1. `vigil gen` writes a labelled history; `vigil features` turns it into the
 #    feature table `vigil train` fits (amount and the demo pipeline's 22
@@ -28,7 +29,9 @@ mkdir -p "$work"
 
 cd "$root"
 echo "compare: $events events, seed $seed, in $work" >&2
-"$vigil" gen --events "$events" --seed "$seed" --inline-labels --format parquet --out "$work/history.parquet" >&2
+plain=()
+[ "${VIGIL_COMPARE_PLAIN:-0}" = 1 ] && plain=(--plain)
+"$vigil" gen "${plain[@]}" --events "$events" --seed "$seed" --inline-labels --format parquet --out "$work/history.parquet" >&2
 "$vigil" features --pipeline pipelines/demo.toml --history "$work/history.parquet" --out "$work/table.csv"
 inputs=$(head -1 "$work/table.csv" | tr ',' '\n' | grep -vxE 'transaction_id|timestamp|label' | paste -sd, -)
 "$venv/bin/python" "$root/benches/sklearn/compare.py" split "$work" "$share"

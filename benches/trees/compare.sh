@@ -7,7 +7,8 @@
 #   VIGIL_COMPARE_TABLE=pca bash benches/trees/compare.sh   # the public PCA dataset
 #
 # env: VIGIL_COMPARE_EVENTS (1000000), VIGIL_COMPARE_SEED (7), VIGIL_COMPARE_DIR,
-# VIGIL_COMPARE_HARD (1: the generated history is `vigil gen --hard`'s),
+# VIGIL_COMPARE_PLAIN (1: the generated history is `vigil gen --plain`'s, the
+# easy one of runs before 2026-12-02; by default `vigil gen`'s seven scenarios),
 # VIGIL_COMPARE_DAYS (the generated history's span, 30).
 #
 # - generated: `vigil gen` writes a labelled history, `vigil features` its
@@ -27,10 +28,10 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 events=${VIGIL_COMPARE_EVENTS:-1000000}
 seed=${VIGIL_COMPARE_SEED:-7}
 table_kind=${VIGIL_COMPARE_TABLE:-generated}
-hard=()
-if [ "${VIGIL_COMPARE_HARD:-0}" = 1 ] && [ "$table_kind" = generated ]; then
-  hard=(--hard)
-  table_kind=generated-hard
+plain=()
+if [ "${VIGIL_COMPARE_PLAIN:-0}" = 1 ] && [ "$table_kind" = generated ]; then
+  plain=(--plain)
+  table_kind=generated-plain
 fi
 work=${VIGIL_COMPARE_DIR:-$root/target/compare-trees-$table_kind}
 mkdir -p "$work"
@@ -38,12 +39,12 @@ mkdir -p "$work"
 
 cd "$root"
 case $table_kind in
-  generated | generated-hard)
+  generated | generated-plain)
     share=0.7
     label=label
-    echo "compare: $events generated events${hard:+ (hard)}, seed $seed, in $work" >&2
+    echo "compare: $events generated events${plain:+ (plain)}, seed $seed, in $work" >&2
     # CSV, so that compare.py can read each test row's card and time for card precision.
-    "$vigil" gen "${hard[@]}" --events "$events" --days "${VIGIL_COMPARE_DAYS:-30}" --seed "$seed" --inline-labels --out "$work/history.csv" >&2
+    "$vigil" gen "${plain[@]}" --events "$events" --days "${VIGIL_COMPARE_DAYS:-30}" --seed "$seed" --inline-labels --out "$work/history.csv" >&2
     "$vigil" features --pipeline pipelines/demo.toml --history "$work/history.csv" --out "$work/table.csv"
     ;;
   pca)

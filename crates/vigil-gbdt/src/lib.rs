@@ -251,16 +251,16 @@ impl GradientBoostedTrees {
         self.base_margin + self.starts.iter().map(|&s| self.nodes[s].value).sum::<f64>()
     }
 
-    /// Calls `visit(input, part)` once per split on the row's path in every
-    /// tree (an input can be visited several times): path attributions in
-    /// log-odds, adding up to `margin(x) - baseline_margin()`.
-    pub fn contributions(&self, x: &[f64], visit: &mut dyn FnMut(usize, f64)) {
-        if x.len() < self.n_features {
+    /// Adds to `parts[input]` the row's path attributions in log-odds, over
+    /// every split on its path in every tree: together they add up to
+    /// `margin(x) - baseline_margin()`, to rounding. `parts` holds one value
+    /// per input; a row or `parts` shorter than that adds nothing. No
+    /// allocation, walked as scoring walks.
+    pub fn contributions(&self, x: &[f64], parts: &mut [f64]) {
+        if x.len() < self.n_features || parts.len() < self.n_features {
             return;
         }
-        for &s in &self.starts {
-            tree::attribute(&self.nodes[s..], x, visit);
-        }
+        self.layout.attribute(x, parts);
     }
 
     pub fn n_features(&self) -> usize {

@@ -130,13 +130,21 @@ fn attributions_add_up_to_the_margin_from_the_baseline() {
     for row in x.rows().into_iter().take(200) {
         let r = row.as_slice().unwrap();
         let mut parts = [0.0; 3];
-        model.contributions(r, &mut |f, c| parts[f] += c);
+        model.contributions(r, &mut parts);
         let total = model.baseline_margin() + parts.iter().sum::<f64>();
         assert!((total - model.margin(r)).abs() < 1e-9, "{total} against {}", model.margin(r));
+        // Walked in lockstep, they are the one-tree-at-a-time attributions.
+        let mut one_by_one = [0.0; 3];
+        for &s in &model.starts {
+            tree::attribute(&model.nodes[s..], r, &mut |f, c| one_by_one[f] += c);
+        }
+        for (a, b) in parts.iter().zip(one_by_one) {
+            assert!((a - b).abs() < 1e-12, "{parts:?} against {one_by_one:?}");
+        }
     }
     // The inputs that decide carry the weight: x2 (missing) for this row.
     let mut parts = [0.0; 3];
-    model.contributions(&[0.1, 0.9, f64::NAN], &mut |f, c| parts[f] += c);
+    model.contributions(&[0.1, 0.9, f64::NAN], &mut parts);
     assert!(parts[2] > parts[0].abs() && parts[2] > parts[1].abs(), "{parts:?}");
 }
 

@@ -63,7 +63,7 @@ impl Learner for Gbdt {
             heap.resize(n, 0.0);
             &mut heap
         };
-        self.model.contributions(inputs, &mut |f, c| parts[f] += c);
+        self.model.contributions(inputs, parts);
         for (i, c) in parts.iter().enumerate() {
             if *c != 0.0 {
                 visit(i, *c);
