@@ -142,6 +142,16 @@ async fn ten_thousand_events_give_one_decision_each_and_malformed_ones_dead_lett
     }
     let flagged = out.iter().filter(|d| d.decision != vigil_core::Action::Approve).count();
     assert!(flagged > 0, "the shipped rules flagged nothing in 10,000 events");
+    // The shipped trees score every decision of the stream and explain it:
+    // baseline, factors and rest add up to the score's log-odds.
+    let logit = |p: f64| (p / (1.0 - p)).ln();
+    for d in &out {
+        assert!(d.model_version.as_deref().is_some_and(|v| v.starts_with("card-fraud-gbdt@")), "{d:?}");
+        let (score, baseline) = (d.model_score.unwrap(), d.model_baseline.unwrap());
+        let sum = d.model_factors.iter().map(|f| f.contribution).sum::<f64>() + d.model_factors_rest.unwrap();
+        assert!((logit(baseline) + sum - logit(score)).abs() < 1e-3, "{d:?}");
+    }
+    assert!(out.iter().filter(|d| !d.model_factors.is_empty()).count() > out.len() / 2);
 
     let dead =
         read_all(&kafka.dead_letter_topic, malformed.len(), Duration::from_secs(5), Duration::from_secs(60)).await;
