@@ -380,3 +380,89 @@ async fn labels_reach_the_next_decisions_once_and_bad_ones_dead_letter() {
     assert!(reasons.iter().any(|r| r.contains("`stolen`")), "{reasons:?}");
     clean_redis(&config.store.key_prefix).await;
 }
+
+/// The scraped value of the sample `name` (with its labels, if any) in a
+/// Prometheus text page.
+fn sample(page: &str, name: &str) -> Option<f64> {
+    page.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// `vigil run --metrics-listen`: what `/metrics` says is what the run did, lag
+/// falls to 0 once it has drained, and `/readyz` says it holds its partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vigil_run_serves_metrics_that_match_what_it_did() {
+    let text = pipeline_text("ops");
+    let config = PipelineConfig::parse(&repo().join("pipelines/test.toml"), &text).unwrap();
+    let file = repo().join(format!("pipelines/.test-{}.toml", config.store.key_prefix));
+    std::fs::write(&file, &text).unwrap();
+    let kafka = config.kafka.clone().unwrap();
+    vigil_kafka::create_topics(&kafka, 2).await.unwrap();
+    let events = traffic(600, 3);
+    let mut lines: Vec<Vec<u8>> = events.iter().map(Event::to_json).collect();
+    for i in 0..3 {
+        lines.insert(i * 100, format!("not an event {i}").into_bytes());
+    }
+    vigil_kafka::produce_lines(&kafka, &kafka.input_topic, lines.into_iter()).await.unwrap();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let address = format!("127.0.0.1:{port}");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["run", "--pipeline", file.to_str().unwrap(), "--metrics-listen", &address])
+        .current_dir(repo())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let get = |path: &str| {
+        let (client, url) = (client.clone(), format!("http://{address}{path}"));
+        async move {
+            let r = client.get(url).send().await.ok()?;
+            Some((r.status().as_u16(), r.text().await.ok()?))
+        }
+    };
+    let mut page = String::new();
+    let started = std::time::Instant::now();
+    loop {
+        if let Some((200, text)) = get("/metrics").await {
+            // Both partitions of the input topic report their lag, and it is 0.
+            let input_lag = format!("vigil_stream_consumer_lag{{topic=\"{}\",", kafka.input_topic);
+            let lags: Vec<&str> = text.lines().filter(|l| l.starts_with(&input_lag)).collect();
+            let lag_zero = lags.len() == 2 && lags.iter().all(|l| l.ends_with(" 0"));
+            page = text;
+            if sample(&page, "vigil_stream_events_decided_total") == Some(600.0) && lag_zero {
+                break;
+            }
+        }
+        if started.elapsed() > Duration::from_secs(180) {
+            let _ = child.kill();
+            panic!("the run did not drain in 180 s; /metrics said:\n{page}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(sample(&page, "vigil_stream_events_read_total"), Some(603.0), "{page}");
+    assert_eq!(sample(&page, "vigil_stream_dead_letters_total"), Some(3.0), "{page}");
+    assert_eq!(sample(&page, "vigil_stream_replayed_total"), Some(0.0), "{page}");
+    // Two of the input topic and two of the labels topic.
+    assert_eq!(sample(&page, "vigil_stream_partitions_assigned"), Some(4.0), "{page}");
+    assert!(sample(&page, "vigil_stream_rebalances_total").unwrap() >= 1.0, "{page}");
+    assert_eq!(sample(&page, "vigil_feature_store_breaker_open"), Some(0.0), "{page}");
+    let by_outcome: f64 = ["approve", "review", "decline"]
+        .iter()
+        .filter_map(|o| sample(&page, &format!("vigil_decisions_total{{decision=\"{o}\"}}")))
+        .sum();
+    assert_eq!(by_outcome, 600.0, "{page}");
+    assert_eq!(sample(&page, "vigil_model_score_count"), Some(600.0), "{page}");
+    let (status, ready) = get("/readyz").await.unwrap();
+    assert_eq!(status, 200, "{ready}");
+    let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(ready["partitions_assigned"], 4, "{ready}");
+    assert!(ready["model"].as_str().unwrap().starts_with("card-fraud-gbdt@"), "{ready}");
+    assert_eq!(get("/healthz").await, Some((200, "ok\n".to_owned())));
+
+    let _ = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "vigil run stopped with {status}");
+    std::fs::remove_file(&file).ok();
+    clean_redis(&config.store.key_prefix).await;
+}

@@ -17,6 +17,7 @@
 
 pub mod breaker;
 mod gate;
+pub mod metrics;
 pub mod policy;
 pub mod ruletest;
 pub mod scoring;

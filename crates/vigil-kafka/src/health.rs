@@ -10,19 +10,27 @@ use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::ConsumerContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
+use rdkafka::statistics::Statistics;
 
 /// How often broker errors reach the log at most.
 const LOG_EVERY: Duration = Duration::from_secs(60);
 
-/// Broker errors met by the clients that share it.
+/// Broker errors met by the clients that share it; for a consumer, also its
+/// assignment, rebalances and lag.
 #[derive(Debug, Default)]
 pub struct BrokerHealth {
     errors: AtomicU64,
     newest: Mutex<Option<(Instant, String)>>,
     /// When an error was last logged, and how many were left out since.
     logged: Mutex<(Option<Instant>, u64)>,
+    /// Partitions assigned to the consumer after its latest rebalance.
+    assigned: AtomicU64,
+    rebalances: AtomicU64,
+    /// Consumer lag per assigned partition (`topic`, partition, records
+    /// behind the partition's end), from librdkafka's latest statistics.
+    lag: Mutex<Vec<(String, i32, i64)>>,
 }
 
 impl BrokerHealth {
@@ -39,6 +47,23 @@ impl BrokerHealth {
     pub fn recent_error(&self, within: Duration) -> Option<String> {
         let newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
         newest.as_ref().filter(|(at, _)| at.elapsed() <= within).map(|(_, what)| what.clone())
+    }
+
+    /// Partitions the consumer holds now.
+    pub fn assigned(&self) -> u64 {
+        self.assigned.load(Ordering::Relaxed)
+    }
+
+    /// Rebalances the consumer went through (assignments and revocations).
+    pub fn rebalances(&self) -> u64 {
+        self.rebalances.load(Ordering::Relaxed)
+    }
+
+    /// Records behind the end of each assigned partition, as of librdkafka's
+    /// latest statistics (every `statistics.interval.ms`, 1 s by default for
+    /// the stream's consumer); a partition whose lag is not known yet is left out.
+    pub fn lag(&self) -> Vec<(String, i32, i64)> {
+        self.lag.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn note(&self, what: String) {
@@ -81,9 +106,32 @@ impl ClientContext for Watched {
     fn error(&self, error: KafkaError, reason: &str) {
         self.0.note(format!("{error}: {reason}"));
     }
+
+    fn stats(&self, statistics: Statistics) {
+        let mut lag: Vec<(String, i32, i64)> = statistics
+            .topics
+            .iter()
+            .flat_map(|(name, topic)| {
+                // Partition -1 is librdkafka's "unassigned" queue; -1 lag is "unknown".
+                topic
+                    .partitions
+                    .iter()
+                    .filter(|(p, s)| **p >= 0 && s.consumer_lag >= 0)
+                    .map(|(p, s)| (name.clone(), *p, s.consumer_lag))
+            })
+            .collect();
+        lag.sort();
+        *self.0.lag.lock().unwrap_or_else(|e| e.into_inner()) = lag;
+    }
 }
 
-impl ConsumerContext for Watched {}
+impl ConsumerContext for Watched {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
+        self.0.rebalances.fetch_add(1, Ordering::Relaxed);
+        let held = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        self.0.assigned.store(held as u64, Ordering::Relaxed);
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -86,6 +86,8 @@ pub fn consumer(k: &KafkaConfig, health: &Arc<BrokerHealth>) -> Result<StreamCon
         // A decision is due before the ledger commits: do not let the broker hold
         // a fetch for librdkafka's default 500 ms when little is arriving.
         .set_if_absent("fetch.wait.max.ms", "10")
+        // Consumer lag per partition, for `vigil run`'s /metrics.
+        .set_if_absent("statistics.interval.ms", "1000")
         .create_with_context(Watched::new(health))?)
 }
 

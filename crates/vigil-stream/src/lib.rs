@@ -37,6 +37,8 @@ use vigil_core::{Event, Label};
 use vigil_engine::{Engine, EngineError, Options};
 use vigil_kafka::{decision_key, enqueue, BrokerHealth, Producer, Watched};
 
+pub mod ops;
+
 /// Header carrying why an event was dead-lettered.
 pub const ERROR_HEADER: &str = "vigil.error";
 /// Header carrying where a dead-lettered event came from: `topic/partition/offset`.
@@ -75,8 +77,11 @@ pub struct Stats {
     pub labels_counted: AtomicU64,
     /// Labels that changed nothing: redelivered frauds and genuine verdicts.
     pub labels_unchanged: AtomicU64,
-    /// Errors the consumer and producer met at the brokers.
+    /// Errors the consumer and producer met at the brokers; the consumer's
+    /// assignment, rebalances and lag.
     pub broker: Arc<BrokerHealth>,
+    /// Decisions by outcome, rule hits and scores, when `/metrics` is served.
+    pub decisions: Option<Arc<vigil_engine::metrics::DecisionMetrics>>,
 }
 
 impl Stats {
@@ -293,6 +298,9 @@ async fn process_batch(
         deliveries.push((Output::Decisions, f));
         if decision.replayed {
             stats.replayed.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(m) = &stats.decisions {
+            m.decided(decision);
         }
     }
     stats.decided.fetch_add(decisions.len() as u64, Ordering::Relaxed);
