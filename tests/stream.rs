@@ -213,6 +213,65 @@ async fn a_crash_and_restart_loses_no_event_and_double_counts_no_feature() {
     clean_redis(&config.store.key_prefix).await;
 }
 
+/// Two instances in one group: the second joins mid-stream and takes some
+/// partitions, then the first leaves (it drains, commits and goes) and the
+/// second takes the rest. Every event is decided; a repeat says `replayed` and
+/// carries the first features; card features are a clean pass's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_a_group_through_a_join_and_a_leave() {
+    let config = pipeline("pair");
+    let kafka = config.kafka.clone().unwrap();
+    vigil_kafka::create_topics(&kafka, 4).await.unwrap();
+    let events = traffic(4_000, 13);
+    let lines = |r: std::ops::Range<usize>| events[r].iter().map(Event::to_json).collect::<Vec<_>>().into_iter();
+    vigil_kafka::produce_lines(&kafka, &kafka.input_topic, lines(0..1_500)).await.unwrap();
+
+    let a = start_stream(&config).await;
+    wait_until(Duration::from_secs(120), "the first instance to decide some events", || {
+        a.stats.decided.load(Ordering::SeqCst) >= 500
+    })
+    .await;
+    let held = a.stats.broker.assigned();
+    let b = start_stream(&config).await;
+    wait_until(Duration::from_secs(120), "the second instance to take partitions", || {
+        b.stats.broker.assigned() > 0 && a.stats.broker.assigned() + b.stats.broker.assigned() == held
+    })
+    .await;
+    assert!(a.stats.broker.assigned() > 0, "the first instance kept none");
+    vigil_kafka::produce_lines(&kafka, &kafka.input_topic, lines(1_500..3_000)).await.unwrap();
+    wait_until(Duration::from_secs(180), "both to decide what was sent", || total(&a.stats) + total(&b.stats) >= 3_000)
+        .await;
+    let first = a.stats.snapshot();
+    a.finish().await.unwrap();
+    wait_until(Duration::from_secs(120), "the second instance to take every partition", || {
+        b.stats.broker.assigned() == held
+    })
+    .await;
+    vigil_kafka::produce_lines(&kafka, &kafka.input_topic, lines(3_000..4_000)).await.unwrap();
+    until_idle(&b.stats, Duration::from_secs(6), Duration::from_secs(240)).await;
+    let second = b.stats.snapshot();
+    b.finish().await.unwrap();
+    assert!(first["decided"] > 0 && second["decided"] > 0, "{first:?} {second:?}");
+
+    let out =
+        decisions(&read_all(&kafka.decisions_topic, 4_000, Duration::from_secs(10), Duration::from_secs(180)).await);
+    let mut by_id: HashMap<&str, Vec<&Decision>> = HashMap::new();
+    for d in &out {
+        by_id.entry(d.transaction_id.as_str()).or_default().push(d);
+    }
+    assert_eq!(by_id.len(), events.len(), "an event was lost");
+    let reference = reference(&config, &events);
+    for (id, ds) in &by_id {
+        assert!(ds.iter().filter(|d| !d.replayed).count() == 1, "{id} decided twice without `replayed`");
+        for d in ds {
+            assert_eq!(d.features, ds[0].features, "{id}: a redelivery changed its features");
+            assert_eq!(d.decision, ds[0].decision, "{id}: a redelivery changed its decision");
+        }
+        assert_eq!(sorted(card_features(ds[0])), sorted(reference[*id].clone()), "features of {id}");
+    }
+    clean_redis(&config.store.key_prefix).await;
+}
+
 /// Every declared feature, of every event, as a clean single pass computes it.
 fn all_features(config: &PipelineConfig, events: &[Event]) -> HashMap<String, Vec<(String, serde_json::Value)>> {
     events

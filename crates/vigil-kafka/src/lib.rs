@@ -88,6 +88,9 @@ pub fn consumer(k: &KafkaConfig, health: &Arc<BrokerHealth>) -> Result<StreamCon
         .set_if_absent("fetch.wait.max.ms", "10")
         // Consumer lag per partition, for `vigil run`'s /metrics.
         .set_if_absent("statistics.interval.ms", "1000")
+        // A rebalance revokes only the partitions that move; the others keep
+        // flowing (every member of a group must use the same strategy).
+        .set_if_absent("partition.assignment.strategy", "cooperative-sticky")
         .create_with_context(Watched::new(health))?)
 }
 
