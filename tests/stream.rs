@@ -512,6 +512,8 @@ async fn vigil_run_serves_metrics_that_match_what_it_did() {
         .sum();
     assert_eq!(by_outcome, 600.0, "{page}");
     assert_eq!(sample(&page, "vigil_model_score_count"), Some(600.0), "{page}");
+    assert_eq!(sample(&page, "vigil_stream_event_to_decision_seconds_count"), Some(600.0), "{page}");
+    assert!(sample(&page, "vigil_stream_batch_seconds_count").unwrap() >= 1.0, "{page}");
     let (status, ready) = get("/readyz").await.unwrap();
     assert_eq!(status, 200, "{ready}");
     let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();

@@ -82,6 +82,8 @@ pub struct Stats {
     pub broker: Arc<BrokerHealth>,
     /// Decisions by outcome, rule hits and scores, when `/metrics` is served.
     pub decisions: Option<Arc<vigil_engine::metrics::DecisionMetrics>>,
+    /// Latency histograms, when `/metrics` is served.
+    pub latency: Option<Arc<ops::Latency>>,
 }
 
 impl Stats {
@@ -275,6 +277,7 @@ async fn process_batch(
     batch: &[OwnedMessage],
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Result<Option<InFlight>, StreamError> {
+    let started = std::time::Instant::now();
     let Sorted { offsets, events, labels, dead } = sort(kafka, engine, batch);
     if !labels.is_empty() {
         let refs: Vec<&Label> = labels.iter().collect();
@@ -290,6 +293,17 @@ async fn process_batch(
     };
 
     let mut deliveries = Vec::with_capacity(batch.len());
+    if let Some(latency) = &stats.latency {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        for (i, _) in &events {
+            if let Some(at) = batch[*i].timestamp().to_millis() {
+                latency.event_to_decision.observe((now_ms - at).max(0) as f64 / 1000.0);
+            }
+        }
+        latency.batch.observe(started.elapsed().as_secs_f64());
+    }
     for ((_, event), decision) in events.iter().zip(&decisions) {
         let payload = decision.to_json();
         let key = decision_key(event, &kafka.decision_key);

@@ -3,7 +3,8 @@
 //!   ([`vigil_engine::metrics::DecisionMetrics`], the names `vigil serve`
 //!   uses), and the stream's own: events read, decided, dead-lettered and
 //!   replayed, store retries, deliveries, committed batches, labels, broker
-//!   errors, rebalances, partitions held and consumer lag per partition;
+//!   errors, rebalances, partitions held, consumer lag per partition, and
+//!   the event-to-decision and batch latency histograms;
 //! - `/healthz`: the process answers;
 //! - `/readyz`: 200 when the consumer holds partitions and the feature store's
 //!   breaker is closed, else 503, each part named in the JSON body.
@@ -18,6 +19,7 @@ use axum::routing::get;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use vigil_engine::metrics::{counter, gauge, DecisionMetrics};
@@ -25,11 +27,33 @@ use vigil_engine::Engine;
 
 use crate::Stats;
 
-/// A registry with the decision figures, and the [`Stats`] that count into it.
+/// The stream's latency histograms, in seconds.
+#[derive(Debug)]
+pub struct Latency {
+    /// From each event's record timestamp (its producer's, or the broker's
+    /// with `LogAppendTime`) to its decision, before the decision is produced.
+    pub event_to_decision: Histogram,
+    /// From a batch's first look to its decisions (features, rules, model).
+    pub batch: Histogram,
+}
+
+/// A registry with the decision figures and the latency histograms, and the
+/// [`Stats`] that count into them.
 pub fn stats_with_metrics(engine: &Arc<Engine>) -> (Stats, Registry) {
     let mut registry = Registry::with_prefix("vigil");
     let decisions = DecisionMetrics::register(&mut registry, engine.clone());
-    (Stats { decisions: Some(Arc::new(decisions)), ..Stats::default() }, registry)
+    // 1 ms to about 65 s.
+    let event_to_decision = Histogram::new(exponential_buckets(0.001, 2.0, 17));
+    registry.register(
+        "stream_event_to_decision_seconds",
+        "From an event's record timestamp to its decision",
+        event_to_decision.clone(),
+    );
+    // 100 µs to about 3 s.
+    let batch = Histogram::new(exponential_buckets(0.000_1, 2.0, 15));
+    registry.register("stream_batch_seconds", "From a batch's first look to its decisions", batch.clone());
+    let latency = Some(Arc::new(Latency { event_to_decision, batch }));
+    (Stats { decisions: Some(Arc::new(decisions)), latency, ..Stats::default() }, registry)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
