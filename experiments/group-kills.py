@@ -27,6 +27,8 @@ import sys
 import time
 import uuid
 
+from killing import feed_while_killing
+
 
 def consumer(args):
     from confluent_kafka import Consumer
@@ -107,34 +109,8 @@ def main():
     procs = [start(0), start(1)]
     producer = Producer({"bootstrap.servers": args.brokers, "linger.ms": 5})
     total = args.rate * args.seconds
-    started = time.monotonic()
-    next_kill = started + rng.uniform(1, 3)
-    kills = 0
-    for i in range(total):
-        producer.produce(topic, key=str(i % 997), value=str(i))
-        if i % 100 == 0:
-            producer.poll(0)
-            # Pace the feed.
-            ahead = started + i / args.rate - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)
-        now = time.monotonic()
-        if kills < args.kills and now >= next_kill:
-            slot = rng.randrange(2)
-            procs[slot].send_signal(signal.SIGKILL)
-            procs[slot].wait()
-            procs[slot] = start(slot)
-            kills += 1
-            next_kill = now + rng.uniform(1, 3)
-    producer.flush(30)
-    # Kills not made while feeding are made now, at the same pace.
-    while kills < args.kills:
-        time.sleep(rng.uniform(1, 3))
-        slot = rng.randrange(2)
-        procs[slot].send_signal(signal.SIGKILL)
-        procs[slot].wait()
-        procs[slot] = start(slot)
-        kills += 1
+    records = ((topic, str(i % 997), str(i)) for i in range(total))
+    kills = feed_while_killing(producer, records, args.rate, args.kills, rng, procs, start)
     last_kill = time.monotonic()
     read_at_last_kill = len(read(files))
     drained = None

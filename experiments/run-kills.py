@@ -20,9 +20,10 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 import uuid
+
+from killing import feed_while_killing
 
 
 def main():
@@ -81,32 +82,8 @@ def main():
 
     procs = [start(0), start(1)]
     producer = Producer({"bootstrap.servers": args.brokers, "linger.ms": 5})
-    started = time.monotonic()
-    next_kill = started + rng.uniform(1, 3)
-    kills = 0
-    for i, e in enumerate(events):
-        producer.produce(topics["in"], key=e.get("card_id") or "", value=json.dumps(e))
-        if i % 100 == 0:
-            producer.poll(0)
-            ahead = started + i / args.rate - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)
-        now = time.monotonic()
-        if kills < args.kills and now >= next_kill:
-            slot = rng.randrange(2)
-            procs[slot].send_signal(signal.SIGKILL)
-            procs[slot].wait()
-            procs[slot] = start(slot)
-            kills += 1
-            next_kill = now + rng.uniform(1, 3)
-    producer.flush(30)
-    while kills < args.kills:
-        time.sleep(rng.uniform(1, 3))
-        slot = rng.randrange(2)
-        procs[slot].send_signal(signal.SIGKILL)
-        procs[slot].wait()
-        procs[slot] = start(slot)
-        kills += 1
+    records = ((topics["in"], e.get("card_id") or "", json.dumps(e)) for e in events)
+    kills = feed_while_killing(producer, records, args.rate, args.kills, rng, procs, start)
     last_kill = time.monotonic()
 
     reader = Consumer({"bootstrap.servers": args.brokers, "group.id": f"check-{tag}", "auto.offset.reset": "earliest",

@@ -205,6 +205,19 @@ impl Layout {
         Ok(Layout { steps, values, groups })
     }
 
+    /// One step of a lane from step `i`: the input it reads (0 for a leaf)
+    /// and the step it goes to (a leaf's is itself), without a branch on the data.
+    #[inline(always)]
+    fn step(&self, i: u32, x: &[f64]) -> (usize, u32) {
+        let n = self.steps[i as usize];
+        let f = (n.feature & !(MISSING_LEFT | IS_LEAF)) as usize;
+        let v = x[f];
+        // A missing value compares false; then its direction decides.
+        let left = (v <= n.threshold) | (v.is_nan() & (n.feature & MISSING_LEFT != 0));
+        let next = i + 1 - ((n.feature & IS_LEAF) >> 30);
+        (f, if left { next } else { n.right })
+    }
+
     /// Adds to `parts[input]` the path attributions of `x` in every tree
     /// (each split's move from its value to the child's), walked as
     /// [`Layout::margin`] walks: a lane on a leaf stays there and adds 0 to
@@ -215,11 +228,7 @@ impl Layout {
             let mut at = g.roots;
             for _ in 0..g.depth {
                 for i in &mut at {
-                    let n = self.steps[*i as usize];
-                    let f = (n.feature & !(MISSING_LEFT | IS_LEAF)) as usize;
-                    let v = x[f];
-                    let left = (v <= n.threshold) | (v.is_nan() & (n.feature & MISSING_LEFT != 0));
-                    let next = if left { *i + 1 - ((n.feature & IS_LEAF) >> 30) } else { n.right };
+                    let (f, next) = self.step(*i, x);
                     parts[f] += self.values[next as usize] - self.values[*i as usize];
                     *i = next;
                 }
@@ -236,12 +245,7 @@ impl Layout {
             let mut at = g.roots;
             for _ in 0..g.depth {
                 for i in &mut at {
-                    let n = self.steps[*i as usize];
-                    let v = x[(n.feature & !(MISSING_LEFT | IS_LEAF)) as usize];
-                    // A missing value compares false; then its direction decides.
-                    let left = (v <= n.threshold) | (v.is_nan() & (n.feature & MISSING_LEFT != 0));
-                    let next = *i + 1 - ((n.feature & IS_LEAF) >> 30);
-                    *i = if left { next } else { n.right };
+                    *i = self.step(*i, x).1;
                 }
             }
             for i in at {

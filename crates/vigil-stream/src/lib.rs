@@ -80,10 +80,9 @@ pub struct Stats {
     /// Errors the consumer and producer met at the brokers; the consumer's
     /// assignment, rebalances and lag.
     pub broker: Arc<BrokerHealth>,
-    /// Decisions by outcome, rule hits and scores, when `/metrics` is served.
-    pub decisions: Option<Arc<vigil_engine::metrics::DecisionMetrics>>,
-    /// Latency histograms, when `/metrics` is served.
-    pub latency: Option<Arc<ops::Latency>>,
+    /// Decisions by outcome, rule hits, scores and latency histograms, when
+    /// `/metrics` is served.
+    pub metrics: Option<Arc<ops::Metrics>>,
 }
 
 impl Stats {
@@ -293,16 +292,16 @@ async fn process_batch(
     };
 
     let mut deliveries = Vec::with_capacity(batch.len());
-    if let Some(latency) = &stats.latency {
+    if let Some(m) = &stats.metrics {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         for (i, _) in &events {
             if let Some(at) = batch[*i].timestamp().to_millis() {
-                latency.event_to_decision.observe((now_ms - at).max(0) as f64 / 1000.0);
+                m.event_to_decision.observe((now_ms - at).max(0) as f64 / 1000.0);
             }
         }
-        latency.batch.observe(started.elapsed().as_secs_f64());
+        m.batch.observe(started.elapsed().as_secs_f64());
     }
     for ((_, event), decision) in events.iter().zip(&decisions) {
         let payload = decision.to_json();
@@ -313,8 +312,8 @@ async fn process_batch(
         if decision.replayed {
             stats.replayed.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(m) = &stats.decisions {
-            m.decided(decision);
+        if let Some(m) = &stats.metrics {
+            m.decisions.decided(decision);
         }
     }
     stats.decided.fetch_add(decisions.len() as u64, Ordering::Relaxed);

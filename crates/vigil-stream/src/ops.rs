@@ -27,9 +27,11 @@ use vigil_engine::Engine;
 
 use crate::Stats;
 
-/// The stream's latency histograms, in seconds.
+/// What the stream counts into the registry as it decides: the decision
+/// figures every entry point reports, and the latency histograms (seconds).
 #[derive(Debug)]
-pub struct Latency {
+pub struct Metrics {
+    pub decisions: DecisionMetrics,
     /// From each event's record timestamp (its producer's, or the broker's
     /// with `LogAppendTime`) to its decision, before the decision is produced.
     pub event_to_decision: Histogram,
@@ -37,8 +39,7 @@ pub struct Latency {
     pub batch: Histogram,
 }
 
-/// A registry with the decision figures and the latency histograms, and the
-/// [`Stats`] that count into them.
+/// A registry with [`Metrics`] in it, and the [`Stats`] that count into them.
 pub fn stats_with_metrics(engine: &Arc<Engine>) -> (Stats, Registry) {
     let mut registry = Registry::with_prefix("vigil");
     let decisions = DecisionMetrics::register(&mut registry, engine.clone());
@@ -52,8 +53,8 @@ pub fn stats_with_metrics(engine: &Arc<Engine>) -> (Stats, Registry) {
     // 100 µs to about 3 s.
     let batch = Histogram::new(exponential_buckets(0.000_1, 2.0, 15));
     registry.register("stream_batch_seconds", "From a batch's first look to its decisions", batch.clone());
-    let latency = Some(Arc::new(Latency { event_to_decision, batch }));
-    (Stats { decisions: Some(Arc::new(decisions)), latency, ..Stats::default() }, registry)
+    let metrics = Some(Arc::new(Metrics { decisions, event_to_decision, batch }));
+    (Stats { metrics, ..Stats::default() }, registry)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
