@@ -12,6 +12,9 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use vigil_core::PipelineConfig;
 
+pub mod faults;
+pub mod proxy;
+
 pub fn brokers() -> String {
     std::env::var("VIGIL_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
@@ -87,6 +90,14 @@ impl TestPipeline {
     pub fn without(mut self, path: &str) -> TestPipeline {
         let (table, key) = self.parent(path);
         assert!(table.remove(key).is_some(), "the pipeline has no `{path}` to remove");
+        self
+    }
+
+    /// Sets a librdkafka property under `[kafka.properties]`.
+    pub fn kafka_property(mut self, key: &str, value: &str) -> TestPipeline {
+        let kafka = self.table.get_mut("kafka").and_then(toml::Value::as_table_mut).expect("a [kafka] table");
+        let properties = kafka.entry("properties").or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        properties.as_table_mut().expect("[kafka.properties] is a table").insert(key.to_owned(), value.into());
         self
     }
 

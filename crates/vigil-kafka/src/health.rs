@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::statistics::Statistics;
+
+use crate::drain::{Draining, REVOKE_DRAIN_TIMEOUT};
 
 /// How often broker errors reach the log at most.
 const LOG_EVERY: Duration = Duration::from_secs(60);
@@ -27,7 +29,9 @@ pub struct BrokerHealth {
     logged: Mutex<(Option<Instant>, u64)>,
     /// Partitions assigned to the consumer after its latest rebalance.
     assigned: AtomicU64,
-    rebalances: AtomicU64,
+    assigns: AtomicU64,
+    revokes: AtomicU64,
+    rebalance_errors: AtomicU64,
     /// Consumer lag per assigned partition (`topic`, partition, records
     /// behind the partition's end), from librdkafka's latest statistics.
     lag: Mutex<Vec<(String, i32, i64)>>,
@@ -54,9 +58,17 @@ impl BrokerHealth {
         self.assigned.load(Ordering::Relaxed)
     }
 
-    /// Rebalances the consumer went through (assignments and revocations).
+    /// Rebalances the consumer went through (assignments, revocations and
+    /// failed rebalances).
     pub fn rebalances(&self) -> u64 {
-        self.rebalances.load(Ordering::Relaxed)
+        let (assigns, revokes, errors) = self.rebalances_by_kind();
+        assigns + revokes + errors
+    }
+
+    /// Rebalances by kind: assignments, revocations, failures.
+    pub fn rebalances_by_kind(&self) -> (u64, u64, u64) {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        (g(&self.assigns), g(&self.revokes), g(&self.rebalance_errors))
     }
 
     /// Records behind the end of each assigned partition, as of librdkafka's
@@ -81,12 +93,22 @@ impl BrokerHealth {
     }
 }
 
-/// A client context that reports to a [`BrokerHealth`].
-pub struct Watched(Arc<BrokerHealth>);
+/// A client context that reports to a [`BrokerHealth`]; for the stream's
+/// consumer, it also drains in-flight batches before a revoke ([`Draining`]).
+pub struct Watched {
+    health: Arc<BrokerHealth>,
+    drain: Option<Arc<Draining>>,
+}
 
 impl Watched {
     pub fn new(health: &Arc<BrokerHealth>) -> Watched {
-        Watched(health.clone())
+        Watched { health: health.clone(), drain: None }
+    }
+
+    /// A consumer's context that drains `drain` before each revoke, then
+    /// commits the stored offsets.
+    pub fn draining(health: &Arc<BrokerHealth>, drain: &Arc<Draining>) -> Watched {
+        Watched { health: health.clone(), drain: Some(drain.clone()) }
     }
 }
 
@@ -97,14 +119,14 @@ impl ClientContext for Watched {
             | RDKafkaLogLevel::Alert
             | RDKafkaLogLevel::Critical
             | RDKafkaLogLevel::Error
-            | RDKafkaLogLevel::Warning => self.0.note(format!("{fac} {message}")),
+            | RDKafkaLogLevel::Warning => self.health.note(format!("{fac} {message}")),
             RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => tracing::info!(target: "librdkafka", "{fac} {message}"),
             RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", "{fac} {message}"),
         }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        self.0.note(format!("{error}: {reason}"));
+        self.health.note(format!("{error}: {reason}"));
     }
 
     fn stats(&self, statistics: Statistics) {
@@ -121,15 +143,48 @@ impl ClientContext for Watched {
             })
             .collect();
         lag.sort();
-        *self.0.lag.lock().unwrap_or_else(|e| e.into_inner()) = lag;
+        *self.health.lag.lock().unwrap_or_else(|e| e.into_inner()) = lag;
     }
 }
 
 impl ConsumerContext for Watched {
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
-        self.0.rebalances.fetch_add(1, Ordering::Relaxed);
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let (Rebalance::Revoke(tpl), Some(drain)) = (rebalance, &self.drain) else {
+            return;
+        };
+        let partitions: Vec<(String, i32)> =
+            tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
+        let started = Instant::now();
+        let drained = drain.revoke(partitions.iter().cloned(), REVOKE_DRAIN_TIMEOUT);
+        let committed = match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+            Err(e) => Err(e),
+        };
+        let waited_ms = started.elapsed().as_millis() as u64;
+        match (drained, committed) {
+            (true, Ok(())) => tracing::info!(?partitions, waited_ms, "revoked: in-flight batches delivered and committed"),
+            (false, _) => tracing::warn!(
+                ?partitions,
+                waited_ms,
+                "revoked before every in-flight batch was delivered; their events will be decided again (replayed) by the next owner"
+            ),
+            (true, Err(e)) => tracing::warn!(
+                ?partitions,
+                error = %e,
+                "revoked, but the commit failed; events after the last commit will be decided again (replayed) by the next owner"
+            ),
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let kind = match rebalance {
+            Rebalance::Assign(_) => &self.health.assigns,
+            Rebalance::Revoke(_) => &self.health.revokes,
+            Rebalance::Error(_) => &self.health.rebalance_errors,
+        };
+        kind.fetch_add(1, Ordering::Relaxed);
         let held = consumer.assignment().map(|a| a.count()).unwrap_or(0);
-        self.0.assigned.store(held as u64, Ordering::Relaxed);
+        self.health.assigned.store(held as u64, Ordering::Relaxed);
     }
 }
 

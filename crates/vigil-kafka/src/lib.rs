@@ -9,6 +9,7 @@
 //! cluster works, with librdkafka properties passed through from
 //! `[kafka.properties]`.
 
+mod drain;
 mod health;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
+pub use drain::{Draining, REVOKE_DRAIN_TIMEOUT};
 pub use health::{BrokerHealth, Watched};
 
 /// A producer whose broker errors are counted and logged at a bounded rate.
@@ -75,8 +77,13 @@ impl SetIfAbsent for ClientConfig {
 }
 
 /// The stream's consumer in the pipeline's group: offsets stored by hand
-/// (only once what a batch produced is delivered) and committed every second.
-pub fn consumer(k: &KafkaConfig, health: &Arc<BrokerHealth>) -> Result<StreamConsumer<Watched>, Error> {
+/// (only once what a batch produced is delivered) and committed every second,
+/// and before each revoke once `drain` has no batch in flight.
+pub fn consumer(
+    k: &KafkaConfig,
+    health: &Arc<BrokerHealth>,
+    drain: &Arc<Draining>,
+) -> Result<StreamConsumer<Watched>, Error> {
     Ok(client_config(k)
         .set("group.id", &k.group_id)
         .set("enable.auto.commit", "true")
@@ -91,7 +98,7 @@ pub fn consumer(k: &KafkaConfig, health: &Arc<BrokerHealth>) -> Result<StreamCon
         // A rebalance revokes only the partitions that move; the others keep
         // flowing (every member of a group must use the same strategy).
         .set_if_absent("partition.assignment.strategy", "cooperative-sticky")
-        .create_with_context(Watched::new(health))?)
+        .create_with_context(Watched::draining(health, drain))?)
 }
 
 /// A producer for the pipeline's brokers and properties. It does not wait for

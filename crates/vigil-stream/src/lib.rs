@@ -14,6 +14,12 @@
 //! - when the feature store fails, the batch is retried (with backoff) and never
 //!   skipped; a redelivered event is recognised by its `transaction_id`, so it is
 //!   counted once and gets the same features;
+//! - when partitions are revoked (another instance joins or leaves the group),
+//!   the revoke waits until every batch in flight is delivered and commits its
+//!   offsets before the partitions go ([`vigil_kafka::Draining`]); records read
+//!   from them but not decided yet are let go, and their new owner reads them
+//!   from the committed offset. So a clean move redelivers nothing, and the
+//!   decisions of one entity stay in order across it;
 //! - shutdown stops reading, drains what is in flight, commits and returns;
 //! - when `labels_topic` is set, confirmed outcomes read from it are applied to
 //!   the label features (once per transaction id) before the batch's events are
@@ -35,7 +41,7 @@ use tokio::sync::mpsc;
 use vigil_core::pipeline::KafkaConfig;
 use vigil_core::{Event, Label};
 use vigil_engine::{Engine, EngineError, Options};
-use vigil_kafka::{decision_key, enqueue, BrokerHealth, Producer, Watched};
+use vigil_kafka::{decision_key, enqueue, BrokerHealth, Draining, Producer, Watched};
 
 pub mod ops;
 
@@ -77,6 +83,11 @@ pub struct Stats {
     pub labels_counted: AtomicU64,
     /// Labels that changed nothing: redelivered frauds and genuine verdicts.
     pub labels_unchanged: AtomicU64,
+    /// Records read but let go undecided because their partition was revoked
+    /// (the partition's next owner reads them).
+    pub released: AtomicU64,
+    /// Batches in flight, which a revoke waits for.
+    pub drain: Arc<Draining>,
     /// Errors the consumer and producer met at the brokers; the consumer's
     /// assignment, rebalances and lag.
     pub broker: Arc<BrokerHealth>,
@@ -97,6 +108,7 @@ impl Stats {
             ("committed_batches", self.committed_batches.load(Ordering::Relaxed)),
             ("labels_counted", self.labels_counted.load(Ordering::Relaxed)),
             ("labels_unchanged", self.labels_unchanged.load(Ordering::Relaxed)),
+            ("released", self.released.load(Ordering::Relaxed)),
             ("broker_errors", self.broker.errors()),
         ])
     }
@@ -123,7 +135,7 @@ pub async fn run(
     stats: Arc<Stats>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StreamError> {
-    let consumer = vigil_kafka::consumer(kafka, &stats.broker)?;
+    let consumer = vigil_kafka::consumer(kafka, &stats.broker, &stats.drain)?;
     let producer = vigil_kafka::producer(kafka, &stats.broker)?;
     vigil_kafka::check_topics(kafka, &consumer)?;
     let consumer = Arc::new(consumer);
@@ -131,43 +143,32 @@ pub async fn run(
     consumer.subscribe(&inputs)?;
     tracing::info!(topics = ?inputs, group = %kafka.group_id, "consuming");
 
-    let (tx, mut rx) = mpsc::channel::<InFlight>(kafka.max_in_flight_batches);
-    let committer = {
+    let (tx, rx) = mpsc::channel::<InFlight>(kafka.max_in_flight_batches);
+    // The committer has a thread of its own: a revoke blocks the reading
+    // loop's thread until the committer has stored what is in flight, which
+    // must not depend on the runtime having another worker free.
+    let (done, committed) = tokio::sync::oneshot::channel();
+    {
         let consumer = consumer.clone();
         let stats = stats.clone();
         let topics = (kafka.decisions_topic.clone(), kafka.dead_letter_topic.clone());
-        tokio::spawn(async move {
-            let name = |o: Output| match o {
-                Output::Decisions => topics.0.clone(),
-                Output::DeadLetter => topics.1.clone(),
-            };
-            while let Some(batch) = rx.recv().await {
-                for (output, d) in batch.deliveries {
-                    match d.await {
-                        Ok(Ok(_)) => {
-                            stats.delivered.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(Err((source, _))) => return Err(delivery(name(output), source)),
-                        Err(_) => return Err(delivery(name(output), KafkaError::Canceled)),
-                    }
-                }
-                for ((topic, partition), offset) in &batch.offsets {
-                    // librdkafka stores `offset + 1`, the next one to read. A partition
-                    // revoked meanwhile refuses the store; its new owner re-reads it.
-                    if let Err(e) = consumer.store_offset(topic, *partition, *offset) {
-                        tracing::debug!(%topic, partition, offset, error = %e, "offset not stored");
-                    }
-                }
-                stats.committed_batches.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok::<(), StreamError>(())
-        })
-    };
+        std::thread::Builder::new()
+            .name("vigil-committer".into())
+            .spawn(move || {
+                let result = match tokio::runtime::Builder::new_current_thread().build() {
+                    Ok(rt) => rt.block_on(commit_in_order(rx, &consumer, &stats, topics)),
+                    Err(e) => Err(StreamError::Internal(format!("cannot start the offset committer: {e}"))),
+                };
+                stats.drain.close();
+                let _ = done.send(result);
+            })
+            .map_err(|e| StreamError::Internal(format!("cannot start the offset committer: {e}")))?;
+    }
 
     let result = consume(kafka, &engine, &consumer, &producer, &stats, tx, shutdown).await;
     // The sender is dropped: the committer finishes what is in flight, then stops.
     let committed =
-        committer.await.unwrap_or_else(|e| Err(StreamError::Internal(format!("offset committer failed: {e}"))));
+        committed.await.unwrap_or_else(|_| Err(StreamError::Internal("the offset committer stopped".into())));
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         // Nothing stored since the last commit is not an error.
         if !matches!(e, KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) {
@@ -183,6 +184,42 @@ pub async fn run(
     result.and(committed)
 }
 
+/// Awaits each batch's deliveries, in order, then stores its offsets and
+/// tells the drain; stops at the first failed delivery.
+async fn commit_in_order(
+    mut rx: mpsc::Receiver<InFlight>,
+    consumer: &StreamConsumer<Watched>,
+    stats: &Stats,
+    topics: (String, String),
+) -> Result<(), StreamError> {
+    let name = |o: Output| match o {
+        Output::Decisions => topics.0.clone(),
+        Output::DeadLetter => topics.1.clone(),
+    };
+    while let Some(batch) = rx.recv().await {
+        for (output, d) in batch.deliveries {
+            match d.await {
+                Ok(Ok(_)) => {
+                    stats.delivered.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Err((source, _))) => return Err(delivery(name(output), source)),
+                Err(_) => return Err(delivery(name(output), KafkaError::Canceled)),
+            }
+        }
+        for ((topic, partition), offset) in &batch.offsets {
+            // librdkafka stores `offset + 1`, the next one to read. A partition
+            // revoked meanwhile (a drain that timed out) refuses the store; its
+            // new owner re-reads it.
+            if let Err(e) = consumer.store_offset(topic, *partition, *offset) {
+                tracing::debug!(%topic, partition, offset, error = %e, "offset not stored");
+            }
+        }
+        stats.committed_batches.fetch_add(1, Ordering::Relaxed);
+        stats.drain.stored();
+    }
+    Ok(())
+}
+
 async fn consume(
     kafka: &KafkaConfig,
     engine: &Engine,
@@ -193,6 +230,7 @@ async fn consume(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StreamError> {
     tokio::pin!(shutdown);
+    let drain = &stats.drain;
     loop {
         let first = tokio::select! {
             biased;
@@ -200,6 +238,9 @@ async fn consume(
             m = consumer.recv() => m,
         };
         let mut batch: Vec<OwnedMessage> = Vec::with_capacity(kafka.batch_size);
+        // A revoke runs inside `recv`: what this batch holds of a partition
+        // revoked since it began is let go (see `release_revoked`).
+        let mut seen = drain.revocations();
         match first {
             Ok(m) => batch.push(m.detach()),
             Err(e) => {
@@ -209,11 +250,16 @@ async fn consume(
         }
         let deadline = tokio::time::Instant::now() + BATCH_LINGER;
         while batch.len() < kafka.batch_size {
-            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            let next = tokio::time::timeout_at(deadline, consumer.recv()).await;
+            release_revoked(drain, &mut seen, &mut batch, stats);
+            match next {
                 Ok(Ok(m)) => batch.push(m.detach()),
                 Ok(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                 Err(_) => break,
             }
+        }
+        if batch.is_empty() {
+            continue;
         }
         stats.consumed.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let Some(flight) = process_batch(kafka, engine, producer, stats, &batch, &mut shutdown).await? else {
@@ -221,10 +267,31 @@ async fn consume(
             // is stored, so it will be read again.
             return Ok(());
         };
+        drain.handed_over();
         if tx.send(flight).await.is_err() {
             // The committer stopped on a delivery error; it reports it.
             return Ok(());
         }
+    }
+}
+
+/// Lets go of the records of `batch` whose partition was revoked since
+/// revocation `seen` (librdkafka ran the revoke while the batch was filling).
+/// They are neither decided nor stored; the partition's next owner reads them
+/// from the offset committed at the revoke.
+fn release_revoked(drain: &Draining, seen: &mut u64, batch: &mut Vec<OwnedMessage>, stats: &Stats) {
+    let now = drain.revocations();
+    if now == *seen {
+        return;
+    }
+    let gone = drain.revoked_after(*seen);
+    *seen = now;
+    let before = batch.len();
+    batch.retain(|m| !gone.iter().any(|(t, p)| t == m.topic() && *p == m.partition()));
+    let released = before - batch.len();
+    if released > 0 {
+        stats.released.fetch_add(released as u64, Ordering::Relaxed);
+        tracing::debug!(released, "records of revoked partitions let go before deciding");
     }
 }
 

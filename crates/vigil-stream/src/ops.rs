@@ -3,7 +3,8 @@
 //!   ([`vigil_engine::metrics::DecisionMetrics`], the names `vigil serve`
 //!   uses), and the stream's own: events read, decided, dead-lettered and
 //!   replayed, store retries, deliveries, committed batches, labels, broker
-//!   errors, rebalances, partitions held, consumer lag per partition, and
+//!   errors, rebalances by kind, revoke drains, records let go at a revoke,
+//!   partitions held, consumer lag per partition, and
 //!   the event-to-decision and batch latency histograms;
 //! - `/healthz`: the process answers;
 //! - `/readyz`: 200 when the consumer holds partitions and the feature store's
@@ -18,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
@@ -87,7 +89,32 @@ impl Collector for Stream {
         counter(e, "stream_labels_counted", "Fraud labels counted by the label features", g(&s.labels_counted))?;
         counter(e, "stream_labels_unchanged", "Labels that changed nothing", g(&s.labels_unchanged))?;
         counter(e, "kafka_errors", "Errors the stream's Kafka clients met at the brokers", s.broker.errors())?;
-        counter(e, "stream_rebalances", "Consumer-group rebalances this consumer went through", s.broker.rebalances())?;
+        counter(
+            e,
+            "stream_released",
+            "Records let go undecided at a revoke (their next owner reads them)",
+            g(&s.released),
+        )?;
+        let (assigns, revokes, failed) = s.broker.rebalances_by_kind();
+        let mut family = e.encode_descriptor(
+            "stream_rebalances",
+            "Consumer-group rebalances this consumer went through, by kind",
+            None,
+            MetricType::Counter,
+        )?;
+        for (kind, n) in [("assign", assigns), ("revoke", revokes), ("error", failed)] {
+            ConstCounter::new(n).encode(family.encode_family(&[("kind", kind)])?)?;
+        }
+        let (drained, timed_out) = s.drain.outcomes();
+        let mut family = e.encode_descriptor(
+            "stream_revoke_drains",
+            "Revokes that waited for the in-flight batches: drained, or timed out (the next owner then replays)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (outcome, n) in [("drained", drained), ("timed_out", timed_out)] {
+            ConstCounter::new(n).encode(family.encode_family(&[("outcome", outcome)])?)?;
+        }
         let held = i64::try_from(s.broker.assigned()).unwrap_or(i64::MAX);
         gauge(e, "stream_partitions_assigned", "Partitions this consumer holds", held)?;
         let lag = s.broker.lag();
