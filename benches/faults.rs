@@ -15,6 +15,9 @@ use std::time::Duration;
 
 use common::faults::{Fault, Harness, Plan, Report};
 
+/// A run's name, degraded policy and faults (each at its share of the feed).
+type Run = (&'static str, &'static str, Vec<(f64, Fault)>);
+
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -27,7 +30,7 @@ fn main() {
     let only = std::env::var("VIGIL_FAULT_ONLY").unwrap_or_default();
     let secs = Duration::from_secs;
     let kills = |count| Fault::Kills { count, gap: (secs(1), secs(3)) };
-    let runs: Vec<(&str, &'static str, Vec<(f64, Fault)>)> = vec![
+    let runs: Vec<Run> = vec![
         ("20 kill -9", "fail", vec![(0.05, kills(20))]),
         ("Redis stopped 30 s", "fail", vec![(0.3, Fault::RedisOutage(secs(30)))]),
         ("Redis stopped 30 s", "decide", vec![(0.3, Fault::RedisOutage(secs(30)))]),
