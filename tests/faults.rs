@@ -57,16 +57,6 @@ async fn a_broker_restart_and_a_broken_redis_link_lose_and_double_count_nothing(
     report.assert_clean();
 }
 
-/// A Redis Cluster replica promoted in its primary's place, twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redis_cluster_failover_loses_and_double_counts_nothing() {
-    let harness = Harness::start("cluster");
-    let faults = vec![(0.3, Fault::ClusterFailover), (0.7, Fault::ClusterFailover)];
-    let report = harness.run(&Plan { cluster: true, ..plan("Redis Cluster failover", 3, faults) }).await;
-    eprintln!("{}\n{}", common::faults::Report::HEADER, report.row());
-    report.assert_clean();
-}
-
 /// The checker itself, on made-up output: clean output passes, and each kind
 /// of problem is found and counted where it belongs.
 #[test]

@@ -230,7 +230,7 @@ impl OwnCluster {
             let child = Command::new("redis-server")
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
                 .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
-                .args(["--cluster-node-timeout", "2000", "--appendonly", "yes", "--appendfsync", "always"])
+                .args(["--cluster-node-timeout", "15000", "--appendonly", "yes", "--appendfsync", "always"])
                 .arg("--dir")
                 .arg(&dir)
                 .stdout(log_file(&dir.join("redis.log")))
