@@ -84,94 +84,35 @@ fn log_file(path: &Path) -> std::fs::File {
     std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap()
 }
 
-/// The harness's own Redis. Its append-only file is written with `fsync` on
-/// every write, so a SIGKILL loses nothing Redis acknowledged, as in a
-/// production setup that keeps its features across a restart.
-pub struct OwnRedis {
+/// A server of the harness's own (Redis, the broker): a port and a folder of
+/// its own, stopped with SIGKILL and started again with the same command.
+pub struct Server {
     pub port: u16,
+    name: &'static str,
     dir: PathBuf,
+    command: fn(u16) -> Command,
     child: Option<Child>,
 }
 
-impl OwnRedis {
-    pub fn start(dir: &Path) -> OwnRedis {
-        let dir = dir.join("redis");
+impl Server {
+    fn start(name: &'static str, dir: &Path, command: fn(u16) -> Command) -> Server {
+        let dir = dir.join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut r = OwnRedis { port: free_port(), dir, child: None };
-        r.spawn();
-        r
+        let mut s = Server { port: free_port(), name, dir, command, child: None };
+        s.spawn();
+        s
     }
 
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(log_file(&self.dir.join("redis.log")))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (scripts/services.sh installs it)");
-        self.child = Some(child);
-        wait_listening(self.port, "redis-server", Duration::from_secs(30));
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Stops the process with SIGKILL.
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            kill9(&mut c);
-        }
-    }
-
-    pub fn restart(&mut self) {
-        self.stop();
-        self.spawn();
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// The harness's own broker: tansu with its sqlite engine (records and
-/// committed offsets survive a restart), in a folder of its own.
-pub struct OwnBroker {
-    pub port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl OwnBroker {
-    pub fn start(dir: &Path) -> OwnBroker {
-        let dir = dir.join("broker");
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut b = OwnBroker { port: free_port(), dir, child: None };
-        b.spawn();
-        b
-    }
-
-    fn spawn(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new("tansu")
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "sqlite://tansu.db"])
+    pub fn spawn(&mut self) {
+        let log = self.dir.join(format!("{}.log", self.name));
+        let child = (self.command)(self.port)
             .current_dir(&self.dir)
-            .stdout(log_file(&self.dir.join("tansu.log")))
-            .stderr(log_file(&self.dir.join("tansu.log")))
+            .stdout(log_file(&log))
+            .stderr(log_file(&log))
             .spawn()
-            .expect("tansu (scripts/services.sh installs it)");
+            .unwrap_or_else(|e| panic!("{} (scripts/services.sh installs it): {e}", self.name));
         self.child = Some(child);
-        wait_listening(self.port, "tansu", Duration::from_secs(60));
-    }
-
-    pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        wait_listening(self.port, self.name, Duration::from_secs(60));
     }
 
     pub fn stop(&mut self) {
@@ -179,17 +120,35 @@ impl OwnBroker {
             kill9(&mut c);
         }
     }
-
-    pub fn restart(&mut self) {
-        self.stop();
-        self.spawn();
-    }
 }
 
-impl Drop for OwnBroker {
+impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Redis whose append-only file is written with `fsync` on every write, so a
+/// SIGKILL loses nothing it acknowledged, as in a production setup that keeps
+/// its features across a restart.
+fn redis_server(port: u16) -> Command {
+    let mut c = Command::new("redis-server");
+    c.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--dir", "."]).args([
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+    ]);
+    c
+}
+
+/// tansu with its sqlite engine: records and committed offsets survive a restart.
+fn tansu(port: u16) -> Command {
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut c = Command::new("tansu");
+    c.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+        .args(["--storage-engine", "sqlite://tansu.db"]);
+    c
 }
 
 /// The harness's own Redis Cluster: three primaries, each with a replica,
@@ -470,11 +429,6 @@ pub struct Report {
 }
 
 impl Report {
-    /// Losses, double counts and unmarked duplicates: the figures that must be 0.
-    pub fn zero_targets(&self) -> (usize, usize, usize) {
-        (self.lost, self.double_counted, self.unmarked_duplicates)
-    }
-
     /// Every check a run must pass. With the `fail` policy the features must
     /// equal the clean pass's exactly; with `decide` and `review` decisions
     /// made without the store leave their events uncounted, so features may
@@ -669,7 +623,7 @@ impl Pass {
     fn new(tag: &str, brokers: &str, store: &Store, degraded: &str) -> Pass {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let tag = format!("{tag}-{}", &id[..8]);
-        let pipeline = TestPipeline::shipped("local.toml");
+        let pipeline = TestPipeline::shipped("local.toml").named(&tag);
         let pipeline = match store {
             Store::Redis(url) => pipeline.set("store.redis_url", url.as_str()),
             Store::Cluster(nodes) => pipeline
@@ -680,12 +634,6 @@ impl Pass {
         let pipeline = pipeline
             .set("kafka.brokers", brokers)
             .set("store.degraded", degraded)
-            .set("kafka.group_id", format!("g-{tag}"))
-            .set("kafka.input_topic", format!("in-{tag}"))
-            .set("kafka.decisions_topic", format!("out-{tag}"))
-            .set("kafka.dead_letter_topic", format!("dlq-{tag}"))
-            .set("kafka.labels_topic", format!("labels-{tag}"))
-            .set("store.key_prefix", format!("f-{tag}"))
             .set("kafka.batch_size", 250)
             // A killed member's partitions wait for its session to expire.
             .kafka_property("session.timeout.ms", "6000")
@@ -885,8 +833,8 @@ fn compare(got: &BTreeMap<String, Value>, want: &BTreeMap<String, Value>) -> (us
 
 /// The services a run can break.
 pub struct Services {
-    pub broker: OwnBroker,
-    pub redis: OwnRedis,
+    pub broker: Server,
+    pub redis: Server,
 }
 
 /// The harness's own services, in a scratch folder (logs included).
@@ -901,9 +849,9 @@ impl Harness {
     pub fn start(name: &str) -> Harness {
         let dir = std::env::temp_dir().join(format!("vigil-faults-{name}-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
-        let broker = OwnBroker::start(&dir);
-        let redis = OwnRedis::start(&dir);
-        let (brokers, redis_port) = (broker.brokers(), redis.port);
+        let broker = Server::start("tansu", &dir, tansu);
+        let redis = Server::start("redis", &dir, redis_server);
+        let (brokers, redis_port) = (format!("127.0.0.1:{}", broker.port), redis.port);
         Harness { dir, services: Arc::new(Mutex::new(Services { broker, redis })), brokers, redis_port }
     }
 

@@ -62,13 +62,19 @@ impl TestPipeline {
         TestPipeline::shipped("local.toml")
             .set("kafka.brokers", brokers())
             .set("store.redis_url", redis_url())
-            .set("kafka.group_id", format!("g-{tag}"))
+            .named(&tag)
+            .set("kafka.batch_size", 250)
+    }
+
+    /// The consumer group, topics and key prefix named after `tag`:
+    /// `g-TAG`, `in-TAG`, `out-TAG`, `dlq-TAG`, `labels-TAG` and `t-TAG`.
+    pub fn named(self, tag: &str) -> TestPipeline {
+        self.set("kafka.group_id", format!("g-{tag}"))
             .set("kafka.input_topic", format!("in-{tag}"))
             .set("kafka.decisions_topic", format!("out-{tag}"))
             .set("kafka.dead_letter_topic", format!("dlq-{tag}"))
             .set("kafka.labels_topic", format!("labels-{tag}"))
             .set("store.key_prefix", format!("t-{tag}"))
-            .set("kafka.batch_size", 250)
     }
 
     /// Sets the key at `path` (`kafka.batch_size`, `features[0].window`), which must exist.

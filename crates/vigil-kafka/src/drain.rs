@@ -33,6 +33,9 @@ pub struct Draining {
     settled: Condvar,
     drained: AtomicU64,
     timed_out: AtomicU64,
+    /// Revocations so far (also in `State`, read here without the lock by
+    /// the reading loop after every `recv`).
+    revocations: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -74,7 +77,7 @@ impl Draining {
 
     /// Revocations so far; pass it to [`Draining::revoked_after`] later.
     pub fn revocations(&self) -> u64 {
-        self.lock().revocations
+        self.revocations.load(Ordering::Acquire)
     }
 
     /// Partitions revoked after revocation number `since`.
@@ -96,6 +99,8 @@ impl Draining {
         for (topic, partition) in partitions {
             s.revoked.push_back((n, topic, partition));
         }
+        // Published after the partitions, so a reader that sees `n` finds them.
+        self.revocations.store(n, Ordering::Release);
         while s.revoked.len() > REMEMBERED {
             s.revoked.pop_front();
         }
