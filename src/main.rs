@@ -107,15 +107,29 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
     }
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| "info,rdkafka=warn".into()),
-        )
-        .with_writer(std::io::stderr)
+/// Logs go to stderr, filtered by `VIGIL_LOG`, as text or, with
+/// `VIGIL_LOG_FORMAT=json`, one JSON object a line (for a log shipper).
+fn init_logs() -> Result<(), String> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| "info,rdkafka=warn".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match std::env::var("VIGIL_LOG_FORMAT").as_deref() {
+        Ok("json") => logs.json().flatten_event(true).with_current_span(false).init(),
         // Colour only on a terminal: a log file gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        Ok("text") | Ok("") | Err(std::env::VarError::NotPresent) => {
+            logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init()
+        }
+        Ok(other) => return Err(format!("VIGIL_LOG_FORMAT={other}: give `text` (the default) or `json`")),
+        Err(std::env::VarError::NotUnicode(_)) => return Err("VIGIL_LOG_FORMAT is not UTF-8".into()),
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    if let Err(e) = init_logs() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     if cli.command.writes_files_only() {
         signals::default_sigpipe();

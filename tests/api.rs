@@ -152,8 +152,13 @@ async fn signed_requests_decide_once_and_everything_else_is_refused() {
     }
     assert_eq!(retry["replayed"], true);
     let e2 = event("api-2", 1, "30.00", "c-api", "t-api");
-    let second = body(server.signed(path, &e2).await).await;
+    // With W3C trace context: it is carried onto the decision.
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let traced = [("vigil-signature", sign(path, &e2, now_ms())), ("traceparent", trace.to_owned())];
+    let second = body(server.send(path, &e2, &traced).await).await;
     assert_eq!(second["features"]["card_count_10m"], 1, "the retry was counted: {second}");
+    assert_eq!(second["traceparent"], trace, "{second}");
+    assert!(first.get("traceparent").is_none(), "{first}");
 
     // The same id with other content: 409.
     let reused = server.signed(path, &e1.replace("25.00", "999.00")).await;

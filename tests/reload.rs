@@ -12,6 +12,7 @@ use common::*;
 use vigil_core::pipeline::KafkaConfig;
 use vigil_core::{Action, Decision, Event};
 use vigil_engine::watch::{watch_models, watch_rules, ModelRole, ReloadStats};
+use vigil_engine::Reloaded;
 use vigil_engine::Engine;
 use vigil_gen::GenConfig;
 
@@ -83,6 +84,10 @@ async fn editing_rules_under_a_running_stream() {
     })
     .await;
     assert_eq!(engine.rules().version(), v2, "a broken edit replaced the rules");
+    // What /metrics reports (`vigil_reloads_total`): every attempt, by outcome.
+    let (taken, refused) = engine.reloads().of(Reloaded::Rules);
+    assert!(taken >= 1 && refused >= 1, "reloads counted: {taken} taken, {refused} refused");
+    assert_eq!(engine.reloads().of(Reloaded::Model), (0, 0));
     send_batch(&kafka, &events, 2, &run.stats).await;
 
     run.finish().await.unwrap();
@@ -166,6 +171,8 @@ async fn replacing_the_model_file_under_a_running_stream() {
     })
     .await;
     assert_eq!(engine.model_version().unwrap(), v2, "a corrupt file replaced the model");
+    let (taken, refused) = engine.reloads().of(Reloaded::Model);
+    assert!(taken >= 1 && refused >= 2, "model reloads counted: {taken} taken, {refused} refused");
     send_batch(&kafka, &events, 2, &run.stats).await;
 
     run.finish().await.unwrap();

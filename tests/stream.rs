@@ -493,29 +493,51 @@ async fn vigil_run_serves_metrics_that_match_what_it_did() {
     let kafka = config.kafka.clone().unwrap();
     vigil_kafka::create_topics(&kafka, 2).await.unwrap();
     let events = traffic(600, 3);
-    let mut lines: Vec<Vec<u8>> = events.iter().map(Event::to_json).collect();
+    // The last event comes with W3C trace context, which its decision carries.
+    let (traced, untraced) = events.split_last().unwrap();
+    let mut lines: Vec<Vec<u8>> = untraced.iter().map(Event::to_json).collect();
     for i in 0..3 {
         lines.insert(i * 100, format!("not an event {i}").into_bytes());
     }
+    lines.push(br#"{"transaction_id":"no-amount","timestamp":"2026-01-01T00:00:00Z","currency":"EUR"}"#.to_vec());
     vigil_kafka::produce_lines(&kafka, &kafka.input_topic, lines.into_iter()).await.unwrap();
+    let labels = kafka.labels_topic.clone().unwrap();
+    let odd_label = br#"{"transaction_id":"x","label":"genuine","reported_at":"2026-01-01T00:00:00Z","colour":"red"}"#;
+    vigil_kafka::produce_lines(&kafka, &labels, std::iter::once(odd_label.to_vec())).await.unwrap();
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let producer: rdkafka::producer::FutureProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+    let headers = rdkafka::message::OwnedHeaders::new()
+        .insert(rdkafka::message::Header { key: "traceparent", value: Some(trace) });
+    let payload = traced.to_json();
+    let record = rdkafka::producer::FutureRecord::to(&kafka.input_topic)
+        .key(traced.card_id.as_deref().unwrap_or_default())
+        .payload(&payload)
+        .headers(headers);
+    producer.send(record, Duration::from_secs(10)).await.unwrap();
 
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let address = format!("127.0.0.1:{port}");
+    let log = std::env::temp_dir().join(format!("vigil-ops-{port}.log"));
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(["run", "--pipeline", file.to_str().unwrap(), "--metrics-listen", &address])
+        .args(["--metrics-token-env", "VIGIL_TEST_METRICS_TOKEN"])
+        .env("VIGIL_TEST_METRICS_TOKEN", "scrape-token-0123456789")
+        .env("VIGIL_LOG_FORMAT", "json")
         .current_dir(repo())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let client = reqwest::Client::new();
-    let get = |path: &str| {
+    let get_as = |path: &str, token: &'static str| {
         let (client, url) = (client.clone(), format!("http://{address}{path}"));
         async move {
-            let r = client.get(url).send().await.ok()?;
+            let r = client.get(url).bearer_auth(token).send().await.ok()?;
             Some((r.status().as_u16(), r.text().await.ok()?))
         }
     };
+    let get = |path: &str| get_as(path, "scrape-token-0123456789");
     let mut page = String::new();
     let started = std::time::Instant::now();
     loop {
@@ -535,8 +557,18 @@ async fn vigil_run_serves_metrics_that_match_what_it_did() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert_eq!(sample(&page, "vigil_stream_events_read_total"), Some(603.0), "{page}");
-    assert_eq!(sample(&page, "vigil_stream_dead_letters_total"), Some(3.0), "{page}");
+    assert_eq!(sample(&page, "vigil_stream_events_read_total"), Some(605.0), "{page}");
+    let dead = |labels: &str| sample(&page, &format!("vigil_stream_dead_letters_total{{{labels}}}"));
+    assert_eq!(dead(r#"input="event",reason="malformed_json",field="""#), Some(3.0), "{page}");
+    assert_eq!(dead(r#"input="event",reason="invalid",field="""#), Some(1.0), "{page}");
+    // A field the sender made up is not a label value.
+    assert_eq!(dead(r#"input="label",reason="invalid_field",field="""#), Some(1.0), "{page}");
+    assert_eq!(dead(r#"input="label",reason="malformed_json",field="""#), Some(0.0), "{page}");
+    assert_eq!(sample(&page, r#"vigil_reloads_total{what="rules",outcome="refused"}"#), Some(0.0), "{page}");
+    // The token guards /metrics only.
+    assert_eq!(get_as("/metrics", "not-the-token-0123456789").await.map(|r| r.0), Some(401));
+    let bare = client.get(format!("http://{address}/metrics")).send().await.unwrap();
+    assert_eq!(bare.status().as_u16(), 401);
     assert_eq!(sample(&page, "vigil_stream_replayed_total"), Some(0.0), "{page}");
     // Two of the input topic and two of the labels topic.
     assert_eq!(sample(&page, "vigil_stream_partitions_assigned"), Some(4.0), "{page}");
@@ -561,6 +593,18 @@ async fn vigil_run_serves_metrics_that_match_what_it_did() {
     let _ = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status();
     let status = child.wait().unwrap();
     assert!(status.success(), "vigil run stopped with {status}");
+    let out = decisions(&read_all(&kafka.decisions_topic, 600, Duration::from_secs(5), Duration::from_secs(60)).await);
+    let with_trace: Vec<&Decision> = out.iter().filter(|d| d.traceparent.is_some()).collect();
+    assert_eq!(with_trace.len(), 1);
+    assert_eq!((with_trace[0].transaction_id.as_str(), with_trace[0].traceparent.as_deref()), (traced.transaction_id.as_str(), Some(trace)));
+    // VIGIL_LOG_FORMAT=json: every line is an object with a level and a message.
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let logs: Vec<serde_json::Value> =
+        lines.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    assert!(logs.iter().all(|l| l["level"].is_string() && l["timestamp"].is_string()), "{lines}");
+    let stopped = logs.iter().find(|l| l["message"] == "stopped").unwrap_or_else(|| panic!("{lines}"));
+    assert!(stopped["stats"].as_str().unwrap().contains("\"decided\": 600"), "{stopped}");
+    std::fs::remove_file(&log).ok();
     std::fs::remove_file(&file).ok();
     clean_redis(&config.store.key_prefix).await;
 }

@@ -400,8 +400,11 @@ pub struct Report {
     pub disagreeing: usize,
     /// Decision records that say `replayed`.
     pub replayed: usize,
-    /// Decisions made without the store (`"degraded": true`).
+    /// Events first decided without the store (`"degraded": true`).
     pub degraded_decisions: usize,
+    /// Degraded records of events decided more than once (expected under
+    /// `decide` and `review`: a degraded decision sets no marker).
+    pub degraded_repeats: usize,
     /// Events whose card features differ from the clean pass's.
     pub card_mismatches: usize,
     /// Count and sum features (of events' cards, or of probes) above the clean pass's.
@@ -464,7 +467,7 @@ impl Report {
     /// A row for benches/RESULTS.md.
     pub fn row(&self) -> String {
         format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} s | {:.0} s |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {:.1} s | {:.0} s |",
             self.name,
             self.degraded,
             self.events,
@@ -476,13 +479,14 @@ impl Report {
             self.card_mismatches + self.probe_mismatches,
             self.replayed,
             self.degraded_decisions,
+            self.degraded_repeats,
             self.dead_missing + self.dead_unexpected,
             self.drain.as_secs_f64(),
             self.elapsed.as_secs_f64(),
         )
     }
 
-    pub const HEADER: &'static str = "| run | degraded | events | kills | store retries | lost | double-counted | unmarked duplicates | features off the clean pass | replayed records | degraded decisions | dead-letter errors | drain | run time |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+    pub const HEADER: &'static str = "| run | degraded | events | kills | store retries | lost | double-counted | unmarked duplicates | features off the clean pass | replayed records | degraded decisions (repeats) | dead-letter errors | drain | run time |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 }
 
 /// The feed: events, malformed records and labels, in the order they are sent.
@@ -1011,16 +1015,26 @@ pub fn check(report: &mut Report, feed: &Feed, ids: &[&str], probes: &[&str], go
             }
             continue;
         };
-        let unmarked = records.iter().filter(|d| d["replayed"] != Value::Bool(true)).count();
+        // A degraded decision counted nothing and set no marker (under
+        // `decide` and `review`), so a redelivery is decided afresh: such
+        // repeats are expected, and counted apart from the others.
+        let degraded = |d: &Value| d["degraded"] == Value::Bool(true);
+        let counted: Vec<&Value> = records.iter().filter(|d| !degraded(d)).collect();
+        let unmarked = counted.iter().filter(|d| d["replayed"] != Value::Bool(true)).count();
         report.unmarked_duplicates += unmarked.saturating_sub(1);
         report.replayed += records.iter().filter(|d| d["replayed"] == Value::Bool(true)).count();
-        let first = &records[0];
-        for d in &records[1..] {
-            if d["decision"] != first["decision"] || d["features"] != first["features"] {
-                report.disagreeing += 1;
+        if records.len() > 1 {
+            report.degraded_repeats += records.len() - counted.len();
+        }
+        if let Some((base, rest)) = counted.split_first() {
+            for d in rest {
+                if d["decision"] != base["decision"] || d["features"] != base["features"] {
+                    report.disagreeing += 1;
+                }
             }
         }
-        if first["degraded"] == Value::Bool(true) {
+        let first = counted.first().copied().unwrap_or(&records[0]);
+        if degraded(&records[0]) {
             report.degraded_decisions += 1;
         }
         let Some(want) = clean.decisions.get(*id).map(|r| &r[0]) else { continue };

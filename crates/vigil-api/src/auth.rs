@@ -25,6 +25,7 @@ use std::sync::Mutex;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use vigil_core::pipeline::{ApiConfig, JwtAlgorithm, SecretSource};
+use vigil_engine::metrics::{MetricsToken, TokenRefusal};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -125,16 +126,8 @@ pub struct Verifier {
     tolerance_ms: i64,
     replays: Mutex<ReplayGuard>,
     jwt: Option<Jwt>,
-    /// The digest of the `/metrics` bearer token, when one is configured.
-    metrics_token: Option<Vec<u8>>,
-}
-
-/// Digests a `/metrics` token, so that tokens are compared in constant time
-/// whatever their lengths.
-fn token_digest(token: &[u8]) -> HmacSha256 {
-    let mut m = HmacSha256::new_from_slice(b"vigil-metrics-token").expect("HMAC accepts any key length");
-    m.update(token);
-    m
+    /// The `/metrics` bearer token, when one is configured.
+    metrics_token: Option<MetricsToken>,
 }
 
 impl Verifier {
@@ -222,7 +215,7 @@ impl Verifier {
                     };
                     SetupError(format!("api.metrics_token_env: ${name} is not set"))
                 })?;
-                Some(token_digest(&token).finalize().into_bytes().to_vec())
+                Some(MetricsToken::new(&token))
             }
         };
         Ok(Verifier {
@@ -238,8 +231,10 @@ impl Verifier {
     /// configured, else only with `Authorization: Bearer TOKEN`.
     pub fn metrics_allowed(&self, authorization: Option<&str>) -> Result<(), Refusal> {
         let Some(expected) = &self.metrics_token else { return Ok(()) };
-        let token = authorization.and_then(|a| a.strip_prefix("Bearer ")).ok_or(Refusal::Missing)?;
-        token_digest(token.trim().as_bytes()).verify_slice(expected).map_err(|_| Refusal::BadToken)
+        expected.check(authorization).map_err(|r| match r {
+            TokenRefusal::Missing => Refusal::Missing,
+            TokenRefusal::Wrong => Refusal::BadToken,
+        })
     }
 
     /// The client a request comes from, or why it is refused. `now_ms` is the

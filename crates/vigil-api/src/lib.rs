@@ -217,6 +217,12 @@ fn engine_failure(e: &EngineError) -> Response {
     retry_later("dependency_unavailable", format!("no decision could be made now: {e}"))
 }
 
+/// The request's valid W3C `traceparent` header, for its decisions.
+fn traceparent(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(vigil_core::trace::TRACEPARENT)?.to_str().ok()?;
+    vigil_core::trace::traceparent(value).map(str::to_owned)
+}
+
 async fn decide_one(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) -> Response {
     let arrived = Instant::now();
     let Some(deadline) = api.deadline(&headers, arrived) else { return bad_budget() };
@@ -224,11 +230,12 @@ async fn decide_one(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes
         Ok(e) => e,
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_event", e.message, e.field.as_deref()),
     };
-    let d = match api.engine.decide(&[&event], Options::within(deadline)).await.map(|mut ds| ds.pop()) {
+    let mut d = match api.engine.decide(&[&event], Options::within(deadline)).await.map(|mut ds| ds.pop()) {
         Ok(Some(d)) => d,
         Ok(None) => return engine_failure(&EngineError::Inputs("no decision for the event".into())),
         Err(e) => return engine_failure(&e),
     };
+    d.traceparent = traceparent(&headers);
     if !api.settle(&event, &d) {
         let message = conflict_message(&d);
         return error(StatusCode::CONFLICT, "transaction_conflict", message, Some("transaction_id"));
@@ -269,6 +276,7 @@ async fn decide_batch(State(api): State<Arc<Api>>, headers: HeaderMap, body: Byt
             Some("events"),
         );
     }
+    let trace = traceparent(&headers);
     let parsed: Vec<Result<Event, vigil_core::EventError>> =
         batch.events.iter().map(|raw| Event::from_json(raw.get().as_bytes())).collect();
     let valid: Vec<&Event> = parsed.iter().filter_map(|p| p.as_ref().ok()).collect();
@@ -288,7 +296,8 @@ async fn decide_batch(State(api): State<Arc<Api>>, headers: HeaderMap, body: Byt
             }
             Ok(event) => {
                 // One decision per valid event, in order.
-                let d = decided.next().expect("a decision per valid event");
+                let mut d = decided.next().expect("a decision per valid event");
+                d.traceparent = trace.clone();
                 if api.settle(event, &d) {
                     json!({"status": 200, "decision": d})
                 } else {

@@ -124,6 +124,10 @@ pub struct Decision {
     pub conflict: bool,
     /// Time spent deciding, from the start of the engine call to the decision.
     pub latency_us: u64,
+    /// The W3C `traceparent` the event came with (a Kafka record header or an
+    /// HTTP header), when it was a valid one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl Decision {

@@ -66,7 +66,33 @@ impl EventError {
     pub(crate) fn field(field: &str, message: impl Into<String>) -> Self {
         Self { field: Some(field.to_owned()), message: message.into() }
     }
+
+    /// Why, in one of a few words fit for a metric label: `malformed_json`
+    /// (not JSON at all), `invalid_field` (one field is wrong or unknown) or
+    /// `invalid` (the rest: a missing field, a wrong shape).
+    pub fn kind(&self) -> &'static str {
+        if self.message.starts_with(MALFORMED_JSON) {
+            "malformed_json"
+        } else if self.field.is_some() {
+            "invalid_field"
+        } else {
+            "invalid"
+        }
+    }
+
+    /// The field at fault when it is one an event or a label defines: a field
+    /// name a sender made up is not returned, so that a metric labelled by it
+    /// stays bounded.
+    pub fn known_field(&self) -> Option<&'static str> {
+        let f = self.field.as_deref()?;
+        EventField::parse(f)
+            .map(EventField::name)
+            .or_else(|| ["attributes", "label", "reported_at", "source"].into_iter().find(|k| *k == f))
+    }
 }
+
+/// How the message of an event or label that is not JSON begins.
+pub(crate) const MALFORMED_JSON: &str = "malformed JSON";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,7 +122,7 @@ impl Event {
         let raw: RawEvent<'_> = serde_json::from_slice(bytes).map_err(|e| {
             let message = match e.classify() {
                 serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-                    format!("malformed JSON: {e}")
+                    format!("{MALFORMED_JSON}: {e}")
                 }
                 _ => format!("invalid event: {e}"),
             };
@@ -366,6 +392,23 @@ mod tests {
     }
 
     const BASE: &str = r#""transaction_id":"t1","timestamp":"2026-01-02T03:04:05+01:00","currency":"EUR""#;
+
+    #[test]
+    fn a_refusal_has_a_bounded_kind_and_names_only_known_fields() {
+        let not_json = err("{not json");
+        assert_eq!((not_json.kind(), not_json.known_field()), ("malformed_json", None));
+        let missing = err(&format!("{{{BASE}}}"));
+        assert_eq!((missing.kind(), missing.known_field()), ("invalid", None), "{missing}");
+        let bad = err(&format!(r#"{{{BASE},"amount":"twelve"}}"#));
+        assert_eq!((bad.kind(), bad.known_field()), ("invalid_field", Some("amount")), "{bad}");
+        let label = crate::Label::from_json(br#"{"transaction_id":"t","label":"fraud","reported_at":"x"}"#).unwrap_err();
+        assert_eq!((label.kind(), label.known_field()), ("invalid_field", Some("reported_at")), "{label}");
+        let made_up =
+            crate::Label::from_json(br#"{"transaction_id":"t","label":"fraud","colour":"red"}"#).unwrap_err();
+        assert_eq!((made_up.kind(), made_up.known_field()), ("invalid_field", None), "{made_up}");
+        let label_json = crate::Label::from_json(b"[").unwrap_err();
+        assert_eq!(label_json.kind(), "malformed_json");
+    }
 
     #[test]
     fn fingerprint_follows_content_not_formatting() {

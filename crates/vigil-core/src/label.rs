@@ -59,7 +59,7 @@ impl Label {
     /// Parses and validates one JSON-encoded label.
     pub fn from_json(bytes: &[u8]) -> Result<Label, EventError> {
         let value: Value = serde_json::from_slice(bytes)
-            .map_err(|e| EventError { field: None, message: format!("malformed JSON: {e}") })?;
+            .map_err(|e| EventError { field: None, message: format!("{}: {e}", crate::event::MALFORMED_JSON) })?;
         let Value::Object(map) = value else {
             return Err(EventError { field: None, message: "a label must be a JSON object".into() });
         };

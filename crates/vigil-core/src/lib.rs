@@ -14,6 +14,7 @@ pub mod feature;
 pub mod label;
 pub mod pipeline;
 pub mod suggest;
+pub mod trace;
 
 /// FNV-1a: a hash that is the same in every process, version and platform, for
 /// anything stored or derived from ids (distinct-value sets kept in Redis,

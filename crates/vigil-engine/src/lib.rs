@@ -24,7 +24,7 @@ pub mod scoring;
 pub mod watch;
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -109,6 +109,46 @@ pub struct Engine {
     rules: ArcSwap<RuleSet>,
     models: Models,
     policy: Policy,
+    reloads: Reloads,
+}
+
+/// Reloads of the rules and models, by what was reloaded and whether it was
+/// taken: every path (file watch, SIGHUP) counts here, for the metrics.
+#[derive(Debug, Default)]
+pub struct Reloads {
+    counts: [[AtomicU64; 2]; 3],
+}
+
+/// What a reload reloaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reloaded {
+    Rules,
+    Model,
+    Challenger,
+}
+
+impl Reloaded {
+    pub const ALL: [Reloaded; 3] = [Reloaded::Rules, Reloaded::Model, Reloaded::Challenger];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reloaded::Rules => "rules",
+            Reloaded::Model => "model",
+            Reloaded::Challenger => "challenger",
+        }
+    }
+}
+
+impl Reloads {
+    fn count<T, E>(&self, what: Reloaded, result: &Result<T, E>) {
+        self.counts[what as usize][usize::from(result.is_err())].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(taken, refused)` reloads of `what` so far.
+    pub fn of(&self, what: Reloaded) -> (u64, u64) {
+        let [ok, refused] = &self.counts[what as usize];
+        (ok.load(Ordering::Relaxed), refused.load(Ordering::Relaxed))
+    }
 }
 
 impl Engine {
@@ -148,6 +188,7 @@ impl Engine {
             models,
             policy: Policy::of(config),
             schema,
+            reloads: Reloads::default(),
         })
     }
 
@@ -270,10 +311,13 @@ impl Engine {
     /// Loads rules from `path` and swaps them in if they check; otherwise the
     /// current rules keep serving and the errors are returned.
     pub fn reload_rules(&self, path: &Path) -> Result<String, EngineError> {
-        let rules = RuleSet::load(path, &self.schema)?;
-        let version = rules.version().to_owned();
-        self.rules.store(Arc::new(rules));
-        Ok(version)
+        let result = RuleSet::load(path, &self.schema).map(|rules| {
+            let version = rules.version().to_owned();
+            self.rules.store(Arc::new(rules));
+            version
+        });
+        self.reloads.count(Reloaded::Rules, &result);
+        Ok(result?)
     }
 
     /// Loads a model file and swaps it in if it loads and fits the pipeline.
@@ -288,10 +332,22 @@ impl Engine {
     }
 
     fn swap_in(&self, role: ModelRole, path: &Path) -> Result<String, EngineError> {
-        let m = ScoringModel::load(&self.schema.features, path)?;
-        let version = m.version().to_owned();
-        self.models.slot(role).store(Arc::new(Some(m)));
-        Ok(version)
+        let result = ScoringModel::load(&self.schema.features, path).map(|m| {
+            let version = m.version().to_owned();
+            self.models.slot(role).store(Arc::new(Some(m)));
+            version
+        });
+        let what = match role {
+            ModelRole::Champion => Reloaded::Model,
+            ModelRole::Challenger => Reloaded::Challenger,
+        };
+        self.reloads.count(what, &result);
+        Ok(result?)
+    }
+
+    /// The rule and model reloads tried so far, taken or refused.
+    pub fn reloads(&self) -> &Reloads {
+        &self.reloads
     }
 
     /// Whether the feature store answers.

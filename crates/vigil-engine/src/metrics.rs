@@ -12,10 +12,11 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use vigil_core::Decision;
 
-use crate::Engine;
+use crate::{Engine, Reloaded};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -48,6 +49,49 @@ pub struct DecisionMetrics {
 impl std::fmt::Debug for DecisionMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("DecisionMetrics")
+    }
+}
+
+/// The bearer token a `/metrics` endpoint asks for, kept as a digest: a token
+/// sent is compared in constant time, whatever its length.
+#[derive(Clone)]
+pub struct MetricsToken(Vec<u8>);
+
+impl std::fmt::Debug for MetricsToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsToken(..)")
+    }
+}
+
+/// Why a `/metrics` request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRefusal {
+    /// No `Authorization: Bearer` header.
+    Missing,
+    /// A bearer token that is not the one configured.
+    Wrong,
+}
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+fn token_digest(token: &[u8]) -> HmacSha256 {
+    use hmac::Mac as _;
+    let mut m = HmacSha256::new_from_slice(b"vigil-metrics-token").expect("HMAC accepts any key length");
+    m.update(token);
+    m
+}
+
+impl MetricsToken {
+    pub fn new(token: &[u8]) -> MetricsToken {
+        use hmac::Mac as _;
+        MetricsToken(token_digest(token).finalize().into_bytes().to_vec())
+    }
+
+    /// Whether a request with this `Authorization` header value may read.
+    pub fn check(&self, authorization: Option<&str>) -> Result<(), TokenRefusal> {
+        use hmac::Mac as _;
+        let token = authorization.and_then(|a| a.strip_prefix("Bearer ")).ok_or(TokenRefusal::Missing)?;
+        token_digest(token.trim().as_bytes()).verify_slice(&self.0).map_err(|_| TokenRefusal::Wrong)
     }
 }
 
@@ -84,7 +128,20 @@ impl Collector for Store {
         counter(e, "feature_store_short_circuited", "Calls refused by the open breaker", g(&s.short_circuited))?;
         counter(e, "degraded_decisions", "Decisions made without features", g(&s.degraded_decisions))?;
         let open = i64::from(self.0.breaker_open());
-        gauge(e, "feature_store_breaker_open", "1 while the feature store's circuit breaker is open", open)
+        gauge(e, "feature_store_breaker_open", "1 while the feature store's circuit breaker is open", open)?;
+        let mut family = e.encode_descriptor(
+            "reloads",
+            "Rule and model reloads (file changes and SIGHUP), taken (`ok`) or refused while the last good one serves",
+            None,
+            MetricType::Counter,
+        )?;
+        for what in Reloaded::ALL {
+            let (ok, refused) = self.0.reloads().of(what);
+            for (outcome, n) in [("ok", ok), ("refused", refused)] {
+                ConstCounter::new(n).encode(family.encode_family(&[("what", what.as_str()), ("outcome", outcome)])?)?;
+            }
+        }
+        Ok(())
     }
 }
 

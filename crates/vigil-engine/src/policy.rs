@@ -118,6 +118,7 @@ impl Policy {
             degraded,
             conflict: fv.replayed && fv.fingerprint != 0 && fv.fingerprint != event.fingerprint(),
             latency_us: 0,
+            traceparent: None,
         }
     }
 

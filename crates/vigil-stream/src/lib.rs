@@ -83,6 +83,8 @@ pub struct Stats {
     pub labels_counted: AtomicU64,
     /// Labels that changed nothing: redelivered frauds and genuine verdicts.
     pub labels_unchanged: AtomicU64,
+    /// Dead letters by why ([`DeadLetter`]), for the metrics.
+    pub dead_letters: std::sync::Mutex<BTreeMap<DeadLetter, u64>>,
     /// Records read but let go undecided because their partition was revoked
     /// (the partition's next owner reads them).
     pub released: AtomicU64,
@@ -111,6 +113,30 @@ impl Stats {
             ("released", self.released.load(Ordering::Relaxed)),
             ("broker_errors", self.broker.errors()),
         ])
+    }
+}
+
+/// Why a record was dead-lettered, in bounded words: what it was read as
+/// (`event` or `label`), [`vigil_core::EventError::kind`], and the field at
+/// fault when it is a known one (else empty).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DeadLetter {
+    pub input: &'static str,
+    pub reason: &'static str,
+    pub field: &'static str,
+}
+
+impl DeadLetter {
+    fn of(input: &'static str, e: &vigil_core::EventError) -> DeadLetter {
+        DeadLetter { input, reason: e.kind(), field: e.known_field().unwrap_or_default() }
+    }
+}
+
+impl Stats {
+    /// Dead letters so far, by why.
+    pub fn dead_letters(&self) -> Vec<(DeadLetter, u64)> {
+        let counts = self.dead_letters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        counts.iter().map(|(k, n)| (k.clone(), *n)).collect()
     }
 }
 
@@ -301,7 +327,7 @@ struct Sorted {
     offsets: BTreeMap<(String, i32), i64>,
     events: Vec<(usize, Event)>,
     labels: Vec<Label>,
-    dead: Vec<(usize, String)>,
+    dead: Vec<(usize, String, DeadLetter)>,
 }
 
 /// Reads a batch's records; a label is read as every entry point reads one
@@ -323,13 +349,13 @@ fn sort(kafka: &KafkaConfig, engine: &Engine, batch: &[OwnedMessage]) -> Sorted 
         if kafka.labels_topic.as_deref() == Some(m.topic()) {
             match vigil_features::labels::read(payload, engine.features()) {
                 Ok(l) => sorted.labels.push(l),
-                Err(e) => sorted.dead.push((i, format!("label: {e}"))),
+                Err(e) => sorted.dead.push((i, format!("label: {e}"), DeadLetter::of("label", &e))),
             }
             continue;
         }
         match Event::from_json(payload) {
             Ok(e) => sorted.events.push((i, e)),
-            Err(e) => sorted.dead.push((i, e.to_string())),
+            Err(e) => sorted.dead.push((i, e.to_string(), DeadLetter::of("event", &e))),
         }
     }
     sorted
@@ -354,7 +380,7 @@ async fn process_batch(
         stats.labels_unchanged.fetch_add(recorded.unchanged() as u64, Ordering::Relaxed);
     }
     let refs: Vec<&Event> = events.iter().map(|(_, e)| e).collect();
-    let Some(decisions) = retrying(stats, shutdown, || engine.decide(&refs, Options::online())).await? else {
+    let Some(mut decisions) = retrying(stats, shutdown, || engine.decide(&refs, Options::online())).await? else {
         return Ok(None);
     };
 
@@ -370,7 +396,8 @@ async fn process_batch(
         }
         m.batch.observe(started.elapsed().as_secs_f64());
     }
-    for ((_, event), decision) in events.iter().zip(&decisions) {
+    for ((i, event), decision) in events.iter().zip(decisions.iter_mut()) {
+        decision.traceparent = traceparent(&batch[*i]);
         let payload = decision.to_json();
         let key = decision_key(event, &kafka.decision_key);
         let record = FutureRecord::to(&kafka.decisions_topic).key(key.as_bytes()).payload(payload.as_slice());
@@ -384,12 +411,26 @@ async fn process_batch(
         }
     }
     stats.decided.fetch_add(decisions.len() as u64, Ordering::Relaxed);
-    for (i, reason) in &dead {
+    for (i, reason, _) in &dead {
         let f = dead_letter(kafka, producer, &batch[*i], reason).await?;
         deliveries.push((Output::DeadLetter, f));
     }
-    stats.dead_lettered.fetch_add(dead.len() as u64, Ordering::Relaxed);
+    if !dead.is_empty() {
+        stats.dead_lettered.fetch_add(dead.len() as u64, Ordering::Relaxed);
+        let mut counts = stats.dead_letters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (_, _, why) in dead {
+            *counts.entry(why).or_default() += 1;
+        }
+    }
     Ok(Some(InFlight { deliveries, offsets }))
+}
+
+/// The record's valid W3C `traceparent` header, if it has one.
+fn traceparent(m: &OwnedMessage) -> Option<String> {
+    let headers = m.headers()?;
+    let h = headers.iter().find(|h| h.key == vigil_core::trace::TRACEPARENT)?;
+    let value = std::str::from_utf8(h.value?).ok()?;
+    vigil_core::trace::traceparent(value).map(str::to_owned)
 }
 
 /// Sends a record to the dead-letter topic with its original key, bytes and

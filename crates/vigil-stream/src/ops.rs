@@ -1,8 +1,8 @@
 //! `vigil run`'s operations endpoint, for scrapers and orchestrators:
-//! - `/metrics`: the decision figures every entry point reports
+//! - `/metrics` (behind a bearer token when one is given): the decision figures every entry point reports
 //!   ([`vigil_engine::metrics::DecisionMetrics`], the names `vigil serve`
 //!   uses), and the stream's own: events read, decided, dead-lettered and
-//!   replayed, store retries, deliveries, committed batches, labels, broker
+//!   replayed (dead letters by input, reason and field), store retries, deliveries, committed batches, labels, broker
 //!   errors, rebalances by kind, revoke drains, records let go at a revoke,
 //!   partitions held, consumer lag per partition, and
 //!   the event-to-decision and batch latency histograms;
@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::collector::Collector;
@@ -24,10 +24,10 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use vigil_engine::metrics::{counter, gauge, DecisionMetrics};
+use vigil_engine::metrics::{counter, gauge, DecisionMetrics, MetricsToken};
 use vigil_engine::Engine;
 
-use crate::Stats;
+use crate::{DeadLetter, Stats};
 
 /// What the stream counts into the registry as it decides: the decision
 /// figures every entry point reports, and the latency histograms (seconds).
@@ -81,7 +81,6 @@ impl Collector for Stream {
         let e = &mut encoder;
         counter(e, "stream_events_read", "Records read from the input and labels topics", g(&s.consumed))?;
         counter(e, "stream_events_decided", "Events decided (redeliveries included)", g(&s.decided))?;
-        counter(e, "stream_dead_letters", "Records sent to the dead-letter topic", g(&s.dead_lettered))?;
         counter(e, "stream_replayed", "Redelivered events given their first decision again", g(&s.replayed))?;
         counter(e, "stream_store_retries", "Batches retried after a feature-store failure", g(&s.store_retries))?;
         counter(e, "stream_records_delivered", "Decisions and dead letters the broker acknowledged", g(&s.delivered))?;
@@ -95,6 +94,27 @@ impl Collector for Stream {
             "Records let go undecided at a revoke (their next owner reads them)",
             g(&s.released),
         )?;
+        let mut family = e.encode_descriptor(
+            "stream_dead_letters",
+            "Records sent to the dead-letter topic, by what they were read as, why, and the field at fault",
+            None,
+            MetricType::Counter,
+        )?;
+        let mut dead = s.dead_letters();
+        // The usual ones from the start, so that a first dead letter is an increase.
+        for input in ["event", "label"] {
+            for reason in ["malformed_json", "invalid"] {
+                let key = DeadLetter { input, reason, field: "" };
+                if !dead.iter().any(|(k, _)| *k == key) {
+                    dead.push((key, 0));
+                }
+            }
+        }
+        dead.sort();
+        for (k, n) in dead {
+            let labels = [("input", k.input), ("reason", k.reason), ("field", k.field)];
+            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+        }
         let (assigns, revokes, failed) = s.broker.rebalances_by_kind();
         let mut family = e.encode_descriptor(
             "stream_rebalances",
@@ -134,15 +154,24 @@ impl Collector for Stream {
 
 struct Ops {
     registry: Registry,
+    token: Option<MetricsToken>,
     stats: Arc<Stats>,
     engine: Arc<Engine>,
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until the process
-/// ends; `registry` is [`stats_with_metrics`]'s, `stats` the run's.
-pub fn serve(listener: tokio::net::TcpListener, mut registry: Registry, stats: Arc<Stats>, engine: Arc<Engine>) {
+/// ends; `registry` is [`stats_with_metrics`]'s, `stats` the run's. With a
+/// `token`, `/metrics` answers only `Authorization: Bearer TOKEN` (the
+/// orchestrator's probes stay open).
+pub fn serve(
+    listener: tokio::net::TcpListener,
+    mut registry: Registry,
+    token: Option<MetricsToken>,
+    stats: Arc<Stats>,
+    engine: Arc<Engine>,
+) {
     registry.register_collector(Box::new(Stream(stats.clone())));
-    let ops = Arc::new(Ops { registry, stats, engine });
+    let ops = Arc::new(Ops { registry, token, stats, engine });
     let app = axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -155,7 +184,16 @@ pub fn serve(listener: tokio::net::TcpListener, mut registry: Registry, stats: A
     });
 }
 
-async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
+async fn metrics(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Response {
+    if let Some(token) = &ops.token {
+        let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if let Err(why) = token.check(authorization) {
+            tracing::info!(reason = ?why, path = "/metrics", "request refused");
+            let mut r = (StatusCode::UNAUTHORIZED, "missing or invalid credentials\n").into_response();
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    }
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, &ops.registry);
