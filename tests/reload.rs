@@ -12,8 +12,8 @@ use common::*;
 use vigil_core::pipeline::KafkaConfig;
 use vigil_core::{Action, Decision, Event};
 use vigil_engine::watch::{watch_models, watch_rules, ModelRole, ReloadStats};
-use vigil_engine::Reloaded;
 use vigil_engine::Engine;
+use vigil_engine::Reloaded;
 use vigil_gen::GenConfig;
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {

@@ -596,7 +596,10 @@ async fn vigil_run_serves_metrics_that_match_what_it_did() {
     let out = decisions(&read_all(&kafka.decisions_topic, 600, Duration::from_secs(5), Duration::from_secs(60)).await);
     let with_trace: Vec<&Decision> = out.iter().filter(|d| d.traceparent.is_some()).collect();
     assert_eq!(with_trace.len(), 1);
-    assert_eq!((with_trace[0].transaction_id.as_str(), with_trace[0].traceparent.as_deref()), (traced.transaction_id.as_str(), Some(trace)));
+    assert_eq!(
+        (with_trace[0].transaction_id.as_str(), with_trace[0].traceparent.as_deref()),
+        (traced.transaction_id.as_str(), Some(trace))
+    );
     // VIGIL_LOG_FORMAT=json: every line is an object with a level and a message.
     let lines = std::fs::read_to_string(&log).unwrap();
     let logs: Vec<serde_json::Value> =

@@ -401,10 +401,10 @@ mod tests {
         assert_eq!((missing.kind(), missing.known_field()), ("invalid", None), "{missing}");
         let bad = err(&format!(r#"{{{BASE},"amount":"twelve"}}"#));
         assert_eq!((bad.kind(), bad.known_field()), ("invalid_field", Some("amount")), "{bad}");
-        let label = crate::Label::from_json(br#"{"transaction_id":"t","label":"fraud","reported_at":"x"}"#).unwrap_err();
+        let label =
+            crate::Label::from_json(br#"{"transaction_id":"t","label":"fraud","reported_at":"x"}"#).unwrap_err();
         assert_eq!((label.kind(), label.known_field()), ("invalid_field", Some("reported_at")), "{label}");
-        let made_up =
-            crate::Label::from_json(br#"{"transaction_id":"t","label":"fraud","colour":"red"}"#).unwrap_err();
+        let made_up = crate::Label::from_json(br#"{"transaction_id":"t","label":"fraud","colour":"red"}"#).unwrap_err();
         assert_eq!((made_up.kind(), made_up.known_field()), ("invalid_field", None), "{made_up}");
         let label_json = crate::Label::from_json(b"[").unwrap_err();
         assert_eq!(label_json.kind(), "malformed_json");
