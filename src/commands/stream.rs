@@ -48,9 +48,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let token = metrics_token(args.metrics_token_env.as_deref())?;
     let config = load_pipeline(&args.pipeline)?;
     let kafka = vigil_kafka::settings(&config)?.clone();
-    let shutdown = crate::signals::shutdown();
-    tokio::pin!(shutdown);
-    let Some(engine) = connect(&config, &mut shutdown).await? else { return Ok(()) };
+    let engine = vigil_engine::watch::live(&config).await?;
     let stats = match args.metrics_listen {
         Some(address) => {
             let listener = tokio::net::TcpListener::bind(address)
@@ -65,33 +63,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         None => Arc::new(vigil_stream::Stats::default()),
     };
-    vigil_stream::run(&kafka, engine, stats, shutdown).await?;
+    vigil_stream::run(&kafka, engine, stats, crate::signals::shutdown()).await?;
     Ok(())
-}
-
-/// The engine, once the feature store answers: an instance (re)started while
-/// Redis is down waits for it, as a running one does, rather than exiting
-/// (which under an orchestrator becomes a crash loop). Any other error stops
-/// the start. `None` when a signal came first.
-async fn connect(
-    config: &vigil_core::PipelineConfig,
-    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-) -> anyhow::Result<Option<Arc<vigil_engine::Engine>>> {
-    let mut attempt = 0u32;
-    loop {
-        match vigil_engine::watch::live(config).await {
-            Ok(engine) => return Ok(Some(engine)),
-            Err(vigil_engine::EngineError::Features(vigil_features::FeatureError::Unavailable(why))) => {
-                attempt += 1;
-                let wait = std::time::Duration::from_millis(250u64 << attempt.min(5));
-                tracing::warn!(error = %why, attempt, wait_ms = wait.as_millis() as u64,
-                    "the feature store is unavailable at start; waiting for it");
-                tokio::select! {
-                    _ = shutdown.as_mut() => return Ok(None),
-                    _ = tokio::time::sleep(wait) => {}
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
 }
