@@ -39,6 +39,9 @@ fn main() {
         ("Redis link held 10 s", "fail", vec![(0.4, Fault::LinkHold(secs(10)))]),
         ("Redis connections dropped", "fail", vec![(0.3, Fault::LinkDrop), (0.6, Fault::LinkDrop)]),
         ("Redis Cluster failover", "fail", vec![(0.3, Fault::ClusterFailover), (0.6, Fault::ClusterFailover)]),
+        // The same group on the same cluster with no fault: the failover's
+        // drain is read beside this one's.
+        ("Redis Cluster, no fault", "fail", vec![]),
         (
             "mixed",
             "fail",

@@ -23,8 +23,15 @@ impl Drop for PrivateRedis {
     }
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 async fn private_redis() -> (PrivateRedis, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    private_redis_on(free_port()).await
+}
+
+async fn private_redis_on(port: u16) -> (PrivateRedis, String) {
     // Owned by the guard at once, so every path (panics included) stops it.
     let guard = PrivateRedis(
         Command::new("redis-server")
@@ -89,4 +96,52 @@ async fn a_stalled_redis_delays_decisions_but_loses_and_double_counts_nothing() 
             }
         }
     }
+}
+
+/// `vigil run --store-wait`: an instance started while Redis is down (as an
+/// orchestrator restarts one during an outage) waits for it, then decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vigil_run_started_before_redis_waits_for_it_and_then_decides() {
+    let port = free_port();
+    let text = TestPipeline::local("wait").set("store.redis_url", format!("redis://127.0.0.1:{port}")).text();
+    let config = vigil_core::PipelineConfig::parse(&repo().join("pipelines/test.toml"), &text).unwrap();
+    let file = repo().join(format!("pipelines/.test-{}.toml", config.store.key_prefix));
+    std::fs::write(&file, &text).unwrap();
+    let kafka = config.kafka.clone().unwrap();
+    vigil_kafka::create_topics(&kafka, 2).await.unwrap();
+    let gen = GenConfig { seed: 9, events: 300, cards: 50, merchants: 10, days: 2, ..GenConfig::default() };
+    let events: Vec<Event> = vigil_gen::generate(&gen).into_iter().map(|l| l.event).collect();
+    vigil_kafka::produce_lines(&kafka, &kafka.input_topic, events.iter().map(Event::to_json)).await.unwrap();
+
+    let log = std::env::temp_dir().join(format!("vigil-store-wait-{port}.log"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["run", "--pipeline", file.to_str().unwrap(), "--store-wait", "120"])
+        .current_dir(repo())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let logged = |what: &str| std::fs::read_to_string(&log).unwrap_or_default().contains(what);
+    wait_until(Duration::from_secs(60), "the instance saying it waits for the store", || {
+        logged("waiting for it (--store-wait)")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "vigil run exited while waiting: {}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+
+    let (_redis, _) = private_redis_on(port).await;
+    let out = decisions(&read_all(&kafka.decisions_topic, 300, Duration::from_secs(5), Duration::from_secs(120)).await);
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let status = child.wait().unwrap();
+    let logs = std::fs::read_to_string(&log).unwrap();
+    std::fs::remove_file(&file).ok();
+    assert!(status.success(), "vigil run stopped with {status}: {logs}");
+    assert_eq!(out.len(), 300, "{logs}");
+    assert!(out.iter().all(|d| !d.degraded && !d.replayed), "{logs}");
+    std::fs::remove_file(&log).ok();
 }

@@ -449,7 +449,7 @@ async fn labels_reach_the_next_decisions_once_and_bad_ones_dead_letter() {
     vigil_kafka::produce_lines(&kafka, &labels_topic, lines.into_iter()).await.unwrap();
     wait_until(Duration::from_secs(60), "the labels handled", || {
         run.stats.labels_counted.load(Ordering::SeqCst) + run.stats.labels_unchanged.load(Ordering::SeqCst) >= 3
-            && run.stats.dead_lettered.load(Ordering::SeqCst) >= 2
+            && run.stats.dead_lettered() >= 2
     })
     .await;
     assert_eq!(run.stats.labels_counted.load(Ordering::SeqCst), 1, "{:?}", run.stats.snapshot());

@@ -284,6 +284,9 @@ impl Instance {
         let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
             .args(["run", "--pipeline"])
             .arg(&self.file)
+            // An instance restarted during a Redis outage waits for the store,
+            // as one deployed with `--store-wait` does (docs/operations.md).
+            .args(["--store-wait", "300"])
             .current_dir(repo())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

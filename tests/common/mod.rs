@@ -191,7 +191,7 @@ pub async fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> b
 }
 
 pub fn total(stats: &vigil_stream::Stats) -> u64 {
-    stats.decided.load(Ordering::SeqCst) + stats.dead_lettered.load(Ordering::SeqCst)
+    stats.decided.load(Ordering::SeqCst) + stats.dead_lettered()
 }
 
 /// The Redis keys matching `pattern` (a SCAN pattern), up to about `limit`.

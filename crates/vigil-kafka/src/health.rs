@@ -115,6 +115,12 @@ impl Watched {
 impl ClientContext for Watched {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         match level {
+            // A configuration warning (a consumer-only property in
+            // `[kafka.properties]` seen by the producer, a deprecated one) is
+            // said once, when the client is made: not a broker error.
+            RDKafkaLogLevel::Warning if fac == "CONFWARN" => {
+                tracing::warn!(target: "librdkafka", "{fac} {message}")
+            }
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
             | RDKafkaLogLevel::Critical
@@ -202,5 +208,11 @@ mod tests {
         assert_eq!(health.errors(), 5);
         assert!(health.recent_error(Duration::from_secs(5)).unwrap().ends_with("broker down 4"));
         assert_eq!(health.logged.lock().unwrap().1, 4, "one logged, four left out");
+        context.log(
+            RDKafkaLogLevel::Warning,
+            "CONFWARN",
+            "[thrd:app]: Configuration property x is a consumer property",
+        );
+        assert_eq!(health.errors(), 5, "a configuration warning is not a broker error");
     }
 }

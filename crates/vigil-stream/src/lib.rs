@@ -70,7 +70,6 @@ pub enum StreamError {
 pub struct Stats {
     pub consumed: AtomicU64,
     pub decided: AtomicU64,
-    pub dead_lettered: AtomicU64,
     /// Events recognised as already processed (redeliveries).
     pub replayed: AtomicU64,
     /// Feature-store failures that made a batch wait and retry.
@@ -103,7 +102,7 @@ impl Stats {
         BTreeMap::from([
             ("consumed", self.consumed.load(Ordering::Relaxed)),
             ("decided", self.decided.load(Ordering::Relaxed)),
-            ("dead_lettered", self.dead_lettered.load(Ordering::Relaxed)),
+            ("dead_lettered", self.dead_lettered()),
             ("replayed", self.replayed.load(Ordering::Relaxed)),
             ("store_retries", self.store_retries.load(Ordering::Relaxed)),
             ("delivered", self.delivered.load(Ordering::Relaxed)),
@@ -137,6 +136,12 @@ impl Stats {
     pub fn dead_letters(&self) -> Vec<(DeadLetter, u64)> {
         let counts = self.dead_letters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         counts.iter().map(|(k, n)| (k.clone(), *n)).collect()
+    }
+
+    /// Records sent to the dead-letter topic so far (events and labels).
+    pub fn dead_lettered(&self) -> u64 {
+        let counts = self.dead_letters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        counts.values().sum()
     }
 }
 
@@ -416,7 +421,6 @@ async fn process_batch(
         deliveries.push((Output::DeadLetter, f));
     }
     if !dead.is_empty() {
-        stats.dead_lettered.fetch_add(dead.len() as u64, Ordering::Relaxed);
         let mut counts = stats.dead_letters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for (_, _, why) in dead {
             *counts.entry(why).or_default() += 1;

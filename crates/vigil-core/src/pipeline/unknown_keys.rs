@@ -18,6 +18,7 @@ const MOST_UNKNOWN: usize = 50;
 pub(super) fn read<T: DeserializeOwned>(text: &str, p: &mut Diagnostics<'_>) -> Option<T> {
     let mut current = text.to_owned();
     let mut unknown = 0;
+    let mut doc: Option<Option<toml_edit::ImDocument<&str>>> = None;
     loop {
         let e = match toml::from_str::<T>(&current) {
             // Once the unknown keys are set aside the rest validates, but the
@@ -27,14 +28,17 @@ pub(super) fn read<T: DeserializeOwned>(text: &str, p: &mut Diagnostics<'_>) -> 
         };
         let span = e.span().unwrap_or(0..0);
         let message = e.message().trim();
-        let doc = toml_edit::ImDocument::parse(current.as_str()).ok();
+        // Set-aside keys become comments of the same length, so the places
+        // of the original text's document hold for every later round: it is
+        // parsed once.
+        let doc = doc.get_or_insert_with(|| toml_edit::ImDocument::parse(text).ok()).as_ref();
         let Some(name) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) else {
             // Another problem (a missing key, a wrong type): where it is, and stop.
-            let table = doc.as_ref().map(|d| table_at(d.as_table(), &current, span.start)).unwrap_or_default();
+            let table = doc.map(|d| table_at(d.as_table(), &current, span.start)).unwrap_or_default();
             p.at(span.start, table, message.to_owned());
             return None;
         };
-        let key = match doc.as_ref().map(|d| table_at(d.as_table(), &current, span.start)) {
+        let key = match doc.map(|d| table_at(d.as_table(), &current, span.start)) {
             Some(table) if !table.is_empty() => format!("{table}.{name}"),
             _ => name.to_owned(),
         };
@@ -42,7 +46,7 @@ pub(super) fn read<T: DeserializeOwned>(text: &str, p: &mut Diagnostics<'_>) -> 
         let hint = crate::suggest::hint(name, known.iter().map(String::as_str));
         p.at(span.start, key, format!("unknown field `{name}`{hint} (known here: {})", known.join(", ")));
         unknown += 1;
-        let neutral = doc.as_ref().and_then(|d| set_aside(&current, d.as_table(), span.start));
+        let neutral = doc.and_then(|d| set_aside(&current, d.as_table(), span.start));
         match neutral {
             Some(next) if unknown < MOST_UNKNOWN => current = next,
             _ => return None,
