@@ -119,15 +119,20 @@ fn run_without_redis_fails_fast_and_clearly() {
 }
 
 #[test]
-fn run_with_store_wait_gives_up_after_it_and_says_so() {
+fn run_and_serve_with_store_wait_give_up_after_it_and_say_so() {
     let bad = TestPipeline::shipped("local.toml")
         .set("store.redis_url", "redis://127.0.0.1:1")
         .set("rules.path", format!("{}/rules", env!("CARGO_MANIFEST_DIR")));
     let p = temp("noredis-wait.toml", &bad.text());
-    let o = vigil(&["run", "--pipeline", p.to_str().unwrap(), "--store-wait", "1"]);
-    assert!(!o.status.success());
-    let said = text(&o);
-    assert!(said.contains("did not answer within --store-wait 1 s") && said.contains("redis://127.0.0.1:1"), "{said}");
+    for command in ["run", "serve"] {
+        let o = vigil(&[command, "--pipeline", p.to_str().unwrap(), "--store-wait", "1"]);
+        assert!(!o.status.success());
+        let said = text(&o);
+        assert!(
+            said.contains("did not answer within --store-wait 1 s") && said.contains("redis://127.0.0.1:1"),
+            "{command}: {said}"
+        );
+    }
 }
 
 #[test]

@@ -178,3 +178,58 @@ pub fn progress_bar() -> (indicatif::ProgressBar, vigil_offline::Progress) {
     });
     (bar, progress)
 }
+
+/// `--store-wait SECONDS`, for the entry points that decide (`run`, `serve`).
+#[derive(clap::Args)]
+pub struct StoreWait {
+    /// How long to wait for the feature store at start, in seconds. An
+    /// instance started (or restarted by its orchestrator) while Redis is down
+    /// then waits for it, retrying with backoff, as a running instance rides
+    /// out an outage, instead of exiting at once. The default, 0, exits at
+    /// once with the store's error. A signal ends the wait.
+    #[arg(long = "store-wait", value_name = "SECONDS", default_value_t = 0)]
+    seconds: u64,
+}
+
+impl StoreWait {
+    pub fn duration(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.seconds)
+    }
+}
+
+/// The engine, once the feature store answers. While the store is unavailable
+/// it retries with backoff (0.5 s doubling to 8 s) until `wait` has passed,
+/// then fails with the store's error; any other error fails at once. `None`
+/// when a signal came first.
+pub async fn live_once_store_answers(
+    config: &vigil_core::PipelineConfig,
+    wait: std::time::Duration,
+    shutdown: &mut (impl std::future::Future<Output = ()> + Unpin),
+) -> anyhow::Result<Option<std::sync::Arc<vigil_engine::Engine>>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut attempt = 0u32;
+    loop {
+        let why = match vigil_engine::watch::live(config).await {
+            Ok(engine) => return Ok(Some(engine)),
+            Err(vigil_engine::EngineError::Features(vigil_features::FeatureError::Unavailable(why))) => why,
+            Err(e) => return Err(e.into()),
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            let e = vigil_engine::EngineError::Features(vigil_features::FeatureError::Unavailable(why));
+            return Err(match attempt {
+                0 => e.into(),
+                _ => anyhow::Error::new(e)
+                    .context(format!("the feature store did not answer within --store-wait {} s", wait.as_secs())),
+            });
+        }
+        attempt += 1;
+        let pause = std::time::Duration::from_millis(250u64 << attempt.min(5)).min(left);
+        tracing::warn!(error = %why, attempt, retry_in_ms = pause.as_millis() as u64,
+            "the feature store is unavailable at start; waiting for it (--store-wait)");
+        tokio::select! {
+            _ = &mut *shutdown => return Ok(None),
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}

@@ -13,6 +13,8 @@ pub struct Args {
     /// Listen here instead of `api.listen`.
     #[arg(long)]
     listen: Option<String>,
+    #[command(flatten)]
+    store_wait: super::StoreWait,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -24,9 +26,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         api.listen = l;
     }
     let api = api.clone();
-    let engine = vigil_engine::watch::live(&config).await?;
+    let mut shutdown = Box::pin(crate::signals::shutdown());
+    let wait = args.store_wait.duration();
+    let Some(engine) = super::live_once_store_answers(&config, wait, &mut shutdown).await? else { return Ok(()) };
     let listener = vigil_api::bind(&api).await?;
-    vigil_api::serve(&config, engine, listener, crate::signals::shutdown()).await?;
+    vigil_api::serve(&config, engine, listener, shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }

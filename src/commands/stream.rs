@@ -26,13 +26,8 @@ pub struct Args {
     /// `/healthz` and `/readyz` stay open to the orchestrator.
     #[arg(long, value_name = "VARIABLE", requires = "metrics_listen")]
     metrics_token_env: Option<String>,
-    /// How long to wait for the feature store at start, in seconds. An
-    /// instance started (or restarted by its orchestrator) while Redis is down
-    /// then waits for it, retrying with backoff, as a running instance rides
-    /// out an outage, instead of exiting at once. The default, 0, exits at
-    /// once with the store's error. A signal ends the wait.
-    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
-    store_wait: u64,
+    #[command(flatten)]
+    store_wait: super::StoreWait,
 }
 
 /// The `/metrics` token from `--metrics-token-env`, checked before the run starts.
@@ -57,8 +52,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let kafka = vigil_kafka::settings(&config)?.clone();
     let shutdown = crate::signals::shutdown();
     tokio::pin!(shutdown);
-    let wait = std::time::Duration::from_secs(args.store_wait);
-    let Some(engine) = connect(&config, wait, &mut shutdown).await? else { return Ok(()) };
+    let wait = args.store_wait.duration();
+    let Some(engine) = super::live_once_store_answers(&config, wait, &mut shutdown).await? else { return Ok(()) };
     let stats = match args.metrics_listen {
         Some(address) => {
             let listener = tokio::net::TcpListener::bind(address)
@@ -75,41 +70,4 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     vigil_stream::run(&kafka, engine, stats, shutdown).await?;
     Ok(())
-}
-
-/// The engine, once the feature store answers. While the store is unavailable
-/// it retries with backoff (0.5 s doubling to 8 s) until `wait` has passed,
-/// then fails with the store's error; any other error fails at once. `None`
-/// when a signal came first.
-async fn connect(
-    config: &vigil_core::PipelineConfig,
-    wait: std::time::Duration,
-    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-) -> anyhow::Result<Option<Arc<vigil_engine::Engine>>> {
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut attempt = 0u32;
-    loop {
-        let why = match vigil_engine::watch::live(config).await {
-            Ok(engine) => return Ok(Some(engine)),
-            Err(vigil_engine::EngineError::Features(vigil_features::FeatureError::Unavailable(why))) => why,
-            Err(e) => return Err(e.into()),
-        };
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() {
-            let e = vigil_engine::EngineError::Features(vigil_features::FeatureError::Unavailable(why));
-            return Err(match attempt {
-                0 => e.into(),
-                _ => anyhow::Error::new(e)
-                    .context(format!("the feature store did not answer within --store-wait {} s", wait.as_secs())),
-            });
-        }
-        attempt += 1;
-        let pause = std::time::Duration::from_millis(250u64 << attempt.min(5)).min(left);
-        tracing::warn!(error = %why, attempt, retry_in_ms = pause.as_millis() as u64,
-            "the feature store is unavailable at start; waiting for it (--store-wait)");
-        tokio::select! {
-            _ = shutdown.as_mut() => return Ok(None),
-            _ = tokio::time::sleep(pause) => {}
-        }
-    }
 }
