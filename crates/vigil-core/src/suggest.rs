@@ -20,7 +20,10 @@ pub fn nearest<'a>(input: &str, known: impl IntoIterator<Item = &'a str>) -> Opt
             if input_chars.abs_diff(k.chars().count()) > most {
                 return None;
             }
-            let d = strsim::damerau_levenshtein(&input_lower, &k.to_ascii_lowercase());
+            // Optimal string alignment: edits and swaps of neighbours, each
+            // letter edited once (the typos people make), without the
+            // unrestricted distance's table per call.
+            let d = strsim::osa_distance(&input_lower, &k.to_ascii_lowercase());
             (d <= most).then_some((k, d))
         })
         .min_by_key(|(_, d)| *d)
