@@ -107,12 +107,17 @@ fn demo_decides_and_writes_every_event() {
     assert!(!d.rules_version.is_empty());
 }
 
-#[test]
-fn run_without_redis_fails_fast_and_clearly() {
+/// The shipped local pipeline with a Redis that is not there.
+fn without_redis() -> PathBuf {
     let bad = TestPipeline::shipped("local.toml")
         .set("store.redis_url", "redis://127.0.0.1:1")
         .set("rules.path", format!("{}/rules", env!("CARGO_MANIFEST_DIR")));
-    let p = temp("noredis.toml", &bad.text());
+    temp("noredis.toml", &bad.text())
+}
+
+#[test]
+fn run_without_redis_fails_fast_and_clearly() {
+    let p = without_redis();
     let o = vigil(&["run", "--pipeline", p.to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(text(&o).contains("redis://127.0.0.1:1"), "{}", text(&o));
@@ -120,10 +125,7 @@ fn run_without_redis_fails_fast_and_clearly() {
 
 #[test]
 fn run_and_serve_with_store_wait_give_up_after_it_and_say_so() {
-    let bad = TestPipeline::shipped("local.toml")
-        .set("store.redis_url", "redis://127.0.0.1:1")
-        .set("rules.path", format!("{}/rules", env!("CARGO_MANIFEST_DIR")));
-    let p = temp("noredis-wait.toml", &bad.text());
+    let p = without_redis();
     for command in ["run", "serve"] {
         let o = vigil(&[command, "--pipeline", p.to_str().unwrap(), "--store-wait", "1"]);
         assert!(!o.status.success());

@@ -23,10 +23,6 @@ impl Drop for PrivateRedis {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 async fn private_redis() -> (PrivateRedis, String) {
     private_redis_on(free_port()).await
 }

@@ -516,7 +516,7 @@ async fn vigil_run_serves_metrics_that_match_what_it_did() {
         .headers(headers);
     producer.send(record, Duration::from_secs(10)).await.unwrap();
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let address = format!("127.0.0.1:{port}");
     let log = std::env::temp_dir().join(format!("vigil-ops-{port}.log"));
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))

@@ -109,7 +109,7 @@ async fn vigil_serve_decides_with_trees_and_swaps_them_on_hangup() {
         .add("api.clients[0].secrets", vec![SECRET])
         .text();
     std::fs::write(&pipeline, text).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = common::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(["serve", "--pipeline", pipeline.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])

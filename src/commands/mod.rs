@@ -209,14 +209,15 @@ pub async fn live_once_store_answers(
     let deadline = tokio::time::Instant::now() + wait;
     let mut attempt = 0u32;
     loop {
-        let why = match vigil_engine::watch::live(config).await {
+        let e = match vigil_engine::watch::live(config).await {
             Ok(engine) => return Ok(Some(engine)),
-            Err(vigil_engine::EngineError::Features(vigil_features::FeatureError::Unavailable(why))) => why,
-            Err(e) => return Err(e.into()),
+            Err(e) => e,
+        };
+        let vigil_engine::EngineError::Features(vigil_features::FeatureError::Unavailable(why)) = &e else {
+            return Err(e.into());
         };
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if left.is_zero() {
-            let e = vigil_engine::EngineError::Features(vigil_features::FeatureError::Unavailable(why));
             return Err(match attempt {
                 0 => e.into(),
                 _ => anyhow::Error::new(e)

@@ -59,10 +59,6 @@ impl Rng {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn listening(port: u16) -> bool {
     std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
 }
@@ -98,7 +94,7 @@ impl Server {
     fn start(name: &'static str, dir: &Path, command: fn(u16) -> Command) -> Server {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut s = Server { port: free_port(), name, dir, command, child: None };
+        let mut s = Server { port: super::free_port(), name, dir, command, child: None };
         s.spawn();
         s
     }
