@@ -3,7 +3,10 @@
 # - Redis on 127.0.0.1:6379 (Debian's redis-server, installed if absent);
 # - a three-node Redis Cluster on 127.0.0.1:7001-7003 (the same redis-server);
 # - a Kafka-compatible broker on 127.0.0.1:9092: tansu 0.6.0 with its sqlite
-#   storage engine (installed with cargo if absent; ~9 minutes the first time).
+#   storage engine (installed with cargo if absent; ~9 minutes the first time);
+# - PostgreSQL on 127.0.0.1:5432 with a `test` database, for the review store
+#   (Debian's postgresql, started or installed if absent; trust auth on
+#   127.0.0.1).
 # Services already answering are left alone. Idempotent; safe to run twice.
 set -euo pipefail
 
@@ -90,4 +93,26 @@ else
       --storage-engine sqlite://tansu.db >"$state/tansu.log" 2>&1 &)
   wait_for 9092 tansu 60
   echo "services: started tansu on 127.0.0.1:9092 (log: .services/tansu.log)"
+fi
+
+# PostgreSQL (the review store's tests): the machine's own when it answers.
+if listening 5432; then
+  echo "services: postgresql already on 127.0.0.1:5432"
+else
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    echo "services: installing postgresql"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
+  version=$(ls /etc/postgresql | sort -V | tail -1)
+  hba="/etc/postgresql/$version/main/pg_hba.conf"
+  if ! grep -q "^host all all 127.0.0.1/32 trust" "$hba"; then
+    sed -i '1i host all all 127.0.0.1/32 trust' "$hba"
+  fi
+  pg_ctlcluster "$version" main start || service postgresql start
+  wait_for 5432 postgresql 60
+  echo "services: started postgresql on 127.0.0.1:5432"
+fi
+if ! psql -h 127.0.0.1 -U postgres -d test -c 'select 1' >/dev/null 2>&1; then
+  psql -h 127.0.0.1 -U postgres -d postgres -c 'CREATE DATABASE test' >/dev/null
+  echo "services: created database test"
 fi

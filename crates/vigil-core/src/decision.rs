@@ -5,6 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::event::Event;
 use crate::feature::FeatureValue;
 
 /// What Vigil tells the payment system to do.
@@ -128,6 +129,11 @@ pub struct Decision {
     /// HTTP header), when it was a valid one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// The event itself, on `review` decisions only: what a review case
+    /// freezes beside the features and reasons (the payment, and the entity
+    /// that owns the case). Approvals and declines leave it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<Event>,
 }
 
 impl Decision {

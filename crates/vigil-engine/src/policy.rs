@@ -119,6 +119,7 @@ impl Policy {
             conflict: fv.replayed && fv.fingerprint != 0 && fv.fingerprint != event.fingerprint(),
             latency_us: 0,
             traceparent: None,
+            event: (decision == Action::Review).then(|| event.clone()),
         }
     }
 

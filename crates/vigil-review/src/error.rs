@@ -1,0 +1,51 @@
+//! What can go wrong in the review store, said so that an operator or an
+//! analyst knows what to do.
+
+/// A review store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    /// The connection settings do not parse.
+    #[error("review database settings `{settings}`: {message}")]
+    Settings { settings: String, message: String },
+    /// PostgreSQL refused or failed a statement, or the connection broke.
+    #[error("review database: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    /// No connection could be taken from the pool.
+    #[error("review database: no connection: {0}")]
+    Pool(String),
+    /// A schema migration failed; the database is left at its last good version.
+    #[error("review database migration: {0}")]
+    Migrate(String),
+    /// The analyst's lease on the case ran out or another analyst holds it:
+    /// claim the case again (or the next one) before acting on it.
+    #[error("case {case}: not held by {analyst} (the lease ran out, or another analyst holds it)")]
+    LeaseLost { case: i64, analyst: String },
+    /// No case has this id.
+    #[error("case {0}: no such case")]
+    NoSuchCase(i64),
+    /// A stored snapshot no longer reads as a decision (a row written by hand).
+    #[error("payment {transaction_id}: stored decision does not read: {message}")]
+    Snapshot { transaction_id: String, message: String },
+}
+
+impl From<deadpool_postgres::PoolError> for ReviewError {
+    fn from(e: deadpool_postgres::PoolError) -> ReviewError {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => ReviewError::Database(e),
+            other => ReviewError::Pool(other.to_string()),
+        }
+    }
+}
+
+impl ReviewError {
+    /// A deadlock or serialisation failure: the transaction may be run again.
+    pub(crate) fn is_retryable(&self) -> bool {
+        use tokio_postgres::error::SqlState;
+        match self {
+            ReviewError::Database(e) => {
+                matches!(e.code(), Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE)
+            }
+            _ => false,
+        }
+    }
+}

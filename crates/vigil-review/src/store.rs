@@ -1,0 +1,150 @@
+//! The connection pool, the schema's migrations, and reading cases back.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use rust_decimal::Decimal;
+use tokio_postgres::NoTls;
+use vigil_core::Decision;
+
+use crate::error::ReviewError;
+use crate::ingest::ReviewSettings;
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// Serialises migrations of concurrent starts (an arbitrary, fixed key).
+const MIGRATION_LOCK: i64 = 0x7669_6769_6c72_7631;
+
+/// The review store: a PostgreSQL pool and the review settings.
+#[derive(Clone)]
+pub struct ReviewStore {
+    pub(crate) pool: Pool,
+    pub(crate) settings: ReviewSettings,
+}
+
+/// A case as stored, with its payments.
+#[derive(Debug, Clone)]
+pub struct CaseView {
+    pub id: i64,
+    pub entity_kind: String,
+    pub entity_id: String,
+    pub status: String,
+    pub queue: String,
+    pub top_score: f64,
+    pub lease_holder: Option<String>,
+    pub lease_until: Option<DateTime<Utc>>,
+    pub opened_at: DateTime<Utc>,
+    /// Oldest first.
+    pub payments: Vec<PaymentView>,
+}
+
+/// One payment of a case: its frozen decision and its hold.
+#[derive(Debug, Clone)]
+pub struct PaymentView {
+    pub transaction_id: String,
+    pub amount: Decimal,
+    pub currency: String,
+    pub hold_until: DateTime<Utc>,
+    /// The decision record as it was published, event included.
+    pub decision: Decision,
+}
+
+impl ReviewStore {
+    /// Connects to the database named by `settings` (a `postgresql://` URL
+    /// or `key=value` pairs), with at most `pool_size` connections. Nothing is
+    /// sent until first use; [`ReviewStore::migrate`] is the usual first call.
+    pub fn connect(database: &str, pool_size: usize, settings: ReviewSettings) -> Result<ReviewStore, ReviewError> {
+        let config: tokio_postgres::Config = database.parse().map_err(|e: tokio_postgres::Error| {
+            ReviewError::Settings { settings: database.into(), message: e.to_string() }
+        })?;
+        Self::with_config(config, pool_size, settings)
+    }
+
+    /// As [`ReviewStore::connect`], from parsed connection settings.
+    pub fn with_config(
+        config: tokio_postgres::Config,
+        pool_size: usize,
+        settings: ReviewSettings,
+    ) -> Result<ReviewStore, ReviewError> {
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool =
+            Pool::builder(manager).max_size(pool_size.max(1)).build().map_err(|e| ReviewError::Pool(e.to_string()))?;
+        Ok(ReviewStore { pool, settings })
+    }
+
+    /// Brings the schema to this build's version. Concurrent starts take
+    /// turns (an advisory lock); an applied migration is never run again.
+    pub async fn migrate(&self) -> Result<(), ReviewError> {
+        let mut client = self.pool.get().await?;
+        client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+        let client: &mut tokio_postgres::Client = &mut client;
+        let report = embedded::migrations::runner().run_async(client).await;
+        client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await?;
+        let report = report.map_err(|e| ReviewError::Migrate(e.to_string()))?;
+        for m in report.applied_migrations() {
+            tracing::info!(migration = %m, "review database migrated");
+        }
+        Ok(())
+    }
+
+    /// The settings this store ingests with.
+    pub fn settings(&self) -> &ReviewSettings {
+        &self.settings
+    }
+
+    /// One case with its payments.
+    pub async fn case(&self, id: i64) -> Result<CaseView, ReviewError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT id, entity_kind, entity_id, status, queue, top_score, lease_holder, lease_until, opened_at
+                 FROM cases WHERE id = $1",
+                &[&id],
+            )
+            .await?
+            .ok_or(ReviewError::NoSuchCase(id))?;
+        let payments = client
+            .query(
+                "SELECT transaction_id, amount, currency, hold_until, decision::text FROM payments
+                 WHERE case_id = $1 ORDER BY received_at, transaction_id",
+                &[&id],
+            )
+            .await?
+            .into_iter()
+            .map(|p| {
+                let transaction_id: String = p.get(0);
+                let text: String = p.get(4);
+                let decision = serde_json::from_str(&text).map_err(|e| ReviewError::Snapshot {
+                    transaction_id: transaction_id.clone(),
+                    message: e.to_string(),
+                })?;
+                Ok(PaymentView { transaction_id, amount: p.get(1), currency: p.get(2), hold_until: p.get(3), decision })
+            })
+            .collect::<Result<Vec<_>, ReviewError>>()?;
+        Ok(CaseView {
+            id: row.get(0),
+            entity_kind: row.get(1),
+            entity_id: row.get(2),
+            status: row.get(3),
+            queue: row.get(4),
+            top_score: row.get(5),
+            lease_holder: row.get(6),
+            lease_until: row.get(7),
+            opened_at: row.get(8),
+            payments,
+        })
+    }
+
+    /// The id of the entity's open case, if it has one.
+    pub async fn open_case_of(&self, entity_kind: &str, entity_id: &str) -> Result<Option<i64>, ReviewError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT id FROM cases WHERE entity_kind = $1 AND entity_id = $2 AND status = 'open'",
+                &[&entity_kind, &entity_id],
+            )
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+}
