@@ -67,6 +67,11 @@ enum Command {
     Features(features::Args),
     /// Send a JSON-lines file of events (or `-` for stdin) to the pipeline's input topic.
     Produce(produce::Args),
+    /// The review store: cases in PostgreSQL from the pipeline's review decisions.
+    Review {
+        #[command(subcommand)]
+        command: review::Command,
+    },
 }
 
 impl Command {
@@ -104,6 +109,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Label(a) => label::run(a).await,
         Command::Features(a) => features::run(a).await,
         Command::Produce(a) => produce::run(a).await,
+        Command::Review { command } => review::run(command).await,
     }
 }
 

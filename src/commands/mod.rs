@@ -8,6 +8,7 @@ pub mod features;
 pub mod gen;
 pub mod label;
 pub mod produce;
+pub mod review;
 pub mod rules;
 pub mod serve;
 pub mod sign;

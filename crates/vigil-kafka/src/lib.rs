@@ -115,15 +115,22 @@ pub fn check_topics<C: rdkafka::consumer::ConsumerContext + 'static>(
     k: &KafkaConfig,
     consumer: &StreamConsumer<C>,
 ) -> Result<(), Error> {
-    for topic in all_topics(k) {
-        let metadata = consumer
-            .fetch_metadata(Some(topic), STARTUP_TIMEOUT)
-            .map_err(|source| Error::Unreachable { brokers: k.brokers.clone(), source })?;
-        let exists =
-            metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
-        if !exists {
-            return Err(Error::MissingTopic { topic: topic.clone(), brokers: k.brokers.clone() });
-        }
+    all_topics(k).into_iter().try_for_each(|topic| check_topic(k, consumer, topic))
+}
+
+/// Checks that `topic` exists on the pipeline's brokers, as [`check_topics`].
+pub fn check_topic<C: rdkafka::consumer::ConsumerContext + 'static>(
+    k: &KafkaConfig,
+    consumer: &StreamConsumer<C>,
+    topic: &str,
+) -> Result<(), Error> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), STARTUP_TIMEOUT)
+        .map_err(|source| Error::Unreachable { brokers: k.brokers.clone(), source })?;
+    let exists =
+        metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+    if !exists {
+        return Err(Error::MissingTopic { topic: topic.to_owned(), brokers: k.brokers.clone() });
     }
     Ok(())
 }

@@ -20,6 +20,18 @@ pub enum ReviewError {
     /// claim the case again (or the next one) before acting on it.
     #[error("case {case}: not held by {analyst} (the lease ran out, or another analyst holds it)")]
     LeaseLost { case: i64, analyst: String },
+    /// The decisions topic could not be read (brokers away, topic missing).
+    #[error("{0}")]
+    Kafka(String),
+    /// The payment is not in that case.
+    #[error("case {case}: no payment {transaction_id}")]
+    NoSuchPayment { case: i64, transaction_id: String },
+    /// The payment has its resolution already; a payment is resolved once.
+    #[error("payment {transaction_id}: already resolved ({action} by {by})")]
+    AlreadyResolved { transaction_id: String, by: String, action: String },
+    /// The case is closed: every payment in it is resolved.
+    #[error("case {0}: closed (every payment in it is resolved)")]
+    CaseClosed(i64),
     /// No case has this id.
     #[error("case {0}: no such case")]
     NoSuchCase(i64),

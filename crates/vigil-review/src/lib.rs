@@ -1,20 +1,26 @@
 //! The review loop's store: every `review` decision opens a case or joins its
 //! entity's open case, in PostgreSQL, exactly once under redelivery; analysts
-//! take cases with claim-next and hold them with a lease
+//! take cases with claim-next and hold them with a lease; each payment ends in
+//! one resolution (`release` or `stop`), by a verdict or by its hold deadline
 //! (`docs/design/review.md`).
 //!
 //! ```text
-//! decisions topic ──> ReviewStore::ingest ──> cases, payments (PostgreSQL)
-//!                                                   │
-//!                     ReviewStore::claim_next <─────┘  (a lease per case)
+//! decisions topic ──> ReviewStore::follow / ingest ──> cases, payments (PostgreSQL)
+//!                                                            │
+//!            ReviewStore::claim_next, renew, release <───────┤  (a lease per case)
+//!            ReviewStore::verdict, resolve_due ──────────────┴─> resolutions (the outbox)
 //! ```
 
 mod claim;
 mod error;
+mod follow;
 mod ingest;
 mod store;
+mod verdict;
 
 pub use claim::Claim;
 pub use error::ReviewError;
+pub use follow::{Follow, Followed};
 pub use ingest::{Entity, Ingested, ReviewSettings};
 pub use store::{CaseView, PaymentView, ReviewStore};
+pub use verdict::{Action, Resolution, DEADLINE};

@@ -8,6 +8,7 @@ use vigil_core::Decision;
 
 use crate::error::ReviewError;
 use crate::ingest::ReviewSettings;
+use crate::verdict::Action;
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -46,6 +47,10 @@ pub struct PaymentView {
     pub amount: Decimal,
     pub currency: String,
     pub hold_until: DateTime<Utc>,
+    /// `fraud` or `genuine`, once an analyst gave it.
+    pub verdict: Option<String>,
+    /// What happened to the money, once resolved.
+    pub resolution: Option<Action>,
     /// The decision record as it was published, event included.
     pub decision: Decision,
 }
@@ -106,7 +111,7 @@ impl ReviewStore {
             .ok_or(ReviewError::NoSuchCase(id))?;
         let payments = client
             .query(
-                "SELECT transaction_id, amount, currency, hold_until, decision::text FROM payments
+                "SELECT transaction_id, amount, currency, hold_until, decision::text, verdict, resolution FROM payments
                  WHERE case_id = $1 ORDER BY received_at, transaction_id",
                 &[&id],
             )
@@ -119,7 +124,16 @@ impl ReviewStore {
                     transaction_id: transaction_id.clone(),
                     message: e.to_string(),
                 })?;
-                Ok(PaymentView { transaction_id, amount: p.get(1), currency: p.get(2), hold_until: p.get(3), decision })
+                let resolution: Option<String> = p.get(6);
+                Ok(PaymentView {
+                    transaction_id,
+                    amount: p.get(1),
+                    currency: p.get(2),
+                    hold_until: p.get(3),
+                    verdict: p.get(5),
+                    resolution: resolution.as_deref().and_then(Action::parse),
+                    decision,
+                })
             })
             .collect::<Result<Vec<_>, ReviewError>>()?;
         Ok(CaseView {

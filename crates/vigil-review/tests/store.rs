@@ -5,8 +5,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use vigil_core::Decision;
-use vigil_review::{Entity, ReviewSettings, ReviewStore};
+use vigil_core::{Decision, Verdict};
+use vigil_review::{Action, Entity, ReviewError, ReviewSettings, ReviewStore, DEADLINE};
 
 const LONG: Duration = Duration::from_secs(600);
 
@@ -243,6 +243,112 @@ async fn migrating_twice_or_at_once_is_harmless() {
     let (a, b) = tokio::join!(f.store.migrate(), f.store.migrate());
     a.unwrap();
     b.unwrap();
-    assert_eq!(f.count("SELECT count(*) FROM refinery_schema_history").await, 1);
+    let shipped = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).unwrap().count() as i64;
+    assert_eq!(f.count("SELECT count(*) FROM refinery_schema_history").await, shipped, "each migration once");
+    f.drop_schema().await;
+}
+
+#[tokio::test]
+async fn a_verdict_resolves_its_payment_once_and_the_last_one_closes_the_case() {
+    let f = Fixture::new(ReviewSettings::default(), 4).await;
+    f.store.ingest(&[review("t1", "card-a"), review("t2", "card-a"), review("t3", "card-b")]).await.unwrap();
+    let claim = f.store.claim_next("ana", &[], LONG).await.unwrap().unwrap();
+    assert_eq!((claim.entity_id.as_str(), claim.payments), ("card-a", 2));
+    let first = f.store.verdict(claim.case, "ana", "t1", Verdict::Fraud).await.unwrap();
+    assert_eq!((first.action, first.case_closed), (Action::Stop, false));
+    // Once only, and only in its own case, and only by the lease holder.
+    let again = f.store.verdict(claim.case, "ana", "t1", Verdict::Genuine).await.unwrap_err();
+    assert!(matches!(again, ReviewError::AlreadyResolved { .. }), "{again}");
+    assert!(again.to_string().contains("stop by ana"), "{again}");
+    let elsewhere = f.store.verdict(claim.case, "ana", "t3", Verdict::Fraud).await.unwrap_err();
+    assert!(matches!(elsewhere, ReviewError::NoSuchPayment { .. }), "{elsewhere}");
+    let stranger = f.store.verdict(claim.case, "bo", "t2", Verdict::Fraud).await.unwrap_err();
+    assert!(matches!(stranger, ReviewError::LeaseLost { .. }), "{stranger}");
+    let last = f.store.verdict(claim.case, "ana", "t2", Verdict::Genuine).await.unwrap();
+    assert_eq!((last.action, last.case_closed), (Action::Release, true));
+    assert!(last.seq > first.seq, "the outbox keeps the order of resolution");
+    let case = f.store.case(claim.case).await.unwrap();
+    assert_eq!(case.status, "closed");
+    assert_eq!(case.lease_holder, None);
+    let kept: Vec<(Option<String>, Option<Action>)> =
+        case.payments.iter().map(|p| (p.verdict.clone(), p.resolution)).collect();
+    assert_eq!(kept, [(Some("fraud".into()), Some(Action::Stop)), (Some("genuine".into()), Some(Action::Release))]);
+    let closed = f.store.verdict(claim.case, "ana", "t2", Verdict::Fraud).await.unwrap_err();
+    assert!(matches!(closed, ReviewError::CaseClosed(_)), "{closed}");
+    // The card's next review opens a new case.
+    let next = f.store.ingest(&[review("t4", "card-a")]).await.unwrap();
+    assert_eq!(next.opened, 1);
+    assert_eq!(f.count("SELECT count(*) FROM resolutions").await, 2);
+    f.drop_schema().await;
+}
+
+#[tokio::test]
+async fn a_hold_that_runs_out_is_resolved_by_the_deadline_policy() {
+    let settings = ReviewSettings { entity: Entity::Card, hold: Duration::from_millis(300) };
+    let f = Fixture::new(settings, 4).await;
+    f.store.ingest(&[review("t1", "card-a"), review("t2", "card-a"), review("t3", "card-b")]).await.unwrap();
+    assert!(f.store.resolve_due(Action::Release, 100).await.unwrap().is_empty(), "nothing due yet");
+    let claim = f.store.claim_next("ana", &[], LONG).await.unwrap().unwrap();
+    f.store.verdict(claim.case, "ana", "t1", Verdict::Fraud).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let due = f.store.resolve_due(Action::Release, 100).await.unwrap();
+    let got: Vec<(&str, Action, &str, bool)> =
+        due.iter().map(|r| (r.transaction_id.as_str(), r.action, r.resolved_by.as_str(), r.case_closed)).collect();
+    assert_eq!(got, [("t2", Action::Release, DEADLINE, true), ("t3", Action::Release, DEADLINE, true)]);
+    assert!(f.store.resolve_due(Action::Release, 100).await.unwrap().is_empty(), "resolved once");
+    let late = f.store.verdict(claim.case, "ana", "t2", Verdict::Fraud).await.unwrap_err();
+    assert!(matches!(late, ReviewError::CaseClosed(_)), "{late}");
+    assert_eq!(f.count("SELECT count(*) FROM cases WHERE status = 'open'").await, 0);
+    f.drop_schema().await;
+}
+
+#[tokio::test]
+async fn verdicts_racing_the_deadline_give_every_payment_exactly_one_resolution() {
+    let settings = ReviewSettings { entity: Entity::Card, hold: Duration::from_millis(200) };
+    let f = Fixture::new(settings, 10).await;
+    let batch: Vec<Decision> = (0..400).map(|i| review(&format!("t{i:03}"), &format!("card-{}", i % 40))).collect();
+    f.store.ingest(&batch).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut tasks = Vec::new();
+    for a in 0..4 {
+        let store = f.store.clone();
+        tasks.push(tokio::spawn(async move {
+            let analyst = format!("analyst-{a}");
+            let mut given = 0;
+            while let Some(c) = store.claim_next(&analyst, &[], LONG).await.unwrap() {
+                for p in store.case(c.case).await.unwrap().payments {
+                    match store.verdict(c.case, &analyst, &p.transaction_id, Verdict::Genuine).await {
+                        Ok(_) => given += 1,
+                        Err(ReviewError::AlreadyResolved { .. } | ReviewError::CaseClosed(_)) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+            given
+        }));
+    }
+    let sweeper = {
+        let store = f.store.clone();
+        tokio::spawn(async move {
+            let mut swept = 0;
+            for _ in 0..40 {
+                swept += store.resolve_due(Action::Stop, 7).await.unwrap().len();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            swept
+        })
+    };
+    let mut given = 0;
+    for t in tasks {
+        given += t.await.unwrap();
+    }
+    let swept = sweeper.await.unwrap() + f.store.resolve_due(Action::Stop, 1000).await.unwrap().len();
+    assert_eq!(given + swept, 400, "each payment resolved once ({given} verdicts, {swept} deadlines)");
+    assert_eq!(f.count("SELECT count(*) FROM resolutions").await, 400);
+    assert_eq!(f.count("SELECT count(*) FROM payments WHERE resolution IS NULL").await, 0);
+    let agree =
+        "SELECT count(*) FROM payments p JOIN resolutions r USING (transaction_id) WHERE p.resolution = r.action";
+    assert_eq!(f.count(agree).await, 400, "each payment's row agrees with its outbox row");
+    assert_eq!(f.count("SELECT count(*) FROM cases WHERE status = 'open'").await, 0, "every case closed");
     f.drop_schema().await;
 }

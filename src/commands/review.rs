@@ -1,0 +1,131 @@
+//! `vigil review`: the review store in PostgreSQL (`docs/design/review.md`).
+//! `migrate` brings the schema up to date; `ingest` follows the pipeline's
+//! decisions topic and turns every `review` decision into a case.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _};
+use clap::Subcommand;
+use vigil_review::{Action, Entity, Follow, ReviewSettings, ReviewStore};
+
+use super::load_pipeline;
+
+/// Where the review store lives.
+#[derive(clap::Args)]
+pub struct Database {
+    /// The review database: a `postgresql://` URL or `key=value` settings
+    /// (`host=127.0.0.1 user=postgres dbname=vigil`).
+    #[arg(long, env = "VIGIL_REVIEW_DATABASE")]
+    database: String,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create or update the review store's tables; safe to run again.
+    Migrate {
+        #[command(flatten)]
+        database: Database,
+    },
+    /// Follow the decisions topic: every `review` decision opens a case or
+    /// joins its entity's open case, once however often it is delivered.
+    /// Stops on SIGINT or SIGTERM.
+    Ingest {
+        /// The pipeline config whose `[kafka]` names the brokers and the
+        /// decisions topic.
+        #[arg(long)]
+        pipeline: PathBuf,
+        #[command(flatten)]
+        database: Database,
+        /// The consumer group; `<group_id>-review` by default, so that the
+        /// review store reads every decision beside the pipeline's own group.
+        #[arg(long)]
+        group: Option<String>,
+        /// The entity that owns a case: card, account, customer, merchant,
+        /// terminal or device.
+        #[arg(long, default_value = "card")]
+        entity: String,
+        /// How long a payment under review is held (`30m`, `2h`), from when
+        /// the review store receives it.
+        #[arg(long, default_value = "30m")]
+        hold: String,
+        /// What happens to a payment whose hold runs out before a verdict:
+        /// `release` (capture it) or `stop` (void it). Checked every second;
+        /// the resolution is written to the outbox like an analyst's.
+        #[arg(long, default_value = "release")]
+        on_deadline: String,
+        /// Most decisions per batch (one database transaction each).
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+    },
+}
+
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Migrate { database } => {
+            let store = ReviewStore::connect(&database.database, 1, ReviewSettings::default())?;
+            store.migrate().await?;
+            println!("review database is up to date");
+            Ok(())
+        }
+        Command::Ingest { pipeline, database, group, entity, hold, on_deadline, batch } => {
+            let config = load_pipeline(&pipeline)?;
+            let kafka = vigil_kafka::settings(&config)?;
+            let entity = Entity::parse(&entity).ok_or_else(|| {
+                let known: Vec<&str> = Entity::ALL.iter().map(|e| e.as_str()).collect();
+                anyhow!("--entity {entity}: not an entity (known: {})", known.join(", "))
+            })?;
+            let hold = vigil_core::feature::parse_duration_s(&hold)
+                .map_err(|m| anyhow!("--hold {hold}: {m}"))
+                .map(Duration::from_secs)?;
+            let on_deadline = Action::parse(&on_deadline)
+                .ok_or_else(|| anyhow!("--on-deadline {on_deadline}: give release or stop"))?;
+            let store = ReviewStore::connect(&database.database, 4, ReviewSettings { entity, hold })?;
+            store.migrate().await.context("preparing the review database")?;
+            let sweeper = tokio::spawn(resolve_due_every_second(store.clone(), on_deadline));
+            let group = group.unwrap_or_else(|| format!("{}-review", kafka.group_id));
+            tracing::info!(topic = %kafka.decisions_topic, %group, "following decisions into the review store");
+            let totals = store.follow(Follow { kafka, group, batch }, crate::signals::shutdown()).await?;
+            let t = totals.ingested;
+            tracing::info!(
+                records = totals.records,
+                payments_added = t.added,
+                cases_opened = t.opened,
+                repeated = t.repeated,
+                without_event = t.without_event,
+                unreadable = totals.unreadable,
+                retried_batches = totals.retried,
+                "review ingest stopped"
+            );
+            sweeper.abort();
+            Ok(())
+        }
+    }
+}
+
+/// Resolves the payments whose hold ran out, by `action`, every second; a
+/// database error is logged and the next second tries again.
+async fn resolve_due_every_second(store: ReviewStore, action: Action) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        loop {
+            match store.resolve_due(action, 500).await {
+                Ok(done) if done.is_empty() => break,
+                Ok(done) => {
+                    let closed = done.iter().filter(|r| r.case_closed).count();
+                    tracing::info!(
+                        resolved = done.len(),
+                        cases_closed = closed,
+                        action = action.as_str(),
+                        "holds ran out"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "resolving payments past their hold failed; trying again");
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! `vigil review ingest` against the real broker and PostgreSQL: the review
+//! decisions of a `vigil run` become cases, each payment once, through a
+//! `kill -9` and a restart, redelivered records and a record that is not a
+//! decision.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use vigil_core::{Action, Decision, Event};
+use vigil_engine::Engine;
+use vigil_gen::GenConfig;
+
+fn database() -> String {
+    std::env::var("VIGIL_TEST_POSTGRES").unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into())
+}
+
+/// A schema of the test's own on the test database, and a client on it.
+async fn schema(name: &str) -> (tokio_postgres::Client, String) {
+    let (client, conn) = tokio_postgres::connect(&database(), tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432 (scripts/services.sh starts it)");
+    tokio::spawn(conn);
+    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}")).await.unwrap();
+    client.batch_execute(&format!("SET search_path = {name}")).await.unwrap();
+    (client, format!("{} options='-c search_path={name}'", database()))
+}
+
+struct Ingester(Child);
+
+impl Ingester {
+    fn start(pipeline: &std::path::Path, database: &str, log: &std::path::Path) -> Ingester {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        Ingester(
+            Command::new(env!("CARGO_BIN_EXE_vigil"))
+                .args(["review", "ingest", "--pipeline"])
+                .arg(pipeline)
+                .args(["--database", database, "--batch", "20"])
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for Ingester {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
+    db.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+async fn wait_for_payments(db: &tokio_postgres::Client, at_least: i64, limit: Duration) -> i64 {
+    let start = Instant::now();
+    loop {
+        // The table exists once the ingester has migrated.
+        let n = db.query_one("SELECT count(*) FROM payments", &[]).await.map(|r| r.get(0)).unwrap_or(0);
+        if n >= at_least || start.elapsed() > limit {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_decisions_of_a_run_become_cases_once_through_a_kill_and_redeliveries() {
+    let test = TestPipeline::local("review");
+    let config = test.config();
+    let kafka = config.kafka.clone().unwrap();
+    vigil_kafka::create_topics(&kafka, 4).await.unwrap();
+    let gen = GenConfig { seed: 11, events: 3_000, cards: 300, merchants: 40, days: 5, ..GenConfig::default() };
+    let events: Vec<Event> = vigil_gen::generate(&gen).into_iter().map(|l| l.event).collect();
+    vigil_kafka::produce_lines(&kafka, &kafka.input_topic, events.iter().map(Event::to_json)).await.unwrap();
+    let run = start(&config, Arc::new(Engine::connect(&config).await.unwrap()));
+    let stats = run.stats.clone();
+    wait_until(Duration::from_secs(180), "every event decided and delivered", || {
+        stats.delivered.load(Ordering::SeqCst) >= 3_000
+    })
+    .await;
+    run.finish().await.unwrap();
+    let published =
+        decisions(&read_all(&kafka.decisions_topic, 3_000, Duration::from_secs(5), Duration::from_secs(60)).await);
+    let reviews: BTreeMap<String, Decision> = published
+        .iter()
+        .filter(|d| d.decision == Action::Review)
+        .map(|d| (d.transaction_id.clone(), d.clone()))
+        .collect();
+    assert!(reviews.len() >= 20, "too few reviews to test with: {}", reviews.len());
+    assert!(reviews.values().all(|d| d.event.is_some()), "a review decision carries its event");
+    assert!(published.iter().filter(|d| d.decision != Action::Review).all(|d| d.event.is_none()));
+
+    let tag = &config.store.key_prefix;
+    let (db, settings) = schema(&format!("review_{}", tag.replace('-', "_"))).await;
+    let file = repo().join(format!("pipelines/.test-{tag}.toml"));
+    std::fs::write(&file, test.text()).unwrap();
+    let log = std::env::temp_dir().join(format!("vigil-{tag}-review.log"));
+
+    // First run: killed without warning once it has stored something.
+    let first = Ingester::start(&file, &settings, &log);
+    let seen = wait_for_payments(&db, 1, Duration::from_secs(60)).await;
+    assert!(seen >= 1, "nothing ingested in 60 s: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    drop(first);
+    // Second run, same group: resumes at the committed offsets.
+    let mut second = Ingester::start(&file, &settings, &log);
+    let all = reviews.len() as i64;
+    assert_eq!(wait_for_payments(&db, all, Duration::from_secs(60)).await, all);
+
+    // The review decisions again (a redelivery), a record that is not a
+    // decision, then one new review per partition, last: once those four are
+    // in, everything before them was read.
+    let producer: FutureProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+    let send = |payload: Vec<u8>, partition: Option<i32>| {
+        let producer = producer.clone();
+        let topic = kafka.decisions_topic.clone();
+        async move {
+            let mut record = FutureRecord::<(), _>::to(&topic).payload(&payload);
+            if let Some(p) = partition {
+                record = record.partition(p);
+            }
+            producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+        }
+    };
+    for d in reviews.values() {
+        send(d.to_json(), None).await;
+    }
+    send(b"{not a decision".to_vec(), Some(0)).await;
+    let template = reviews.values().next().unwrap().clone();
+    for p in 0..4 {
+        let mut d = template.clone();
+        d.transaction_id = format!("last-{p}");
+        if let Some(e) = d.event.as_mut() {
+            e.transaction_id = d.transaction_id.clone();
+            e.card_id = Some(format!("card-last-{p}"));
+        }
+        send(d.to_json(), Some(p)).await;
+    }
+    assert_eq!(wait_for_payments(&db, all + 4, Duration::from_secs(60)).await, all + 4);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(count(&db, "SELECT count(*) FROM payments").await, all + 4, "redelivered reviews added nothing");
+
+    // One open case per card, holding exactly that card's reviews, each kept
+    // as it was published.
+    let cards: BTreeSet<String> = reviews.values().filter_map(|d| d.event.as_ref()?.card_id.clone()).collect();
+    assert_eq!(count(&db, "SELECT count(*) FROM cases").await, cards.len() as i64 + 4);
+    assert_eq!(count(&db, "SELECT sum(payments)::int8 FROM cases").await, all + 4);
+    let stored = db.query("SELECT transaction_id, decision::text FROM payments", &[]).await.unwrap();
+    for row in stored {
+        let (tx, json): (String, String) = (row.get(0), row.get(1));
+        if tx.starts_with("last-") {
+            continue;
+        }
+        let kept: Decision = serde_json::from_str(&json).unwrap();
+        assert_eq!(&kept, &reviews[&tx], "payment {tx}'s snapshot is the published decision");
+    }
+
+    // A graceful stop says what it did and exits cleanly.
+    sigterm(second.0.id());
+    let status = second.0.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "ingester stopped with {status}: {text}");
+    assert!(text.contains("review ingest stopped"), "{text}");
+    assert!(text.contains("not a decision"), "the unreadable record is logged: {text}");
+    std::fs::remove_file(&file).ok();
+    std::fs::remove_file(&log).ok();
+    db.batch_execute(&format!("DROP SCHEMA review_{} CASCADE", tag.replace('-', "_"))).await.unwrap();
+}
+
+fn sigterm(pid: u32) {
+    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+}
