@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message as _;
 use vigil_core::{Action, Decision, Event};
 use vigil_engine::Engine;
 use vigil_gen::GenConfig;
@@ -180,4 +181,108 @@ async fn review_decisions_of_a_run_become_cases_once_through_a_kill_and_redelive
 fn sigterm(pid: u32) {
     let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
     assert!(status.success());
+}
+
+fn review_decision(tx: &str, card: &str) -> Decision {
+    serde_json::from_value(serde_json::json!({
+        "transaction_id": tx, "decision": "review", "score": 60.0,
+        "reasons": [{"rule": "card_burst", "code": "CARD_VELOCITY", "action": "review", "score": 60.0}],
+        "rules_version": "r1", "features": {}, "latency_us": 10,
+        "event": {"transaction_id": tx, "timestamp": "2026-12-03T10:00:00Z", "amount": "19.99",
+                  "currency": "EUR", "card_id": card}
+    }))
+    .unwrap()
+}
+
+async fn create_topic(topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for r in admin.create_topics(&[new], &AdminOptions::new()).await.unwrap() {
+        r.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolutions_reach_their_topic_once_even_after_a_publisher_died_between_send_and_mark() {
+    use vigil_core::Verdict;
+    use vigil_review::{Action as Money, ReviewSettings, ReviewStore, SEQ_HEADER};
+    let test = TestPipeline::local("resolutions");
+    let config = test.config();
+    let kafka = config.kafka.clone().unwrap();
+    let topic = format!("resolutions-{}", config.store.key_prefix);
+    create_topic(&topic, 3).await;
+    let name = format!("review_{}", config.store.key_prefix.replace('-', "_"));
+    let (db, settings) = schema(&name).await;
+    let store =
+        ReviewStore::connect(&settings, 4, ReviewSettings { hold: Duration::from_millis(200), ..Default::default() })
+            .unwrap();
+    store.migrate().await.unwrap();
+    let batch: Vec<Decision> =
+        (0..30).map(|i| review_decision(&format!("t{i:02}"), &format!("card-{}", i % 6))).collect();
+    store.ingest(&batch).await.unwrap();
+    // An analyst decides one case; the holds of the others run out.
+    let claim = store.claim_next("ana", &[], Duration::from_secs(60)).await.unwrap().unwrap();
+    for p in store.case(claim.case).await.unwrap().payments {
+        store.verdict(claim.case, "ana", &p.transaction_id, Verdict::Fraud).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let due = store.resolve_due(Money::Release, 100).await.unwrap();
+    assert_eq!(due.len(), 25);
+
+    // A publisher that died after the broker took resolutions 1-5 but before
+    // it marked them: they are on the topic, unmarked.
+    let producer: FutureProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+    let early = db.query("SELECT seq, transaction_id FROM resolutions ORDER BY seq LIMIT 5", &[]).await.unwrap();
+    for row in &early {
+        let (seq, tx): (i64, String) = (row.get(0), row.get(1));
+        let seq = seq.to_string();
+        let headers = rdkafka::message::OwnedHeaders::new()
+            .insert(rdkafka::message::Header { key: SEQ_HEADER, value: Some(seq.as_bytes()) });
+        let payload = format!("{{\"transaction_id\":\"{tx}\",\"seq\":{seq}}}");
+        let record = FutureRecord::to(&topic).key(tx.as_bytes()).payload(payload.as_bytes()).headers(headers);
+        producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+    }
+
+    // Two publishers at once: one takes the lock, the other waits for it.
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let publisher = |store: ReviewStore| {
+        let (kafka, topic, stop) = (kafka.clone(), topic.clone(), stop.clone());
+        tokio::spawn(async move { store.publish(&kafka, &topic, 10, stop.notified()).await.unwrap() })
+    };
+    let (a, b) = (publisher(store.clone()), publisher(store.clone()));
+    let start = Instant::now();
+    while count(&db, "SELECT count(*) FROM resolutions WHERE published_at IS NULL").await > 0 {
+        assert!(start.elapsed() < Duration::from_secs(60), "resolutions still unpublished after 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.notify_waiters();
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    assert_eq!((a.sent + b.sent, a.found_sent + b.found_sent), (25, 5), "{a:?} {b:?}");
+    assert!(a.sent == 0 || b.sent == 0, "one publisher at a time: {a:?} {b:?}");
+
+    let records = read_all(&topic, 30, Duration::from_secs(3), Duration::from_secs(30)).await;
+    let mut seen = BTreeMap::new();
+    for m in &records {
+        let tx = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+        *seen.entry(tx).or_insert(0) += 1;
+    }
+    assert_eq!(records.len(), 30, "each resolution once on the topic");
+    assert!(seen.values().all(|n| *n == 1), "{seen:?}");
+    let full: Vec<serde_json::Value> = records
+        .iter()
+        .map(|m| serde_json::from_slice::<serde_json::Value>(m.payload().unwrap()).unwrap())
+        .filter(|v| v.get("action").is_some())
+        .collect();
+    // The five found on the topic were the analyst's verdicts (resolved
+    // first); the publisher sent the 25 the deadline released.
+    assert_eq!(full.len(), 25);
+    assert!(full.iter().all(|v| v["action"] == "release" && v["resolved_by"] == "deadline" && v["verdict"].is_null()));
+    assert!(full.iter().all(|v| v["amount"] == "19.99" && v["currency"] == "EUR"));
+    let on_topic: BTreeSet<String> = seen.into_keys().collect();
+    let resolved: BTreeSet<String> =
+        db.query("SELECT transaction_id FROM resolutions", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(on_topic, resolved);
+    db.batch_execute(&format!("DROP SCHEMA {name} CASCADE")).await.unwrap();
 }

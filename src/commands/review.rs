@@ -54,6 +54,11 @@ pub enum Command {
         /// the resolution is written to the outbox like an analyst's.
         #[arg(long, default_value = "release")]
         on_deadline: String,
+        /// Publish each resolution once to this topic (keyed by transaction
+        /// id), for the ledger or payment service to capture or void. Without
+        /// it, resolutions wait in the database's outbox.
+        #[arg(long)]
+        resolutions_topic: Option<String>,
         /// Most decisions per batch (one database transaction each).
         #[arg(long, default_value_t = 500)]
         batch: usize,
@@ -68,7 +73,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             println!("review database is up to date");
             Ok(())
         }
-        Command::Ingest { pipeline, database, group, entity, hold, on_deadline, batch } => {
+        Command::Ingest { pipeline, database, group, entity, hold, on_deadline, resolutions_topic, batch } => {
             let config = load_pipeline(&pipeline)?;
             let kafka = vigil_kafka::settings(&config)?;
             let entity = Entity::parse(&entity).ok_or_else(|| {
@@ -80,9 +85,22 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 .map(Duration::from_secs)?;
             let on_deadline = Action::parse(&on_deadline)
                 .ok_or_else(|| anyhow!("--on-deadline {on_deadline}: give release or stop"))?;
+            if let Some(topic) = &resolutions_topic {
+                vigil_review::check_resolutions_topic(kafka, topic)?;
+            }
             let store = ReviewStore::connect(&database.database, 4, ReviewSettings { entity, hold })?;
             store.migrate().await.context("preparing the review database")?;
             let sweeper = tokio::spawn(resolve_due_every_second(store.clone(), on_deadline));
+            let (stop_publisher, stopped) = tokio::sync::oneshot::channel::<()>();
+            let publisher = resolutions_topic.map(|topic| {
+                let (store, kafka) = (store.clone(), kafka.clone());
+                tokio::spawn(async move {
+                    let stopped = async {
+                        let _ = stopped.await;
+                    };
+                    store.publish(&kafka, &topic, 500, stopped).await
+                })
+            });
             let group = group.unwrap_or_else(|| format!("{}-review", kafka.group_id));
             tracing::info!(topic = %kafka.decisions_topic, %group, "following decisions into the review store");
             let totals = store.follow(Follow { kafka, group, batch }, crate::signals::shutdown()).await?;
@@ -98,6 +116,15 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 "review ingest stopped"
             );
             sweeper.abort();
+            let _ = stop_publisher.send(());
+            if let Some(p) = publisher {
+                let published = p.await.context("the resolutions publisher")??;
+                tracing::info!(
+                    sent = published.sent,
+                    found_sent = published.found_sent,
+                    "resolutions publisher stopped"
+                );
+            }
             Ok(())
         }
     }

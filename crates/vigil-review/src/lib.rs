@@ -15,6 +15,7 @@ mod claim;
 mod error;
 mod follow;
 mod ingest;
+mod publish;
 mod store;
 mod verdict;
 
@@ -22,5 +23,6 @@ pub use claim::Claim;
 pub use error::ReviewError;
 pub use follow::{Follow, Followed};
 pub use ingest::{Entity, Ingested, ReviewSettings};
+pub use publish::{check_resolutions_topic, Published, SEQ_HEADER};
 pub use store::{CaseView, PaymentView, ReviewStore};
 pub use verdict::{Action, Resolution, DEADLINE};

@@ -1,0 +1,254 @@
+//! The resolutions outbox to the resolutions topic, each resolution once.
+//!
+//! One publisher at a time (a PostgreSQL advisory lock, held by the
+//! connection it was taken on) sends the unpublished rows in `seq` order, a
+//! batch at a time, keyed by transaction id, and marks them published once
+//! every record of the batch is acknowledged. The librdkafka producer is
+//! idempotent, so its own retries do not repeat a record.
+//!
+//! What remains is a crash (or a lost connection) between the broker's
+//! acknowledgement and the mark: the rows are unmarked, yet on the topic. So
+//! before its first batch, a publisher that has just taken the lock reads
+//! back the tail of every partition (as many records as a batch holds, the
+//! most that can be in doubt), marks the rows it finds there, and sends only
+//! the rest. The position lives with the data, as in Kafka Connect's
+//! exactly-once sources, without needing broker transactions.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde_json::json;
+use vigil_core::pipeline::KafkaConfig;
+use vigil_kafka::{BrokerHealth, SetIfAbsent as _, Watched};
+
+use crate::error::ReviewError;
+use crate::store::ReviewStore;
+
+/// The publisher's advisory lock (an arbitrary, fixed key).
+const PUBLISH_LOCK: i64 = 0x7669_6769_6c70_7562;
+/// The record header carrying a resolution's outbox number.
+pub const SEQ_HEADER: &str = "vigil.resolution.seq";
+/// How often a publisher without the lock, or without work, looks again.
+const IDLE: Duration = Duration::from_millis(250);
+
+/// What publishing did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Published {
+    /// Resolutions sent and acknowledged.
+    pub sent: u64,
+    /// Resolutions found on the topic already after a crash: marked, not sent again.
+    pub found_sent: u64,
+}
+
+impl ReviewStore {
+    /// Publishes the outbox to `topic` until `shutdown` completes, `batch`
+    /// resolutions at a time. Waits while another review server publishes.
+    pub async fn publish(
+        &self,
+        kafka: &KafkaConfig,
+        topic: &str,
+        batch: i64,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<Published, ReviewError> {
+        tokio::pin!(shutdown);
+        let mut totals = Published::default();
+        let lock = self.pool.get().await?;
+        loop {
+            let got: bool = lock.query_one("SELECT pg_try_advisory_lock($1)", &[&PUBLISH_LOCK]).await?.get(0);
+            if got {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(IDLE * 8) => {}
+                _ = &mut shutdown => return Ok(totals),
+            }
+        }
+        let health = BrokerHealth::new();
+        let producer: vigil_kafka::Producer = vigil_kafka::client_config(kafka)
+            .set_if_absent("enable.idempotence", "true")
+            .set_if_absent("linger.ms", "2")
+            .set_if_absent("message.timeout.ms", "60000")
+            .create_with_context(Watched::new(&health))
+            .map_err(|e| ReviewError::Kafka(e.to_string()))?;
+        totals.found_sent = self.mark_found_on_topic(kafka, topic, batch).await?;
+        loop {
+            let sent = self.publish_batch(&producer, topic, batch).await;
+            match sent {
+                Ok(0) => {}
+                Ok(n) => {
+                    totals.sent += n;
+                    continue;
+                }
+                Err(e) => tracing::warn!(error = %e, "resolutions not published yet; trying again"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(IDLE) => {}
+                _ = &mut shutdown => break,
+            }
+        }
+        lock.execute("SELECT pg_advisory_unlock($1)", &[&PUBLISH_LOCK]).await?;
+        Ok(totals)
+    }
+
+    /// Sends the next unpublished resolutions, in order; how many.
+    async fn publish_batch(
+        &self,
+        producer: &vigil_kafka::Producer,
+        topic: &str,
+        batch: i64,
+    ) -> Result<u64, ReviewError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT r.seq, r.transaction_id, r.case_id, r.action, r.resolved_by, r.verdict, r.resolved_at,
+                        p.amount, p.currency
+                 FROM resolutions r JOIN payments p USING (transaction_id)
+                 WHERE r.published_at IS NULL ORDER BY r.seq LIMIT $1",
+                &[&batch],
+            )
+            .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut pending = Vec::with_capacity(rows.len());
+        let mut seqs = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let seq: i64 = r.get(0);
+            let transaction_id: String = r.get(1);
+            let record = json!({
+                "transaction_id": transaction_id,
+                "action": r.get::<_, String>(3),
+                "resolved_by": r.get::<_, String>(4),
+                "verdict": r.get::<_, Option<String>>(5),
+                "case_id": r.get::<_, i64>(2),
+                "resolved_at": r.get::<_, chrono::DateTime<chrono::Utc>>(6),
+                "amount": r.get::<_, rust_decimal::Decimal>(7).to_string(),
+                "currency": r.get::<_, String>(8),
+                "seq": seq,
+            });
+            let payload = serde_json::to_vec(&record).unwrap_or_default();
+            let seq_text = seq.to_string();
+            let headers = OwnedHeaders::new().insert(Header { key: SEQ_HEADER, value: Some(seq_text.as_bytes()) });
+            let future = vigil_kafka::enqueue(
+                producer,
+                FutureRecord::to(topic).key(transaction_id.as_bytes()).payload(payload.as_slice()).headers(headers),
+            )
+            .await
+            .map_err(|e| ReviewError::Kafka(e.to_string()))?;
+            pending.push(future);
+            seqs.push(seq);
+        }
+        let n = vigil_kafka::delivered(pending, topic).await.map_err(|e| ReviewError::Kafka(e.to_string()))?;
+        client.execute("UPDATE resolutions SET published_at = now() WHERE seq = ANY($1)", &[&seqs]).await?;
+        Ok(n)
+    }
+
+    /// Marks the unpublished resolutions that the tail of `topic` holds
+    /// already (sent before a crash, never marked); how many.
+    async fn mark_found_on_topic(&self, kafka: &KafkaConfig, topic: &str, batch: i64) -> Result<u64, ReviewError> {
+        let client = self.pool.get().await?;
+        let unmarked: i64 =
+            client.query_one("SELECT count(*) FROM resolutions WHERE published_at IS NULL", &[]).await?.get(0);
+        if unmarked == 0 {
+            return Ok(0);
+        }
+        let (k, t) = (kafka.clone(), topic.to_owned());
+        let found = tokio::task::spawn_blocking(move || read_tail(&k, &t, batch))
+            .await
+            .map_err(|e| ReviewError::Kafka(format!("reading back `{topic}`: {e}")))??;
+        if found.is_empty() {
+            return Ok(0);
+        }
+        let found: Vec<i64> = found.into_iter().collect();
+        let marked = client
+            .execute(
+                "UPDATE resolutions SET published_at = now() WHERE published_at IS NULL AND seq = ANY($1)",
+                &[&found],
+            )
+            .await?;
+        if marked > 0 {
+            tracing::info!(marked, "resolutions found on the topic after an interrupted publish: not sent again");
+        }
+        Ok(marked)
+    }
+}
+
+/// Checks that the resolutions topic exists, failing within seconds with a
+/// clear error when it does not or the brokers cannot be reached.
+pub fn check_resolutions_topic(kafka: &KafkaConfig, topic: &str) -> Result<(), ReviewError> {
+    partitions_of(&readback_consumer(kafka, topic)?, kafka, topic).map(|_| ())
+}
+
+fn readback_consumer(kafka: &KafkaConfig, topic: &str) -> Result<BaseConsumer, ReviewError> {
+    vigil_kafka::client_config(kafka)
+        .set("group.id", "vigil-review-readback")
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| ReviewError::Kafka(format!("reading back `{topic}`: {e}")))
+}
+
+/// The partitions of `topic`, or an error naming the topic and the brokers.
+fn partitions_of(consumer: &BaseConsumer, kafka: &KafkaConfig, topic: &str) -> Result<Vec<i32>, ReviewError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), vigil_kafka::STARTUP_TIMEOUT)
+        .map_err(|e| ReviewError::Kafka(format!("cannot reach Kafka at {}: {e}", kafka.brokers)))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(ReviewError::Kafka(format!(
+            "topic `{topic}` does not exist on {}; create it first",
+            kafka.brokers
+        )));
+    }
+    Ok(partitions)
+}
+
+/// The outbox numbers of the last `most` records of each partition of `topic`.
+fn read_tail(kafka: &KafkaConfig, topic: &str, most: i64) -> Result<BTreeSet<i64>, ReviewError> {
+    let kafka_err = |e: rdkafka::error::KafkaError| ReviewError::Kafka(format!("reading back `{topic}`: {e}"));
+    let consumer = readback_consumer(kafka, topic)?;
+    let timeout = vigil_kafka::STARTUP_TIMEOUT;
+    let partitions = partitions_of(&consumer, kafka, topic)?;
+    let mut list = TopicPartitionList::new();
+    let mut ends = std::collections::HashMap::new();
+    for p in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, timeout).map_err(kafka_err)?;
+        if high > low {
+            list.add_partition_offset(topic, p, Offset::Offset((high - most).max(low))).map_err(kafka_err)?;
+            ends.insert(p, high);
+        }
+    }
+    let mut found = BTreeSet::new();
+    if ends.is_empty() {
+        return Ok(found);
+    }
+    consumer.assign(&list).map_err(kafka_err)?;
+    let deadline = std::time::Instant::now() + timeout;
+    while !ends.is_empty() && std::time::Instant::now() < deadline {
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let m = m.map_err(kafka_err)?;
+        if let Some(seq) = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == SEQ_HEADER))
+            .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+        {
+            found.insert(seq);
+        }
+        if ends.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
+            ends.remove(&m.partition());
+        }
+    }
+    if !ends.is_empty() {
+        return Err(ReviewError::Kafka(format!("reading back `{topic}`: partitions {:?} did not answer", ends.keys())));
+    }
+    Ok(found)
+}
