@@ -207,7 +207,7 @@ async fn create_topic(topic: &str, partitions: i32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resolutions_reach_their_topic_once_even_after_a_publisher_died_between_send_and_mark() {
     use vigil_core::Verdict;
-    use vigil_review::{Action as Money, ReviewSettings, ReviewStore, SEQ_HEADER};
+    use vigil_review::{HoldAction, ReviewSettings, ReviewStore, SEQ_HEADER};
     let test = TestPipeline::local("resolutions");
     let config = test.config();
     let kafka = config.kafka.clone().unwrap();
@@ -222,14 +222,16 @@ async fn resolutions_reach_their_topic_once_even_after_a_publisher_died_between_
     let batch: Vec<Decision> =
         (0..30).map(|i| review_decision(&format!("t{i:02}"), &format!("card-{}", i % 6))).collect();
     store.ingest(&batch).await.unwrap();
-    // An analyst decides one case; the holds of the others run out.
-    let claim = store.claim_next("ana", &[], Duration::from_secs(60)).await.unwrap().unwrap();
-    for p in store.case(claim.case).await.unwrap().payments {
-        store.verdict(claim.case, "ana", &p.transaction_id, Verdict::Fraud).await.unwrap();
+    // Two analysts decide a case each; the holds of the others run out.
+    for (analyst, verdict) in [("ana", Verdict::Fraud), ("bo", Verdict::Genuine)] {
+        let claim = store.claim_next(analyst, &[], Duration::from_secs(60)).await.unwrap().unwrap();
+        for p in store.case(claim.case).await.unwrap().payments {
+            store.verdict(claim.case, analyst, &p.transaction_id, verdict).await.unwrap();
+        }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let due = store.resolve_due(Money::Release, 100).await.unwrap();
-    assert_eq!(due.len(), 25);
+    let due = store.resolve_due(HoldAction::Release, 100).await.unwrap();
+    assert_eq!(due.len(), 20);
 
     // A publisher that died after the broker took resolutions 1-5 but before
     // it marked them: they are on the topic, unmarked.
@@ -249,7 +251,9 @@ async fn resolutions_reach_their_topic_once_even_after_a_publisher_died_between_
     let stop = Arc::new(tokio::sync::Notify::new());
     let publisher = |store: ReviewStore| {
         let (kafka, topic, stop) = (kafka.clone(), topic.clone(), stop.clone());
-        tokio::spawn(async move { store.publish(&kafka, &topic, 10, stop.notified()).await.unwrap() })
+        tokio::spawn(async move {
+            store.publish(&kafka, &topic, kafka.labels_topic.as_deref(), 10, stop.notified()).await.unwrap()
+        })
     };
     let (a, b) = (publisher(store.clone()), publisher(store.clone()));
     let start = Instant::now();
@@ -261,6 +265,19 @@ async fn resolutions_reach_their_topic_once_even_after_a_publisher_died_between_
     let (a, b) = (a.await.unwrap(), b.await.unwrap());
     assert_eq!((a.sent + b.sent, a.found_sent + b.found_sent), (25, 5), "{a:?} {b:?}");
     assert!(a.sent == 0 || b.sent == 0, "one publisher at a time: {a:?} {b:?}");
+    // Ana's five were on the topic already (a publisher sends a batch's labels
+    // before its resolutions, so theirs had gone out before the crash); Bo's
+    // five verdicts went out as labels; the deadline's releases make none.
+    assert_eq!(a.labels + b.labels, 5);
+    let labels = read_all(kafka.labels_topic.as_ref().unwrap(), 5, Duration::from_secs(3), Duration::from_secs(30)).await;
+    assert_eq!(labels.len(), 5);
+    for m in &labels {
+        let label = vigil_core::Label::from_json(m.payload().unwrap()).unwrap();
+        assert_eq!(label.verdict, Verdict::Genuine);
+        assert_eq!(label.source.as_deref(), Some("review:bo"));
+        assert!(label.fields.contains_key(&vigil_core::EventField::CardId), "{label:?}");
+        assert!(label.occurred_at.is_some());
+    }
 
     let records = read_all(&topic, 30, Duration::from_secs(3), Duration::from_secs(30)).await;
     let mut seen = BTreeMap::new();
@@ -275,10 +292,12 @@ async fn resolutions_reach_their_topic_once_even_after_a_publisher_died_between_
         .map(|m| serde_json::from_slice::<serde_json::Value>(m.payload().unwrap()).unwrap())
         .filter(|v| v.get("action").is_some())
         .collect();
-    // The five found on the topic were the analyst's verdicts (resolved
-    // first); the publisher sent the 25 the deadline released.
+    // The five found on the topic were Ana's (resolved first); the publisher
+    // sent Bo's five releases and the 20 the deadline released.
     assert_eq!(full.len(), 25);
-    assert!(full.iter().all(|v| v["action"] == "release" && v["resolved_by"] == "deadline" && v["verdict"].is_null()));
+    assert!(full.iter().all(|v| v["action"] == "release"));
+    assert_eq!(full.iter().filter(|v| v["resolved_by"] == "bo" && v["verdict"] == "genuine").count(), 5);
+    assert_eq!(full.iter().filter(|v| v["resolved_by"] == "deadline" && v["verdict"].is_null()).count(), 20);
     assert!(full.iter().all(|v| v["amount"] == "19.99" && v["currency"] == "EUR"));
     let on_topic: BTreeSet<String> = seen.into_keys().collect();
     let resolved: BTreeSet<String> =

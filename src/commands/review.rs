@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use clap::Subcommand;
-use vigil_review::{Action, Entity, Follow, ReviewSettings, ReviewStore};
+use vigil_review::{CaseEntity, Follow, HoldAction, ReviewSettings, ReviewStore};
 
 use super::load_pipeline;
 
@@ -15,9 +15,19 @@ use super::load_pipeline;
 #[derive(clap::Args)]
 pub struct Database {
     /// The review database: a `postgresql://` URL or `key=value` settings
-    /// (`host=127.0.0.1 user=postgres dbname=vigil`).
+    /// (`host=127.0.0.1 user=postgres dbname=vigil`); the pipeline's
+    /// `[review] database` when not given.
     #[arg(long, env = "VIGIL_REVIEW_DATABASE")]
-    database: String,
+    database: Option<String>,
+}
+
+impl Database {
+    /// The database given, else the pipeline's.
+    fn or_pipeline(self, config: Option<&vigil_core::PipelineConfig>) -> anyhow::Result<String> {
+        self.database.or_else(|| config.and_then(|c| c.review.database.clone())).ok_or_else(|| {
+            anyhow!("no review database: give --database, set VIGIL_REVIEW_DATABASE, or set [review] database in the pipeline")
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -26,6 +36,9 @@ pub enum Command {
     Migrate {
         #[command(flatten)]
         database: Database,
+        /// A pipeline whose `[review] database` names the database.
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
     },
     /// Follow the decisions topic: every `review` decision opens a case or
     /// joins its entity's open case, once however often it is delivered.
@@ -42,21 +55,24 @@ pub enum Command {
         #[arg(long)]
         group: Option<String>,
         /// The entity that owns a case: card, account, customer, merchant,
-        /// terminal or device.
-        #[arg(long, default_value = "card")]
-        entity: String,
+        /// terminal or device; `[review] entity` (card) when not given.
+        #[arg(long)]
+        entity: Option<String>,
         /// How long a payment under review is held (`30m`, `2h`), from when
-        /// the review store receives it.
-        #[arg(long, default_value = "30m")]
-        hold: String,
+        /// the review store receives it; `[review] hold` (30m) when not given.
+        #[arg(long)]
+        hold: Option<String>,
         /// What happens to a payment whose hold runs out before a verdict:
-        /// `release` (capture it) or `stop` (void it). Checked every second;
-        /// the resolution is written to the outbox like an analyst's.
-        #[arg(long, default_value = "release")]
-        on_deadline: String,
+        /// `release` (capture it) or `stop` (void it); `[review]
+        /// on_deadline` (release) when not given. Checked every second; the
+        /// resolution is written to the outbox like an analyst's.
+        #[arg(long)]
+        on_deadline: Option<String>,
         /// Publish each resolution once to this topic (keyed by transaction
-        /// id), for the ledger or payment service to capture or void. Without
-        /// it, resolutions wait in the database's outbox.
+        /// id), for the ledger or payment service to capture or void, and each
+        /// analyst's verdict as a label to the pipeline's labels topic when it
+        /// has one; `[review] resolutions_topic` when not given. Without
+        /// either, resolutions wait in the database's outbox.
         #[arg(long)]
         resolutions_topic: Option<String>,
         /// Most decisions per batch (one database transaction each).
@@ -67,8 +83,10 @@ pub enum Command {
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Migrate { database } => {
-            let store = ReviewStore::connect(&database.database, 1, ReviewSettings::default())?;
+        Command::Migrate { database, pipeline } => {
+            let config = pipeline.as_deref().map(load_pipeline).transpose()?;
+            let database = database.or_pipeline(config.as_ref())?;
+            let store = ReviewStore::connect(&database, 1, ReviewSettings::default())?;
             store.migrate().await?;
             println!("review database is up to date");
             Ok(())
@@ -76,19 +94,29 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Ingest { pipeline, database, group, entity, hold, on_deadline, resolutions_topic, batch } => {
             let config = load_pipeline(&pipeline)?;
             let kafka = vigil_kafka::settings(&config)?;
-            let entity = Entity::parse(&entity).ok_or_else(|| {
-                let known: Vec<&str> = Entity::ALL.iter().map(|e| e.as_str()).collect();
-                anyhow!("--entity {entity}: not an entity (known: {})", known.join(", "))
-            })?;
-            let hold = vigil_core::feature::parse_duration_s(&hold)
-                .map_err(|m| anyhow!("--hold {hold}: {m}"))
-                .map(Duration::from_secs)?;
-            let on_deadline = Action::parse(&on_deadline)
-                .ok_or_else(|| anyhow!("--on-deadline {on_deadline}: give release or stop"))?;
+            let database = database.or_pipeline(Some(&config))?;
+            let mut settings = ReviewSettings::from_pipeline(&config)?;
+            if let Some(entity) = entity {
+                settings.entity = CaseEntity::parse(&entity).ok_or_else(|| {
+                    let known: Vec<&str> = CaseEntity::ALL.iter().map(|e| e.as_str()).collect();
+                    anyhow!("--entity {entity}: not an entity (known: {})", known.join(", "))
+                })?;
+            }
+            if let Some(hold) = hold {
+                settings.hold = vigil_core::feature::parse_duration_s(&hold)
+                    .map_err(|m| anyhow!("--hold {hold}: {m}"))
+                    .map(Duration::from_secs)?;
+            }
+            if let Some(on_deadline) = on_deadline {
+                settings.on_deadline = HoldAction::parse(&on_deadline)
+                    .ok_or_else(|| anyhow!("--on-deadline {on_deadline}: give release or stop"))?;
+            }
+            let on_deadline = settings.on_deadline;
+            let resolutions_topic = resolutions_topic.or_else(|| config.review.resolutions_topic.clone());
             if let Some(topic) = &resolutions_topic {
                 vigil_review::check_resolutions_topic(kafka, topic)?;
             }
-            let store = ReviewStore::connect(&database.database, 4, ReviewSettings { entity, hold })?;
+            let store = ReviewStore::connect(&database, 4, settings)?;
             store.migrate().await.context("preparing the review database")?;
             let sweeper = tokio::spawn(resolve_due_every_second(store.clone(), on_deadline));
             let (stop_publisher, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -98,7 +126,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     let stopped = async {
                         let _ = stopped.await;
                     };
-                    store.publish(&kafka, &topic, 500, stopped).await
+                    store.publish(&kafka, &topic, kafka.labels_topic.as_deref(), 500, stopped).await
                 })
             });
             let group = group.unwrap_or_else(|| format!("{}-review", kafka.group_id));
@@ -122,6 +150,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 tracing::info!(
                     sent = published.sent,
                     found_sent = published.found_sent,
+                    labels = published.labels,
                     "resolutions publisher stopped"
                 );
             }
@@ -132,7 +161,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
 
 /// Resolves the payments whose hold ran out, by `action`, every second; a
 /// database error is logged and the next second tries again.
-async fn resolve_due_every_second(store: ReviewStore, action: Action) {
+async fn resolve_due_every_second(store: ReviewStore, action: HoldAction) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;

@@ -28,13 +28,33 @@ pub struct Claim {
 
 impl ReviewStore {
     /// Takes the most urgent open case of `queues` (every queue when empty)
-    /// that nobody holds and that is not snoozed, for `lease`; `None` when
-    /// there is none.
+    /// that nobody holds, that is not snoozed and not escalated, for `lease`;
+    /// `None` when there is none.
     pub async fn claim_next(
         &self,
         analyst: &str,
         queues: &[&str],
         lease: Duration,
+    ) -> Result<Option<Claim>, ReviewError> {
+        self.claim_where(analyst, queues, lease, false).await
+    }
+
+    /// As [`ReviewStore::claim_next`], among the escalated cases: a lead's queue.
+    pub async fn claim_next_escalated(
+        &self,
+        lead: &str,
+        queues: &[&str],
+        lease: Duration,
+    ) -> Result<Option<Claim>, ReviewError> {
+        self.claim_where(lead, queues, lease, true).await
+    }
+
+    async fn claim_where(
+        &self,
+        analyst: &str,
+        queues: &[&str],
+        lease: Duration,
+        escalated: bool,
     ) -> Result<Option<Claim>, ReviewError> {
         let client = self.pool.get().await?;
         let row = client
@@ -43,6 +63,7 @@ impl ReviewStore {
                  WHERE id = (
                      SELECT id FROM cases
                      WHERE status = 'open' AND (cardinality($2::text[]) = 0 OR queue = ANY($2))
+                       AND escalated = $4
                        AND (lease_until IS NULL OR lease_until <= now())
                        AND (snoozed_until IS NULL OR snoozed_until <= now())
                      ORDER BY priority DESC, opened_at, id
@@ -50,17 +71,35 @@ impl ReviewStore {
                      FOR UPDATE SKIP LOCKED)
                    AND (lease_until IS NULL OR lease_until <= now())
                  RETURNING id, entity_kind, entity_id, queue, payments, lease_until",
-                &[&analyst, &queues, &lease.as_secs_f64()],
+                &[&analyst, &queues, &lease.as_secs_f64(), &escalated],
             )
             .await?;
-        Ok(row.map(|r| Claim {
-            case: r.get(0),
-            entity_kind: r.get(1),
-            entity_id: r.get(2),
-            queue: r.get(3),
-            payments: r.get(4),
-            lease_until: r.get(5),
-        }))
+        Ok(row.map(claim_of))
+    }
+
+    /// Takes one chosen case (from a search, a link, a bulk action) for
+    /// `lease`: free, or already the analyst's (the lease is extended).
+    /// Fails with [`ReviewError::HeldByOther`] when a colleague holds it.
+    pub async fn claim(&self, case: i64, analyst: &str, lease: Duration) -> Result<Claim, ReviewError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "UPDATE cases SET lease_holder = $2, lease_until = now() + make_interval(secs => $3), updated_at = now()
+                 WHERE id = $1 AND status = 'open'
+                   AND (lease_until IS NULL OR lease_until <= now() OR lease_holder = $2)
+                 RETURNING id, entity_kind, entity_id, queue, payments, lease_until",
+                &[&case, &analyst, &lease.as_secs_f64()],
+            )
+            .await?;
+        if let Some(row) = row {
+            return Ok(claim_of(row));
+        }
+        let row = client.query_opt("SELECT status, lease_holder FROM cases WHERE id = $1", &[&case]).await?;
+        Err(match row {
+            None => ReviewError::NoSuchCase(case),
+            Some(r) if r.get::<_, String>(0) == "closed" => ReviewError::CaseClosed(case),
+            Some(r) => ReviewError::HeldByOther { case, holder: r.get::<_, Option<String>>(1).unwrap_or_default() },
+        })
     }
 
     /// Extends the analyst's lease on `case` to `lease` from now. Fails with
@@ -93,5 +132,16 @@ impl ReviewStore {
             return Err(ReviewError::LeaseLost { case, analyst: analyst.to_owned() });
         }
         Ok(())
+    }
+}
+
+fn claim_of(r: tokio_postgres::Row) -> Claim {
+    Claim {
+        case: r.get(0),
+        entity_kind: r.get(1),
+        entity_id: r.get(2),
+        queue: r.get(3),
+        payments: r.get(4),
+        lease_until: r.get(5),
     }
 }

@@ -20,6 +20,13 @@ pub enum ReviewError {
     /// claim the case again (or the next one) before acting on it.
     #[error("case {case}: not held by {analyst} (the lease ran out, or another analyst holds it)")]
     LeaseLost { case: i64, analyst: String },
+    /// A colleague holds the case now.
+    #[error("case {case}: {holder} holds it now")]
+    HeldByOther { case: i64, holder: String },
+    /// A request the store refuses as it stands (an empty note, a snooze
+    /// past the hold): the message says why.
+    #[error("{0}")]
+    Invalid(String),
     /// The decisions topic could not be read (brokers away, topic missing).
     #[error("{0}")]
     Kafka(String),
@@ -32,6 +39,19 @@ pub enum ReviewError {
     /// The case is closed: every payment in it is resolved.
     #[error("case {0}: closed (every payment in it is resolved)")]
     CaseClosed(i64),
+    /// A colleague's verdict on the payment waits for a second analyst:
+    /// confirm it or not, rather than giving another.
+    #[error("payment {transaction_id}: {by}'s verdict `{verdict}` waits for a second analyst; confirm it or not")]
+    AwaitingSecond { transaction_id: String, verdict: String, by: String },
+    /// Four-eyes: the proposer cannot also confirm.
+    #[error("payment {transaction_id}: {analyst} proposed this verdict, so another analyst must confirm it")]
+    SameAnalyst { transaction_id: String, analyst: String },
+    /// The payment has no verdict waiting for confirmation.
+    #[error("payment {0}: no verdict waits for confirmation")]
+    NothingToConfirm(String),
+    /// No payment under review has this transaction id.
+    #[error("payment {0}: not under review")]
+    NoSuchTransaction(String),
     /// No case has this id.
     #[error("case {0}: no such case")]
     NoSuchCase(i64),

@@ -10,77 +10,17 @@
 //! serialisation failure runs the batch again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use vigil_core::{Action, Decision, Event};
+use vigil_core::{Action, Decision};
 
 use crate::error::ReviewError;
+use crate::settings::wanted_decline;
 use crate::store::ReviewStore;
 
 /// Times a batch is run again after a deadlock or serialisation failure.
 const RETRIES: usize = 5;
-
-/// Which of the event's entities owns a case.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Entity {
-    Card,
-    Account,
-    Customer,
-    Merchant,
-    Terminal,
-    Device,
-}
-
-impl Entity {
-    pub const ALL: [Entity; 6] =
-        [Entity::Card, Entity::Account, Entity::Customer, Entity::Merchant, Entity::Terminal, Entity::Device];
-
-    /// The name stored as the case's `entity_kind`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Entity::Card => "card",
-            Entity::Account => "account",
-            Entity::Customer => "customer",
-            Entity::Merchant => "merchant",
-            Entity::Terminal => "terminal",
-            Entity::Device => "device",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Entity> {
-        Self::ALL.into_iter().find(|e| e.as_str() == s)
-    }
-
-    fn of(self, e: &Event) -> Option<&str> {
-        match self {
-            Entity::Card => e.card_id.as_deref(),
-            Entity::Account => e.account_id.as_deref(),
-            Entity::Customer => e.customer_id.as_deref(),
-            Entity::Merchant => e.merchant_id.as_deref(),
-            Entity::Terminal => e.terminal_id.as_deref(),
-            Entity::Device => e.device_id.as_deref(),
-        }
-    }
-}
-
-/// How review decisions become cases.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReviewSettings {
-    /// The entity that owns a case. A payment without it gets a case of its
-    /// own (`entity_kind` `transaction`).
-    pub entity: Entity,
-    /// How long a payment's money is held for review, from when the review
-    /// store first receives it.
-    pub hold: Duration,
-}
-
-impl Default for ReviewSettings {
-    fn default() -> ReviewSettings {
-        ReviewSettings { entity: Entity::Card, hold: Duration::from_secs(30 * 60) }
-    }
-}
 
 /// What one batch did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -108,6 +48,9 @@ struct Row<'a> {
     currency: &'a str,
     score: f64,
     event_at: DateTime<Utc>,
+    queue: &'a str,
+    priority: i32,
+    wanted_decline: bool,
 }
 
 impl ReviewStore {
@@ -131,6 +74,7 @@ impl ReviewStore {
                 counts.repeated += 1;
                 continue;
             }
+            let (queue, priority) = self.settings.queue_of(d, event);
             let (entity_kind, entity_id) = match self.settings.entity.of(event) {
                 Some(id) => (self.settings.entity.as_str(), id),
                 None => ("transaction", d.transaction_id.as_str()),
@@ -146,6 +90,9 @@ impl ReviewStore {
                     currency: &event.currency,
                     score: d.score,
                     event_at: event.timestamp,
+                    queue,
+                    priority,
+                    wanted_decline: wanted_decline(d),
                 },
             );
         }
@@ -187,18 +134,32 @@ impl ReviewStore {
             tx.commit().await?;
             return Ok((0, 0));
         }
-        // The entities' open cases, found or opened, in sorted order.
-        let mut entities: Vec<(&str, &str)> = fresh.iter().map(|r| (r.entity_kind, r.entity_id)).collect();
-        entities.sort_unstable();
-        entities.dedup();
-        let (kinds, entity_ids): (Vec<&str>, Vec<&str>) = entities.into_iter().unzip();
+        // The entities' open cases, found or opened, in sorted order, each in
+        // the queue of highest priority among its new payments (or kept in a
+        // higher one it is in already).
+        let mut entities: BTreeMap<(&str, &str), (&str, i32)> = BTreeMap::new();
+        for r in &fresh {
+            let e = entities.entry((r.entity_kind, r.entity_id)).or_insert((r.queue, r.priority));
+            if r.priority > e.1 {
+                *e = (r.queue, r.priority);
+            }
+        }
+        let (mut kinds, mut entity_ids, mut queues, mut priorities) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((kind, id), (queue, priority)) in entities {
+            kinds.push(kind);
+            entity_ids.push(id);
+            queues.push(queue);
+            priorities.push(priority);
+        }
         let cases = tx
             .query(
-                "INSERT INTO cases (entity_kind, entity_id)
-                 SELECT * FROM unnest($1::text[], $2::text[])
-                 ON CONFLICT (entity_kind, entity_id) WHERE status = 'open' DO UPDATE SET updated_at = now()
+                "INSERT INTO cases (entity_kind, entity_id, queue, priority)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[])
+                 ON CONFLICT (entity_kind, entity_id) WHERE status = 'open' DO UPDATE SET updated_at = now(),
+                     queue = CASE WHEN excluded.priority > cases.priority THEN excluded.queue ELSE cases.queue END,
+                     priority = greatest(cases.priority, excluded.priority)
                  RETURNING id, entity_kind, entity_id, (xmax = 0) AS opened",
-                &[&kinds, &entity_ids],
+                &[&kinds, &entity_ids, &queues, &priorities],
             )
             .await?;
         let mut case_of: HashMap<(String, String), i64> = HashMap::with_capacity(cases.len());
@@ -222,16 +183,21 @@ impl ReviewStore {
         let currencies: Vec<&str> = fresh.iter().map(|r| r.currency).collect();
         let scores: Vec<f64> = fresh.iter().map(|r| r.score).collect();
         let event_at: Vec<DateTime<Utc>> = fresh.iter().map(|r| r.event_at).collect();
+        let queues: Vec<&str> = fresh.iter().map(|r| r.queue).collect();
+        let priorities: Vec<i32> = fresh.iter().map(|r| r.priority).collect();
+        let declines: Vec<bool> = fresh.iter().map(|r| r.wanted_decline).collect();
         let hold_s = self.settings.hold.as_secs_f64();
         let added = tx
             .query(
-                "INSERT INTO payments (transaction_id, case_id, decision, amount, currency, score, event_at, hold_until)
-                 SELECT t, c, d::jsonb, a, cu, s, e, now() + make_interval(secs => $8)
-                 FROM unnest($1::text[], $2::int8[], $3::text[], $4::numeric[], $5::text[], $6::float8[], $7::timestamptz[])
-                   AS u(t, c, d, a, cu, s, e)
+                "INSERT INTO payments (transaction_id, case_id, decision, amount, currency, score, event_at, hold_until,
+                                       queue, queue_priority, wanted_decline)
+                 SELECT t, c, d::jsonb, a, cu, s, e, now() + make_interval(secs => $8), q, qp, wd
+                 FROM unnest($1::text[], $2::int8[], $3::text[], $4::numeric[], $5::text[], $6::float8[],
+                             $7::timestamptz[], $9::text[], $10::int4[], $11::bool[])
+                   AS u(t, c, d, a, cu, s, e, q, qp, wd)
                  ON CONFLICT (transaction_id) DO NOTHING
                  RETURNING case_id, score",
-                &[&tx_ids, &case_ids, &json, &amounts, &currencies, &scores, &event_at, &hold_s],
+                &[&tx_ids, &case_ids, &json, &amounts, &currencies, &scores, &event_at, &hold_s, &queues, &priorities, &declines],
             )
             .await?;
         let mut per_case: BTreeMap<i64, (i32, f64)> = BTreeMap::new();

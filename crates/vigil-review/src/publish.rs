@@ -24,6 +24,7 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::json;
 use vigil_core::pipeline::KafkaConfig;
+use vigil_core::{Event, Label, Verdict};
 use vigil_kafka::{BrokerHealth, SetIfAbsent as _, Watched};
 
 use crate::error::ReviewError;
@@ -43,15 +44,22 @@ pub struct Published {
     pub sent: u64,
     /// Resolutions found on the topic already after a crash: marked, not sent again.
     pub found_sent: u64,
+    /// Labels sent for analysts' verdicts.
+    pub labels: u64,
 }
 
 impl ReviewStore {
     /// Publishes the outbox to `topic` until `shutdown` completes, `batch`
     /// resolutions at a time. Waits while another review server publishes.
+    /// With `labels`, each analyst's verdict also goes there as a label (the
+    /// pipeline's labels topic), so the label features and the training
+    /// history learn it; a label sent twice after a crash is counted once by
+    /// the stream, as any redelivered label.
     pub async fn publish(
         &self,
         kafka: &KafkaConfig,
         topic: &str,
+        labels: Option<&str>,
         batch: i64,
         shutdown: impl Future<Output = ()>,
     ) -> Result<Published, ReviewError> {
@@ -77,11 +85,12 @@ impl ReviewStore {
             .map_err(|e| ReviewError::Kafka(e.to_string()))?;
         totals.found_sent = self.mark_found_on_topic(kafka, topic, batch).await?;
         loop {
-            let sent = self.publish_batch(&producer, topic, batch).await;
+            let sent = self.publish_batch(&producer, topic, labels, batch).await;
             match sent {
-                Ok(0) => {}
-                Ok(n) => {
+                Ok((0, _)) => {}
+                Ok((n, l)) => {
                     totals.sent += n;
+                    totals.labels += l;
                     continue;
                 }
                 Err(e) => tracing::warn!(error = %e, "resolutions not published yet; trying again"),
@@ -95,25 +104,40 @@ impl ReviewStore {
         Ok(totals)
     }
 
-    /// Sends the next unpublished resolutions, in order; how many.
+    /// Sends the next unpublished resolutions, in order, and the labels of
+    /// their verdicts; how many of each.
     async fn publish_batch(
         &self,
         producer: &vigil_kafka::Producer,
         topic: &str,
+        labels: Option<&str>,
         batch: i64,
-    ) -> Result<u64, ReviewError> {
+    ) -> Result<(u64, u64), ReviewError> {
         let client = self.pool.get().await?;
         let rows = client
             .query(
                 "SELECT r.seq, r.transaction_id, r.case_id, r.action, r.resolved_by, r.verdict, r.resolved_at,
-                        p.amount, p.currency
+                        p.amount, p.currency, (p.decision -> 'event')::text, r.confirmed_by
                  FROM resolutions r JOIN payments p USING (transaction_id)
                  WHERE r.published_at IS NULL ORDER BY r.seq LIMIT $1",
                 &[&batch],
             )
             .await?;
         if rows.is_empty() {
-            return Ok(0);
+            return Ok((0, 0));
+        }
+        // Labels first, delivered before any resolution is sent: a
+        // resolution found on the topic after a crash had its label delivered.
+        let mut l = 0;
+        if let Some(labels) = labels {
+            let mut pending = Vec::new();
+            for (r, label) in rows.iter().filter_map(|r| Some((r, label_of(r)?))) {
+                let key: String = r.get(1);
+                let payload = label.to_json();
+                let record = FutureRecord::to(labels).key(key.as_bytes()).payload(payload.as_slice());
+                pending.push(vigil_kafka::enqueue(producer, record).await.map_err(|e| ReviewError::Kafka(e.to_string()))?);
+            }
+            l = vigil_kafka::delivered(pending, labels).await.map_err(|e| ReviewError::Kafka(e.to_string()))?;
         }
         let mut pending = Vec::with_capacity(rows.len());
         let mut seqs = Vec::with_capacity(rows.len());
@@ -125,6 +149,7 @@ impl ReviewStore {
                 "action": r.get::<_, String>(3),
                 "resolved_by": r.get::<_, String>(4),
                 "verdict": r.get::<_, Option<String>>(5),
+                "confirmed_by": r.get::<_, Option<String>>(10),
                 "case_id": r.get::<_, i64>(2),
                 "resolved_at": r.get::<_, chrono::DateTime<chrono::Utc>>(6),
                 "amount": r.get::<_, rust_decimal::Decimal>(7).to_string(),
@@ -145,7 +170,7 @@ impl ReviewStore {
         }
         let n = vigil_kafka::delivered(pending, topic).await.map_err(|e| ReviewError::Kafka(e.to_string()))?;
         client.execute("UPDATE resolutions SET published_at = now() WHERE seq = ANY($1)", &[&seqs]).await?;
-        Ok(n)
+        Ok((n, l))
     }
 
     /// Marks the unpublished resolutions that the tail of `topic` holds
@@ -176,6 +201,20 @@ impl ReviewStore {
         }
         Ok(marked)
     }
+}
+
+/// The label of an analyst's verdict (none for a deadline), from the
+/// payment's frozen event: every entity field, the event's time, the
+/// verdict's time as `reported_at`, `review:ANALYST` as its source.
+fn label_of(row: &tokio_postgres::Row) -> Option<Label> {
+    let verdict = match row.get::<_, Option<String>>(5)?.as_str() {
+        "fraud" => Verdict::Fraud,
+        "genuine" => Verdict::Genuine,
+        _ => return None,
+    };
+    let event: Event = serde_json::from_str(&row.get::<_, Option<String>>(9)?).ok()?;
+    let by: String = row.get(4);
+    Some(Label::for_event(&event, verdict, row.get(6), Some(&format!("review:{by}"))))
 }
 
 /// Checks that the resolutions topic exists, failing within seconds with a

@@ -4,11 +4,11 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use rust_decimal::Decimal;
 use tokio_postgres::NoTls;
+use vigil_core::pipeline::HoldAction;
 use vigil_core::Decision;
 
 use crate::error::ReviewError;
-use crate::ingest::ReviewSettings;
-use crate::verdict::Action;
+use crate::settings::ReviewSettings;
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -50,7 +50,7 @@ pub struct PaymentView {
     /// `fraud` or `genuine`, once an analyst gave it.
     pub verdict: Option<String>,
     /// What happened to the money, once resolved.
-    pub resolution: Option<Action>,
+    pub resolution: Option<HoldAction>,
     /// The decision record as it was published, event included.
     pub decision: Decision,
 }
@@ -86,7 +86,16 @@ impl ReviewStore {
         let client: &mut tokio_postgres::Client = &mut client;
         let report = embedded::migrations::runner().run_async(client).await;
         client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await?;
-        let report = report.map_err(|e| ReviewError::Migrate(e.to_string()))?;
+        let report = report.map_err(|e| {
+            // refinery says which migration; PostgreSQL's own words are in the sources.
+            let mut message = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                message.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            ReviewError::Migrate(message)
+        })?;
         for m in report.applied_migrations() {
             tracing::info!(migration = %m, "review database migrated");
         }
@@ -131,7 +140,7 @@ impl ReviewStore {
                     currency: p.get(2),
                     hold_until: p.get(3),
                     verdict: p.get(5),
-                    resolution: resolution.as_deref().and_then(Action::parse),
+                    resolution: resolution.as_deref().and_then(HoldAction::parse),
                     decision,
                 })
             })

@@ -11,40 +11,13 @@
 //! that joins the case meanwhile keeps it open.
 
 use chrono::{DateTime, Utc};
+use deadpool_postgres::Transaction;
+use rust_decimal::Decimal;
+use vigil_core::pipeline::HoldAction;
 use vigil_core::Verdict;
 
 use crate::error::ReviewError;
 use crate::store::ReviewStore;
-
-/// What happens to the held money.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// Capture: the payment goes through.
-    Release,
-    /// Void or refund: the payment does not go through.
-    Stop,
-}
-
-impl Action {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Release => "release",
-            Action::Stop => "stop",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Action> {
-        [Action::Release, Action::Stop].into_iter().find(|a| a.as_str() == s)
-    }
-
-    /// What an analyst's verdict does to the money.
-    pub fn of(verdict: Verdict) -> Action {
-        match verdict {
-            Verdict::Fraud => Action::Stop,
-            Verdict::Genuine => Action::Release,
-        }
-    }
-}
 
 /// A payment's resolution, as written to the outbox.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,9 +26,11 @@ pub struct Resolution {
     pub seq: i64,
     pub transaction_id: String,
     pub case: i64,
-    pub action: Action,
+    pub action: HoldAction,
     /// The analyst, or `deadline`.
     pub resolved_by: String,
+    /// The second analyst, under four-eyes.
+    pub confirmed_by: Option<String>,
     pub verdict: Option<Verdict>,
     pub resolved_at: DateTime<Utc>,
     /// Whether the payment's case closed with it (its last open payment).
@@ -75,83 +50,257 @@ const CLOSE_RESOLVED: &str = "UPDATE cases c SET status = 'closed', closed_at = 
        AND c.payments = (SELECT count(*) FROM payments p WHERE p.case_id = c.id AND p.resolution IS NOT NULL)
      RETURNING c.id";
 
+/// Puts each of the open cases `$1` (ids) in the queue of highest priority
+/// among its payments not resolved yet.
+const REQUEUE: &str = "UPDATE cases c SET (queue, priority) = (
+         SELECT p.queue, p.queue_priority FROM payments p WHERE p.case_id = c.id AND p.resolution IS NULL
+         ORDER BY p.queue_priority DESC, p.received_at LIMIT 1)
+     WHERE c.id = ANY($1) AND c.status = 'open'
+       AND EXISTS (SELECT 1 FROM payments p WHERE p.case_id = c.id AND p.resolution IS NULL)";
+
+/// What a verdict did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdicted {
+    /// The payment is resolved by it.
+    Resolved(Resolution),
+    /// The four-eyes policy holds it for a second analyst's
+    /// [`ReviewStore::confirm`]; the money waits (until its deadline).
+    Proposed { transaction_id: String, verdict: Verdict, by: String },
+}
+
+impl Verdicted {
+    /// The resolution, when the verdict made one.
+    pub fn resolution(&self) -> Option<&Resolution> {
+        match self {
+            Verdicted::Resolved(r) => Some(r),
+            Verdicted::Proposed { .. } => None,
+        }
+    }
+}
+
+/// A verdict waiting for a second analyst.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Proposal {
+    pub case: i64,
+    pub transaction_id: String,
+    pub verdict: Verdict,
+    pub by: String,
+    pub at: DateTime<Utc>,
+    pub amount: Decimal,
+    pub currency: String,
+    pub hold_until: DateTime<Utc>,
+}
+
+fn verdict_of(s: &str) -> Option<Verdict> {
+    [Verdict::Fraud, Verdict::Genuine].into_iter().find(|v| v.name() == s)
+}
+
+/// Why `transaction_id` cannot be resolved now: resolved already, or not in `case`.
+async fn not_open(tx: &Transaction<'_>, case: i64, transaction_id: &str) -> Result<ReviewError, ReviewError> {
+    let row = tx
+        .query_opt(
+            "SELECT coalesce(r.resolved_by, ''), coalesce(r.action, '') FROM payments p
+             LEFT JOIN resolutions r USING (transaction_id) WHERE p.transaction_id = $1 AND p.case_id = $2",
+            &[&transaction_id, &case],
+        )
+        .await?;
+    Ok(match row {
+        None => ReviewError::NoSuchPayment { case, transaction_id: transaction_id.to_owned() },
+        Some(r) => ReviewError::AlreadyResolved { transaction_id: transaction_id.to_owned(), by: r.get(0), action: r.get(1) },
+    })
+}
+
+/// Resolves one open payment of `case` (whose row lock the caller holds) by
+/// `by`'s verdict, confirmed by `confirmed_by` under four-eyes; requeues or
+/// closes the case.
+async fn resolve(
+    tx: &Transaction<'_>,
+    case: i64,
+    transaction_id: &str,
+    verdict: Verdict,
+    by: &str,
+    confirmed_by: Option<&str>,
+) -> Result<Resolution, ReviewError> {
+    let action = HoldAction::of(verdict);
+    let updated = tx
+        .query_opt(
+            "UPDATE payments SET verdict = $3, verdict_by = $4, verdict_at = now(), resolution = $5, confirmed_by = $6
+             WHERE transaction_id = $1 AND case_id = $2 AND resolution IS NULL
+             RETURNING transaction_id",
+            &[&transaction_id, &case, &verdict.name(), &by, &action.as_str(), &confirmed_by],
+        )
+        .await?;
+    if updated.is_none() {
+        return Err(not_open(tx, case, transaction_id).await?);
+    }
+    let row = tx
+        .query_one(
+            "INSERT INTO resolutions (transaction_id, case_id, action, resolved_by, verdict, confirmed_by)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq, resolved_at",
+            &[&transaction_id, &case, &action.as_str(), &by, &verdict.name(), &confirmed_by],
+        )
+        .await?;
+    tx.execute(REQUEUE, &[&vec![case]]).await?;
+    let closed = tx.query(CLOSE_RESOLVED, &[&vec![case]]).await?;
+    Ok(Resolution {
+        seq: row.get(0),
+        transaction_id: transaction_id.to_owned(),
+        case,
+        action,
+        resolved_by: by.to_owned(),
+        confirmed_by: confirmed_by.map(str::to_owned),
+        verdict: Some(verdict),
+        resolved_at: row.get(1),
+        case_closed: !closed.is_empty(),
+    })
+}
+
 impl ReviewStore {
     /// Records `analyst`'s verdict on one payment of `case`, which the analyst
-    /// must hold, and resolves the payment by it. Fails with
-    /// [`ReviewError::LeaseLost`] when the lease ran out, and
+    /// must hold. The verdict resolves the payment, unless the four-eyes
+    /// policy wants a second analyst: then it is proposed, and
+    /// [`ReviewStore::confirm`] resolves it. Fails with
+    /// [`ReviewError::LeaseLost`] when the lease ran out,
     /// [`ReviewError::AlreadyResolved`] when the payment is resolved already
-    /// (by a colleague's verdict or its deadline): nothing is changed then.
+    /// (by a colleague's verdict or its deadline), and
+    /// [`ReviewError::AwaitingSecond`] when a colleague's proposal waits for
+    /// confirmation: nothing is changed then. The proposer may change their
+    /// own proposal.
     pub async fn verdict(
         &self,
         case: i64,
         analyst: &str,
         transaction_id: &str,
         verdict: Verdict,
-    ) -> Result<Resolution, ReviewError> {
+    ) -> Result<Verdicted, ReviewError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         // The case's row lock: no payment joins it and no one else acts on it
         // until this commits.
-        let held = tx
+        self.lock_held(&tx, case, analyst).await?;
+        let payment = tx
             .query_opt(
-                "SELECT id FROM cases WHERE id = $1 AND status = 'open' AND lease_holder = $2 AND lease_until > now()
-                 FOR UPDATE",
-                &[&case, &analyst],
+                "SELECT amount, wanted_decline, proposed, proposed_by FROM payments
+                 WHERE transaction_id = $1 AND case_id = $2 AND resolution IS NULL",
+                &[&transaction_id, &case],
             )
             .await?;
-        if held.is_none() {
-            let status = tx.query_opt("SELECT status FROM cases WHERE id = $1", &[&case]).await?;
-            return Err(match status.map(|r| r.get::<_, String>(0)) {
-                None => ReviewError::NoSuchCase(case),
-                Some(s) if s == "closed" => ReviewError::CaseClosed(case),
-                Some(_) => ReviewError::LeaseLost { case, analyst: analyst.to_owned() },
-            });
+        let Some(payment) = payment else {
+            return Err(not_open(&tx, case, transaction_id).await?);
+        };
+        let (proposed, proposed_by): (Option<String>, Option<String>) = (payment.get(2), payment.get(3));
+        if let (Some(p), Some(by)) = (proposed, proposed_by) {
+            if by != analyst {
+                return Err(ReviewError::AwaitingSecond { transaction_id: transaction_id.to_owned(), verdict: p, by });
+            }
         }
-        let action = Action::of(verdict);
-        let updated = tx
-            .query_opt(
-                "UPDATE payments SET verdict = $3, verdict_by = $4, verdict_at = now(), resolution = $5
-                 WHERE transaction_id = $1 AND case_id = $2 AND resolution IS NULL
-                 RETURNING transaction_id",
-                &[&transaction_id, &case, &verdict.name(), &analyst, &action.as_str()],
+        if self.settings.four_eyes.needed(payment.get(0), payment.get(1), verdict) {
+            tx.execute(
+                "UPDATE payments SET proposed = $2, proposed_by = $3, proposed_at = now() WHERE transaction_id = $1",
+                &[&transaction_id, &verdict.name(), &analyst],
             )
             .await?;
-        if updated.is_none() {
-            let row = tx
-                .query_opt(
-                    "SELECT coalesce(r.resolved_by, ''), coalesce(r.action, '') FROM payments p
-                     LEFT JOIN resolutions r USING (transaction_id) WHERE p.transaction_id = $1 AND p.case_id = $2",
-                    &[&transaction_id, &case],
-                )
-                .await?;
-            return Err(match row {
-                None => ReviewError::NoSuchPayment { case, transaction_id: transaction_id.to_owned() },
-                Some(r) => ReviewError::AlreadyResolved {
-                    transaction_id: transaction_id.to_owned(),
-                    by: r.get(0),
-                    action: r.get(1),
-                },
-            });
+            tx.commit().await?;
+            return Ok(Verdicted::Proposed { transaction_id: transaction_id.to_owned(), verdict, by: analyst.to_owned() });
         }
-        let row = tx
-            .query_one(
-                "INSERT INTO resolutions (transaction_id, case_id, action, resolved_by, verdict)
-                 VALUES ($1, $2, $3, $4, $5) RETURNING seq, resolved_at",
-                &[&transaction_id, &case, &action.as_str(), &analyst, &verdict.name()],
-            )
-            .await?;
-        let closed = tx.query(CLOSE_RESOLVED, &[&vec![case]]).await?;
+        let resolution = resolve(&tx, case, transaction_id, verdict, analyst, None).await?;
         tx.commit().await?;
-        Ok(Resolution {
-            seq: row.get(0),
+        Ok(Verdicted::Resolved(resolution))
+    }
+
+    /// A second analyst's answer to a proposed verdict: `agree` resolves the
+    /// payment by it (recorded as the proposer's verdict, confirmed by
+    /// `analyst`); otherwise the proposal is withdrawn, with a note on the
+    /// case, and the payment waits for a verdict again. The second analyst
+    /// need not hold the case, but must not be the proposer
+    /// ([`ReviewError::SameAnalyst`]).
+    pub async fn confirm(
+        &self,
+        analyst: &str,
+        transaction_id: &str,
+        agree: bool,
+    ) -> Result<Option<Resolution>, ReviewError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let case: i64 = tx
+            .query_opt("SELECT case_id FROM payments WHERE transaction_id = $1", &[&transaction_id])
+            .await?
+            .ok_or_else(|| ReviewError::NoSuchTransaction(transaction_id.to_owned()))?
+            .get(0);
+        // The case's lock first, as a verdict takes it: no deadlock between them.
+        tx.execute("SELECT id FROM cases WHERE id = $1 FOR UPDATE", &[&case]).await?;
+        let row = tx
+            .query_opt(
+                "SELECT proposed, proposed_by FROM payments
+                 WHERE transaction_id = $1 AND resolution IS NULL AND proposed IS NOT NULL",
+                &[&transaction_id],
+            )
+            .await?;
+        let Some(row) = row else {
+            let resolved = tx
+                .query_opt(
+                    "SELECT 1 FROM payments WHERE transaction_id = $1 AND resolution IS NOT NULL",
+                    &[&transaction_id],
+                )
+                .await?
+                .is_some();
+            return Err(if resolved {
+                not_open(&tx, case, transaction_id).await?
+            } else {
+                ReviewError::NothingToConfirm(transaction_id.to_owned())
+            });
+        };
+        let (proposed, by): (String, String) = (row.get(0), row.get(1));
+        if by == analyst {
+            return Err(ReviewError::SameAnalyst { transaction_id: transaction_id.to_owned(), analyst: by });
+        }
+        if !agree {
+            tx.execute(
+                "UPDATE payments SET proposed = NULL, proposed_by = NULL, proposed_at = NULL WHERE transaction_id = $1",
+                &[&transaction_id],
+            )
+            .await?;
+            let body = format!("{analyst} did not confirm {by}'s verdict `{proposed}` on {transaction_id}");
+            tx.execute("INSERT INTO notes (case_id, author, body) VALUES ($1, $2, $3)", &[&case, &analyst, &body])
+                .await?;
+            tx.commit().await?;
+            return Ok(None);
+        }
+        let verdict = verdict_of(&proposed).ok_or_else(|| ReviewError::Snapshot {
             transaction_id: transaction_id.to_owned(),
-            case,
-            action,
-            resolved_by: analyst.to_owned(),
-            verdict: Some(verdict),
-            resolved_at: row.get(1),
-            case_closed: !closed.is_empty(),
-        })
+            message: format!("proposed verdict `{proposed}`"),
+        })?;
+        let resolution = resolve(&tx, case, transaction_id, verdict, &by, Some(analyst)).await?;
+        tx.commit().await?;
+        Ok(Some(resolution))
+    }
+
+    /// Verdicts waiting for a second analyst, oldest first; at most `most`.
+    pub async fn proposals(&self, most: i64) -> Result<Vec<Proposal>, ReviewError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT case_id, transaction_id, proposed, proposed_by, proposed_at, amount, currency, hold_until
+                 FROM payments WHERE proposed IS NOT NULL AND resolution IS NULL
+                 ORDER BY proposed_at, transaction_id LIMIT $1",
+                &[&most],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                Some(Proposal {
+                    case: r.get(0),
+                    transaction_id: r.get(1),
+                    verdict: verdict_of(r.get(2))?,
+                    by: r.get(3),
+                    at: r.get(4),
+                    amount: r.get(5),
+                    currency: r.get(6),
+                    hold_until: r.get(7),
+                })
+            })
+            .collect())
     }
 
     /// Resolves by `action` up to `most` payments whose hold has run out
@@ -160,7 +309,7 @@ impl ReviewStore {
     /// payment whose case an analyst is acting on right now is left to the
     /// next call (so it cannot deadlock with [`ReviewStore::verdict`], which
     /// locks the case first), and several review servers may run it at once.
-    pub async fn resolve_due(&self, action: Action, most: i64) -> Result<Vec<Resolution>, ReviewError> {
+    pub async fn resolve_due(&self, action: HoldAction, most: i64) -> Result<Vec<Resolution>, ReviewError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let rows = tx
@@ -191,6 +340,7 @@ impl ReviewStore {
                 case: r.get(2),
                 action,
                 resolved_by: DEADLINE.to_owned(),
+                confirmed_by: None,
                 verdict: None,
                 resolved_at: r.get(3),
                 case_closed: false,
@@ -199,6 +349,7 @@ impl ReviewStore {
         let mut cases: Vec<i64> = resolved.iter().map(|r| r.case).collect();
         cases.sort_unstable();
         cases.dedup();
+        tx.execute(REQUEUE, &[&cases]).await?;
         let closed: Vec<i64> = tx.query(CLOSE_RESOLVED, &[&cases]).await?.iter().map(|r| r.get(0)).collect();
         tx.commit().await?;
         for r in &mut resolved {

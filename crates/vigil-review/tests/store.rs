@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vigil_core::{Decision, Verdict};
-use vigil_review::{Action, Entity, ReviewError, ReviewSettings, ReviewStore, DEADLINE};
+use vigil_review::{CaseEntity, HoldAction, ReviewError, ReviewSettings, ReviewStore, Verdicted, DEADLINE};
 
 const LONG: Duration = Duration::from_secs(600);
 
@@ -69,6 +69,22 @@ fn decision(tx: &str, action: &str, card: Option<&str>, amount: &str, score: f64
         d["event"] = event;
     }
     serde_json::from_value(d).unwrap()
+}
+
+/// The resolution of a verdict that needed no second analyst.
+fn resolved(v: Verdicted) -> vigil_review::Resolution {
+    v.resolution().cloned().unwrap_or_else(|| panic!("resolved, not {v:?}"))
+}
+
+/// Review settings from a pipeline file's `[review]` section.
+fn settings_of(review: &str) -> ReviewSettings {
+    let text = format!(
+        "[rules]\npath = \"rules\"\n[[features]]\nname = \"card_count_1h\"\nentity = \"card_id\"\naggregate = \"count\"\n\
+         window = \"1h\"\n[[features]]\nname = \"card_sum_1h\"\nentity = \"card_id\"\naggregate = \"sum_amount\"\n\
+         window = \"1h\"\n{review}"
+    );
+    let config = vigil_core::PipelineConfig::parse(std::path::Path::new("review.toml"), &text).unwrap();
+    ReviewSettings::from_pipeline(&config).unwrap()
 }
 
 fn review(tx: &str, card: &str) -> Decision {
@@ -164,7 +180,7 @@ async fn concurrent_ingesters_of_one_stream_add_each_payment_once() {
 
 #[tokio::test]
 async fn the_case_owner_can_be_another_entity() {
-    let settings = ReviewSettings { entity: Entity::Merchant, hold: Duration::from_secs(60) };
+    let settings = ReviewSettings { entity: CaseEntity::Merchant, hold: Duration::from_secs(60), ..Default::default() };
     let f = Fixture::new(settings, 2).await;
     f.store.ingest(&[review("t1", "card-a"), review("t2", "card-b")]).await.unwrap();
     let m = f.store.open_case_of("merchant", "m-1").await.unwrap().expect("the merchant's case");
@@ -254,8 +270,8 @@ async fn a_verdict_resolves_its_payment_once_and_the_last_one_closes_the_case() 
     f.store.ingest(&[review("t1", "card-a"), review("t2", "card-a"), review("t3", "card-b")]).await.unwrap();
     let claim = f.store.claim_next("ana", &[], LONG).await.unwrap().unwrap();
     assert_eq!((claim.entity_id.as_str(), claim.payments), ("card-a", 2));
-    let first = f.store.verdict(claim.case, "ana", "t1", Verdict::Fraud).await.unwrap();
-    assert_eq!((first.action, first.case_closed), (Action::Stop, false));
+    let first = resolved(f.store.verdict(claim.case, "ana", "t1", Verdict::Fraud).await.unwrap());
+    assert_eq!((first.action, first.case_closed), (HoldAction::Stop, false));
     // Once only, and only in its own case, and only by the lease holder.
     let again = f.store.verdict(claim.case, "ana", "t1", Verdict::Genuine).await.unwrap_err();
     assert!(matches!(again, ReviewError::AlreadyResolved { .. }), "{again}");
@@ -264,15 +280,15 @@ async fn a_verdict_resolves_its_payment_once_and_the_last_one_closes_the_case() 
     assert!(matches!(elsewhere, ReviewError::NoSuchPayment { .. }), "{elsewhere}");
     let stranger = f.store.verdict(claim.case, "bo", "t2", Verdict::Fraud).await.unwrap_err();
     assert!(matches!(stranger, ReviewError::LeaseLost { .. }), "{stranger}");
-    let last = f.store.verdict(claim.case, "ana", "t2", Verdict::Genuine).await.unwrap();
-    assert_eq!((last.action, last.case_closed), (Action::Release, true));
+    let last = resolved(f.store.verdict(claim.case, "ana", "t2", Verdict::Genuine).await.unwrap());
+    assert_eq!((last.action, last.case_closed), (HoldAction::Release, true));
     assert!(last.seq > first.seq, "the outbox keeps the order of resolution");
     let case = f.store.case(claim.case).await.unwrap();
     assert_eq!(case.status, "closed");
     assert_eq!(case.lease_holder, None);
-    let kept: Vec<(Option<String>, Option<Action>)> =
+    let kept: Vec<(Option<String>, Option<HoldAction>)> =
         case.payments.iter().map(|p| (p.verdict.clone(), p.resolution)).collect();
-    assert_eq!(kept, [(Some("fraud".into()), Some(Action::Stop)), (Some("genuine".into()), Some(Action::Release))]);
+    assert_eq!(kept, [(Some("fraud".into()), Some(HoldAction::Stop)), (Some("genuine".into()), Some(HoldAction::Release))]);
     let closed = f.store.verdict(claim.case, "ana", "t2", Verdict::Fraud).await.unwrap_err();
     assert!(matches!(closed, ReviewError::CaseClosed(_)), "{closed}");
     // The card's next review opens a new case.
@@ -284,18 +300,18 @@ async fn a_verdict_resolves_its_payment_once_and_the_last_one_closes_the_case() 
 
 #[tokio::test]
 async fn a_hold_that_runs_out_is_resolved_by_the_deadline_policy() {
-    let settings = ReviewSettings { entity: Entity::Card, hold: Duration::from_millis(300) };
+    let settings = ReviewSettings { entity: CaseEntity::Card, hold: Duration::from_millis(300), ..Default::default() };
     let f = Fixture::new(settings, 4).await;
     f.store.ingest(&[review("t1", "card-a"), review("t2", "card-a"), review("t3", "card-b")]).await.unwrap();
-    assert!(f.store.resolve_due(Action::Release, 100).await.unwrap().is_empty(), "nothing due yet");
+    assert!(f.store.resolve_due(HoldAction::Release, 100).await.unwrap().is_empty(), "nothing due yet");
     let claim = f.store.claim_next("ana", &[], LONG).await.unwrap().unwrap();
     f.store.verdict(claim.case, "ana", "t1", Verdict::Fraud).await.unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let due = f.store.resolve_due(Action::Release, 100).await.unwrap();
-    let got: Vec<(&str, Action, &str, bool)> =
+    let due = f.store.resolve_due(HoldAction::Release, 100).await.unwrap();
+    let got: Vec<(&str, HoldAction, &str, bool)> =
         due.iter().map(|r| (r.transaction_id.as_str(), r.action, r.resolved_by.as_str(), r.case_closed)).collect();
-    assert_eq!(got, [("t2", Action::Release, DEADLINE, true), ("t3", Action::Release, DEADLINE, true)]);
-    assert!(f.store.resolve_due(Action::Release, 100).await.unwrap().is_empty(), "resolved once");
+    assert_eq!(got, [("t2", HoldAction::Release, DEADLINE, true), ("t3", HoldAction::Release, DEADLINE, true)]);
+    assert!(f.store.resolve_due(HoldAction::Release, 100).await.unwrap().is_empty(), "resolved once");
     let late = f.store.verdict(claim.case, "ana", "t2", Verdict::Fraud).await.unwrap_err();
     assert!(matches!(late, ReviewError::CaseClosed(_)), "{late}");
     assert_eq!(f.count("SELECT count(*) FROM cases WHERE status = 'open'").await, 0);
@@ -304,7 +320,7 @@ async fn a_hold_that_runs_out_is_resolved_by_the_deadline_policy() {
 
 #[tokio::test]
 async fn verdicts_racing_the_deadline_give_every_payment_exactly_one_resolution() {
-    let settings = ReviewSettings { entity: Entity::Card, hold: Duration::from_millis(200) };
+    let settings = ReviewSettings { entity: CaseEntity::Card, hold: Duration::from_millis(200), ..Default::default() };
     let f = Fixture::new(settings, 10).await;
     let batch: Vec<Decision> = (0..400).map(|i| review(&format!("t{i:03}"), &format!("card-{}", i % 40))).collect();
     f.store.ingest(&batch).await.unwrap();
@@ -332,7 +348,7 @@ async fn verdicts_racing_the_deadline_give_every_payment_exactly_one_resolution(
         tokio::spawn(async move {
             let mut swept = 0;
             for _ in 0..40 {
-                swept += store.resolve_due(Action::Stop, 7).await.unwrap().len();
+                swept += store.resolve_due(HoldAction::Stop, 7).await.unwrap().len();
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             swept
@@ -342,7 +358,7 @@ async fn verdicts_racing_the_deadline_give_every_payment_exactly_one_resolution(
     for t in tasks {
         given += t.await.unwrap();
     }
-    let swept = sweeper.await.unwrap() + f.store.resolve_due(Action::Stop, 1000).await.unwrap().len();
+    let swept = sweeper.await.unwrap() + f.store.resolve_due(HoldAction::Stop, 1000).await.unwrap().len();
     assert_eq!(given + swept, 400, "each payment resolved once ({given} verdicts, {swept} deadlines)");
     assert_eq!(f.count("SELECT count(*) FROM resolutions").await, 400);
     assert_eq!(f.count("SELECT count(*) FROM payments WHERE resolution IS NULL").await, 0);
@@ -350,5 +366,198 @@ async fn verdicts_racing_the_deadline_give_every_payment_exactly_one_resolution(
         "SELECT count(*) FROM payments p JOIN resolutions r USING (transaction_id) WHERE p.resolution = r.action";
     assert_eq!(f.count(agree).await, 400, "each payment's row agrees with its outbox row");
     assert_eq!(f.count("SELECT count(*) FROM cases WHERE status = 'open'").await, 0, "every case closed");
+    f.drop_schema().await;
+}
+
+const QUEUES: &str = r#"
+[review]
+[[review.queues]]
+name = "big"
+priority = 50
+when = 'amount >= 1000 and card_count_1h >= 3'
+[[review.queues]]
+name = "velocity"
+priority = 10
+reasons = ["CARD_VELOCITY"]
+min_score = 70
+"#;
+
+#[tokio::test]
+async fn a_case_is_in_the_queue_of_its_most_urgent_open_payment() {
+    let f = Fixture::new(settings_of(QUEUES), 4).await;
+    f.store
+        .ingest(&[
+            decision("t1", "review", Some("card-a"), "1500.00", 60.0), // big
+            decision("t2", "review", Some("card-a"), "20.00", 80.0),   // velocity
+            decision("t3", "review", Some("card-b"), "20.00", 80.0),   // velocity
+            decision("t4", "review", Some("card-c"), "20.00", 60.0),   // default
+        ])
+        .await
+        .unwrap();
+    let queue = |card: &'static str| {
+        let f = &f;
+        async move {
+            let id = f.store.open_case_of("card", card).await.unwrap().unwrap();
+            f.store.case(id).await.unwrap().queue
+        }
+    };
+    assert_eq!((queue("card-a").await, queue("card-b").await, queue("card-c").await), ("big".into(), "velocity".into(), "default".into()));
+    // Claim-next by queue, most urgent first.
+    let c = f.store.claim_next("ana", &["velocity", "big"], LONG).await.unwrap().unwrap();
+    assert_eq!((c.entity_id.as_str(), c.queue.as_str()), ("card-a", "big"));
+    let c2 = f.store.claim_next("bo", &["default"], LONG).await.unwrap().unwrap();
+    assert_eq!(c2.entity_id, "card-c");
+    // With its big payment resolved, card-a's case drops to its other payment's queue.
+    f.store.verdict(c.case, "ana", "t1", Verdict::Fraud).await.unwrap();
+    assert_eq!(queue("card-a").await, "velocity");
+    // A later big payment lifts it again.
+    f.store.ingest(&[decision("t5", "review", Some("card-a"), "5000.00", 60.0)]).await.unwrap();
+    assert_eq!(queue("card-a").await, "big");
+    f.drop_schema().await;
+}
+
+#[test]
+fn a_queue_condition_that_does_not_check_is_refused_with_its_place_in_the_pipeline() {
+    let text = "[rules]\npath = \"rules\"\n[review]\n[[review.queues]]\nname = \"q\"\npriority = 1\n\
+                when = 'amount >= 10 and card_cnt > 2'\n";
+    let config = vigil_core::PipelineConfig::parse(std::path::Path::new("p.toml"), text).unwrap();
+    let err = ReviewSettings::from_pipeline(&config).unwrap_err().to_string();
+    assert!(err.starts_with("p.toml:7:26: "), "{err}");
+    assert!(err.contains("card_cnt"), "{err}");
+}
+
+#[tokio::test]
+async fn four_eyes_holds_a_large_or_contrary_verdict_until_a_second_analyst_confirms_it() {
+    let f = Fixture::new(settings_of("[review]\nfour_eyes_above = \"1000.00\"\nfour_eyes_release_of_decline = true\n"), 4).await;
+    let mut wanted_decline = decision("t3", "review", Some("card-a"), "20.00", 60.0);
+    wanted_decline.reasons[0].action = vigil_core::Action::Decline;
+    f.store
+        .ingest(&[decision("t1", "review", Some("card-a"), "1500.00", 60.0), review("t2", "card-a"), wanted_decline])
+        .await
+        .unwrap();
+    let c = f.store.claim_next("ana", &[], LONG).await.unwrap().unwrap();
+    // Above the amount: proposed, whatever the verdict.
+    let v = f.store.verdict(c.case, "ana", "t1", Verdict::Genuine).await.unwrap();
+    assert_eq!(v, Verdicted::Proposed { transaction_id: "t1".into(), verdict: Verdict::Genuine, by: "ana".into() });
+    // Small and not wanted declined: resolved at once.
+    resolved(f.store.verdict(c.case, "ana", "t2", Verdict::Genuine).await.unwrap());
+    // Releasing what a rule wanted declined needs a second analyst; stopping it does not.
+    let v = f.store.verdict(c.case, "ana", "t3", Verdict::Genuine).await.unwrap();
+    assert!(v.resolution().is_none(), "{v:?}");
+    let pending = f.store.proposals(10).await.unwrap();
+    assert_eq!(pending.iter().map(|p| p.transaction_id.as_str()).collect::<Vec<_>>(), ["t1", "t3"]);
+    assert_eq!(f.count("SELECT count(*) FROM resolutions").await, 1, "the money waits");
+
+    // The proposer cannot confirm; a colleague can, without holding the case.
+    let same = f.store.confirm("ana", "t1", true).await.unwrap_err();
+    assert!(matches!(same, ReviewError::SameAnalyst { .. }), "{same}");
+    let r = f.store.confirm("cy", "t1", true).await.unwrap().unwrap();
+    assert_eq!((r.resolved_by.as_str(), r.confirmed_by.as_deref(), r.action), ("ana", Some("cy"), HoldAction::Release));
+    assert!(!r.case_closed);
+    let again = f.store.confirm("dee", "t1", true).await.unwrap_err();
+    assert!(matches!(again, ReviewError::AlreadyResolved { .. }), "{again}");
+    // Not confirmed: the proposal goes, with a note, and the payment waits again.
+    assert_eq!(f.store.confirm("cy", "t3", false).await.unwrap(), None);
+    assert!(f.store.notes(c.case).await.unwrap()[0].body.contains("did not confirm ana's verdict `genuine`"));
+    let none = f.store.confirm("cy", "t3", true).await.unwrap_err();
+    assert!(matches!(none, ReviewError::NothingToConfirm(_)), "{none}");
+    let r = resolved(f.store.verdict(c.case, "ana", "t3", Verdict::Fraud).await.unwrap());
+    assert!(r.case_closed);
+    let unknown = f.store.confirm("cy", "nope", true).await.unwrap_err();
+    assert!(matches!(unknown, ReviewError::NoSuchTransaction(_)), "{unknown}");
+    f.drop_schema().await;
+}
+
+#[tokio::test]
+async fn a_colleagues_proposal_is_confirmed_or_not_never_overwritten() {
+    let f = Fixture::new(settings_of("[review]\nfour_eyes_above = \"100.00\"\nlease = \"10s\"\n"), 4).await;
+    f.store.ingest(&[review("t1", "card-a")]).await.unwrap();
+    let c = f.store.claim_next("ana", &[], LONG).await.unwrap().unwrap();
+    f.store.verdict(c.case, "ana", "t1", Verdict::Fraud).await.unwrap();
+    f.store.release(c.case, "ana").await.unwrap();
+    let c = f.store.claim_next("bo", &[], LONG).await.unwrap().unwrap();
+    let err = f.store.verdict(c.case, "bo", "t1", Verdict::Genuine).await.unwrap_err();
+    assert!(matches!(err, ReviewError::AwaitingSecond { .. }), "{err}");
+    assert!(err.to_string().contains("ana's verdict `fraud`"), "{err}");
+    let r = f.store.confirm("bo", "t1", true).await.unwrap().unwrap();
+    assert_eq!((r.action, r.verdict), (HoldAction::Stop, Some(Verdict::Fraud)));
+    f.drop_schema().await;
+}
+
+#[tokio::test]
+async fn notes_tags_snooze_escalation_and_history() {
+    let f = Fixture::new(ReviewSettings::default(), 4).await;
+    f.store.ingest(&[review("t1", "card-a"), review("t2", "card-b"), review("t3", "card-c")]).await.unwrap();
+    let a = f.store.claim_next("ana", &[], LONG).await.unwrap().unwrap();
+    assert_eq!(a.entity_id, "card-a");
+    f.store.note(a.case, "ana", "  called the cardholder  ").await.unwrap();
+    assert!(matches!(f.store.note(a.case, "ana", " ").await, Err(ReviewError::Invalid(_))));
+    assert!(matches!(f.store.note(999_999, "ana", "x").await, Err(ReviewError::NoSuchCase(_))));
+    assert!(f.store.tag(a.case, "ana", "account-takeover").await.unwrap());
+    assert!(!f.store.tag(a.case, "ana", "account-takeover").await.unwrap(), "once");
+    assert!(matches!(f.store.tag(a.case, "ana", "no spaces").await, Err(ReviewError::Invalid(_))));
+    assert_eq!(f.store.tags(a.case).await.unwrap(), ["account-takeover"]);
+    assert_eq!(f.store.notes(a.case).await.unwrap()[0].body, "called the cardholder");
+
+    // Snoozed: out of everyone's claim-next until it wakes; never past a hold.
+    let past_hold = chrono::Utc::now() + chrono::Duration::hours(2);
+    let err = f.store.snooze(a.case, "ana", past_hold).await.unwrap_err();
+    assert!(err.to_string().contains("hold runs out"), "{err}");
+    let soon = chrono::Utc::now() + chrono::Duration::milliseconds(700);
+    f.store.snooze(a.case, "ana", soon).await.unwrap();
+    let b = f.store.claim_next("bo", &[], LONG).await.unwrap().unwrap();
+    assert_eq!(b.entity_id, "card-b", "the snoozed case is skipped");
+
+    // Escalated: out of the analysts' claim-next, into the leads'.
+    assert!(matches!(f.store.escalate(b.case, "ana", "why").await, Err(ReviewError::LeaseLost { .. })));
+    f.store.escalate(b.case, "bo", "merchant looks like a mule").await.unwrap();
+    let c = f.store.claim_next("cy", &[], LONG).await.unwrap().unwrap();
+    assert_eq!(c.entity_id, "card-c");
+    assert!(f.store.claim_next("dee", &[], LONG).await.unwrap().is_none(), "snoozed and escalated are not claimable");
+    let lead = f.store.claim_next_escalated("lee", &[], LONG).await.unwrap().unwrap();
+    assert_eq!(lead.entity_id, "card-b");
+    assert!(f.store.notes(b.case).await.unwrap()[0].body.contains("mule"));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(f.store.claim_next("dee", &[], LONG).await.unwrap().unwrap().entity_id, "card-a", "awake again");
+
+    // The card's history: its closed and open cases, newest first.
+    let d = f.store.claim(a.case, "dee", LONG).await;
+    assert!(d.is_ok(), "already dee's: the lease is extended");
+    f.store.verdict(a.case, "dee", "t1", Verdict::Fraud).await.unwrap();
+    f.store.ingest(&[review("t4", "card-a")]).await.unwrap();
+    let h = f.store.history("card", "card-a", 10).await.unwrap();
+    assert_eq!(h.iter().map(|c| c.status.as_str()).collect::<Vec<_>>(), ["open", "closed"]);
+    assert_eq!((h[1].fraud, h[1].stopped, h[1].amounts.clone()), (1, 1, vec![("EUR".to_string(), "120.50".parse().unwrap())]));
+    f.drop_schema().await;
+}
+
+#[tokio::test]
+async fn a_bulk_verdict_works_each_case_it_can_and_says_why_it_left_the_others() {
+    let f = Fixture::new(settings_of("[review]\nfour_eyes_above = \"1000.00\"\n"), 4).await;
+    f.store
+        .ingest(&[
+            review("t1", "card-a"),
+            review("t2", "card-a"),
+            review("t3", "card-b"),
+            decision("t4", "review", Some("card-c"), "5000.00", 60.0),
+        ])
+        .await
+        .unwrap();
+    let ids = |card: &'static str| {
+        let f = &f;
+        async move { f.store.open_case_of("card", card).await.unwrap().unwrap() }
+    };
+    let (a, b, c) = (ids("card-a").await, ids("card-b").await, ids("card-c").await);
+    f.store.claim(b, "bo", LONG).await.unwrap();
+    let out = f.store.bulk("ana", &[a, b, c, 424_242], &vigil_review::Bulk::Verdict(Verdict::Genuine)).await;
+    let got: Vec<(usize, usize, bool)> = out.iter().map(|o| (o.resolved, o.proposed, o.error.is_some())).collect();
+    assert_eq!(got, [(2, 0, false), (0, 0, true), (0, 1, false), (0, 0, true)]);
+    assert!(matches!(out[1].error, Some(ReviewError::HeldByOther { ref holder, .. }) if holder == "bo"), "{:?}", out[1]);
+    assert!(matches!(out[3].error, Some(ReviewError::NoSuchCase(_))));
+    assert_eq!(f.store.case(a).await.unwrap().status, "closed");
+    let c_view = f.store.case(c).await.unwrap();
+    assert_eq!((c_view.status.as_str(), c_view.lease_holder.as_deref()), ("open", None), "left for the second analyst");
+    let tagged = f.store.bulk("ana", &[b, c], &vigil_review::Bulk::Tag("first-party".into())).await;
+    assert!(tagged.iter().all(|o| o.error.is_none()), "a tag needs no lease");
     f.drop_schema().await;
 }

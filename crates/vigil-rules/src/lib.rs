@@ -216,5 +216,56 @@ impl RuleSet {
     }
 }
 
+/// One checked condition outside any rule file: a review queue's `when`
+/// in a pipeline file. It sees what a rule sees (the event, the features,
+/// `model_score`) and is true only when known to be true.
+#[derive(Debug, Clone)]
+pub struct Condition {
+    program: Arc<Program>,
+}
+
+impl Condition {
+    /// Checks `text`, found at `line`:`column` of `file` (where its first
+    /// character is), so that each error names its place in that file.
+    pub fn compile(
+        file: &Path,
+        line: usize,
+        column: usize,
+        text: &str,
+        schema: &Schema,
+    ) -> Result<Condition, RuleErrors> {
+        // Lines after the first start at column 1 of their own line.
+        let place = |pos: lexer::Pos| {
+            let col = if pos.line == 1 { column + pos.column - 1 } else { pos.column };
+            (line + pos.line - 1, col)
+        };
+        let err = |pos: lexer::Pos, message: String| {
+            let (l, c) = place(pos);
+            Diagnostic::at(file, l, c, message)
+        };
+        let (tokens, lex_errors) = lexer::lex(text);
+        let mut errors: Vec<Diagnostic> = lex_errors.into_iter().map(|e| err(e.pos, e.message)).collect();
+        if !errors.is_empty() {
+            return Err(RuleErrors(errors));
+        }
+        let node = parser::parse_condition(&tokens).map_err(|e| RuleErrors(vec![err(e.pos, e.message)]))?;
+        let lists = Lists::new();
+        let mut checker = Checker { schema, lists: &lists, errors: Vec::new() };
+        let (when, ty) = checker.expr(&node);
+        checker.want_bool(ty, node.pos, "a queue's `when`");
+        errors.extend(checker.errors.into_iter().map(|e| err(e.pos, e.message)));
+        if !errors.is_empty() {
+            return Err(RuleErrors(errors));
+        }
+        Ok(Condition { program: Arc::new(Program::build([&when])) })
+    }
+
+    /// Whether the condition is known to be true of `ctx`.
+    pub fn holds(&self, ctx: &Context<'_>) -> bool {
+        let mut scratch = self.program.scratch();
+        self.program.fires(0, ctx, &mut scratch)
+    }
+}
+
 #[cfg(test)]
 mod tests;

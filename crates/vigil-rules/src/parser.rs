@@ -492,6 +492,17 @@ pub fn parse(tokens: &[Token]) -> (Vec<RuleAst>, Vec<ParseError>) {
     (rules, errors)
 }
 
+/// Parses a token stream that holds one condition and nothing else (a
+/// review queue's `when`, outside any rule).
+pub fn parse_condition(tokens: &[Token]) -> Result<Node, ParseError> {
+    let mut p = Parser { tokens, i: 0, depth: 0 };
+    let node = p.expr()?;
+    if p.peek().tok != Tok::Eof {
+        return p.err(format!("expected the end of the condition, found {}", p.peek().tok.describe()));
+    }
+    Ok(node)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

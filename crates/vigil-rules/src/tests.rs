@@ -379,3 +379,30 @@ fn durations_are_typed_lengths_of_time() {
     assert!(text[1].contains("a duration with a plain number; give it a unit"), "{}", text[1]);
     assert!(text[2].starts_with("t.rules:3:31: `5x` is neither a number, a duration"), "{}", text[2]);
 }
+
+#[test]
+fn a_condition_outside_a_rule_file_checks_and_evaluates_like_a_rule() {
+    let file = PathBuf::from("pipeline.toml");
+    let big = Condition::compile(&file, 7, 9, r#"amount >= 1000 and country in ["BR", "NG"]"#, &schema()).unwrap();
+    let burst = Condition::compile(&file, 8, 9, "card_count_10m >= 3", &schema()).unwrap();
+    let e = event(
+        r#"{"transaction_id":"t","timestamp":"2026-01-01T00:00:00Z","amount":"1500.00","currency":"EUR","country":"BR"}"#,
+    );
+    let features = [FeatureValue::Count(2), FeatureValue::Missing, FeatureValue::Missing];
+    let ctx = Context { event: &e, features: &features, model_score: None };
+    assert!(big.holds(&ctx));
+    // Unknown is not true: a missing feature never puts a payment in a queue.
+    assert!(!burst.holds(&ctx));
+    assert!(!burst.holds(&Context { event: &e, features: &[FeatureValue::Missing, FeatureValue::Missing, FeatureValue::Missing], model_score: None }));
+
+    // Errors name their place in the pipeline file, across lines too.
+    let err = Condition::compile(&file, 7, 9, "amount >= 10 and card_count_10m > \"x\"", &schema()).unwrap_err();
+    assert_eq!((err.0[0].line, err.0[0].column), (7, 41), "at the comparison: {err}");
+    let err = Condition::compile(&file, 7, 9, "amount >= 10 and\n  card_cnt_10m > 1", &schema()).unwrap_err();
+    assert_eq!((err.0[0].line, err.0[0].column), (8, 3), "{err}");
+    assert!(err.to_string().contains("card_count_10m"), "a hint: {err}");
+    let err = Condition::compile(&file, 7, 9, "amount", &schema()).unwrap_err();
+    assert!(err.to_string().contains("needs a condition"), "{err}");
+    let err = Condition::compile(&file, 7, 9, "amount > 1 then", &schema()).unwrap_err();
+    assert!(err.to_string().contains("end of the condition"), "{err}");
+}

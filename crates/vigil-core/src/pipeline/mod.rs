@@ -7,6 +7,7 @@ mod api;
 mod features;
 mod kafka;
 mod model;
+mod review;
 mod rules;
 mod store;
 mod thresholds;
@@ -24,6 +25,7 @@ pub use api::{ApiClient, ApiConfig, JwtAlgorithm, JwtConfig, SecretSource, TlsFi
 pub use features::{MAX_WINDOW_S, MIN_WINDOW_S, RESERVED_NAMES};
 pub use kafka::KafkaConfig;
 pub use model::ModelConfig;
+pub use review::{CaseEntity, HoldAction, QueueDef, QueueWhen, ReviewConfig, DEFAULT_QUEUE};
 pub use store::{DegradedPolicy, StoreBackend, StoreConfig};
 pub use thresholds::Thresholds;
 
@@ -50,6 +52,8 @@ pub struct PipelineConfig {
     pub features: Vec<FeatureDef>,
     /// The HTTP API, when the pipeline serves one.
     pub api: Option<ApiConfig>,
+    /// The review server's settings; the defaults when the section is absent.
+    pub review: ReviewConfig,
 }
 
 #[derive(Deserialize)]
@@ -64,6 +68,7 @@ struct RawPipeline {
     #[serde(default)]
     features: Vec<Spanned<features::RawFeature>>,
     api: Option<Spanned<api::RawApi>>,
+    review: Option<review::RawReview>,
 }
 
 fn is_identifier(s: &str) -> bool {
@@ -111,6 +116,7 @@ impl PipelineConfig {
         let thresholds = thresholds::validate(raw.decision.as_ref(), &mut p);
         let features = features::validate(&raw.features, &mut p);
         let api = raw.api.as_ref().map(|a| api::validate(a, &mut p, &resolve));
+        let review = raw.review.as_ref().map(|r| review::validate(r, &mut p)).unwrap_or_default();
         if !p.list.is_empty() {
             return Err(ConfigError::Invalid { problems: p.list });
         }
@@ -124,6 +130,7 @@ impl PipelineConfig {
             thresholds,
             features,
             api,
+            review,
         })
     }
 }

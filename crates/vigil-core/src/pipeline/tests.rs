@@ -295,3 +295,56 @@ time_zone = "UTC"
     assert!(has("features[4].window", "is required"), "{bad:?}");
     assert!(has("features[5].time_zone", "only event-time features"), "{bad:?}");
 }
+
+#[test]
+fn the_review_section_names_its_queues_and_its_policy() {
+    let text = format!(
+        "{GOOD}\n[review]\nentity = \"account\"\nhold = \"20m\"\non_deadline = \"stop\"\nfour_eyes_above = \"5000.00\"\n\
+         four_eyes_release_of_decline = true\n\n[[review.queues]]\nname = \"velocity\"\npriority = 10\n\
+         reasons = [\"CARD_VELOCITY_10M\"]\n\n[[review.queues]]\nname = \"big\"\npriority = 50\n\
+         when = 'amount >= 1000'\nmin_score = 60\n\n[[review.queues]]\nname = \"multi\"\npriority = 5\n\
+         when = '''\namount > 1 and\n  country == \"FR\"'''\n"
+    );
+    let c = PipelineConfig::parse(Path::new("p.toml"), &text).unwrap();
+    let r = &c.review;
+    assert_eq!((r.entity, r.hold_s, r.on_deadline), (CaseEntity::Account, 1200, HoldAction::Stop));
+    assert_eq!(r.four_eyes_above, Some(rust_decimal::Decimal::new(500000, 2)));
+    assert!(r.four_eyes_release_of_decline);
+    let names: Vec<&str> = r.queues.iter().map(|q| q.name.as_str()).collect();
+    assert_eq!(names, ["big", "velocity", "multi"], "highest priority first");
+    // The place of the condition's first character, for the rule checker's errors.
+    let big = r.queues[0].when.as_ref().unwrap();
+    let line = text.lines().position(|l| l.starts_with("when = 'amount")).unwrap() + 1;
+    assert_eq!((big.line, big.column, big.text.as_str()), (line, 9, "amount >= 1000"));
+    let multi = r.queues[2].when.as_ref().unwrap();
+    let line = text.lines().position(|l| l == "amount > 1 and").unwrap() + 1;
+    assert_eq!((multi.line, multi.column), (line, 1));
+    // Absent, the section has its defaults.
+    let c = PipelineConfig::parse(Path::new("p.toml"), GOOD).unwrap();
+    assert_eq!(c.review, ReviewConfig::default());
+}
+
+#[test]
+fn a_bad_review_section_is_refused_with_every_problem_placed() {
+    let problems = |extra: &str| match PipelineConfig::parse(Path::new("p.toml"), &format!("{GOOD}\n{extra}")) {
+        Err(ConfigError::Invalid { problems }) => problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        other => panic!("{extra}: {other:?}"),
+    };
+    let bad = problems(
+        "[review]\nentity = \"crad\"\nhold = \"8d\"\non_deadline = \"capture\"\nfour_eyes_above = \"lots\"\n\
+         [[review.queues]]\nname = \"default\"\npriority = 0\n[[review.queues]]\nname = \"a\"\npriority = 1\n\
+         when = ' '\n[[review.queues]]\nname = \"a\"\npriority = 2\n",
+    );
+    let has = |key: &str, words: &str| bad.iter().any(|p| p.contains(key) && p.contains(words));
+    assert!(has("review.entity", "did you mean `card`"), "{bad:?}");
+    assert!(has("review.hold", "authorisation window"), "{bad:?}");
+    assert!(has("review.on_deadline", "neither release nor stop"), "{bad:?}");
+    assert!(has("review.four_eyes_above", "not an amount"), "{bad:?}");
+    assert!(has("review.queues[0].name", "match no other"), "{bad:?}");
+    assert!(has("review.queues[0].priority", "between 1 and 1000"), "{bad:?}");
+    assert!(has("review.queues[1].when", "must not be empty"), "{bad:?}");
+    assert!(has("review.queues[2].name", "declared twice"), "{bad:?}");
+    assert!(bad.iter().all(|p| p.starts_with("p.toml:")), "{bad:?}");
+    let unknown = problems("[review]\nhold_for = \"10m\"\n");
+    assert!(unknown.iter().any(|p| p.contains("hold_for")), "{unknown:?}");
+}
