@@ -81,6 +81,8 @@ async fn review_decisions_of_a_run_become_cases_once_through_a_kill_and_redelive
     let config = test.config();
     let kafka = config.kafka.clone().unwrap();
     vigil_kafka::create_topics(&kafka, 4).await.unwrap();
+    let resolutions = config.review.resolutions_topic.clone().expect("local.toml names a resolutions topic");
+    create_topic(&resolutions, 2).await;
     let gen = GenConfig { seed: 11, events: 3_000, cards: 300, merchants: 40, days: 5, ..GenConfig::default() };
     let events: Vec<Event> = vigil_gen::generate(&gen).into_iter().map(|l| l.event).collect();
     vigil_kafka::produce_lines(&kafka, &kafka.input_topic, events.iter().map(Event::to_json)).await.unwrap();
@@ -166,6 +168,42 @@ async fn review_decisions_of_a_run_become_cases_once_through_a_kill_and_redelive
         assert_eq!(&kept, &reviews[&tx], "payment {tx}'s snapshot is the published decision");
     }
 
+    // Each payment is in the queue the pipeline's [review] section gives it.
+    let settings_of_pipeline = vigil_review::ReviewSettings::from_pipeline(&config).unwrap();
+    let queued = db.query("SELECT transaction_id, queue FROM payments", &[]).await.unwrap();
+    let mut queues = BTreeSet::new();
+    for row in queued {
+        let (tx, queue): (String, String) = (row.get(0), row.get(1));
+        if let Some(d) = reviews.get(&tx) {
+            assert_eq!(queue, settings_of_pipeline.queue_of(d, d.event.as_ref().unwrap()).0, "{tx}");
+            queues.insert(queue);
+        }
+    }
+    assert!(queues.len() >= 2, "the generated reviews fill more than one queue: {queues:?}");
+
+    // An analyst's verdict reaches the resolutions topic and the labels topic
+    // while the ingester runs.
+    let store = vigil_review::ReviewStore::connect(&settings, 2, settings_of_pipeline.clone()).unwrap();
+    let claim = store.claim_next("ana", &[], Duration::from_secs(60)).await.unwrap().unwrap();
+    let case = store.case(claim.case).await.unwrap();
+    let payment =
+        case.payments.iter().find(|p| p.amount <= "5000".parse().unwrap()).expect("a payment below four-eyes");
+    let v = store.verdict(claim.case, "ana", &payment.transaction_id, vigil_core::Verdict::Fraud).await.unwrap();
+    assert!(v.resolution().is_some(), "{v:?}");
+    let out = read_all(&resolutions, 1, Duration::from_secs(5), Duration::from_secs(60)).await;
+    let record: serde_json::Value = serde_json::from_slice(out[0].payload().unwrap()).unwrap();
+    assert_eq!(
+        (record["transaction_id"].as_str(), record["action"].as_str()),
+        (Some(payment.transaction_id.as_str()), Some("stop"))
+    );
+    let labels =
+        read_all(kafka.labels_topic.as_ref().unwrap(), 1, Duration::from_secs(3), Duration::from_secs(30)).await;
+    let label = vigil_core::Label::from_json(labels[0].payload().unwrap()).unwrap();
+    assert_eq!(
+        (label.transaction_id.as_str(), label.verdict),
+        (payment.transaction_id.as_str(), vigil_core::Verdict::Fraud)
+    );
+
     // A graceful stop says what it did and exits cleanly.
     sigterm(second.0.id());
     let status = second.0.wait().unwrap();
@@ -213,6 +251,7 @@ async fn resolutions_reach_their_topic_once_even_after_a_publisher_died_between_
     let kafka = config.kafka.clone().unwrap();
     let topic = format!("resolutions-{}", config.store.key_prefix);
     create_topic(&topic, 3).await;
+    create_topic(kafka.labels_topic.as_ref().unwrap(), 1).await;
     let name = format!("review_{}", config.store.key_prefix.replace('-', "_"));
     let (db, settings) = schema(&name).await;
     let store =
@@ -269,7 +308,8 @@ async fn resolutions_reach_their_topic_once_even_after_a_publisher_died_between_
     // before its resolutions, so theirs had gone out before the crash); Bo's
     // five verdicts went out as labels; the deadline's releases make none.
     assert_eq!(a.labels + b.labels, 5);
-    let labels = read_all(kafka.labels_topic.as_ref().unwrap(), 5, Duration::from_secs(3), Duration::from_secs(30)).await;
+    let labels =
+        read_all(kafka.labels_topic.as_ref().unwrap(), 5, Duration::from_secs(3), Duration::from_secs(30)).await;
     assert_eq!(labels.len(), 5);
     for m in &labels {
         let label = vigil_core::Label::from_json(m.payload().unwrap()).unwrap();

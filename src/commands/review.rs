@@ -115,6 +115,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let resolutions_topic = resolutions_topic.or_else(|| config.review.resolutions_topic.clone());
             if let Some(topic) = &resolutions_topic {
                 vigil_review::check_resolutions_topic(kafka, topic)?;
+                // Verdicts go out as labels beside the resolutions.
+                if let Some(labels) = &kafka.labels_topic {
+                    vigil_review::check_resolutions_topic(kafka, labels)?;
+                }
             }
             let store = ReviewStore::connect(&database, 4, settings)?;
             store.migrate().await.context("preparing the review database")?;

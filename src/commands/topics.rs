@@ -8,7 +8,9 @@ use super::load_pipeline;
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Create the input, decisions and dead-letter topics where missing.
+    /// Create the input, decisions, dead-letter and labels topics where
+    /// missing, and the review server's resolutions topic when `[review]`
+    /// names one.
     Create {
         /// The pipeline config whose `[kafka]` names the topics.
         #[arg(long)]
@@ -23,7 +25,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     let Command::Create { pipeline, partitions } = command;
     let config = load_pipeline(&pipeline)?;
     let kafka = vigil_kafka::settings(&config)?;
-    let created = vigil_kafka::create_topics(kafka, partitions).await?;
+    let mut topics: Vec<String> = vigil_kafka::all_topics(kafka).into_iter().cloned().collect();
+    topics.extend(config.review.resolutions_topic.iter().cloned());
+    let created = vigil_kafka::create_named_topics(kafka, &topics, partitions).await?;
     if created.is_empty() {
         println!("all topics exist");
     }

@@ -72,7 +72,8 @@ impl TestPipeline {
     }
 
     /// The consumer group, topics and key prefix named after `tag`:
-    /// `g-TAG`, `in-TAG`, `out-TAG`, `dlq-TAG`, `labels-TAG` and `t-TAG`.
+    /// `g-TAG`, `in-TAG`, `out-TAG`, `dlq-TAG`, `labels-TAG`, `t-TAG`, and
+    /// `resolutions-TAG` where the pipeline has a resolutions topic.
     pub fn named(self, tag: &str) -> TestPipeline {
         self.set("kafka.group_id", format!("g-{tag}"))
             .set("kafka.input_topic", format!("in-{tag}"))
@@ -80,6 +81,24 @@ impl TestPipeline {
             .set("kafka.dead_letter_topic", format!("dlq-{tag}"))
             .set("kafka.labels_topic", format!("labels-{tag}"))
             .set("store.key_prefix", format!("t-{tag}"))
+            .set_if_present("review.resolutions_topic", format!("resolutions-{tag}"))
+    }
+
+    /// As [`TestPipeline::set`], when the key is there; nothing otherwise.
+    pub fn set_if_present(mut self, path: &str, value: impl Into<toml::Value>) -> TestPipeline {
+        let mut table = &mut self.table;
+        let mut parts: Vec<&str> = path.split('.').collect();
+        let key = parts.pop().expect("a key");
+        for part in parts {
+            match table.get_mut(part).and_then(toml::Value::as_table_mut) {
+                Some(t) => table = t,
+                None => return self,
+            }
+        }
+        if let Some(v) = table.get_mut(key) {
+            *v = value.into();
+        }
+        self
     }
 
     /// Sets the key at `path` (`kafka.batch_size`, `features[0].window`), which must exist.

@@ -147,13 +147,24 @@ pub fn input_topics(k: &KafkaConfig) -> Vec<&str> {
 
 /// Creates the pipeline's topics where they are missing; returns those created.
 pub async fn create_topics(kafka: &KafkaConfig, partitions: i32) -> Result<Vec<String>, Error> {
+    let topics: Vec<String> = all_topics(kafka).into_iter().cloned().collect();
+    create_named_topics(kafka, &topics, partitions).await
+}
+
+/// As [`create_topics`], for the topics named (the pipeline's and those of
+/// another part, such as the review server's resolutions topic).
+pub async fn create_named_topics(
+    kafka: &KafkaConfig,
+    topics: &[String],
+    partitions: i32,
+) -> Result<Vec<String>, Error> {
     let admin: AdminClient<DefaultClientContext> = client_config(kafka).create()?;
     let metadata = admin
         .inner()
         .fetch_metadata(None, STARTUP_TIMEOUT)
         .map_err(|source| Error::Unreachable { brokers: kafka.brokers.clone(), source })?;
     let existing: Vec<&str> = metadata.topics().iter().map(|t| t.name()).collect();
-    let wanted: Vec<&String> = all_topics(kafka).into_iter().filter(|t| !existing.contains(&t.as_str())).collect();
+    let wanted: Vec<&String> = topics.iter().filter(|t| !existing.contains(&t.as_str())).collect();
     if wanted.is_empty() {
         return Ok(Vec::new());
     }

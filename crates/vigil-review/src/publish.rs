@@ -135,7 +135,8 @@ impl ReviewStore {
                 let key: String = r.get(1);
                 let payload = label.to_json();
                 let record = FutureRecord::to(labels).key(key.as_bytes()).payload(payload.as_slice());
-                pending.push(vigil_kafka::enqueue(producer, record).await.map_err(|e| ReviewError::Kafka(e.to_string()))?);
+                pending
+                    .push(vigil_kafka::enqueue(producer, record).await.map_err(|e| ReviewError::Kafka(e.to_string()))?);
             }
             l = vigil_kafka::delivered(pending, labels).await.map_err(|e| ReviewError::Kafka(e.to_string()))?;
         }
@@ -217,7 +218,8 @@ fn label_of(row: &tokio_postgres::Row) -> Option<Label> {
     Some(Label::for_event(&event, verdict, row.get(6), Some(&format!("review:{by}"))))
 }
 
-/// Checks that the resolutions topic exists, failing within seconds with a
+/// Checks that a topic the review server publishes to (resolutions, labels)
+/// exists, failing within seconds with a
 /// clear error when it does not or the brokers cannot be reached.
 pub fn check_resolutions_topic(kafka: &KafkaConfig, topic: &str) -> Result<(), ReviewError> {
     partitions_of(&readback_consumer(kafka, topic)?, kafka, topic).map(|_| ())

@@ -106,7 +106,9 @@ async fn not_open(tx: &Transaction<'_>, case: i64, transaction_id: &str) -> Resu
         .await?;
     Ok(match row {
         None => ReviewError::NoSuchPayment { case, transaction_id: transaction_id.to_owned() },
-        Some(r) => ReviewError::AlreadyResolved { transaction_id: transaction_id.to_owned(), by: r.get(0), action: r.get(1) },
+        Some(r) => {
+            ReviewError::AlreadyResolved { transaction_id: transaction_id.to_owned(), by: r.get(0), action: r.get(1) }
+        }
     })
 }
 
@@ -201,7 +203,11 @@ impl ReviewStore {
             )
             .await?;
             tx.commit().await?;
-            return Ok(Verdicted::Proposed { transaction_id: transaction_id.to_owned(), verdict, by: analyst.to_owned() });
+            return Ok(Verdicted::Proposed {
+                transaction_id: transaction_id.to_owned(),
+                verdict,
+                by: analyst.to_owned(),
+            });
         }
         let resolution = resolve(&tx, case, transaction_id, verdict, analyst, None).await?;
         tx.commit().await?;

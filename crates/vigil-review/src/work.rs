@@ -74,9 +74,7 @@ fn check_tag(tag: &str) -> Result<(), ReviewError> {
     if ok {
         Ok(())
     } else {
-        Err(ReviewError::Invalid(format!(
-            "tag `{tag}`: 1 to {MAX_TAG_CHARS} letters, digits, `_`, `-`, `:` or `.`"
-        )))
+        Err(ReviewError::Invalid(format!("tag `{tag}`: 1 to {MAX_TAG_CHARS} letters, digits, `_`, `-`, `:` or `.`")))
     }
 }
 
@@ -104,7 +102,10 @@ impl ReviewStore {
     pub async fn notes(&self, case: i64) -> Result<Vec<Note>, ReviewError> {
         let client = self.pool.get().await?;
         let rows = client
-            .query("SELECT id, author, body, created_at FROM notes WHERE case_id = $1 ORDER BY created_at, id", &[&case])
+            .query(
+                "SELECT id, author, body, created_at FROM notes WHERE case_id = $1 ORDER BY created_at, id",
+                &[&case],
+            )
             .await?;
         Ok(rows.iter().map(|r| Note { id: r.get(0), author: r.get(1), body: r.get(2), at: r.get(3) }).collect())
     }
@@ -194,7 +195,12 @@ impl ReviewStore {
     }
 
     /// Locks `case` for the transaction when `analyst` holds its lease.
-    pub(crate) async fn lock_held(&self, tx: &deadpool_postgres::Transaction<'_>, case: i64, analyst: &str) -> Result<(), ReviewError> {
+    pub(crate) async fn lock_held(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        case: i64,
+        analyst: &str,
+    ) -> Result<(), ReviewError> {
         let held = tx
             .query_opt(
                 "SELECT id FROM cases WHERE id = $1 AND status = 'open' AND lease_holder = $2 AND lease_until > now()

@@ -288,7 +288,10 @@ async fn a_verdict_resolves_its_payment_once_and_the_last_one_closes_the_case() 
     assert_eq!(case.lease_holder, None);
     let kept: Vec<(Option<String>, Option<HoldAction>)> =
         case.payments.iter().map(|p| (p.verdict.clone(), p.resolution)).collect();
-    assert_eq!(kept, [(Some("fraud".into()), Some(HoldAction::Stop)), (Some("genuine".into()), Some(HoldAction::Release))]);
+    assert_eq!(
+        kept,
+        [(Some("fraud".into()), Some(HoldAction::Stop)), (Some("genuine".into()), Some(HoldAction::Release))]
+    );
     let closed = f.store.verdict(claim.case, "ana", "t2", Verdict::Fraud).await.unwrap_err();
     assert!(matches!(closed, ReviewError::CaseClosed(_)), "{closed}");
     // The card's next review opens a new case.
@@ -401,7 +404,10 @@ async fn a_case_is_in_the_queue_of_its_most_urgent_open_payment() {
             f.store.case(id).await.unwrap().queue
         }
     };
-    assert_eq!((queue("card-a").await, queue("card-b").await, queue("card-c").await), ("big".into(), "velocity".into(), "default".into()));
+    assert_eq!(
+        (queue("card-a").await, queue("card-b").await, queue("card-c").await),
+        ("big".into(), "velocity".into(), "default".into())
+    );
     // Claim-next by queue, most urgent first.
     let c = f.store.claim_next("ana", &["velocity", "big"], LONG).await.unwrap().unwrap();
     assert_eq!((c.entity_id.as_str(), c.queue.as_str()), ("card-a", "big"));
@@ -428,7 +434,9 @@ fn a_queue_condition_that_does_not_check_is_refused_with_its_place_in_the_pipeli
 
 #[tokio::test]
 async fn four_eyes_holds_a_large_or_contrary_verdict_until_a_second_analyst_confirms_it() {
-    let f = Fixture::new(settings_of("[review]\nfour_eyes_above = \"1000.00\"\nfour_eyes_release_of_decline = true\n"), 4).await;
+    let f =
+        Fixture::new(settings_of("[review]\nfour_eyes_above = \"1000.00\"\nfour_eyes_release_of_decline = true\n"), 4)
+            .await;
     let mut wanted_decline = decision("t3", "review", Some("card-a"), "20.00", 60.0);
     wanted_decline.reasons[0].action = vigil_core::Action::Decline;
     f.store
@@ -527,7 +535,10 @@ async fn notes_tags_snooze_escalation_and_history() {
     f.store.ingest(&[review("t4", "card-a")]).await.unwrap();
     let h = f.store.history("card", "card-a", 10).await.unwrap();
     assert_eq!(h.iter().map(|c| c.status.as_str()).collect::<Vec<_>>(), ["open", "closed"]);
-    assert_eq!((h[1].fraud, h[1].stopped, h[1].amounts.clone()), (1, 1, vec![("EUR".to_string(), "120.50".parse().unwrap())]));
+    assert_eq!(
+        (h[1].fraud, h[1].stopped, h[1].amounts.clone()),
+        (1, 1, vec![("EUR".to_string(), "120.50".parse().unwrap())])
+    );
     f.drop_schema().await;
 }
 
@@ -552,7 +563,11 @@ async fn a_bulk_verdict_works_each_case_it_can_and_says_why_it_left_the_others()
     let out = f.store.bulk("ana", &[a, b, c, 424_242], &vigil_review::Bulk::Verdict(Verdict::Genuine)).await;
     let got: Vec<(usize, usize, bool)> = out.iter().map(|o| (o.resolved, o.proposed, o.error.is_some())).collect();
     assert_eq!(got, [(2, 0, false), (0, 0, true), (0, 1, false), (0, 0, true)]);
-    assert!(matches!(out[1].error, Some(ReviewError::HeldByOther { ref holder, .. }) if holder == "bo"), "{:?}", out[1]);
+    assert!(
+        matches!(out[1].error, Some(ReviewError::HeldByOther { ref holder, .. }) if holder == "bo"),
+        "{:?}",
+        out[1]
+    );
     assert!(matches!(out[3].error, Some(ReviewError::NoSuchCase(_))));
     assert_eq!(f.store.case(a).await.unwrap().status, "closed");
     let c_view = f.store.case(c).await.unwrap();

@@ -393,7 +393,11 @@ fn a_condition_outside_a_rule_file_checks_and_evaluates_like_a_rule() {
     assert!(big.holds(&ctx));
     // Unknown is not true: a missing feature never puts a payment in a queue.
     assert!(!burst.holds(&ctx));
-    assert!(!burst.holds(&Context { event: &e, features: &[FeatureValue::Missing, FeatureValue::Missing, FeatureValue::Missing], model_score: None }));
+    assert!(!burst.holds(&Context {
+        event: &e,
+        features: &[FeatureValue::Missing, FeatureValue::Missing, FeatureValue::Missing],
+        model_score: None
+    }));
 
     // Errors name their place in the pipeline file, across lines too.
     let err = Condition::compile(&file, 7, 9, "amount >= 10 and card_count_10m > \"x\"", &schema()).unwrap_err();

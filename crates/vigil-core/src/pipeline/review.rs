@@ -225,7 +225,11 @@ pub(super) fn validate(r: &RawReview, p: &mut Diagnostics<'_>) -> ReviewConfig {
             None => {
                 let known = CaseEntity::ALL.map(CaseEntity::as_str);
                 let hint = crate::suggest::hint(e.get_ref(), known);
-                p.on(e, "review.entity", format!("unknown entity `{}` (known: {}){hint}", e.get_ref(), known.join(", ")));
+                p.on(
+                    e,
+                    "review.entity",
+                    format!("unknown entity `{}` (known: {}){hint}", e.get_ref(), known.join(", ")),
+                );
             }
         }
     }
@@ -274,7 +278,9 @@ pub(super) fn validate(r: &RawReview, p: &mut Diagnostics<'_>) -> ReviewConfig {
         match Decimal::from_str(a.get_ref().trim()) {
             Ok(d) if d >= Decimal::ZERO => c.four_eyes_above = Some(d),
             Ok(_) => p.on(a, "review.four_eyes_above", "must not be negative"),
-            Err(_) => p.on(a, "review.four_eyes_above", format!("`{}` is not an amount (such as \"5000.00\")", a.get_ref())),
+            Err(_) => {
+                p.on(a, "review.four_eyes_above", format!("`{}` is not an amount (such as \"5000.00\")", a.get_ref()))
+            }
         }
     }
     c.four_eyes_release_of_decline = r.four_eyes_release_of_decline.unwrap_or(false);
