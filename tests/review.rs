@@ -204,6 +204,22 @@ async fn review_decisions_of_a_run_become_cases_once_through_a_kill_and_redelive
         (payment.transaction_id.as_str(), vigil_core::Verdict::Fraud)
     );
 
+    // The claim and the verdict are in the audit chain, which holds; a row
+    // changed behind the trigger's back is named.
+    let verify = || {
+        Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["review", "audit", "verify", "--database", &settings])
+            .output()
+            .unwrap()
+    };
+    let out = verify();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.contains("audit chain holds"), "{said}");
+    db.batch_execute("ALTER TABLE audit_log DISABLE TRIGGER USER; UPDATE audit_log SET actor = 'mallory' WHERE action = 'verdict'; ALTER TABLE audit_log ENABLE TRIGGER USER").await.unwrap();
+    let out = verify();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("audit chain broken at row"), "{said}");
+
     // A graceful stop says what it did and exits cleanly.
     sigterm(second.0.id());
     let status = second.0.wait().unwrap();

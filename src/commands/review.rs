@@ -31,7 +31,25 @@ impl Database {
 }
 
 #[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the audit log's hash chain: exit 0 when every row fits, 1
+    /// with the first row that does not (changed, removed, or a cut tail).
+    Verify {
+        #[command(flatten)]
+        database: Database,
+        /// A pipeline whose `[review] database` names the database.
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum Command {
+    /// The audit log of analysts' actions.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Create or update the review store's tables; safe to run again.
     Migrate {
         #[command(flatten)]
@@ -83,6 +101,21 @@ pub enum Command {
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Audit { command: AuditCommand::Verify { database, pipeline } } => {
+            let config = pipeline.as_deref().map(load_pipeline).transpose()?;
+            let database = database.or_pipeline(config.as_ref())?;
+            let store = ReviewStore::connect(&database, 1, ReviewSettings::default())?;
+            let check = store.verify_audit(10_000).await?;
+            match check.broken {
+                None => {
+                    println!("audit chain holds: {} rows", check.good);
+                    Ok(())
+                }
+                Some((row, why)) => {
+                    anyhow::bail!("audit chain broken at row {row}: {why} ({} rows before it hold)", check.good)
+                }
+            }
+        }
         Command::Migrate { database, pipeline } => {
             let config = pipeline.as_deref().map(load_pipeline).transpose()?;
             let database = database.or_pipeline(config.as_ref())?;

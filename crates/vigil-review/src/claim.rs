@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use serde_json::json;
+
+use crate::audit::{self, Audit};
 use crate::error::ReviewError;
 use crate::store::ReviewStore;
 
@@ -56,8 +59,9 @@ impl ReviewStore {
         lease: Duration,
         escalated: bool,
     ) -> Result<Option<Claim>, ReviewError> {
-        let client = self.pool.get().await?;
-        let row = client
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let row = tx
             .query_opt(
                 "UPDATE cases SET lease_holder = $1, lease_until = now() + make_interval(secs => $3), updated_at = now()
                  WHERE id = (
@@ -74,15 +78,21 @@ impl ReviewStore {
                 &[&analyst, &queues, &lease.as_secs_f64(), &escalated],
             )
             .await?;
-        Ok(row.map(claim_of))
+        let claim = row.map(claim_of);
+        if let Some(c) = &claim {
+            audit::append(&tx, &[claimed(analyst, c, lease)]).await?;
+        }
+        tx.commit().await?;
+        Ok(claim)
     }
 
     /// Takes one chosen case (from a search, a link, a bulk action) for
     /// `lease`: free, or already the analyst's (the lease is extended).
     /// Fails with [`ReviewError::HeldByOther`] when a colleague holds it.
     pub async fn claim(&self, case: i64, analyst: &str, lease: Duration) -> Result<Claim, ReviewError> {
-        let client = self.pool.get().await?;
-        let row = client
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let row = tx
             .query_opt(
                 "UPDATE cases SET lease_holder = $2, lease_until = now() + make_interval(secs => $3), updated_at = now()
                  WHERE id = $1 AND status = 'open'
@@ -92,9 +102,12 @@ impl ReviewStore {
             )
             .await?;
         if let Some(row) = row {
-            return Ok(claim_of(row));
+            let claim = claim_of(row);
+            audit::append(&tx, &[claimed(analyst, &claim, lease)]).await?;
+            tx.commit().await?;
+            return Ok(claim);
         }
-        let row = client.query_opt("SELECT status, lease_holder FROM cases WHERE id = $1", &[&case]).await?;
+        let row = tx.query_opt("SELECT status, lease_holder FROM cases WHERE id = $1", &[&case]).await?;
         Err(match row {
             None => ReviewError::NoSuchCase(case),
             Some(r) if r.get::<_, String>(0) == "closed" => ReviewError::CaseClosed(case),
@@ -120,8 +133,9 @@ impl ReviewStore {
 
     /// Gives `case` back to its queue before the lease ends.
     pub async fn release(&self, case: i64, analyst: &str) -> Result<(), ReviewError> {
-        let client = self.pool.get().await?;
-        let n = client
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let n = tx
             .execute(
                 "UPDATE cases SET lease_holder = NULL, lease_until = NULL, updated_at = now()
                  WHERE id = $1 AND lease_holder = $2 AND lease_until > now()",
@@ -131,7 +145,22 @@ impl ReviewStore {
         if n == 0 {
             return Err(ReviewError::LeaseLost { case, analyst: analyst.to_owned() });
         }
+        let entry =
+            Audit { actor: analyst, action: "release", case: Some(case), transaction_id: None, detail: json!({}) };
+        audit::append(&tx, &[entry]).await?;
+        tx.commit().await?;
         Ok(())
+    }
+}
+
+/// The audit row of a claim.
+fn claimed<'a>(analyst: &'a str, c: &Claim, lease: Duration) -> Audit<'a> {
+    Audit {
+        actor: analyst,
+        action: "claim",
+        case: Some(c.case),
+        transaction_id: None,
+        detail: json!({"queue": c.queue, "lease_s": lease.as_secs()}),
     }
 }
 

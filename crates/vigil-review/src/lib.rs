@@ -11,6 +11,7 @@
 //!            ReviewStore::verdict, resolve_due ──────────────┴─> resolutions (the outbox)
 //! ```
 
+mod audit;
 mod claim;
 mod error;
 mod follow;
@@ -21,6 +22,7 @@ mod store;
 mod verdict;
 mod work;
 
+pub use audit::{AuditCheck, AuditEntry, GENESIS};
 pub use claim::Claim;
 pub use error::ReviewError;
 pub use follow::{Follow, Followed};

@@ -16,6 +16,9 @@ use rust_decimal::Decimal;
 use vigil_core::pipeline::HoldAction;
 use vigil_core::Verdict;
 
+use serde_json::json;
+
+use crate::audit::{self, Audit};
 use crate::error::ReviewError;
 use crate::store::ReviewStore;
 
@@ -202,6 +205,15 @@ impl ReviewStore {
                 &[&transaction_id, &verdict.name(), &analyst],
             )
             .await?;
+            let detail = json!({"verdict": verdict.name()});
+            let entry = Audit {
+                actor: analyst,
+                action: "propose",
+                case: Some(case),
+                transaction_id: Some(transaction_id),
+                detail,
+            };
+            audit::append(&tx, &[entry]).await?;
             tx.commit().await?;
             return Ok(Verdicted::Proposed {
                 transaction_id: transaction_id.to_owned(),
@@ -210,6 +222,11 @@ impl ReviewStore {
             });
         }
         let resolution = resolve(&tx, case, transaction_id, verdict, analyst, None).await?;
+        let detail =
+            json!({"verdict": verdict.name(), "resolution": resolution.action.as_str(), "seq": resolution.seq});
+        let entry =
+            Audit { actor: analyst, action: "verdict", case: Some(case), transaction_id: Some(transaction_id), detail };
+        audit::append(&tx, &[entry]).await?;
         tx.commit().await?;
         Ok(Verdicted::Resolved(resolution))
     }
@@ -269,6 +286,15 @@ impl ReviewStore {
             let body = format!("{analyst} did not confirm {by}'s verdict `{proposed}` on {transaction_id}");
             tx.execute("INSERT INTO notes (case_id, author, body) VALUES ($1, $2, $3)", &[&case, &analyst, &body])
                 .await?;
+            let detail = json!({"verdict": proposed, "proposed_by": by});
+            let entry = Audit {
+                actor: analyst,
+                action: "reject",
+                case: Some(case),
+                transaction_id: Some(transaction_id),
+                detail,
+            };
+            audit::append(&tx, &[entry]).await?;
             tx.commit().await?;
             return Ok(None);
         }
@@ -277,6 +303,12 @@ impl ReviewStore {
             message: format!("proposed verdict `{proposed}`"),
         })?;
         let resolution = resolve(&tx, case, transaction_id, verdict, &by, Some(analyst)).await?;
+        let detail = json!({
+            "verdict": verdict.name(), "proposed_by": by, "resolution": resolution.action.as_str(), "seq": resolution.seq
+        });
+        let entry =
+            Audit { actor: analyst, action: "confirm", case: Some(case), transaction_id: Some(transaction_id), detail };
+        audit::append(&tx, &[entry]).await?;
         tx.commit().await?;
         Ok(Some(resolution))
     }
@@ -356,6 +388,17 @@ impl ReviewStore {
         cases.sort_unstable();
         cases.dedup();
         tx.execute(REQUEUE, &[&cases]).await?;
+        let entries: Vec<Audit<'_>> = resolved
+            .iter()
+            .map(|r| Audit {
+                actor: DEADLINE,
+                action: "deadline",
+                case: Some(r.case),
+                transaction_id: Some(r.transaction_id.as_str()),
+                detail: json!({"resolution": action.as_str(), "seq": r.seq}),
+            })
+            .collect();
+        audit::append(&tx, &entries).await?;
         let closed: Vec<i64> = tx.query(CLOSE_RESOLVED, &[&cases]).await?.iter().map(|r| r.get(0)).collect();
         tx.commit().await?;
         for r in &mut resolved {

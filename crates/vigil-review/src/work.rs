@@ -10,6 +10,9 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use vigil_core::Verdict;
 
+use serde_json::json;
+
+use crate::audit::{self, Audit};
 use crate::error::ReviewError;
 use crate::store::ReviewStore;
 use crate::verdict::Verdicted;
@@ -86,8 +89,9 @@ impl ReviewStore {
         if chars == 0 || chars > MAX_NOTE_CHARS {
             return Err(ReviewError::Invalid(format!("a note holds 1 to {MAX_NOTE_CHARS} characters, not {chars}")));
         }
-        let client = self.pool.get().await?;
-        let row = client
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let row = tx
             .query_opt(
                 "INSERT INTO notes (case_id, author, body) SELECT id, $2, $3 FROM cases WHERE id = $1
                  RETURNING id, created_at",
@@ -95,6 +99,10 @@ impl ReviewStore {
             )
             .await?
             .ok_or(ReviewError::NoSuchCase(case))?;
+        let detail = json!({"note": row.get::<_, i64>(0)});
+        audit::append(&tx, &[Audit { actor: author, action: "note", case: Some(case), transaction_id: None, detail }])
+            .await?;
+        tx.commit().await?;
         Ok(Note { id: row.get(0), author: author.to_owned(), body: body.to_owned(), at: row.get(1) })
     }
 
@@ -113,23 +121,43 @@ impl ReviewStore {
     /// Tags `case`; `false` when it had the tag already.
     pub async fn tag(&self, case: i64, analyst: &str, tag: &str) -> Result<bool, ReviewError> {
         check_tag(tag)?;
-        let client = self.pool.get().await?;
-        if client.query_opt("SELECT 1 FROM cases WHERE id = $1", &[&case]).await?.is_none() {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        if tx.query_opt("SELECT 1 FROM cases WHERE id = $1", &[&case]).await?.is_none() {
             return Err(ReviewError::NoSuchCase(case));
         }
-        let n = client
+        let n = tx
             .execute(
                 "INSERT INTO case_tags (case_id, tag, added_by) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
                 &[&case, &tag, &analyst],
             )
             .await?;
+        if n == 1 {
+            let detail = json!({"tag": tag});
+            audit::append(
+                &tx,
+                &[Audit { actor: analyst, action: "tag", case: Some(case), transaction_id: None, detail }],
+            )
+            .await?;
+        }
+        tx.commit().await?;
         Ok(n == 1)
     }
 
     /// Removes a tag; `false` when the case did not have it.
-    pub async fn untag(&self, case: i64, tag: &str) -> Result<bool, ReviewError> {
-        let client = self.pool.get().await?;
-        let n = client.execute("DELETE FROM case_tags WHERE case_id = $1 AND tag = $2", &[&case, &tag]).await?;
+    pub async fn untag(&self, case: i64, analyst: &str, tag: &str) -> Result<bool, ReviewError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let n = tx.execute("DELETE FROM case_tags WHERE case_id = $1 AND tag = $2", &[&case, &tag]).await?;
+        if n == 1 {
+            let detail = json!({"tag": tag});
+            audit::append(
+                &tx,
+                &[Audit { actor: analyst, action: "untag", case: Some(case), transaction_id: None, detail }],
+            )
+            .await?;
+        }
+        tx.commit().await?;
         Ok(n == 1)
     }
 
@@ -166,6 +194,12 @@ impl ReviewStore {
             &[&case, &until],
         )
         .await?;
+        let detail = json!({"until": until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)});
+        audit::append(
+            &tx,
+            &[Audit { actor: analyst, action: "snooze", case: Some(case), transaction_id: None, detail }],
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -190,6 +224,12 @@ impl ReviewStore {
         .await?;
         let body = format!("escalated: {reason}");
         tx.execute("INSERT INTO notes (case_id, author, body) VALUES ($1, $2, $3)", &[&case, &analyst, &body]).await?;
+        let detail = json!({"reason": reason});
+        audit::append(
+            &tx,
+            &[Audit { actor: analyst, action: "escalate", case: Some(case), transaction_id: None, detail }],
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }

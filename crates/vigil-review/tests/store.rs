@@ -576,3 +576,68 @@ async fn a_bulk_verdict_works_each_case_it_can_and_says_why_it_left_the_others()
     assert!(tagged.iter().all(|o| o.error.is_none()), "a tag needs no lease");
     f.drop_schema().await;
 }
+
+#[tokio::test]
+async fn every_action_is_chained_in_the_audit_log_and_tampering_is_named() {
+    let settings =
+        ReviewSettings { hold: Duration::from_secs(2), ..settings_of("[review]\nfour_eyes_above = \"1000.00\"\n") };
+    let f = Fixture::new(settings, 4).await;
+    f.store
+        .ingest(&[
+            review("t1", "card-a"),
+            decision("t2", "review", Some("card-a"), "2000.00", 60.0),
+            review("t3", "card-b"),
+        ])
+        .await
+        .unwrap();
+    let c = f.store.claim_next("ana", &[], LONG).await.unwrap().unwrap();
+    f.store.note(c.case, "ana", "looks like a takeover").await.unwrap();
+    f.store.tag(c.case, "ana", "ato").await.unwrap();
+    f.store.verdict(c.case, "ana", "t1", Verdict::Fraud).await.unwrap();
+    f.store.verdict(c.case, "ana", "t2", Verdict::Fraud).await.unwrap();
+    f.store.confirm("lee", "t2", true).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(f.store.resolve_due(HoldAction::Release, 100).await.unwrap().len(), 1);
+    let actions: Vec<(String, String, Option<String>)> =
+        f.store.audit_of(c.case).await.unwrap().into_iter().map(|e| (e.actor, e.action, e.transaction_id)).collect();
+    let want = [
+        ("ana", "claim", None),
+        ("ana", "note", None),
+        ("ana", "tag", None),
+        ("ana", "verdict", Some("t1")),
+        ("ana", "propose", Some("t2")),
+        ("lee", "confirm", Some("t2")),
+    ];
+    let want: Vec<(String, String, Option<String>)> =
+        want.iter().map(|(a, b, c)| (a.to_string(), b.to_string(), c.map(str::to_owned))).collect();
+    assert_eq!(actions, want);
+    let check = f.store.verify_audit(3).await.unwrap();
+    assert_eq!(check, vigil_review::AuditCheck { good: 7, broken: None }, "six actions and t3's deadline");
+
+    // The log refuses changes...
+    let (client, conn) = tokio_postgres::connect(&database(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client.batch_execute(&format!("SET search_path = {}", f.schema)).await.unwrap();
+    let refused = client.execute("UPDATE audit_log SET actor = 'bo' WHERE id = 4", &[]).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("append-only") || format!("{refused:?}").contains("append-only"),
+        "{refused:?}"
+    );
+    assert!(client.execute("DELETE FROM audit_log WHERE id = 4", &[]).await.is_err());
+    // ...and whoever gets around the trigger is found out, at the row.
+    client.batch_execute("ALTER TABLE audit_log DISABLE TRIGGER USER").await.unwrap();
+    client.execute("UPDATE audit_log SET actor = 'bo' WHERE id = 4", &[]).await.unwrap();
+    let check = f.store.verify_audit(100).await.unwrap();
+    assert_eq!(check.good, 3);
+    assert!(matches!(&check.broken, Some((4, why)) if why.contains("changed")), "{check:?}");
+    client.execute("UPDATE audit_log SET actor = 'ana' WHERE id = 4", &[]).await.unwrap();
+    assert_eq!(f.store.verify_audit(100).await.unwrap().broken, None, "put back, it holds again");
+    client.execute("DELETE FROM audit_log WHERE id = 5", &[]).await.unwrap();
+    let check = f.store.verify_audit(100).await.unwrap();
+    assert!(matches!(&check.broken, Some((6, why)) if why.contains("missing")), "{check:?}");
+    client.execute("DELETE FROM audit_log WHERE id >= 5", &[]).await.unwrap();
+    let check = f.store.verify_audit(100).await.unwrap();
+    assert!(matches!(&check.broken, Some((5, why)) if why.contains("head says row 7")), "a cut tail: {check:?}");
+    client.batch_execute("ALTER TABLE audit_log ENABLE TRIGGER USER").await.unwrap();
+    f.drop_schema().await;
+}
