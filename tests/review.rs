@@ -361,3 +361,27 @@ async fn resolutions_reach_their_topic_once_even_after_a_publisher_died_between_
     assert_eq!(on_topic, resolved);
     db.batch_execute(&format!("DROP SCHEMA {name} CASCADE")).await.unwrap();
 }
+
+#[tokio::test]
+async fn accounts_are_added_from_the_command_line_with_the_password_from_the_environment() {
+    let name = format!("review_users_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let (db, settings) = schema(&name).await;
+    let add = |user: &str, password: &str| {
+        Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["review", "user", "add", "--database", &settings, "--name", user, "--role", "lead"])
+            .args(["--password-env", "VIGIL_TEST_PASSWORD"])
+            .env("VIGIL_TEST_PASSWORD", password)
+            .output()
+            .unwrap()
+    };
+    let out = add("lee", "a long enough password");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("added lead `lee`"));
+    let again = add("lee", "a long enough password");
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("exists already"));
+    let short = add("kim", "short");
+    assert!(!short.status.success() && String::from_utf8_lossy(&short.stderr).contains("at least 12 characters"));
+    let role: String = db.query_one("SELECT role FROM users WHERE name = 'lee'", &[]).await.unwrap().get(0);
+    assert_eq!(role, "lead");
+    db.batch_execute(&format!("DROP SCHEMA {name} CASCADE")).await.unwrap();
+}

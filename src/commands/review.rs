@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use clap::Subcommand;
-use vigil_review::{CaseEntity, Follow, HoldAction, ReviewSettings, ReviewStore};
+use vigil_review::{CaseEntity, Follow, HoldAction, ReviewSettings, ReviewStore, Role};
 
 use super::load_pipeline;
 
@@ -44,7 +44,43 @@ pub enum AuditCommand {
 }
 
 #[derive(Subcommand)]
+pub enum UserCommand {
+    /// Add an account; the password comes from an environment variable,
+    /// never from the command line (where `ps` shows it).
+    Add {
+        #[command(flatten)]
+        database: Database,
+        /// A pipeline whose `[review] database` names the database.
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+        /// The user name: lower-case letters, digits, `.`, `_` or `-`.
+        #[arg(long)]
+        name: String,
+        /// analyst, lead or admin.
+        #[arg(long, default_value = "analyst")]
+        role: String,
+        /// The variable that holds the password (12 characters or more).
+        #[arg(long)]
+        password_env: String,
+    },
+    /// Disable an account and end its sessions.
+    Disable {
+        #[command(flatten)]
+        database: Database,
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum Command {
+    /// Analysts' accounts.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     /// The audit log of analysts' actions.
     Audit {
         #[command(subcommand)]
@@ -101,6 +137,7 @@ pub enum Command {
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::User { command } => user(command).await,
         Command::Audit { command: AuditCommand::Verify { database, pipeline } } => {
             let config = pipeline.as_deref().map(load_pipeline).transpose()?;
             let database = database.or_pipeline(config.as_ref())?;
@@ -191,6 +228,32 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     "resolutions publisher stopped"
                 );
             }
+            Ok(())
+        }
+    }
+}
+
+/// Who account changes from the command line are recorded as.
+const CLI: &str = "cli";
+
+async fn user(command: UserCommand) -> anyhow::Result<()> {
+    match command {
+        UserCommand::Add { database, pipeline, name, role, password_env } => {
+            let config = pipeline.as_deref().map(load_pipeline).transpose()?;
+            let store = ReviewStore::connect(&database.or_pipeline(config.as_ref())?, 1, ReviewSettings::default())?;
+            let role = Role::parse(&role).ok_or_else(|| anyhow!("--role {role}: give analyst, lead or admin"))?;
+            let password = std::env::var(&password_env)
+                .map_err(|_| anyhow!("--password-env {password_env}: the variable is not set"))?;
+            store.migrate().await.context("preparing the review database")?;
+            store.add_user(CLI, &name, role, &password).await?;
+            println!("added {} `{name}`", role.as_str());
+            Ok(())
+        }
+        UserCommand::Disable { database, pipeline, name } => {
+            let config = pipeline.as_deref().map(load_pipeline).transpose()?;
+            let store = ReviewStore::connect(&database.or_pipeline(config.as_ref())?, 1, ReviewSettings::default())?;
+            store.disable_user(CLI, &name).await?;
+            println!("disabled `{name}`; its sessions are ended");
             Ok(())
         }
     }

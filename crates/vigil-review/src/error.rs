@@ -52,6 +52,10 @@ pub enum ReviewError {
     /// No payment under review has this transaction id.
     #[error("payment {0}: not under review")]
     NoSuchTransaction(String),
+    /// The name and password do not open a session (unknown name, wrong
+    /// password or disabled account: which, is not said).
+    #[error("login failed: unknown user, wrong password, or a disabled account")]
+    LoginFailed,
     /// No case has this id.
     #[error("case {0}: no such case")]
     NoSuchCase(i64),

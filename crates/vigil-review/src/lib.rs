@@ -11,6 +11,7 @@
 //!            ReviewStore::verdict, resolve_due ──────────────┴─> resolutions (the outbox)
 //! ```
 
+mod accounts;
 mod audit;
 mod claim;
 mod error;
@@ -22,6 +23,7 @@ mod store;
 mod verdict;
 mod work;
 
+pub use accounts::{Role, Session, SessionUser, MIN_PASSWORD_CHARS};
 pub use audit::{AuditCheck, AuditEntry, GENESIS};
 pub use claim::Claim;
 pub use error::ReviewError;

@@ -641,3 +641,74 @@ async fn every_action_is_chained_in_the_audit_log_and_tampering_is_named() {
     client.batch_execute("ALTER TABLE audit_log ENABLE TRIGGER USER").await.unwrap();
     f.drop_schema().await;
 }
+
+#[tokio::test]
+async fn accounts_log_in_with_argon2_and_sessions_need_their_csrf_token_for_changes() {
+    use vigil_review::Role;
+    let f = Fixture::new(ReviewSettings::default(), 4).await;
+    f.store.add_user("admin", "ana", Role::Analyst, "correct horse battery").await.unwrap();
+    assert!(matches!(
+        f.store.add_user("admin", "ana", Role::Lead, "another long password").await,
+        Err(ReviewError::Invalid(_))
+    ));
+    assert!(matches!(f.store.add_user("admin", "bo", Role::Lead, "short").await, Err(ReviewError::Invalid(_))));
+    assert!(matches!(
+        f.store.add_user("admin", "Bad Name", Role::Lead, "long enough password").await,
+        Err(ReviewError::Invalid(_))
+    ));
+    let stored: String = f.sql("SELECT password_hash FROM users WHERE name = 'ana'").await[0].get(0);
+    assert!(stored.starts_with("$argon2id$") && !stored.contains("horse"), "{stored}");
+
+    let s = f.store.login("ana", "correct horse battery", Duration::from_secs(60)).await.unwrap();
+    assert_eq!((s.user.as_str(), s.role), ("ana", Role::Analyst));
+    assert_eq!((s.token.len(), s.csrf.len()), (64, 64));
+    assert_ne!(s.token, s.csrf);
+    let kept: String = f.sql("SELECT token_hash FROM sessions").await[0].get(0);
+    assert_ne!(kept, s.token, "the database keeps a hash of the token, not the token");
+    assert_eq!(f.store.session(&s.token).await.unwrap().unwrap().user, "ana");
+    assert!(f.store.session_for_change(&s.token, &s.csrf).await.unwrap().is_some());
+    assert!(
+        f.store.session_for_change(&s.token, "forged").await.unwrap().is_none(),
+        "no change without the CSRF token"
+    );
+    assert!(f.store.session("not-a-token").await.unwrap().is_none());
+
+    // Wrong password, unknown name, disabled account: the same answer.
+    for (name, password) in [("ana", "wrong password!!"), ("nobody", "correct horse battery")] {
+        assert!(matches!(f.store.login(name, password, Duration::from_secs(60)).await, Err(ReviewError::LoginFailed)));
+    }
+    f.store.disable_user("admin", "ana").await.unwrap();
+    assert!(f.store.session(&s.token).await.unwrap().is_none(), "disabling ends the sessions");
+    assert!(matches!(
+        f.store.login("ana", "correct horse battery", Duration::from_secs(60)).await,
+        Err(ReviewError::LoginFailed)
+    ));
+
+    // Expired sessions are gone; logout ends one; all of it is audited.
+    f.store.add_user("admin", "bo", Role::Lead, "a long password for bo").await.unwrap();
+    let short = f.store.login("bo", "a long password for bo", Duration::from_millis(300)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(f.store.session(&short.token).await.unwrap().is_none(), "expired");
+    let s = f.store.login("bo", "a long password for bo", Duration::from_secs(60)).await.unwrap();
+    f.store.logout(&s.token).await.unwrap();
+    assert!(f.store.session(&s.token).await.unwrap().is_none());
+    let actions: Vec<String> =
+        f.sql("SELECT action FROM audit_log ORDER BY id").await.iter().map(|r| r.get(0)).collect();
+    assert_eq!(
+        actions,
+        [
+            "add_user",
+            "login",
+            "login_failed",
+            "login_failed",
+            "disable_user",
+            "login_failed",
+            "add_user",
+            "login",
+            "login",
+            "logout"
+        ]
+    );
+    assert_eq!(f.store.verify_audit(100).await.unwrap().broken, None);
+    f.drop_schema().await;
+}
