@@ -103,12 +103,7 @@ impl ReviewStore {
         loop {
             match self.ingest(decisions).await {
                 Ok(got) => {
-                    let t = &mut totals.ingested;
-                    t.added += got.added;
-                    t.opened += got.opened;
-                    t.repeated += got.repeated;
-                    t.not_review += got.not_review;
-                    t.without_event += got.without_event;
+                    totals.ingested += got;
                     return true;
                 }
                 Err(e) => {

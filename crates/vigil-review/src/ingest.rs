@@ -38,6 +38,16 @@ pub struct Ingested {
     pub without_event: usize,
 }
 
+impl std::ops::AddAssign for Ingested {
+    fn add_assign(&mut self, o: Ingested) {
+        self.added += o.added;
+        self.opened += o.opened;
+        self.repeated += o.repeated;
+        self.not_review += o.not_review;
+        self.without_event += o.without_event;
+    }
+}
+
 /// One payment to add, as sent to PostgreSQL.
 struct Row<'a> {
     transaction_id: &'a str,

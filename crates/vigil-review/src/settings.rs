@@ -9,7 +9,7 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use vigil_core::pipeline::{CaseEntity, HoldAction, PipelineConfig, ReviewConfig, DEFAULT_QUEUE};
 use vigil_core::{Action, Decision, Event, FeatureValue, Verdict};
-use vigil_rules::{Condition, Context, RuleErrors, Schema};
+use vigil_rules::{Condition, Context, Lists, RuleErrors, Schema};
 
 /// A queue, its condition checked.
 #[derive(Debug, Clone)]
@@ -81,12 +81,18 @@ impl ReviewSettings {
     pub fn from_pipeline(config: &PipelineConfig) -> Result<ReviewSettings, RuleErrors> {
         let r = &config.review;
         let schema = Schema { features: config.features.clone() };
+        // The rule set's lists (`@name`), when a queue's condition needs them.
+        let lists = if r.queues.iter().any(|q| q.when.is_some()) {
+            vigil_rules::load_lists(&config.rules_path)?
+        } else {
+            Lists::new()
+        };
         let mut errors = Vec::new();
         let mut queues = Vec::with_capacity(r.queues.len());
         let features: Arc<[String]> = config.features.iter().map(|f| f.name.clone()).collect();
         for q in &r.queues {
             let when = match &q.when {
-                Some(w) => match Condition::compile(&config.file, w.line, w.column, &w.text, &schema) {
+                Some(w) => match Condition::compile(&config.file, w.line, w.column, &w.text, &schema, &lists) {
                     Ok(c) => Some(c),
                     Err(e) => {
                         errors.extend(e.0);

@@ -84,35 +84,12 @@ impl RuleSet {
         } else {
             files.push(path.to_path_buf());
         }
-        let read = |f: &Path, limit: u64| -> Result<String, RuleErrors> {
-            let len = std::fs::metadata(f).map_err(|e| io_error(f, e))?.len();
-            if len > limit {
-                let message = format!("{len} bytes is over the {limit}-byte limit for this kind of file");
-                return Err(RuleErrors(vec![Diagnostic::whole(f, message)]));
-            }
-            std::fs::read_to_string(f).map_err(|e| io_error(f, e))
-        };
         let mut sources = Vec::with_capacity(files.len());
         for f in files {
-            let text = read(&f, MAX_RULE_FILE_BYTES)?;
+            let text = read_limited(&f, MAX_RULE_FILE_BYTES)?;
             sources.push((f, text));
         }
-        let lists_dir = if path.is_dir() { path.join(LISTS_DIR) } else { path.with_file_name(LISTS_DIR) };
-        let mut lists = Vec::new();
-        if lists_dir.is_dir() {
-            let mut names = Vec::new();
-            for entry in std::fs::read_dir(&lists_dir).map_err(|e| io_error(&lists_dir, e))? {
-                let p = entry.map_err(|e| io_error(&lists_dir, e))?.path();
-                if p.extension().is_some_and(|x| x == "txt") {
-                    names.push(p);
-                }
-            }
-            names.sort();
-            for p in names {
-                let text = read(&p, MAX_LIST_FILE_BYTES)?;
-                lists.push((p, text));
-            }
-        }
+        let lists = read_list_files(path)?;
         Self::build(&sources, &lists, schema)
     }
 
@@ -131,26 +108,7 @@ impl RuleSet {
         let mut errors = Vec::new();
         let mut rules: Vec<Rule> = Vec::new();
         let mut hasher = Sha256::new();
-        let mut lists = Lists::new();
-        for (file, text) in list_sources {
-            let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-                && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-            if !valid {
-                errors.push(Diagnostic::whole(
-                    file,
-                    format!("list name `{name}` must be lower-case letters, digits and _"),
-                ));
-                continue;
-            }
-            hasher.update(b"list:");
-            hasher.update(name.as_bytes());
-            hasher.update([0]);
-            hasher.update(text.as_bytes());
-            hasher.update([0]);
-            let values = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
-            lists.insert(name, Arc::new(values.map(str::to_owned).collect()));
-        }
+        let lists = parse_lists(list_sources, &mut errors, Some(&mut hasher));
         for (file, text) in sources {
             hasher.update(file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
             hasher.update([0]);
@@ -216,6 +174,84 @@ impl RuleSet {
     }
 }
 
+/// Reads a file, refusing one over `limit` bytes.
+fn read_limited(f: &Path, limit: u64) -> Result<String, RuleErrors> {
+    let io_error = |e: std::io::Error| RuleErrors(vec![Diagnostic::whole(f, format!("cannot read: {e}"))]);
+    let len = std::fs::metadata(f).map_err(io_error)?.len();
+    if len > limit {
+        let message = format!("{len} bytes is over the {limit}-byte limit for this kind of file");
+        return Err(RuleErrors(vec![Diagnostic::whole(f, message)]));
+    }
+    std::fs::read_to_string(f).map_err(io_error)
+}
+
+/// The list files (`lists/*.txt`) beside a rule file or inside a rule
+/// folder, in name order, with their text.
+fn read_list_files(rules_path: &Path) -> Result<Vec<(PathBuf, String)>, RuleErrors> {
+    let lists_dir = if rules_path.is_dir() { rules_path.join(LISTS_DIR) } else { rules_path.with_file_name(LISTS_DIR) };
+    let io_error = |e: std::io::Error| RuleErrors(vec![Diagnostic::whole(&lists_dir, format!("cannot read: {e}"))]);
+    let mut lists = Vec::new();
+    if lists_dir.is_dir() {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&lists_dir).map_err(io_error)? {
+            let p = entry.map_err(io_error)?.path();
+            if p.extension().is_some_and(|x| x == "txt") {
+                names.push(p);
+            }
+        }
+        names.sort();
+        for p in names {
+            let text = read_limited(&p, MAX_LIST_FILE_BYTES)?;
+            lists.push((p, text));
+        }
+    }
+    Ok(lists)
+}
+
+/// Lists from `(file, text)` pairs: one value a line; blank lines and lines
+/// starting with `#` skipped. A bad list name is an error; `hasher`, when
+/// given, takes each list into the rule set's version.
+fn parse_lists(
+    list_sources: &[(PathBuf, String)],
+    errors: &mut Vec<Diagnostic>,
+    mut hasher: Option<&mut Sha256>,
+) -> Lists {
+    let mut lists = Lists::new();
+    for (file, text) in list_sources {
+        let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid {
+            errors
+                .push(Diagnostic::whole(file, format!("list name `{name}` must be lower-case letters, digits and _")));
+            continue;
+        }
+        if let Some(h) = hasher.as_deref_mut() {
+            h.update(b"list:");
+            h.update(name.as_bytes());
+            h.update([0]);
+            h.update(text.as_bytes());
+            h.update([0]);
+        }
+        let values = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
+        lists.insert(name, Arc::new(values.map(str::to_owned).collect()));
+    }
+    lists
+}
+
+/// The lists a rule set at `rules_path` would see: what a condition outside
+/// the rule files (a review queue's `when`) may name as `@list`.
+pub fn load_lists(rules_path: &Path) -> Result<Lists, RuleErrors> {
+    let sources = read_list_files(rules_path)?;
+    let mut errors = Vec::new();
+    let lists = parse_lists(&sources, &mut errors, None);
+    if errors.is_empty() {
+        Ok(lists)
+    } else {
+        Err(RuleErrors(errors))
+    }
+}
+
 /// One checked condition outside any rule file: a review queue's `when`
 /// in a pipeline file. It sees what a rule sees (the event, the features,
 /// `model_score`) and is true only when known to be true.
@@ -233,6 +269,7 @@ impl Condition {
         column: usize,
         text: &str,
         schema: &Schema,
+        lists: &Lists,
     ) -> Result<Condition, RuleErrors> {
         // Lines after the first start at column 1 of their own line.
         let place = |pos: lexer::Pos| {
@@ -249,8 +286,7 @@ impl Condition {
             return Err(RuleErrors(errors));
         }
         let node = parser::parse_condition(&tokens).map_err(|e| RuleErrors(vec![err(e.pos, e.message)]))?;
-        let lists = Lists::new();
-        let mut checker = Checker { schema, lists: &lists, errors: Vec::new() };
+        let mut checker = Checker { schema, lists, errors: Vec::new() };
         let (when, ty) = checker.expr(&node);
         checker.want_bool(ty, node.pos, "a queue's `when`");
         errors.extend(checker.errors.into_iter().map(|e| err(e.pos, e.message)));

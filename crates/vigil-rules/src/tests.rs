@@ -383,8 +383,10 @@ fn durations_are_typed_lengths_of_time() {
 #[test]
 fn a_condition_outside_a_rule_file_checks_and_evaluates_like_a_rule() {
     let file = PathBuf::from("pipeline.toml");
-    let big = Condition::compile(&file, 7, 9, r#"amount >= 1000 and country in ["BR", "NG"]"#, &schema()).unwrap();
-    let burst = Condition::compile(&file, 8, 9, "card_count_10m >= 3", &schema()).unwrap();
+    let big =
+        Condition::compile(&file, 7, 9, r#"amount >= 1000 and country in ["BR", "NG"]"#, &schema(), &Lists::new())
+            .unwrap();
+    let burst = Condition::compile(&file, 8, 9, "card_count_10m >= 3", &schema(), &Lists::new()).unwrap();
     let e = event(
         r#"{"transaction_id":"t","timestamp":"2026-01-01T00:00:00Z","amount":"1500.00","currency":"EUR","country":"BR"}"#,
     );
@@ -400,13 +402,22 @@ fn a_condition_outside_a_rule_file_checks_and_evaluates_like_a_rule() {
     }));
 
     // Errors name their place in the pipeline file, across lines too.
-    let err = Condition::compile(&file, 7, 9, "amount >= 10 and card_count_10m > \"x\"", &schema()).unwrap_err();
+    let err = Condition::compile(&file, 7, 9, "amount >= 10 and card_count_10m > \"x\"", &schema(), &Lists::new())
+        .unwrap_err();
     assert_eq!((err.0[0].line, err.0[0].column), (7, 41), "at the comparison: {err}");
-    let err = Condition::compile(&file, 7, 9, "amount >= 10 and\n  card_cnt_10m > 1", &schema()).unwrap_err();
+    let err =
+        Condition::compile(&file, 7, 9, "amount >= 10 and\n  card_cnt_10m > 1", &schema(), &Lists::new()).unwrap_err();
     assert_eq!((err.0[0].line, err.0[0].column), (8, 3), "{err}");
     assert!(err.to_string().contains("card_count_10m"), "a hint: {err}");
-    let err = Condition::compile(&file, 7, 9, "amount", &schema()).unwrap_err();
+    let err = Condition::compile(&file, 7, 9, "amount", &schema(), &Lists::new()).unwrap_err();
     assert!(err.to_string().contains("needs a condition"), "{err}");
-    let err = Condition::compile(&file, 7, 9, "amount > 1 then", &schema()).unwrap_err();
+    let err = Condition::compile(&file, 7, 9, "amount > 1 then", &schema(), &Lists::new()).unwrap_err();
     assert!(err.to_string().contains("end of the condition"), "{err}");
+    // The rule set's list files, by name.
+    let mut lists = Lists::new();
+    lists.insert("watch".into(), Arc::new(["BR".to_string()].into_iter().collect()));
+    let watched = Condition::compile(&file, 7, 9, "country in @watch", &schema(), &lists).unwrap();
+    assert!(watched.holds(&ctx));
+    let err = Condition::compile(&file, 7, 9, "country in @nope", &schema(), &lists).unwrap_err();
+    assert!(err.to_string().contains("nope"), "{err}");
 }
