@@ -30,16 +30,32 @@ impl Database {
     }
 }
 
+/// The review database of a one-off command: given, or the pipeline's.
+#[derive(clap::Args)]
+pub struct StoreArgs {
+    #[command(flatten)]
+    database: Database,
+    /// A pipeline whose `[review] database` names the database.
+    #[arg(long)]
+    pipeline: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// A one-connection store on the database.
+    fn connect(self) -> anyhow::Result<ReviewStore> {
+        let config = self.pipeline.as_deref().map(load_pipeline).transpose()?;
+        let database = self.database.or_pipeline(config.as_ref())?;
+        Ok(ReviewStore::connect(&database, 1, ReviewSettings::default())?)
+    }
+}
+
 #[derive(Subcommand)]
 pub enum AuditCommand {
     /// Recompute the audit log's hash chain: exit 0 when every row fits, 1
     /// with the first row that does not (changed, removed, or a cut tail).
     Verify {
         #[command(flatten)]
-        database: Database,
-        /// A pipeline whose `[review] database` names the database.
-        #[arg(long)]
-        pipeline: Option<PathBuf>,
+        store: StoreArgs,
     },
 }
 
@@ -49,10 +65,7 @@ pub enum UserCommand {
     /// never from the command line (where `ps` shows it).
     Add {
         #[command(flatten)]
-        database: Database,
-        /// A pipeline whose `[review] database` names the database.
-        #[arg(long)]
-        pipeline: Option<PathBuf>,
+        store: StoreArgs,
         /// The user name: lower-case letters, digits, `.`, `_` or `-`.
         #[arg(long)]
         name: String,
@@ -66,9 +79,7 @@ pub enum UserCommand {
     /// Disable an account and end its sessions.
     Disable {
         #[command(flatten)]
-        database: Database,
-        #[arg(long)]
-        pipeline: Option<PathBuf>,
+        store: StoreArgs,
         #[arg(long)]
         name: String,
     },
@@ -89,10 +100,7 @@ pub enum Command {
     /// Create or update the review store's tables; safe to run again.
     Migrate {
         #[command(flatten)]
-        database: Database,
-        /// A pipeline whose `[review] database` names the database.
-        #[arg(long)]
-        pipeline: Option<PathBuf>,
+        store: StoreArgs,
     },
     /// Follow the decisions topic: every `review` decision opens a case or
     /// joins its entity's open case, once however often it is delivered.
@@ -138,10 +146,8 @@ pub enum Command {
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::User { command } => user(command).await,
-        Command::Audit { command: AuditCommand::Verify { database, pipeline } } => {
-            let config = pipeline.as_deref().map(load_pipeline).transpose()?;
-            let database = database.or_pipeline(config.as_ref())?;
-            let store = ReviewStore::connect(&database, 1, ReviewSettings::default())?;
+        Command::Audit { command: AuditCommand::Verify { store } } => {
+            let store = store.connect()?;
             let check = store.verify_audit(10_000).await?;
             match check.broken {
                 None => {
@@ -153,10 +159,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Migrate { database, pipeline } => {
-            let config = pipeline.as_deref().map(load_pipeline).transpose()?;
-            let database = database.or_pipeline(config.as_ref())?;
-            let store = ReviewStore::connect(&database, 1, ReviewSettings::default())?;
+        Command::Migrate { store } => {
+            let store = store.connect()?;
             store.migrate().await?;
             println!("review database is up to date");
             Ok(())
@@ -238,9 +242,8 @@ const CLI: &str = "cli";
 
 async fn user(command: UserCommand) -> anyhow::Result<()> {
     match command {
-        UserCommand::Add { database, pipeline, name, role, password_env } => {
-            let config = pipeline.as_deref().map(load_pipeline).transpose()?;
-            let store = ReviewStore::connect(&database.or_pipeline(config.as_ref())?, 1, ReviewSettings::default())?;
+        UserCommand::Add { store, name, role, password_env } => {
+            let store = store.connect()?;
             let role = Role::parse(&role).ok_or_else(|| anyhow!("--role {role}: give analyst, lead or admin"))?;
             let password = std::env::var(&password_env)
                 .map_err(|_| anyhow!("--password-env {password_env}: the variable is not set"))?;
@@ -249,9 +252,8 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
             println!("added {} `{name}`", role.as_str());
             Ok(())
         }
-        UserCommand::Disable { database, pipeline, name } => {
-            let config = pipeline.as_deref().map(load_pipeline).transpose()?;
-            let store = ReviewStore::connect(&database.or_pipeline(config.as_ref())?, 1, ReviewSettings::default())?;
+        UserCommand::Disable { store, name } => {
+            let store = store.connect()?;
             store.disable_user(CLI, &name).await?;
             println!("disabled `{name}`; its sessions are ended");
             Ok(())
