@@ -19,6 +19,9 @@
 //! `cargo bench --bench review` (env: VIGIL_BENCH_REVIEWS, default 200000;
 //! VIGIL_BENCH_WRITERS, default 4; VIGIL_TEST_POSTGRES for another server).
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,10 +33,6 @@ const BATCH: usize = 500;
 
 fn env_usize(key: &str, default: usize) -> usize {
     std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn database() -> String {
-    std::env::var("VIGIL_TEST_POSTGRES").unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into())
 }
 
 /// A review decision as the stream publishes one for the local pipeline: 30
@@ -68,17 +67,11 @@ fn decision(i: usize, cards: usize) -> Decision {
     .expect("a valid decision")
 }
 
-/// A connection pool on a new schema of its own.
+/// A new schema of its own, a client there, and a store on it.
 async fn schema_store(name: &str) -> (tokio_postgres::Client, ReviewStore) {
-    let (client, conn) = tokio_postgres::connect(&database(), tokio_postgres::NoTls)
-        .await
-        .expect("PostgreSQL on 127.0.0.1:5432 (scripts/services.sh starts it)");
-    tokio::spawn(conn);
-    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}")).await.unwrap();
-    let mut config: tokio_postgres::Config = database().parse().unwrap();
-    config.options(format!("-c search_path={name}"));
+    let (client, settings) = common::schema(name).await;
     let writers = env_usize("VIGIL_BENCH_WRITERS", 4);
-    let store = ReviewStore::with_config(config, writers + 1, ReviewSettings::default()).unwrap();
+    let store = ReviewStore::connect(&settings, writers + 1, ReviewSettings::default()).unwrap();
     (client, store)
 }
 
@@ -129,7 +122,7 @@ async fn main() {
 
     // 1. The ceiling: the same rows, no cases, one connection per writer.
     let ceiling = format!("review_bench_ceiling_{tag}");
-    let (db, _) = schema_store(&ceiling).await;
+    let (db, _) = common::schema(&ceiling).await;
     db.batch_execute(&format!(
         "CREATE TABLE {ceiling}.snapshots (transaction_id text PRIMARY KEY, card text NOT NULL,
              decision jsonb NOT NULL, amount numeric NOT NULL, received_at timestamptz NOT NULL DEFAULT now())"
@@ -138,7 +131,7 @@ async fn main() {
     .unwrap();
     let mut clients = Vec::with_capacity(writers);
     for _ in 0..writers {
-        let (client, conn) = tokio_postgres::connect(&database(), tokio_postgres::NoTls).await.unwrap();
+        let (client, conn) = tokio_postgres::connect(&common::database(), tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(conn);
         client.batch_execute(&format!("SET search_path = {ceiling}")).await.unwrap();
         clients.push(client);

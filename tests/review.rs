@@ -18,21 +18,6 @@ use vigil_core::{Action, Decision, Event};
 use vigil_engine::Engine;
 use vigil_gen::GenConfig;
 
-fn database() -> String {
-    std::env::var("VIGIL_TEST_POSTGRES").unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into())
-}
-
-/// A schema of the test's own on the test database, and a client on it.
-async fn schema(name: &str) -> (tokio_postgres::Client, String) {
-    let (client, conn) = tokio_postgres::connect(&database(), tokio_postgres::NoTls)
-        .await
-        .expect("PostgreSQL on 127.0.0.1:5432 (scripts/services.sh starts it)");
-    tokio::spawn(conn);
-    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}")).await.unwrap();
-    client.batch_execute(&format!("SET search_path = {name}")).await.unwrap();
-    (client, format!("{} options='-c search_path={name}'", database()))
-}
-
 struct Ingester(Child);
 
 impl Ingester {

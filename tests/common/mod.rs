@@ -339,3 +339,21 @@ pub fn reference_features(config: &PipelineConfig, events: &[vigil_core::Event])
 pub fn as_json(v: &vigil_core::FeatureValue) -> serde_json::Value {
     serde_json::to_value(v).unwrap()
 }
+
+/// The PostgreSQL of the tests: `VIGIL_TEST_POSTGRES`, else the machine's `test` database.
+pub fn database() -> String {
+    std::env::var("VIGIL_TEST_POSTGRES").unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into())
+}
+
+/// A schema of the test's own on the test database, and a client on it.
+/// A new, empty schema `name` (dropped first if left behind), a client
+/// whose search path is it, and connection settings that put others there.
+pub async fn schema(name: &str) -> (tokio_postgres::Client, String) {
+    let (client, conn) = tokio_postgres::connect(&database(), tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432 (scripts/services.sh starts it)");
+    tokio::spawn(conn);
+    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}")).await.unwrap();
+    client.batch_execute(&format!("SET search_path = {name}")).await.unwrap();
+    (client, format!("{} options='-c search_path={name}'", database()))
+}

@@ -28,6 +28,10 @@ impl Verdict {
             Verdict::Genuine => "genuine",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Verdict> {
+        [Verdict::Fraud, Verdict::Genuine].into_iter().find(|v| v.name() == s)
+    }
 }
 
 /// A validated label.
@@ -83,13 +87,11 @@ impl Label {
             match key.as_str() {
                 "transaction_id" => id = Some(text(key, v)?),
                 "label" => {
-                    verdict = Some(match text(key, v)?.as_str() {
-                        "fraud" => Verdict::Fraud,
-                        "genuine" => Verdict::Genuine,
-                        other => {
-                            return Err(EventError::field(key, format!("`{other}` is neither `fraud` nor `genuine`")))
-                        }
-                    })
+                    let given = text(key, v)?;
+                    verdict =
+                        Some(Verdict::parse(&given).ok_or_else(|| {
+                            EventError::field(key, format!("`{given}` is neither `fraud` nor `genuine`"))
+                        })?)
                 }
                 "reported_at" => reported_at = Some(time(key, v)?),
                 "timestamp" => occurred_at = Some(time(key, v)?),

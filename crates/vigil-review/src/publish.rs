@@ -208,12 +208,17 @@ impl ReviewStore {
 /// payment's frozen event: every entity field, the event's time, the
 /// verdict's time as `reported_at`, `review:ANALYST` as its source.
 fn label_of(row: &tokio_postgres::Row) -> Option<Label> {
-    let verdict = match row.get::<_, Option<String>>(5)?.as_str() {
-        "fraud" => Verdict::Fraud,
-        "genuine" => Verdict::Genuine,
-        _ => return None,
+    let verdict = Verdict::parse(&row.get::<_, Option<String>>(5)?)?;
+    let transaction_id: String = row.get(1);
+    let event: Event = match serde_json::from_str(&row.get::<_, Option<String>>(9)?) {
+        Ok(e) => e,
+        Err(e) => {
+            // A snapshot written by hand, or by a Vigil whose event format
+            // this one no longer reads: the resolution still goes out.
+            tracing::warn!(%transaction_id, error = %e, "verdict not sent as a label: its stored event does not read");
+            return None;
+        }
     };
-    let event: Event = serde_json::from_str(&row.get::<_, Option<String>>(9)?).ok()?;
     let by: String = row.get(4);
     Some(Label::for_event(&event, verdict, row.get(6), Some(&format!("review:{by}"))))
 }

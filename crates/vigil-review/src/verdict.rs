@@ -94,10 +94,6 @@ pub struct Proposal {
     pub hold_until: DateTime<Utc>,
 }
 
-fn verdict_of(s: &str) -> Option<Verdict> {
-    [Verdict::Fraud, Verdict::Genuine].into_iter().find(|v| v.name() == s)
-}
-
 /// Why `transaction_id` cannot be resolved now: resolved already, or not in `case`.
 async fn not_open(tx: &Transaction<'_>, case: i64, transaction_id: &str) -> Result<ReviewError, ReviewError> {
     let row = tx
@@ -298,7 +294,7 @@ impl ReviewStore {
             tx.commit().await?;
             return Ok(None);
         }
-        let verdict = verdict_of(&proposed).ok_or_else(|| ReviewError::Snapshot {
+        let verdict = Verdict::parse(&proposed).ok_or_else(|| ReviewError::Snapshot {
             transaction_id: transaction_id.to_owned(),
             message: format!("proposed verdict `{proposed}`"),
         })?;
@@ -330,7 +326,7 @@ impl ReviewStore {
                 Some(Proposal {
                     case: r.get(0),
                     transaction_id: r.get(1),
-                    verdict: verdict_of(r.get(2))?,
+                    verdict: Verdict::parse(r.get(2))?,
                     by: r.get(3),
                     at: r.get(4),
                     amount: r.get(5),

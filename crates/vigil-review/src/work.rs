@@ -327,23 +327,46 @@ impl ReviewStore {
             Bulk::Tag(tag) => self.tag(case, analyst, tag).await.map(|_| ()),
             Bulk::Snooze(until) => {
                 self.claim(case, analyst, self.settings.lease).await?;
-                self.snooze(case, analyst, *until).await
+                let snoozed = self.snooze(case, analyst, *until).await;
+                if snoozed.is_err() {
+                    self.let_go(case, analyst).await?;
+                }
+                snoozed
             }
             Bulk::Verdict(verdict) => {
                 self.claim(case, analyst, self.settings.lease).await?;
-                let view = self.case(case).await?;
-                for p in view.payments.iter().filter(|p| p.resolution.is_none()) {
-                    match self.verdict(case, analyst, &p.transaction_id, *verdict).await? {
-                        Verdicted::Resolved(_) => o.resolved += 1,
-                        Verdicted::Proposed { .. } => o.proposed += 1,
-                    }
-                }
-                // A case left open (proposals wait) goes back to its queue.
-                match self.release(case, analyst).await {
-                    Ok(()) | Err(ReviewError::LeaseLost { .. }) => Ok(()),
-                    Err(e) => Err(e),
-                }
+                let given = self.verdicts_on_open_payments(case, analyst, *verdict, o).await;
+                // The case goes back to its queue whatever happened (proposals
+                // wait, or a payment was refused), never held by a bulk action.
+                self.let_go(case, analyst).await?;
+                given
             }
+        }
+    }
+
+    async fn verdicts_on_open_payments(
+        &self,
+        case: i64,
+        analyst: &str,
+        verdict: Verdict,
+        o: &mut BulkOutcome,
+    ) -> Result<(), ReviewError> {
+        let view = self.case(case).await?;
+        for p in view.payments.iter().filter(|p| p.resolution.is_none()) {
+            match self.verdict(case, analyst, &p.transaction_id, verdict).await? {
+                Verdicted::Resolved(_) => o.resolved += 1,
+                Verdicted::Proposed { .. } => o.proposed += 1,
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives the case back if `analyst` still holds it (a closed case has no
+    /// lease left to give).
+    async fn let_go(&self, case: i64, analyst: &str) -> Result<(), ReviewError> {
+        match self.release(case, analyst).await {
+            Ok(()) | Err(ReviewError::LeaseLost { .. }) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 }

@@ -574,6 +574,15 @@ async fn a_bulk_verdict_works_each_case_it_can_and_says_why_it_left_the_others()
     assert_eq!((c_view.status.as_str(), c_view.lease_holder.as_deref()), ("open", None), "left for the second analyst");
     let tagged = f.store.bulk("ana", &[b, c], &vigil_review::Bulk::Tag("first-party".into())).await;
     assert!(tagged.iter().all(|o| o.error.is_none()), "a tag needs no lease");
+    // A bulk action that fails on a case never leaves it held: a verdict
+    // over a colleague's proposal, a snooze past the hold.
+    let over = f.store.bulk("cy", &[c], &vigil_review::Bulk::Verdict(Verdict::Fraud)).await;
+    assert!(matches!(over[0].error, Some(ReviewError::AwaitingSecond { .. })), "{:?}", over[0]);
+    assert_eq!(f.store.case(c).await.unwrap().lease_holder, None, "given back after the refusal");
+    let late = chrono::Utc::now() + chrono::Duration::hours(2);
+    let snoozed = f.store.bulk("cy", &[c], &vigil_review::Bulk::Snooze(late)).await;
+    assert!(matches!(snoozed[0].error, Some(ReviewError::Invalid(_))), "{:?}", snoozed[0]);
+    assert_eq!(f.store.case(c).await.unwrap().lease_holder, None, "given back after the refused snooze");
     f.drop_schema().await;
 }
 
