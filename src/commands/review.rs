@@ -9,6 +9,7 @@ use anyhow::{anyhow, Context as _};
 use clap::Subcommand;
 use vigil_review::{CaseEntity, Follow, HoldAction, ReviewSettings, ReviewStore, Role};
 
+
 use super::load_pipeline;
 
 /// Where the review store lives.
@@ -104,43 +105,196 @@ pub enum Command {
     },
     /// Follow the decisions topic: every `review` decision opens a case or
     /// joins its entity's open case, once however often it is delivered.
-    /// Stops on SIGINT or SIGTERM.
+    /// Stops on SIGINT or SIGTERM. With `--decisions FILE`, ingests that
+    /// file instead and exits.
     Ingest {
-        /// The pipeline config whose `[kafka]` names the brokers and the
-        /// decisions topic.
-        #[arg(long)]
-        pipeline: PathBuf,
         #[command(flatten)]
-        database: Database,
-        /// The consumer group; `<group_id>-review` by default, so that the
-        /// review store reads every decision beside the pipeline's own group.
+        args: IngestArgs,
+        /// A JSON-lines file of decision records (an archive of the decisions
+        /// topic, or the file `vigil demo` writes): its `review`
+        /// decisions are ingested like the topic's, once however often the
+        /// file is given, and the command exits.
         #[arg(long)]
-        group: Option<String>,
-        /// The entity that owns a case: card, account, customer, merchant,
-        /// terminal or device; `[review] entity` (card) when not given.
-        #[arg(long)]
-        entity: Option<String>,
-        /// How long a payment under review is held (`30m`, `2h`), from when
-        /// the review store receives it; `[review] hold` (30m) when not given.
-        #[arg(long)]
-        hold: Option<String>,
-        /// What happens to a payment whose hold runs out before a verdict:
-        /// `release` (capture it) or `stop` (void it); `[review]
-        /// on_deadline` (release) when not given. Checked every second; the
-        /// resolution is written to the outbox like an analyst's.
-        #[arg(long)]
-        on_deadline: Option<String>,
-        /// Publish each resolution once to this topic (keyed by transaction
-        /// id), for the ledger or payment service to capture or void, and each
-        /// analyst's verdict as a label to the pipeline's labels topic when it
-        /// has one; `[review] resolutions_topic` when not given. Without
-        /// either, resolutions wait in the database's outbox.
-        #[arg(long)]
-        resolutions_topic: Option<String>,
-        /// Most decisions per batch (one database transaction each).
-        #[arg(long, default_value_t = 500)]
-        batch: usize,
+        decisions: Option<PathBuf>,
     },
+    /// The review server: the analysts' REST API (`/api/v1/review/`, see
+    /// docs/review-openapi.yaml), and everything `ingest` does (unless
+    /// `--no-follow`). Stops on SIGINT or SIGTERM.
+    Serve {
+        #[command(flatten)]
+        ingest: IngestArgs,
+        /// The address to serve on.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: String,
+        /// Serve the API (and resolve holds that run out, and publish
+        /// resolutions) without following the decisions topic: another
+        /// instance or `vigil review ingest` does.
+        #[arg(long)]
+        no_follow: bool,
+        /// How long a login lasts (`8h`, `30m`).
+        #[arg(long, default_value = "8h")]
+        session: String,
+        /// Leave `Secure` off the session cookie: only for plain HTTP on a
+        /// host other than localhost, in a test network. Browsers send a
+        /// `Secure` cookie over HTTPS, and to localhost over plain HTTP.
+        #[arg(long)]
+        insecure_cookie: bool,
+    },
+}
+
+/// What the review store follows and how.
+#[derive(clap::Args)]
+pub struct IngestArgs {
+    /// The pipeline config whose `[kafka]` names the brokers and the
+    /// decisions topic, and whose `[review]` section the settings.
+    #[arg(long)]
+    pipeline: PathBuf,
+    #[command(flatten)]
+    database: Database,
+    /// The consumer group; `<group_id>-review` by default, so that the
+    /// review store reads every decision beside the pipeline's own group.
+    #[arg(long)]
+    group: Option<String>,
+    /// The entity that owns a case: card, account, customer, merchant,
+    /// terminal or device; `[review] entity` (card) when not given.
+    #[arg(long)]
+    entity: Option<String>,
+    /// How long a payment under review is held (`30m`, `2h`), from when
+    /// the review store receives it; `[review] hold` (30m) when not given.
+    #[arg(long)]
+    hold: Option<String>,
+    /// What happens to a payment whose hold runs out before a verdict:
+    /// `release` (capture it) or `stop` (void it); `[review]
+    /// on_deadline` (release) when not given. Checked every second; the
+    /// resolution is written to the outbox like an analyst's.
+    #[arg(long)]
+    on_deadline: Option<String>,
+    /// Publish each resolution once to this topic (keyed by transaction
+    /// id), for the ledger or payment service to capture or void, and each
+    /// analyst's verdict as a label to the pipeline's labels topic when it
+    /// has one; `[review] resolutions_topic` when not given. Without
+    /// either, resolutions wait in the database's outbox.
+    #[arg(long)]
+    resolutions_topic: Option<String>,
+    /// Most decisions per batch (one database transaction each).
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+}
+
+/// The review store and its loops, ready to start.
+struct Review {
+    store: ReviewStore,
+    /// The brokers, when the pipeline has them.
+    kafka: Option<vigil_core::pipeline::KafkaConfig>,
+    group: String,
+    batch: usize,
+    on_deadline: HoldAction,
+    resolutions_topic: Option<String>,
+}
+
+impl IngestArgs {
+    /// Reads the settings and readies the database; the brokers are needed
+    /// to `follow` the decisions topic and to publish resolutions.
+    async fn prepare(self, follow: bool) -> anyhow::Result<Review> {
+        let config = load_pipeline(&self.pipeline)?;
+        let kafka = config.kafka.clone();
+        let database = self.database.or_pipeline(Some(&config))?;
+        let mut settings = ReviewSettings::from_pipeline(&config)?;
+        if let Some(entity) = self.entity {
+            settings.entity = CaseEntity::parse(&entity).ok_or_else(|| {
+                let known: Vec<&str> = CaseEntity::ALL.iter().map(|e| e.as_str()).collect();
+                anyhow!("--entity {entity}: not an entity (known: {})", known.join(", "))
+            })?;
+        }
+        if let Some(hold) = self.hold {
+            settings.hold = vigil_core::feature::parse_duration_s(&hold)
+                .map_err(|m| anyhow!("--hold {hold}: {m}"))
+                .map(Duration::from_secs)?;
+        }
+        if let Some(on_deadline) = self.on_deadline {
+            settings.on_deadline = HoldAction::parse(&on_deadline)
+                .ok_or_else(|| anyhow!("--on-deadline {on_deadline}: give release or stop"))?;
+        }
+        let on_deadline = settings.on_deadline;
+        let resolutions_topic = self.resolutions_topic.or_else(|| config.review.resolutions_topic.clone());
+        if follow || resolutions_topic.is_some() {
+            let kafka = vigil_kafka::settings(&config).with_context(|| {
+                format!(
+                    "{}: following the decisions topic and publishing resolutions need the brokers",
+                    self.pipeline.display()
+                )
+            })?;
+            if let Some(topic) = &resolutions_topic {
+                vigil_review::check_resolutions_topic(kafka, topic)?;
+                // Verdicts go out as labels beside the resolutions.
+                if let Some(labels) = &kafka.labels_topic {
+                    vigil_review::check_resolutions_topic(kafka, labels)?;
+                }
+            }
+        }
+        let store = ReviewStore::connect(&database, 8, settings)?;
+        store.migrate().await.context("preparing the review database")?;
+        let group = self.group.unwrap_or_else(|| format!("{}-review", kafka.as_ref().map_or("vigil", |k| &k.group_id)));
+        Ok(Review { store, kafka, group, batch: self.batch, on_deadline, resolutions_topic })
+    }
+}
+
+/// Completes once `stop` says so (or its sender is gone).
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+impl Review {
+    /// Resolves holds that run out and publishes resolutions (when there is a
+    /// topic) until `stop`, and follows the decisions topic too when `follow`.
+    async fn run(self, follow: bool, stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
+        let Review { store, kafka, group, batch, on_deadline, resolutions_topic } = self;
+        let sweeper = tokio::spawn(resolve_due_every_second(store.clone(), on_deadline));
+        let publisher = resolutions_topic.zip(kafka.clone()).map(|(topic, kafka)| {
+            let (store, stop) = (store.clone(), stop.clone());
+            tokio::spawn(async move { store.publish(&kafka, &topic, kafka.labels_topic.as_deref(), 500, stopped(stop)).await })
+        });
+        let result = if let Some(kafka) = kafka.filter(|_| follow) {
+            tracing::info!(topic = %kafka.decisions_topic, %group, "following decisions into the review store");
+            store.follow(Follow { kafka: &kafka, group, batch }, stopped(stop.clone())).await.map(|totals| {
+                let t = totals.ingested;
+                tracing::info!(
+                    records = totals.records,
+                    payments_added = t.added,
+                    cases_opened = t.opened,
+                    repeated = t.repeated,
+                    without_event = t.without_event,
+                    unreadable = totals.unreadable,
+                    retried_batches = totals.retried,
+                    "review ingest stopped"
+                );
+            })
+        } else {
+            stopped(stop.clone()).await;
+            Ok(())
+        };
+        sweeper.abort();
+        if let Some(p) = publisher {
+            let published = p.await.context("the resolutions publisher")??;
+            tracing::info!(
+                sent = published.sent,
+                found_sent = published.found_sent,
+                labels = published.labels,
+                "resolutions publisher stopped"
+            );
+        }
+        Ok(result?)
+    }
+}
+
+/// A stop signal that turns true on SIGINT or SIGTERM.
+fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        crate::signals::shutdown().await;
+        let _ = tx.send(true);
+    });
+    rx
 }
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
@@ -165,74 +319,50 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             println!("review database is up to date");
             Ok(())
         }
-        Command::Ingest { pipeline, database, group, entity, hold, on_deadline, resolutions_topic, batch } => {
-            let config = load_pipeline(&pipeline)?;
-            let kafka = vigil_kafka::settings(&config)?;
-            let database = database.or_pipeline(Some(&config))?;
-            let mut settings = ReviewSettings::from_pipeline(&config)?;
-            if let Some(entity) = entity {
-                settings.entity = CaseEntity::parse(&entity).ok_or_else(|| {
-                    let known: Vec<&str> = CaseEntity::ALL.iter().map(|e| e.as_str()).collect();
-                    anyhow!("--entity {entity}: not an entity (known: {})", known.join(", "))
-                })?;
-            }
-            if let Some(hold) = hold {
-                settings.hold = vigil_core::feature::parse_duration_s(&hold)
-                    .map_err(|m| anyhow!("--hold {hold}: {m}"))
-                    .map(Duration::from_secs)?;
-            }
-            if let Some(on_deadline) = on_deadline {
-                settings.on_deadline = HoldAction::parse(&on_deadline)
-                    .ok_or_else(|| anyhow!("--on-deadline {on_deadline}: give release or stop"))?;
-            }
-            let on_deadline = settings.on_deadline;
-            let resolutions_topic = resolutions_topic.or_else(|| config.review.resolutions_topic.clone());
-            if let Some(topic) = &resolutions_topic {
-                vigil_review::check_resolutions_topic(kafka, topic)?;
-                // Verdicts go out as labels beside the resolutions.
-                if let Some(labels) = &kafka.labels_topic {
-                    vigil_review::check_resolutions_topic(kafka, labels)?;
+        Command::Ingest { args, decisions: Some(file) } => {
+            let review = args.prepare(false).await?;
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let mut batch = Vec::new();
+            let mut total = vigil_review::Ingested::default();
+            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                let d: vigil_core::Decision = serde_json::from_str(line)
+                    .map_err(|e| anyhow!("{}:{}:{}: not a decision record: {e}", file.display(), i + 1, e.column()))?;
+                batch.push(d);
+                if batch.len() == 500 {
+                    total += review.store.ingest(&batch).await?;
+                    batch.clear();
                 }
             }
-            let store = ReviewStore::connect(&database, 4, settings)?;
-            store.migrate().await.context("preparing the review database")?;
-            let sweeper = tokio::spawn(resolve_due_every_second(store.clone(), on_deadline));
-            let (stop_publisher, stopped) = tokio::sync::oneshot::channel::<()>();
-            let publisher = resolutions_topic.map(|topic| {
-                let (store, kafka) = (store.clone(), kafka.clone());
-                tokio::spawn(async move {
-                    let stopped = async {
-                        let _ = stopped.await;
-                    };
-                    store.publish(&kafka, &topic, kafka.labels_topic.as_deref(), 500, stopped).await
-                })
-            });
-            let group = group.unwrap_or_else(|| format!("{}-review", kafka.group_id));
-            tracing::info!(topic = %kafka.decisions_topic, %group, "following decisions into the review store");
-            let totals = store.follow(Follow { kafka, group, batch }, crate::signals::shutdown()).await?;
-            let t = totals.ingested;
-            tracing::info!(
-                records = totals.records,
-                payments_added = t.added,
-                cases_opened = t.opened,
-                repeated = t.repeated,
-                without_event = t.without_event,
-                unreadable = totals.unreadable,
-                retried_batches = totals.retried,
-                "review ingest stopped"
+            total += review.store.ingest(&batch).await?;
+            println!(
+                "{}: {} payments added to {} new cases; {} already there; {} review decisions without their event",
+                file.display(),
+                total.added,
+                total.opened,
+                total.repeated,
+                total.without_event
             );
-            sweeper.abort();
-            let _ = stop_publisher.send(());
-            if let Some(p) = publisher {
-                let published = p.await.context("the resolutions publisher")??;
-                tracing::info!(
-                    sent = published.sent,
-                    found_sent = published.found_sent,
-                    labels = published.labels,
-                    "resolutions publisher stopped"
-                );
-            }
             Ok(())
+        }
+        Command::Ingest { args, decisions: None } => args.prepare(true).await?.run(true, stop_on_signal()).await,
+        Command::Serve { ingest, listen, no_follow, session, insecure_cookie } => {
+            let session_ttl = vigil_core::feature::parse_duration_s(&session)
+                .map_err(|m| anyhow!("--session {session}: {m}"))
+                .map(Duration::from_secs)?;
+            let review = ingest.prepare(!no_follow).await?;
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("--listen {listen}: cannot listen there"))?;
+            let web = std::sync::Arc::new(vigil_review_web::Web {
+                store: review.store.clone(),
+                session_ttl,
+                secure_cookie: !insecure_cookie,
+            });
+            let stop = stop_on_signal();
+            let server = tokio::spawn(vigil_review_web::serve(web, listener, stopped(stop.clone())));
+            let loops = review.run(!no_follow, stop).await;
+            server.await.context("the review server")?.context("the review server")?;
+            loops
         }
     }
 }

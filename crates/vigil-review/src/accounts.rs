@@ -71,6 +71,14 @@ pub struct SessionUser {
     pub expires_at: DateTime<Utc>,
 }
 
+impl SessionUser {
+    /// Whether `csrf` is this session's CSRF token (compared in constant
+    /// time): what every unsafe request must send.
+    pub fn allows_change(&self, csrf: &str) -> bool {
+        same(&self.csrf, csrf)
+    }
+}
+
 fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
@@ -214,7 +222,7 @@ impl ReviewStore {
     /// The session of `token` when `csrf` is its CSRF token: what every
     /// unsafe request must pass. `None` otherwise, whatever the reason.
     pub async fn session_for_change(&self, token: &str, csrf: &str) -> Result<Option<SessionUser>, ReviewError> {
-        Ok(self.session(token).await?.filter(|s| same(&s.csrf, csrf)))
+        Ok(self.session(token).await?.filter(|s| s.allows_change(csrf)))
     }
 
     /// Ends the session of `token`.

@@ -74,6 +74,24 @@ impl From<deadpool_postgres::PoolError> for ReviewError {
 }
 
 impl ReviewError {
+    /// PostgreSQL refused a value the request carried rather than failing:
+    /// text with a NUL character (which no `text` column holds), or a value
+    /// out of a column's range. The request is at fault, not the database.
+    pub fn is_refused_input(&self) -> bool {
+        use tokio_postgres::error::SqlState;
+        match self {
+            ReviewError::Database(e) => matches!(
+                e.code(),
+                Some(c) if *c == SqlState::CHARACTER_NOT_IN_REPERTOIRE
+                    || *c == SqlState::UNTRANSLATABLE_CHARACTER
+                    || *c == SqlState::DATETIME_FIELD_OVERFLOW
+                    || *c == SqlState::NUMERIC_VALUE_OUT_OF_RANGE
+                    || *c == SqlState::STRING_DATA_RIGHT_TRUNCATION
+            ),
+            _ => false,
+        }
+    }
+
     /// A deadlock or serialisation failure: the transaction may be run again.
     pub(crate) fn is_retryable(&self) -> bool {
         use tokio_postgres::error::SqlState;

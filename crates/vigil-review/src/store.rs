@@ -35,7 +35,10 @@ pub struct CaseView {
     pub top_score: f64,
     pub lease_holder: Option<String>,
     pub lease_until: Option<DateTime<Utc>>,
+    pub snoozed_until: Option<DateTime<Utc>>,
+    pub escalated: bool,
     pub opened_at: DateTime<Utc>,
+    pub closed_at: Option<DateTime<Utc>>,
     /// Oldest first.
     pub payments: Vec<PaymentView>,
 }
@@ -51,6 +54,11 @@ pub struct PaymentView {
     pub verdict: Option<String>,
     /// What happened to the money, once resolved.
     pub resolution: Option<HoldAction>,
+    /// A verdict waiting for a second analyst (four-eyes), and who gave it.
+    pub proposed: Option<(String, String)>,
+    /// The analyst who gave the verdict, and the second one under four-eyes.
+    pub verdict_by: Option<String>,
+    pub confirmed_by: Option<String>,
     /// The decision record as it was published, event included.
     pub decision: Decision,
 }
@@ -102,6 +110,12 @@ impl ReviewStore {
         Ok(())
     }
 
+    /// Whether the database answers: a readiness check.
+    pub async fn ping(&self) -> Result<(), ReviewError> {
+        self.pool.get().await?.execute("SELECT 1", &[]).await?;
+        Ok(())
+    }
+
     /// The settings this store ingests with.
     pub fn settings(&self) -> &ReviewSettings {
         &self.settings
@@ -112,7 +126,8 @@ impl ReviewStore {
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
-                "SELECT id, entity_kind, entity_id, status, queue, top_score, lease_holder, lease_until, opened_at
+                "SELECT id, entity_kind, entity_id, status, queue, top_score, lease_holder, lease_until, opened_at,
+                        snoozed_until, escalated, closed_at
                  FROM cases WHERE id = $1",
                 &[&id],
             )
@@ -120,7 +135,8 @@ impl ReviewStore {
             .ok_or(ReviewError::NoSuchCase(id))?;
         let payments = client
             .query(
-                "SELECT transaction_id, amount, currency, hold_until, decision::text, verdict, resolution FROM payments
+                "SELECT transaction_id, amount, currency, hold_until, decision::text, verdict, resolution,
+                        proposed, proposed_by, verdict_by, confirmed_by FROM payments
                  WHERE case_id = $1 ORDER BY received_at, transaction_id",
                 &[&id],
             )
@@ -134,6 +150,8 @@ impl ReviewStore {
                     message: e.to_string(),
                 })?;
                 let resolution: Option<String> = p.get(6);
+                let proposed: Option<String> = p.get(7);
+                let proposed_by: Option<String> = p.get(8);
                 Ok(PaymentView {
                     transaction_id,
                     amount: p.get(1),
@@ -141,6 +159,9 @@ impl ReviewStore {
                     hold_until: p.get(3),
                     verdict: p.get(5),
                     resolution: resolution.as_deref().and_then(HoldAction::parse),
+                    proposed: proposed.zip(proposed_by),
+                    verdict_by: p.get(9),
+                    confirmed_by: p.get(10),
                     decision,
                 })
             })
@@ -155,6 +176,9 @@ impl ReviewStore {
             lease_holder: row.get(6),
             lease_until: row.get(7),
             opened_at: row.get(8),
+            snoozed_until: row.get(9),
+            escalated: row.get(10),
+            closed_at: row.get(11),
             payments,
         })
     }
