@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
+# Chromium and playwright-core for the review pages' browser test (tests/review_browser.rs).
+bash scripts/browser.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo test --workspace --locked "$@"
 # The HTTP API against its OpenAPI contract (schemathesis, in a virtual environment it creates).

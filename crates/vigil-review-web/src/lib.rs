@@ -77,6 +77,8 @@ pub fn router(web: Arc<Web>) -> Router {
         .nest(PREFIX, authed.merge(open))
         .nest(pages::PAGES, pages)
         .route("/", get(|| async { axum::response::Redirect::to(pages::PAGES) }))
+        // Browsers ask for it on every page; there is none.
+        .route("/favicon.ico", get(|| async { axum::http::StatusCode::NO_CONTENT }))
         .route("/healthz", get(r::healthz))
         .route("/readyz", get(r::readyz))
         .with_state(web)

@@ -1,0 +1,125 @@
+//! The review pages end to end in a real headless browser (Debian's
+//! chromium driven by playwright-core: `scripts/browser.sh` installs both):
+//! `vigil review serve` on the test PostgreSQL, an analyst logs in, claims
+//! with the keyboard, notes, stops a payment, and the database shows the
+//! verdict, its resolution in the outbox and the chained audit entries.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn review(tx: &str, card: &str, amount: &str, score: f64) -> String {
+    serde_json::json!({
+        "transaction_id": tx, "decision": "review", "score": score,
+        "reasons": [{"rule": "card_burst", "code": "CARD_VELOCITY", "action": "review", "score": score}],
+        "rules_version": "r1", "model_version": "m1", "model_score": 0.4, "model_baseline": 0.02,
+        "model_factors": [{"input": "card_count_1h", "contribution": 1.7}],
+        "features": {"card_count_1h": 3}, "latency_us": 100,
+        "event": {"transaction_id": tx, "timestamp": "2026-12-04T10:00:00Z", "amount": amount, "currency": "EUR",
+                  "merchant_id": "m-1", "terminal_id": "t-9", "country": "FR", "card_id": card}
+    })
+    .to_string()
+}
+
+fn vigil(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vigil"));
+    c.args(args).current_dir(repo());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "vigil {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+#[tokio::test]
+async fn an_analyst_logs_in_claims_notes_and_stops_a_payment_in_a_real_browser() {
+    let script = repo().join("tests/browser/review.mjs");
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists()
+            && repo().join("tests/browser/node_modules/playwright-core").exists(),
+        "the browser test needs chromium and playwright-core: run `bash scripts/browser.sh` (scripts/test.sh does)"
+    );
+    let name = format!("review_browser_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let (db, settings) = schema(&name).await;
+    let dir = repo().join("target").join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("decisions.jsonl");
+    let lines = [review("tx-b1", "card-1", "40.00", 70.0), review("tx-b2", "card-1", "95.10", 80.0), review("tx-b3", "card-2", "12.00", 55.0)];
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let demo = "pipelines/demo.toml";
+    vigil(&["review", "ingest", "--pipeline", demo, "--database", &settings, "--decisions", file.to_str().unwrap()], &[]);
+    let password = "ana's long password";
+    vigil(
+        &["review", "user", "add", "--database", &settings, "--name", "ana", "--role", "analyst", "--password-env", "VIGIL_TEST_PASSWORD"],
+        &[("VIGIL_TEST_PASSWORD", password)],
+    );
+
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let log = std::fs::File::create(dir.join("serve.log")).unwrap();
+    let _server = Server(
+        Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["review", "serve", "--pipeline", demo, "--database", &settings, "--no-follow", "--listen", &listen])
+            .current_dir(repo())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://{listen}");
+    let start = Instant::now();
+    while reqwest::get(format!("{base}/readyz")).await.map(|r| r.status().is_success()).ok() != Some(true) {
+        let log = std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default();
+        assert!(start.elapsed() < Duration::from_secs(30), "vigil review serve did not become ready:\n{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let shot = repo().join("target/review-browser-failure.png");
+    let run = Command::new("node").arg(&script).args([&base, "ana", password]).arg(&shot).output().unwrap();
+    assert!(
+        run.status.success(),
+        "the browser run failed (screenshot: {}):\n{}\n--- server log:\n{}",
+        shot.display(),
+        String::from_utf8_lossy(&run.stderr),
+        std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
+    );
+    let did: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let tx = did["transaction"].as_str().unwrap().to_owned();
+    assert_eq!(tx, "tx-b1", "claim-next gave the most urgent case and the keyboard its first payment");
+
+    let row = db
+        .query_one("SELECT verdict, verdict_by, resolution, case_id FROM payments WHERE transaction_id = $1", &[&tx])
+        .await
+        .unwrap();
+    let (verdict, by, resolution, case): (Option<String>, Option<String>, Option<String>, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!((verdict.as_deref(), by.as_deref(), resolution.as_deref()), (Some("fraud"), Some("ana"), Some("stop")));
+    assert_eq!(Some(case), did["case"].as_i64());
+    let outbox: i64 = db.query_one("SELECT count(*) FROM resolutions WHERE transaction_id = $1", &[&tx]).await.unwrap().get(0);
+    assert_eq!(outbox, 1, "one resolution waits in the outbox");
+    let actions: Vec<String> = db
+        .query("SELECT action FROM audit_log WHERE actor = 'ana' ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(actions, ["login_failed", "login", "claim", "note", "verdict"]);
+    let chain = vigil(&["review", "audit", "verify", "--database", &settings], &[]);
+    assert!(String::from_utf8_lossy(&chain.stdout).contains("audit chain holds"));
+    db.batch_execute(&format!("DROP SCHEMA {name} CASCADE")).await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
