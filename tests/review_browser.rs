@@ -57,13 +57,32 @@ async fn an_analyst_logs_in_claims_notes_and_stops_a_payment_in_a_real_browser()
     let dir = repo().join("target").join(&name);
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("decisions.jsonl");
-    let lines = [review("tx-b1", "card-1", "40.00", 70.0), review("tx-b2", "card-1", "95.10", 80.0), review("tx-b3", "card-2", "12.00", 55.0)];
+    let lines = [
+        review("tx-b1", "card-1", "40.00", 70.0),
+        review("tx-b2", "card-1", "95.10", 80.0),
+        review("tx-b3", "card-2", "12.00", 55.0),
+    ];
     std::fs::write(&file, lines.join("\n")).unwrap();
     let demo = "pipelines/demo.toml";
-    vigil(&["review", "ingest", "--pipeline", demo, "--database", &settings, "--decisions", file.to_str().unwrap()], &[]);
+    vigil(
+        &["review", "ingest", "--pipeline", demo, "--database", &settings, "--decisions", file.to_str().unwrap()],
+        &[],
+    );
     let password = "ana's long password";
     vigil(
-        &["review", "user", "add", "--database", &settings, "--name", "ana", "--role", "analyst", "--password-env", "VIGIL_TEST_PASSWORD"],
+        &[
+            "review",
+            "user",
+            "add",
+            "--database",
+            &settings,
+            "--name",
+            "ana",
+            "--role",
+            "analyst",
+            "--password-env",
+            "VIGIL_TEST_PASSWORD",
+        ],
         &[("VIGIL_TEST_PASSWORD", password)],
     );
 
@@ -108,7 +127,8 @@ async fn an_analyst_logs_in_claims_notes_and_stops_a_payment_in_a_real_browser()
         (row.get(0), row.get(1), row.get(2), row.get(3));
     assert_eq!((verdict.as_deref(), by.as_deref(), resolution.as_deref()), (Some("fraud"), Some("ana"), Some("stop")));
     assert_eq!(Some(case), did["case"].as_i64());
-    let outbox: i64 = db.query_one("SELECT count(*) FROM resolutions WHERE transaction_id = $1", &[&tx]).await.unwrap().get(0);
+    let outbox: i64 =
+        db.query_one("SELECT count(*) FROM resolutions WHERE transaction_id = $1", &[&tx]).await.unwrap().get(0);
     assert_eq!(outbox, 1, "one resolution waits in the outbox");
     let actions: Vec<String> = db
         .query("SELECT action FROM audit_log WHERE actor = 'ana' ORDER BY id", &[])

@@ -9,7 +9,6 @@ use anyhow::{anyhow, Context as _};
 use clap::Subcommand;
 use vigil_review::{CaseEntity, Follow, HoldAction, ReviewSettings, ReviewStore, Role};
 
-
 use super::load_pipeline;
 
 /// Where the review store lives.
@@ -252,7 +251,9 @@ impl Review {
         let sweeper = tokio::spawn(resolve_due_every_second(store.clone(), on_deadline));
         let publisher = resolutions_topic.zip(kafka.clone()).map(|(topic, kafka)| {
             let (store, stop) = (store.clone(), stop.clone());
-            tokio::spawn(async move { store.publish(&kafka, &topic, kafka.labels_topic.as_deref(), 500, stopped(stop)).await })
+            tokio::spawn(async move {
+                store.publish(&kafka, &topic, kafka.labels_topic.as_deref(), 500, stopped(stop)).await
+            })
         });
         let result = if let Some(kafka) = kafka.filter(|_| follow) {
             tracing::info!(topic = %kafka.decisions_topic, %group, "following decisions into the review store");

@@ -40,19 +40,19 @@ pub fn kind(e: &ReviewError) -> (StatusCode, &'static str) {
         return (StatusCode::UNPROCESSABLE_ENTITY, "invalid");
     }
     match e {
-            E::LeaseLost { .. } => (StatusCode::CONFLICT, "lease_lost"),
-            E::HeldByOther { .. } => (StatusCode::CONFLICT, "held_by_other"),
-            E::AlreadyResolved { .. } => (StatusCode::CONFLICT, "already_resolved"),
-            E::CaseClosed(_) => (StatusCode::CONFLICT, "case_closed"),
-            E::AwaitingSecond { .. } => (StatusCode::CONFLICT, "awaiting_second"),
-            E::NothingToConfirm(_) => (StatusCode::CONFLICT, "nothing_to_confirm"),
-            E::SameAnalyst { .. } => (StatusCode::FORBIDDEN, "same_analyst"),
-            E::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
-            E::NoSuchCase(_) => (StatusCode::NOT_FOUND, "no_such_case"),
-            E::NoSuchPayment { .. } => (StatusCode::NOT_FOUND, "no_such_payment"),
-            E::NoSuchTransaction(_) => (StatusCode::NOT_FOUND, "no_such_transaction"),
-            E::LoginFailed => (StatusCode::UNAUTHORIZED, "login_failed"),
-            E::Database(_) | E::Pool(_) | E::Kafka(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        E::LeaseLost { .. } => (StatusCode::CONFLICT, "lease_lost"),
+        E::HeldByOther { .. } => (StatusCode::CONFLICT, "held_by_other"),
+        E::AlreadyResolved { .. } => (StatusCode::CONFLICT, "already_resolved"),
+        E::CaseClosed(_) => (StatusCode::CONFLICT, "case_closed"),
+        E::AwaitingSecond { .. } => (StatusCode::CONFLICT, "awaiting_second"),
+        E::NothingToConfirm(_) => (StatusCode::CONFLICT, "nothing_to_confirm"),
+        E::SameAnalyst { .. } => (StatusCode::FORBIDDEN, "same_analyst"),
+        E::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+        E::NoSuchCase(_) => (StatusCode::NOT_FOUND, "no_such_case"),
+        E::NoSuchPayment { .. } => (StatusCode::NOT_FOUND, "no_such_payment"),
+        E::NoSuchTransaction(_) => (StatusCode::NOT_FOUND, "no_such_transaction"),
+        E::LoginFailed => (StatusCode::UNAUTHORIZED, "login_failed"),
+        E::Database(_) | E::Pool(_) | E::Kafka(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         E::Settings { .. } | E::Migrate(_) | E::Snapshot { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }
 }
@@ -79,7 +79,8 @@ impl From<ReviewError> for Failure {
 impl From<JsonRejection> for Failure {
     fn from(e: JsonRejection) -> Failure {
         let status = e.status();
-        let code = if status == StatusCode::UNSUPPORTED_MEDIA_TYPE { "unsupported_media_type" } else { "invalid_request" };
+        let code =
+            if status == StatusCode::UNSUPPORTED_MEDIA_TYPE { "unsupported_media_type" } else { "invalid_request" };
         Failure::new(status, code, e.body_text())
     }
 }

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 use vigil_core::{Decision, FeatureValue};
-use vigil_review::{CaseFilter, CaseRow, Cursor, Role, Search, SessionUser};
+use vigil_review::{CaseFilter, CaseRow, Cursor, Role, Search, SessionUser, COUNT_LIMIT};
 
 use crate::error::Failure;
 use crate::routes::{Path, Query};
@@ -67,7 +67,14 @@ async fn viewer(web: &Web, headers: &HeaderMap) -> Result<SessionUser, Response>
 
 fn failure_page(f: Failure) -> Response {
     let status = f.status;
-    page(status, layout("Vigil review", None, html! { p.flash.error { (f.message) } p { a href=(PAGES) { "Back to the queues" } } }))
+    page(
+        status,
+        layout(
+            "Vigil review",
+            None,
+            html! { p.flash.error { (f.message) } p { a href=(PAGES) { "Back to the queues" } } },
+        ),
+    )
 }
 
 fn layout(title: &str, user: Option<&SessionUser>, body: Markup) -> Markup {
@@ -175,6 +182,15 @@ fn case_rows(cases: &[CaseRow], me: &str) -> Markup {
     }
 }
 
+/// A queue count as read: the limit where counting stopped shows as "N+".
+fn count(n: i64) -> String {
+    if n >= COUNT_LIMIT {
+        format!("{COUNT_LIMIT}+")
+    } else {
+        n.to_string()
+    }
+}
+
 fn next_page(queue: Option<&str>, next: &Cursor) -> String {
     match queue {
         Some(name) => format!("{PAGES}?queue={}&after={}", encode(name), next.as_str()),
@@ -185,7 +201,13 @@ fn next_page(queue: Option<&str>, next: &Cursor) -> String {
 /// `text` for a URL's query, every byte but letters, digits and `-_.~` as `%XX`.
 fn encode(text: &str) -> String {
     text.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
@@ -224,7 +246,7 @@ pub async fn queue_page(State(web): State<Arc<Web>>, headers: HeaderMap, Query(q
                 @for x in &queues {
                     tr.selected[q.queue.as_deref() == Some(x.name.as_str())] {
                         td { a href={ (PAGES) "?queue=" (encode(&x.name)) } { (x.name) } }
-                        td.num { (x.priority) } td.num { (x.open) } td.num { (x.claimable) } td.num { (x.escalated) }
+                        td.num { (x.priority) } td.num { (count(x.open)) } td.num { (count(x.claimable)) } td.num { (count(x.escalated)) }
                         td { (x.next_deadline.map_or_else(|| "—".to_owned(), until)) }
                     }
                 }
@@ -446,9 +468,15 @@ pub async fn search_page(State(web): State<Arc<Web>>, headers: HeaderMap, Query(
         "card" => Search::Card(q.clone()),
         "terminal" => Search::Terminal(q.clone()),
         "transaction" => Search::Transaction(q.clone()),
-        other => return failure_page(Failure::bad_request(format!("search by `{other}`: give card, terminal or transaction"))),
+        other => {
+            return failure_page(Failure::bad_request(format!(
+                "search by `{other}`: give card, terminal or transaction"
+            )))
+        }
     };
-    let found = if q.is_empty() { Vec::new() } else {
+    let found = if q.is_empty() {
+        Vec::new()
+    } else {
         match web.store.search(&by, 200).await {
             Ok(f) => f,
             Err(e) => return failure_page(e.into()),

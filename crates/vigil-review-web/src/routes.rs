@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use vigil_core::Verdict;
-use vigil_review::{Bulk, CaseFilter, Cursor, Role, Search, SessionUser, MAX_PAGE};
+use vigil_review::{Bulk, CaseFilter, Cursor, Role, Search, SessionUser, COUNT_LIMIT, MAX_PAGE};
 
 use crate::error::Failure;
 use crate::session::{self, require};
@@ -86,7 +86,7 @@ pub async fn logout(State(web): State<Arc<Web>>, headers: HeaderMap) -> Answer {
 
 pub async fn queues(State(web): State<Arc<Web>>) -> Answer {
     let queues = web.store.queue_counts().await?;
-    ok(json!({"queues": queues.iter().map(view::queue).collect::<Vec<_>>()}))
+    ok(json!({"queues": queues.iter().map(view::queue).collect::<Vec<_>>(), "count_limit": COUNT_LIMIT}))
 }
 
 #[derive(Deserialize)]
@@ -349,7 +349,11 @@ pub struct BulkBody {
     action: BulkAction,
 }
 
-pub async fn bulk(State(web): State<Arc<Web>>, Extension(u): Extension<SessionUser>, Body(b): Body<BulkBody>) -> Answer {
+pub async fn bulk(
+    State(web): State<Arc<Web>>,
+    Extension(u): Extension<SessionUser>,
+    Body(b): Body<BulkBody>,
+) -> Answer {
     if b.cases.is_empty() || b.cases.len() > MAX_BULK {
         return Err(Failure::bad_request(format!("cases: give 1 to {MAX_BULK}, not {}", b.cases.len())));
     }
@@ -377,7 +381,11 @@ pub async fn add_user(
 ) -> Answer {
     require(&u, Role::Admin, "managing accounts")?;
     let role = Role::parse(&n.role).ok_or_else(|| {
-        Failure::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", format!("role `{}`: give analyst, lead or admin", n.role))
+        Failure::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!("role `{}`: give analyst, lead or admin", n.role),
+        )
     })?;
     web.store.add_user(&u.user, &n.name, role, &n.password).await?;
     Ok((StatusCode::CREATED, Json(json!({"name": n.name, "role": role.as_str()}))).into_response())

@@ -36,10 +36,8 @@ pub fn token(headers: &HeaderMap) -> Option<&str> {
 /// The `Set-Cookie` value that gives a session to the browser.
 pub fn set_cookie(web: &Web, token: &str, max_age_s: i64) -> HeaderValue {
     let secure = if web.secure_cookie { "; Secure" } else { "" };
-    HeaderValue::from_str(&format!(
-        "{COOKIE}={token}; Path=/; Max-Age={max_age_s}; HttpOnly; SameSite=Strict{secure}"
-    ))
-    .expect("a hex token makes a valid header")
+    HeaderValue::from_str(&format!("{COOKIE}={token}; Path=/; Max-Age={max_age_s}; HttpOnly; SameSite=Strict{secure}"))
+        .expect("a hex token makes a valid header")
 }
 
 /// The `Set-Cookie` value that takes it away again.
@@ -83,6 +81,11 @@ pub fn require(user: &SessionUser, role: Role, what: &str) -> Result<(), Failure
     if user.role >= role {
         Ok(())
     } else {
-        Err(Failure::forbidden(format!("{what} needs the {} role; {} is {}", role.as_str(), user.user, user.role.as_str())))
+        Err(Failure::forbidden(format!(
+            "{what} needs the {} role; {} is {}",
+            role.as_str(),
+            user.user,
+            user.role.as_str()
+        )))
     }
 }

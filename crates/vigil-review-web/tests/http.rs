@@ -83,9 +83,15 @@ impl Server {
         let status = r.status();
         let headers = r.headers().clone();
         let bytes = r.into_body().collect().await.unwrap().to_bytes();
-        let json = headers.get(header::CONTENT_TYPE).is_some_and(|t| t.to_str().unwrap().starts_with("application/json"));
+        let json =
+            headers.get(header::CONTENT_TYPE).is_some_and(|t| t.to_str().unwrap().starts_with("application/json"));
         let body = if !json {
-            assert!(status.is_redirection() || status == StatusCode::NO_CONTENT || headers.contains_key(header::CONTENT_TYPE), "{status}: no content type");
+            assert!(
+                status.is_redirection()
+                    || status == StatusCode::NO_CONTENT
+                    || headers.contains_key(header::CONTENT_TYPE),
+                "{status}: no content type"
+            );
             Value::Null
         } else {
             serde_json::from_slice(&bytes)
@@ -145,7 +151,8 @@ async fn a_login_gives_a_strict_http_only_cookie_and_every_change_needs_the_csrf
     assert_eq!((none.status, code(&none)), (StatusCode::UNAUTHORIZED, "unauthorized"));
 
     s.store.add_user("test", "ana", Role::Analyst, "ana's long password").await.unwrap();
-    let wrong = s.send(None, Method::POST, "/session", Some(json!({"name": "ana", "password": "not hers at all"}))).await;
+    let wrong =
+        s.send(None, Method::POST, "/session", Some(json!({"name": "ana", "password": "not hers at all"}))).await;
     assert_eq!((wrong.status, code(&wrong)), (StatusCode::UNAUTHORIZED, "login_failed"));
     assert!(wrong.headers.get(header::SET_COOKIE).is_none());
 
@@ -203,8 +210,12 @@ async fn an_analyst_lists_claims_reads_notes_tags_and_decides_a_case_over_http()
 
     let queues = s.get(&ana, "/queues").await;
     assert_eq!(queues.status, StatusCode::OK);
-    let names: Vec<(&str, i64)> =
-        queues.body["queues"].as_array().unwrap().iter().map(|q| (q["name"].as_str().unwrap(), q["open"].as_i64().unwrap())).collect();
+    let names: Vec<(&str, i64)> = queues.body["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| (q["name"].as_str().unwrap(), q["open"].as_i64().unwrap()))
+        .collect();
     assert_eq!(names, [("big", 1), ("default", 2)]);
 
     // Pages in claim order, two at a time, following `next`.
@@ -213,7 +224,9 @@ async fn an_analyst_lists_claims_reads_notes_tags_and_decides_a_case_over_http()
     loop {
         let page = s.get(&ana, &path).await;
         assert_eq!(page.status, StatusCode::OK, "{}", page.body);
-        seen.extend(page.body["cases"].as_array().unwrap().iter().map(|c| c["entity"]["id"].as_str().unwrap().to_owned()));
+        seen.extend(
+            page.body["cases"].as_array().unwrap().iter().map(|c| c["entity"]["id"].as_str().unwrap().to_owned()),
+        );
         match page.body["next"].as_str() {
             Some(next) => path = format!("/cases?limit=2&after={next}"),
             None => break,
@@ -230,7 +243,8 @@ async fn an_analyst_lists_claims_reads_notes_tags_and_decides_a_case_over_http()
     let id = claim.body["claim"]["case"].as_i64().unwrap();
     let taken = s.post(&bo, &format!("/cases/{id}/claim"), json!({})).await;
     assert_eq!((taken.status, code(&taken)), (StatusCode::CONFLICT, "held_by_other"));
-    let not_his = s.post(&bo, &format!("/cases/{id}/verdicts"), json!({"transaction_id": "tx-1", "verdict": "fraud"})).await;
+    let not_his =
+        s.post(&bo, &format!("/cases/{id}/verdicts"), json!({"transaction_id": "tx-1", "verdict": "fraud"})).await;
     assert_eq!((not_his.status, code(&not_his)), (StatusCode::CONFLICT, "lease_lost"));
 
     // The case page's data: the frozen snapshots, event included.
@@ -253,9 +267,13 @@ async fn an_analyst_lists_claims_reads_notes_tags_and_decides_a_case_over_http()
     for (tx, verdict, action) in [("tx-1", "genuine", "release"), ("tx-2", "fraud", "stop")] {
         let v = s.post(&ana, &format!("/cases/{id}/verdicts"), json!({"transaction_id": tx, "verdict": verdict})).await;
         assert_eq!(v.status, StatusCode::OK, "{}", v.body);
-        assert_eq!((v.body["outcome"].as_str(), v.body["resolution"]["action"].as_str()), (Some("resolved"), Some(action)));
+        assert_eq!(
+            (v.body["outcome"].as_str(), v.body["resolution"]["action"].as_str()),
+            (Some("resolved"), Some(action))
+        );
     }
-    let again = s.post(&ana, &format!("/cases/{id}/verdicts"), json!({"transaction_id": "tx-1", "verdict": "fraud"})).await;
+    let again =
+        s.post(&ana, &format!("/cases/{id}/verdicts"), json!({"transaction_id": "tx-1", "verdict": "fraud"})).await;
     assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.body);
 
     let closed = s.get(&ana, &format!("/cases/{id}")).await;
@@ -263,9 +281,13 @@ async fn an_analyst_lists_claims_reads_notes_tags_and_decides_a_case_over_http()
     assert_eq!(closed.body["notes"][0]["body"], "called the cardholder");
     assert_eq!(closed.body["tags"], json!(["callback"]));
     let history = s.get(&ana, &format!("/cases/{id}/history")).await;
-    assert_eq!((history.body["cases"][0]["fraud"].as_i64(), history.body["cases"][0]["genuine"].as_i64()), (Some(1), Some(1)));
+    assert_eq!(
+        (history.body["cases"][0]["fraud"].as_i64(), history.body["cases"][0]["genuine"].as_i64()),
+        (Some(1), Some(1))
+    );
     let audit = s.get(&ana, &format!("/cases/{id}/audit")).await;
-    let actions: Vec<&str> = audit.body["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    let actions: Vec<&str> =
+        audit.body["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
     assert!(actions.starts_with(&["claim"]) && actions.contains(&"verdict"), "{actions:?}");
     let closed_list = s.get(&ana, "/cases?status=closed").await;
     assert_eq!(closed_list.body["cases"][0]["id"].as_i64(), Some(id));
@@ -278,10 +300,19 @@ async fn an_analyst_lists_claims_reads_notes_tags_and_decides_a_case_over_http()
     assert_eq!(terminal.body["cases"].as_array().unwrap().len(), 3);
 
     // A bulk verdict on the two cases left: each is taken and decided.
-    let rest: Vec<i64> = s.get(&ana, "/cases").await.body["cases"].as_array().unwrap().iter().map(|c| c["id"].as_i64().unwrap()).collect();
+    let rest: Vec<i64> = s.get(&ana, "/cases").await.body["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_i64().unwrap())
+        .collect();
     let bulk = s.post(&bo, "/bulk", json!({"cases": rest, "action": {"verdict": "genuine"}})).await;
     assert_eq!(bulk.status, StatusCode::OK, "{}", bulk.body);
-    assert!(bulk.body["outcomes"].as_array().unwrap().iter().all(|o| o["resolved"] == 1 && o["error"].is_null()), "{}", bulk.body);
+    assert!(
+        bulk.body["outcomes"].as_array().unwrap().iter().all(|o| o["resolved"] == 1 && o["error"].is_null()),
+        "{}",
+        bulk.body
+    );
     s.drop_schema().await;
 }
 
@@ -289,8 +320,11 @@ async fn an_analyst_lists_claims_reads_notes_tags_and_decides_a_case_over_http()
 async fn roles_decide_who_takes_escalated_cases_and_manages_accounts() {
     let s = Server::new(ReviewSettings::default()).await;
     s.store.ingest(&[review("tx-1", "card-1", "40.00", 70.0)]).await.unwrap();
-    let (ana, lea, root) =
-        (s.analyst("ana", Role::Analyst).await, s.analyst("lea", Role::Lead).await, s.analyst("root", Role::Admin).await);
+    let (ana, lea, root) = (
+        s.analyst("ana", Role::Analyst).await,
+        s.analyst("lea", Role::Lead).await,
+        s.analyst("root", Role::Admin).await,
+    );
     let id = s.post(&ana, "/claims", json!({})).await.body["claim"]["case"].as_i64().unwrap();
     let up = s.post(&ana, &format!("/cases/{id}/escalation"), json!({"reason": "looks like a ring"})).await;
     assert_eq!(up.status, StatusCode::NO_CONTENT, "{}", up.body);
@@ -311,7 +345,8 @@ async fn roles_decide_who_takes_escalated_cases_and_manages_accounts() {
     }
     let added = s.post(&root, "/users", new_user).await;
     assert_eq!(added.status, StatusCode::CREATED, "{}", added.body);
-    let cy = s.send(None, Method::POST, "/session", Some(json!({"name": "cy", "password": "cy's long password"}))).await;
+    let cy =
+        s.send(None, Method::POST, "/session", Some(json!({"name": "cy", "password": "cy's long password"}))).await;
     assert_eq!(cy.status, StatusCode::OK);
     let gone = s.send(Some(&root), Method::DELETE, "/users/ana", None).await;
     assert_eq!(gone.status, StatusCode::NO_CONTENT);
@@ -327,7 +362,8 @@ async fn four_eyes_over_http_needs_a_second_analyst() {
     s.store.ingest(&[review("tx-big", "card-1", "2500.00", 90.0)]).await.unwrap();
     let (ana, bo) = (s.analyst("ana", Role::Analyst).await, s.analyst("bo", Role::Analyst).await);
     let id = s.post(&ana, "/claims", json!({})).await.body["claim"]["case"].as_i64().unwrap();
-    let v = s.post(&ana, &format!("/cases/{id}/verdicts"), json!({"transaction_id": "tx-big", "verdict": "genuine"})).await;
+    let v =
+        s.post(&ana, &format!("/cases/{id}/verdicts"), json!({"transaction_id": "tx-big", "verdict": "genuine"})).await;
     assert_eq!(v.body["outcome"], "proposed", "{}", v.body);
     let waiting = s.get(&bo, "/proposals").await;
     assert_eq!(waiting.body["proposals"][0]["by"], "ana");
@@ -354,7 +390,12 @@ async fn bad_requests_are_answered_in_the_error_shape_with_what_is_wrong() {
         (Method::GET, "/cases?after=1.2;drop", None, StatusCode::BAD_REQUEST),
         (Method::GET, "/cases?status=maybe", None, StatusCode::BAD_REQUEST),
         (Method::GET, "/search", None, StatusCode::BAD_REQUEST),
-        (Method::POST, "/cases/1/verdicts", Some(json!({"transaction_id": "t", "verdict": "maybe"})), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            Method::POST,
+            "/cases/1/verdicts",
+            Some(json!({"transaction_id": "t", "verdict": "maybe"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
         (Method::POST, "/claims", Some(json!({"queue": "typo for queues"})), StatusCode::UNPROCESSABLE_ENTITY),
     ];
     for (method, path, body, want) in cases {

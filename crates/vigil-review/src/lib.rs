@@ -30,7 +30,7 @@ pub use claim::Claim;
 pub use error::ReviewError;
 pub use follow::{Follow, Followed};
 pub use ingest::Ingested;
-pub use list::{CaseFilter, CasePage, CaseRow, Cursor, QueueCount, Search, MAX_PAGE};
+pub use list::{CaseFilter, CasePage, CaseRow, Cursor, QueueCount, Search, COUNT_LIMIT, MAX_PAGE};
 pub use publish::{check_resolutions_topic, Published, SEQ_HEADER};
 pub use settings::{FourEyes, Queue, ReviewSettings};
 pub use store::{CaseView, PaymentView, ReviewStore};

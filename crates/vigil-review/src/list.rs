@@ -13,17 +13,22 @@ use crate::store::ReviewStore;
 /// Most rows one page gives.
 pub const MAX_PAGE: i64 = 200;
 
+/// Where a queue's counts stop: a count of this many means this many or more.
+pub const COUNT_LIMIT: i64 = 10_000;
+
 /// One queue as an analyst sees it: what waits there.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueueCount {
     pub name: String,
     pub priority: i32,
     /// Open cases in the queue, those nobody holds and that are not snoozed
-    /// (what claim-next can give), and the escalated ones (a lead's).
+    /// (what claim-next can give), and the escalated ones (a lead's); each
+    /// at most [`COUNT_LIMIT`].
     pub open: i64,
     pub claimable: i64,
     pub escalated: i64,
-    /// The earliest hold deadline among its payments not resolved yet.
+    /// When the hold of the case claim-next would give first (the queue's
+    /// most urgent, oldest case) runs out.
     pub next_deadline: Option<DateTime<Utc>>,
 }
 
@@ -139,47 +144,71 @@ fn from_micros(us: i64) -> Result<DateTime<Utc>, ReviewError> {
 impl ReviewStore {
     /// Every queue of the settings, the default one, and any other a case
     /// still sits in (a queue since removed from the pipeline), most urgent
-    /// first, with what waits in each.
+    /// first, with what waits in each. Counts stop at [`COUNT_LIMIT`], so
+    /// that the queue page costs the same with a million open cases as with
+    /// ten: each count walks the claim-order index, at most that far.
     pub async fn queue_counts(&self) -> Result<Vec<QueueCount>, ReviewError> {
         let client = self.pool.get().await?;
-        let rows = client
+        // The distinct queues of open cases, one index probe each (a loose
+        // index scan), rather than a pass over every open case.
+        let present: Vec<String> = client
             .query(
-                "SELECT c.queue, max(c.priority),
-                        count(*),
-                        count(*) FILTER (WHERE NOT c.escalated AND (c.lease_until IS NULL OR c.lease_until <= now())
-                                           AND (c.snoozed_until IS NULL OR c.snoozed_until <= now())),
-                        count(*) FILTER (WHERE c.escalated),
-                        min((SELECT min(p.hold_until) FROM payments p WHERE p.case_id = c.id AND p.resolution IS NULL))
-                 FROM cases c WHERE c.status = 'open' GROUP BY c.queue",
+                "WITH RECURSIVE q AS (
+                     (SELECT queue FROM cases WHERE status = 'open' ORDER BY queue LIMIT 1)
+                     UNION ALL
+                     SELECT (SELECT c.queue FROM cases c WHERE c.status = 'open' AND c.queue > q.queue
+                             ORDER BY c.queue LIMIT 1)
+                     FROM q WHERE q.queue IS NOT NULL)
+                 SELECT queue FROM q WHERE queue IS NOT NULL",
                 &[],
             )
-            .await?;
-        let mut counted: Vec<QueueCount> = rows
+            .await?
             .iter()
-            .map(|r| QueueCount {
-                name: r.get(0),
-                priority: r.get(1),
-                open: r.get(2),
-                claimable: r.get(3),
-                escalated: r.get(4),
-                next_deadline: r.get(5),
-            })
+            .map(|r| r.get(0))
             .collect();
-        let declared = self.settings.queues.iter().map(|q| (q.name.as_str(), q.priority));
-        for (name, priority) in declared.chain([(DEFAULT_QUEUE, 0)]) {
-            if !counted.iter().any(|c| c.name == name) {
-                counted.push(QueueCount {
-                    name: name.to_owned(),
-                    priority,
-                    open: 0,
-                    claimable: 0,
-                    escalated: 0,
-                    next_deadline: None,
-                });
+        let mut names: Vec<(String, i32)> = self
+            .settings
+            .queues
+            .iter()
+            .map(|q| (q.name.clone(), q.priority))
+            .chain([(DEFAULT_QUEUE.to_owned(), 0)])
+            .collect();
+        for p in present {
+            if !names.iter().any(|(n, _)| *n == p) {
+                names.push((p, 0));
             }
         }
-        counted.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.name.cmp(&b.name)));
-        Ok(counted)
+        let statement = client
+            .prepare(
+                "SELECT
+                   (SELECT count(*) FROM (SELECT 1 FROM cases WHERE status = 'open' AND queue = $1 LIMIT $2) a),
+                   (SELECT count(*) FROM (SELECT 1 FROM cases WHERE status = 'open' AND queue = $1 AND NOT escalated
+                        AND (lease_until IS NULL OR lease_until <= now())
+                        AND (snoozed_until IS NULL OR snoozed_until <= now()) LIMIT $2) b),
+                   (SELECT count(*) FROM (SELECT 1 FROM cases WHERE status = 'open' AND queue = $1 AND escalated
+                        LIMIT $2) e),
+                   (SELECT max(priority) FROM (SELECT priority FROM cases WHERE status = 'open' AND queue = $1
+                        ORDER BY priority DESC LIMIT 1) p),
+                   (SELECT min(p.hold_until) FROM payments p WHERE p.resolution IS NULL AND p.case_id = (
+                        SELECT id FROM cases WHERE status = 'open' AND queue = $1
+                        ORDER BY priority DESC, opened_at, id LIMIT 1))",
+            )
+            .await?;
+        let mut out = Vec::with_capacity(names.len());
+        for (name, declared) in names {
+            let r = client.query_one(&statement, &[&name, &COUNT_LIMIT]).await?;
+            let priority: Option<i32> = r.get(3);
+            out.push(QueueCount {
+                priority: if declared != 0 { declared } else { priority.unwrap_or(0) },
+                name,
+                open: r.get(0),
+                claimable: r.get(1),
+                escalated: r.get(2),
+                next_deadline: r.get(4),
+            });
+        }
+        out.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.name.cmp(&b.name)));
+        Ok(out)
     }
 
     /// A page of at most `limit` cases (1 to [`MAX_PAGE`]) after `after`:
