@@ -14,7 +14,7 @@ use crate::store::ReviewStore;
 pub const MAX_PAGE: i64 = 200;
 
 /// Where a queue's counts stop: a count of this many means this many or more.
-pub const COUNT_LIMIT: i64 = 10_000;
+pub const COUNT_LIMIT: i64 = 1_000;
 
 /// One queue as an analyst sees it: what waits there.
 #[derive(Debug, Clone, PartialEq)]
