@@ -14,12 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
-VERSION=4.32.5
-VENV=target/contract-venv
-if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$VERSION"; then
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet "schemathesis==$VERSION"
-fi
+source tests/contract/venv.sh
 cargo build --locked --quiet --bin vigil
 
 secret() { python3 -c 'import secrets; print(secrets.token_hex(32))'; }

@@ -161,7 +161,7 @@ fn most(m: Option<i64>) -> Result<i64, Failure> {
 
 pub async fn history(State(web): State<Arc<Web>>, Path(id): Path<i64>, Query(q): Query<Most>) -> Answer {
     let most = most(q.most)?;
-    let c = web.store.case(id).await?;
+    let c = web.store.case_row(id).await?;
     let cases = web.store.history(&c.entity_kind, &c.entity_id, most).await?;
     ok(json!({
         "entity": {"kind": c.entity_kind, "id": c.entity_id},
@@ -170,7 +170,7 @@ pub async fn history(State(web): State<Arc<Web>>, Path(id): Path<i64>, Query(q):
 }
 
 pub async fn case_audit(State(web): State<Arc<Web>>, Path(id): Path<i64>) -> Answer {
-    web.store.case(id).await?;
+    web.store.case_row(id).await?;
     let entries = web.store.audit_of(id).await?;
     ok(json!({"entries": entries.iter().map(view::audit).collect::<Vec<_>>()}))
 }
@@ -204,7 +204,7 @@ pub async fn claim_next(
 }
 
 pub async fn claim(State(web): State<Arc<Web>>, Extension(u): Extension<SessionUser>, Path(id): Path<i64>) -> Answer {
-    let c = web.store.case(id).await?;
+    let c = web.store.case_row(id).await?;
     if c.escalated {
         require(&u, Role::Lead, "an escalated case")?;
     }

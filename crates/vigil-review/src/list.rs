@@ -274,6 +274,14 @@ impl ReviewStore {
         Ok(CasePage { cases, next })
     }
 
+    /// One case as a list shows it, without its payments' snapshots: what
+    /// a check of its state or its entity needs.
+    pub async fn case_row(&self, id: i64) -> Result<CaseRow, ReviewError> {
+        let client = self.pool.get().await?;
+        let row = client.query_opt(&format!("SELECT {COLUMNS} FROM cases c WHERE c.id = $1"), &[&id]).await?;
+        row.as_ref().map(case_row).ok_or(ReviewError::NoSuchCase(id))
+    }
+
     /// The cases (open first, then newest) whose payments have this card,
     /// terminal or transaction id; at most `most`.
     pub async fn search(&self, by: &Search, most: i64) -> Result<Vec<CaseRow>, ReviewError> {
