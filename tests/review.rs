@@ -291,9 +291,7 @@ async fn resolutions_reach_their_topic_once_even_after_a_publisher_died_between_
     let stop = Arc::new(tokio::sync::Notify::new());
     let publisher = |store: ReviewStore| {
         let (kafka, topic, stop) = (kafka.clone(), topic.clone(), stop.clone());
-        tokio::spawn(async move {
-            store.publish(&kafka, &topic, kafka.labels_topic.as_deref(), 10, stop.notified()).await.unwrap()
-        })
+        tokio::spawn(async move { store.publish(&kafka, &topic, 10, stop.notified()).await.unwrap() })
     };
     let (a, b) = (publisher(store.clone()), publisher(store.clone()));
     let start = Instant::now();
@@ -305,20 +303,36 @@ async fn resolutions_reach_their_topic_once_even_after_a_publisher_died_between_
     let (a, b) = (a.await.unwrap(), b.await.unwrap());
     assert_eq!((a.sent + b.sent, a.found_sent + b.found_sent), (25, 5), "{a:?} {b:?}");
     assert!(a.sent == 0 || b.sent == 0, "one publisher at a time: {a:?} {b:?}");
-    // Ana's five were on the topic already (a publisher sends a batch's labels
-    // before its resolutions, so theirs had gone out before the crash); Bo's
-    // five verdicts went out as labels; the deadline's releases make none.
-    assert_eq!(a.labels + b.labels, 5);
-    let labels =
-        read_all(kafka.labels_topic.as_ref().unwrap(), 5, Duration::from_secs(3), Duration::from_secs(30)).await;
-    assert_eq!(labels.len(), 5);
+    // The verdicts go out as labels on their own path, one sender at a time:
+    // Ana's five frauds and Bo's five genuine payments; the deadline's
+    // releases carry no verdict, so no label.
+    let labels_topic = kafka.labels_topic.clone().unwrap();
+    let sender = |store: ReviewStore| {
+        let (kafka, labels_topic, stop) = (kafka.clone(), labels_topic.clone(), stop.clone());
+        tokio::spawn(async move {
+            let sink = vigil_review::TopicLabels::new(&kafka, &labels_topic).unwrap();
+            store.send_labels(&sink, 4, stop.notified()).await.unwrap()
+        })
+    };
+    let (a, b) = (sender(store.clone()), sender(store.clone()));
+    let start = Instant::now();
+    while count(&db, "SELECT count(*) FROM resolutions WHERE label_sent_at IS NULL AND verdict IS NOT NULL").await > 0 {
+        assert!(start.elapsed() < Duration::from_secs(60), "labels still unsent after 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.notify_waiters();
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    assert_eq!((a + b, a.min(b)), (10, 0), "ten labels, by one sender: {a} {b}");
+    let labels = read_all(&labels_topic, 10, Duration::from_secs(3), Duration::from_secs(30)).await;
+    assert_eq!(labels.len(), 10);
+    let mut by = BTreeMap::new();
     for m in &labels {
         let label = vigil_core::Label::from_json(m.payload().unwrap()).unwrap();
-        assert_eq!(label.verdict, Verdict::Genuine);
-        assert_eq!(label.source.as_deref(), Some("review:bo"));
+        *by.entry((label.source.clone().unwrap_or_default(), label.verdict.name())).or_insert(0) += 1;
         assert!(label.fields.contains_key(&vigil_core::EventField::CardId), "{label:?}");
         assert!(label.occurred_at.is_some());
     }
+    assert_eq!(by, BTreeMap::from([(("review:ana".to_owned(), "fraud"), 5), (("review:bo".to_owned(), "genuine"), 5)]));
 
     let records = read_all(&topic, 30, Duration::from_secs(3), Duration::from_secs(30)).await;
     let mut seen = BTreeMap::new();
@@ -369,4 +383,220 @@ async fn accounts_are_added_from_the_command_line_with_the_password_from_the_env
     let role: String = db.query_one("SELECT role FROM users WHERE name = 'lee'", &[]).await.unwrap().get(0);
     assert_eq!(role, "lead");
     db.batch_execute(&format!("DROP SCHEMA {name} CASCADE")).await.unwrap();
+}
+
+/// A process of the real binary, killed when the test ends (stopped with
+/// SIGTERM first by [`Proc::stop`]).
+struct Proc(Child, std::path::PathBuf);
+
+impl Proc {
+    fn spawn(args: &[&str], log: std::path::PathBuf) -> Proc {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Proc(child, log)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.1).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the binary to its end; its standard output, or a panic with both outputs.
+fn vigil(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil")).args(args).envs(env.iter().copied()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "vigil {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The README's walk, with the real binaries: `vigil run` decides generated
+/// payments, `vigil review serve` makes cases of its reviews, an analyst
+/// logs in over HTTP, claims a case and calls a payment a fraud; the
+/// resolution is on the resolutions topic (`vigil topics read`), and the
+/// next payment at the same terminal counts the fraud in its features. With
+/// `labels_topic`, the verdict travels as a label through the labels topic
+/// that `vigil run` reads; without, straight into the Redis feature store.
+async fn walk(labels_topic: bool) {
+    let mut test = TestPipeline::local(if labels_topic { "walk" } else { "walk-nolabels" });
+    if !labels_topic {
+        test = test.without("kafka.labels_topic");
+    }
+    let tag = test.config().store.key_prefix.clone();
+    let name = format!("review_{}", tag.replace('-', "_"));
+    let (db, settings) = schema(&name).await;
+    let test = test.set("review.database", settings.as_str());
+    let config = test.config();
+    let file = repo().join(format!("pipelines/.test-{tag}.toml"));
+    std::fs::write(&file, test.text()).unwrap();
+    let pipeline = file.to_str().unwrap();
+    let logs = std::env::temp_dir();
+
+    let created = vigil(&["topics", "create", "--pipeline", pipeline, "--partitions", "2"], &[]);
+    assert!(created.contains(&format!("created {}", config.review.resolutions_topic.as_ref().unwrap())), "{created}");
+    let run = Proc::spawn(&["run", "--pipeline", pipeline], logs.join(format!("vigil-{tag}-run.log")));
+    vigil(
+        &["review", "user", "add", "--pipeline", pipeline, "--name", "ana", "--password-env", "ANA_PASSWORD"],
+        &[("ANA_PASSWORD", "ana's long password")],
+    );
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let serve = Proc::spawn(
+        &["review", "serve", "--pipeline", pipeline, "--listen", &listen],
+        logs.join(format!("vigil-{tag}-serve.log")),
+    );
+    let gen = GenConfig { seed: 21, events: 1_500, cards: 150, merchants: 30, days: 3, ..GenConfig::default() };
+    let events: Vec<Event> = vigil_gen::generate(&gen).into_iter().map(|l| l.event).collect();
+    let events_file = logs.join(format!("vigil-{tag}-events.jsonl"));
+    std::fs::write(
+        &events_file,
+        events.iter().map(|e| String::from_utf8(e.to_json()).unwrap() + "\n").collect::<String>(),
+    )
+    .unwrap();
+    vigil(&["produce", "--pipeline", pipeline, events_file.to_str().unwrap()], &[]);
+
+    // The analyst logs in and claims the next case once the reviews are in.
+    let http = reqwest::Client::new();
+    let api = format!("http://{listen}/api/v1/review");
+    let start = Instant::now();
+    let login = loop {
+        let r = http
+            .post(format!("{api}/session"))
+            .json(&serde_json::json!({"name": "ana", "password": "ana's long password"}))
+            .send()
+            .await;
+        if let Some(r) = r.ok().filter(|r| r.status().is_success()) {
+            break r;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no login in 60 s: {}", serve.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let csrf = login.json::<serde_json::Value>().await.unwrap()["csrf_token"].as_str().unwrap().to_owned();
+    let post = |path: String, body: serde_json::Value| {
+        http.post(format!("{api}{path}")).header("cookie", &cookie).header("x-csrf-token", &csrf).json(&body).send()
+    };
+    // Claim-next until a case holds a payment below four-eyes, at a terminal
+    // (online payments have none).
+    let (case_id, payment) = loop {
+        let r = post("/claims".into(), serde_json::json!({})).await.unwrap();
+        assert!(start.elapsed() < Duration::from_secs(180), "no case to claim in 180 s: {}", run.log());
+        if r.status() != reqwest::StatusCode::OK {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        let claim = r.json::<serde_json::Value>().await.unwrap();
+        let case_id = claim["claim"]["case"].as_i64().unwrap();
+        let case: serde_json::Value = http
+            .get(format!("{api}/cases/{case_id}"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let fits = case["payments"].as_array().unwrap().iter().find(|p| {
+            p["amount"].as_str().unwrap().parse::<rust_decimal::Decimal>().unwrap()
+                <= rust_decimal::Decimal::from(5_000)
+                && p["decision"]["event"]["terminal_id"].is_string()
+        });
+        if let Some(p) = fits {
+            break (case_id, p.clone());
+        }
+    };
+    let tx = payment["transaction_id"].as_str().unwrap().to_owned();
+    let terminal = payment["decision"]["event"]["terminal_id"].as_str().unwrap().to_owned();
+    assert_eq!(payment["decision"]["features"]["terminal_frauds_7d"], 0, "no fraud known at the terminal yet");
+    let verdict =
+        post(format!("/cases/{case_id}/verdicts"), serde_json::json!({"transaction_id": tx, "verdict": "fraud"}))
+            .await
+            .unwrap();
+    assert!(verdict.status().is_success(), "{:?}", verdict.text().await);
+
+    // The resolution is on the resolutions topic, once.
+    let start = Instant::now();
+    let resolution = loop {
+        let out = vigil(&["topics", "read", "--pipeline", pipeline, "resolutions"], &[]);
+        let found: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["transaction_id"] == tx.as_str())
+            .collect();
+        if let Some(r) = found.first() {
+            assert_eq!(found.len(), 1, "{out}");
+            break r.clone();
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no resolution in 60 s: {}", serve.log());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!((resolution["action"].as_str(), resolution["resolved_by"].as_str()), (Some("stop"), Some("ana")));
+    assert_eq!(resolution["amount"], payment["amount"]);
+
+    // The next payment at that terminal counts the fraud. The label may
+    // still be on its way: each try is a new payment, and the first to see
+    // it must see exactly one.
+    let start = Instant::now();
+    for i in 0.. {
+        let next_tx = format!("next-{tag}-{i}");
+        let event = serde_json::json!({
+            "transaction_id": next_tx, "timestamp": chrono::Utc::now().to_rfc3339(), "amount": "12.50",
+            "currency": "EUR", "card_id": format!("card-next-{i}"), "terminal_id": terminal,
+        });
+        let one = logs.join(format!("vigil-{tag}-next.jsonl"));
+        std::fs::write(&one, format!("{event}\n")).unwrap();
+        vigil(&["produce", "--pipeline", pipeline, one.to_str().unwrap()], &[]);
+        let decided = loop {
+            let out = vigil(&["topics", "read", "--pipeline", pipeline, "decisions", "--last", "20"], &[]);
+            if let Some(d) =
+                out.lines().map(|l| serde_json::from_str::<Decision>(l).unwrap()).find(|d| d.transaction_id == next_tx)
+            {
+                break d;
+            }
+            assert!(start.elapsed() < Duration::from_secs(120), "{next_tx} not decided: {}", run.log());
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        let frauds = serde_json::to_value(&decided.features["terminal_frauds_7d"]).unwrap();
+        if frauds == 1 {
+            break;
+        }
+        assert_eq!(frauds, 0, "{decided:?}");
+        assert!(start.elapsed() < Duration::from_secs(120), "the verdict never reached the features: {}", serve.log());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let said = serve.log();
+    let to = if labels_topic { "the labels topic" } else { "the feature store" };
+    assert!(said.contains("analysts' verdicts go out as labels") && said.contains(to), "{said}");
+
+    drop(serve);
+    drop(run);
+    std::fs::remove_file(&file).ok();
+    db.batch_execute(&format!("DROP SCHEMA {name} CASCADE")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_walk_a_verdict_stops_the_payment_and_the_next_decision_counts_it() {
+    walk(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_labels_topic_a_verdict_reaches_the_features_through_the_store() {
+    walk(false).await;
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use clap::Subcommand;
-use vigil_review::{CaseEntity, Follow, HoldAction, ReviewSettings, ReviewStore, Role};
+use vigil_review::{
+    CaseEntity, Follow, HoldAction, LabelSink, ReviewSettings, ReviewStore, Role, StoreLabels, TopicLabels,
+};
 
 use super::load_pipeline;
 
@@ -169,10 +171,11 @@ pub struct IngestArgs {
     #[arg(long)]
     on_deadline: Option<String>,
     /// Publish each resolution once to this topic (keyed by transaction
-    /// id), for the ledger or payment service to capture or void, and each
-    /// analyst's verdict as a label to the pipeline's labels topic when it
-    /// has one; `[review] resolutions_topic` when not given. Without
-    /// either, resolutions wait in the database's outbox.
+    /// id), for the ledger or payment service to capture or void;
+    /// `[review] resolutions_topic` when not given. Without either,
+    /// resolutions wait in the database's outbox. (Analysts' verdicts go as
+    /// labels to the pipeline's labels topic, or without one to its Redis
+    /// feature store, with or without this topic.)
     #[arg(long)]
     resolutions_topic: Option<String>,
     /// Most decisions per batch (one database transaction each).
@@ -189,12 +192,17 @@ struct Review {
     batch: usize,
     on_deadline: HoldAction,
     resolutions_topic: Option<String>,
+    /// Where analysts' verdicts go as labels; none when the pipeline has
+    /// neither a labels topic nor a feature store that outlives a process.
+    labels: Option<Box<dyn LabelSink>>,
 }
 
 impl IngestArgs {
     /// Reads the settings and readies the database; the brokers are needed
-    /// to `follow` the decisions topic and to publish resolutions.
-    async fn prepare(self, follow: bool) -> anyhow::Result<Review> {
+    /// to `follow` the decisions topic and to publish resolutions. `loops`:
+    /// the review loops will run (resolving holds, publishing, sending
+    /// labels), so their sinks are connected too.
+    async fn prepare(self, follow: bool, loops: bool) -> anyhow::Result<Review> {
         let config = load_pipeline(&self.pipeline)?;
         let kafka = config.kafka.clone();
         let database = self.database.or_pipeline(Some(&config))?;
@@ -225,17 +233,39 @@ impl IngestArgs {
             })?;
             if let Some(topic) = &resolutions_topic {
                 vigil_review::check_resolutions_topic(kafka, topic)?;
-                // Verdicts go out as labels beside the resolutions.
-                if let Some(labels) = &kafka.labels_topic {
-                    vigil_review::check_resolutions_topic(kafka, labels)?;
-                }
             }
         }
+        let labels = if loops { label_sink(&config).await? } else { None };
         let store = ReviewStore::connect(&database, 8, settings)?;
         store.migrate().await.context("preparing the review database")?;
         let group = self.group.unwrap_or_else(|| format!("{}-review", kafka.as_ref().map_or("vigil", |k| &k.group_id)));
-        Ok(Review { store, kafka, group, batch: self.batch, on_deadline, resolutions_topic })
+        Ok(Review { store, kafka, group, batch: self.batch, on_deadline, resolutions_topic, labels })
     }
+}
+
+/// Where analysts' verdicts go as labels: the pipeline's labels topic, else
+/// its feature store (Redis), so that the next decision's label features
+/// count them. An in-memory store belongs to another process: the verdicts
+/// then wait in the review database, said once at start.
+async fn label_sink(config: &vigil_core::PipelineConfig) -> anyhow::Result<Option<Box<dyn LabelSink>>> {
+    if let Some((kafka, topic)) = config.kafka.as_ref().and_then(|k| k.labels_topic.as_ref().map(|t| (k, t))) {
+        vigil_review::check_resolutions_topic(kafka, topic)
+            .with_context(|| format!("{}: verdicts go to the labels topic", config.file.display()))?;
+        return Ok(Some(Box::new(TopicLabels::new(kafka, topic)?)));
+    }
+    if matches!(config.store.backend, vigil_core::pipeline::StoreBackend::Memory) {
+        tracing::warn!(
+            pipeline = %config.file.display(),
+            "no labels topic and an in-memory feature store: analysts' verdicts stay in the review database \
+             (resolutions.verdict) and reach no label feature; set [kafka] labels_topic or a Redis store"
+        );
+        return Ok(None);
+    }
+    let plan = vigil_features::Plan::new(config.features.clone());
+    let store = vigil_features::connect(&config.store, plan)
+        .await
+        .with_context(|| format!("{}: verdicts go to the feature store", config.file.display()))?;
+    Ok(Some(Box::new(StoreLabels::new(store, "the feature store"))))
 }
 
 /// Completes once `stop` says so (or its sender is gone).
@@ -247,13 +277,16 @@ impl Review {
     /// Resolves holds that run out and publishes resolutions (when there is a
     /// topic) until `stop`, and follows the decisions topic too when `follow`.
     async fn run(self, follow: bool, stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
-        let Review { store, kafka, group, batch, on_deadline, resolutions_topic } = self;
+        let Review { store, kafka, group, batch, on_deadline, resolutions_topic, labels } = self;
         let sweeper = tokio::spawn(resolve_due_every_second(store.clone(), on_deadline));
         let publisher = resolutions_topic.zip(kafka.clone()).map(|(topic, kafka)| {
             let (store, stop) = (store.clone(), stop.clone());
-            tokio::spawn(async move {
-                store.publish(&kafka, &topic, kafka.labels_topic.as_deref(), 500, stopped(stop)).await
-            })
+            tokio::spawn(async move { store.publish(&kafka, &topic, 500, stopped(stop)).await })
+        });
+        let labeller = labels.map(|sink| {
+            let (store, stop) = (store.clone(), stop.clone());
+            tracing::info!(to = %sink.describe(), "analysts' verdicts go out as labels");
+            tokio::spawn(async move { store.send_labels(sink.as_ref(), 500, stopped(stop)).await })
         });
         let result = if let Some(kafka) = kafka.filter(|_| follow) {
             tracing::info!(topic = %kafka.decisions_topic, %group, "following decisions into the review store");
@@ -277,12 +310,11 @@ impl Review {
         sweeper.abort();
         if let Some(p) = publisher {
             let published = p.await.context("the resolutions publisher")??;
-            tracing::info!(
-                sent = published.sent,
-                found_sent = published.found_sent,
-                labels = published.labels,
-                "resolutions publisher stopped"
-            );
+            tracing::info!(sent = published.sent, found_sent = published.found_sent, "resolutions publisher stopped");
+        }
+        if let Some(l) = labeller {
+            let sent = l.await.context("the label sender")??;
+            tracing::info!(sent, "verdict labels sender stopped");
         }
         Ok(result?)
     }
@@ -321,7 +353,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ingest { args, decisions: Some(file) } => {
-            let review = args.prepare(false).await?;
+            let review = args.prepare(false, false).await?;
             let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let mut batch = Vec::new();
             let mut total = vigil_review::Ingested::default();
@@ -345,12 +377,12 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Ingest { args, decisions: None } => args.prepare(true).await?.run(true, stop_on_signal()).await,
+        Command::Ingest { args, decisions: None } => args.prepare(true, true).await?.run(true, stop_on_signal()).await,
         Command::Serve { ingest, listen, no_follow, session, insecure_cookie } => {
             let session_ttl = vigil_core::feature::parse_duration_s(&session)
                 .map_err(|m| anyhow!("--session {session}: {m}"))
                 .map(Duration::from_secs)?;
-            let review = ingest.prepare(!no_follow).await?;
+            let review = ingest.prepare(!no_follow, true).await?;
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
                 .with_context(|| format!("--listen {listen}: cannot listen there"))?;

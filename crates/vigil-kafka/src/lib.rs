@@ -11,6 +11,7 @@
 
 mod drain;
 mod health;
+pub mod read;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +46,8 @@ pub enum Error {
     Delivery { topic: String, source: KafkaError },
     #[error("the pipeline has no [kafka] section")]
     NoKafka,
+    #[error("reading `{topic}`: partitions {partitions:?} gave no records up to their end within {timeout_s} s")]
+    Stalled { topic: String, partitions: Vec<i32>, timeout_s: u64 },
 }
 
 /// The pipeline's `[kafka]`, or a clear error when it has none.

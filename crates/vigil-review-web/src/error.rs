@@ -52,7 +52,7 @@ pub fn kind(e: &ReviewError) -> (StatusCode, &'static str) {
         E::NoSuchPayment { .. } => (StatusCode::NOT_FOUND, "no_such_payment"),
         E::NoSuchTransaction(_) => (StatusCode::NOT_FOUND, "no_such_transaction"),
         E::LoginFailed => (StatusCode::UNAUTHORIZED, "login_failed"),
-        E::Database(_) | E::Pool(_) | E::Kafka(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        E::Database(_) | E::Pool(_) | E::Kafka(_) | E::Labels(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         E::Settings { .. } | E::Migrate(_) | E::Snapshot { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }
 }

@@ -30,6 +30,9 @@ pub enum ReviewError {
     /// The decisions topic could not be read (brokers away, topic missing).
     #[error("{0}")]
     Kafka(String),
+    /// Verdicts could not be recorded as labels in the feature store.
+    #[error("verdict labels: {0}")]
+    Labels(String),
     /// The payment is not in that case.
     #[error("case {case}: no payment {transaction_id}")]
     NoSuchPayment { case: i64, transaction_id: String },

@@ -9,6 +9,9 @@
 //!                                                            │
 //!            ReviewStore::claim_next, renew, release <───────┤  (a lease per case)
 //!            ReviewStore::verdict, resolve_due ──────────────┴─> resolutions (the outbox)
+//!                                                                 │
+//!            ReviewStore::publish: the resolutions topic <────────┤
+//!            ReviewStore::send_labels: verdicts as labels <───────┘  (labels topic or feature store)
 //! ```
 
 mod accounts;
@@ -17,6 +20,7 @@ mod claim;
 mod error;
 mod follow;
 mod ingest;
+mod labels;
 mod list;
 mod publish;
 mod settings;
@@ -30,6 +34,7 @@ pub use claim::Claim;
 pub use error::ReviewError;
 pub use follow::{Follow, Followed};
 pub use ingest::Ingested;
+pub use labels::{LabelSink, StoreLabels, TopicLabels};
 pub use list::{CaseFilter, CasePage, CaseRow, Cursor, QueueCount, Search, COUNT_LIMIT, MAX_PAGE};
 pub use publish::{check_resolutions_topic, Published, SEQ_HEADER};
 pub use settings::{FourEyes, Queue, ReviewSettings};

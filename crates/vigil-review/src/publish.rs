@@ -18,13 +18,10 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
-use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::json;
 use vigil_core::pipeline::KafkaConfig;
-use vigil_core::{Event, Label, Verdict};
 use vigil_kafka::{BrokerHealth, SetIfAbsent as _, Watched};
 
 use crate::error::ReviewError;
@@ -44,22 +41,17 @@ pub struct Published {
     pub sent: u64,
     /// Resolutions found on the topic already after a crash: marked, not sent again.
     pub found_sent: u64,
-    /// Labels sent for analysts' verdicts.
-    pub labels: u64,
 }
 
 impl ReviewStore {
     /// Publishes the outbox to `topic` until `shutdown` completes, `batch`
     /// resolutions at a time. Waits while another review server publishes.
-    /// With `labels`, each analyst's verdict also goes there as a label (the
-    /// pipeline's labels topic), so the label features and the training
-    /// history learn it; a label sent twice after a crash is counted once by
-    /// the stream, as any redelivered label.
+    /// (Analysts' verdicts leave as labels on their own path:
+    /// [`ReviewStore::send_labels`].)
     pub async fn publish(
         &self,
         kafka: &KafkaConfig,
         topic: &str,
-        labels: Option<&str>,
         batch: i64,
         shutdown: impl Future<Output = ()>,
     ) -> Result<Published, ReviewError> {
@@ -85,12 +77,11 @@ impl ReviewStore {
             .map_err(|e| ReviewError::Kafka(e.to_string()))?;
         totals.found_sent = self.mark_found_on_topic(kafka, topic, batch).await?;
         loop {
-            let sent = self.publish_batch(&producer, topic, labels, batch).await;
+            let sent = self.publish_batch(&producer, topic, batch).await;
             match sent {
-                Ok((0, _)) => {}
-                Ok((n, l)) => {
+                Ok(0) => {}
+                Ok(n) => {
                     totals.sent += n;
-                    totals.labels += l;
                     continue;
                 }
                 Err(e) => tracing::warn!(error = %e, "resolutions not published yet; trying again"),
@@ -104,41 +95,25 @@ impl ReviewStore {
         Ok(totals)
     }
 
-    /// Sends the next unpublished resolutions, in order, and the labels of
-    /// their verdicts; how many of each.
+    /// Sends the next unpublished resolutions, in order; how many.
     async fn publish_batch(
         &self,
         producer: &vigil_kafka::Producer,
         topic: &str,
-        labels: Option<&str>,
         batch: i64,
-    ) -> Result<(u64, u64), ReviewError> {
+    ) -> Result<u64, ReviewError> {
         let client = self.pool.get().await?;
         let rows = client
             .query(
                 "SELECT r.seq, r.transaction_id, r.case_id, r.action, r.resolved_by, r.verdict, r.resolved_at,
-                        p.amount, p.currency, (p.decision -> 'event')::text, r.confirmed_by
+                        p.amount, p.currency, r.confirmed_by
                  FROM resolutions r JOIN payments p USING (transaction_id)
                  WHERE r.published_at IS NULL ORDER BY r.seq LIMIT $1",
                 &[&batch],
             )
             .await?;
         if rows.is_empty() {
-            return Ok((0, 0));
-        }
-        // Labels first, delivered before any resolution is sent: a
-        // resolution found on the topic after a crash had its label delivered.
-        let mut l = 0;
-        if let Some(labels) = labels {
-            let mut pending = Vec::new();
-            for (r, label) in rows.iter().filter_map(|r| Some((r, label_of(r)?))) {
-                let key: String = r.get(1);
-                let payload = label.to_json();
-                let record = FutureRecord::to(labels).key(key.as_bytes()).payload(payload.as_slice());
-                pending
-                    .push(vigil_kafka::enqueue(producer, record).await.map_err(|e| ReviewError::Kafka(e.to_string()))?);
-            }
-            l = vigil_kafka::delivered(pending, labels).await.map_err(|e| ReviewError::Kafka(e.to_string()))?;
+            return Ok(0);
         }
         let mut pending = Vec::with_capacity(rows.len());
         let mut seqs = Vec::with_capacity(rows.len());
@@ -150,7 +125,7 @@ impl ReviewStore {
                 "action": r.get::<_, String>(3),
                 "resolved_by": r.get::<_, String>(4),
                 "verdict": r.get::<_, Option<String>>(5),
-                "confirmed_by": r.get::<_, Option<String>>(10),
+                "confirmed_by": r.get::<_, Option<String>>(9),
                 "case_id": r.get::<_, i64>(2),
                 "resolved_at": r.get::<_, chrono::DateTime<chrono::Utc>>(6),
                 "amount": r.get::<_, rust_decimal::Decimal>(7).to_string(),
@@ -171,7 +146,7 @@ impl ReviewStore {
         }
         let n = vigil_kafka::delivered(pending, topic).await.map_err(|e| ReviewError::Kafka(e.to_string()))?;
         client.execute("UPDATE resolutions SET published_at = now() WHERE seq = ANY($1)", &[&seqs]).await?;
-        Ok((n, l))
+        Ok(n)
     }
 
     /// Marks the unpublished resolutions that the tail of `topic` holds
@@ -204,97 +179,19 @@ impl ReviewStore {
     }
 }
 
-/// The label of an analyst's verdict (none for a deadline), from the
-/// payment's frozen event: every entity field, the event's time, the
-/// verdict's time as `reported_at`, `review:ANALYST` as its source.
-fn label_of(row: &tokio_postgres::Row) -> Option<Label> {
-    let verdict = Verdict::parse(&row.get::<_, Option<String>>(5)?)?;
-    let transaction_id: String = row.get(1);
-    let event: Event = match serde_json::from_str(&row.get::<_, Option<String>>(9)?) {
-        Ok(e) => e,
-        Err(e) => {
-            // A snapshot written by hand, or by a Vigil whose event format
-            // this one no longer reads: the resolution still goes out.
-            tracing::warn!(%transaction_id, error = %e, "verdict not sent as a label: its stored event does not read");
-            return None;
-        }
-    };
-    let by: String = row.get(4);
-    Some(Label::for_event(&event, verdict, row.get(6), Some(&format!("review:{by}"))))
-}
-
 /// Checks that a topic the review server publishes to (resolutions, labels)
-/// exists, failing within seconds with a
-/// clear error when it does not or the brokers cannot be reached.
+/// exists, failing within seconds with a clear error when it does not or the
+/// brokers cannot be reached.
 pub fn check_resolutions_topic(kafka: &KafkaConfig, topic: &str) -> Result<(), ReviewError> {
-    partitions_of(&readback_consumer(kafka, topic)?, kafka, topic).map(|_| ())
-}
-
-fn readback_consumer(kafka: &KafkaConfig, topic: &str) -> Result<BaseConsumer, ReviewError> {
-    vigil_kafka::client_config(kafka)
-        .set("group.id", "vigil-review-readback")
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(|e| ReviewError::Kafka(format!("reading back `{topic}`: {e}")))
-}
-
-/// The partitions of `topic`, or an error naming the topic and the brokers.
-fn partitions_of(consumer: &BaseConsumer, kafka: &KafkaConfig, topic: &str) -> Result<Vec<i32>, ReviewError> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), vigil_kafka::STARTUP_TIMEOUT)
-        .map_err(|e| ReviewError::Kafka(format!("cannot reach Kafka at {}: {e}", kafka.brokers)))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        return Err(ReviewError::Kafka(format!(
-            "topic `{topic}` does not exist on {}; create it first",
-            kafka.brokers
-        )));
-    }
-    Ok(partitions)
+    let kafka_err = |e: vigil_kafka::Error| ReviewError::Kafka(e.to_string());
+    vigil_kafka::read::partitions(&vigil_kafka::read::reader(kafka).map_err(kafka_err)?, kafka, topic)
+        .map(|_| ())
+        .map_err(kafka_err)
 }
 
 /// The outbox numbers of the last `most` records of each partition of `topic`.
 fn read_tail(kafka: &KafkaConfig, topic: &str, most: i64) -> Result<BTreeSet<i64>, ReviewError> {
-    let kafka_err = |e: rdkafka::error::KafkaError| ReviewError::Kafka(format!("reading back `{topic}`: {e}"));
-    let consumer = readback_consumer(kafka, topic)?;
-    let timeout = vigil_kafka::STARTUP_TIMEOUT;
-    let partitions = partitions_of(&consumer, kafka, topic)?;
-    let mut list = TopicPartitionList::new();
-    let mut ends = std::collections::HashMap::new();
-    for p in partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, p, timeout).map_err(kafka_err)?;
-        if high > low {
-            list.add_partition_offset(topic, p, Offset::Offset((high - most).max(low))).map_err(kafka_err)?;
-            ends.insert(p, high);
-        }
-    }
-    let mut found = BTreeSet::new();
-    if ends.is_empty() {
-        return Ok(found);
-    }
-    consumer.assign(&list).map_err(kafka_err)?;
-    let deadline = std::time::Instant::now() + timeout;
-    while !ends.is_empty() && std::time::Instant::now() < deadline {
-        let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
-        let m = m.map_err(kafka_err)?;
-        if let Some(seq) = m
-            .headers()
-            .and_then(|h| h.iter().find(|h| h.key == SEQ_HEADER))
-            .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
-        {
-            found.insert(seq);
-        }
-        if ends.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
-            ends.remove(&m.partition());
-        }
-    }
-    if !ends.is_empty() {
-        return Err(ReviewError::Kafka(format!("reading back `{topic}`: partitions {:?} did not answer", ends.keys())));
-    }
-    Ok(found)
+    let records = vigil_kafka::read::read(kafka, topic, Some(most), vigil_kafka::STARTUP_TIMEOUT)
+        .map_err(|e| ReviewError::Kafka(format!("reading back `{topic}`: {e}")))?;
+    Ok(records.iter().filter_map(|r| std::str::from_utf8(r.header(SEQ_HEADER)?).ok()?.parse().ok()).collect())
 }

@@ -721,3 +721,51 @@ async fn accounts_log_in_with_argon2_and_sessions_need_their_csrf_token_for_chan
     assert_eq!(f.store.verify_audit(100).await.unwrap().broken, None);
     f.drop_schema().await;
 }
+
+#[tokio::test]
+async fn verdicts_reach_the_feature_store_as_labels_once_without_any_topic() {
+    use vigil_core::{Aggregate, EntityKey, Event, FeatureDef, FeatureValue};
+    use vigil_features::{FeatureStore, MemoryStore, Plan};
+    use vigil_review::StoreLabels;
+    let f = Fixture::new(ReviewSettings::default(), 2).await;
+    let mut frauds =
+        FeatureDef::new("card_frauds_7d", EntityKey::parse("card_id").unwrap(), Aggregate::FraudCount, 7 * 86_400);
+    frauds.delay_s = 0;
+    let features = Arc::new(MemoryStore::new(Plan::new(vec![frauds]), 86_400));
+    let sink = StoreLabels::new(features.clone(), "the test's memory store");
+    f.store
+        .ingest(&[
+            decision("l1", "review", Some("card-l"), "30.00", 60.0),
+            decision("l2", "review", Some("card-l"), "20.00", 60.0),
+        ])
+        .await
+        .unwrap();
+    // Nothing decided yet: nothing to send.
+    assert_eq!(f.store.send_label_batch(&sink, 100).await.unwrap(), 0);
+    let claim = f.store.claim_next("ana", &[], LONG).await.unwrap().unwrap();
+    f.store.verdict(claim.case, "ana", "l1", Verdict::Fraud).await.unwrap();
+    f.store.verdict(claim.case, "ana", "l2", Verdict::Genuine).await.unwrap();
+    assert_eq!(f.store.send_label_batch(&sink, 100).await.unwrap(), 2, "both verdicts go out as labels");
+    assert_eq!(f.store.send_label_batch(&sink, 100).await.unwrap(), 0, "and are marked sent");
+    assert_eq!(f.count("SELECT count(*) FROM resolutions WHERE label_sent_at IS NULL").await, 0);
+
+    // The card's next payment sees the fraud (reported now, so a payment
+    // made now counts it).
+    let next = |tx: &str| -> Event {
+        serde_json::from_value(serde_json::json!({
+            "transaction_id": tx, "timestamp": chrono::Utc::now().to_rfc3339(), "amount": "5.00",
+            "currency": "EUR", "card_id": "card-l"
+        }))
+        .unwrap()
+    };
+    let seen = features.process(&[&next("n1")]).await.unwrap();
+    assert_eq!(seen[0].values, vec![FeatureValue::Count(1)]);
+
+    // A sender that died between sending and marking sends again: the store
+    // counts the fraud once.
+    f.sql("UPDATE resolutions SET label_sent_at = NULL").await;
+    assert_eq!(f.store.send_label_batch(&sink, 100).await.unwrap(), 2);
+    let seen = features.process(&[&next("n2")]).await.unwrap();
+    assert_eq!(seen[0].values, vec![FeatureValue::Count(1)], "a label sent twice is counted once");
+    f.drop_schema().await;
+}
