@@ -385,6 +385,9 @@ async fn accounts_are_added_from_the_command_line_with_the_password_from_the_env
     db.batch_execute(&format!("DROP SCHEMA {name} CASCADE")).await.unwrap();
 }
 
+/// Webhook requests received: the signature header and the body's bytes.
+type Hooks = Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// A process of the real binary, killed when the test ends (stopped with
 /// SIGTERM first by [`Proc::stop`]).
 struct Proc(Child, std::path::PathBuf);
@@ -395,6 +398,7 @@ impl Proc {
         let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
             .args(args)
             .env("RUST_LOG", "info")
+            .env("VIGIL_TEST_HOOK_SECRET", "the hook's secret")
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -442,7 +446,32 @@ async fn walk(labels_topic: bool) {
     let tag = test.config().store.key_prefix.clone();
     let name = format!("review_{}", tag.replace('-', "_"));
     let (db, settings) = schema(&name).await;
-    let test = test.set("review.database", settings.as_str());
+    let mut test = test.set("review.database", settings.as_str());
+    // A webhook receiver, told of every case opened, signed with its secret.
+    let hooks: Hooks = Arc::default();
+    let received = hooks.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let received = received.clone();
+            async move {
+                let signature = headers.get("vigil-signature").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                received.lock().unwrap().push((signature.to_owned(), body.to_vec()));
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let hook_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", hook_listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(hook_listener, app).await });
+    if labels_topic {
+        let mut hook = toml::Table::new();
+        hook.insert("name".into(), "crm".into());
+        hook.insert("url".into(), hook_url.into());
+        hook.insert("secret_env".into(), "VIGIL_TEST_HOOK_SECRET".into());
+        hook.insert("events".into(), toml::Value::Array(vec!["case.opened".into()]));
+        test = test.add("review.webhooks", toml::Value::Array(vec![hook.into()]));
+    }
     let config = test.config();
     let file = repo().join(format!("pipelines/.test-{tag}.toml"));
     std::fs::write(&file, test.text()).unwrap();
@@ -580,6 +609,27 @@ async fn walk(labels_topic: bool) {
         assert_eq!(frauds, 0, "{decided:?}");
         assert!(start.elapsed() < Duration::from_secs(120), "the verdict never reached the features: {}", serve.log());
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    if labels_topic {
+        // The claimed case's opening reached the webhook, signed, with the case.
+        let start = Instant::now();
+        loop {
+            let got = hooks.lock().unwrap().clone();
+            let ours = got.iter().find_map(|(signature, bytes)| {
+                let body: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+                (body["case"]["id"] == case_id).then(|| (signature.clone(), bytes.clone(), body))
+            });
+            if let Some((signature, bytes, body)) = ours {
+                assert!(
+                    vigil_core::signature::verify(&signature, b"the hook's secret", "POST", "/hook", &bytes).is_some()
+                );
+                assert_eq!(body["event"], "case.opened");
+                assert!(!body["case"]["payments"].as_array().unwrap().is_empty());
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "no webhook for case {case_id}: {}", serve.log());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     let said = serve.log();
     let to = if labels_topic { "the labels topic" } else { "the feature store" };

@@ -9,6 +9,7 @@ use anyhow::{anyhow, Context as _};
 use clap::Subcommand;
 use vigil_review::{
     CaseEntity, Follow, HoldAction, LabelSink, ReviewSettings, ReviewStore, Role, StoreLabels, TopicLabels,
+    WebhookSender,
 };
 
 use super::load_pipeline;
@@ -195,6 +196,8 @@ struct Review {
     /// Where analysts' verdicts go as labels; none when the pipeline has
     /// neither a labels topic nor a feature store that outlives a process.
     labels: Option<Box<dyn LabelSink>>,
+    /// The `[[review.webhooks]]` receivers, with their secrets.
+    webhooks: Option<WebhookSender>,
 }
 
 impl IngestArgs {
@@ -236,10 +239,17 @@ impl IngestArgs {
             }
         }
         let labels = if loops { label_sink(&config).await? } else { None };
+        let webhooks = if loops && !config.review.webhooks.is_empty() {
+            let sender = WebhookSender::new(&config.review.webhooks, |var| std::env::var(var).ok())
+                .with_context(|| format!("{}: [[review.webhooks]]", self.pipeline.display()))?;
+            Some(sender)
+        } else {
+            None
+        };
         let store = ReviewStore::connect(&database, 8, settings)?;
         store.migrate().await.context("preparing the review database")?;
         let group = self.group.unwrap_or_else(|| format!("{}-review", kafka.as_ref().map_or("vigil", |k| &k.group_id)));
-        Ok(Review { store, kafka, group, batch: self.batch, on_deadline, resolutions_topic, labels })
+        Ok(Review { store, kafka, group, batch: self.batch, on_deadline, resolutions_topic, labels, webhooks })
     }
 }
 
@@ -277,7 +287,7 @@ impl Review {
     /// Resolves holds that run out and publishes resolutions (when there is a
     /// topic) until `stop`, and follows the decisions topic too when `follow`.
     async fn run(self, follow: bool, stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
-        let Review { store, kafka, group, batch, on_deadline, resolutions_topic, labels } = self;
+        let Review { store, kafka, group, batch, on_deadline, resolutions_topic, labels, webhooks } = self;
         let sweeper = tokio::spawn(resolve_due_every_second(store.clone(), on_deadline));
         let publisher = resolutions_topic.zip(kafka.clone()).map(|(topic, kafka)| {
             let (store, stop) = (store.clone(), stop.clone());
@@ -287,6 +297,10 @@ impl Review {
             let (store, stop) = (store.clone(), stop.clone());
             tracing::info!(to = %sink.describe(), "analysts' verdicts go out as labels");
             tokio::spawn(async move { store.send_labels(sink.as_ref(), 500, stopped(stop)).await })
+        });
+        let hooks = webhooks.map(|sender| {
+            let (store, stop) = (store.clone(), stop.clone());
+            tokio::spawn(async move { store.deliver_webhooks(&sender, stopped(stop)).await })
         });
         let result = if let Some(kafka) = kafka.filter(|_| follow) {
             tracing::info!(topic = %kafka.decisions_topic, %group, "following decisions into the review store");
@@ -315,6 +329,10 @@ impl Review {
         if let Some(l) = labeller {
             let sent = l.await.context("the label sender")??;
             tracing::info!(sent, "verdict labels sender stopped");
+        }
+        if let Some(h) = hooks {
+            let delivered = h.await.context("the webhook sender")??;
+            tracing::info!(delivered, "webhook sender stopped");
         }
         Ok(result?)
     }

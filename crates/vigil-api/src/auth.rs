@@ -22,15 +22,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use hmac::Mac;
 use vigil_core::pipeline::{ApiConfig, JwtAlgorithm, SecretSource};
 use vigil_engine::metrics::{MetricsToken, TokenRefusal};
 
-type HmacSha256 = Hmac<Sha256>;
-
 /// The signature header.
-pub const SIGNATURE_HEADER: &str = "vigil-signature";
+pub const SIGNATURE_HEADER: &str = vigil_core::signature::HEADER;
 
 /// Why a request was refused (logged and counted, never told to the caller).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,25 +292,8 @@ impl Verifier {
     }
 }
 
-fn mac(secret: &[u8], t: i64, method: &str, path: &str, body: &[u8]) -> HmacSha256 {
-    // HMAC takes keys of any length.
-    let mut m = HmacSha256::new_from_slice(secret).expect("HMAC accepts any key length");
-    m.update(t.to_string().as_bytes());
-    m.update(b".");
-    m.update(method.as_bytes());
-    m.update(b".");
-    m.update(path.as_bytes());
-    m.update(b".");
-    m.update(body);
-    m
-}
-
-/// The `Vigil-Signature` header value a client sends: what `vigil sign` prints
-/// and what clients compute in their own language.
-pub fn sign(client: &str, secret: &[u8], t: i64, method: &str, path: &str, body: &[u8]) -> String {
-    let v1 = hex::encode(mac(secret, t, method, path, body).finalize().into_bytes());
-    format!("client={client},t={t},v1={v1}")
-}
+use vigil_core::signature::mac;
+pub use vigil_core::signature::sign;
 
 #[cfg(test)]
 mod tests {

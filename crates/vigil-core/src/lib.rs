@@ -13,6 +13,7 @@ pub mod event;
 pub mod feature;
 pub mod label;
 pub mod pipeline;
+pub mod signature;
 pub mod suggest;
 pub mod trace;
 

@@ -51,40 +51,14 @@ pub fn case_row(c: &CaseRow) -> Value {
 }
 
 pub fn payment(p: &PaymentView) -> Result<Value, Failure> {
-    let decision = serde_json::to_value(&p.decision)
-        .map_err(|e| Failure::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    Ok(json!({
-        "transaction_id": p.transaction_id,
-        "amount": p.amount,
-        "currency": p.currency,
-        "hold_until": p.hold_until,
-        "verdict": p.verdict,
-        "verdict_by": p.verdict_by,
-        "confirmed_by": p.confirmed_by,
-        "resolution": p.resolution.map(|a| a.as_str()),
-        "proposal": p.proposed.as_ref().map(|(verdict, by)| json!({"verdict": verdict, "by": by})),
-        "decision": decision,
-    }))
+    Ok(p.to_json())
 }
 
 pub fn case(c: &CaseView, notes: &[Note], tags: &[String]) -> Result<Value, Failure> {
-    let payments = c.payments.iter().map(payment).collect::<Result<Vec<_>, _>>()?;
-    Ok(json!({
-        "id": c.id,
-        "entity": {"kind": c.entity_kind, "id": c.entity_id},
-        "status": c.status,
-        "queue": c.queue,
-        "top_score": c.top_score,
-        "lease_holder": c.lease_holder,
-        "lease_until": c.lease_until,
-        "snoozed_until": c.snoozed_until,
-        "escalated": c.escalated,
-        "opened_at": c.opened_at,
-        "closed_at": c.closed_at,
-        "payments": payments,
-        "notes": notes.iter().map(note).collect::<Vec<_>>(),
-        "tags": tags,
-    }))
+    let mut v = c.to_json();
+    v["notes"] = notes.iter().map(note).collect::<Vec<_>>().into();
+    v["tags"] = tags.into();
+    Ok(v)
 }
 
 pub fn note(n: &Note) -> Value {

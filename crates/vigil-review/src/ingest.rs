@@ -18,6 +18,8 @@ use vigil_core::{Action, Decision};
 use crate::error::ReviewError;
 use crate::settings::wanted_decline;
 use crate::store::ReviewStore;
+use crate::webhook;
+use vigil_core::pipeline::WebhookEvent;
 
 /// Times a batch is run again after a deadlock or serialisation failure.
 const RETRIES: usize = 5;
@@ -227,8 +229,15 @@ impl ReviewStore {
         .await?;
         // A case opened here for payments another ingester added first holds
         // nothing: it goes, so that no empty case reaches a queue.
-        let emptied = tx.execute("DELETE FROM cases WHERE id = ANY($1) AND payments = 0", &[&opened]).await?;
+        let emptied: HashSet<i64> = tx
+            .query("DELETE FROM cases WHERE id = ANY($1) AND payments = 0 RETURNING id", &[&opened])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        opened.retain(|id| !emptied.contains(id));
+        webhook::enqueue(&tx, &self.settings.webhooks, WebhookEvent::CaseOpened, &opened).await?;
         tx.commit().await?;
-        Ok((added.len(), opened.len() - emptied as usize))
+        Ok((added.len(), opened.len()))
     }
 }

@@ -26,6 +26,7 @@ mod publish;
 mod settings;
 mod store;
 mod verdict;
+mod webhook;
 mod work;
 
 pub use accounts::{Role, Session, SessionUser, MIN_PASSWORD_CHARS};
@@ -40,5 +41,6 @@ pub use publish::{check_resolutions_topic, Published, SEQ_HEADER};
 pub use settings::{FourEyes, Queue, ReviewSettings};
 pub use store::{CaseView, PaymentView, ReviewStore};
 pub use verdict::{Proposal, Resolution, Verdicted, DEADLINE};
-pub use vigil_core::pipeline::{CaseEntity, HoldAction};
+pub use vigil_core::pipeline::{CaseEntity, HoldAction, WebhookDef, WebhookEvent};
+pub use webhook::{WebhookSender, WEBHOOK_EVENT_HEADER, WEBHOOK_ID_HEADER};
 pub use work::{Bulk, BulkOutcome, CaseSummary, Note, MAX_NOTE_CHARS, MAX_TAG_CHARS};

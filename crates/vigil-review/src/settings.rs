@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rust_decimal::Decimal;
-use vigil_core::pipeline::{CaseEntity, HoldAction, PipelineConfig, ReviewConfig, DEFAULT_QUEUE};
+use vigil_core::pipeline::{CaseEntity, HoldAction, PipelineConfig, ReviewConfig, WebhookDef, DEFAULT_QUEUE};
 use vigil_core::{Action, Decision, Event, FeatureValue, Verdict};
 use vigil_rules::{Condition, Context, Lists, RuleErrors, Schema};
 
@@ -58,6 +58,9 @@ pub struct ReviewSettings {
     pub four_eyes: FourEyes,
     /// Highest priority first.
     pub queues: Vec<Queue>,
+    /// Who is told when a case opens or is resolved (the outbox's rows are
+    /// written per receiver, in the change's own transaction).
+    pub webhooks: Vec<WebhookDef>,
 }
 
 impl Default for ReviewSettings {
@@ -70,6 +73,7 @@ impl Default for ReviewSettings {
             lease: Duration::from_secs(c.lease_s),
             four_eyes: FourEyes::default(),
             queues: Vec::new(),
+            webhooks: Vec::new(),
         }
     }
 }
@@ -120,6 +124,7 @@ impl ReviewSettings {
             lease: Duration::from_secs(r.lease_s),
             four_eyes: FourEyes { above: r.four_eyes_above, release_of_decline: r.four_eyes_release_of_decline },
             queues,
+            webhooks: r.webhooks.clone(),
         })
     }
 

@@ -13,7 +13,7 @@
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use rust_decimal::Decimal;
-use vigil_core::pipeline::HoldAction;
+use vigil_core::pipeline::{HoldAction, WebhookDef, WebhookEvent};
 use vigil_core::Verdict;
 
 use serde_json::json;
@@ -21,6 +21,7 @@ use serde_json::json;
 use crate::audit::{self, Audit};
 use crate::error::ReviewError;
 use crate::store::ReviewStore;
+use crate::webhook;
 
 /// A payment's resolution, as written to the outbox.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,6 +117,7 @@ async fn not_open(tx: &Transaction<'_>, case: i64, transaction_id: &str) -> Resu
 /// closes the case.
 async fn resolve(
     tx: &Transaction<'_>,
+    webhooks: &[WebhookDef],
     case: i64,
     transaction_id: &str,
     verdict: Verdict,
@@ -143,6 +145,9 @@ async fn resolve(
         .await?;
     tx.execute(REQUEUE, &[&vec![case]]).await?;
     let closed = tx.query(CLOSE_RESOLVED, &[&vec![case]]).await?;
+    if !closed.is_empty() {
+        webhook::enqueue(tx, webhooks, WebhookEvent::CaseResolved, &[case]).await?;
+    }
     Ok(Resolution {
         seq: row.get(0),
         transaction_id: transaction_id.to_owned(),
@@ -217,7 +222,7 @@ impl ReviewStore {
                 by: analyst.to_owned(),
             });
         }
-        let resolution = resolve(&tx, case, transaction_id, verdict, analyst, None).await?;
+        let resolution = resolve(&tx, &self.settings.webhooks, case, transaction_id, verdict, analyst, None).await?;
         let detail =
             json!({"verdict": verdict.name(), "resolution": resolution.action.as_str(), "seq": resolution.seq});
         let entry =
@@ -298,7 +303,8 @@ impl ReviewStore {
             transaction_id: transaction_id.to_owned(),
             message: format!("proposed verdict `{proposed}`"),
         })?;
-        let resolution = resolve(&tx, case, transaction_id, verdict, &by, Some(analyst)).await?;
+        let resolution =
+            resolve(&tx, &self.settings.webhooks, case, transaction_id, verdict, &by, Some(analyst)).await?;
         let detail = json!({
             "verdict": verdict.name(), "proposed_by": by, "resolution": resolution.action.as_str(), "seq": resolution.seq
         });
@@ -396,6 +402,7 @@ impl ReviewStore {
             .collect();
         audit::append(&tx, &entries).await?;
         let closed: Vec<i64> = tx.query(CLOSE_RESOLVED, &[&cases]).await?.iter().map(|r| r.get(0)).collect();
+        webhook::enqueue(&tx, &self.settings.webhooks, WebhookEvent::CaseResolved, &closed).await?;
         tx.commit().await?;
         for r in &mut resolved {
             r.case_closed = closed.contains(&r.case);

@@ -769,3 +769,121 @@ async fn verdicts_reach_the_feature_store_as_labels_once_without_any_topic() {
     assert_eq!(seen[0].values, vec![FeatureValue::Count(1)], "a label sent twice is counted once");
     f.drop_schema().await;
 }
+
+/// What a webhook receiver got: the signature, id and event headers and the body.
+type Received = Arc<std::sync::Mutex<Vec<(String, String, String, Vec<u8>)>>>;
+
+/// A receiver on a free port that refuses its first request (500) and takes the rest.
+async fn receiver() -> (String, Received) {
+    use axum::http::{HeaderMap, StatusCode};
+    let got: Received = Arc::default();
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (g, c) = (got.clone(), calls.clone());
+    let app = axum::Router::new().route(
+        "/hooks/vigil",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let (g, c) = (g.clone(), c.clone());
+            async move {
+                if c.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    return StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+                // The body's bytes as sent: the signature is over them.
+                g.lock().unwrap().push((
+                    h("vigil-signature"),
+                    h("vigil-webhook-id"),
+                    h("vigil-webhook-event"),
+                    body.to_vec(),
+                ));
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks/vigil?source=vigil", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, got)
+}
+
+#[tokio::test]
+async fn case_opened_and_resolved_reach_a_webhook_signed_with_the_case_and_retried_until_taken() {
+    use vigil_review::{WebhookDef, WebhookEvent, WebhookSender};
+    let (url, got) = receiver().await;
+    let hooks = vec![
+        WebhookDef {
+            name: "crm".into(),
+            url: url.clone(),
+            secret_env: "CRM".into(),
+            events: WebhookEvent::ALL.to_vec(),
+        },
+        // Wants only resolutions, and its address answers nothing: tried again, never lost.
+        WebhookDef {
+            name: "down".into(),
+            url: "http://127.0.0.1:9/nowhere".into(),
+            secret_env: "DOWN".into(),
+            events: vec![WebhookEvent::CaseResolved],
+        },
+    ];
+    let f = Fixture::new(ReviewSettings { webhooks: hooks.clone(), ..ReviewSettings::default() }, 4).await;
+    let secrets = |var: &str| Some(format!("{var}-secret-value"));
+    let sender = WebhookSender::new(&hooks, secrets).unwrap();
+    assert!(WebhookSender::new(&hooks, |_| None).is_err(), "a receiver without its secret is refused");
+
+    // Two payments of one card open one case: one `case.opened` for crm.
+    f.store
+        .ingest(&[
+            decision("w1", "review", Some("card-w"), "30.00", 60.0),
+            decision("w2", "review", Some("card-w"), "45.10", 70.0),
+        ])
+        .await
+        .unwrap();
+    f.store.ingest(&[decision("w1", "review", Some("card-w"), "30.00", 60.0)]).await.unwrap();
+    assert_eq!(f.count("SELECT count(*) FROM webhook_outbox").await, 1, "a redelivery opens nothing");
+    // The first try is refused (500): nothing delivered, tried again a second later.
+    assert_eq!(f.store.deliver_webhook_batch(&sender, 10).await.unwrap(), (0, 1));
+    assert_eq!(f.store.deliver_webhook_batch(&sender, 10).await.unwrap(), (0, 0), "not due yet");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(f.store.deliver_webhook_batch(&sender, 10).await.unwrap(), (1, 0));
+
+    // Both verdicts close the case: `case.resolved` for both receivers.
+    let claim = f.store.claim_next("ana", &[], LONG).await.unwrap().unwrap();
+    f.store.verdict(claim.case, "ana", "w1", Verdict::Fraud).await.unwrap();
+    assert_eq!(f.count("SELECT count(*) FROM webhook_outbox").await, 1, "the case is still open");
+    f.store.verdict(claim.case, "ana", "w2", Verdict::Genuine).await.unwrap();
+    assert_eq!(f.count("SELECT count(*) FROM webhook_outbox WHERE event = 'case.resolved'").await, 2);
+    assert_eq!(f.store.deliver_webhook_batch(&sender, 10).await.unwrap(), (1, 1));
+    let down = &f
+        .sql("SELECT attempts, last_error, delivered_at IS NULL FROM webhook_outbox WHERE endpoint = 'down'")
+        .await[0];
+    assert_eq!((down.get::<_, i32>(0), down.get::<_, bool>(2)), (1, true));
+    assert!(!down.get::<_, String>(1).is_empty());
+
+    let got = got.lock().unwrap().clone();
+    assert_eq!(got.len(), 2);
+    let path = "/hooks/vigil?source=vigil";
+    let got: Vec<(String, String, serde_json::Value)> = got
+        .into_iter()
+        .map(|(signature, id, event, bytes)| {
+            let (client, _) = vigil_core::signature::verify(&signature, b"CRM-secret-value", "POST", path, &bytes)
+                .expect("signed with crm's secret over the path and the body as sent");
+            assert_eq!(client, "crm");
+            (id, event, serde_json::from_slice(&bytes).unwrap())
+        })
+        .collect();
+    for (id, event, body) in &got {
+        assert_eq!(body["id"].to_string(), *id);
+        assert_eq!(body["event"], event.as_str());
+        assert_eq!(body["case"]["id"], claim.case);
+        assert_eq!(body["case"]["entity"], serde_json::json!({"kind": "card", "id": "card-w"}));
+        let payments = body["case"]["payments"].as_array().unwrap();
+        assert_eq!(payments.len(), 2, "the case, not just its id");
+        assert_eq!(payments[0]["decision"]["event"]["card_id"], "card-w");
+    }
+    assert_eq!(got[0].1, "case.opened");
+    assert_eq!(got[1].1, "case.resolved");
+    assert_eq!(got[1].2["case"]["status"], "closed");
+    let verdicts: Vec<&str> =
+        got[1].2["case"]["payments"].as_array().unwrap().iter().map(|p| p["resolution"].as_str().unwrap()).collect();
+    assert_eq!(verdicts, ["stop", "release"]);
+    f.drop_schema().await;
+}

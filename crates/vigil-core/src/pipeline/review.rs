@@ -124,6 +124,44 @@ pub struct QueueDef {
 /// The queue of payments that match no declared queue.
 pub const DEFAULT_QUEUE: &str = "default";
 
+/// What a webhook is told of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookEvent {
+    /// A case was opened (its first payment under review arrived).
+    CaseOpened,
+    /// A case closed: every payment in it is resolved.
+    CaseResolved,
+}
+
+impl WebhookEvent {
+    pub const ALL: [WebhookEvent; 2] = [WebhookEvent::CaseOpened, WebhookEvent::CaseResolved];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookEvent::CaseOpened => "case.opened",
+            WebhookEvent::CaseResolved => "case.resolved",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<WebhookEvent> {
+        Self::ALL.into_iter().find(|e| e.as_str() == s)
+    }
+}
+
+/// A receiver of case events (`[[review.webhooks]]`): each event is POSTed
+/// to `url` as JSON carrying the case, signed like the scoring API's
+/// requests with the secret in the variable `secret_env`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookDef {
+    /// Names the receiver in the outbox and as the signature's `client`.
+    pub name: String,
+    /// `http://` or `https://`.
+    pub url: String,
+    /// The environment variable holding the signing secret.
+    pub secret_env: String,
+    pub events: Vec<WebhookEvent>,
+}
+
 /// The review server's settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReviewConfig {
@@ -148,6 +186,7 @@ pub struct ReviewConfig {
     pub four_eyes_release_of_decline: bool,
     /// Highest priority first.
     pub queues: Vec<QueueDef>,
+    pub webhooks: Vec<WebhookDef>,
 }
 
 impl Default for ReviewConfig {
@@ -163,6 +202,7 @@ impl Default for ReviewConfig {
             four_eyes_above: None,
             four_eyes_release_of_decline: false,
             queues: Vec::new(),
+            webhooks: Vec::new(),
         }
     }
 }
@@ -181,6 +221,17 @@ pub(super) struct RawReview {
     four_eyes_release_of_decline: Option<bool>,
     #[serde(default)]
     queues: Vec<RawQueue>,
+    #[serde(default)]
+    webhooks: Vec<RawWebhook>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    name: Spanned<String>,
+    url: Spanned<String>,
+    secret_env: Spanned<String>,
+    events: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -329,5 +380,55 @@ pub(super) fn validate(r: &RawReview, p: &mut Diagnostics<'_>) -> ReviewConfig {
     }
     // Highest priority first; declaration order among equals.
     c.queues.sort_by_key(|q| std::cmp::Reverse(q.priority));
+    for (i, w) in r.webhooks.iter().enumerate() {
+        c.webhooks.push(webhook(i, w, &c.webhooks, p));
+    }
     c
+}
+
+/// One `[[review.webhooks]]`, every problem said with its place.
+fn webhook(i: usize, w: &RawWebhook, before: &[WebhookDef], p: &mut Diagnostics<'_>) -> WebhookDef {
+    let key = |field: &str| format!("review.webhooks[{i}].{field}");
+    let name = w.name.get_ref();
+    if !super::is_identifier(name) {
+        p.on(&w.name, key("name"), "must be lower-case letters, digits and _, starting with a letter");
+    } else if before.iter().any(|d| &d.name == name) {
+        p.on(&w.name, key("name"), format!("webhook `{name}` is declared twice"));
+    }
+    let url = w.url.get_ref().trim();
+    let host = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")).map(|rest| {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        authority.rsplit('@').next().unwrap_or_default().to_owned()
+    });
+    match host {
+        None => p.on(&w.url, key("url"), format!("`{url}` is not an http:// or https:// address")),
+        Some(h) if h.is_empty() || h.contains(char::is_whitespace) => {
+            p.on(&w.url, key("url"), format!("`{url}` names no host"))
+        }
+        Some(_) => {}
+    }
+    let secret_env = w.secret_env.get_ref();
+    if secret_env.trim().is_empty() || secret_env.contains(['=', '\0']) {
+        p.on(&w.secret_env, key("secret_env"), "must name an environment variable");
+    }
+    let mut events = Vec::new();
+    match &w.events {
+        None => events.extend(WebhookEvent::ALL),
+        Some(list) => {
+            for e in list.get_ref() {
+                match WebhookEvent::parse(e) {
+                    Some(event) if !events.contains(&event) => events.push(event),
+                    Some(_) => {}
+                    None => {
+                        let known = WebhookEvent::ALL.map(WebhookEvent::as_str);
+                        p.on(list, key("events"), format!("unknown event `{e}` (known: {})", known.join(", ")));
+                    }
+                }
+            }
+            if list.get_ref().is_empty() {
+                p.on(list, key("events"), "must name at least one event; leave it out for all of them");
+            }
+        }
+    }
+    WebhookDef { name: name.clone(), url: url.to_owned(), secret_env: secret_env.clone(), events }
 }

@@ -348,3 +348,50 @@ fn a_bad_review_section_is_refused_with_every_problem_placed() {
     let unknown = problems("[review]\nhold_for = \"10m\"\n");
     assert!(unknown.iter().any(|p| p.contains("hold_for")), "{unknown:?}");
 }
+
+#[test]
+fn webhooks_are_read_with_their_events_and_refused_with_their_places() {
+    use super::review::{WebhookDef, WebhookEvent};
+    let text = format!(
+        "{GOOD}\n[review]\n[[review.webhooks]]\nname = \"crm\"\nurl = \"https://crm.example/hooks/vigil?x=1\"\n\
+         secret_env = \"CRM_SECRET\"\n[[review.webhooks]]\nname = \"slack\"\nurl = \"http://127.0.0.1:9000/\"\n\
+         secret_env = \"SLACK_SECRET\"\nevents = [\"case.resolved\"]\n"
+    );
+    let c = PipelineConfig::parse(Path::new("p.toml"), &text).unwrap();
+    assert_eq!(
+        c.review.webhooks,
+        [
+            WebhookDef {
+                name: "crm".into(),
+                url: "https://crm.example/hooks/vigil?x=1".into(),
+                secret_env: "CRM_SECRET".into(),
+                events: vec![WebhookEvent::CaseOpened, WebhookEvent::CaseResolved],
+            },
+            WebhookDef {
+                name: "slack".into(),
+                url: "http://127.0.0.1:9000/".into(),
+                secret_env: "SLACK_SECRET".into(),
+                events: vec![WebhookEvent::CaseResolved],
+            },
+        ]
+    );
+    let bad = match PipelineConfig::parse(
+        Path::new("p.toml"),
+        &format!(
+            "{GOOD}\n[review]\n[[review.webhooks]]\nname = \"Crm\"\nurl = \"ftp://x\"\nsecret_env = \"\"\n\
+             events = [\"case.closed\"]\n[[review.webhooks]]\nname = \"b\"\nurl = \"https:///x\"\nsecret_env = \"B\"\n\
+             events = []\n[[review.webhooks]]\nname = \"b\"\nurl = \"http://h\"\nsecret_env = \"B\"\n"
+        ),
+    ) {
+        Err(ConfigError::Invalid { problems }) => problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    let has = |key: &str, words: &str| bad.iter().any(|p| p.contains(key) && p.contains(words));
+    assert!(has("review.webhooks[0].name", "lower-case"), "{bad:?}");
+    assert!(has("review.webhooks[0].url", "not an http:// or https:// address"), "{bad:?}");
+    assert!(has("review.webhooks[0].secret_env", "environment variable"), "{bad:?}");
+    assert!(has("review.webhooks[0].events", "unknown event `case.closed`"), "{bad:?}");
+    assert!(has("review.webhooks[1].url", "names no host"), "{bad:?}");
+    assert!(has("review.webhooks[1].events", "at least one event"), "{bad:?}");
+    assert!(has("review.webhooks[2].name", "declared twice"), "{bad:?}");
+}
