@@ -127,6 +127,13 @@ async fn an_analyst_logs_in_claims_notes_and_stops_a_payment_in_a_real_browser()
         (row.get(0), row.get(1), row.get(2), row.get(3));
     assert_eq!((verdict.as_deref(), by.as_deref(), resolution.as_deref()), (Some("fraud"), Some("ana"), Some("stop")));
     assert_eq!(Some(case), did["case"].as_i64());
+    let tagged: i64 = db
+        .query_one("SELECT count(*) FROM case_tags WHERE tag = 'bulk-checked' AND added_by = 'ana'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let open: i64 = db.query_one("SELECT count(*) FROM cases WHERE status = 'open'", &[]).await.unwrap().get(0);
+    assert_eq!((Some(tagged), tagged), (did["bulk_tagged"].as_i64(), open), "the bulk form tagged every open case");
     let outbox: i64 =
         db.query_one("SELECT count(*) FROM resolutions WHERE transaction_id = $1", &[&tx]).await.unwrap().get(0);
     assert_eq!(outbox, 1, "one resolution waits in the outbox");
@@ -137,7 +144,7 @@ async fn an_analyst_logs_in_claims_notes_and_stops_a_payment_in_a_real_browser()
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(actions, ["login_failed", "login", "claim", "note", "verdict"]);
+    assert_eq!(actions, ["login_failed", "login", "claim", "note", "verdict", "tag", "tag"]);
     let chain = vigil(&["review", "audit", "verify", "--database", &settings], &[]);
     assert!(String::from_utf8_lossy(&chain.stdout).contains("audit chain holds"));
     db.batch_execute(&format!("DROP SCHEMA {name} CASCADE")).await.unwrap();

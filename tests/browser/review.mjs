@@ -1,6 +1,7 @@
 // An analyst's triage in a real headless browser: log in, claim the next case
 // with the keyboard, read why it was flagged, add a note, stop the selected
-// payment with `f`, and see its resolution on the page. Prints what it did as
+// payment with `f`, see its resolution on the page, then tag every open case
+// at once from the queue page's bulk form. Prints what it did as
 // JSON for tests/review_browser.rs, which checks the database.
 //
 //   node tests/browser/review.mjs BASE_URL NAME PASSWORD [SCREENSHOT_ON_FAILURE]
@@ -58,8 +59,23 @@ try {
   await page.keyboard.press("f");
   await page.locator(`article.payment[data-transaction="${transaction}"] .badge.resolved`, { hasText: "stop" }).waitFor();
 
+  // Back on the queue page: select every open case with `a` and tag them
+  // all with the bulk form; the page says what happened to each.
+  await page.goto(`${base}/review`);
+  await page.locator("table.cases").waitFor();
+  const boxes = page.locator('input[name="case"]');
+  const open = await boxes.count();
+  check(open >= 2, `the queue page lists ${open} open cases`);
+  await page.locator("body").click({ position: { x: 1, y: 1 } });
+  await page.keyboard.press("a");
+  check((await page.locator('input[name="case"]:checked').count()) === open, "`a` did not select the page");
+  await page.selectOption('#bulk select[name="action"]', "tag");
+  await page.fill('#bulk input[name="tag"]', "bulk-checked");
+  await page.click('#bulk button[type="submit"]');
+  await page.locator("#flash", { hasText: `${open} of ${open} cases done` }).waitFor();
+
   check(problems.length === 0, problems.join("; "));
-  console.log(JSON.stringify({ case: caseId, transaction }));
+  console.log(JSON.stringify({ case: caseId, transaction, bulk_tagged: open }));
 } catch (e) {
   if (failureShot) await page.screenshot({ path: failureShot, fullPage: true }).catch(() => {});
   console.error(`${e.message}\n(at ${page.url()})${problems.length ? `\n${problems.join("\n")}` : ""}`);

@@ -35,18 +35,6 @@ function go(target, answer) {
 
 async function act(button) {
   let body = button.dataset.body ? JSON.parse(button.dataset.body) : undefined;
-  const asked = button.dataset.prompt;
-  if (asked) {
-    const answer = window.prompt(button.dataset.promptText ?? asked);
-    if (answer === null || answer.trim() === "") return;
-    if (asked === "until") {
-      const minutes = Number(answer);
-      if (!(minutes > 0)) { flash("Give a number of minutes.", true); return; }
-      body = { until: new Date(Date.now() + minutes * 60000).toISOString() };
-    } else {
-      body = { [asked]: answer };
-    }
-  }
   if (body === undefined && button.dataset.method === "POST") body = {};
   button.disabled = true;
   try {
@@ -57,6 +45,33 @@ async function act(button) {
     flash(e.message, true);
     button.disabled = false;
   }
+}
+
+const later = (minutes) => new Date(Date.now() + Number(minutes) * 60000).toISOString();
+
+// The bulk form of the queue page: one action on every selected case, then
+// what happened to each, said before the page reloads.
+async function bulk(data) {
+  const cases = [...document.querySelectorAll('input[name="case"]:checked')].map((c) => Number(c.value));
+  if (cases.length === 0) { flash("Select cases first (their boxes, or a for the whole page).", true); return; }
+  const what = data.get("action");
+  let action;
+  if (what === "fraud" || what === "genuine") action = { verdict: what };
+  else if (what === "tag") {
+    const tag = String(data.get("tag") ?? "").trim();
+    if (!tag) { flash("Give the tag.", true); return; }
+    action = { tag };
+  } else action = { snooze: later(data.get("minutes")) };
+  const answer = await call("POST", "/api/v1/review/bulk", { cases, action });
+  const outcomes = answer.json.outcomes;
+  const failed = outcomes.filter((o) => o.error);
+  const resolved = outcomes.reduce((n, o) => n + o.resolved, 0);
+  const proposed = outcomes.reduce((n, o) => n + o.proposed, 0);
+  let said = `${outcomes.length - failed.length} of ${outcomes.length} cases done`;
+  if (action.verdict) said += `: ${resolved} payments resolved, ${proposed} waiting for a second analyst`;
+  if (failed.length) said += `. Left: ${failed.map((o) => `#${o.case} (${o.error.message})`).join("; ")}`;
+  sessionStorage.setItem("flash", said);
+  location.reload();
 }
 
 function selectPayment(step) {
@@ -76,6 +91,12 @@ document.addEventListener("click", (e) => {
   if (b) { e.preventDefault(); act(b); }
 });
 
+document.addEventListener("change", (e) => {
+  if (e.target.id === "select-all") {
+    document.querySelectorAll('input[name="case"]').forEach((c) => { c.checked = e.target.checked; });
+  }
+});
+
 document.addEventListener("submit", async (e) => {
   const form = e.target;
   const data = new FormData(form);
@@ -92,6 +113,17 @@ document.addEventListener("submit", async (e) => {
       e.preventDefault();
       await call("PUT", form.dataset.tagUrl + encodeURIComponent(data.get("tag")));
       location.reload();
+    } else if (form.dataset.snoozeUrl) {
+      e.preventDefault();
+      await call("POST", form.dataset.snoozeUrl, { until: later(data.get("minutes")) });
+      location.href = "/review";
+    } else if (form.dataset.escalateUrl) {
+      e.preventDefault();
+      await call("POST", form.dataset.escalateUrl, { reason: data.get("reason") });
+      location.href = "/review";
+    } else if (form.id === "bulk") {
+      e.preventDefault();
+      await bulk(data);
     }
   } catch (err) {
     flash(err.message, true);
@@ -113,6 +145,7 @@ document.addEventListener("keydown", (e) => {
       break;
     }
     case "/": { const s = document.getElementById("search"); if (s) { e.preventDefault(); s.focus(); } break; }
+    case "a": { const all = document.getElementById("select-all"); if (all) { e.preventDefault(); all.click(); } break; }
   }
 });
 

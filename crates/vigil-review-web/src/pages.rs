@@ -160,13 +160,19 @@ fn holder(who: &Option<String>, until: Option<DateTime<Utc>>) -> Option<&str> {
 const AGREE: &str = r#"{"agree":true}"#;
 const DISAGREE: &str = r#"{"agree":false}"#;
 
-fn case_rows(cases: &[CaseRow], me: &str) -> Markup {
+/// The cases as a table; with `selectable`, a box per case for the bulk
+/// form ([`bulk_form`]) and one to select the whole page.
+fn case_rows(cases: &[CaseRow], me: &str, selectable: bool) -> Markup {
     html! {
         table.cases {
-            thead { tr { th { "Case" } th { "Entity" } th { "Queue" } th { "Payments" } th { "Top score" } th { "Held by" } th { "Next deadline" } th { "Opened" } } }
+            thead { tr {
+                @if selectable { th { input #select-all type="checkbox" title="Select every case on this page (a)"; } }
+                th { "Case" } th { "Entity" } th { "Queue" } th { "Payments" } th { "Top score" } th { "Held by" } th { "Next deadline" } th { "Opened" }
+            } }
             tbody {
                 @for c in cases {
                     tr {
+                        @if selectable { td { input type="checkbox" name="case" value=(c.id) form="bulk" title={ "Select case #" (c.id) }; } }
                         td { a href={ (PAGES) "/cases/" (c.id) } { "#" (c.id) } }
                         td { (c.entity_kind) " " code { (c.entity_id) } }
                         td { (c.queue) @if c.escalated { " " span.badge { "escalated" } } @if c.snoozed_until.is_some_and(|s| s > Utc::now()) { " " span.badge { "snoozed" } } }
@@ -178,6 +184,38 @@ fn case_rows(cases: &[CaseRow], me: &str) -> Markup {
                     }
                 }
             }
+        }
+    }
+}
+
+/// One action on every selected case: a verdict on each of its open
+/// payments (four-eyes holds what it must), a tag, or a snooze. The script
+/// sends it to `POST /api/v1/review/bulk` and says per case what happened.
+fn bulk_form() -> Markup {
+    html! {
+        form #bulk.inline.bulk {
+            label { "Selected cases: " }
+            select name="action" {
+                option value="genuine" { "all genuine (release)" }
+                option value="fraud" { "all fraud (stop)" }
+                option value="tag" { "tag…" }
+                option value="snooze" { "snooze…" }
+            }
+            input name="tag" placeholder="tag (for tag…)" maxlength="64" pattern="[A-Za-z0-9_.:\\-]+" size="14";
+            (snooze_choices())
+            button type="submit" { "Apply to selected" }
+        }
+    }
+}
+
+/// How long a snooze lasts, in minutes.
+fn snooze_choices() -> Markup {
+    html! {
+        select name="minutes" title="Snooze for" {
+            option value="15" { "15 min" }
+            option value="60" selected { "1 h" }
+            option value="240" { "4 h" }
+            option value="1440" { "1 day" }
         }
     }
 }
@@ -253,7 +291,7 @@ pub async fn queue_page(State(web): State<Arc<Web>>, headers: HeaderMap, Query(q
             }
         }
         h2 { "Open cases: " (title) }
-        @if page_of.cases.is_empty() { p { "Nothing waits here." } } @else { (case_rows(&page_of.cases, &u.user)) }
+        @if page_of.cases.is_empty() { p { "Nothing waits here." } } @else { (bulk_form()) (case_rows(&page_of.cases, &u.user, true)) }
         @if let Some(next) = &page_of.next {
             p { a href=(next_page(q.queue.as_deref(), next)) { "Next page" } }
         }
@@ -370,8 +408,14 @@ pub async fn case_page(State(web): State<Arc<Web>>, headers: HeaderMap, Path(id)
                     @if held {
                         button data-method="POST" data-url={ (api) "/claim/renew" } { "Keep it longer" }
                         button #release data-method="DELETE" data-url={ (api) "/claim" } data-go=(PAGES) { "Give back (r)" }
-                        button data-method="POST" data-url={ (api) "/escalation" } data-prompt="reason" data-prompt-text="Why does a lead need to see it?" data-go=(PAGES) { "Escalate" }
-                        button data-method="POST" data-url={ (api) "/snooze" } data-prompt="until" data-prompt-text="Snooze for how many minutes?" data-go=(PAGES) { "Snooze" }
+                        form.inline data-snooze-url={ (api) "/snooze" } {
+                            (snooze_choices())
+                            button type="submit" { "Snooze" }
+                        }
+                        form.inline data-escalate-url={ (api) "/escalation" } {
+                            input name="reason" required maxlength="1000" placeholder="why a lead should see it";
+                            button type="submit" { "Escalate" }
+                        }
                     } @else {
                         button #claim data-method="POST" data-url={ (api) "/claim" } { "Claim this case" }
                     }
@@ -484,7 +528,7 @@ pub async fn search_page(State(web): State<Arc<Web>>, headers: HeaderMap, Query(
     };
     let body = html! {
         h1 { "Cases with " (s.by.as_deref().unwrap_or("card")) " " code { (q) } }
-        @if found.is_empty() { p { "No case has it." } } @else { (case_rows(&found, &u.user)) }
+        @if found.is_empty() { p { "No case has it." } } @else { (case_rows(&found, &u.user, false)) }
     };
     page(StatusCode::OK, layout("Search · Vigil review", Some(&u), body))
 }
