@@ -92,7 +92,8 @@ async fn main() {
 
     let password = "a long bench password";
     store.add_user("bench", "ana", Role::Lead, password).await.unwrap();
-    let web = Arc::new(Web { store: store.clone(), session_ttl: Duration::from_secs(3600), secure_cookie: true });
+    let web =
+        Arc::new(Web { store: store.clone(), session_ttl: Duration::from_secs(3600), secure_cookie: true, oidc: None });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(vigil_review_web::serve(web, listener, std::future::pending()));

@@ -150,3 +150,110 @@ async fn an_analyst_logs_in_claims_notes_and_stops_a_payment_in_a_real_browser()
     db.batch_execute(&format!("DROP SCHEMA {name} CASCADE")).await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A process killed when the test ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn analysts_log_in_through_an_openid_connect_provider_in_a_real_browser() {
+    let browser = repo().join("tests/browser");
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists() && browser.join("node_modules/oidc-provider").exists(),
+        "the single sign-on test needs chromium, playwright-core and oidc-provider: run `bash scripts/browser.sh`"
+    );
+    let name = format!("review_sso_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let (db, settings) = schema(&name).await;
+    let dir = repo().join("target").join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (idp_port, port) = (free_port(), free_port());
+    let (listen, issuer) = (format!("127.0.0.1:{port}"), format!("http://127.0.0.1:{idp_port}"));
+    let callback = format!("http://{listen}/review/oidc/callback");
+
+    // The provider first: the review server reads its discovery document at start.
+    let mut idp = Killed(
+        Command::new("node")
+            .arg(browser.join("oidc-provider.mjs"))
+            .args([&idp_port.to_string(), "vigil-review", "the client's long secret", &callback])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut said = String::new();
+    use std::io::BufRead as _;
+    // Kept open to the end: a provider writing to a closed pipe would die.
+    let mut idp_out = std::io::BufReader::new(idp.0.stdout.take().unwrap());
+    idp_out.read_line(&mut said).unwrap();
+    assert_eq!(said.trim(), "listening", "the identity provider did not start");
+
+    let mut oidc = toml::Table::new();
+    oidc.insert("issuer".into(), issuer.clone().into());
+    oidc.insert("client_id".into(), "vigil-review".into());
+    oidc.insert("client_secret_env".into(), "VIGIL_TEST_OIDC_SECRET".into());
+    oidc.insert("redirect_url".into(), callback.clone().into());
+    let mut review = toml::Table::new();
+    review.insert("oidc".into(), oidc.into());
+    let pipeline = TestPipeline::shipped("demo.toml").add("review", review);
+    let file = repo().join(format!("pipelines/.test-{name}.toml"));
+    std::fs::write(&file, pipeline.text()).unwrap();
+    let log = std::fs::File::create(dir.join("serve.log")).unwrap();
+    let _server = Server(
+        Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["review", "serve", "--pipeline"])
+            .arg(&file)
+            .args(["--database", &settings, "--no-follow", "--listen", &listen])
+            .env("VIGIL_TEST_OIDC_SECRET", "the client's long secret")
+            .current_dir(repo())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://{listen}");
+    let start = Instant::now();
+    while reqwest::get(format!("{base}/readyz")).await.map(|r| r.status().is_success()).ok() != Some(true) {
+        let log = std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default();
+        assert!(start.elapsed() < Duration::from_secs(30), "vigil review serve did not become ready:\n{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let shot = repo().join("target/review-sso-failure.png");
+    let run = Command::new("node").arg(browser.join("review-sso.mjs")).arg(&base).arg(&shot).output().unwrap();
+    assert!(
+        run.status.success(),
+        "the single sign-on run failed (screenshot: {}):\n{}\n--- server log:\n{}",
+        shot.display(),
+        String::from_utf8_lossy(&run.stderr),
+        std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
+    );
+
+    // One account, the provider's, with the role its claim gave; no password.
+    let row = db
+        .query_one("SELECT role, oidc_issuer, oidc_subject, password_hash IS NULL FROM users WHERE name = 'lee'", &[])
+        .await
+        .unwrap();
+    let (role, iss, sub, no_password): (String, String, String, bool) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!((role.as_str(), iss, sub.as_str(), no_password), ("lead", issuer, "lee", true));
+    let users: i64 = db.query_one("SELECT count(*) FROM users", &[]).await.unwrap().get(0);
+    assert_eq!(users, 1, "the account without a role was not made");
+    let actions: Vec<(String, String)> = db
+        .query("SELECT actor, action FROM audit_log ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(actions, [("lee".to_owned(), "add_user".to_owned()), ("lee".to_owned(), "login".to_owned())]);
+    let left: i64 = db.query_one("SELECT count(*) FROM oidc_logins", &[]).await.unwrap().get(0);
+    assert_eq!(left, 0, "each login's state was taken once");
+    drop(idp_out);
+    std::fs::remove_file(&file).ok();
+    db.batch_execute(&format!("DROP SCHEMA {name} CASCADE")).await.unwrap();
+}

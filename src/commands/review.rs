@@ -198,6 +198,8 @@ struct Review {
     labels: Option<Box<dyn LabelSink>>,
     /// The `[[review.webhooks]]` receivers, with their secrets.
     webhooks: Option<WebhookSender>,
+    /// `[review.oidc]`, for the server's logins.
+    oidc: Option<vigil_core::pipeline::OidcConfig>,
 }
 
 impl IngestArgs {
@@ -249,7 +251,8 @@ impl IngestArgs {
         let store = ReviewStore::connect(&database, 8, settings)?;
         store.migrate().await.context("preparing the review database")?;
         let group = self.group.unwrap_or_else(|| format!("{}-review", kafka.as_ref().map_or("vigil", |k| &k.group_id)));
-        Ok(Review { store, kafka, group, batch: self.batch, on_deadline, resolutions_topic, labels, webhooks })
+        let oidc = config.review.oidc.clone();
+        Ok(Review { store, kafka, group, batch: self.batch, on_deadline, resolutions_topic, labels, webhooks, oidc })
     }
 }
 
@@ -287,7 +290,7 @@ impl Review {
     /// Resolves holds that run out and publishes resolutions (when there is a
     /// topic) until `stop`, and follows the decisions topic too when `follow`.
     async fn run(self, follow: bool, stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
-        let Review { store, kafka, group, batch, on_deadline, resolutions_topic, labels, webhooks } = self;
+        let Review { store, kafka, group, batch, on_deadline, resolutions_topic, labels, webhooks, oidc: _ } = self;
         let sweeper = tokio::spawn(resolve_due_every_second(store.clone(), on_deadline));
         let publisher = resolutions_topic.zip(kafka.clone()).map(|(topic, kafka)| {
             let (store, stop) = (store.clone(), stop.clone());
@@ -404,10 +407,24 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
                 .with_context(|| format!("--listen {listen}: cannot listen there"))?;
+            let oidc = match &review.oidc {
+                Some(config) => {
+                    let secret = std::env::var(&config.client_secret_env).map_err(|_| {
+                        anyhow!("[review.oidc] client_secret_env: the variable {} is not set", config.client_secret_env)
+                    })?;
+                    let oidc = vigil_review_web::oidc::Oidc::discover(config, secret)
+                        .await
+                        .map_err(|e| anyhow!("[review.oidc]: {e}"))?;
+                    tracing::info!(issuer = %config.issuer, "single sign-on through the identity provider");
+                    Some(oidc)
+                }
+                None => None,
+            };
             let web = std::sync::Arc::new(vigil_review_web::Web {
                 store: review.store.clone(),
                 session_ttl,
                 secure_cookie: !insecure_cookie,
+                oidc,
             });
             let stop = stop_on_signal();
             let server = tokio::spawn(vigil_review_web::serve(web, listener, stopped(stop.clone())));

@@ -9,6 +9,7 @@
 //! ```
 
 pub mod error;
+pub mod oidc;
 pub mod pages;
 pub mod routes;
 pub mod session;
@@ -34,6 +35,8 @@ pub struct Web {
     /// Whether the session cookie says `Secure` (browsers then send it only
     /// over HTTPS, and to `localhost` over plain HTTP).
     pub secure_cookie: bool,
+    /// Logins through the pipeline's OpenID Connect provider, when it has one.
+    pub oidc: Option<oidc::Oidc>,
 }
 
 /// The review server's routes over `web`.
@@ -69,6 +72,8 @@ pub fn router(web: Arc<Web>) -> Router {
     let pages = Router::new()
         .route("/", get(pages::queue_page))
         .route("/login", get(pages::login_page))
+        .route("/oidc/login", get(oidc::login))
+        .route("/oidc/callback", get(oidc::callback))
         .route("/search", get(pages::search_page))
         .route("/cases/{id}", get(pages::case_page))
         .route("/assets/review.js", get(pages::script))

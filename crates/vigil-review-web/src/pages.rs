@@ -30,7 +30,7 @@ const STYLE: &str = include_str!("../assets/review.css");
 const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
                       connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-fn page(status: StatusCode, body: Markup) -> Response {
+pub(crate) fn page(status: StatusCode, body: Markup) -> Response {
     let mut r = (status, body.into_string()).into_response();
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
@@ -65,7 +65,7 @@ async fn viewer(web: &Web, headers: &HeaderMap) -> Result<SessionUser, Response>
     found.ok_or_else(|| Redirect::to(&format!("{PAGES}/login")).into_response())
 }
 
-fn failure_page(f: Failure) -> Response {
+pub(crate) fn failure_page(f: Failure) -> Response {
     let status = f.status;
     page(
         status,
@@ -128,18 +128,30 @@ fn until(t: DateTime<Utc>) -> String {
     }
 }
 
-pub async fn login_page() -> Response {
+pub async fn login_page(State(web): State<Arc<Web>>) -> Response {
+    login_form(StatusCode::OK, None, web.oidc.is_some())
+}
+
+/// The login page with why the last try did not log in (single sign-on
+/// answers land here).
+pub(crate) fn login_page_saying(status: StatusCode, why: &str) -> Response {
+    login_form(status, Some(why), true)
+}
+
+fn login_form(status: StatusCode, said: Option<&str>, sso: bool) -> Response {
     page(
-        StatusCode::OK,
+        status,
         layout(
             "Log in · Vigil review",
             None,
             html! {
+                @if let Some(why) = said { p.flash.error.sso { (why) } }
                 form #login.card data-go=(PAGES) {
                     h1 { "Log in" }
                     label { "Name" input name="name" autocomplete="username" required autofocus; }
                     label { "Password" input name="password" type="password" autocomplete="current-password" required; }
                     button type="submit" { "Log in" }
+                    @if sso { a #sso href={ (PAGES) "/oidc/login" } { "Log in with single sign-on" } }
                 }
             },
         ),

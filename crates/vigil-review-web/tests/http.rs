@@ -52,7 +52,12 @@ impl Server {
         config.options(format!("-c search_path={schema}"));
         let store = ReviewStore::with_config(config, 4, settings).unwrap();
         store.migrate().await.unwrap();
-        let web = Arc::new(Web { store: store.clone(), session_ttl: Duration::from_secs(600), secure_cookie: true });
+        let web = Arc::new(Web {
+            store: store.clone(),
+            session_ttl: Duration::from_secs(600),
+            secure_cookie: true,
+            oidc: None,
+        });
         Server { store, app: router(web), schema }
     }
 

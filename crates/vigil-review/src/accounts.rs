@@ -170,8 +170,13 @@ impl ReviewStore {
     pub async fn login(&self, name: &str, password: &str, ttl: Duration) -> Result<Session, ReviewError> {
         let client = self.pool.get().await?;
         let row = client.query_opt("SELECT role, password_hash, disabled FROM users WHERE name = $1", &[&name]).await?;
+        // An account of the identity provider has no password: it fails
+        // as an unknown name does, after the same work.
         let (hash, role, disabled) = match &row {
-            Some(r) => (r.get::<_, String>(1), Role::parse(r.get(0)), r.get::<_, bool>(2)),
+            Some(r) => match r.get::<_, Option<String>>(1) {
+                Some(hash) => (hash, Role::parse(r.get(0)), r.get::<_, bool>(2)),
+                None => (stand_in_hash(), None, true),
+            },
             None => (stand_in_hash(), None, true),
         };
         let pw = password.to_owned();
@@ -201,6 +206,141 @@ impl ReviewStore {
         audit::append(&tx, &[Audit { actor: name, action: "login", case: None, transaction_id: None, detail }]).await?;
         tx.commit().await?;
         Ok(Session { token, csrf, user: name.to_owned(), role, expires_at })
+    }
+
+    /// Remembers a login sent to the identity provider: its `state`, PKCE
+    /// verifier and nonce, for [`ReviewStore::oidc_take`]. Logins older than
+    /// ten minutes are forgotten.
+    pub async fn oidc_begin(&self, state: &str, verifier: &str, nonce: &str) -> Result<(), ReviewError> {
+        let client = self.pool.get().await?;
+        client.execute("DELETE FROM oidc_logins WHERE created_at < now() - interval '10 minutes'", &[]).await?;
+        client
+            .execute(
+                "INSERT INTO oidc_logins (state_hash, pkce_verifier, nonce) VALUES ($1, $2, $3)",
+                &[&token_hash(state), &verifier, &nonce],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The PKCE verifier and nonce of the login `state` began, once: a second
+    /// call, or one after ten minutes, finds nothing.
+    pub async fn oidc_take(&self, state: &str) -> Result<Option<(String, String)>, ReviewError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "DELETE FROM oidc_logins WHERE state_hash = $1 AND created_at >= now() - interval '10 minutes'
+                 RETURNING pkce_verifier, nonce",
+                &[&token_hash(state)],
+            )
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// Opens a session for `ttl` for the identity provider's user
+    /// (`issuer`, `subject`), whose token the caller has verified. The first
+    /// login makes the account `name`; later ones keep its name and take the
+    /// role the provider gives now. A disabled account, or a name taken by a
+    /// local account or another subject, is refused (and audited).
+    pub async fn oidc_login(
+        &self,
+        issuer: &str,
+        subject: &str,
+        name: &str,
+        role: Role,
+        ttl: Duration,
+    ) -> Result<Session, ReviewError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let known = tx
+            .query_opt(
+                "SELECT name, role, disabled FROM users WHERE oidc_issuer = $1 AND oidc_subject = $2 FOR UPDATE",
+                &[&issuer, &subject],
+            )
+            .await?;
+        let refuse = |why: &str| json!({"user": name, "via": "oidc", "subject": subject, "why": why});
+        let user = match known {
+            Some(r) if r.get::<_, bool>(2) => {
+                let name: String = r.get(0);
+                let detail = refuse("disabled");
+                audit::append(
+                    &tx,
+                    &[Audit { actor: &name, action: "login_failed", case: None, transaction_id: None, detail }],
+                )
+                .await?;
+                tx.commit().await?;
+                return Err(ReviewError::LoginFailed);
+            }
+            Some(r) => {
+                let (known_name, was): (String, String) = (r.get(0), r.get(1));
+                if was != role.as_str() {
+                    tx.execute("UPDATE users SET role = $2 WHERE name = $1", &[&known_name, &role.as_str()]).await?;
+                    let detail = json!({"user": known_name, "role": role.as_str(), "was": was, "via": "oidc"});
+                    audit::append(
+                        &tx,
+                        &[Audit {
+                            actor: &known_name,
+                            action: "role_changed",
+                            case: None,
+                            transaction_id: None,
+                            detail,
+                        }],
+                    )
+                    .await?;
+                }
+                known_name
+            }
+            None => {
+                let added = tx
+                    .execute(
+                        "INSERT INTO users (name, role, oidc_issuer, oidc_subject) VALUES ($1, $2, $3, $4)
+                         ON CONFLICT DO NOTHING",
+                        &[&name, &role.as_str(), &issuer, &subject],
+                    )
+                    .await
+                    .map_err(|e| match e.code() {
+                        Some(c) if *c == tokio_postgres::error::SqlState::CHECK_VIOLATION => ReviewError::Invalid(
+                            format!("the identity provider's name `{name}` is not a user name here (1 to 64 lower-case letters, digits, `.`, `_` or `-`)"),
+                        ),
+                        _ => ReviewError::Database(e),
+                    })?;
+                if added == 0 {
+                    let detail = refuse("name taken");
+                    audit::append(
+                        &tx,
+                        &[Audit { actor: name, action: "login_failed", case: None, transaction_id: None, detail }],
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    return Err(ReviewError::Invalid(format!(
+                        "the name `{name}` belongs to another account here; an admin must rename or remove it"
+                    )));
+                }
+                let detail =
+                    json!({"user": name, "role": role.as_str(), "via": "oidc", "issuer": issuer, "subject": subject});
+                audit::append(
+                    &tx,
+                    &[Audit { actor: name, action: "add_user", case: None, transaction_id: None, detail }],
+                )
+                .await?;
+                name.to_owned()
+            }
+        };
+        let (token, csrf) = (random_token(), random_token());
+        let expires_at: DateTime<Utc> = tx
+            .query_one(
+                "INSERT INTO sessions (token_hash, user_name, csrf, expires_at)
+                 VALUES ($1, $2, $3, now() + make_interval(secs => $4)) RETURNING expires_at",
+                &[&token_hash(&token), &user, &csrf, &ttl.as_secs_f64()],
+            )
+            .await?
+            .get(0);
+        let detail =
+            json!({"expires_at": expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "via": "oidc"});
+        audit::append(&tx, &[Audit { actor: &user, action: "login", case: None, transaction_id: None, detail }])
+            .await?;
+        tx.commit().await?;
+        Ok(Session { token, csrf, user, role, expires_at })
     }
 
     /// The live session of `token`, if it has one (not expired, its account

@@ -887,3 +887,44 @@ async fn case_opened_and_resolved_reach_a_webhook_signed_with_the_case_and_retri
     assert_eq!(verdicts, ["stop", "release"]);
     f.drop_schema().await;
 }
+
+#[tokio::test]
+async fn identity_provider_logins_make_one_account_per_subject_and_follow_its_role() {
+    use vigil_review::Role;
+    let f = Fixture::new(ReviewSettings::default(), 2).await;
+    let ttl = Duration::from_secs(600);
+    let iss = "https://login.example";
+    // A login under way is taken once.
+    f.store.oidc_begin("state-1", "verifier-1", "nonce-1").await.unwrap();
+    assert_eq!(f.store.oidc_take("state-1").await.unwrap(), Some(("verifier-1".into(), "nonce-1".into())));
+    assert_eq!(f.store.oidc_take("state-1").await.unwrap(), None, "a state is good for one callback");
+    assert_eq!(f.store.oidc_take("forged").await.unwrap(), None);
+
+    let s = f.store.oidc_login(iss, "sub-ana", "ana", Role::Analyst, ttl).await.unwrap();
+    assert_eq!((s.user.as_str(), s.role), ("ana", Role::Analyst));
+    assert!(f.store.session(&s.token).await.unwrap().is_some());
+    // The provider made her a lead: the next login says so; the name stays.
+    let s = f.store.oidc_login(iss, "sub-ana", "ana.renamed", Role::Lead, ttl).await.unwrap();
+    assert_eq!((s.user.as_str(), s.role), ("ana", Role::Lead));
+    // Her account has no password to log in with.
+    assert!(matches!(f.store.login("ana", "any password at all", ttl).await, Err(ReviewError::LoginFailed)));
+    // A local account's name, or another subject's, is not taken over.
+    f.store.add_user("admin", "bo", Role::Analyst, "bo's long password").await.unwrap();
+    assert!(matches!(f.store.oidc_login(iss, "sub-bo", "bo", Role::Admin, ttl).await, Err(ReviewError::Invalid(_))));
+    assert!(matches!(
+        f.store.oidc_login(iss, "sub-other", "ana", Role::Analyst, ttl).await,
+        Err(ReviewError::Invalid(_))
+    ));
+    assert!(matches!(
+        f.store.oidc_login(iss, "sub-x", "Not A Name", Role::Analyst, ttl).await,
+        Err(ReviewError::Invalid(_))
+    ));
+    // Disabled: refused, and the provider cannot bring it back.
+    f.store.disable_user("admin", "ana").await.unwrap();
+    assert!(matches!(f.store.oidc_login(iss, "sub-ana", "ana", Role::Lead, ttl).await, Err(ReviewError::LoginFailed)));
+    let actions: Vec<String> =
+        f.sql("SELECT action FROM audit_log WHERE actor = 'ana' ORDER BY id").await.iter().map(|r| r.get(0)).collect();
+    // Refused: the password, the name another subject wanted, the disabled account.
+    assert_eq!(actions, ["add_user", "login", "role_changed", "login", "login_failed", "login_failed", "login_failed"]);
+    f.drop_schema().await;
+}

@@ -25,7 +25,9 @@ pub use api::{ApiClient, ApiConfig, JwtAlgorithm, JwtConfig, SecretSource, TlsFi
 pub use features::{MAX_WINDOW_S, MIN_WINDOW_S, RESERVED_NAMES};
 pub use kafka::KafkaConfig;
 pub use model::ModelConfig;
-pub use review::{CaseEntity, HoldAction, QueueDef, QueueWhen, ReviewConfig, WebhookDef, WebhookEvent, DEFAULT_QUEUE};
+pub use review::{
+    CaseEntity, HoldAction, OidcConfig, QueueDef, QueueWhen, ReviewConfig, WebhookDef, WebhookEvent, DEFAULT_QUEUE,
+};
 pub use store::{DegradedPolicy, StoreBackend, StoreConfig};
 pub use thresholds::Thresholds;
 

@@ -124,6 +124,29 @@ pub struct QueueDef {
 /// The queue of payments that match no declared queue.
 pub const DEFAULT_QUEUE: &str = "default";
 
+/// Logins through an OpenID Connect provider (`[review.oidc]`), beside or
+/// instead of local passwords: the authorisation code flow with PKCE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcConfig {
+    /// The provider's issuer URL (its discovery document is read at start).
+    pub issuer: String,
+    pub client_id: String,
+    /// The environment variable holding the client secret.
+    pub client_secret_env: String,
+    /// This server's callback as the provider knows it, ending in
+    /// `/review/oidc/callback`.
+    pub redirect_url: String,
+    /// The claim (in the ID token or from the userinfo endpoint) whose value,
+    /// or list of values, gives the analyst's role.
+    pub role_claim: String,
+    /// Which claim values give each role, highest role first (admin, lead,
+    /// analyst); when empty, the values `admin`, `lead` and `analyst`.
+    pub roles: Vec<(String, Vec<String>)>,
+    /// The claim that names the account (`preferred_username` by default,
+    /// else `email`).
+    pub name_claim: String,
+}
+
 /// What a webhook is told of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WebhookEvent {
@@ -187,6 +210,7 @@ pub struct ReviewConfig {
     /// Highest priority first.
     pub queues: Vec<QueueDef>,
     pub webhooks: Vec<WebhookDef>,
+    pub oidc: Option<OidcConfig>,
 }
 
 impl Default for ReviewConfig {
@@ -203,6 +227,7 @@ impl Default for ReviewConfig {
             four_eyes_release_of_decline: false,
             queues: Vec::new(),
             webhooks: Vec::new(),
+            oidc: None,
         }
     }
 }
@@ -223,6 +248,19 @@ pub(super) struct RawReview {
     queues: Vec<RawQueue>,
     #[serde(default)]
     webhooks: Vec<RawWebhook>,
+    oidc: Option<RawOidc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOidc {
+    issuer: Spanned<String>,
+    client_id: Spanned<String>,
+    client_secret_env: Spanned<String>,
+    redirect_url: Spanned<String>,
+    role_claim: Option<Spanned<String>>,
+    name_claim: Option<Spanned<String>>,
+    roles: Option<Spanned<std::collections::BTreeMap<String, Vec<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -383,7 +421,80 @@ pub(super) fn validate(r: &RawReview, p: &mut Diagnostics<'_>) -> ReviewConfig {
     for (i, w) in r.webhooks.iter().enumerate() {
         c.webhooks.push(webhook(i, w, &c.webhooks, p));
     }
+    c.oidc = r.oidc.as_ref().map(|o| oidc(o, p));
     c
+}
+
+/// The host of an `http://` or `https://` address, or why it has none.
+fn host_of(url: &str) -> Result<&str, String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| format!("`{url}` is not an http:// or https:// address"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(format!("`{url}` names no host"));
+    }
+    Ok(host)
+}
+
+/// `[review.oidc]`, every problem said with its place.
+fn oidc(o: &RawOidc, p: &mut Diagnostics<'_>) -> OidcConfig {
+    let key = |field: &str| format!("review.oidc.{field}");
+    for (value, field) in [(&o.issuer, "issuer"), (&o.redirect_url, "redirect_url")] {
+        if let Err(m) = host_of(value.get_ref().trim()) {
+            p.on(value, key(field), m);
+        }
+    }
+    if !o.redirect_url.get_ref().trim_end_matches('/').ends_with("/review/oidc/callback") {
+        p.on(
+            &o.redirect_url,
+            key("redirect_url"),
+            "must end in /review/oidc/callback, where this server takes the answer",
+        );
+    }
+    if o.client_id.get_ref().trim().is_empty() {
+        p.on(&o.client_id, key("client_id"), "must not be empty");
+    }
+    let secret = o.client_secret_env.get_ref();
+    if secret.trim().is_empty() || secret.contains(['=', '\0']) {
+        p.on(&o.client_secret_env, key("client_secret_env"), "must name an environment variable");
+    }
+    let claim = |v: &Option<Spanned<String>>, field: &str, default: &str, p: &mut Diagnostics<'_>| match v {
+        Some(c) if c.get_ref().trim().is_empty() => {
+            p.on(c, key(field), "must not be empty");
+            default.to_owned()
+        }
+        Some(c) => c.get_ref().clone(),
+        None => default.to_owned(),
+    };
+    let role_claim = claim(&o.role_claim, "role_claim", "vigil_role", p);
+    let name_claim = claim(&o.name_claim, "name_claim", "preferred_username", p);
+    let mut roles = Vec::new();
+    if let Some(map) = &o.roles {
+        for (role, values) in map.get_ref() {
+            if !["admin", "lead", "analyst"].contains(&role.as_str()) {
+                p.on(map, key("roles"), format!("`{role}` is not a role (admin, lead, analyst)"));
+            } else if values.is_empty() || values.iter().any(|v| v.trim().is_empty()) {
+                p.on(map, key("roles"), format!("`{role}` needs one or more claim values, none empty"));
+            }
+        }
+        for role in ["admin", "lead", "analyst"] {
+            if let Some(values) = map.get_ref().get(role) {
+                roles.push((role.to_owned(), values.clone()));
+            }
+        }
+    }
+    OidcConfig {
+        issuer: o.issuer.get_ref().trim().trim_end_matches('/').to_owned(),
+        client_id: o.client_id.get_ref().clone(),
+        client_secret_env: secret.clone(),
+        redirect_url: o.redirect_url.get_ref().trim().to_owned(),
+        role_claim,
+        roles,
+        name_claim,
+    }
 }
 
 /// One `[[review.webhooks]]`, every problem said with its place.
@@ -396,16 +507,8 @@ fn webhook(i: usize, w: &RawWebhook, before: &[WebhookDef], p: &mut Diagnostics<
         p.on(&w.name, key("name"), format!("webhook `{name}` is declared twice"));
     }
     let url = w.url.get_ref().trim();
-    let host = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")).map(|rest| {
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-        authority.rsplit('@').next().unwrap_or_default().to_owned()
-    });
-    match host {
-        None => p.on(&w.url, key("url"), format!("`{url}` is not an http:// or https:// address")),
-        Some(h) if h.is_empty() || h.contains(char::is_whitespace) => {
-            p.on(&w.url, key("url"), format!("`{url}` names no host"))
-        }
-        Some(_) => {}
+    if let Err(m) = host_of(url) {
+        p.on(&w.url, key("url"), m);
     }
     let secret_env = w.secret_env.get_ref();
     if secret_env.trim().is_empty() || secret_env.contains(['=', '\0']) {

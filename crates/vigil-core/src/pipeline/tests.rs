@@ -395,3 +395,41 @@ fn webhooks_are_read_with_their_events_and_refused_with_their_places() {
     assert!(has("review.webhooks[1].events", "at least one event"), "{bad:?}");
     assert!(has("review.webhooks[2].name", "declared twice"), "{bad:?}");
 }
+
+#[test]
+fn an_oidc_section_is_read_with_its_role_map_and_refused_with_its_places() {
+    let text = format!(
+        "{GOOD}\n[review.oidc]\nissuer = \"https://login.example.com/realms/risk/\"\nclient_id = \"vigil-review\"\n\
+         client_secret_env = \"VIGIL_OIDC_SECRET\"\nredirect_url = \"https://review.example.com/review/oidc/callback\"\n\
+         role_claim = \"groups\"\n[review.oidc.roles]\nlead = [\"fraud-leads\"]\nanalyst = [\"fraud-analysts\", \"ops\"]\n"
+    );
+    let c = PipelineConfig::parse(Path::new("p.toml"), &text).unwrap();
+    let o = c.review.oidc.unwrap();
+    assert_eq!(o.issuer, "https://login.example.com/realms/risk");
+    assert_eq!((o.role_claim.as_str(), o.name_claim.as_str()), ("groups", "preferred_username"));
+    assert_eq!(
+        o.roles,
+        [
+            ("lead".to_owned(), vec!["fraud-leads".to_owned()]),
+            ("analyst".to_owned(), vec!["fraud-analysts".into(), "ops".into()])
+        ],
+        "highest role first"
+    );
+    let bad = match PipelineConfig::parse(
+        Path::new("p.toml"),
+        &format!(
+            "{GOOD}\n[review.oidc]\nissuer = \"login.example.com\"\nclient_id = \"\"\nclient_secret_env = \"\"\n\
+             redirect_url = \"https://review.example.com/callback\"\n[review.oidc.roles]\nboss = [\"x\"]\nlead = []\n"
+        ),
+    ) {
+        Err(ConfigError::Invalid { problems }) => problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    let has = |key: &str, words: &str| bad.iter().any(|p| p.contains(key) && p.contains(words));
+    assert!(has("review.oidc.issuer", "not an http:// or https:// address"), "{bad:?}");
+    assert!(has("review.oidc.redirect_url", "/review/oidc/callback"), "{bad:?}");
+    assert!(has("review.oidc.client_id", "must not be empty"), "{bad:?}");
+    assert!(has("review.oidc.client_secret_env", "environment variable"), "{bad:?}");
+    assert!(has("review.oidc.roles", "`boss` is not a role"), "{bad:?}");
+    assert!(has("review.oidc.roles", "`lead` needs one or more claim values"), "{bad:?}");
+}
