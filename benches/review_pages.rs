@@ -152,6 +152,22 @@ async fn main() {
             percentile(&times, 1.0)
         );
     }
+    // The queue counts alone, straight from the store: what of the queue
+    // routes' time is the database's.
+    let mut times = Vec::with_capacity(requests);
+    for _ in 0..requests {
+        let t = Instant::now();
+        store.queue_counts().await.unwrap();
+        times.push(t.elapsed());
+    }
+    times.sort();
+    println!(
+        "{:<32} {:>9.2} {:>9.2} {:>9.2}",
+        "queue counts, no HTTP",
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        percentile(&times, 1.0)
+    );
     // Four analysts at once, each cycling through the page routes.
     let start = Instant::now();
     let tasks: Vec<_> = (0..4)
