@@ -30,6 +30,12 @@ impl Drop for Ingester {
     }
 }
 
+/// Every hold's state, by transaction id.
+async fn states(db: &tokio_postgres::Client) -> Vec<(String, String)> {
+    let rows = db.query("SELECT transaction_id, state FROM gate_holds ORDER BY 1", &[]).await.unwrap();
+    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_payment_is_posted_before_its_decision_and_every_hold_ends_once() {
     let test = TestPipeline::local("gate");
@@ -195,26 +201,14 @@ async fn no_payment_is_posted_before_its_decision_and_every_hold_ends_once() {
     assert_eq!(accounts.len(), cards.len());
 
     // Applying everything again changes nothing.
-    let before: Vec<(String, String)> = db
-        .query("SELECT transaction_id, state FROM gate_holds ORDER BY 1", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let before = states(&db).await;
     for e in events.iter().take(50) {
         assert_eq!(gate.apply(&vigil_ledger_gate::Input::Authorisation(Box::new(e.clone()))).await.unwrap(), None);
         let action = decisions[&e.transaction_id];
         let again = vigil_ledger_gate::Input::Decision { transaction_id: e.transaction_id.clone(), action };
         assert_eq!(gate.apply(&again).await.unwrap(), None);
     }
-    let after: Vec<(String, String)> = db
-        .query("SELECT transaction_id, state FROM gate_holds ORDER BY 1", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let after = states(&db).await;
     assert_eq!(before, after);
 
     stop.notify_waiters();

@@ -20,6 +20,22 @@ impl Drop for Server {
     }
 }
 
+/// Starts `serve` (a `vigil review serve` command) from the repository's
+/// root, its log in `dir/serve.log`, and waits until it is ready on `listen`;
+/// the server and its base URL.
+async fn serve_until_ready(mut serve: Command, listen: &str, dir: &std::path::Path) -> (Server, String) {
+    let log = std::fs::File::create(dir.join("serve.log")).unwrap();
+    let server = Server(serve.current_dir(repo()).stdout(Stdio::null()).stderr(log).spawn().unwrap());
+    let base = format!("http://{listen}");
+    let start = Instant::now();
+    while reqwest::get(format!("{base}/readyz")).await.map(|r| r.status().is_success()).ok() != Some(true) {
+        let log = std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default();
+        assert!(start.elapsed() < Duration::from_secs(30), "vigil review serve did not become ready:\n{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (server, base)
+}
+
 fn review(tx: &str, card: &str, amount: &str, score: f64) -> String {
     serde_json::json!({
         "transaction_id": tx, "decision": "review", "score": score,
@@ -88,23 +104,9 @@ async fn an_analyst_logs_in_claims_notes_and_stops_a_payment_in_a_real_browser()
 
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let log = std::fs::File::create(dir.join("serve.log")).unwrap();
-    let _server = Server(
-        Command::new(env!("CARGO_BIN_EXE_vigil"))
-            .args(["review", "serve", "--pipeline", demo, "--database", &settings, "--no-follow", "--listen", &listen])
-            .current_dir(repo())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    let base = format!("http://{listen}");
-    let start = Instant::now();
-    while reqwest::get(format!("{base}/readyz")).await.map(|r| r.status().is_success()).ok() != Some(true) {
-        let log = std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default();
-        assert!(start.elapsed() < Duration::from_secs(30), "vigil review serve did not become ready:\n{log}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_vigil"));
+    serve.args(["review", "serve", "--pipeline", demo, "--database", &settings, "--no-follow", "--listen", &listen]);
+    let (_server, base) = serve_until_ready(serve, &listen, &dir).await;
 
     let shot = repo().join("target/review-browser-failure.png");
     let run = Command::new("node").arg(&script).args([&base, "ana", password]).arg(&shot).output().unwrap();
@@ -203,26 +205,13 @@ async fn analysts_log_in_through_an_openid_connect_provider_in_a_real_browser() 
     let pipeline = TestPipeline::shipped("demo.toml").add("review", review);
     let file = repo().join(format!("pipelines/.test-{name}.toml"));
     std::fs::write(&file, pipeline.text()).unwrap();
-    let log = std::fs::File::create(dir.join("serve.log")).unwrap();
-    let _server = Server(
-        Command::new(env!("CARGO_BIN_EXE_vigil"))
-            .args(["review", "serve", "--pipeline"])
-            .arg(&file)
-            .args(["--database", &settings, "--no-follow", "--listen", &listen])
-            .env("VIGIL_TEST_OIDC_SECRET", "the client's long secret")
-            .current_dir(repo())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    let base = format!("http://{listen}");
-    let start = Instant::now();
-    while reqwest::get(format!("{base}/readyz")).await.map(|r| r.status().is_success()).ok() != Some(true) {
-        let log = std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default();
-        assert!(start.elapsed() < Duration::from_secs(30), "vigil review serve did not become ready:\n{log}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_vigil"));
+    serve
+        .args(["review", "serve", "--pipeline"])
+        .arg(&file)
+        .args(["--database", &settings, "--no-follow", "--listen", &listen])
+        .env("VIGIL_TEST_OIDC_SECRET", "the client's long secret");
+    let (_server, base) = serve_until_ready(serve, &listen, &dir).await;
     let shot = repo().join("target/review-sso-failure.png");
     let run = Command::new("node").arg(browser.join("review-sso.mjs")).arg(&base).arg(&shot).output().unwrap();
     assert!(

@@ -160,7 +160,7 @@ pub async fn callback(State(web): State<Arc<Web>>, headers: HeaderMap, Query(c):
     let (Some(code), Some(state)) = (c.code, c.state) else {
         return refused(StatusCode::BAD_REQUEST, "the identity provider's answer has no code or state");
     };
-    let bound = cookie(&headers, STATE_COOKIE).is_some_and(|c| same(c, &state));
+    let bound = crate::session::cookie(&headers, STATE_COOKIE).is_some_and(|c| same(c, &state));
     let taken = match web.store.oidc_take(&state).await {
         Ok(t) => t,
         Err(e) => return crate::pages::failure_page(e.into()),
@@ -288,17 +288,6 @@ fn payload(jwt: &str) -> Option<Value> {
     let part = jwt.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part.trim_end_matches('=')).ok()?;
     serde_json::from_slice(&bytes).ok()
-}
-
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v)
 }
 
 /// Equal strings, compared in time that does not depend on where they differ.

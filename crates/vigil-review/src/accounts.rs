@@ -120,6 +120,32 @@ fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A new session of `user` for `ttl`, written and audited (`via` says how
+/// the user logged in when not by password) in the caller's transaction.
+async fn open_session(
+    tx: &deadpool_postgres::Transaction<'_>,
+    user: &str,
+    role: Role,
+    ttl: Duration,
+    via: Option<&str>,
+) -> Result<Session, ReviewError> {
+    let (token, csrf) = (random_token(), random_token());
+    let expires_at: DateTime<Utc> = tx
+        .query_one(
+            "INSERT INTO sessions (token_hash, user_name, csrf, expires_at)
+             VALUES ($1, $2, $3, now() + make_interval(secs => $4)) RETURNING expires_at",
+            &[&token_hash(&token), &user, &csrf, &ttl.as_secs_f64()],
+        )
+        .await?
+        .get(0);
+    let mut detail = json!({"expires_at": expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)});
+    if let Some(via) = via {
+        detail["via"] = via.into();
+    }
+    audit::append(tx, &[Audit { actor: user, action: "login", case: None, transaction_id: None, detail }]).await?;
+    Ok(Session { token, csrf, user: user.to_owned(), role, expires_at })
+}
+
 impl ReviewStore {
     /// Adds an account (`by` is the admin who adds it, for the audit log).
     pub async fn add_user(&self, by: &str, name: &str, role: Role, password: &str) -> Result<(), ReviewError> {
@@ -193,19 +219,9 @@ impl ReviewStore {
             tx.commit().await?;
             return Err(ReviewError::LoginFailed);
         };
-        let (token, csrf) = (random_token(), random_token());
-        let expires_at: DateTime<Utc> = tx
-            .query_one(
-                "INSERT INTO sessions (token_hash, user_name, csrf, expires_at)
-                 VALUES ($1, $2, $3, now() + make_interval(secs => $4)) RETURNING expires_at",
-                &[&token_hash(&token), &name, &csrf, &ttl.as_secs_f64()],
-            )
-            .await?
-            .get(0);
-        let detail = json!({"expires_at": expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)});
-        audit::append(&tx, &[Audit { actor: name, action: "login", case: None, transaction_id: None, detail }]).await?;
+        let session = open_session(&tx, name, role, ttl, None).await?;
         tx.commit().await?;
-        Ok(Session { token, csrf, user: name.to_owned(), role, expires_at })
+        Ok(session)
     }
 
     /// Remembers a login sent to the identity provider: its `state`, PKCE
@@ -326,21 +342,9 @@ impl ReviewStore {
                 name.to_owned()
             }
         };
-        let (token, csrf) = (random_token(), random_token());
-        let expires_at: DateTime<Utc> = tx
-            .query_one(
-                "INSERT INTO sessions (token_hash, user_name, csrf, expires_at)
-                 VALUES ($1, $2, $3, now() + make_interval(secs => $4)) RETURNING expires_at",
-                &[&token_hash(&token), &user, &csrf, &ttl.as_secs_f64()],
-            )
-            .await?
-            .get(0);
-        let detail =
-            json!({"expires_at": expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "via": "oidc"});
-        audit::append(&tx, &[Audit { actor: &user, action: "login", case: None, transaction_id: None, detail }])
-            .await?;
+        let session = open_session(&tx, &user, role, ttl, Some("oidc")).await?;
         tx.commit().await?;
-        Ok(Session { token, csrf, user, role, expires_at })
+        Ok(session)
     }
 
     /// The live session of `token`, if it has one (not expired, its account
