@@ -420,12 +420,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 }
                 None => None,
             };
-            let web = std::sync::Arc::new(vigil_review_web::Web {
-                store: review.store.clone(),
-                session_ttl,
-                secure_cookie: !insecure_cookie,
-                oidc,
-            });
+            let mut web = vigil_review_web::Web::new(review.store.clone(), session_ttl);
+            web.secure_cookie = !insecure_cookie;
+            web.oidc = oidc;
+            let web = std::sync::Arc::new(web);
             let stop = stop_on_signal();
             let server = tokio::spawn(vigil_review_web::serve(web, listener, stopped(stop.clone())));
             let loops = review.run(!no_follow, stop).await;

@@ -8,6 +8,7 @@
 //! every other route ──> session::authenticate (cookie; CSRF on changes) ──> routes::* ──> ReviewStore
 //! ```
 
+pub mod counts;
 pub mod error;
 pub mod oidc;
 pub mod pages;
@@ -37,6 +38,23 @@ pub struct Web {
     pub secure_cookie: bool,
     /// Logins through the pipeline's OpenID Connect provider, when it has one.
     pub oidc: Option<oidc::Oidc>,
+    /// The queue counts, refreshed by one task while [`serve`] runs.
+    pub counts: Arc<counts::QueueCounts>,
+}
+
+impl Web {
+    /// A server over `store`: logins last `session_ttl`, the session cookie
+    /// is `Secure`, no single sign-on, and the queue counts are at most a
+    /// second old. Change the fields for anything else.
+    pub fn new(store: ReviewStore, session_ttl: Duration) -> Web {
+        Web {
+            store,
+            session_ttl,
+            secure_cookie: true,
+            oidc: None,
+            counts: Arc::new(counts::QueueCounts::new(Duration::from_secs(1))),
+        }
+    }
 }
 
 /// The review server's routes over `web`.
@@ -98,5 +116,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(%address, "serving the review API");
-    axum::serve(listener, router(web)).with_graceful_shutdown(shutdown).await
+    let counting = tokio::spawn(web.counts.clone().refresh_every(web.store.clone()));
+    let served = axum::serve(listener, router(web)).with_graceful_shutdown(shutdown).await;
+    counting.abort();
+    served
 }

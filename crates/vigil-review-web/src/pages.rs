@@ -272,7 +272,7 @@ pub async fn queue_page(State(web): State<Arc<Web>>, headers: HeaderMap, Query(q
     };
     let filter = CaseFilter { queue: q.queue.clone(), closed: false, escalated: None };
     let (queues, page_of, proposals) = match tokio::try_join!(
-        web.store.queue_counts(),
+        web.counts.get(&web.store),
         web.store.cases(&filter, after.as_ref(), 50),
         web.store.proposals(20)
     ) {
@@ -293,7 +293,7 @@ pub async fn queue_page(State(web): State<Arc<Web>>, headers: HeaderMap, Query(q
             thead { tr { th { "Queue" } th { "Priority" } th { "Open" } th { "Claimable" } th { "Escalated" } th { "Next deadline" } } }
             tbody {
                 tr { td { a href=(PAGES) { "every queue" } } td {} td {} td {} td {} td {} }
-                @for x in &queues {
+                @for x in queues.iter() {
                     tr.selected[q.queue.as_deref() == Some(x.name.as_str())] {
                         td { a href={ (PAGES) "?queue=" (encode(&x.name)) } { (x.name) } }
                         td.num { (x.priority) } td.num { (count(x.open)) } td.num { (count(x.claimable)) } td.num { (count(x.escalated)) }

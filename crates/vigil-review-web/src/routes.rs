@@ -85,7 +85,7 @@ pub async fn logout(State(web): State<Arc<Web>>, headers: HeaderMap) -> Answer {
 }
 
 pub async fn queues(State(web): State<Arc<Web>>) -> Answer {
-    let queues = web.store.queue_counts().await?;
+    let queues = web.counts.get(&web.store).await?;
     ok(json!({"queues": queues.iter().map(view::queue).collect::<Vec<_>>(), "count_limit": COUNT_LIMIT}))
 }
 

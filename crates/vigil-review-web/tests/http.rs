@@ -52,12 +52,10 @@ impl Server {
         config.options(format!("-c search_path={schema}"));
         let store = ReviewStore::with_config(config, 4, settings).unwrap();
         store.migrate().await.unwrap();
-        let web = Arc::new(Web {
-            store: store.clone(),
-            session_ttl: Duration::from_secs(600),
-            secure_cookie: true,
-            oidc: None,
-        });
+        // Counted for every request: these tests read counts right after changes.
+        let mut web = Web::new(store.clone(), Duration::from_secs(600));
+        web.counts = Arc::new(vigil_review_web::counts::QueueCounts::new(Duration::ZERO));
+        let web = Arc::new(web);
         Server { store, app: router(web), schema }
     }
 
@@ -223,21 +221,24 @@ async fn an_analyst_lists_claims_reads_notes_tags_and_decides_a_case_over_http()
         .collect();
     assert_eq!(names, [("big", 1), ("default", 2)]);
 
-    // Pages in claim order, two at a time, following `next`.
-    let mut seen = Vec::new();
-    let mut path = "/cases?limit=2".to_owned();
-    loop {
-        let page = s.get(&ana, &path).await;
-        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
-        seen.extend(
-            page.body["cases"].as_array().unwrap().iter().map(|c| c["entity"]["id"].as_str().unwrap().to_owned()),
-        );
-        match page.body["next"].as_str() {
-            Some(next) => path = format!("/cases?limit=2&after={next}"),
-            None => break,
+    // Pages in claim order, one and two at a time, following `next`: a
+    // cursor leads on within its priority and down to the lower ones.
+    for limit in [1, 2] {
+        let mut seen = Vec::new();
+        let mut path = format!("/cases?limit={limit}");
+        loop {
+            let page = s.get(&ana, &path).await;
+            assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+            seen.extend(
+                page.body["cases"].as_array().unwrap().iter().map(|c| c["entity"]["id"].as_str().unwrap().to_owned()),
+            );
+            match page.body["next"].as_str() {
+                Some(next) => path = format!("/cases?limit={limit}&after={next}"),
+                None => break,
+            }
         }
+        assert_eq!(seen, ["card-1", "card-2", "card-3"], "pages of {limit}");
     }
-    assert_eq!(seen, ["card-1", "card-2", "card-3"]);
     let big = s.get(&ana, "/cases?queue=big").await;
     assert_eq!(big.body["cases"].as_array().unwrap().len(), 1);
 

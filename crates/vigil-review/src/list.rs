@@ -249,18 +249,43 @@ impl ReviewStore {
                 }
                 Some(_) => return Err(bad_cursor(after)),
             };
-            client
-                .query(
-                    &format!(
-                        "SELECT {COLUMNS} FROM cases c
-                         WHERE c.status = 'open' AND ($1::text IS NULL OR c.queue = $1)
-                           AND ($2::boolean IS NULL OR c.escalated = $2)
-                           AND ($3::integer IS NULL OR c.priority < $3 OR (c.priority = $3 AND (c.opened_at, c.id) > ($4, $5)))
-                         ORDER BY c.priority DESC, c.opened_at, c.id LIMIT $6"
-                    ),
-                    &[&queue, &filter.escalated, &priority, &opened_after, &id, &limit],
-                )
-                .await?
+            // Claim order is priority descending, then age: no one row
+            // comparison follows both directions, and an `OR` of the two
+            // makes PostgreSQL walk the index from its start to the cursor
+            // (a page deep in a queue of 100,000 cases cost 17 ms). So a
+            // later page is two index seeks: the rest of the cursor's
+            // priority, then the lower priorities.
+            let open = "c.status = 'open' AND ($1::text IS NULL OR c.queue = $1) AND ($2::boolean IS NULL OR c.escalated = $2)";
+            match priority {
+                None => {
+                    client
+                        .query(
+                            &format!(
+                                "SELECT {COLUMNS} FROM cases c WHERE {open}
+                                 ORDER BY c.priority DESC, c.opened_at, c.id LIMIT $3"
+                            ),
+                            &[&queue, &filter.escalated, &limit],
+                        )
+                        .await?
+                }
+                Some(priority) => {
+                    client
+                        .query(
+                            &format!(
+                                "SELECT * FROM (
+                                     (SELECT {COLUMNS} FROM cases c WHERE {open}
+                                        AND c.priority = $3 AND (c.opened_at, c.id) > ($4, $5)
+                                      ORDER BY c.opened_at, c.id LIMIT $6)
+                                     UNION ALL
+                                     (SELECT {COLUMNS} FROM cases c WHERE {open} AND c.priority < $3
+                                      ORDER BY c.priority DESC, c.opened_at, c.id LIMIT $6)) page
+                                 ORDER BY 6 DESC, 13, 1 LIMIT $6"
+                            ),
+                            &[&queue, &filter.escalated, &priority, &opened_after, &id, &limit],
+                        )
+                        .await?
+                }
+            }
         };
         let cases: Vec<CaseRow> = rows.iter().map(case_row).collect();
         let next = match cases.last() {
