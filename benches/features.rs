@@ -16,6 +16,13 @@
 //!    and plain `SET`s of as many bytes as it writes, with no script, no
 //!    version check and no feature computation. No exact store can move these
 //!    keys faster, so it is the ceiling of this state layout on this machine.
+//!    Then the **owned design's traffic** (issue 23, docs/design/feature-store.md):
+//!    each writer owns its cards, loads a card's record on first touch, reads
+//!    the other writers' stripes of the shared records a flush touched, and
+//!    writes what the flush changed with one epoch-fenced script, at a few
+//!    flush sizes, with three layouts (`Owned`: a key per record, the cards'
+//!    records in a per-partition changelog, everything in the changelog). Redis's CPU per event (`INFO cpu`) is printed for the store
+//!    and each traffic run.
 //! 3. **Latency**: single-event calls at a fixed total rate from 4 paced callers
 //!    sharing one store (as `vigil serve`'s requests do), each call timed
 //!    (p50 / p99 / p99.9).
@@ -163,6 +170,142 @@ async fn raw_traffic(shards: &[Vec<Event>], plan: &Plan, prefix: &str) -> Durati
     start.elapsed()
 }
 
+/// Compare-and-set of an owned partition's flush (docs/design/feature-store.md,
+/// option B): write every key only while the partition's epoch is the
+/// flusher's. KEYS: the epoch key, the offset key, then the records and
+/// stripes; ARGV: the epoch, the offset, then their values.
+const FLUSH_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
+for i = 3, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[i], 'PX', 3600000)
+end
+return 1
+";
+
+/// Where the owned design keeps what a flush changed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Owned {
+    /// A key per card record and per shared record's stripe.
+    Keys,
+    /// The cards' records appended to the partition's changelog as one value
+    /// a flush (read back only after a crash); shared stripes as keys.
+    CardLog,
+    /// Everything a flush changed as one changelog value, and no stripe
+    /// reads: the floor, as if shared entities had owners too.
+    AllLog,
+}
+
+/// The Redis traffic of the owned design with nothing else (issue 23, step
+/// 1 of docs/design/feature-store.md): each writer owns its cards; every
+/// `flush` events it reads what it has not seen (a card's record on first
+/// touch; the other writers' stripes of each shared record it touched, once a
+/// flush, uncached), then one script checks its epoch and writes every record
+/// and own stripe the flush changed, with the bytes today's store left for
+/// that record, and its offset. No feature computation: the ceiling of the
+/// design's Redis cost, as `raw_traffic` is today's layout's.
+async fn owned_flush_traffic(
+    shards: &[Vec<Event>],
+    plan: &Plan,
+    prefix: &str,
+    flush: usize,
+    layout_of: Owned,
+) -> Duration {
+    let client = redis::Client::open(URL).unwrap();
+    let layout = KeyLayout::new(prefix);
+    let writers = shards.len();
+    let mut prepared = Vec::new();
+    for (p, shard) in shards.iter().enumerate() {
+        let mut con = client.get_multiplexed_async_connection().await.unwrap();
+        let _: () =
+            redis::cmd("SET").arg(format!("{prefix}:own:epoch:{{p{p}}}")).arg(1).query_async(&mut con).await.unwrap();
+        let mut seen = std::collections::HashSet::new();
+        let mut flushes = Vec::new();
+        for (f, chunk) in shard.chunks(flush).enumerate() {
+            let refs: Vec<&Event> = chunk.iter().collect();
+            let records = plan.keys(&refs).records;
+            let real: Vec<String> = records.iter().map(|r| layout.state(r)).collect();
+            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&real).query_async(&mut con).await.unwrap();
+            let mut loads = Vec::new();
+            let mut others = Vec::new();
+            let mut keys = vec![format!("{prefix}:own:epoch:{{p{p}}}"), format!("{prefix}:own:offset:{{p{p}}}")];
+            let mut args: Vec<Vec<u8>> = vec![b"1".to_vec(), ((f + 1) * flush).to_string().into_bytes()];
+            let mut log = Vec::new();
+            for (r, v) in records.iter().zip(values) {
+                let owned = r.starts_with("card_id=");
+                let key = format!("{prefix}:own:{{p{p}}}:{r}");
+                let v = v.unwrap_or_else(|| vec![7; 400]);
+                if owned && seen.insert(r.clone()) && layout_of == Owned::Keys {
+                    loads.push(key.clone());
+                }
+                let logged = match layout_of {
+                    Owned::Keys => false,
+                    Owned::CardLog => owned,
+                    Owned::AllLog => true,
+                };
+                if !owned && layout_of != Owned::AllLog {
+                    others.extend((0..writers).filter(|q| *q != p).map(|q| format!("{prefix}:own:{{p{q}}}:{r}")));
+                }
+                if logged {
+                    log.extend_from_slice(&v);
+                } else {
+                    keys.push(key);
+                    args.push(v);
+                }
+            }
+            if !log.is_empty() {
+                keys.push(format!("{prefix}:own:log:{{p{p}}}:{f}"));
+                args.push(log);
+            }
+            flushes.push((loads, others, keys, args));
+        }
+        prepared.push((con, flushes));
+    }
+    let script = redis::Script::new(FLUSH_SCRIPT);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (mut con, flushes) in prepared {
+        let script = script.clone();
+        tasks.push(tokio::spawn(async move {
+            for (loads, others, keys, args) in flushes {
+                // Reads first (first touches, other stripes), then the flush.
+                if !loads.is_empty() || !others.is_empty() {
+                    let mut pipe = redis::pipe();
+                    if !loads.is_empty() {
+                        pipe.cmd("MGET").arg(&loads);
+                    }
+                    if !others.is_empty() {
+                        pipe.cmd("MGET").arg(&others);
+                    }
+                    let _: redis::Value = pipe.query_async(&mut con).await.unwrap();
+                }
+                let mut call = script.prepare_invoke();
+                for k in &keys {
+                    call.key(k);
+                }
+                for a in &args {
+                    call.arg(a.as_slice());
+                }
+                let written: i64 = call.invoke_async(&mut con).await.unwrap();
+                assert_eq!(written, 1, "the epoch held");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    start.elapsed()
+}
+
+/// The Redis server's own CPU time so far (`INFO cpu`: user + system), in µs.
+async fn redis_cpu_us() -> f64 {
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(&mut admin().await).await.unwrap();
+    let field = |key: &str| {
+        info.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or(0.0)
+    };
+    (field("used_cpu_user:") + field("used_cpu_sys:")) * 1e6
+}
+
 async fn admin() -> redis::aio::MultiplexedConnection {
     redis::Client::open(URL).unwrap().get_multiplexed_async_connection().await.unwrap()
 }
@@ -211,10 +354,12 @@ fn main() {
     let features = config.features.len();
     let shards = by_card(&events, writers);
     rt.block_on(reset_command_stats());
+    let cpu = rt.block_on(redis_cpu_us());
     let (elapsed, per_writer) = rt.block_on(throughput(&shards, || store(&plan, &prefix)));
+    let store_cpu = (rt.block_on(redis_cpu_us()) - cpu) / n as f64;
     println!(
         "vigil RedisStore::process, {features} features, batches of {BATCH}, {writers} writers {per_writer:?}: \
-         {n} events in {:.2} s = {:.0} events/s",
+         {n} events in {:.2} s = {:.0} events/s; Redis CPU {store_cpu:.1} µs per event (INFO cpu)",
         elapsed.as_secs_f64(),
         n as f64 / elapsed.as_secs_f64()
     );
@@ -222,13 +367,31 @@ fn main() {
     for (cmd, calls, usec) in rt.block_on(command_stats()) {
         println!("    {cmd:8} {calls:>8} calls  {:>6.2} µs per event", usec as f64 / n as f64);
     }
+    let cpu = rt.block_on(redis_cpu_us());
     let raw = rt.block_on(raw_traffic(&shards, &plan, &prefix));
+    let raw_cpu = (rt.block_on(redis_cpu_us()) - cpu) / n as f64;
     println!(
         "the same keys without a check (pipelined MGET and SET only, {writers} writers): \
-         {n} events in {:.2} s = {:.0} events/s",
+         {n} events in {:.2} s = {:.0} events/s; Redis CPU {raw_cpu:.1} µs per event",
         raw.as_secs_f64(),
         n as f64 / raw.as_secs_f64()
     );
+    // Issue 23's owned design, its Redis traffic alone, at a few flush sizes
+    // (VIGIL_BENCH_FLUSHES, events per flush per writer).
+    let flushes = std::env::var("VIGIL_BENCH_FLUSHES").unwrap_or_else(|_| "100,500,2000".into());
+    for layout_of in [Owned::Keys, Owned::CardLog, Owned::AllLog] {
+        for flush in flushes.split(',').filter_map(|f| f.trim().parse::<usize>().ok()) {
+            let cpu = rt.block_on(redis_cpu_us());
+            let owned = rt.block_on(owned_flush_traffic(&shards, &plan, &prefix, flush, layout_of));
+            let owned_cpu = (rt.block_on(redis_cpu_us()) - cpu) / n as f64;
+            println!(
+                "owned design's traffic alone ({layout_of:?}, one fenced flush per {flush} events, {writers} writers): \
+                 {n} events in {:.2} s = {:.0} events/s; Redis CPU {owned_cpu:.1} µs per event",
+                owned.as_secs_f64(),
+                n as f64 / owned.as_secs_f64()
+            );
+        }
+    }
     // The same on the three-node cluster of scripts/services.sh, when it answers
     // (every node on this machine's cores: a cost figure, not a scaling one).
     let nodes = common::cluster_nodes();
