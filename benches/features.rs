@@ -194,6 +194,11 @@ enum Owned {
     /// Everything a flush changed as one changelog value, and no stripe
     /// reads: the floor, as if shared entities had owners too.
     AllLog,
+    /// Cards' records as keys (what the HTTP path reads), the shared
+    /// stripes a flush changed as one value per partition (overwritten each
+    /// flush), and each flush reads the other partitions' latest such value
+    /// instead of per-record stripes.
+    CardKeysSharedLog,
 }
 
 /// The Redis traffic of the owned design with nothing else (issue 23, step
@@ -235,15 +240,17 @@ async fn owned_flush_traffic(
                 let owned = r.starts_with("card_id=");
                 let key = format!("{prefix}:own:{{p{p}}}:{r}");
                 let v = v.unwrap_or_else(|| vec![7; 400]);
-                if owned && seen.insert(r.clone()) && layout_of == Owned::Keys {
+                // A card's record is read on its first touch where cards are keys.
+                if owned && matches!(layout_of, Owned::Keys | Owned::CardKeysSharedLog) && seen.insert(r.clone()) {
                     loads.push(key.clone());
                 }
                 let logged = match layout_of {
                     Owned::Keys => false,
                     Owned::CardLog => owned,
                     Owned::AllLog => true,
+                    Owned::CardKeysSharedLog => !owned,
                 };
-                if !owned && layout_of != Owned::AllLog {
+                if !owned && matches!(layout_of, Owned::Keys | Owned::CardLog) {
                     others.extend((0..writers).filter(|q| *q != p).map(|q| format!("{prefix}:own:{{p{q}}}:{r}")));
                 }
                 if logged {
@@ -252,6 +259,13 @@ async fn owned_flush_traffic(
                     keys.push(key);
                     args.push(v);
                 }
+            }
+            if layout_of == Owned::CardKeysSharedLog {
+                // One value per partition, overwritten by each flush; the
+                // others' latest are read once a flush.
+                others.extend((0..writers).filter(|q| *q != p).map(|q| format!("{prefix}:own:shared:{{p{q}}}")));
+                keys.push(format!("{prefix}:own:shared:{{p{p}}}"));
+                args.push(std::mem::take(&mut log));
             }
             if !log.is_empty() {
                 keys.push(format!("{prefix}:own:log:{{p{p}}}:{f}"));
@@ -379,7 +393,7 @@ fn main() {
     // Issue 23's owned design, its Redis traffic alone, at a few flush sizes
     // (VIGIL_BENCH_FLUSHES, events per flush per writer).
     let flushes = std::env::var("VIGIL_BENCH_FLUSHES").unwrap_or_else(|_| "100,500,2000".into());
-    for layout_of in [Owned::Keys, Owned::CardLog, Owned::AllLog] {
+    for layout_of in [Owned::Keys, Owned::CardLog, Owned::AllLog, Owned::CardKeysSharedLog] {
         for flush in flushes.split(',').filter_map(|f| f.trim().parse::<usize>().ok()) {
             let cpu = rt.block_on(redis_cpu_us());
             let owned = rt.block_on(owned_flush_traffic(&shards, &plan, &prefix, flush, layout_of));
