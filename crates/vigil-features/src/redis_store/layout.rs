@@ -5,9 +5,9 @@
 //! Every key carries a Redis Cluster hash tag (`{...}`): a record's state and
 //! the markers that go with it share one slot.
 
-/// Tag of record states: `PREFIX:s5:{RECORD}`, a version counter then the
+/// Tag of record states: `PREFIX:s6:{RECORD}`, a version counter then the
 /// postcard-encoded [`crate::state::EntityState`].
-pub const STATE_TAG: &str = "s5";
+pub const STATE_TAG: &str = "s6";
 /// Tag of transaction markers: `PREFIX:tx2:{ID}`, a transaction's first
 /// features and its event's fingerprint (JSON).
 pub const MARKER_TAG: &str = "tx2";
@@ -64,7 +64,7 @@ mod tests {
     #[test]
     fn keys_are_laid_out_as_stored() {
         let k = KeyLayout::new("vigil");
-        assert_eq!(k.state("card_id=c1"), "vigil:s5:{card_id=c1}");
+        assert_eq!(k.state("card_id=c1"), "vigil:s6:{card_id=c1}");
         assert_eq!(k.marker("t1"), "vigil:tx2:{t1}");
         assert_eq!(k.record_marker("card_id=c1", "t1"), "vigil:tx3:{card_id=c1}:t1");
         assert_eq!(k.label_marker("t1"), "vigil:lb3:{t1}");

@@ -7,9 +7,11 @@
 //! its newest events (for `time_since_last`, `previous_amount`, `changed`,
 //! `previous`), distinct-value sets (`distinct`), fraud rings fed by labels,
 //! and the composite entities kept inside it (`nest`). Records are encoded
-//! with postcard; the Redis key names the layout's version (`s5`), so that a
+//! with postcard (a ring's buckets compactly, `compact`); the Redis key names
+//! the layout's version (`s6`), so that a
 //! record of an older layout is left to expire rather than misread.
 
+mod compact;
 mod distinct;
 mod nest;
 mod ring;

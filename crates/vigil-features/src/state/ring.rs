@@ -45,7 +45,8 @@ pub(crate) struct Ring {
     pub(crate) window_s: u64,
     pub(crate) bucket_s: u64,
     pub(crate) stats: bool,
-    /// Ascending by index.
+    /// Ascending by index. Stored compactly (`compact`).
+    #[serde(with = "super::compact")]
     pub(crate) buckets: Vec<Bucket>,
 }
 
