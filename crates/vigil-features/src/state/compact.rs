@@ -112,7 +112,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Vec<Bucket>, &'static str> {
     let mut out = Vec::with_capacity(n);
     let mut index = 0i128;
     for _ in 0..n {
-        index += unzigzag(r.varint()?);
+        index = index.checked_add(unzigzag(r.varint()?)).ok_or("a bucket index out of range")?;
         let index = i64::try_from(index).map_err(|_| "a bucket index out of range")?;
         let count = u32::try_from(r.varint()?).map_err(|_| "a bucket count out of range")?;
         let sum = r.amount()?;
@@ -170,5 +170,12 @@ mod tests {
         extra.push(0);
         assert!(decode(&extra).is_err());
         assert!(decode(&[0xff; 40]).is_err());
+        // Steps that would overflow the index are refused, not wrapped.
+        let mut huge = vec![2];
+        for _ in 0..2 {
+            huge.extend([0xfe; 18]);
+            huge.extend([0x03, 1, 0, 0, 0]);
+        }
+        assert!(decode(&huge).is_err());
     }
 }
