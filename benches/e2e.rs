@@ -6,7 +6,10 @@
 //!    every record unchanged, storing offsets after delivery, with the same batch
 //!    size, linger and in-flight bound as Vigil; no parsing, no work;
 //! 3. **Vigil**: `vigil_stream::run` with the shipped local pipeline (Redis
-//!    features, shipped rules) drains the other backlog;
+//!    features, shipped rules) drains the other backlog, once per store mode
+//!    (`VIGIL_BENCH_MODES`, default `shared,owned`: today's shared records,
+//!    then the owned state of issue 23, each on topics of its own), with
+//!    Redis's own CPU per event (`INFO cpu`) over the drain;
 //! 4. **latency**: both are fed fresh events at a fixed rate, and a reader times
 //!    each event from its send to the arrival of its output record.
 //!
@@ -265,29 +268,58 @@ async fn main() {
     stop.store(1, Ordering::Relaxed);
     pt.await.unwrap();
 
-    // Vigil.
-    let engine = Arc::new(Engine::connect(&config).await.unwrap());
-    let stats = Arc::new(Stats::default());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let run = {
-        let (kafka, stats) = (kafka.clone(), stats.clone());
-        tokio::spawn(async move {
-            vigil_stream::run(&kafka, engine, stats, async {
-                let _ = stop_rx.await;
+    // Vigil, in each store mode (VIGIL_BENCH_MODES, default "shared,owned"),
+    // each on topics and keys of its own with the same backlog.
+    let modes = std::env::var("VIGIL_BENCH_MODES").unwrap_or_else(|_| "shared,owned".into());
+    for (m, mode) in modes.split(',').map(str::trim).filter(|m| !m.is_empty()).enumerate() {
+        let mut config = if m == 0 { config.clone() } else { pipeline(&format!("{tag}-{mode}")) };
+        if mode == "owned" {
+            config.store.mode =
+                vigil_core::pipeline::StoreMode::Owned { snapshot_events: 100_000, snapshot_interval_s: 60 };
+        }
+        let kafka = config.kafka.clone().unwrap();
+        if m > 0 {
+            vigil_kafka::create_topics(&kafka, 4).await.unwrap();
+            produce(&kafka.input_topic, backlog).await;
+        }
+        let engine = Arc::new(Engine::connect(&config).await.unwrap());
+        let stats = Arc::new(Stats::default());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let cpu = redis_cpu_us().await;
+        let run = {
+            let (kafka, stats) = (kafka.clone(), stats.clone());
+            tokio::spawn(async move {
+                vigil_stream::run(&kafka, engine, stats, async {
+                    let _ = stop_rx.await;
+                })
+                .await
             })
-            .await
-        })
+        };
+        let vigil_time = drain_time(&stats.delivered, n as u64, Duration::from_secs(600)).await;
+        let redis_cpu = (redis_cpu_us().await - cpu) / n as f64;
+        let vigil_rate = n as f64 / vigil_time.as_secs_f64();
+        println!(
+            "vigil run ({mode}): {n} events in {:.2} s = {vigil_rate:.0} events/s ({:.0}% of pass-through); \
+             Redis CPU {redis_cpu:.1} µs per event",
+            vigil_time.as_secs_f64(),
+            100.0 * vigil_rate / raw_rate
+        );
+        let fresh = if m % 2 == 0 { fresh_vigil } else { fresh_raw };
+        let vigil_latency = latency(&kafka.input_topic, &kafka.decisions_topic, fresh, rate).await;
+        println!("{}", report(&format!("vigil ({mode}) event-to-decision latency at {rate}/s"), &vigil_latency));
+        let _ = stop_tx.send(());
+        run.await.unwrap().unwrap();
+        println!("vigil ({mode}) stats: {:?}", stats.snapshot());
+    }
+}
+
+/// The Redis server's own CPU time so far (`INFO cpu`: user + system), in µs.
+async fn redis_cpu_us() -> f64 {
+    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(&mut con).await.unwrap();
+    let field = |key: &str| {
+        info.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or(0.0)
     };
-    let vigil_time = drain_time(&stats.delivered, n as u64, Duration::from_secs(600)).await;
-    let vigil_rate = n as f64 / vigil_time.as_secs_f64();
-    println!(
-        "vigil run: {n} events in {:.2} s = {vigil_rate:.0} events/s ({:.0}% of pass-through)",
-        vigil_time.as_secs_f64(),
-        100.0 * vigil_rate / raw_rate
-    );
-    let vigil_latency = latency(&kafka.input_topic, &kafka.decisions_topic, fresh_vigil, rate).await;
-    println!("{}", report(&format!("vigil event-to-decision latency at {rate}/s"), &vigil_latency));
-    let _ = stop_tx.send(());
-    run.await.unwrap().unwrap();
-    println!("vigil stats: {:?}", stats.snapshot());
+    (field("used_cpu_user:") + field("used_cpu_sys:")) * 1e6
 }

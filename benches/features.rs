@@ -37,11 +37,13 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use vigil_core::{Event, PipelineConfig};
-use vigil_features::{FeatureStore, KeyLayout, Plan, RedisStore};
+use vigil_features::owned::{Journal, RedisJournal, SnapshotPolicy};
+use vigil_features::{FeatureError, FeatureStore, KeyLayout, OwnedStore, Plan, RedisStore};
 use vigil_gen::GenConfig;
 
 const URL: &str = "redis://127.0.0.1:6379";
@@ -71,6 +73,17 @@ async fn store(plan: &Plan, prefix: &str) -> RedisStore {
     RedisStore::connect(URL, plan.clone(), prefix, 3600, 2000).await.expect("the harness needs Redis on 127.0.0.1:6379")
 }
 
+/// The owned store (`mode = "owned"`) with its journal on one server or on
+/// the cluster, with the default snapshot policy.
+async fn owned_store(plan: &Plan, prefix: &str, cluster: bool) -> Result<Arc<dyn FeatureStore>, FeatureError> {
+    let journal: Arc<dyn Journal> = if cluster {
+        Arc::new(RedisJournal::connect_cluster(&common::cluster_nodes(), prefix, 2000).await?)
+    } else {
+        Arc::new(RedisJournal::connect(URL, prefix, 2000).await?)
+    };
+    Ok(Arc::new(OwnedStore::open(plan.clone(), 3600, journal, SnapshotPolicy::default()).await?))
+}
+
 /// Events split between `writers` by card, as Kafka partitions keyed by card would.
 fn by_card(events: &[Event], writers: usize) -> Vec<Vec<Event>> {
     let mut shards: Vec<Vec<Event>> = vec![Vec::new(); writers];
@@ -87,7 +100,7 @@ fn by_card(events: &[Event], writers: usize) -> Vec<Vec<Event>> {
 async fn throughput<F, Fut>(shards: &[Vec<Event>], store: F) -> (Duration, Vec<usize>)
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = RedisStore>,
+    Fut: std::future::Future<Output = Arc<dyn FeatureStore>>,
 {
     let mut writers = Vec::new();
     for shard in shards {
@@ -369,7 +382,8 @@ fn main() {
     let shards = by_card(&events, writers);
     rt.block_on(reset_command_stats());
     let cpu = rt.block_on(redis_cpu_us());
-    let (elapsed, per_writer) = rt.block_on(throughput(&shards, || store(&plan, &prefix)));
+    let (elapsed, per_writer) =
+        rt.block_on(throughput(&shards, || async { Arc::new(store(&plan, &prefix).await) as Arc<dyn FeatureStore> }));
     let store_cpu = (rt.block_on(redis_cpu_us()) - cpu) / n as f64;
     println!(
         "vigil RedisStore::process, {features} features, batches of {BATCH}, {writers} writers {per_writer:?}: \
@@ -390,6 +404,20 @@ fn main() {
         raw.as_secs_f64(),
         n as f64 / raw.as_secs_f64()
     );
+    // The owned store: one owner (as one `vigil run` holding every
+    // partition) called by the same writers at once.
+    let owned_prefix = format!("{prefix}-owned");
+    let owned = rt.block_on(owned_store(&plan, &owned_prefix, false)).expect("the owned store");
+    let cpu = rt.block_on(redis_cpu_us());
+    let (elapsed, _) = rt.block_on(throughput(&shards, || async { owned.clone() }));
+    let owned_cpu = (rt.block_on(redis_cpu_us()) - cpu) / n as f64;
+    println!(
+        "vigil OwnedStore::process (mode = \"owned\", one owner, journal in Redis, snapshot per 100,000 events), \
+         same events and {writers} writers: {n} events in {:.2} s = {:.0} events/s; Redis CPU {owned_cpu:.1} µs per event",
+        elapsed.as_secs_f64(),
+        n as f64 / elapsed.as_secs_f64()
+    );
+    drop(owned);
     // Issue 23's owned design, its Redis traffic alone, at a few flush sizes
     // (VIGIL_BENCH_FLUSHES, events per flush per writer).
     let flushes = std::env::var("VIGIL_BENCH_FLUSHES").unwrap_or_else(|_| "100,500,2000".into());
@@ -414,7 +442,8 @@ fn main() {
     match cluster {
         Ok(_) => {
             let (elapsed, _) = rt.block_on(throughput(&shards, || async {
-                RedisStore::connect_cluster(&nodes, plan.clone(), &cluster_prefix, 3600, 2000).await.unwrap()
+                Arc::new(RedisStore::connect_cluster(&nodes, plan.clone(), &cluster_prefix, 3600, 2000).await.unwrap())
+                    as Arc<dyn FeatureStore>
             }));
             println!(
                 "vigil RedisStore::process on a 3-node Redis Cluster (same cores), same events and writers: \
@@ -422,7 +451,16 @@ fn main() {
                 elapsed.as_secs_f64(),
                 n as f64 / elapsed.as_secs_f64()
             );
+            let owned = rt.block_on(owned_store(&plan, &format!("{cluster_prefix}-owned"), true)).expect("owned");
+            let (elapsed, _) = rt.block_on(throughput(&shards, || async { owned.clone() }));
+            println!(
+                "vigil OwnedStore::process, journal on the 3-node Redis Cluster, same events and writers: \
+                 {n} events in {:.2} s = {:.0} events/s",
+                elapsed.as_secs_f64(),
+                n as f64 / elapsed.as_secs_f64()
+            );
             rt.block_on(common::clean_cluster(&cluster_prefix));
+            rt.block_on(common::clean_cluster(&format!("{cluster_prefix}-owned")));
         }
         Err(e) => println!("redis cluster: not measured ({e})"),
     }
@@ -493,6 +531,7 @@ fn main() {
             e.2 += usage;
         }
         common::clean_redis(&prefix).await;
+        common::clean_redis(&owned_prefix).await;
         let _: i64 = redis::cmd("DEL").arg("bench:h").query_async(&mut con).await.unwrap();
         by_kind
     });

@@ -198,7 +198,59 @@ async fn ten_thousand_events_give_one_decision_each_and_malformed_ones_dead_lett
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_and_restart_loses_no_event_and_double_counts_no_feature() {
-    let config = pipeline("restart");
+    crash_and_restart(pipeline("restart")).await;
+}
+
+/// The same with the feature state owned by the stream (`mode = "owned"`):
+/// the restart takes the state over from the journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owned_state_a_crash_and_restart_loses_no_event_and_double_counts_no_feature() {
+    crash_and_restart(owned(pipeline("restart-owned"))).await;
+}
+
+/// Two `vigil run`s on one owned pipeline: the second takes the state over,
+/// and the first stops at its next batch with the fence's reason; the events
+/// it read but did not decide go to the second, so none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owned_state_a_second_owner_fences_the_first_which_stops_and_loses_nothing() {
+    let config = owned(pipeline("fence-owned"));
+    let kafka = config.kafka.clone().unwrap();
+    vigil_kafka::create_topics(&kafka, 4).await.unwrap();
+    let events = traffic(2_000, 5);
+    let lines = |r: std::ops::Range<usize>| events[r].iter().map(Event::to_json).collect::<Vec<_>>().into_iter();
+    vigil_kafka::produce_lines(&kafka, &kafka.input_topic, lines(0..1_000)).await.unwrap();
+    let first = start_stream(&config).await;
+    wait_until(Duration::from_secs(120), "the first owner to decide the first half", || {
+        first.stats.decided.load(Ordering::SeqCst) >= 1_000
+    })
+    .await;
+
+    let second = start_stream(&config).await;
+    vigil_kafka::produce_lines(&kafka, &kafka.input_topic, lines(1_000..2_000)).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(120), first.handle)
+        .await
+        .expect("the fenced owner stops")
+        .expect("the stream task panicked");
+    let why = ended.expect_err("the fenced owner stops with an error").to_string();
+    assert!(why.contains("fenced"), "{why}");
+
+    until_idle(&second.stats, Duration::from_secs(6), Duration::from_secs(240)).await;
+    second.finish().await.unwrap();
+    let out =
+        decisions(&read_all(&kafka.decisions_topic, 2_000, Duration::from_secs(10), Duration::from_secs(180)).await);
+    let decided: HashSet<&str> = out.iter().map(|d| d.transaction_id.as_str()).collect();
+    let lost: Vec<&str> = events.iter().map(|e| e.transaction_id.as_str()).filter(|id| !decided.contains(id)).collect();
+    assert!(lost.is_empty(), "{} events never decided, such as {:?}", lost.len(), &lost[..lost.len().min(5)]);
+    clean_redis(&config.store.key_prefix).await;
+}
+
+/// `mode = "owned"`, snapshotting often enough that a test crosses several.
+fn owned(mut config: PipelineConfig) -> PipelineConfig {
+    config.store.mode = vigil_core::pipeline::StoreMode::Owned { snapshot_events: 400, snapshot_interval_s: 1 };
+    config
+}
+
+async fn crash_and_restart(config: PipelineConfig) {
     let kafka = config.kafka.clone().unwrap();
     vigil_kafka::create_topics(&kafka, 4).await.unwrap();
     let events = traffic(3_000, 11);
@@ -329,6 +381,24 @@ async fn a_kill_then_a_replay_from_the_start_gives_every_feature_of_a_clean_pass
     let prefix = config.store.key_prefix.clone();
     kill_then_replay(config).await;
     clean_redis(&prefix).await;
+}
+
+/// The same with the feature state owned by the stream, journaled to Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owned_state_a_kill_then_a_replay_gives_every_feature_of_a_clean_pass() {
+    let config = owned(pipeline("replay-owned"));
+    let prefix = config.store.key_prefix.clone();
+    kill_then_replay(config).await;
+    clean_redis(&prefix).await;
+}
+
+/// And journaled to a Redis Cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owned_state_on_a_redis_cluster_a_kill_then_a_replay_gives_every_feature_of_a_clean_pass() {
+    let config = owned(on_cluster(pipeline("replay-owned-cluster")));
+    let prefix = config.store.key_prefix.clone();
+    kill_then_replay(config).await;
+    clean_cluster(&prefix).await;
 }
 
 /// The same on a Redis Cluster, where every entity counts an event on its own.

@@ -105,6 +105,8 @@ async fn record(config: &PipelineConfig, lines: Vec<(String, Vec<u8>)>) -> anyho
             config.file.display()
         );
     }
+    vigil_features::refuse_owned(&config.store, "vigil label, with no labels topic,")
+        .with_context(|| config.file.display().to_string())?;
     let store = vigil_features::connect(&config.store, Plan::new(config.features.clone())).await?;
     let refs: Vec<&Label> = checked.iter().collect();
     let recorded = labels::record(store.as_ref(), &refs).await?;

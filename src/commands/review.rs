@@ -274,6 +274,8 @@ async fn label_sink(config: &vigil_core::PipelineConfig) -> anyhow::Result<Optio
         );
         return Ok(None);
     }
+    vigil_features::refuse_owned(&config.store, "the review server, with no labels topic,")
+        .with_context(|| config.file.display().to_string())?;
     let plan = vigil_features::Plan::new(config.features.clone());
     let store = vigil_features::connect(&config.store, plan)
         .await

@@ -26,6 +26,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         api.listen = l;
     }
     let api = api.clone();
+    anyhow::Context::with_context(vigil_features::refuse_owned(&config.store, "vigil serve (the HTTP API)"), || {
+        config.file.display().to_string()
+    })?;
     let mut shutdown = Box::pin(crate::signals::shutdown());
     let wait = args.store_wait.duration();
     let Some(engine) = super::live_once_store_answers(&config, wait, &mut shutdown).await? else { return Ok(()) };

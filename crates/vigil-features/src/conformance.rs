@@ -3,7 +3,10 @@
 //! `redis://127.0.0.1:6379`) and a real Redis Cluster
 //! (`VIGIL_TEST_REDIS_CLUSTER`, comma-separated seed nodes, default the three
 //! nodes `scripts/services.sh` starts on 127.0.0.1:7001-7003), each as a test
-//! of its own: `on_memory::CASE`, `on_redis::CASE`, `on_cluster::CASE`.
+//! of its own: `on_memory::CASE`, `on_redis::CASE`, `on_cluster::CASE`; and
+//! the owned store (`mode = "owned"`) with its journal in each of the three,
+//! snapshotting every few events so that the cases cross snapshots:
+//! `on_owned_memory::CASE`, `on_owned_redis::CASE`, `on_owned_cluster::CASE`.
 
 use std::sync::Arc;
 
@@ -74,12 +77,27 @@ async fn redis_store(kind: &str, plan: Plan, prefix: &str) -> RedisStore {
     }
 }
 
+/// An owned store's journal in Redis (`redis` or `redis-cluster`) on `prefix`.
+pub(crate) async fn owned_journal(kind: &str, prefix: &str) -> crate::owned::RedisJournal {
+    match kind {
+        "redis" => crate::owned::RedisJournal::connect(&redis_url(), prefix, 2000)
+            .await
+            .expect("these tests need Redis: run scripts/test.sh, or set VIGIL_TEST_REDIS_URL"),
+        _ => crate::owned::RedisJournal::connect_cluster(&cluster_nodes(), prefix, 2000)
+            .await
+            .expect("these tests need a Redis Cluster: run scripts/test.sh, or set VIGIL_TEST_REDIS_CLUSTER"),
+    }
+}
+
 /// The backend a case runs on. The memory store's cases need no server.
 #[derive(Debug, Clone, Copy)]
 enum Backend {
     Memory,
     Redis,
     Cluster,
+    OwnedMemory,
+    OwnedRedis,
+    OwnedCluster,
 }
 
 impl Backend {
@@ -88,15 +106,25 @@ impl Backend {
             Backend::Memory => "memory",
             Backend::Redis => "redis",
             Backend::Cluster => "redis-cluster",
+            Backend::OwnedMemory => "owned, memory journal",
+            Backend::OwnedRedis => "owned, redis journal",
+            Backend::OwnedCluster => "owned, cluster journal",
         }
     }
 
     /// A fresh store of this backend (on a prefix of its own) computing `plan`.
     async fn store(self, plan: fn() -> Plan) -> Arc<dyn FeatureStore> {
-        match self {
-            Backend::Memory => Arc::new(MemoryStore::new(plan(), 3600)),
-            redis => Arc::new(redis_store(redis.name(), plan(), &format!("vigiltest-{}", uuid::Uuid::new_v4())).await),
-        }
+        let prefix = format!("vigiltest-{}", uuid::Uuid::new_v4());
+        let journal: Arc<dyn crate::owned::Journal> = match self {
+            Backend::Memory => return Arc::new(MemoryStore::new(plan(), 3600)),
+            Backend::Redis => return Arc::new(redis_store("redis", plan(), &prefix).await),
+            Backend::Cluster => return Arc::new(redis_store("redis-cluster", plan(), &prefix).await),
+            Backend::OwnedMemory => Arc::new(crate::owned::MemoryJournal::default()),
+            Backend::OwnedRedis => Arc::new(owned_journal("redis", &prefix).await),
+            Backend::OwnedCluster => Arc::new(owned_journal("redis-cluster", &prefix).await),
+        };
+        let policy = crate::owned::SnapshotPolicy { events: 3, ..Default::default() };
+        Arc::new(crate::OwnedStore::open(plan(), 3600, journal, policy).await.unwrap())
     }
 }
 
@@ -112,6 +140,15 @@ macro_rules! on_every_backend {
         }
         mod on_cluster {
             $(#[tokio::test] async fn $case() { super::$case(super::Backend::Cluster).await })*
+        }
+        mod on_owned_memory {
+            $(#[tokio::test] async fn $case() { super::$case(super::Backend::OwnedMemory).await })*
+        }
+        mod on_owned_redis {
+            $(#[tokio::test] async fn $case() { super::$case(super::Backend::OwnedRedis).await })*
+        }
+        mod on_owned_cluster {
+            $(#[tokio::test] async fn $case() { super::$case(super::Backend::OwnedCluster).await })*
         }
     };
 }

@@ -23,6 +23,7 @@ mod compute;
 pub mod labels;
 mod marker;
 mod memory;
+pub mod owned;
 pub mod plan;
 mod redis_store;
 pub mod state;
@@ -30,11 +31,12 @@ pub mod state;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use vigil_core::pipeline::{StoreBackend, StoreConfig};
+use vigil_core::pipeline::{StoreBackend, StoreConfig, StoreMode};
 use vigil_core::{Event, FeatureVector, Label};
 
 pub use compute::{Changes, LabelOutcome};
 pub use memory::MemoryStore;
+pub use owned::OwnedStore;
 pub use plan::{BatchKeys, Plan};
 pub use redis_store::layout;
 pub use redis_store::{KeyLayout, RedisStore, CHUNK};
@@ -51,6 +53,10 @@ pub enum FeatureError {
     /// Other writers kept changing the same entities; retrying may work.
     #[error("feature store contention: gave up after {0} attempts")]
     Contention(usize),
+    /// Another process took ownership of the feature state (`mode = "owned"`):
+    /// this one may no longer write it.
+    #[error("feature state fenced: {0}")]
+    Fenced(String),
     /// Stored data could not be decoded: a bug or a foreign writer.
     #[error("corrupt feature state: {0}")]
     Corrupt(String),
@@ -59,7 +65,7 @@ pub enum FeatureError {
 impl FeatureError {
     /// Whether the same call may succeed later.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, FeatureError::Corrupt(_))
+        !matches!(self, FeatureError::Corrupt(_) | FeatureError::Fenced(_))
     }
 }
 
@@ -83,9 +89,28 @@ pub trait FeatureStore: Send + Sync {
 }
 
 /// Connects the feature store a pipeline's `[store]` names, computing `plan`;
-/// an unreachable Redis fails clearly within seconds rather than hanging.
+/// an unreachable Redis fails clearly within seconds rather than hanging. In
+/// `mode = "owned"` this takes ownership of the state (fencing any earlier
+/// owner) and loads it: only the one process that owns a pipeline's state
+/// (`vigil run`) may call it so.
 pub async fn connect(config: &StoreConfig, plan: Plan) -> Result<Arc<dyn FeatureStore>, FeatureError> {
     let s = config;
+    if let StoreMode::Owned { snapshot_events, snapshot_interval_s } = s.mode {
+        let journal: Arc<dyn owned::Journal> = match &s.backend {
+            StoreBackend::Memory => return Ok(Arc::new(MemoryStore::new(plan, s.dedup_ttl_s))),
+            StoreBackend::Redis { url } => {
+                Arc::new(owned::RedisJournal::connect(url, &s.key_prefix, s.timeout_ms).await?)
+            }
+            StoreBackend::RedisCluster { nodes } => {
+                Arc::new(owned::RedisJournal::connect_cluster(nodes, &s.key_prefix, s.timeout_ms).await?)
+            }
+        };
+        let policy = owned::SnapshotPolicy {
+            events: snapshot_events as usize,
+            interval: std::time::Duration::from_secs(snapshot_interval_s),
+        };
+        return Ok(Arc::new(OwnedStore::open(plan, s.dedup_ttl_s, journal, policy).await?));
+    }
     Ok(match &s.backend {
         StoreBackend::Memory => Arc::new(MemoryStore::new(plan, s.dedup_ttl_s)),
         StoreBackend::Redis { url } => {
@@ -95,6 +120,19 @@ pub async fn connect(config: &StoreConfig, plan: Plan) -> Result<Arc<dyn Feature
             Arc::new(RedisStore::connect_cluster(nodes, plan, &s.key_prefix, s.dedup_ttl_s, s.timeout_ms).await?)
         }
     })
+}
+
+/// Why a process other than the stream may not open a pipeline's feature
+/// store: in `mode = "owned"` the running `vigil run` owns it, and opening it
+/// would fence that owner. `what` names the caller (`the HTTP API`...).
+pub fn refuse_owned(config: &StoreConfig, what: &str) -> Result<(), FeatureError> {
+    match config.mode {
+        StoreMode::Shared => Ok(()),
+        StoreMode::Owned { .. } => Err(FeatureError::Fenced(format!(
+            "{what} cannot open this pipeline's feature store: [store] mode = \"owned\" gives it to the one `vigil run` that owns it \
+             (send labels through the labels topic; run the HTTP API on a pipeline with mode = \"shared\")"
+        ))),
+    }
 }
 
 /// One step of replaying a history with its labels in time order.

@@ -28,7 +28,7 @@ pub use model::ModelConfig;
 pub use review::{
     CaseEntity, HoldAction, OidcConfig, QueueDef, QueueWhen, ReviewConfig, WebhookDef, WebhookEvent, DEFAULT_QUEUE,
 };
-pub use store::{DegradedPolicy, StoreBackend, StoreConfig};
+pub use store::{DegradedPolicy, StoreBackend, StoreConfig, StoreMode};
 pub use thresholds::Thresholds;
 
 /// A config that could not be read or does not validate.

@@ -34,6 +34,25 @@ pub struct StoreConfig {
     pub breaker_failures: u64,
     /// How long an open breaker refuses calls before it lets one through.
     pub breaker_cool_down_ms: u64,
+    /// Who may write the feature state (`mode`).
+    pub mode: StoreMode,
+}
+
+/// Who may write a Redis feature store's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StoreMode {
+    /// Any number of processes (stream instances, HTTP APIs) read and write
+    /// every record, each write checked against concurrent writers.
+    #[default]
+    Shared,
+    /// One process (`vigil run`) owns the whole state, keeps it in memory and
+    /// journals it to Redis; a second owner fences the first.
+    Owned {
+        /// Snapshot after this many counted events...
+        snapshot_events: u64,
+        /// ...or after this long.
+        snapshot_interval_s: u64,
+    },
 }
 
 /// What the engine does when the feature store is unavailable, too slow, or
@@ -75,6 +94,9 @@ pub(super) struct RawStore {
     degraded: Option<Spanned<String>>,
     breaker_failures: Option<Spanned<i64>>,
     breaker_cool_down: Option<Spanned<String>>,
+    mode: Option<Spanned<String>>,
+    snapshot_events: Option<Spanned<i64>>,
+    snapshot_interval: Option<Spanned<String>>,
 }
 
 pub(super) fn validate(raw: Option<&RawStore>, p: &mut Diagnostics<'_>) -> StoreConfig {
@@ -86,6 +108,7 @@ pub(super) fn validate(raw: Option<&RawStore>, p: &mut Diagnostics<'_>) -> Store
         degraded: DegradedPolicy::Fail,
         breaker_failures: 5,
         breaker_cool_down_ms: 2000,
+        mode: StoreMode::Shared,
     };
     let Some(raw) = raw else { return store };
     if let Some(backend) = backend(raw, p) {
@@ -135,7 +158,55 @@ pub(super) fn validate(raw: Option<&RawStore>, p: &mut Diagnostics<'_>) -> Store
             Err(m) => p.on(d, "store.breaker_cool_down", m),
         }
     }
+    store.mode = mode(raw, &store.backend, p);
     store
+}
+
+/// `mode` and the owned mode's snapshot settings.
+fn mode(raw: &RawStore, backend: &StoreBackend, p: &mut Diagnostics<'_>) -> StoreMode {
+    let owned = match &raw.mode {
+        None => false,
+        Some(m) => match m.get_ref().as_str() {
+            "shared" => false,
+            "owned" if *backend == StoreBackend::Memory => {
+                p.on(
+                    m,
+                    "store.mode",
+                    "the memory backend is already owned by its process: owned needs redis or redis-cluster",
+                );
+                false
+            }
+            "owned" => true,
+            other => {
+                let hint = crate::suggest::hint(other, ["shared", "owned"]);
+                p.on(m, "store.mode", format!("unknown mode `{other}` (known: shared, owned){hint}"));
+                false
+            }
+        },
+    };
+    let (mut snapshot_events, mut snapshot_interval_s) = (100_000, 60);
+    if let Some(n) = &raw.snapshot_events {
+        if !owned {
+            p.on(n, "store.snapshot_events", "only mode = \"owned\" takes snapshot_events");
+        } else if !(100..=10_000_000).contains(n.get_ref()) {
+            p.on(n, "store.snapshot_events", "must be between 100 and 10000000");
+        } else {
+            snapshot_events = *n.get_ref() as u64;
+        }
+    }
+    if let Some(d) = &raw.snapshot_interval {
+        match parse_duration_s(d.get_ref()) {
+            _ if !owned => p.on(d, "store.snapshot_interval", "only mode = \"owned\" takes snapshot_interval"),
+            Ok(s) if (1..=3600).contains(&s) => snapshot_interval_s = s,
+            Ok(_) => p.on(d, "store.snapshot_interval", "must be between 1s and 1h"),
+            Err(m) => p.on(d, "store.snapshot_interval", m),
+        }
+    }
+    if owned {
+        StoreMode::Owned { snapshot_events, snapshot_interval_s }
+    } else {
+        StoreMode::Shared
+    }
 }
 
 /// The backend and where it is; `None` (and its problems noted) when it does

@@ -91,6 +91,30 @@ fn breaker_settings_are_read_and_checked() {
 }
 
 #[test]
+fn the_store_mode_is_read_and_checked() {
+    let with = |extra: &str| GOOD.replace("[rules]", &format!("{extra}\n[rules]"));
+    assert_eq!(PipelineConfig::parse(Path::new("x.toml"), GOOD).unwrap().store.mode, StoreMode::Shared);
+    let c = PipelineConfig::parse(Path::new("x.toml"), &with("mode = \"owned\"")).unwrap();
+    assert_eq!(c.store.mode, StoreMode::Owned { snapshot_events: 100_000, snapshot_interval_s: 60 });
+    let c = PipelineConfig::parse(
+        Path::new("x.toml"),
+        &with("mode = \"owned\"\nsnapshot_events = 5000\nsnapshot_interval = \"10s\""),
+    )
+    .unwrap();
+    assert_eq!(c.store.mode, StoreMode::Owned { snapshot_events: 5000, snapshot_interval_s: 10 });
+    let problems = |text: &str| PipelineConfig::parse(Path::new("x.toml"), text).unwrap_err().to_string();
+    let text = problems(&with("mode = \"ownd\""));
+    assert!(text.contains("store.mode: unknown mode `ownd`") && text.contains("did you mean `owned`?"), "{text}");
+    let text = problems(&with("snapshot_events = 5000"));
+    assert!(text.contains("only mode = \"owned\" takes snapshot_events"), "{text}");
+    let text = problems(&with("mode = \"owned\"\nsnapshot_interval = \"2h\""));
+    assert!(text.contains("store.snapshot_interval: must be between 1s and 1h"), "{text}");
+    let memory = GOOD.replace("backend = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"", "backend = \"memory\"");
+    let text = problems(&memory.replace("[rules]", "mode = \"owned\"\n[rules]"));
+    assert!(text.contains("the memory backend is already owned by its process"), "{text}");
+}
+
+#[test]
 fn distinct_features_name_the_field_they_count() {
     let with = |extra: &str| format!("{GOOD}{extra}");
     let good = with("[[features]]\nname = \"card_merchants_24h\"\nentity = \"card_id\"\naggregate = \"distinct\"\nof = \"merchant_id\"\nwindow = \"24h\"\n");

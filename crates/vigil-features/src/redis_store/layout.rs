@@ -20,6 +20,15 @@ pub const LABEL_MARKER_TAG: &str = "lb3";
 /// `PREFIX:lb4:{RECORD}:ID`.
 pub const RECORD_LABEL_MARKER_TAG: &str = "lb4";
 
+/// Tag of the owned store's journal (`mode = "owned"`):
+/// `PREFIX:o1:{PREFIX}:meta` (a hash: the owner's `epoch`),
+/// `PREFIX:o1:{PREFIX}:log` (a list of postcard-encoded batches since the
+/// last snapshot), `PREFIX:o1:{PREFIX}:state` (a hash of record id to its
+/// expiry and postcard-encoded state) and `PREFIX:o1:{PREFIX}:marks` (the
+/// newest transactions' first features and the counted labels). One hash
+/// tag for all: every script of the owner runs on one node.
+pub const OWNED_TAG: &str = "o1";
+
 /// The keys of one store's prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyLayout {
@@ -34,6 +43,11 @@ impl KeyLayout {
     /// A record's state (`record`: `card_id=c1`).
     pub fn state(&self, record: &str) -> String {
         format!("{}:{STATE_TAG}:{{{record}}}", self.prefix)
+    }
+
+    /// One of the owned store's journal keys (`part`: `meta`, `log`, `state`, `marks`).
+    pub fn owned(&self, part: &str) -> String {
+        format!("{}:{OWNED_TAG}:{{{}}}:{part}", self.prefix, self.prefix)
     }
 
     /// A transaction's marker.
@@ -66,6 +80,7 @@ mod tests {
         let k = KeyLayout::new("vigil");
         assert_eq!(k.state("card_id=c1"), "vigil:s6:{card_id=c1}");
         assert_eq!(k.marker("t1"), "vigil:tx2:{t1}");
+        assert_eq!(k.owned("log"), "vigil:o1:{vigil}:log");
         assert_eq!(k.record_marker("card_id=c1", "t1"), "vigil:tx3:{card_id=c1}:t1");
         assert_eq!(k.label_marker("t1"), "vigil:lb3:{t1}");
         assert_eq!(k.record_label_marker("terminal_id=x", "t1"), "vigil:lb4:{terminal_id=x}:t1");

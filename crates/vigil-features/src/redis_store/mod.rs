@@ -66,13 +66,63 @@ type Parts = [(Plan, Vec<usize>)];
 
 /// One server, or a cluster's nodes behind one routing connection.
 #[derive(Clone)]
-enum Conn {
+pub(crate) enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
 
 impl Conn {
-    async fn pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> redis::RedisResult<T> {
+    /// Connects to one server, failing within a few times `timeout` (the
+    /// handshake's) rather than hanging.
+    pub(crate) async fn single(url: &str, timeout: Duration) -> Result<Conn, FeatureError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout.max(Duration::from_secs(2))))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(2);
+        let connect = ConnectionManager::new_with_config(client, config);
+        let conn = tokio::time::timeout(timeout.max(Duration::from_secs(2)) * 3, connect)
+            .await
+            .map_err(|_| FeatureError::Unavailable(format!("no answer from {url}")))?
+            .map_err(|e| FeatureError::Unavailable(format!("cannot connect to {url}: {e}")))?;
+        Ok(Conn::Single(conn))
+    }
+
+    /// Connects to a cluster through any of its seed `nodes`.
+    pub(crate) async fn cluster(nodes: &[String], timeout: Duration) -> Result<Conn, FeatureError> {
+        let named = nodes.join(", ");
+        let client = ClusterClientBuilder::new(nodes.to_vec())
+            .connection_timeout(timeout.max(Duration::from_secs(2)))
+            .response_timeout(timeout)
+            .retries(2)
+            .build()
+            .map_err(|e| FeatureError::Unavailable(format!("cluster {named}: {e}")))?;
+        let connect = client.get_async_connection();
+        let conn = tokio::time::timeout(timeout.max(Duration::from_secs(2)) * 3, connect)
+            .await
+            .map_err(|_| FeatureError::Unavailable(format!("no answer from cluster {named}")))?
+            .map_err(|e| FeatureError::Unavailable(format!("cannot connect to cluster {named}: {e}")))?;
+        Ok(Conn::Cluster(conn))
+    }
+
+    /// A cluster node answers single-slot commands and refuses the rest with
+    /// MOVED: say so at connection rather than at the first key of another slot.
+    pub(crate) async fn refuse_cluster_node(&self, url: &str, timeout: Duration) -> Result<(), FeatureError> {
+        let mut info = redis::pipe();
+        info.cmd("INFO").arg("cluster");
+        let (info,): (String,) = tokio::time::timeout(timeout, self.pipe(&info))
+            .await
+            .map_err(|_| FeatureError::Timeout(timeout.as_millis() as u64))?
+            .map_err(unavailable)?;
+        if info.lines().any(|l| l.trim() == "cluster_enabled:1") {
+            return Err(FeatureError::Unavailable(format!(
+                "{url} is a Redis Cluster node: use backend = \"redis-cluster\" with redis_nodes"
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> redis::RedisResult<T> {
         match self {
             Conn::Single(c) => pipe.query_async(&mut c.clone()).await,
             Conn::Cluster(c) => pipe.query_async(&mut c.clone()).await,
@@ -81,7 +131,7 @@ impl Conn {
 
     /// One command; in a cluster, keyless commands such as `SCRIPT LOAD` go to
     /// every primary.
-    async fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+    pub(crate) async fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
         match self {
             Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
             Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
@@ -89,7 +139,7 @@ impl Conn {
     }
 }
 
-fn unavailable(e: redis::RedisError) -> FeatureError {
+pub(crate) fn unavailable(e: redis::RedisError) -> FeatureError {
     FeatureError::Unavailable(e.to_string())
 }
 
@@ -103,29 +153,11 @@ impl RedisStore {
         dedup_ttl_s: u64,
         timeout_ms: u64,
     ) -> Result<RedisStore, FeatureError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
         let timeout = Duration::from_millis(timeout_ms);
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout.max(Duration::from_secs(2))))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(2);
-        let connect = ConnectionManager::new_with_config(client, config);
-        let conn = tokio::time::timeout(timeout.max(Duration::from_secs(2)) * 3, connect)
-            .await
-            .map_err(|_| FeatureError::Unavailable(format!("no answer from {url}")))?
-            .map_err(|e| FeatureError::Unavailable(format!("cannot connect to {url}: {e}")))?;
-        let store = RedisStore::new(Conn::Single(conn), plan, None, prefix, dedup_ttl_s, timeout);
+        let conn = Conn::single(url, timeout).await?;
+        let store = RedisStore::new(conn, plan, None, prefix, dedup_ttl_s, timeout);
         store.ping().await?;
-        // A cluster node answers single-slot commands and refuses the rest with
-        // MOVED: say so now rather than at the first event of another slot.
-        let mut info = redis::pipe();
-        info.cmd("INFO").arg("cluster");
-        let (info,): (String,) = store.query(&info).await?;
-        if info.lines().any(|l| l.trim() == "cluster_enabled:1") {
-            return Err(FeatureError::Unavailable(format!(
-                "{url} is a Redis Cluster node: use backend = \"redis-cluster\" with redis_nodes"
-            )));
-        }
+        store.conn.refuse_cluster_node(url, timeout).await?;
         store.load_script().await?;
         Ok(store)
     }
@@ -140,20 +172,9 @@ impl RedisStore {
         timeout_ms: u64,
     ) -> Result<RedisStore, FeatureError> {
         let timeout = Duration::from_millis(timeout_ms);
-        let named = nodes.join(", ");
-        let client = ClusterClientBuilder::new(nodes.to_vec())
-            .connection_timeout(timeout.max(Duration::from_secs(2)))
-            .response_timeout(timeout)
-            .retries(2)
-            .build()
-            .map_err(|e| FeatureError::Unavailable(format!("cluster {named}: {e}")))?;
-        let connect = client.get_async_connection();
-        let conn = tokio::time::timeout(timeout.max(Duration::from_secs(2)) * 3, connect)
-            .await
-            .map_err(|_| FeatureError::Unavailable(format!("no answer from cluster {named}")))?
-            .map_err(|e| FeatureError::Unavailable(format!("cannot connect to cluster {named}: {e}")))?;
+        let conn = Conn::cluster(nodes, timeout).await?;
         let parts = Some(Arc::from(plan.by_record()));
-        let store = RedisStore::new(Conn::Cluster(conn), plan, parts, prefix, dedup_ttl_s, timeout);
+        let store = RedisStore::new(conn, plan, parts, prefix, dedup_ttl_s, timeout);
         store.ping().await?;
         store.load_script().await?;
         Ok(store)

@@ -1,0 +1,307 @@
+//! The owned store (`[store] mode = "owned"`): one process owns the whole
+//! feature state, keeps it in memory, and writes Redis only what it needs to
+//! come back after a crash (docs/design/feature-store.md).
+//!
+//! - **State in memory.** Features are computed over [`Local`], the in-memory
+//!   backend's states and markers, by the computation every backend shares; a
+//!   call reads nothing from Redis.
+//! - **A journal, not the records.** Each call appends one entry to the
+//!   [`Journal`]: the events it counted for the first time (or the labels),
+//!   with the clock it used. Redelivered events append nothing. Every
+//!   `snapshot_events` events or `snapshot_interval`, the records changed
+//!   since the last snapshot, the newest [`MARKER_LIMIT`] markers and the
+//!   counted labels are written in one script, which trims the entries they
+//!   cover. So Redis does one small append per call instead of reading and
+//!   compare-and-setting every record of every event.
+//! - **Fenced by an epoch.** Opening the store takes ownership: the journal's
+//!   epoch goes up by one, and every append and snapshot checks it in the
+//!   same script, so a process that lost ownership cannot write (its calls
+//!   fail with [`FeatureError::Fenced`]). A second owner is a configuration
+//!   error: this mode runs one `vigil run` per pipeline.
+//! - **Back after a crash, exactly.** A new owner loads the snapshot and
+//!   replays the journal's entries through the same computation with their
+//!   recorded clocks, which gives the states and markers the old owner had
+//!   after its last append. An event redelivered from Kafka then finds its
+//!   marker and gets its first features back, as on the other backends.
+//! - **A failed or abandoned journal write** leaves memory ahead of the
+//!   journal: the next call reloads from the journal (keeping the epoch it
+//!   holds), so memory never holds what the journal lacks.
+//!
+//! What it gives up: a transaction id is recognised among the newest
+//! [`MARKER_LIMIT`] transactions (and all since the last snapshot), not for
+//! the whole de-duplication TTL; Kafka's redeliveries are far inside that.
+
+mod journal;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use vigil_core::{Event, FeatureVector, Label};
+
+pub use journal::{Journal, MemoryJournal, RedisJournal, Taken};
+
+use crate::memory::{wall_clock_s, Entry, Local};
+use crate::state::EntityState;
+use crate::{FeatureError, FeatureStore, LabelOutcome, Plan};
+
+/// How many of the newest transactions' markers the owner keeps and
+/// snapshots: far more than a stream has in flight when it crashes.
+pub const MARKER_LIMIT: usize = 20_000;
+
+/// When the owner writes a snapshot.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotPolicy {
+    /// After this many counted events.
+    pub events: usize,
+    /// Or after this long, when anything was counted.
+    pub interval: Duration,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        SnapshotPolicy { events: 100_000, interval: Duration::from_secs(60) }
+    }
+}
+
+/// One journal entry: what a call counted, with the clock it counted by.
+#[derive(Serialize, Deserialize)]
+enum Op {
+    Events { now: i64, events: Vec<Vec<u8>> },
+    Labels { now: i64, labels: Vec<Vec<u8>> },
+}
+
+/// The markers a snapshot keeps, oldest first.
+#[derive(Serialize, Deserialize, Default)]
+struct Marks {
+    /// (transaction id, expiry, the marker's stored form).
+    markers: Vec<(String, i64, Vec<u8>)>,
+    /// (transaction id, expiry) of counted fraud labels.
+    labels: Vec<(String, i64)>,
+}
+
+struct Owner {
+    epoch: u64,
+    local: Local,
+    /// Journal entries since the last snapshot.
+    log_len: u64,
+    events_since: usize,
+    since: Instant,
+    /// Memory may be ahead of the journal (a write failed or was abandoned):
+    /// reload before the next call.
+    stale: bool,
+}
+
+/// The feature state of one owning process ([module docs](self)).
+pub struct OwnedStore {
+    plan: Plan,
+    dedup_ttl_s: i64,
+    journal: Arc<dyn Journal>,
+    policy: SnapshotPolicy,
+    owner: tokio::sync::Mutex<Owner>,
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> FeatureError {
+    FeatureError::Corrupt(format!("owned store {what}: {e}"))
+}
+
+impl OwnedStore {
+    /// Takes ownership of `journal` (fencing any earlier owner) and loads
+    /// what it holds.
+    pub async fn open(
+        plan: Plan,
+        dedup_ttl_s: u64,
+        journal: Arc<dyn Journal>,
+        policy: SnapshotPolicy,
+    ) -> Result<OwnedStore, FeatureError> {
+        let taken = journal.take(None).await?;
+        let owner = restore(&plan, dedup_ttl_s as i64, taken)?;
+        Ok(OwnedStore { plan, dedup_ttl_s: dedup_ttl_s as i64, journal, policy, owner: tokio::sync::Mutex::new(owner) })
+    }
+
+    /// The epoch this store holds.
+    pub async fn epoch(&self) -> u64 {
+        self.owner.lock().await.epoch
+    }
+
+    /// Writes a snapshot now (also what the policy does on its own).
+    pub async fn snapshot(&self) -> Result<(), FeatureError> {
+        let mut owner = self.owner.lock().await;
+        self.ready(&mut owner).await?;
+        self.write_snapshot(&mut owner).await
+    }
+
+    /// Reloads from the journal when memory may be ahead of it.
+    async fn ready(&self, owner: &mut Owner) -> Result<(), FeatureError> {
+        if owner.stale {
+            let taken = self.journal.take(Some(owner.epoch)).await?;
+            *owner = restore(&self.plan, self.dedup_ttl_s, taken)?;
+            tracing::info!(epoch = owner.epoch, "owned feature state reloaded from its journal");
+        }
+        Ok(())
+    }
+
+    /// Appends one entry; memory is marked ahead of the journal until it is in.
+    async fn append(&self, owner: &mut Owner, op: &Op, counted: usize) -> Result<(), FeatureError> {
+        let entry = postcard::to_allocvec(op).map_err(|e| corrupt("entry", e))?;
+        self.journal.append(owner.epoch, entry).await?;
+        owner.log_len += 1;
+        owner.events_since += counted;
+        Ok(())
+    }
+
+    async fn after_call(&self, owner: &mut Owner) {
+        let due = owner.events_since >= self.policy.events
+            || (owner.log_len > 0 && owner.since.elapsed() >= self.policy.interval);
+        if !due {
+            return;
+        }
+        if let Err(e) = self.write_snapshot(owner).await {
+            // The journal still holds every entry: nothing is lost; the next
+            // due call tries again.
+            tracing::warn!(error = %e, "owned feature state: snapshot failed; the journal keeps growing until one succeeds");
+            owner.since = Instant::now();
+        }
+    }
+
+    async fn write_snapshot(&self, owner: &mut Owner) -> Result<(), FeatureError> {
+        let now = wall_clock_s();
+        owner.local.sweep(now);
+        let touched = owner.local.touched.take().unwrap_or_default();
+        let mut records = Vec::with_capacity(touched.len());
+        for key in &touched {
+            let value = match owner.local.states.get(key) {
+                Some(e) => Some(postcard::to_allocvec(&(e.expires_at_s, &e.value)).map_err(|e| corrupt("record", e))?),
+                None => None,
+            };
+            records.push((key.clone(), value));
+        }
+        let marks = marks(&owner.local);
+        let marks = postcard::to_allocvec(&marks).map_err(|e| corrupt("marks", e))?;
+        owner.stale = true;
+        let written = self.journal.snapshot(owner.epoch, owner.log_len, records, marks).await;
+        match written {
+            Ok(()) => {
+                owner.stale = false;
+                owner.log_len = 0;
+                owner.events_since = 0;
+                owner.since = Instant::now();
+                owner.local.touched = Some(HashSet::new());
+                Ok(())
+            }
+            Err(e) => {
+                // Not written (or not known to be): write these records again next time.
+                owner.local.touched = Some(touched);
+                // Only a refused script is known to have written nothing;
+                // after any other failure it may have run: reload first.
+                owner.stale = !matches!(e, FeatureError::Fenced(_));
+                Err(e)
+            }
+        }
+    }
+}
+
+fn marks(local: &Local) -> Marks {
+    let markers = local
+        .marker_order
+        .iter()
+        .filter_map(|id| local.markers.get(id).map(|m| (id.clone(), m.expires_at_s, crate::marker::encode(&m.value))))
+        .collect();
+    let labels = local.label_markers.iter().map(|(id, m)| (id.clone(), m.expires_at_s)).collect();
+    Marks { markers, labels }
+}
+
+/// The owner's state from what the journal holds: the snapshot's records
+/// and markers, then every entry replayed in order with its clock.
+fn restore(plan: &Plan, dedup_ttl_s: i64, taken: Taken) -> Result<Owner, FeatureError> {
+    let mut local = Local { marker_limit: Some(MARKER_LIMIT), ..Local::default() };
+    for (key, bytes) in taken.records {
+        let (expires_at_s, value): (i64, EntityState) =
+            postcard::from_bytes(&bytes).map_err(|e| corrupt(&format!("record {key}"), e))?;
+        local.states.insert(key, Entry { value, expires_at_s });
+    }
+    if let Some(bytes) = taken.marks {
+        let marks: Marks = postcard::from_bytes(&bytes).map_err(|e| corrupt("marks", e))?;
+        for (id, expires_at_s, stored) in marks.markers {
+            let mut value = crate::marker::decode(&stored)?;
+            value.replayed = false;
+            local.marker_order.push_back(id.clone());
+            local.markers.insert(id, Entry { value, expires_at_s });
+        }
+        for (id, expires_at_s) in marks.labels {
+            local.label_markers.insert(id, Entry { value: (), expires_at_s });
+        }
+    }
+    local.touched = Some(HashSet::new());
+    let log_len = taken.log.len() as u64;
+    let mut events_since = 0;
+    for (n, bytes) in taken.log.iter().enumerate() {
+        let op: Op = postcard::from_bytes(bytes).map_err(|e| corrupt(&format!("journal entry {n}"), e))?;
+        match op {
+            Op::Events { now, events } => {
+                let events = events
+                    .iter()
+                    .map(|j| Event::from_json(j).map_err(|e| corrupt(&format!("journal entry {n}"), e)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let refs: Vec<&Event> = events.iter().collect();
+                local.process(plan, &refs, now, dedup_ttl_s);
+                events_since += events.len();
+            }
+            Op::Labels { now, labels } => {
+                let labels = labels
+                    .iter()
+                    .map(|j| Label::from_json(j).map_err(|e| corrupt(&format!("journal entry {n}"), e)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let refs: Vec<&Label> = labels.iter().collect();
+                local.apply_labels(plan, &refs, now);
+            }
+        }
+    }
+    Ok(Owner { epoch: taken.epoch, local, log_len, events_since, since: Instant::now(), stale: false })
+}
+
+#[async_trait]
+impl FeatureStore for OwnedStore {
+    async fn process(&self, events: &[&Event]) -> Result<Vec<FeatureVector>, FeatureError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut owner = self.owner.lock().await;
+        self.ready(&mut owner).await?;
+        let now = wall_clock_s();
+        // Until the entry is in the journal (an abandoned call included).
+        owner.stale = true;
+        let (out, first) = owner.local.process(&self.plan, events, now, self.dedup_ttl_s);
+        if !first.is_empty() {
+            let op = Op::Events { now, events: first.iter().map(|&i| events[i].to_json()).collect() };
+            self.append(&mut owner, &op, first.len()).await?;
+        }
+        owner.stale = false;
+        self.after_call(&mut owner).await;
+        Ok(out)
+    }
+
+    async fn apply_labels(&self, labels: &[&Label]) -> Result<Vec<LabelOutcome>, FeatureError> {
+        let mut owner = self.owner.lock().await;
+        self.ready(&mut owner).await?;
+        let now = wall_clock_s();
+        owner.stale = true;
+        let (out, first) = owner.local.apply_labels(&self.plan, labels, now);
+        if !first.is_empty() {
+            let op = Op::Labels { now, labels: first.iter().map(|&i| labels[i].to_json()).collect() };
+            self.append(&mut owner, &op, 0).await?;
+        }
+        owner.stale = false;
+        self.after_call(&mut owner).await;
+        Ok(out)
+    }
+
+    async fn ping(&self) -> Result<(), FeatureError> {
+        self.journal.ping().await
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,246 @@
+//! What only the owned store has: a new owner carries on exactly where the
+//! journal left off, a stale owner is fenced, and a failed journal write
+//! never leaves memory ahead of the journal. Each case runs with the journal
+//! in memory, in Redis and in a Redis Cluster (the conformance suite's
+//! servers).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use vigil_core::feature::{Aggregate, EntityKey, FeatureDef};
+use vigil_core::{Event, FeatureVector, Label};
+
+use super::*;
+use crate::MemoryStore;
+
+fn plan() -> Plan {
+    let f = |name: &str, entity: &str, aggregate, window_s, of| FeatureDef {
+        of,
+        ..FeatureDef::new(name, EntityKey::parse(entity).unwrap(), aggregate, window_s)
+    };
+    Plan::new(vec![
+        f("card_count_1h", "card_id", Aggregate::Count, 3600, None),
+        f("card_sum_24h", "card_id", Aggregate::SumAmount, 86_400, None),
+        f("card_std_24h", "card_id", Aggregate::StdAmount, 86_400, None),
+        f("card_since", "card_id", Aggregate::TimeSinceLast, 86_400, None),
+        f("card_merchants", "card_id", Aggregate::Distinct, 86_400, Some(vigil_core::EventField::MerchantId)),
+        f("card_merchant_count", "card_id+merchant_id", Aggregate::Count, 86_400, None),
+        f("terminal_count_1h", "terminal_id", Aggregate::Count, 3600, None),
+        f("terminal_frauds", "terminal_id", Aggregate::FraudCount, 86_400, None),
+    ])
+}
+
+/// `n` events over 17 cards, 5 terminals and 3 merchants, a minute apart.
+fn history(n: usize) -> Vec<Event> {
+    (0..n)
+        .map(|i| {
+            let t = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap()
+                + chrono::Duration::seconds(60 * i as i64);
+            let json = format!(
+                r#"{{"transaction_id":"t{i}","timestamp":"{}","amount":"{}.{:02}","currency":"EUR","card_id":"c{}","terminal_id":"p{}","merchant_id":"m{}"}}"#,
+                t.to_rfc3339(),
+                (i * 37) % 400 + 1,
+                i % 100,
+                (i * 7) % 17,
+                i % 5,
+                (i / 3) % 3
+            );
+            Event::from_json(json.as_bytes()).unwrap()
+        })
+        .collect()
+}
+
+/// A fraud label for event `i`, reported when event `i + 5` happens.
+fn fraud(events: &[Event], i: usize) -> Label {
+    let e = &events[i];
+    let reported = e.timestamp + chrono::Duration::seconds(5 * 60);
+    let json = format!(
+        r#"{{"transaction_id":"{}","label":"fraud","reported_at":"{}","timestamp":"{}","terminal_id":"{}"}}"#,
+        e.transaction_id,
+        reported.to_rfc3339(),
+        e.timestamp.to_rfc3339(),
+        e.terminal_id.as_deref().unwrap_or_default()
+    );
+    Label::from_json(json.as_bytes()).unwrap()
+}
+
+async fn journal(kind: &str) -> Arc<dyn Journal> {
+    let prefix = format!("vigiltest-{}", uuid::Uuid::new_v4());
+    match kind {
+        "memory" => Arc::new(MemoryJournal::default()),
+        redis => Arc::new(crate::conformance::owned_journal(redis, &prefix).await),
+    }
+}
+
+fn policy(events: usize) -> SnapshotPolicy {
+    SnapshotPolicy { events, ..Default::default() }
+}
+
+/// Feeds `events[range]` in batches that end at every seventh event of the
+/// history (so that any range meets labels at the same places), with every
+/// eleventh event's fraud label applied after its batch; returns each
+/// event's features.
+async fn feed(store: &dyn FeatureStore, events: &[Event], range: std::ops::Range<usize>) -> Vec<FeatureVector> {
+    let mut out = Vec::new();
+    let ids: Vec<usize> = range.collect();
+    for chunk in ids.chunk_by(|a, b| a / 7 == b / 7) {
+        let batch: Vec<&Event> = chunk.iter().map(|&i| &events[i]).collect();
+        out.extend(store.process(&batch).await.unwrap());
+        let labels: Vec<Label> = chunk.iter().filter(|&&i| i % 11 == 0).map(|&i| fraud(events, i)).collect();
+        let refs: Vec<&Label> = labels.iter().collect();
+        store.apply_labels(&refs).await.unwrap();
+    }
+    out
+}
+
+fn values(fv: &[FeatureVector]) -> Vec<(Vec<vigil_core::FeatureValue>, u64)> {
+    fv.iter().map(|f| (f.values.clone(), f.fingerprint)).collect()
+}
+
+async fn a_new_owner_carries_on_exactly(kind: &str) {
+    let events = history(400);
+    let reference = MemoryStore::new(plan(), 3600);
+    let expected = feed(&reference, &events, 0..400).await;
+
+    let journal = journal(kind).await;
+    // The first owner snapshots every 50 events and dies after 250, with
+    // entries appended since its last snapshot.
+    let first = OwnedStore::open(plan(), 3600, journal.clone(), policy(50)).await.unwrap();
+    let before = feed(&first, &events, 0..250).await;
+    assert_eq!(values(&before), values(&expected[..250]), "{kind}: the first owner");
+    drop(first);
+
+    let second = OwnedStore::open(plan(), 3600, journal.clone(), policy(50)).await.unwrap();
+    // Kafka redelivers what the first owner decided after its last commit:
+    // the same features, marked replayed, counted once.
+    let redelivered = feed(&second, &events, 230..250).await;
+    assert!(redelivered.iter().all(|f| f.replayed), "{kind}: redeliveries are replays");
+    assert_eq!(values(&redelivered), values(&expected[230..250]), "{kind}: redelivered");
+    let after = feed(&second, &events, 250..400).await;
+    assert!(after.iter().all(|f| !f.replayed), "{kind}");
+    assert_eq!(values(&after), values(&expected[250..400]), "{kind}: the second owner");
+
+    // A third owner, after a snapshot written on demand, the same again.
+    second.snapshot().await.unwrap();
+    drop(second);
+    let third = OwnedStore::open(plan(), 3600, journal, policy(50)).await.unwrap();
+    let again = feed(&third, &events, 390..400).await;
+    assert_eq!(values(&again), values(&expected[390..400]), "{kind}: the third owner");
+}
+
+async fn a_stale_owner_is_fenced(kind: &str) {
+    let events = history(20);
+    let journal = journal(kind).await;
+    let old = OwnedStore::open(plan(), 3600, journal.clone(), policy(5)).await.unwrap();
+    feed(&old, &events, 0..7).await;
+    let new = OwnedStore::open(plan(), 3600, journal.clone(), policy(5)).await.unwrap();
+    assert!(new.epoch().await > old.epoch().await);
+    for _ in 0..2 {
+        let refused = old.process(&[&events[7]]).await.unwrap_err();
+        assert!(matches!(refused, FeatureError::Fenced(_)), "{kind}: {refused}");
+        assert!(!refused.is_retryable());
+    }
+    // The old owner's refused event was never counted: the new one counts it.
+    let reference = MemoryStore::new(plan(), 3600);
+    let expected = feed(&reference, &events, 0..20).await;
+    let after = feed(&new, &events, 7..20).await;
+    assert_eq!(values(&after), values(&expected[7..20]), "{kind}");
+}
+
+/// A journal whose appends fail on demand: before writing (`lost`) or after
+/// (`unanswered`: written, but the owner never hears so).
+#[derive(Default)]
+struct Flaky {
+    inner: MemoryJournal,
+    lost: AtomicUsize,
+    unanswered: AtomicUsize,
+}
+
+#[async_trait]
+impl Journal for Flaky {
+    async fn take(&self, held: Option<u64>) -> Result<Taken, FeatureError> {
+        self.inner.take(held).await
+    }
+
+    async fn append(&self, epoch: u64, entry: Vec<u8>) -> Result<(), FeatureError> {
+        if self.lost.swap(0, Ordering::SeqCst) > 0 {
+            return Err(FeatureError::Unavailable("lost".into()));
+        }
+        self.inner.append(epoch, entry).await?;
+        if self.unanswered.swap(0, Ordering::SeqCst) > 0 {
+            return Err(FeatureError::Timeout(1));
+        }
+        Ok(())
+    }
+
+    async fn snapshot(
+        &self,
+        epoch: u64,
+        covered: u64,
+        records: Vec<(String, Option<Vec<u8>>)>,
+        marks: Vec<u8>,
+    ) -> Result<(), FeatureError> {
+        self.inner.snapshot(epoch, covered, records, marks).await
+    }
+}
+
+#[tokio::test]
+async fn a_failed_append_never_leaves_memory_ahead_of_the_journal() {
+    let events = history(60);
+    let reference = MemoryStore::new(plan(), 3600);
+    let expected = feed(&reference, &events, 0..60).await;
+    let journal = Arc::new(Flaky::default());
+    let store = OwnedStore::open(plan(), 3600, journal.clone(), policy(9)).await.unwrap();
+    let mut got = feed(&store, &events, 0..21).await;
+
+    // Lost before the journal had it: the retried batch is counted fresh.
+    journal.lost.store(1, Ordering::SeqCst);
+    let batch: Vec<&Event> = events[21..28].iter().collect();
+    assert!(store.process(&batch).await.is_err());
+    let retried = feed(&store, &events, 21..28).await;
+    assert!(retried.iter().all(|f| !f.replayed));
+    got.extend(retried);
+
+    // In the journal but unanswered: the retry finds them counted.
+    journal.unanswered.store(1, Ordering::SeqCst);
+    let batch: Vec<&Event> = events[28..35].iter().collect();
+    assert!(store.process(&batch).await.is_err());
+    let retried = feed(&store, &events, 28..35).await;
+    assert!(retried.iter().all(|f| f.replayed));
+    got.extend(retried);
+
+    got.extend(feed(&store, &events, 35..60).await);
+    assert_eq!(values(&got), values(&expected));
+    assert!(journal.inner.log_len() < 9, "snapshots trim the journal");
+}
+
+#[tokio::test]
+async fn an_abandoned_call_is_reloaded_before_the_next() {
+    let events = history(30);
+    let reference = MemoryStore::new(plan(), 3600);
+    let expected = feed(&reference, &events, 0..30).await;
+    let store = OwnedStore::open(plan(), 3600, Arc::new(MemoryJournal::default()), policy(1000)).await.unwrap();
+    let mut got = feed(&store, &events, 0..10).await;
+    // A call cut by a deadline before it ran: the owner is marked stale by
+    // hand here, as a dropped future leaves it.
+    store.owner.lock().await.stale = true;
+    got.extend(feed(&store, &events, 10..30).await);
+    assert_eq!(values(&got), values(&expected));
+}
+
+macro_rules! on_every_journal {
+    ($($case:ident),* $(,)?) => {
+        mod memory_journal {
+            $(#[tokio::test] async fn $case() { super::$case("memory").await })*
+        }
+        mod redis_journal {
+            $(#[tokio::test] async fn $case() { super::$case("redis").await })*
+        }
+        mod cluster_journal {
+            $(#[tokio::test] async fn $case() { super::$case("redis-cluster").await })*
+        }
+    };
+}
+
+on_every_journal!(a_new_owner_carries_on_exactly, a_stale_owner_is_fenced);
