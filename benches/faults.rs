@@ -71,6 +71,7 @@ fn main() {
             rate,
             degraded,
             cluster,
+            owned: false,
             faults,
             drain_limit: Duration::from_secs(600),
         };

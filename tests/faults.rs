@@ -21,6 +21,7 @@ fn plan(name: &str, seed: u64, faults: Vec<(f64, Fault)>) -> Plan {
         rate: 250,
         degraded: "fail",
         cluster: false,
+        owned: false,
         faults,
         drain_limit: Duration::from_secs(180),
     }
@@ -42,6 +43,21 @@ async fn a_kill_and_a_redis_outage_lose_and_double_count_nothing() {
             vec![(0.1, kills), (0.6, Fault::RedisOutage(Duration::from_secs(4)))],
         ))
         .await;
+    eprintln!("{}\n{}", common::faults::Report::HEADER, report.row());
+    report.assert_clean();
+    assert!(report.kills == 1 && report.malformed > 0 && report.labels > 0, "{report:#?}");
+}
+
+/// The same faults on owned feature state (`mode = "owned"`): the one
+/// owner killed and started again takes the state over from its journal,
+/// and through the outage its journal writes fail and it reloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owned_state_a_kill_and_a_redis_outage_lose_and_double_count_nothing() {
+    let harness = Harness::start("owned");
+    let kills = Fault::Kills { count: 1, gap: (Duration::from_secs(1), Duration::from_secs(3)) };
+    let faults = vec![(0.1, kills), (0.6, Fault::RedisOutage(Duration::from_secs(4)))];
+    let plan = Plan { instances: 1, owned: true, ..plan("owned state: a kill, then Redis stopped", 3, faults) };
+    let report = harness.run(&plan).await;
     eprintln!("{}\n{}", common::faults::Report::HEADER, report.row());
     report.assert_clean();
     assert!(report.kills == 1 && report.malformed > 0 && report.labels > 0, "{report:#?}");

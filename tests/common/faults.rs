@@ -375,6 +375,9 @@ pub struct Plan {
     /// The faulted group's store is a Redis Cluster with replicas (no proxy
     /// then: cluster nodes name their own addresses to clients).
     pub cluster: bool,
+    /// The faulted group's feature state is owned (`[store] mode = "owned"`,
+    /// snapshotting every 500 events): one instance, restarted after a kill.
+    pub owned: bool,
     /// Faults, each started at its share of the feed's duration (0.0 to 1.0).
     pub faults: Vec<(f64, Fault)>,
     /// How long to wait for every decision after the feed and the faults.
@@ -623,7 +626,7 @@ enum Store {
 }
 
 impl Pass {
-    fn new(tag: &str, brokers: &str, store: &Store, degraded: &str) -> Pass {
+    fn new(tag: &str, brokers: &str, store: &Store, degraded: &str, owned: bool) -> Pass {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let tag = format!("{tag}-{}", &id[..8]);
         let pipeline = TestPipeline::shipped("local.toml").named(&tag);
@@ -641,6 +644,10 @@ impl Pass {
             // A killed member's partitions wait for its session to expire.
             .kafka_property("session.timeout.ms", "6000")
             .kafka_property("heartbeat.interval.ms", "1000");
+        let pipeline = match owned {
+            true => pipeline.add("store.mode", "owned").add("store.snapshot_events", 500),
+            false => pipeline,
+        };
         let file = repo().join(format!("pipelines/.test-faults-{tag}.toml"));
         std::fs::write(&file, pipeline.text()).unwrap();
         Pass {
@@ -888,7 +895,7 @@ impl Harness {
             Some(c) => Store::Cluster(c.urls()),
             None => Store::Redis(proxy.url()),
         };
-        let faulted = Pass::new("faulted", &brokers, &store, plan.degraded);
+        let faulted = Pass::new("faulted", &brokers, &store, plan.degraded, plan.owned);
         faulted.create_topics(plan.partitions).await;
         let reader = Reader::start(&brokers, &faulted);
         let instances: Vec<Instance> = (0..plan.instances)
@@ -980,8 +987,13 @@ impl Harness {
 
         // The clean pass: one instance, straight to Redis, no fault.
         drop(cluster);
-        let clean =
-            Pass::new("clean", &brokers, &Store::Redis(format!("redis://127.0.0.1:{}", self.redis_port)), "fail");
+        let clean = Pass::new(
+            "clean",
+            &brokers,
+            &Store::Redis(format!("redis://127.0.0.1:{}", self.redis_port)),
+            "fail",
+            false,
+        );
         clean.create_topics(plan.partitions).await;
         let reader = Reader::start(&brokers, &clean);
         let mut one = Instance::start(&clean.file, logs.join("clean.log"));
