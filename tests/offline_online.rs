@@ -7,8 +7,13 @@
 mod common;
 
 use common::*;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use vigil_core::{Event, Label};
-use vigil_features::{FeatureStore, LabelOutcome, Plan, RedisStore, Step};
+
+use vigil_features::owned::{Journal, RedisJournal, SnapshotPolicy};
+use vigil_features::{FeatureStore, LabelOutcome, OwnedStore, Plan, RedisStore, Step};
 use vigil_gen::GenConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -18,7 +23,7 @@ async fn every_feature_of_every_event_agrees_between_offline_and_redis() {
         RedisStore::connect(&redis_url(), Plan::new(config.features.clone()), &config.store.key_prefix, 3600, 5000)
             .await
             .expect("this test needs Redis: run scripts/test.sh");
-    agrees_offline_and_online(&config, &store).await;
+    agrees_offline_and_online(&config, Arc::new(store), None).await;
     clean_redis(&config.store.key_prefix).await;
 }
 
@@ -30,7 +35,51 @@ async fn every_feature_of_every_event_agrees_between_offline_and_a_redis_cluster
     let store = RedisStore::connect_cluster(&cluster_nodes(), plan, &config.store.key_prefix, 3600, 5000)
         .await
         .expect("this test needs a Redis Cluster: run scripts/test.sh");
-    agrees_offline_and_online(&config, &store).await;
+    agrees_offline_and_online(&config, Arc::new(store), None).await;
+    clean_cluster(&config.store.key_prefix).await;
+}
+
+/// An owned store (`mode = "owned"`, snapshotting every 700 events) whose
+/// owner is replaced half way: the new owner takes the state from the
+/// journal, and every feature of every event still equals offline.
+async fn owned(journal: impl Fn() -> Pin<Box<dyn Future<Output = RedisJournal>>>, config: &vigil_core::PipelineConfig) {
+    let plan = Plan::new(config.features.clone());
+    let policy = SnapshotPolicy { events: 700, ..Default::default() };
+    let open = move |journal: RedisJournal| {
+        let plan = plan.clone();
+        async move {
+            let journal: Arc<dyn Journal> = Arc::new(journal);
+            Arc::new(OwnedStore::open(plan, 3600, journal, policy).await.unwrap()) as Arc<dyn FeatureStore>
+        }
+    };
+    let first = open(journal().await).await;
+    let second = journal();
+    let takeover: Pin<Box<dyn Future<Output = Arc<dyn FeatureStore>>>> =
+        Box::pin(async move { open(second.await).await });
+    agrees_offline_and_online(config, first, Some(takeover)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_feature_of_every_event_agrees_between_offline_and_owned_state_across_a_takeover() {
+    let config = with_short_maturity(pipeline("offon-owned"));
+    let prefix = config.store.key_prefix.clone();
+    let journal = move || -> Pin<Box<dyn Future<Output = RedisJournal>>> {
+        let prefix = prefix.clone();
+        Box::pin(async move { RedisJournal::connect(&redis_url(), &prefix, 5000).await.unwrap() })
+    };
+    owned(journal, &config).await;
+    clean_redis(&config.store.key_prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_feature_of_every_event_agrees_between_offline_and_owned_state_on_a_cluster_across_a_takeover() {
+    let config = with_short_maturity(pipeline("offon-owned-cluster"));
+    let prefix = config.store.key_prefix.clone();
+    let journal = move || -> Pin<Box<dyn Future<Output = RedisJournal>>> {
+        let prefix = prefix.clone();
+        Box::pin(async move { RedisJournal::connect_cluster(&cluster_nodes(), &prefix, 5000).await.unwrap() })
+    };
+    owned(journal, &config).await;
     clean_cluster(&config.store.key_prefix).await;
 }
 
@@ -46,7 +95,13 @@ fn with_short_maturity(mut config: vigil_core::PipelineConfig) -> vigil_core::Pi
     config
 }
 
-async fn agrees_offline_and_online(config: &vigil_core::PipelineConfig, store: &RedisStore) {
+/// Feeds the history with its labels through `store` (replaced by
+/// `takeover` half way, when given) and compares every feature with offline.
+async fn agrees_offline_and_online(
+    config: &vigil_core::PipelineConfig,
+    mut store: Arc<dyn FeatureStore>,
+    mut takeover: Option<Pin<Box<dyn Future<Output = Arc<dyn FeatureStore>>>>>,
+) {
     assert!(config.features.len() >= 20, "the local pipeline declares the full feature set");
     let gen = GenConfig { seed: 5, events: 6_000, cards: 400, merchants: 60, days: 5, ..GenConfig::default() };
     let items = vigil_gen::generate(&gen);
@@ -58,7 +113,14 @@ async fn agrees_offline_and_online(config: &vigil_core::PipelineConfig, store: &
 
     let mut online = Vec::with_capacity(events.len());
     let mut counted = 0;
-    for step in vigil_features::interleave(&refs, &label_refs, 250) {
+    let steps = vigil_features::interleave(&refs, &label_refs, 250);
+    let half = steps.len() / 2;
+    for (i, step) in steps.into_iter().enumerate() {
+        if i == half {
+            if let Some(next) = takeover.take() {
+                store = next.await;
+            }
+        }
         match step {
             Step::Events(r) => online.extend(store.process(&refs[r]).await.unwrap()),
             Step::Labels(r) => {

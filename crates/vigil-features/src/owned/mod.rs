@@ -180,10 +180,20 @@ impl OwnedStore {
         }
         let marks = marks(&owner.local);
         let marks = postcard::to_allocvec(&marks).map_err(|e| corrupt("marks", e))?;
+        let (count, bytes) =
+            (records.len(), records.iter().filter_map(|(_, v)| v.as_ref().map(Vec::len)).sum::<usize>());
+        let started = Instant::now();
         owner.stale = true;
         let written = self.journal.snapshot(owner.epoch, owner.log_len, records, marks).await;
         match written {
             Ok(()) => {
+                tracing::info!(
+                    records = count,
+                    bytes,
+                    entries = owner.log_len,
+                    ms = started.elapsed().as_millis() as u64,
+                    "owned feature state: snapshot written"
+                );
                 owner.stale = false;
                 owner.log_len = 0;
                 owner.events_since = 0;
