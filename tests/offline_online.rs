@@ -39,6 +39,9 @@ async fn every_feature_of_every_event_agrees_between_offline_and_a_redis_cluster
     clean_cluster(&config.store.key_prefix).await;
 }
 
+/// A store still to be opened (a new owner taking over).
+type Takeover = Pin<Box<dyn Future<Output = Arc<dyn FeatureStore>>>>;
+
 /// An owned store (`mode = "owned"`, snapshotting every 700 events) whose
 /// owner is replaced half way: the new owner takes the state from the
 /// journal, and every feature of every event still equals offline.
@@ -100,7 +103,7 @@ fn with_short_maturity(mut config: vigil_core::PipelineConfig) -> vigil_core::Pi
 async fn agrees_offline_and_online(
     config: &vigil_core::PipelineConfig,
     mut store: Arc<dyn FeatureStore>,
-    mut takeover: Option<Pin<Box<dyn Future<Output = Arc<dyn FeatureStore>>>>>,
+    mut takeover: Option<Takeover>,
 ) {
     assert!(config.features.len() >= 20, "the local pipeline declares the full feature set");
     let gen = GenConfig { seed: 5, events: 6_000, cards: 400, merchants: 60, days: 5, ..GenConfig::default() };
