@@ -2,8 +2,6 @@
 //! before it, then the event applied to its records; labels counted in the
 //! fraud rings of their entities.
 
-use std::collections::HashMap;
-
 use vigil_core::{Event, FeatureValue, FeatureVector, Fields, Label, Verdict};
 
 use crate::aggregate::value;
@@ -50,7 +48,7 @@ impl Plan {
         debug_assert_eq!(states.len(), keys.records.len());
         let mut changes = Changes::default();
         let mut dirty = vec![false; states.len()];
-        let mut first_in_batch: HashMap<&str, usize> = HashMap::new();
+        let mut first_in_batch: foldhash::HashMap<&str, usize> = foldhash::HashMap::default();
         let mut out: Vec<FeatureVector> = Vec::with_capacity(events.len());
         // One spare slot: outputs that read no ring may point one past the last.
         let mut reads: Vec<Option<Window>> = vec![None; self.rings + 1];

@@ -1,7 +1,9 @@
 //! The in-memory backend: the embedded default, also used offline. Its
 //! states and markers ([`Local`]) are also what the owned store keeps.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
+
+use foldhash::HashMap;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -1,8 +1,6 @@
 //! A pipeline's feature definitions compiled into a [`Plan`]: the records an
 //! event touches, what each entity keeps, and where each feature reads from.
 
-use std::collections::HashMap;
-
 use vigil_core::feature::{Aggregate, EntityKey, FeatureDef};
 use vigil_core::{Event, EventField, FeatureValue, Fields, Label};
 
@@ -197,7 +195,7 @@ impl Plan {
 
     fn keys_of<T: Fields>(&self, items: &[&T], labels_only: bool) -> BatchKeys {
         let mut keys = BatchKeys::default();
-        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut index: foldhash::HashMap<String, usize> = foldhash::HashMap::default();
         for ev in items {
             let mut row = Vec::with_capacity(self.entities.len());
             for e in &self.entities {

@@ -34,6 +34,7 @@
 mod journal;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -89,9 +90,6 @@ struct Owner {
     log_len: u64,
     events_since: usize,
     since: Instant,
-    /// Memory may be ahead of the journal (a write failed or was abandoned):
-    /// reload before the next call.
-    stale: bool,
 }
 
 /// The feature state of one owning process ([module docs](self)).
@@ -101,6 +99,32 @@ pub struct OwnedStore {
     journal: Arc<dyn Journal>,
     policy: SnapshotPolicy,
     owner: tokio::sync::Mutex<Owner>,
+    /// Held while a journal write is in flight: writes go out one at a time,
+    /// in the order their calls changed memory, and the next call computes
+    /// while the previous one's entry travels.
+    turn: tokio::sync::Mutex<()>,
+    /// Memory may hold what the journal never will (a write failed or was
+    /// abandoned): the next call reloads from the journal first, and a call
+    /// computed on top of it fails before writing.
+    stale: AtomicBool,
+}
+
+/// Marks the store stale when dropped before [`Pending::done`]: a call that
+/// changed memory and failed, or was abandoned, before its entry was in.
+struct Pending<'a>(&'a AtomicBool, bool);
+
+impl Pending<'_> {
+    fn done(mut self) {
+        self.1 = true;
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> FeatureError {
@@ -118,7 +142,15 @@ impl OwnedStore {
     ) -> Result<OwnedStore, FeatureError> {
         let taken = journal.take(None).await?;
         let owner = restore(&plan, dedup_ttl_s as i64, taken)?;
-        Ok(OwnedStore { plan, dedup_ttl_s: dedup_ttl_s as i64, journal, policy, owner: tokio::sync::Mutex::new(owner) })
+        Ok(OwnedStore {
+            plan,
+            dedup_ttl_s: dedup_ttl_s as i64,
+            journal,
+            policy,
+            owner: tokio::sync::Mutex::new(owner),
+            turn: tokio::sync::Mutex::new(()),
+            stale: AtomicBool::new(false),
+        })
     }
 
     /// The epoch this store holds.
@@ -130,35 +162,79 @@ impl OwnedStore {
     pub async fn snapshot(&self) -> Result<(), FeatureError> {
         let mut owner = self.owner.lock().await;
         self.ready(&mut owner).await?;
+        let _turn = self.turn.lock().await;
         self.write_snapshot(&mut owner).await
     }
 
-    /// Reloads from the journal when memory may be ahead of it.
+    /// Reloads from the journal when memory may be ahead of it (once the
+    /// write in flight, if any, has ended).
     async fn ready(&self, owner: &mut Owner) -> Result<(), FeatureError> {
-        if owner.stale {
+        if self.stale.load(Ordering::SeqCst) {
+            let _turn = self.turn.lock().await;
             let taken = self.journal.take(Some(owner.epoch)).await?;
             *owner = restore(&self.plan, self.dedup_ttl_s, taken)?;
+            self.stale.store(false, Ordering::SeqCst);
             tracing::info!(epoch = owner.epoch, "owned feature state reloaded from its journal");
         }
         Ok(())
     }
 
-    /// Appends one entry; memory is marked ahead of the journal until it is in.
-    async fn append(&self, owner: &mut Owner, op: &Op, counted: usize) -> Result<(), FeatureError> {
-        let entry = postcard::to_allocvec(op).map_err(|e| corrupt("entry", e))?;
-        self.journal.append(owner.epoch, entry).await?;
-        owner.log_len += 1;
-        owner.events_since += counted;
-        Ok(())
+    /// One call: `change` updates memory and says what to journal (an entry
+    /// and the events it counts); the entry goes out after the previous
+    /// call's, while the next call may already compute.
+    async fn call<T>(
+        &self,
+        change: impl FnOnce(&mut Owner, i64) -> (T, Option<(Op, usize)>),
+    ) -> Result<T, FeatureError> {
+        let mut owner = self.owner.lock().await;
+        self.ready(&mut owner).await?;
+        let now = wall_clock_s();
+        let pending = Pending(&self.stale, false);
+        let (out, op) = change(&mut owner, now);
+        let entry = match op {
+            Some((op, counted)) => {
+                let entry = postcard::to_allocvec(&op).map_err(|e| corrupt("entry", e))?;
+                Some((entry, counted))
+            }
+            None => None,
+        };
+        let turn = self.turn.lock().await;
+        let epoch = owner.epoch;
+        if let Some((_, counted)) = &entry {
+            owner.log_len += 1;
+            owner.events_since += counted;
+        }
+        let due = owner.events_since >= self.policy.events
+            || (owner.log_len > 0 && owner.since.elapsed() >= self.policy.interval);
+        drop(owner);
+        if self.stale.load(Ordering::SeqCst) {
+            return Err(FeatureError::Unavailable(
+                "an earlier batch's journal write failed: the owned state reloads from its journal".into(),
+            ));
+        }
+        if let Some((entry, _)) = entry {
+            self.journal.append(epoch, entry).await?;
+        }
+        pending.done();
+        drop(turn);
+        if due {
+            self.after_call().await;
+        }
+        Ok(out)
     }
 
-    async fn after_call(&self, owner: &mut Owner) {
+    async fn after_call(&self) {
+        let mut owner = self.owner.lock().await;
+        if self.ready(&mut owner).await.is_err() {
+            return;
+        }
+        let _turn = self.turn.lock().await;
         let due = owner.events_since >= self.policy.events
             || (owner.log_len > 0 && owner.since.elapsed() >= self.policy.interval);
         if !due {
             return;
         }
-        if let Err(e) = self.write_snapshot(owner).await {
+        if let Err(e) = self.write_snapshot(&mut owner).await {
             // The journal still holds every entry: nothing is lost; the next
             // due call tries again.
             tracing::warn!(error = %e, "owned feature state: snapshot failed; the journal keeps growing until one succeeds");
@@ -183,7 +259,7 @@ impl OwnedStore {
         let (count, bytes) =
             (records.len(), records.iter().filter_map(|(_, v)| v.as_ref().map(Vec::len)).sum::<usize>());
         let started = Instant::now();
-        owner.stale = true;
+        self.stale.store(true, Ordering::SeqCst);
         let written = self.journal.snapshot(owner.epoch, owner.log_len, records, marks).await;
         match written {
             Ok(()) => {
@@ -194,7 +270,7 @@ impl OwnedStore {
                     ms = started.elapsed().as_millis() as u64,
                     "owned feature state: snapshot written"
                 );
-                owner.stale = false;
+                self.stale.store(false, Ordering::SeqCst);
                 owner.log_len = 0;
                 owner.events_since = 0;
                 owner.since = Instant::now();
@@ -206,7 +282,7 @@ impl OwnedStore {
                 owner.local.touched = Some(touched);
                 // Only a refused script is known to have written nothing;
                 // after any other failure it may have run: reload first.
-                owner.stale = !matches!(e, FeatureError::Fenced(_));
+                self.stale.store(!matches!(e, FeatureError::Fenced(_)), Ordering::SeqCst);
                 Err(e)
             }
         }
@@ -269,7 +345,7 @@ fn restore(plan: &Plan, dedup_ttl_s: i64, taken: Taken) -> Result<Owner, Feature
             }
         }
     }
-    Ok(Owner { epoch: taken.epoch, local, log_len, events_since, since: Instant::now(), stale: false })
+    Ok(Owner { epoch: taken.epoch, local, log_len, events_since, since: Instant::now() })
 }
 
 #[async_trait]
@@ -278,34 +354,30 @@ impl FeatureStore for OwnedStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let mut owner = self.owner.lock().await;
-        self.ready(&mut owner).await?;
-        let now = wall_clock_s();
-        // Until the entry is in the journal (an abandoned call included).
-        owner.stale = true;
-        let (out, first) = owner.local.process(&self.plan, events, now, self.dedup_ttl_s);
-        if !first.is_empty() {
-            let op = Op::Events { now, events: first.iter().map(|&i| events[i].to_json()).collect() };
-            self.append(&mut owner, &op, first.len()).await?;
-        }
-        owner.stale = false;
-        self.after_call(&mut owner).await;
-        Ok(out)
+        // Encoded before the owner is taken, so that callers encode at once;
+        // only the first-seen ones go to the journal.
+        let mut encoded: Vec<Option<Vec<u8>>> = events.iter().map(|e| Some(e.to_json())).collect();
+        self.call(|owner, now| {
+            let (out, first) = owner.local.process(&self.plan, events, now, self.dedup_ttl_s);
+            let op = (!first.is_empty()).then(|| {
+                let events = first.iter().filter_map(|&i| encoded[i].take()).collect();
+                (Op::Events { now, events }, first.len())
+            });
+            (out, op)
+        })
+        .await
     }
 
     async fn apply_labels(&self, labels: &[&Label]) -> Result<Vec<LabelOutcome>, FeatureError> {
-        let mut owner = self.owner.lock().await;
-        self.ready(&mut owner).await?;
-        let now = wall_clock_s();
-        owner.stale = true;
-        let (out, first) = owner.local.apply_labels(&self.plan, labels, now);
-        if !first.is_empty() {
-            let op = Op::Labels { now, labels: first.iter().map(|&i| labels[i].to_json()).collect() };
-            self.append(&mut owner, &op, 0).await?;
-        }
-        owner.stale = false;
-        self.after_call(&mut owner).await;
-        Ok(out)
+        self.call(|owner, now| {
+            let (out, first) = owner.local.apply_labels(&self.plan, labels, now);
+            let op = (!first.is_empty()).then(|| {
+                let labels = first.iter().map(|&i| labels[i].to_json()).collect();
+                (Op::Labels { now, labels }, 0)
+            });
+            (out, op)
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), FeatureError> {

@@ -155,6 +155,8 @@ struct Flaky {
     inner: MemoryJournal,
     lost: AtomicUsize,
     unanswered: AtomicUsize,
+    /// Milliseconds every append takes.
+    slow_ms: AtomicUsize,
 }
 
 #[async_trait]
@@ -164,6 +166,8 @@ impl Journal for Flaky {
     }
 
     async fn append(&self, epoch: u64, entry: Vec<u8>) -> Result<(), FeatureError> {
+        let slow = self.slow_ms.load(Ordering::SeqCst) as u64;
+        tokio::time::sleep(std::time::Duration::from_millis(slow)).await;
         if self.lost.swap(0, Ordering::SeqCst) > 0 {
             return Err(FeatureError::Unavailable("lost".into()));
         }
@@ -215,6 +219,33 @@ async fn a_failed_append_never_leaves_memory_ahead_of_the_journal() {
     assert!(journal.inner.log_len() < 9, "snapshots trim the journal");
 }
 
+/// A call computes while the previous one's entry travels; when that entry
+/// is lost, the call computed on top of it fails too, before writing, and
+/// both retried give what one pass gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_computed_on_a_lost_entry_fails_before_writing() {
+    let events = history(42);
+    let reference = MemoryStore::new(plan(), 3600);
+    let expected = feed(&reference, &events, 0..42).await;
+    let journal = Arc::new(Flaky::default());
+    let store = Arc::new(OwnedStore::open(plan(), 3600, journal.clone(), policy(1000)).await.unwrap());
+    let mut got = feed(store.as_ref(), &events, 0..21).await;
+    journal.slow_ms.store(200, Ordering::SeqCst);
+    journal.lost.store(1, Ordering::SeqCst);
+    let first = {
+        let (store, events) = (store.clone(), events.clone());
+        tokio::spawn(async move { store.process(&events[21..28].iter().collect::<Vec<_>>()).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let second = store.process(&events[28..35].iter().collect::<Vec<_>>()).await;
+    assert!(first.await.unwrap().is_err(), "the lost entry's call fails");
+    let why = second.expect_err("the call computed on the lost entry fails").to_string();
+    assert!(why.contains("earlier batch"), "{why}");
+    journal.slow_ms.store(0, Ordering::SeqCst);
+    got.extend(feed(store.as_ref(), &events, 21..42).await);
+    assert_eq!(values(&got), values(&expected));
+}
+
 #[tokio::test]
 async fn an_abandoned_call_is_reloaded_before_the_next() {
     let events = history(30);
@@ -224,7 +255,7 @@ async fn an_abandoned_call_is_reloaded_before_the_next() {
     let mut got = feed(&store, &events, 0..10).await;
     // A call cut by a deadline before it ran: the owner is marked stale by
     // hand here, as a dropped future leaves it.
-    store.owner.lock().await.stale = true;
+    store.stale.store(true, Ordering::SeqCst);
     got.extend(feed(&store, &events, 10..30).await);
     assert_eq!(values(&got), values(&expected));
 }
