@@ -42,48 +42,42 @@ async fn every_feature_of_every_event_agrees_between_offline_and_a_redis_cluster
 /// A store still to be opened (a new owner taking over).
 type Takeover = Pin<Box<dyn Future<Output = Arc<dyn FeatureStore>>>>;
 
-/// An owned store (`mode = "owned"`, snapshotting every 700 events) whose
-/// owner is replaced half way: the new owner takes the state from the
-/// journal, and every feature of every event still equals offline.
-async fn owned(journal: impl Fn() -> Pin<Box<dyn Future<Output = RedisJournal>>>, config: &vigil_core::PipelineConfig) {
-    let plan = Plan::new(config.features.clone());
-    let policy = SnapshotPolicy { events: 700, ..Default::default() };
-    let open = move |journal: RedisJournal| {
-        let plan = plan.clone();
-        async move {
-            let journal: Arc<dyn Journal> = Arc::new(journal);
-            Arc::new(OwnedStore::open(plan, 3600, journal, policy).await.unwrap()) as Arc<dyn FeatureStore>
-        }
+/// An owned store (`mode = "owned"`, snapshotting every 700 events) with its
+/// journal on the test Redis or cluster.
+async fn owned_store(config: &vigil_core::PipelineConfig, cluster: bool) -> Arc<dyn FeatureStore> {
+    let prefix = &config.store.key_prefix;
+    let journal: Arc<dyn Journal> = match cluster {
+        true => Arc::new(RedisJournal::connect_cluster(&cluster_nodes(), prefix, 5000).await.unwrap()),
+        false => Arc::new(RedisJournal::connect(&redis_url(), prefix, 5000).await.unwrap()),
     };
-    let first = open(journal().await).await;
-    let second = journal();
-    let takeover: Pin<Box<dyn Future<Output = Arc<dyn FeatureStore>>>> =
-        Box::pin(async move { open(second.await).await });
-    agrees_offline_and_online(config, first, Some(takeover)).await;
+    let policy = SnapshotPolicy { events: 700, ..Default::default() };
+    Arc::new(OwnedStore::open(Plan::new(config.features.clone()), 3600, journal, policy).await.unwrap())
+}
+
+/// Owned state whose owner is replaced half way: the new owner takes the
+/// state from the journal, and every feature of every event still equals
+/// offline.
+async fn owned_across_a_takeover(config: vigil_core::PipelineConfig, cluster: bool) {
+    let first = owned_store(&config, cluster).await;
+    let next = config.clone();
+    let takeover: Takeover = Box::pin(async move { owned_store(&next, cluster).await });
+    agrees_offline_and_online(&config, first, Some(takeover)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_feature_of_every_event_agrees_between_offline_and_owned_state_across_a_takeover() {
     let config = with_short_maturity(pipeline("offon-owned"));
     let prefix = config.store.key_prefix.clone();
-    let journal = move || -> Pin<Box<dyn Future<Output = RedisJournal>>> {
-        let prefix = prefix.clone();
-        Box::pin(async move { RedisJournal::connect(&redis_url(), &prefix, 5000).await.unwrap() })
-    };
-    owned(journal, &config).await;
-    clean_redis(&config.store.key_prefix).await;
+    owned_across_a_takeover(config, false).await;
+    clean_redis(&prefix).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_feature_of_every_event_agrees_between_offline_and_owned_state_on_a_cluster_across_a_takeover() {
     let config = with_short_maturity(pipeline("offon-owned-cluster"));
     let prefix = config.store.key_prefix.clone();
-    let journal = move || -> Pin<Box<dyn Future<Output = RedisJournal>>> {
-        let prefix = prefix.clone();
-        Box::pin(async move { RedisJournal::connect_cluster(&cluster_nodes(), &prefix, 5000).await.unwrap() })
-    };
-    owned(journal, &config).await;
-    clean_cluster(&config.store.key_prefix).await;
+    owned_across_a_takeover(config, true).await;
+    clean_cluster(&prefix).await;
 }
 
 /// The shipped pipeline plus a terminal risk matured for a day, which a

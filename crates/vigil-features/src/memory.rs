@@ -148,7 +148,7 @@ impl Local {
         for (i, ((key, value), mut expires_at_s)) in entities.iter_mut().zip(states).zip(expiries).enumerate() {
             if dirty.next_if_eq(&&i).is_some() {
                 expires_at_s = expiry;
-                if let Some(t) = self.touched.as_mut() {
+                if let Some(t) = self.touched.as_mut().filter(|t| !t.contains(key.as_str())) {
                     t.insert(key.clone());
                 }
             } else if expires_at_s == i64::MIN {

@@ -27,6 +27,17 @@ pub struct Taken {
     pub log: Vec<Vec<u8>>,
 }
 
+/// What a snapshot writes, in one step.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    /// How many entries at the head of the log it covers (they are dropped).
+    pub covered: u64,
+    /// Records to set (`Some`: their stored form) or remove (`None`).
+    pub records: Vec<(String, Option<Vec<u8>>)>,
+    /// The markers, replacing the last snapshot's.
+    pub marks: Vec<u8>,
+}
+
 /// The owned store's durable side. Every write checks the writer's epoch.
 #[async_trait]
 pub trait Journal: Send + Sync {
@@ -36,16 +47,8 @@ pub trait Journal: Send + Sync {
     async fn take(&self, held: Option<u64>) -> Result<Taken, FeatureError>;
     /// Appends one entry, if `epoch` still owns the journal.
     async fn append(&self, epoch: u64, entry: Vec<u8>) -> Result<(), FeatureError>;
-    /// In one step, if `epoch` still owns the journal: sets (`Some`) or
-    /// removes (`None`) records, replaces the markers, and drops the first
-    /// `covered` entries of the log.
-    async fn snapshot(
-        &self,
-        epoch: u64,
-        covered: u64,
-        records: Vec<(String, Option<Vec<u8>>)>,
-        marks: Vec<u8>,
-    ) -> Result<(), FeatureError>;
+    /// Writes `snapshot` in one step, if `epoch` still owns the journal.
+    async fn snapshot(&self, epoch: u64, snapshot: Snapshot) -> Result<(), FeatureError>;
     async fn ping(&self) -> Result<(), FeatureError> {
         Ok(())
     }
@@ -107,13 +110,7 @@ impl Journal for MemoryJournal {
         Ok(())
     }
 
-    async fn snapshot(
-        &self,
-        epoch: u64,
-        covered: u64,
-        records: Vec<(String, Option<Vec<u8>>)>,
-        marks: Vec<u8>,
-    ) -> Result<(), FeatureError> {
+    async fn snapshot(&self, epoch: u64, Snapshot { covered, records, marks }: Snapshot) -> Result<(), FeatureError> {
         let mut h = self.held();
         if h.epoch != epoch {
             return Err(fenced(epoch));
@@ -211,11 +208,15 @@ impl RedisJournal {
         }
     }
 
+    /// `call` within the journal's timeout.
+    async fn within<T>(&self, call: impl std::future::Future<Output = T>) -> Result<T, FeatureError> {
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| FeatureError::Timeout(self.timeout.as_millis() as u64))
+    }
+
     async fn query<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline, epoch: u64) -> Result<T, FeatureError> {
-        match tokio::time::timeout(self.timeout, self.conn.pipe(pipe)).await {
-            Err(_) => Err(FeatureError::Timeout(self.timeout.as_millis() as u64)),
-            Ok(r) => r.map_err(|e| refused(e, epoch)),
-        }
+        self.within(self.conn.pipe(pipe)).await?.map_err(|e| refused(e, epoch))
     }
 
     /// Runs a script (`source`), loading it first when Redis forgot it (a
@@ -229,18 +230,14 @@ impl RedisJournal {
         let mut pipe = redis::pipe();
         pipe.invoke_script(invocation);
         for first in [true, false] {
-            match tokio::time::timeout(self.timeout, self.conn.pipe::<(T,)>(&pipe)).await {
-                Err(_) => return Err(FeatureError::Timeout(self.timeout.as_millis() as u64)),
-                Ok(Ok((v,))) => return Ok(v),
-                Ok(Err(e)) if first && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            match self.within(self.conn.pipe::<(T,)>(&pipe)).await? {
+                Ok((v,)) => return Ok(v),
+                Err(e) if first && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                     let mut load = redis::cmd("SCRIPT");
                     load.arg("LOAD").arg(source);
-                    tokio::time::timeout(self.timeout, self.conn.cmd::<String>(&load))
-                        .await
-                        .map_err(|_| FeatureError::Timeout(self.timeout.as_millis() as u64))?
-                        .map_err(unavailable)?;
+                    self.within(self.conn.cmd::<String>(&load)).await?.map_err(unavailable)?;
                 }
-                Ok(Err(e)) => return Err(refused(e, epoch)),
+                Err(e) => return Err(refused(e, epoch)),
             }
         }
         Err(FeatureError::Unavailable("script not loaded".into()))
@@ -296,13 +293,7 @@ impl Journal for RedisJournal {
         self.run::<i64>(APPEND, &inv, epoch).await.map(drop)
     }
 
-    async fn snapshot(
-        &self,
-        epoch: u64,
-        covered: u64,
-        records: Vec<(String, Option<Vec<u8>>)>,
-        marks: Vec<u8>,
-    ) -> Result<(), FeatureError> {
+    async fn snapshot(&self, epoch: u64, Snapshot { covered, records, marks }: Snapshot) -> Result<(), FeatureError> {
         let mut inv = self.snapshot.key(&self.keys[0]);
         inv.key(&self.keys[1]).key(&self.keys[2]).key(&self.keys[3]);
         let set: Vec<&(String, Option<Vec<u8>>)> = records.iter().filter(|(_, v)| v.is_some()).collect();

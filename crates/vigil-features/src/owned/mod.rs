@@ -42,7 +42,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use vigil_core::{Event, FeatureVector, Label};
 
-pub use journal::{Journal, MemoryJournal, RedisJournal, Taken};
+pub use journal::{Journal, MemoryJournal, RedisJournal, Snapshot, Taken};
 
 use crate::memory::{wall_clock_s, Entry, Local};
 use crate::state::EntityState;
@@ -204,8 +204,7 @@ impl OwnedStore {
             owner.log_len += 1;
             owner.events_since += counted;
         }
-        let due = owner.events_since >= self.policy.events
-            || (owner.log_len > 0 && owner.since.elapsed() >= self.policy.interval);
+        let due = self.snapshot_due(&owner);
         drop(owner);
         if self.stale.load(Ordering::SeqCst) {
             return Err(FeatureError::Unavailable(
@@ -223,14 +222,18 @@ impl OwnedStore {
         Ok(out)
     }
 
+    /// Whether the policy asks for a snapshot now.
+    fn snapshot_due(&self, owner: &Owner) -> bool {
+        owner.events_since >= self.policy.events || (owner.log_len > 0 && owner.since.elapsed() >= self.policy.interval)
+    }
+
     async fn after_call(&self) {
         let mut owner = self.owner.lock().await;
         if self.ready(&mut owner).await.is_err() {
             return;
         }
         let _turn = self.turn.lock().await;
-        let due = owner.events_since >= self.policy.events
-            || (owner.log_len > 0 && owner.since.elapsed() >= self.policy.interval);
+        let due = self.snapshot_due(&owner);
         if !due {
             return;
         }
@@ -260,7 +263,7 @@ impl OwnedStore {
             (records.len(), records.iter().filter_map(|(_, v)| v.as_ref().map(Vec::len)).sum::<usize>());
         let started = Instant::now();
         self.stale.store(true, Ordering::SeqCst);
-        let written = self.journal.snapshot(owner.epoch, owner.log_len, records, marks).await;
+        let written = self.journal.snapshot(owner.epoch, Snapshot { covered: owner.log_len, records, marks }).await;
         match written {
             Ok(()) => {
                 tracing::info!(
@@ -311,8 +314,7 @@ fn restore(plan: &Plan, dedup_ttl_s: i64, taken: Taken) -> Result<Owner, Feature
     if let Some(bytes) = taken.marks {
         let marks: Marks = postcard::from_bytes(&bytes).map_err(|e| corrupt("marks", e))?;
         for (id, expires_at_s, stored) in marks.markers {
-            let mut value = crate::marker::decode(&stored)?;
-            value.replayed = false;
+            let value = crate::marker::decode(&stored)?;
             local.marker_order.push_back(id.clone());
             local.markers.insert(id, Entry { value, expires_at_s });
         }
