@@ -10,6 +10,9 @@
 //!    (`VIGIL_BENCH_MODES`, default `shared,owned`: today's shared records,
 //!    then the owned state of issue 23, each on topics of its own), with
 //!    Redis's own CPU per event (`INFO cpu`) over the drain;
+//!    for both, where the CPU went over the drain (the machine's busy share,
+//!    this process by thread, the broker process, Redis), to show which
+//!    limit a ratio meets on a machine of few cores;
 //! 4. **latency**: both are fed fresh events at a fixed rate, and a reader times
 //!    each event from its send to the arrival of its output record.
 //!
@@ -137,20 +140,142 @@ async fn produce(topic: &str, events: &[Event]) {
     }
 }
 
-/// Waits until `counter` reaches `n`; returns the time from the first output.
-async fn drain_time(counter: &AtomicU64, n: u64, limit: Duration) -> Duration {
+/// Waits until `counter` reaches `n`; returns the time from the first output
+/// and the CPU used from the first output to the last.
+async fn drain_time(counter: &AtomicU64, n: u64, limit: Duration) -> (Duration, CpuUse) {
     let start = Instant::now();
     let mut first = None;
     loop {
         let v = counter.load(Ordering::Relaxed);
         if v > 0 && first.is_none() {
-            first = Some(Instant::now());
+            first = Some((Instant::now(), CpuSample::take().await));
         }
         if v >= n {
-            return first.map_or(Duration::ZERO, |f| f.elapsed());
+            let end = CpuSample::take().await;
+            return match first {
+                Some((at, from)) => (at.elapsed(), end.since(&from)),
+                None => (Duration::ZERO, end.since(&end)),
+            };
         }
         assert!(start.elapsed() < limit, "only {v} of {n} after {limit:?}");
         tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+}
+
+/// Where the CPU time of a drain went: the machine's busy share, this
+/// process by thread name, the broker process and Redis (all from `/proc`,
+/// Redis from `INFO cpu`).
+struct CpuSample {
+    /// Busy and total jiffies of all cores (`/proc/stat`).
+    machine: (u64, u64),
+    /// This process's threads: thread id -> (name, jiffies).
+    threads: HashMap<u32, (String, u64)>,
+    /// The broker process (`tansu`, found by name), jiffies.
+    broker: u64,
+    redis_us: f64,
+}
+
+struct CpuUse {
+    seconds: f64,
+    /// Share of all cores busy over the window, 0-1.
+    machine_busy: f64,
+    cores: usize,
+    /// This process's CPU seconds by thread name (numbers stripped), largest first.
+    threads: Vec<(String, f64)>,
+    broker_s: f64,
+    redis_s: f64,
+}
+
+const JIFFY: f64 = 0.01; // USER_HZ is 100 on Linux.
+
+/// utime + stime from a `/proc/.../stat` line (fields 14 and 15, after the name).
+fn stat_ticks(stat: &str) -> Option<(String, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat[open + 1..close].to_owned();
+    let rest: Vec<&str> = stat[close + 2..].split(' ').collect();
+    Some((name, rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?))
+}
+
+impl CpuSample {
+    async fn take() -> CpuSample {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let cpu: Vec<u64> =
+            stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+        let total: u64 = cpu.iter().take(8).sum();
+        let idle = cpu.get(3).copied().unwrap_or(0) + cpu.get(4).copied().unwrap_or(0);
+        let mut threads = HashMap::new();
+        if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+            for t in dir.flatten() {
+                let Ok(tid) = t.file_name().to_string_lossy().parse::<u32>() else { continue };
+                if let Some(v) = std::fs::read_to_string(t.path().join("stat")).ok().as_deref().and_then(stat_ticks) {
+                    threads.insert(tid, v);
+                }
+            }
+        }
+        let mut broker = 0;
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for p in dir.flatten() {
+                if !p.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+                    continue;
+                }
+                if let Some((name, ticks)) =
+                    std::fs::read_to_string(p.path().join("stat")).ok().as_deref().and_then(stat_ticks)
+                {
+                    if name == "tansu" {
+                        broker += ticks;
+                    }
+                }
+            }
+        }
+        CpuSample { machine: (total - idle, total), threads, broker, redis_us: redis_cpu_us().await }
+    }
+
+    fn since(&self, from: &CpuSample) -> CpuUse {
+        let total = self.machine.1.saturating_sub(from.machine.1).max(1);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut by_name: BTreeMap<String, f64> = BTreeMap::new();
+        for (tid, (name, ticks)) in &self.threads {
+            let before = from.threads.get(tid).map_or(0, |(_, t)| *t);
+            let name: String = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-' || c == '#').into();
+            *by_name.entry(name).or_default() += ticks.saturating_sub(before) as f64 * JIFFY;
+        }
+        let mut threads: Vec<(String, f64)> = by_name.into_iter().filter(|(_, s)| *s > 0.0).collect();
+        threads.sort_by(|a, b| b.1.total_cmp(&a.1));
+        CpuUse {
+            seconds: total as f64 * JIFFY / cores as f64,
+            machine_busy: self.machine.0.saturating_sub(from.machine.0) as f64 / total as f64,
+            cores,
+            threads,
+            broker_s: self.broker.saturating_sub(from.broker) as f64 * JIFFY,
+            redis_s: (self.redis_us - from.redis_us) / 1e6,
+        }
+    }
+}
+
+impl CpuUse {
+    /// One line: the machine's busy share and each party's CPU µs per event.
+    fn report(&self, n: u64) -> String {
+        let per = |s: f64| s * 1e6 / n as f64;
+        let own: f64 = self.threads.iter().map(|(_, s)| s).sum();
+        let threads: Vec<String> = self
+            .threads
+            .iter()
+            .take(6)
+            .map(|(name, s)| format!("{name} {:.1} ({:.0}% of a core)", per(*s), 100.0 * s / self.seconds.max(1e-9)))
+            .collect();
+        format!(
+            "  CPU over the drain ({:.2} s, {} cores {:.0}% busy), µs per event: this process {:.1} [{}], \
+             broker {:.1}, Redis {:.1}, machine {:.1}",
+            self.seconds,
+            self.cores,
+            100.0 * self.machine_busy,
+            per(own),
+            threads.join(", "),
+            per(self.broker_s),
+            per(self.redis_s),
+            per(self.machine_busy * self.seconds * self.cores as f64),
+        )
     }
 }
 
@@ -260,9 +385,10 @@ async fn main() {
         delivered.clone(),
         stop.clone(),
     ));
-    let raw_time = drain_time(&delivered, n as u64, Duration::from_secs(600)).await;
+    let (raw_time, raw_cpu) = drain_time(&delivered, n as u64, Duration::from_secs(600)).await;
     let raw_rate = n as f64 / raw_time.as_secs_f64();
     println!("pass-through: {n} events in {:.2} s = {raw_rate:.0} events/s", raw_time.as_secs_f64());
+    println!("{}", raw_cpu.report(n as u64));
     let raw_latency = latency(&raw_in, &raw_out, fresh_raw, rate).await;
     println!("{}", report(&format!("pass-through latency at {rate}/s"), &raw_latency));
     stop.store(1, Ordering::Relaxed);
@@ -285,7 +411,6 @@ async fn main() {
         let engine = Arc::new(Engine::connect(&config).await.unwrap());
         let stats = Arc::new(Stats::default());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let cpu = redis_cpu_us().await;
         let run = {
             let (kafka, stats) = (kafka.clone(), stats.clone());
             tokio::spawn(async move {
@@ -295,8 +420,8 @@ async fn main() {
                 .await
             })
         };
-        let vigil_time = drain_time(&stats.delivered, n as u64, Duration::from_secs(600)).await;
-        let redis_cpu = (redis_cpu_us().await - cpu) / n as f64;
+        let (vigil_time, cpu) = drain_time(&stats.delivered, n as u64, Duration::from_secs(600)).await;
+        let redis_cpu = cpu.redis_s * 1e6 / n as f64;
         let vigil_rate = n as f64 / vigil_time.as_secs_f64();
         println!(
             "vigil run ({mode}): {n} events in {:.2} s = {vigil_rate:.0} events/s ({:.0}% of pass-through); \
@@ -304,6 +429,7 @@ async fn main() {
             vigil_time.as_secs_f64(),
             100.0 * vigil_rate / raw_rate
         );
+        println!("{}", cpu.report(n as u64));
         let fresh = if m % 2 == 0 { fresh_vigil } else { fresh_raw };
         let vigil_latency = latency(&kafka.input_topic, &kafka.decisions_topic, fresh, rate).await;
         println!("{}", report(&format!("vigil ({mode}) event-to-decision latency at {rate}/s"), &vigil_latency));

@@ -102,6 +102,17 @@ impl<'a> Options<'a> {
     }
 }
 
+/// A batch's features from [`Engine::gather`], to be decided by
+/// [`Engine::finish`].
+#[derive(Debug)]
+pub struct Gathered {
+    features: Vec<FeatureVector>,
+    /// The store failed and the degraded policy decides without features.
+    degraded: bool,
+    /// When the batch was asked for: decisions report their latency from it.
+    started: Instant,
+}
+
 /// Turns events into decisions.
 pub struct Engine {
     gate: Gate,
@@ -206,10 +217,10 @@ impl Engine {
             }
         };
         match options.inputs {
-            Inputs::Store => match self.gate.features(events, options.deadline).await {
-                Ok(features) => Ok(self.decide_all(events, &features, None, false, started)),
-                Err(e) => self.without_features(events, e, started),
-            },
+            Inputs::Store => {
+                let gathered = self.gather(events, options.deadline).await?;
+                self.finish(events, gathered)
+            }
             Inputs::Features(features) => {
                 given("feature vectors", features.len())?;
                 Ok(self.decide_all(events, features, None, false, started))
@@ -222,16 +233,41 @@ impl Engine {
         }
     }
 
-    /// Decides `events` without their features, after the feature store
-    /// failed with `e`: the pipeline's degraded policy decides (marking the
-    /// decisions degraded), or, under `fail` or for an error a retry cannot
-    /// mend, the error is returned.
-    fn without_features(
+    /// The first half of an online [`Engine::decide`]: the batch's features
+    /// read and counted by the store (or, after a store failure the degraded
+    /// policy covers, none). [`Engine::finish`] decides them, in another task
+    /// if the caller likes: the stream reads and counts the next batch while
+    /// this one is scored.
+    pub async fn gather(
         &self,
         events: &[&Event],
-        e: FeatureError,
-        started: Instant,
-    ) -> Result<Vec<Decision>, EngineError> {
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Gathered, EngineError> {
+        let started = Instant::now();
+        match self.gate.features(events, deadline).await {
+            Ok(features) => Ok(Gathered { features, degraded: false, started }),
+            Err(e) => self.without_features(events, e, started),
+        }
+    }
+
+    /// The second half of an online [`Engine::decide`]: the policy over the
+    /// features [`Engine::gather`] returned for the same `events`.
+    pub fn finish(&self, events: &[&Event], gathered: Gathered) -> Result<Vec<Decision>, EngineError> {
+        if gathered.features.len() != events.len() {
+            return Err(EngineError::Inputs(format!(
+                "{} events but {} gathered feature vectors",
+                events.len(),
+                gathered.features.len()
+            )));
+        }
+        Ok(self.decide_all(events, &gathered.features, None, gathered.degraded, gathered.started))
+    }
+
+    /// Gathers `events` without their features, after the feature store
+    /// failed with `e`: the pipeline's degraded policy will decide (marking
+    /// the decisions degraded), or, under `fail` or for an error a retry
+    /// cannot mend, the error is returned.
+    fn without_features(&self, events: &[&Event], e: FeatureError, started: Instant) -> Result<Gathered, EngineError> {
         if self.policy.degraded == DegradedPolicy::Fail || !e.is_retryable() {
             return Err(e.into());
         }
@@ -241,7 +277,7 @@ impl Engine {
             values: vec![FeatureValue::Missing; self.schema.features.len()],
             ..FeatureVector::default()
         };
-        Ok(self.decide_all(events, &vec![missing; events.len()], None, true, started))
+        Ok(Gathered { features: vec![missing; events.len()], degraded: true, started })
     }
 
     /// The policy over features in hand, scored by the loaded models unless

@@ -192,6 +192,34 @@ fn engine_with_policy(rules: &str, policy: DegradedPolicy) -> (Engine, Arc<Switc
     (Engine::new(&c, store.clone()).unwrap(), store, dir)
 }
 
+/// The stream counts a batch and decides it later, on another thread, while
+/// it counts the next: the decisions are those of deciding them in turn.
+#[tokio::test]
+async fn a_batch_gathered_then_finished_later_decides_as_in_one_call() {
+    let (whole, _d1) = engine(RULES);
+    let (split, _d2) = engine(RULES);
+    let first = [ev_on("a", "5", "FR", "f"), ev_on("b", "1500", "XX", "f")];
+    let second = [ev_on("c", "5", "XX", "f"), ev_on("a", "5", "FR", "f"), ev_on("d", "6000", "LU", "g")];
+    let first_refs: Vec<&Event> = first.iter().collect();
+    let second_refs: Vec<&Event> = second.iter().collect();
+    let mut expected = whole.decide_batch(&first_refs).await.unwrap();
+    expected.extend(whole.decide_batch(&second_refs).await.unwrap());
+
+    let g1 = split.gather(&first_refs, None).await.unwrap();
+    let g2 = split.gather(&second_refs, None).await.unwrap();
+    let mut got = split.finish(&first_refs, g1).unwrap();
+    got.extend(split.finish(&second_refs, g2).unwrap());
+    let view = |d: &Decision| (d.transaction_id.clone(), d.decision, d.features.clone(), d.reasons.clone(), d.replayed);
+    assert_eq!(got.iter().map(view).collect::<Vec<_>>(), expected.iter().map(view).collect::<Vec<_>>());
+    assert!(got[3].replayed, "the redelivered `a` is recognised across the split");
+    assert_eq!(got[2].decision, Action::Decline, "the third payment on card f: burst and risky");
+
+    // Gathered features are for their own batch only.
+    let g = split.gather(&first_refs, None).await.unwrap();
+    let err = split.finish(&second_refs, g).unwrap_err();
+    assert!(err.to_string().contains("3 events but 2 gathered"), "{err}");
+}
+
 #[tokio::test]
 async fn degraded_policies_decide_without_features_and_say_so() {
     let rules = "rule big when amount > 1000 then decline BIG\nrule busy when card_count_1h >= 1 then review BUSY";

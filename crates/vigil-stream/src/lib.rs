@@ -3,7 +3,10 @@
 //!
 //! Delivery is at-least-once and in order per partition:
 //! - events are read in batches (bounded by `batch_size`) and decided with one
-//!   feature-store call per batch;
+//!   feature-store call per batch; the reading loop reads and counts the next
+//!   batch while a thread of its own (`vigil-decider`) scores and produces
+//!   this one, so the stream keeps two cores busy, and batches still leave in
+//!   the order they were read;
 //! - each decision is produced to the decisions topic, keyed by the event's first
 //!   present `decision_key` field so that order per entity holds; each malformed
 //!   event goes to the dead-letter topic with its original key and bytes and the
@@ -40,7 +43,7 @@ use rdkafka::util::Timeout;
 use tokio::sync::mpsc;
 use vigil_core::pipeline::KafkaConfig;
 use vigil_core::{Event, Label};
-use vigil_engine::{Engine, EngineError, Options};
+use vigil_engine::{Engine, EngineError, Gathered};
 use vigil_kafka::{decision_key, enqueue, BrokerHealth, Draining, Producer, Watched};
 
 pub mod ops;
@@ -195,9 +198,29 @@ pub async fn run(
             })
             .map_err(|e| StreamError::Internal(format!("cannot start the offset committer: {e}")))?;
     }
+    // The decider, for the same reason, has a thread of its own too: a batch
+    // counted by the reading loop is handed over before a revoke can wait for
+    // it.
+    let (to_decide, counted) = mpsc::channel::<Counted>(1);
+    let (decider_done, decided) = tokio::sync::oneshot::channel();
+    {
+        let (kafka, engine, producer, stats) = (kafka.clone(), engine.clone(), producer.clone(), stats.clone());
+        std::thread::Builder::new()
+            .name("vigil-decider".into())
+            .spawn(move || {
+                let result = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+                    Ok(rt) => rt.block_on(decide_in_order(counted, &kafka, &engine, &producer, &stats, tx)),
+                    Err(e) => Err(StreamError::Internal(format!("cannot start the decider: {e}"))),
+                };
+                let _ = decider_done.send(result);
+            })
+            .map_err(|e| StreamError::Internal(format!("cannot start the decider: {e}")))?;
+    }
 
-    let result = consume(kafka, &engine, &consumer, &producer, &stats, tx, shutdown).await;
-    // The sender is dropped: the committer finishes what is in flight, then stops.
+    let result = consume(kafka, &engine, &consumer, &stats, to_decide, shutdown).await;
+    // The sender is dropped: the decider decides what it was handed, then the
+    // committer finishes what is in flight, and both stop.
+    let decided = decided.await.unwrap_or_else(|_| Err(StreamError::Internal("the decider stopped".into())));
     let committed =
         committed.await.unwrap_or_else(|_| Err(StreamError::Internal("the offset committer stopped".into())));
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
@@ -212,7 +235,7 @@ pub async fn run(
         tracing::warn!(error = %e, "producer flush at shutdown did not finish");
     }
     tracing::info!(stats = ?stats.snapshot(), store = %engine.store_stats().summary(), "stopped");
-    result.and(committed)
+    result.and(decided).and(committed)
 }
 
 /// Awaits each batch's deliveries, in order, then stores its offsets and
@@ -255,9 +278,8 @@ async fn consume(
     kafka: &KafkaConfig,
     engine: &Engine,
     consumer: &StreamConsumer<Watched>,
-    producer: &Producer,
     stats: &Stats,
-    tx: mpsc::Sender<InFlight>,
+    to_decide: mpsc::Sender<Counted>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StreamError> {
     tokio::pin!(shutdown);
@@ -293,14 +315,15 @@ async fn consume(
             continue;
         }
         stats.consumed.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let Some(flight) = process_batch(kafka, engine, producer, stats, &batch, &mut shutdown).await? else {
+        let Some(counted) = count_batch(kafka, engine, stats, batch, &mut shutdown).await? else {
             // Shut down while the feature store was failing: nothing of this batch
             // is stored, so it will be read again.
             return Ok(());
         };
+        // Counted from here: a revoke waits until the committer has stored it.
         drain.handed_over();
-        if tx.send(flight).await.is_err() {
-            // The committer stopped on a delivery error; it reports it.
+        if to_decide.send(counted).await.is_err() {
+            // The decider or the committer stopped on an error; it reports it.
             return Ok(());
         }
     }
@@ -366,16 +389,28 @@ fn sort(kafka: &KafkaConfig, engine: &Engine, batch: &[OwnedMessage]) -> Sorted 
     sorted
 }
 
-async fn process_batch(
+/// A batch read and counted by the feature store, waiting for the decider.
+struct Counted {
+    batch: Vec<OwnedMessage>,
+    offsets: BTreeMap<(String, i32), i64>,
+    events: Vec<(usize, Event)>,
+    dead: Vec<(usize, String, DeadLetter)>,
+    gathered: Gathered,
+    started: std::time::Instant,
+}
+
+/// The reading loop's half of a batch: its labels recorded, its events'
+/// features read and counted (retried while the store fails). `None` when
+/// shut down meanwhile.
+async fn count_batch(
     kafka: &KafkaConfig,
     engine: &Engine,
-    producer: &Producer,
     stats: &Stats,
-    batch: &[OwnedMessage],
+    batch: Vec<OwnedMessage>,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-) -> Result<Option<InFlight>, StreamError> {
+) -> Result<Option<Counted>, StreamError> {
     let started = std::time::Instant::now();
-    let Sorted { offsets, events, labels, dead } = sort(kafka, engine, batch);
+    let Sorted { offsets, events, labels, dead } = sort(kafka, engine, &batch);
     if !labels.is_empty() {
         let refs: Vec<&Label> = labels.iter().collect();
         let Some(recorded) = retrying(stats, shutdown, || engine.record_labels(&refs)).await? else {
@@ -385,9 +420,45 @@ async fn process_batch(
         stats.labels_unchanged.fetch_add(recorded.unchanged() as u64, Ordering::Relaxed);
     }
     let refs: Vec<&Event> = events.iter().map(|(_, e)| e).collect();
-    let Some(mut decisions) = retrying(stats, shutdown, || engine.decide(&refs, Options::online())).await? else {
+    let Some(gathered) = retrying(stats, shutdown, || engine.gather(&refs, None)).await? else {
         return Ok(None);
     };
+    Ok(Some(Counted { batch, offsets, events, dead, gathered, started }))
+}
+
+/// The decider: decides each counted batch, in the order read, produces its
+/// decisions and dead letters, and hands its deliveries to the committer.
+/// Stops at the first error, or when the reading loop stops.
+async fn decide_in_order(
+    mut counted: mpsc::Receiver<Counted>,
+    kafka: &KafkaConfig,
+    engine: &Engine,
+    producer: &Producer,
+    stats: &Stats,
+    tx: mpsc::Sender<InFlight>,
+) -> Result<(), StreamError> {
+    while let Some(c) = counted.recv().await {
+        let flight = deliver_batch(kafka, engine, producer, stats, c).await?;
+        if tx.send(flight).await.is_err() {
+            // The committer stopped on a delivery error; it reports it.
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// The decider's half of a batch: the policy over its gathered features,
+/// then its decisions and dead letters enqueued to the producer.
+async fn deliver_batch(
+    kafka: &KafkaConfig,
+    engine: &Engine,
+    producer: &Producer,
+    stats: &Stats,
+    counted: Counted,
+) -> Result<InFlight, StreamError> {
+    let Counted { batch, offsets, events, dead, gathered, started } = counted;
+    let refs: Vec<&Event> = events.iter().map(|(_, e)| e).collect();
+    let mut decisions = engine.finish(&refs, gathered)?;
 
     let mut deliveries = Vec::with_capacity(batch.len());
     if let Some(m) = &stats.metrics {
@@ -426,7 +497,7 @@ async fn process_batch(
             *counts.entry(why).or_default() += 1;
         }
     }
-    Ok(Some(InFlight { deliveries, offsets }))
+    Ok(InFlight { deliveries, offsets })
 }
 
 /// The record's valid W3C `traceparent` header, if it has one.

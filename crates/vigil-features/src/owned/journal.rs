@@ -3,6 +3,15 @@
 //! keeps them in Redis (one server or a cluster: one hash tag, so every
 //! script runs on one node); [`MemoryJournal`] in this process, for tests and
 //! for two owners in one process.
+//!
+//! A snapshot in Redis is written in parts, so that no script holds Redis
+//! (and every other client of it) for long: the changed records go to a
+//! staging hash (`next`) a part at a time; one small script then marks the
+//! stage committed, replaces the markers and trims the entries it covers;
+//! then the stage is folded into the records (`state`) a part at a time. A
+//! reader overlays a committed stage on the records, so the state it sees
+//! is whole at every step; a stage never committed (the owner died or was
+//! fenced while writing it) is ignored and cleared by the next snapshot.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,12 +23,17 @@ use redis::Script;
 use crate::redis_store::{unavailable, Conn};
 use crate::{FeatureError, KeyLayout};
 
+/// Record ids and their stored forms.
+type Records = Vec<(String, Vec<u8>)>;
+
 /// What a new owner finds.
 #[derive(Debug, Default, Clone)]
 pub struct Taken {
     /// The epoch the new owner holds.
     pub epoch: u64,
-    /// Record id and its stored form, as of the last snapshot.
+    /// Record id and its stored form, as of the last snapshot, in the order
+    /// to apply them: a later one of the same id replaces an earlier one,
+    /// and an empty form removes the record.
     pub records: Vec<(String, Vec<u8>)>,
     /// The last snapshot's markers, if one was written.
     pub marks: Option<Vec<u8>>,
@@ -27,7 +41,7 @@ pub struct Taken {
     pub log: Vec<Vec<u8>>,
 }
 
-/// What a snapshot writes, in one step.
+/// What a snapshot writes (whole, as far as any reader can tell).
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     /// How many entries at the head of the log it covers (they are dropped).
@@ -47,7 +61,8 @@ pub trait Journal: Send + Sync {
     async fn take(&self, held: Option<u64>) -> Result<Taken, FeatureError>;
     /// Appends one entry, if `epoch` still owns the journal.
     async fn append(&self, epoch: u64, entry: Vec<u8>) -> Result<(), FeatureError>;
-    /// Writes `snapshot` in one step, if `epoch` still owns the journal.
+    /// Writes `snapshot`, if `epoch` still owns the journal: a reader sees
+    /// all of it or none of it.
     async fn snapshot(&self, epoch: u64, snapshot: Snapshot) -> Result<(), FeatureError>;
     async fn ping(&self) -> Result<(), FeatureError> {
         Ok(())
@@ -141,39 +156,70 @@ if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return redis.error_reply
 return redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 ";
 
-/// ARGV: epoch, entries covered, marks, records set (n), n pairs, then the
-/// records removed.
-const SNAPSHOT: &str = r"
+/// The most a snapshot part carries: a part is one short script.
+const PART_BYTES: usize = 256 * 1024;
+const PART_RECORDS: usize = 1000;
+/// Records moved from the stage to the records per fold script (a hint to
+/// `HSCAN`).
+const FOLD_RECORDS: u32 = 500;
+
+/// Stages part of a snapshot. KEYS: meta, next. ARGV: epoch, whether this is
+/// the first part (an uncommitted stage left by a failed snapshot is cleared),
+/// then pairs of record id and stored form (empty: removed).
+const PART: &str = r"
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return redis.error_reply('VIGILFENCED') end
-local n = tonumber(ARGV[4])
-local i = 5
-while n > 0 do
-  local k = math.min(n, 256)
-  local args = {}
-  for j = 0, 2 * k - 1 do args[j + 1] = ARGV[i + j] end
-  redis.call('HSET', KEYS[3], unpack(args))
-  i = i + 2 * k
-  n = n - k
-end
+if redis.call('HEXISTS', KEYS[1], 'staged') == 1 then return redis.error_reply('VIGILSTAGED a committed stage is not folded yet') end
+if ARGV[2] == '1' then redis.call('UNLINK', KEYS[2]) end
+local i = 3
 while i <= #ARGV do
   local args = {}
-  for j = i, math.min(i + 255, #ARGV) do args[#args + 1] = ARGV[j] end
-  redis.call('HDEL', KEYS[3], unpack(args))
+  for j = i, math.min(i + 511, #ARGV) do args[#args + 1] = ARGV[j] end
+  redis.call('HSET', KEYS[2], unpack(args))
   i = i + #args
 end
-redis.call('SET', KEYS[4], ARGV[3])
-redis.call('LTRIM', KEYS[2], tonumber(ARGV[2]), -1)
 return 1
+";
+
+/// Commits a snapshot. KEYS: meta, log, marks. ARGV: epoch, entries covered,
+/// marks, whether records were staged.
+const COMMIT: &str = r"
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return redis.error_reply('VIGILFENCED') end
+redis.call('SET', KEYS[3], ARGV[3])
+redis.call('LTRIM', KEYS[2], tonumber(ARGV[2]), -1)
+if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'staged', 1) end
+return 1
+";
+
+/// Folds part of a committed stage into the records; at the end of the scan
+/// the stage goes. Idempotent: a fold cut short is begun again. KEYS: meta,
+/// next, state. ARGV: epoch, scan cursor, count. Returns the next cursor
+/// (`0`: done, or nothing was staged).
+const FOLD: &str = r"
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return redis.error_reply('VIGILFENCED') end
+if redis.call('HEXISTS', KEYS[1], 'staged') == 0 then return '0' end
+local r = redis.call('HSCAN', KEYS[2], ARGV[2], 'COUNT', ARGV[3])
+local f = r[2]
+for i = 1, #f, 2 do
+  if f[i + 1] == '' then redis.call('HDEL', KEYS[3], f[i]) else redis.call('HSET', KEYS[3], f[i], f[i + 1]) end
+end
+if r[1] == '0' then
+  redis.call('UNLINK', KEYS[2])
+  redis.call('HDEL', KEYS[1], 'staged')
+end
+return r[1]
 ";
 
 /// A journal in Redis (module docs; key names in [`crate::layout`]).
 pub struct RedisJournal {
+    /// meta, log, state, marks, next.
+    keys: [String; 5],
     conn: Conn,
-    keys: [String; 4],
     timeout: Duration,
     append: Script,
     take_again: Script,
-    snapshot: Script,
+    part: Script,
+    commit: Script,
+    fold: Script,
 }
 
 impl RedisJournal {
@@ -199,12 +245,14 @@ impl RedisJournal {
         let k = KeyLayout::new(prefix);
         RedisJournal {
             conn,
-            keys: [k.owned("meta"), k.owned("log"), k.owned("state"), k.owned("marks")],
-            // A snapshot or a takeover moves more than one call's worth.
+            keys: [k.owned("meta"), k.owned("log"), k.owned("state"), k.owned("marks"), k.owned("next")],
+            // A takeover moves more than one call's worth.
             timeout: timeout.max(Duration::from_secs(10)),
             append: Script::new(APPEND),
             take_again: Script::new(TAKE_AGAIN),
-            snapshot: Script::new(SNAPSHOT),
+            part: Script::new(PART),
+            commit: Script::new(COMMIT),
+            fold: Script::new(FOLD),
         }
     }
 
@@ -242,6 +290,66 @@ impl RedisJournal {
         }
         Err(FeatureError::Unavailable("script not loaded".into()))
     }
+
+    /// Every field of hash `key`, a page at a time.
+    async fn scan(&self, key: &str, epoch: u64) -> Result<Records, FeatureError> {
+        let mut records = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let mut pipe = redis::pipe();
+            pipe.cmd("HSCAN").arg(key).arg(cursor).arg("COUNT").arg(1000);
+            let ((next, page),): ((u64, Records),) = self.query(&pipe, epoch).await?;
+            records.extend(page);
+            if next == 0 {
+                return Ok(records);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Stages `records` in parts (clearing what an uncommitted snapshot left);
+    /// says whether there were any.
+    async fn stage(&self, epoch: u64, records: &[(String, Option<Vec<u8>>)]) -> Result<bool, FeatureError> {
+        let [meta, _, _, _, next] = &self.keys;
+        let mut i = 0;
+        while i < records.len() {
+            let mut inv = self.part.key(meta);
+            inv.key(next).arg(epoch).arg(u8::from(i == 0));
+            let (mut bytes, start) = (0, i);
+            while i < records.len() && i - start < PART_RECORDS && bytes < PART_BYTES {
+                let (k, v) = &records[i];
+                let v = v.as_deref().unwrap_or_default();
+                inv.arg(k).arg(v);
+                bytes += k.len() + v.len();
+                i += 1;
+            }
+            self.run::<i64>(PART, &inv, epoch).await?;
+        }
+        Ok(!records.is_empty())
+    }
+
+    /// Commits a snapshot whose records were staged (if `staged`): from here a
+    /// reader sees it.
+    async fn commit(&self, epoch: u64, covered: u64, marks: Vec<u8>, staged: bool) -> Result<(), FeatureError> {
+        let [meta, log, _, marks_key, _] = &self.keys;
+        let mut inv = self.commit.key(meta);
+        inv.key(log).key(marks_key).arg(epoch).arg(covered).arg(marks).arg(u8::from(staged));
+        self.run::<i64>(COMMIT, &inv, epoch).await.map(drop)
+    }
+
+    /// Folds a committed stage, if there is one, into the records.
+    async fn fold_stage(&self, epoch: u64) -> Result<(), FeatureError> {
+        let [meta, _, state, _, next] = &self.keys;
+        let mut cursor = "0".to_owned();
+        loop {
+            let mut inv = self.fold.key(meta);
+            inv.key(next).key(state).arg(epoch).arg(&cursor).arg(FOLD_RECORDS);
+            cursor = self.run::<String>(FOLD, &inv, epoch).await?;
+            if cursor == "0" {
+                return Ok(());
+            }
+        }
+    }
 }
 
 /// Redis's error, or the fence when a script refused the epoch.
@@ -256,7 +364,7 @@ fn refused(e: redis::RedisError, epoch: u64) -> FeatureError {
 #[async_trait]
 impl Journal for RedisJournal {
     async fn take(&self, held: Option<u64>) -> Result<Taken, FeatureError> {
-        let [meta, log, state, marks] = &self.keys;
+        let [meta, log, state, marks, next] = &self.keys;
         let epoch: u64 = match held {
             None => {
                 let mut pipe = redis::pipe();
@@ -269,17 +377,13 @@ impl Journal for RedisJournal {
                 self.run(TAKE_AGAIN, &inv, e).await?
             }
         };
-        let mut records = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let mut pipe = redis::pipe();
-            pipe.cmd("HSCAN").arg(state).arg(cursor).arg("COUNT").arg(1000);
-            let ((next, page),): ((u64, Vec<(String, Vec<u8>)>),) = self.query(&pipe, epoch).await?;
-            records.extend(page);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
+        // Fenced from here: nothing else changes what is read.
+        let mut pipe = redis::pipe();
+        pipe.cmd("HEXISTS").arg(meta).arg("staged");
+        let (staged,): (bool,) = self.query(&pipe, epoch).await?;
+        let mut records = self.scan(state, epoch).await?;
+        if staged {
+            records.extend(self.scan(next, epoch).await?);
         }
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg(marks).cmd("LRANGE").arg(log).arg(0).arg(-1);
@@ -294,22 +398,120 @@ impl Journal for RedisJournal {
     }
 
     async fn snapshot(&self, epoch: u64, Snapshot { covered, records, marks }: Snapshot) -> Result<(), FeatureError> {
-        let mut inv = self.snapshot.key(&self.keys[0]);
-        inv.key(&self.keys[1]).key(&self.keys[2]).key(&self.keys[3]);
-        let set: Vec<&(String, Option<Vec<u8>>)> = records.iter().filter(|(_, v)| v.is_some()).collect();
-        inv.arg(epoch).arg(covered).arg(marks).arg(set.len());
-        for (k, v) in &set {
-            inv.arg(k).arg(v.as_deref().unwrap_or_default());
+        // A stage committed by a snapshot whose fold was cut short goes first.
+        self.fold_stage(epoch).await?;
+        let staged = self.stage(epoch, &records).await?;
+        self.commit(epoch, covered, marks, staged).await?;
+        // Written: a reader sees the stage over the records until it is folded.
+        if let Err(e) = self.fold_stage(epoch).await {
+            tracing::warn!(error = %e, "owned feature state: snapshot written, its fold cut short; the next snapshot finishes it");
         }
-        for (k, _) in records.iter().filter(|(_, v)| v.is_none()) {
-            inv.arg(k);
-        }
-        self.run::<i64>(SNAPSHOT, &inv, epoch).await.map(drop)
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), FeatureError> {
         let mut pipe = redis::pipe();
         pipe.cmd("EXISTS").arg(&self.keys[0]);
         self.query::<(i64,)>(&pipe, 0).await.map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    async fn journal() -> RedisJournal {
+        crate::conformance::owned_journal("redis", &format!("vigiltest-{}", uuid::Uuid::new_v4())).await
+    }
+
+    /// Records to set (`Some`) or remove (`None`), as a snapshot carries them.
+    type Changes = Vec<(String, Option<Vec<u8>>)>;
+
+    fn records(range: std::ops::Range<usize>, tag: &str) -> Changes {
+        range.map(|i| (format!("r{i}"), Some(format!("{tag}{i}:{}", "x".repeat(300)).into_bytes()))).collect()
+    }
+
+    /// What a reader of `taken` sees: later records replace earlier ones,
+    /// empty ones remove.
+    fn seen(taken: &Taken) -> BTreeMap<String, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        for (k, v) in &taken.records {
+            if v.is_empty() {
+                out.remove(k);
+            } else {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+        out
+    }
+
+    fn expect(sets: &[&Changes]) -> BTreeMap<String, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        for set in sets {
+            for (k, v) in *set {
+                match v {
+                    Some(v) => out.insert(k.clone(), v.clone()),
+                    None => out.remove(k),
+                };
+            }
+        }
+        out
+    }
+
+    async fn hlen(j: &RedisJournal, key: &str) -> usize {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HLEN").arg(key);
+        j.query::<(usize,)>(&pipe, 0).await.unwrap().0
+    }
+
+    /// A snapshot of thousands of records goes in many short parts; a reader
+    /// sees none of a snapshot cut before its commit and all of one cut after
+    /// it, and the next snapshot finishes the fold.
+    #[tokio::test]
+    async fn a_snapshot_in_parts_is_seen_whole_or_not_at_all() {
+        let j = journal().await;
+        let epoch = j.take(None).await.unwrap().epoch;
+        for n in 0..3 {
+            j.append(epoch, format!("e{n}").into_bytes()).await.unwrap();
+        }
+        let first = records(0..2_500, "a");
+        j.snapshot(epoch, Snapshot { covered: 2, records: first.clone(), marks: b"m1".to_vec() }).await.unwrap();
+        assert_eq!(hlen(&j, &j.keys[2]).await, 2_500);
+
+        // Cut after its commit, before its fold: a new owner sees it.
+        let mut second = records(2_000..3_000, "b");
+        second.push(("r7".into(), None));
+        assert!(j.stage(epoch, &second).await.unwrap());
+        j.commit(epoch, 1, b"m2".to_vec(), true).await.unwrap();
+        let taken = j.take(None).await.unwrap();
+        let epoch = taken.epoch;
+        assert_eq!(seen(&taken), expect(&[&first, &second]));
+        assert_eq!((taken.marks.as_deref(), taken.log.len()), (Some(&b"m2"[..]), 0));
+
+        // No new stage while a committed one is not folded.
+        let third = records(0..10, "c");
+        let refused = j.stage(epoch, &third).await.unwrap_err();
+        assert!(refused.to_string().contains("not folded"), "{refused}");
+
+        // The next snapshot folds what was committed first.
+        let fifth = records(2_900..3_100, "e");
+        j.snapshot(epoch, Snapshot { covered: 0, records: fifth.clone(), marks: b"m3".to_vec() }).await.unwrap();
+        let taken = j.take(None).await.unwrap();
+        assert_eq!(seen(&taken), expect(&[&first, &second, &fifth]));
+        assert_eq!(taken.records.len(), 3_099, "folded: each record once, r7 gone");
+        assert_eq!(hlen(&j, &j.keys[4]).await, 0, "the stage is gone");
+
+        // A stage never committed is ignored, and cleared by the next one.
+        let epoch = taken.epoch;
+        j.fold_stage(epoch).await.unwrap();
+        assert!(j.stage(epoch, &third).await.unwrap());
+        let taken = j.take(None).await.unwrap();
+        assert_eq!(seen(&taken), expect(&[&first, &second, &fifth]));
+        let sixth = records(0..1, "f");
+        j.snapshot(taken.epoch, Snapshot { covered: 0, records: sixth.clone(), marks: b"m4".to_vec() }).await.unwrap();
+        let taken = j.take(None).await.unwrap();
+        assert_eq!(seen(&taken), expect(&[&first, &second, &fifth, &sixth]));
     }
 }

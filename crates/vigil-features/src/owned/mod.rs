@@ -10,8 +10,9 @@
 //!   with the clock it used. Redelivered events append nothing. Every
 //!   `snapshot_events` events or `snapshot_interval`, the records changed
 //!   since the last snapshot, the newest [`MARKER_LIMIT`] markers and the
-//!   counted labels are written in one script, which trims the entries they
-//!   cover. So Redis does one small append per call instead of reading and
+//!   counted labels are written (in Redis, in short parts that a reader sees
+//!   all or none of: [`RedisJournal`]), and the entries they cover are
+//!   trimmed. So Redis does one small append per call instead of reading and
 //!   compare-and-setting every record of every event.
 //! - **Fenced by an epoch.** Opening the store takes ownership: the journal's
 //!   epoch goes up by one, and every append and snapshot checks it in the
@@ -85,11 +86,25 @@ struct Marks {
 
 struct Owner {
     epoch: u64,
+    /// Goes up with every reload from the journal: a snapshot written in the
+    /// background meanwhile leaves the reloaded counters alone.
+    generation: u64,
     local: Local,
-    /// Journal entries since the last snapshot.
+    /// Journal entries not covered by a written snapshot.
     log_len: u64,
+    /// Events counted since the last snapshot began.
     events_since: usize,
     since: Instant,
+}
+
+/// A snapshot taken from memory, to be written while calls go on.
+struct Captured {
+    epoch: u64,
+    generation: u64,
+    /// The records it writes (to mark again if it fails).
+    touched: HashSet<String>,
+    events: usize,
+    snapshot: Snapshot,
 }
 
 /// The feature state of one owning process ([module docs](self)).
@@ -98,7 +113,7 @@ pub struct OwnedStore {
     dedup_ttl_s: i64,
     journal: Arc<dyn Journal>,
     policy: SnapshotPolicy,
-    owner: tokio::sync::Mutex<Owner>,
+    owner: Arc<tokio::sync::Mutex<Owner>>,
     /// Held while a journal write is in flight: writes go out one at a time,
     /// in the order their calls changed memory, and the next call computes
     /// while the previous one's entry travels.
@@ -106,7 +121,9 @@ pub struct OwnedStore {
     /// Memory may hold what the journal never will (a write failed or was
     /// abandoned): the next call reloads from the journal first, and a call
     /// computed on top of it fails before writing.
-    stale: AtomicBool,
+    stale: Arc<AtomicBool>,
+    /// Held while a snapshot is written (in the background: calls go on).
+    writing: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Marks the store stale when dropped before [`Pending::done`]: a call that
@@ -147,9 +164,10 @@ impl OwnedStore {
             dedup_ttl_s: dedup_ttl_s as i64,
             journal,
             policy,
-            owner: tokio::sync::Mutex::new(owner),
+            owner: Arc::new(tokio::sync::Mutex::new(owner)),
             turn: tokio::sync::Mutex::new(()),
-            stale: AtomicBool::new(false),
+            stale: Arc::new(AtomicBool::new(false)),
+            writing: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -158,12 +176,17 @@ impl OwnedStore {
         self.owner.lock().await.epoch
     }
 
-    /// Writes a snapshot now (also what the policy does on its own).
+    /// Writes a snapshot now (also what the policy does on its own, in the
+    /// background), after the one being written, if any.
     pub async fn snapshot(&self) -> Result<(), FeatureError> {
-        let mut owner = self.owner.lock().await;
-        self.ready(&mut owner).await?;
-        let _turn = self.turn.lock().await;
-        self.write_snapshot(&mut owner).await
+        let _writing = self.writing.lock().await;
+        let captured = {
+            let mut owner = self.owner.lock().await;
+            self.ready(&mut owner).await?;
+            let _turn = self.turn.lock().await;
+            capture(&mut owner)?
+        };
+        write_captured(self.journal.as_ref(), &self.owner, &self.stale, captured).await
     }
 
     /// Reloads from the journal when memory may be ahead of it (once the
@@ -172,7 +195,9 @@ impl OwnedStore {
         if self.stale.load(Ordering::SeqCst) {
             let _turn = self.turn.lock().await;
             let taken = self.journal.take(Some(owner.epoch)).await?;
+            let generation = owner.generation + 1;
             *owner = restore(&self.plan, self.dedup_ttl_s, taken)?;
+            owner.generation = generation;
             self.stale.store(false, Ordering::SeqCst);
             tracing::info!(epoch = owner.epoch, "owned feature state reloaded from its journal");
         }
@@ -227,67 +252,108 @@ impl OwnedStore {
         owner.events_since >= self.policy.events || (owner.log_len > 0 && owner.since.elapsed() >= self.policy.interval)
     }
 
+    /// Starts a snapshot when one is due and none is being written: taken
+    /// from memory now, written in the background while calls go on.
     async fn after_call(&self) {
-        let mut owner = self.owner.lock().await;
-        if self.ready(&mut owner).await.is_err() {
-            return;
-        }
-        let _turn = self.turn.lock().await;
-        let due = self.snapshot_due(&owner);
-        if !due {
-            return;
-        }
-        if let Err(e) = self.write_snapshot(&mut owner).await {
-            // The journal still holds every entry: nothing is lost; the next
-            // due call tries again.
-            tracing::warn!(error = %e, "owned feature state: snapshot failed; the journal keeps growing until one succeeds");
-            owner.since = Instant::now();
-        }
+        let Ok(writing) = self.writing.clone().try_lock_owned() else { return };
+        let captured = {
+            let mut owner = self.owner.lock().await;
+            if self.ready(&mut owner).await.is_err() {
+                return;
+            }
+            // Every earlier entry is in the journal once the turn is ours.
+            let _turn = self.turn.lock().await;
+            if !self.snapshot_due(&owner) {
+                return;
+            }
+            match capture(&mut owner) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "owned feature state: snapshot not taken");
+                    return;
+                }
+            }
+        };
+        let (journal, owner, stale) = (self.journal.clone(), self.owner.clone(), self.stale.clone());
+        tokio::spawn(async move {
+            let _writing = writing;
+            // Failures are logged there; the journal still holds every entry.
+            let _ = write_captured(journal.as_ref(), &owner, &stale, captured).await;
+        });
     }
+}
 
-    async fn write_snapshot(&self, owner: &mut Owner) -> Result<(), FeatureError> {
-        let now = wall_clock_s();
-        owner.local.sweep(now);
-        let touched = owner.local.touched.take().unwrap_or_default();
-        let mut records = Vec::with_capacity(touched.len());
-        for key in &touched {
-            let value = match owner.local.states.get(key) {
-                Some(e) => Some(postcard::to_allocvec(&(e.expires_at_s, &e.value)).map_err(|e| corrupt("record", e))?),
-                None => None,
-            };
-            records.push((key.clone(), value));
+/// Takes a snapshot of memory: the records changed since the last one (they
+/// start a new change set), the markers, and how much of the journal it
+/// covers.
+fn capture(owner: &mut Owner) -> Result<Captured, FeatureError> {
+    let now = wall_clock_s();
+    owner.local.sweep(now);
+    let mut records = Vec::new();
+    for key in owner.local.touched.iter().flatten() {
+        let value = match owner.local.states.get(key) {
+            Some(e) => Some(postcard::to_allocvec(&(e.expires_at_s, &e.value)).map_err(|e| corrupt("record", e))?),
+            None => None,
+        };
+        records.push((key.clone(), value));
+    }
+    let marks = postcard::to_allocvec(&marks(&owner.local)).map_err(|e| corrupt("marks", e))?;
+    let touched = owner.local.touched.replace(HashSet::new()).unwrap_or_default();
+    let events = std::mem::take(&mut owner.events_since);
+    owner.since = Instant::now();
+    Ok(Captured {
+        epoch: owner.epoch,
+        generation: owner.generation,
+        touched,
+        events,
+        snapshot: Snapshot { covered: owner.log_len, records, marks },
+    })
+}
+
+/// Writes a captured snapshot, then settles the owner's counters: the
+/// entries it covered are gone; or, when it failed, its records and events
+/// count towards the next one, and unless it was fenced (a script that
+/// refuses writes nothing), memory reloads before the next call (it may
+/// have been written). A reload meanwhile settled them already.
+async fn write_captured(
+    journal: &dyn Journal,
+    owner: &tokio::sync::Mutex<Owner>,
+    stale: &AtomicBool,
+    c: Captured,
+) -> Result<(), FeatureError> {
+    let (count, bytes, covered) = (
+        c.snapshot.records.len(),
+        c.snapshot.records.iter().filter_map(|(_, v)| v.as_ref().map(Vec::len)).sum::<usize>(),
+        c.snapshot.covered,
+    );
+    let started = Instant::now();
+    let written = journal.snapshot(c.epoch, c.snapshot).await;
+    let mut o = owner.lock().await;
+    let current = o.generation == c.generation;
+    match written {
+        Ok(()) => {
+            tracing::info!(
+                records = count,
+                bytes,
+                entries = covered,
+                ms = started.elapsed().as_millis() as u64,
+                "owned feature state: snapshot written"
+            );
+            if current {
+                o.log_len -= covered.min(o.log_len);
+            }
+            Ok(())
         }
-        let marks = marks(&owner.local);
-        let marks = postcard::to_allocvec(&marks).map_err(|e| corrupt("marks", e))?;
-        let (count, bytes) =
-            (records.len(), records.iter().filter_map(|(_, v)| v.as_ref().map(Vec::len)).sum::<usize>());
-        let started = Instant::now();
-        self.stale.store(true, Ordering::SeqCst);
-        let written = self.journal.snapshot(owner.epoch, Snapshot { covered: owner.log_len, records, marks }).await;
-        match written {
-            Ok(()) => {
-                tracing::info!(
-                    records = count,
-                    bytes,
-                    entries = owner.log_len,
-                    ms = started.elapsed().as_millis() as u64,
-                    "owned feature state: snapshot written"
-                );
-                self.stale.store(false, Ordering::SeqCst);
-                owner.log_len = 0;
-                owner.events_since = 0;
-                owner.since = Instant::now();
-                owner.local.touched = Some(HashSet::new());
-                Ok(())
+        Err(e) => {
+            tracing::warn!(error = %e, "owned feature state: snapshot failed; the journal keeps every entry until one succeeds");
+            if current {
+                o.events_since += c.events;
+                o.local.touched.get_or_insert_with(HashSet::new).extend(c.touched);
+                if !matches!(e, FeatureError::Fenced(_)) {
+                    stale.store(true, Ordering::SeqCst);
+                }
             }
-            Err(e) => {
-                // Not written (or not known to be): write these records again next time.
-                owner.local.touched = Some(touched);
-                // Only a refused script is known to have written nothing;
-                // after any other failure it may have run: reload first.
-                self.stale.store(!matches!(e, FeatureError::Fenced(_)), Ordering::SeqCst);
-                Err(e)
-            }
+            Err(e)
         }
     }
 }
@@ -307,6 +373,11 @@ fn marks(local: &Local) -> Marks {
 fn restore(plan: &Plan, dedup_ttl_s: i64, taken: Taken) -> Result<Owner, FeatureError> {
     let mut local = Local { marker_limit: Some(MARKER_LIMIT), ..Local::default() };
     for (key, bytes) in taken.records {
+        if bytes.is_empty() {
+            // Removed by a snapshot still being folded into the records.
+            local.states.remove(&key);
+            continue;
+        }
         let (expires_at_s, value): (i64, EntityState) =
             postcard::from_bytes(&bytes).map_err(|e| corrupt(&format!("record {key}"), e))?;
         local.states.insert(key, Entry { value, expires_at_s });
@@ -347,7 +418,7 @@ fn restore(plan: &Plan, dedup_ttl_s: i64, taken: Taken) -> Result<Owner, Feature
             }
         }
     }
-    Ok(Owner { epoch: taken.epoch, local, log_len, events_since, since: Instant::now() })
+    Ok(Owner { epoch: taken.epoch, generation: 0, local, log_len, events_since, since: Instant::now() })
 }
 
 #[async_trait]

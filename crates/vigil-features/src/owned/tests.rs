@@ -157,6 +157,12 @@ struct Flaky {
     unanswered: AtomicUsize,
     /// Milliseconds every append takes.
     slow_ms: AtomicUsize,
+    /// Snapshots wait for `release` while set.
+    hold: std::sync::atomic::AtomicBool,
+    release: tokio::sync::Notify,
+    /// Snapshots to fail (after waiting), and how many were begun.
+    fail_snapshots: AtomicUsize,
+    snapshots: AtomicUsize,
 }
 
 #[async_trait]
@@ -179,7 +185,21 @@ impl Journal for Flaky {
     }
 
     async fn snapshot(&self, epoch: u64, snapshot: Snapshot) -> Result<(), FeatureError> {
+        self.snapshots.fetch_add(1, Ordering::SeqCst);
+        if self.hold.load(Ordering::SeqCst) {
+            self.release.notified().await;
+        }
+        if self.fail_snapshots.swap(0, Ordering::SeqCst) > 0 {
+            return Err(FeatureError::Unavailable("snapshot lost".into()));
+        }
         self.inner.snapshot(epoch, snapshot).await
+    }
+}
+
+impl OwnedStore {
+    /// Waits for the snapshot being written, if any.
+    async fn settled(&self) {
+        drop(self.writing.lock().await);
     }
 }
 
@@ -210,7 +230,44 @@ async fn a_failed_append_never_leaves_memory_ahead_of_the_journal() {
 
     got.extend(feed(&store, &events, 35..60).await);
     assert_eq!(values(&got), values(&expected));
+    store.settled().await;
     assert!(journal.inner.log_len() < 9, "snapshots trim the journal");
+}
+
+/// A snapshot is written in the background: calls go on while it waits.
+/// One that fails leaves its records and events to the next, memory reloads
+/// (the failed write may have landed), and a new owner carries on exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_go_on_while_a_snapshot_is_written() {
+    let events = history(120);
+    let reference = MemoryStore::new(plan(), 3600);
+    let expected = feed(&reference, &events, 0..120).await;
+    let journal = Arc::new(Flaky::default());
+    journal.hold.store(true, Ordering::SeqCst);
+    let store = OwnedStore::open(plan(), 3600, journal.clone(), policy(20)).await.unwrap();
+    let fed = tokio::time::timeout(std::time::Duration::from_secs(20), feed(&store, &events, 0..63));
+    let mut got = fed.await.expect("calls go on while a snapshot waits");
+    for _ in 0..500 {
+        if journal.snapshots.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(journal.snapshots.load(Ordering::SeqCst), 1, "one snapshot at a time");
+    assert_eq!(journal.inner.log_len(), 15, "nothing trimmed yet: 9 batches of events, 6 of labels");
+    // (Ranges end at multiples of 7, as `feed`'s batches do.)
+
+    journal.fail_snapshots.store(1, Ordering::SeqCst);
+    journal.hold.store(false, Ordering::SeqCst);
+    journal.release.notify_one();
+    store.settled().await;
+    got.extend(feed(&store, &events, 63..98).await);
+    store.snapshot().await.unwrap();
+    assert_eq!(journal.inner.log_len(), 0, "the snapshot after the failed one covers its entries too");
+    drop(store);
+    let second = OwnedStore::open(plan(), 3600, journal.clone(), policy(20)).await.unwrap();
+    got.extend(feed(&second, &events, 98..120).await);
+    assert_eq!(values(&got), values(&expected));
 }
 
 /// A call computes while the previous one's entry travels; when that entry
