@@ -108,8 +108,9 @@ impl ScoringModel {
     fn explained(&self, event: &Event, fv: &FeatureVector) -> Explained {
         let inputs = self.inputs.row(event, fv);
         let mut total = 0.0;
+        let mut score = f64::NAN;
         let (top, n) = strongest(|visit| {
-            self.model.contributions(&inputs, &mut |i, c| {
+            score = self.model.explain(&inputs, &mut |i, c| {
                 total += c;
                 visit(i, c)
             })
@@ -121,7 +122,7 @@ impl ScoringModel {
         let baseline = self.model.baseline();
         // Only a model that states a baseline says how its score is made up.
         let rest = baseline.map(|_| round(total - top[..n].iter().map(|(_, c)| c).sum::<f64>()));
-        Explained { score: self.model.score(&inputs), baseline, factors, rest }
+        Explained { score, baseline, factors, rest }
     }
 }
 

@@ -257,10 +257,18 @@ impl GradientBoostedTrees {
     /// per input; a row or `parts` shorter than that adds nothing. No
     /// allocation, walked as scoring walks.
     pub fn contributions(&self, x: &[f64], parts: &mut [f64]) {
+        self.explain(x, parts);
+    }
+
+    /// [`GradientBoostedTrees::contributions`] and
+    /// [`GradientBoostedTrees::score_one`] in one walk of the trees: adds
+    /// the attributions to `parts` and returns the score, the same to the
+    /// bit as `score_one` (`NaN` for a row or `parts` too short).
+    pub fn explain(&self, x: &[f64], parts: &mut [f64]) -> f64 {
         if x.len() < self.n_features || parts.len() < self.n_features {
-            return;
+            return f64::NAN;
         }
-        self.layout.attribute(x, parts);
+        sigmoid(self.layout.attribute(self.base_margin, x, parts))
     }
 
     pub fn n_features(&self) -> usize {

@@ -141,7 +141,12 @@ fn attributions_add_up_to_the_margin_from_the_baseline() {
         for (a, b) in parts.iter().zip(one_by_one) {
             assert!((a - b).abs() < 1e-12, "{parts:?} against {one_by_one:?}");
         }
+        // Both in one walk: the same attributions, the very same score.
+        let mut again = [0.0; 3];
+        let score = model.explain(r, &mut again);
+        assert_eq!((score.to_bits(), again), (model.score_one(r).to_bits(), parts));
     }
+    assert!(model.explain(&[0.1], &mut [0.0; 3]).is_nan(), "a short row");
     // The inputs that decide carry the weight: x2 (missing) for this row.
     let mut parts = [0.0; 3];
     model.contributions(&[0.1, 0.9, f64::NAN], &mut parts);

@@ -222,8 +222,11 @@ impl Layout {
     /// (each split's move from its value to the child's), walked as
     /// [`Layout::margin`] walks: a lane on a leaf stays there and adds 0 to
     /// `parts[0]`. `x` and `parts` hold at least one value per input.
+    /// Returns what [`Layout::margin`] returns for `base`, to the bit: the
+    /// leaves are added in the same order.
     #[inline]
-    pub(crate) fn attribute(&self, x: &[f64], parts: &mut [f64]) {
+    pub(crate) fn attribute(&self, base: f64, x: &[f64], parts: &mut [f64]) -> f64 {
+        let mut z = base;
         for g in &self.groups {
             let mut at = g.roots;
             for _ in 0..g.depth {
@@ -233,7 +236,11 @@ impl Layout {
                     *i = next;
                 }
             }
+            for i in at {
+                z += self.steps[i as usize].threshold;
+            }
         }
+        z
     }
 
     /// `base` plus the value of the leaf `x` reaches in every tree, added

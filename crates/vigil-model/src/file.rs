@@ -128,6 +128,10 @@ impl crate::Model for TrainedModel {
         self.body.algorithm.contributions(&self.body.scaler, inputs, visit)
     }
 
+    fn explain(&self, inputs: &[f64], visit: &mut dyn FnMut(usize, f64)) -> f64 {
+        self.body.algorithm.explain(&self.body.scaler, inputs, visit)
+    }
+
     fn baseline(&self) -> Option<f64> {
         self.body.algorithm.baseline(&self.body.scaler)
     }

@@ -53,7 +53,12 @@ impl Learner for Gbdt {
 
     /// Path attributions, gathered per input (an input split on in many
     /// trees is one part), in log-odds against [`Learner::baseline`].
-    fn contributions(&self, _scaler: &Scaler, inputs: &[f64], visit: &mut dyn FnMut(usize, f64)) {
+    fn contributions(&self, scaler: &Scaler, inputs: &[f64], visit: &mut dyn FnMut(usize, f64)) {
+        self.explain(scaler, inputs, visit);
+    }
+
+    /// The attributions and the score in one walk of the trees.
+    fn explain(&self, _scaler: &Scaler, inputs: &[f64], visit: &mut dyn FnMut(usize, f64)) -> f64 {
         let n = self.model.n_features();
         let mut stack = [0.0f64; STACK_INPUTS];
         let mut heap = Vec::new();
@@ -63,12 +68,13 @@ impl Learner for Gbdt {
             heap.resize(n, 0.0);
             &mut heap
         };
-        self.model.contributions(inputs, parts);
+        let score = self.model.explain(inputs, parts);
         for (i, c) in parts.iter().enumerate() {
             if *c != 0.0 {
                 visit(i, *c);
             }
         }
+        score
     }
 
     fn baseline(&self, _scaler: &Scaler) -> Option<f64> {

@@ -83,6 +83,13 @@ pub trait Learner: Serialize + DeserializeOwned + Clone + std::fmt::Debug + Part
     /// score, where the algorithm can say (no allocation: this runs per event).
     fn contributions(&self, _scaler: &Scaler, _inputs: &[f64], _visit: &mut dyn FnMut(usize, f64)) {}
 
+    /// [`Learner::contributions`], then the score: an algorithm whose walk
+    /// gives both at once does it in one.
+    fn explain(&self, scaler: &Scaler, inputs: &[f64], visit: &mut dyn FnMut(usize, f64)) -> f64 {
+        self.contributions(scaler, inputs, visit);
+        self.score(scaler, inputs)
+    }
+
     /// The score with every input at its training average, which the
     /// contributions are measured against, where the algorithm can say.
     fn baseline(&self, _scaler: &Scaler) -> Option<f64> {

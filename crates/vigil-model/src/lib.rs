@@ -54,6 +54,12 @@ pub trait Model: Send + Sync {
     /// Calls `visit(input index, contribution)` for each input's part in the
     /// score, for the models that can say (no allocation: this runs per event).
     fn contributions(&self, _inputs: &[f64], _visit: &mut dyn FnMut(usize, f64)) {}
+    /// [`Model::contributions`], then [`Model::score`] (the same score): in
+    /// one pass where the model can.
+    fn explain(&self, inputs: &[f64], visit: &mut dyn FnMut(usize, f64)) -> f64 {
+        self.contributions(inputs, visit);
+        self.score(inputs)
+    }
     /// The score with every input at its training average, which the
     /// contributions are measured against, for the models that can say.
     fn baseline(&self) -> Option<f64> {

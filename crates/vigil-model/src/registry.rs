@@ -124,6 +124,12 @@ macro_rules! registry {
                 }
             }
 
+            pub(crate) fn explain(&self, scaler: &Scaler, inputs: &[f64], visit: &mut dyn FnMut(usize, f64)) -> f64 {
+                match self {
+                    $(Algorithm::$variant(a) => a.explain(scaler, inputs, visit),)+
+                }
+            }
+
             pub(crate) fn baseline(&self, scaler: &Scaler) -> Option<f64> {
                 match self {
                     $(Algorithm::$variant(a) => a.baseline(scaler),)+
