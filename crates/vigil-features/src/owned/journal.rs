@@ -6,9 +6,11 @@
 //!
 //! A snapshot in Redis is written in parts, so that no script holds Redis
 //! (and every other client of it) for long: the changed records go to a
-//! staging hash (`next`) a part at a time; one small script then marks the
-//! stage committed, replaces the markers and trims the entries it covers;
-//! then the stage is folded into the records (`state`) a part at a time. A
+//! staging hash (`next`) and the markers to a staging string (`nextmarks`),
+//! a part at a time; one small script then marks the stage committed,
+//! renames the staged markers over the last ones and trims the entries it
+//! covers; then the stage is folded into the records (`state`) a part at a
+//! time. A
 //! reader overlays a committed stage on the records, so the state it sees
 //! is whole at every step; a stage never committed (the owner died or was
 //! fenced while writing it) is ignored and cleared by the next snapshot.
@@ -180,13 +182,25 @@ end
 return 1
 ";
 
-/// Commits a snapshot. KEYS: meta, log, marks. ARGV: epoch, entries covered,
-/// marks, whether records were staged.
+/// Stages part of a snapshot's markers (megabytes: 20,000 feature vectors).
+/// KEYS: meta, nextmarks. ARGV: epoch, whether this is the first part, bytes.
+const MARKS_PART: &str = r"
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return redis.error_reply('VIGILFENCED') end
+if redis.call('HEXISTS', KEYS[1], 'staged') == 1 then return redis.error_reply('VIGILSTAGED a committed stage is not folded yet') end
+if ARGV[2] == '1' then redis.call('UNLINK', KEYS[2]) end
+redis.call('APPEND', KEYS[2], ARGV[3])
+return 1
+";
+
+/// Commits a snapshot: its staged markers replace the last ones, the entries
+/// it covers go, and its staged records (if any) are seen over the records.
+/// KEYS: meta, log, marks, nextmarks. ARGV: epoch, entries covered, whether
+/// records were staged.
 const COMMIT: &str = r"
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return redis.error_reply('VIGILFENCED') end
-redis.call('SET', KEYS[3], ARGV[3])
+if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('RENAME', KEYS[4], KEYS[3]) end
 redis.call('LTRIM', KEYS[2], tonumber(ARGV[2]), -1)
-if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'staged', 1) end
+if ARGV[3] == '1' then redis.call('HSET', KEYS[1], 'staged', 1) end
 return 1
 ";
 
@@ -211,13 +225,14 @@ return r[1]
 
 /// A journal in Redis (module docs; key names in [`crate::layout`]).
 pub struct RedisJournal {
-    /// meta, log, state, marks, next.
-    keys: [String; 5],
+    /// meta, log, state, marks, next, nextmarks.
+    keys: [String; 6],
     conn: Conn,
     timeout: Duration,
     append: Script,
     take_again: Script,
     part: Script,
+    marks_part: Script,
     commit: Script,
     fold: Script,
 }
@@ -245,12 +260,20 @@ impl RedisJournal {
         let k = KeyLayout::new(prefix);
         RedisJournal {
             conn,
-            keys: [k.owned("meta"), k.owned("log"), k.owned("state"), k.owned("marks"), k.owned("next")],
+            keys: [
+                k.owned("meta"),
+                k.owned("log"),
+                k.owned("state"),
+                k.owned("marks"),
+                k.owned("next"),
+                k.owned("nextmarks"),
+            ],
             // A takeover moves more than one call's worth.
             timeout: timeout.max(Duration::from_secs(10)),
             append: Script::new(APPEND),
             take_again: Script::new(TAKE_AGAIN),
             part: Script::new(PART),
+            marks_part: Script::new(MARKS_PART),
             commit: Script::new(COMMIT),
             fold: Script::new(FOLD),
         }
@@ -307,10 +330,15 @@ impl RedisJournal {
         }
     }
 
-    /// Stages `records` in parts (clearing what an uncommitted snapshot left);
-    /// says whether there were any.
-    async fn stage(&self, epoch: u64, records: &[(String, Option<Vec<u8>>)]) -> Result<bool, FeatureError> {
-        let [meta, _, _, _, next] = &self.keys;
+    /// Stages `records` and `marks` in parts (clearing what an uncommitted
+    /// snapshot left); says whether there were any records.
+    async fn stage(
+        &self,
+        epoch: u64,
+        records: &[(String, Option<Vec<u8>>)],
+        marks: &[u8],
+    ) -> Result<bool, FeatureError> {
+        let [meta, _, _, _, next, next_marks] = &self.keys;
         let mut i = 0;
         while i < records.len() {
             let mut inv = self.part.key(meta);
@@ -325,21 +353,28 @@ impl RedisJournal {
             }
             self.run::<i64>(PART, &inv, epoch).await?;
         }
+        let mut chunks = marks.chunks(PART_BYTES);
+        let first = chunks.next().unwrap_or_default();
+        for (n, chunk) in std::iter::once(first).chain(chunks).enumerate() {
+            let mut inv = self.marks_part.key(meta);
+            inv.key(next_marks).arg(epoch).arg(u8::from(n == 0)).arg(chunk);
+            self.run::<i64>(MARKS_PART, &inv, epoch).await?;
+        }
         Ok(!records.is_empty())
     }
 
     /// Commits a snapshot whose records were staged (if `staged`): from here a
     /// reader sees it.
-    async fn commit(&self, epoch: u64, covered: u64, marks: Vec<u8>, staged: bool) -> Result<(), FeatureError> {
-        let [meta, log, _, marks_key, _] = &self.keys;
+    async fn commit(&self, epoch: u64, covered: u64, staged: bool) -> Result<(), FeatureError> {
+        let [meta, log, _, marks, _, next_marks] = &self.keys;
         let mut inv = self.commit.key(meta);
-        inv.key(log).key(marks_key).arg(epoch).arg(covered).arg(marks).arg(u8::from(staged));
+        inv.key(log).key(marks).key(next_marks).arg(epoch).arg(covered).arg(u8::from(staged));
         self.run::<i64>(COMMIT, &inv, epoch).await.map(drop)
     }
 
     /// Folds a committed stage, if there is one, into the records.
     async fn fold_stage(&self, epoch: u64) -> Result<(), FeatureError> {
-        let [meta, _, state, _, next] = &self.keys;
+        let [meta, _, state, _, next, _] = &self.keys;
         let mut cursor = "0".to_owned();
         loop {
             let mut inv = self.fold.key(meta);
@@ -364,7 +399,7 @@ fn refused(e: redis::RedisError, epoch: u64) -> FeatureError {
 #[async_trait]
 impl Journal for RedisJournal {
     async fn take(&self, held: Option<u64>) -> Result<Taken, FeatureError> {
-        let [meta, log, state, marks, next] = &self.keys;
+        let [meta, log, state, marks, next, _] = &self.keys;
         let epoch: u64 = match held {
             None => {
                 let mut pipe = redis::pipe();
@@ -400,8 +435,8 @@ impl Journal for RedisJournal {
     async fn snapshot(&self, epoch: u64, Snapshot { covered, records, marks }: Snapshot) -> Result<(), FeatureError> {
         // A stage committed by a snapshot whose fold was cut short goes first.
         self.fold_stage(epoch).await?;
-        let staged = self.stage(epoch, &records).await?;
-        self.commit(epoch, covered, marks, staged).await?;
+        let staged = self.stage(epoch, &records, &marks).await?;
+        self.commit(epoch, covered, staged).await?;
         // Written: a reader sees the stage over the records until it is folded.
         if let Err(e) = self.fold_stage(epoch).await {
             tracing::warn!(error = %e, "owned feature state: snapshot written, its fold cut short; the next snapshot finishes it");
@@ -483,16 +518,18 @@ mod tests {
         // Cut after its commit, before its fold: a new owner sees it.
         let mut second = records(2_000..3_000, "b");
         second.push(("r7".into(), None));
-        assert!(j.stage(epoch, &second).await.unwrap());
-        j.commit(epoch, 1, b"m2".to_vec(), true).await.unwrap();
+        // Markers of megabytes go in parts too.
+        let marks: Vec<u8> = (0..3 * PART_BYTES + 17).map(|i| (i % 251) as u8).collect();
+        assert!(j.stage(epoch, &second, &marks).await.unwrap());
+        j.commit(epoch, 1, true).await.unwrap();
         let taken = j.take(None).await.unwrap();
         let epoch = taken.epoch;
         assert_eq!(seen(&taken), expect(&[&first, &second]));
-        assert_eq!((taken.marks.as_deref(), taken.log.len()), (Some(&b"m2"[..]), 0));
+        assert_eq!((taken.marks.as_deref(), taken.log.len()), (Some(&marks[..]), 0));
 
         // No new stage while a committed one is not folded.
         let third = records(0..10, "c");
-        let refused = j.stage(epoch, &third).await.unwrap_err();
+        let refused = j.stage(epoch, &third, b"m").await.unwrap_err();
         assert!(refused.to_string().contains("not folded"), "{refused}");
 
         // The next snapshot folds what was committed first.
@@ -506,9 +543,10 @@ mod tests {
         // A stage never committed is ignored, and cleared by the next one.
         let epoch = taken.epoch;
         j.fold_stage(epoch).await.unwrap();
-        assert!(j.stage(epoch, &third).await.unwrap());
+        assert!(j.stage(epoch, &third, b"never").await.unwrap());
         let taken = j.take(None).await.unwrap();
         assert_eq!(seen(&taken), expect(&[&first, &second, &fifth]));
+        assert_eq!(taken.marks.as_deref(), Some(&b"m3"[..]));
         let sixth = records(0..1, "f");
         j.snapshot(taken.epoch, Snapshot { covered: 0, records: sixth.clone(), marks: b"m4".to_vec() }).await.unwrap();
         let taken = j.take(None).await.unwrap();
