@@ -17,7 +17,8 @@
 //!    each event from its send to the arrival of its output record.
 //!
 //! Needs the broker and Redis of `scripts/services.sh`. Run:
-//! `cargo bench --bench e2e` (env: VIGIL_BENCH_EVENTS, VIGIL_BENCH_RATE, VIGIL_BENCH_SECONDS).
+//! `cargo bench --bench e2e` (env: VIGIL_BENCH_EVENTS, VIGIL_BENCH_RATE, VIGIL_BENCH_SECONDS,
+//! VIGIL_BENCH_IN_FLIGHT, VIGIL_BENCH_MODES).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -39,7 +40,11 @@ use vigil_gen::GenConfig;
 use vigil_stream::Stats;
 
 const BATCH: usize = 500;
-const IN_FLIGHT: usize = 4;
+/// Batches awaiting delivery, for both the pass-through and Vigil
+/// (`VIGIL_BENCH_IN_FLIGHT`; the shipped pipelines' `max_in_flight_batches`).
+fn in_flight() -> usize {
+    env_usize("VIGIL_BENCH_IN_FLIGHT", 4)
+}
 
 fn env_usize(key: &str, default: usize) -> usize {
     std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -52,6 +57,7 @@ fn pipeline(tag: &str) -> PipelineConfig {
         .set("kafka.decisions_topic", format!("bench-out-{tag}"))
         .set("kafka.dead_letter_topic", format!("bench-dlq-{tag}"))
         .set("store.key_prefix", format!("bench-{tag}"))
+        .set("kafka.max_in_flight_batches", in_flight() as i64)
         .config()
 }
 
@@ -81,7 +87,7 @@ fn consumer_from(group: &str, topic: &str, reset: &str) -> StreamConsumer {
 async fn pass_through(input: String, output: String, group: String, delivered: Arc<AtomicU64>, stop: Arc<AtomicU64>) {
     let c = Arc::new(consumer(&group, &input));
     let p = producer();
-    let (tx, mut rx) = mpsc::channel::<(Vec<rdkafka::producer::DeliveryFuture>, BTreeMap<i32, i64>)>(IN_FLIGHT);
+    let (tx, mut rx) = mpsc::channel::<(Vec<rdkafka::producer::DeliveryFuture>, BTreeMap<i32, i64>)>(in_flight());
     let committer = {
         let c = c.clone();
         let input = input.clone();
