@@ -10,10 +10,9 @@
 //! a part at a time; one small script then marks the stage committed,
 //! renames the staged markers over the last ones and trims the entries it
 //! covers; then the stage is folded into the records (`state`) a part at a
-//! time. A
-//! reader overlays a committed stage on the records, so the state it sees
-//! is whole at every step; a stage never committed (the owner died or was
-//! fenced while writing it) is ignored and cleared by the next snapshot.
+//! time. A reader overlays a committed stage on the records, so the state it
+//! sees is whole at every step; a stage never committed (the owner died or
+//! was fenced while writing it) is ignored and cleared by the next snapshot.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -353,9 +352,9 @@ impl RedisJournal {
             }
             self.run::<i64>(PART, &inv, epoch).await?;
         }
-        let mut chunks = marks.chunks(PART_BYTES);
-        let first = chunks.next().unwrap_or_default();
-        for (n, chunk) in std::iter::once(first).chain(chunks).enumerate() {
+        // At least one part, so that empty markers replace the last ones too.
+        let parts = marks.chunks(PART_BYTES).chain(marks.is_empty().then_some(marks));
+        for (n, chunk) in parts.enumerate() {
             let mut inv = self.marks_part.key(meta);
             inv.key(next_marks).arg(epoch).arg(u8::from(n == 0)).arg(chunk);
             self.run::<i64>(MARKS_PART, &inv, epoch).await?;

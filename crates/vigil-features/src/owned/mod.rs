@@ -85,10 +85,9 @@ struct Marks {
 }
 
 struct Owner {
+    /// Every reload from the journal takes a new epoch, so a snapshot written
+    /// in the background meanwhile knows to leave the reloaded counters alone.
     epoch: u64,
-    /// Goes up with every reload from the journal: a snapshot written in the
-    /// background meanwhile leaves the reloaded counters alone.
-    generation: u64,
     local: Local,
     /// Journal entries not covered by a written snapshot.
     log_len: u64,
@@ -100,7 +99,6 @@ struct Owner {
 /// A snapshot taken from memory, to be written while calls go on.
 struct Captured {
     epoch: u64,
-    generation: u64,
     /// The records it writes (to mark again if it fails).
     touched: HashSet<String>,
     events: usize,
@@ -195,9 +193,7 @@ impl OwnedStore {
         if self.stale.load(Ordering::SeqCst) {
             let _turn = self.turn.lock().await;
             let taken = self.journal.take(Some(owner.epoch)).await?;
-            let generation = owner.generation + 1;
             *owner = restore(&self.plan, self.dedup_ttl_s, taken)?;
-            owner.generation = generation;
             self.stale.store(false, Ordering::SeqCst);
             tracing::info!(epoch = owner.epoch, "owned feature state reloaded from its journal");
         }
@@ -301,20 +297,14 @@ fn capture(owner: &mut Owner) -> Result<Captured, FeatureError> {
     let touched = owner.local.touched.replace(HashSet::new()).unwrap_or_default();
     let events = std::mem::take(&mut owner.events_since);
     owner.since = Instant::now();
-    Ok(Captured {
-        epoch: owner.epoch,
-        generation: owner.generation,
-        touched,
-        events,
-        snapshot: Snapshot { covered: owner.log_len, records, marks },
-    })
+    Ok(Captured { epoch: owner.epoch, touched, events, snapshot: Snapshot { covered: owner.log_len, records, marks } })
 }
 
 /// Writes a captured snapshot, then settles the owner's counters: the
 /// entries it covered are gone; or, when it failed, its records and events
 /// count towards the next one, and unless it was fenced (a script that
 /// refuses writes nothing), memory reloads before the next call (it may
-/// have been written). A reload meanwhile settled them already.
+/// have been written).
 async fn write_captured(
     journal: &dyn Journal,
     owner: &tokio::sync::Mutex<Owner>,
@@ -329,7 +319,8 @@ async fn write_captured(
     let started = Instant::now();
     let written = journal.snapshot(c.epoch, c.snapshot).await;
     let mut o = owner.lock().await;
-    let current = o.generation == c.generation;
+    // A reload meanwhile took a new epoch and settled the counters itself.
+    let current = o.epoch == c.epoch;
     match written {
         Ok(()) => {
             tracing::info!(
@@ -418,7 +409,7 @@ fn restore(plan: &Plan, dedup_ttl_s: i64, taken: Taken) -> Result<Owner, Feature
             }
         }
     }
-    Ok(Owner { epoch: taken.epoch, generation: 0, local, log_len, events_since, since: Instant::now() })
+    Ok(Owner { epoch: taken.epoch, local, log_len, events_since, since: Instant::now() })
 }
 
 #[async_trait]

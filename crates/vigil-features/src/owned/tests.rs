@@ -94,14 +94,19 @@ async fn feed(store: &dyn FeatureStore, events: &[Event], range: std::ops::Range
     out
 }
 
+/// Every event's features from one pass over the memory store: what the
+/// owned store must give, whatever happens to it.
+async fn one_pass(events: &[Event]) -> Vec<FeatureVector> {
+    feed(&MemoryStore::new(plan(), 3600), events, 0..events.len()).await
+}
+
 fn values(fv: &[FeatureVector]) -> Vec<(Vec<vigil_core::FeatureValue>, u64)> {
     fv.iter().map(|f| (f.values.clone(), f.fingerprint)).collect()
 }
 
 async fn a_new_owner_carries_on_exactly(kind: &str) {
     let events = history(400);
-    let reference = MemoryStore::new(plan(), 3600);
-    let expected = feed(&reference, &events, 0..400).await;
+    let expected = one_pass(&events).await;
 
     let journal = journal(kind).await;
     // The first owner snapshots every 50 events and dies after 250, with
@@ -142,8 +147,7 @@ async fn a_stale_owner_is_fenced(kind: &str) {
         assert!(!refused.is_retryable());
     }
     // The old owner's refused event was never counted: the new one counts it.
-    let reference = MemoryStore::new(plan(), 3600);
-    let expected = feed(&reference, &events, 0..20).await;
+    let expected = one_pass(&events).await;
     let after = feed(&new, &events, 7..20).await;
     assert_eq!(values(&after), values(&expected[7..20]), "{kind}");
 }
@@ -206,8 +210,7 @@ impl OwnedStore {
 #[tokio::test]
 async fn a_failed_append_never_leaves_memory_ahead_of_the_journal() {
     let events = history(60);
-    let reference = MemoryStore::new(plan(), 3600);
-    let expected = feed(&reference, &events, 0..60).await;
+    let expected = one_pass(&events).await;
     let journal = Arc::new(Flaky::default());
     let store = OwnedStore::open(plan(), 3600, journal.clone(), policy(9)).await.unwrap();
     let mut got = feed(&store, &events, 0..21).await;
@@ -240,8 +243,7 @@ async fn a_failed_append_never_leaves_memory_ahead_of_the_journal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_go_on_while_a_snapshot_is_written() {
     let events = history(120);
-    let reference = MemoryStore::new(plan(), 3600);
-    let expected = feed(&reference, &events, 0..120).await;
+    let expected = one_pass(&events).await;
     let journal = Arc::new(Flaky::default());
     journal.hold.store(true, Ordering::SeqCst);
     let store = OwnedStore::open(plan(), 3600, journal.clone(), policy(20)).await.unwrap();
@@ -276,8 +278,7 @@ async fn calls_go_on_while_a_snapshot_is_written() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_computed_on_a_lost_entry_fails_before_writing() {
     let events = history(42);
-    let reference = MemoryStore::new(plan(), 3600);
-    let expected = feed(&reference, &events, 0..42).await;
+    let expected = one_pass(&events).await;
     let journal = Arc::new(Flaky::default());
     let store = Arc::new(OwnedStore::open(plan(), 3600, journal.clone(), policy(1000)).await.unwrap());
     let mut got = feed(store.as_ref(), &events, 0..21).await;
@@ -303,8 +304,7 @@ async fn a_call_computed_on_a_lost_entry_fails_before_writing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_call_is_reloaded_before_the_next() {
     let events = history(35);
-    let reference = MemoryStore::new(plan(), 3600);
-    let expected = feed(&reference, &events, 0..35).await;
+    let expected = one_pass(&events).await;
     let journal = Arc::new(Flaky::default());
     let store = OwnedStore::open(plan(), 3600, journal.clone(), policy(1000)).await.unwrap();
     let mut got = feed(&store, &events, 0..21).await;
