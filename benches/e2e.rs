@@ -18,10 +18,24 @@
 //!
 //! Needs the broker and Redis of `scripts/services.sh`. Run:
 //! `cargo bench --bench e2e` (env: VIGIL_BENCH_EVENTS, VIGIL_BENCH_RATE, VIGIL_BENCH_SECONDS,
-//! VIGIL_BENCH_IN_FLIGHT, VIGIL_BENCH_MODES).
+//! VIGIL_BENCH_IN_FLIGHT, VIGIL_BENCH_MODES, VIGIL_BENCH_PASS_PAD: bytes the
+//! pass-through pads each record it writes to (spaces after the JSON), to
+//! give the broker records as large as Vigil's decisions; and VIGIL_BENCH_PROPS: librdkafka
+//! properties `key=value,key=value` for every client of the run, the
+//! pass-through's and Vigil's alike).
+//!
+//! Each drain is reported whole and by halves (the time to the first half
+//! of the events, then to the rest): on a broker whose fetch work grows with
+//! the backlog (the test broker's), the first half tells the broker's start
+//! from the second half's steady state.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+
+/// The allocator the `vigil` binary ships with (src/main.rs): what runs in
+/// this process is measured as it runs there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,19 +64,43 @@ fn env_usize(key: &str, default: usize) -> usize {
     std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// `VIGIL_BENCH_PROPS`: librdkafka properties for every client of the run.
+fn props() -> Vec<(String, String)> {
+    std::env::var("VIGIL_BENCH_PROPS")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// A client configuration for the test broker with `VIGIL_BENCH_PROPS`.
+fn client() -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", "127.0.0.1:9092");
+    for (k, v) in props() {
+        c.set(k, v);
+    }
+    c
+}
+
 fn pipeline(tag: &str) -> PipelineConfig {
-    common::TestPipeline::shipped("local.toml")
+    let mut config = common::TestPipeline::shipped("local.toml")
         .set("kafka.group_id", format!("bench-{tag}"))
         .set("kafka.input_topic", format!("bench-in-{tag}"))
         .set("kafka.decisions_topic", format!("bench-out-{tag}"))
         .set("kafka.dead_letter_topic", format!("bench-dlq-{tag}"))
         .set("store.key_prefix", format!("bench-{tag}"))
         .set("kafka.max_in_flight_batches", in_flight() as i64)
-        .config()
+        .config();
+    if let Some(k) = config.kafka.as_mut() {
+        k.properties.extend(props());
+    }
+    config
 }
 
 fn producer() -> FutureProducer {
-    ClientConfig::new().set("bootstrap.servers", "127.0.0.1:9092").set("linger.ms", "2").create().unwrap()
+    client().set("linger.ms", "2").create().unwrap()
 }
 
 fn consumer(group: &str, topic: &str) -> StreamConsumer {
@@ -70,8 +108,7 @@ fn consumer(group: &str, topic: &str) -> StreamConsumer {
 }
 
 fn consumer_from(group: &str, topic: &str, reset: &str) -> StreamConsumer {
-    let c: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", "127.0.0.1:9092")
+    let c: StreamConsumer = client()
         .set("group.id", group)
         .set("auto.offset.reset", reset)
         .set("enable.auto.commit", "true")
@@ -87,6 +124,7 @@ fn consumer_from(group: &str, topic: &str, reset: &str) -> StreamConsumer {
 async fn pass_through(input: String, output: String, group: String, delivered: Arc<AtomicU64>, stop: Arc<AtomicU64>) {
     let c = Arc::new(consumer(&group, &input));
     let p = producer();
+    let pad = env_usize("VIGIL_BENCH_PASS_PAD", 0);
     let (tx, mut rx) = mpsc::channel::<(Vec<rdkafka::producer::DeliveryFuture>, BTreeMap<i32, i64>)>(in_flight());
     let committer = {
         let c = c.clone();
@@ -120,7 +158,15 @@ async fn pass_through(input: String, output: String, group: String, delivered: A
         let mut fs = Vec::with_capacity(batch.len());
         for m in &batch {
             offsets.insert(m.partition(), m.offset());
-            let mut r = FutureRecord::to(&output).payload(m.payload().unwrap_or_default());
+            let payload = m.payload().unwrap_or_default();
+            let padded;
+            let payload = if pad > payload.len() {
+                padded = [payload, &vec![b' '; pad - payload.len()]].concat();
+                padded.as_slice()
+            } else {
+                payload
+            };
+            let mut r = FutureRecord::to(&output).payload(payload);
             if let Some(k) = m.key() {
                 r = r.key(k);
             }
@@ -146,21 +192,53 @@ async fn produce(topic: &str, events: &[Event]) {
     }
 }
 
-/// Waits until `counter` reaches `n`; returns the time from the first output
-/// and the CPU used from the first output to the last.
-async fn drain_time(counter: &AtomicU64, n: u64, limit: Duration) -> (Duration, CpuUse) {
+/// A drain, whole and by halves.
+struct Drain {
+    /// From the first output to the last.
+    time: Duration,
+    cpu: CpuUse,
+    /// From the first output to half the events, and from there to the last.
+    halves: [(Duration, CpuUse); 2],
+}
+
+impl Drain {
+    /// One line: each half's events/s and the machine's busy share in it.
+    fn halves(&self, n: u64, ceiling: Option<&Drain>) -> String {
+        let half = |i: usize| {
+            let (t, cpu) = &self.halves[i];
+            let events = if i == 0 { n / 2 } else { n - n / 2 };
+            let rate = events as f64 / t.as_secs_f64().max(1e-9);
+            let ratio = ceiling.map_or(String::new(), |c| {
+                let (ct, _) = &c.halves[i];
+                format!(" ({:.0}% of the pass-through's)", 100.0 * rate * ct.as_secs_f64() / events as f64)
+            });
+            format!("{rate:.0} events/s{ratio}, machine {:.0}% busy", 100.0 * cpu.machine_busy)
+        };
+        format!("  by halves: first {}; second {}", half(0), half(1))
+    }
+}
+
+/// Waits until `counter` reaches `n`, timing it from the first output, with
+/// the CPU used over the whole and over each half.
+async fn drain_time(counter: &AtomicU64, n: u64, limit: Duration) -> Drain {
     let start = Instant::now();
-    let mut first = None;
+    let mut first: Option<(Instant, CpuSample)> = None;
+    let mut half: Option<(Instant, CpuSample)> = None;
     loop {
         let v = counter.load(Ordering::Relaxed);
         if v > 0 && first.is_none() {
             first = Some((Instant::now(), CpuSample::take().await));
         }
+        if v >= n / 2 && half.is_none() {
+            half = Some((Instant::now(), CpuSample::take().await));
+        }
         if v >= n {
-            let end = CpuSample::take().await;
-            return match first {
-                Some((at, from)) => (at.elapsed(), end.since(&from)),
-                None => (Duration::ZERO, end.since(&end)),
+            let end = (Instant::now(), CpuSample::take().await);
+            let (Some(first), Some(half)) = (first, half) else { panic!("nothing drained: {n} events asked") };
+            return Drain {
+                time: end.0 - first.0,
+                cpu: end.1.since(&first.1),
+                halves: [(half.0 - first.0, half.1.since(&first.1)), (end.0 - half.0, end.1.since(&half.1))],
             };
         }
         assert!(start.elapsed() < limit, "only {v} of {n} after {limit:?}");
@@ -174,6 +252,8 @@ async fn drain_time(counter: &AtomicU64, n: u64, limit: Duration) -> (Duration, 
 struct CpuSample {
     /// Busy and total jiffies of all cores (`/proc/stat`).
     machine: (u64, u64),
+    /// Jiffies the cores sat idle with I/O outstanding (counted as idle above).
+    iowait: u64,
     /// This process's threads: thread id -> (name, jiffies).
     threads: HashMap<u32, (String, u64)>,
     /// The broker process (`tansu`, found by name), jiffies.
@@ -185,6 +265,8 @@ struct CpuUse {
     seconds: f64,
     /// Share of all cores busy over the window, 0-1.
     machine_busy: f64,
+    /// Share of all cores idle waiting on I/O over the window, 0-1.
+    machine_iowait: f64,
     cores: usize,
     /// This process's CPU seconds by thread name (numbers stripped), largest first.
     threads: Vec<(String, f64)>,
@@ -234,7 +316,8 @@ impl CpuSample {
                 }
             }
         }
-        CpuSample { machine: (total - idle, total), threads, broker, redis_us: redis_cpu_us().await }
+        let iowait = cpu.get(4).copied().unwrap_or(0);
+        CpuSample { machine: (total - idle, total), iowait, threads, broker, redis_us: redis_cpu_us().await }
     }
 
     fn since(&self, from: &CpuSample) -> CpuUse {
@@ -251,6 +334,7 @@ impl CpuSample {
         CpuUse {
             seconds: total as f64 * JIFFY / cores as f64,
             machine_busy: self.machine.0.saturating_sub(from.machine.0) as f64 / total as f64,
+            machine_iowait: self.iowait.saturating_sub(from.iowait) as f64 / total as f64,
             cores,
             threads,
             broker_s: self.broker.saturating_sub(from.broker) as f64 * JIFFY,
@@ -271,11 +355,12 @@ impl CpuUse {
             .map(|(name, s)| format!("{name} {:.1} ({:.0}% of a core)", per(*s), 100.0 * s / self.seconds.max(1e-9)))
             .collect();
         format!(
-            "  CPU over the drain ({:.2} s, {} cores {:.0}% busy), µs per event: this process {:.1} [{}], \
-             broker {:.1}, Redis {:.1}, machine {:.1}",
+            "  CPU over the drain ({:.2} s, {} cores {:.0}% busy, {:.0}% waiting on I/O), µs per event: \
+             this process {:.1} [{}], broker {:.1}, Redis {:.1}, machine {:.1}",
             self.seconds,
             self.cores,
             100.0 * self.machine_busy,
+            100.0 * self.machine_iowait,
             per(own),
             threads.join(", "),
             per(self.broker_s),
@@ -391,10 +476,11 @@ async fn main() {
         delivered.clone(),
         stop.clone(),
     ));
-    let (raw_time, raw_cpu) = drain_time(&delivered, n as u64, Duration::from_secs(600)).await;
-    let raw_rate = n as f64 / raw_time.as_secs_f64();
-    println!("pass-through: {n} events in {:.2} s = {raw_rate:.0} events/s", raw_time.as_secs_f64());
-    println!("{}", raw_cpu.report(n as u64));
+    let raw = drain_time(&delivered, n as u64, Duration::from_secs(600)).await;
+    let raw_rate = n as f64 / raw.time.as_secs_f64();
+    println!("pass-through: {n} events in {:.2} s = {raw_rate:.0} events/s", raw.time.as_secs_f64());
+    println!("{}", raw.cpu.report(n as u64));
+    println!("{}", raw.halves(n as u64, None));
     let raw_latency = latency(&raw_in, &raw_out, fresh_raw, rate).await;
     println!("{}", report(&format!("pass-through latency at {rate}/s"), &raw_latency));
     stop.store(1, Ordering::Relaxed);
@@ -426,16 +512,17 @@ async fn main() {
                 .await
             })
         };
-        let (vigil_time, cpu) = drain_time(&stats.delivered, n as u64, Duration::from_secs(600)).await;
-        let redis_cpu = cpu.redis_s * 1e6 / n as f64;
-        let vigil_rate = n as f64 / vigil_time.as_secs_f64();
+        let drain = drain_time(&stats.delivered, n as u64, Duration::from_secs(600)).await;
+        let redis_cpu = drain.cpu.redis_s * 1e6 / n as f64;
+        let vigil_rate = n as f64 / drain.time.as_secs_f64();
         println!(
             "vigil run ({mode}): {n} events in {:.2} s = {vigil_rate:.0} events/s ({:.0}% of pass-through); \
              Redis CPU {redis_cpu:.1} µs per event",
-            vigil_time.as_secs_f64(),
+            drain.time.as_secs_f64(),
             100.0 * vigil_rate / raw_rate
         );
-        println!("{}", cpu.report(n as u64));
+        println!("{}", drain.cpu.report(n as u64));
+        println!("{}", drain.halves(n as u64, Some(&raw)));
         let fresh = if m % 2 == 0 { fresh_vigil } else { fresh_raw };
         let vigil_latency = latency(&kafka.input_topic, &kafka.decisions_topic, fresh, rate).await;
         println!("{}", report(&format!("vigil ({mode}) event-to-decision latency at {rate}/s"), &vigil_latency));

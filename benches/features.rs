@@ -36,6 +36,11 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+/// The allocator the `vigil` binary ships with (src/main.rs): what runs in
+/// this process is measured as it runs there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
