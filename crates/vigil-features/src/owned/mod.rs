@@ -71,8 +71,44 @@ impl Default for SnapshotPolicy {
 /// One journal entry: what a call counted, with the clock it counted by.
 #[derive(Serialize, Deserialize)]
 enum Op {
-    Events { now: i64, events: Vec<Vec<u8>> },
-    Labels { now: i64, labels: Vec<Vec<u8>> },
+    Events {
+        now: i64,
+        #[serde(serialize_with = "byte_strings")]
+        events: Vec<Vec<u8>>,
+    },
+    Labels {
+        now: i64,
+        #[serde(serialize_with = "byte_strings")]
+        labels: Vec<Vec<u8>>,
+    },
+}
+
+impl Op {
+    /// The entry, encoded into one buffer of about its size.
+    fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+        let (Op::Events { events: items, .. } | Op::Labels { labels: items, .. }) = self;
+        // A length is at most 10 bytes, as is the clock.
+        let size = 16 + items.iter().map(|i| i.len() + 10).sum::<usize>();
+        postcard::to_extend(self, Vec::with_capacity(size))
+    }
+}
+
+/// Writes each byte string whole: postcard encodes bytes as it encodes a
+/// sequence of `u8` (a length, then the bytes), so the entry reads back as
+/// `Vec<Vec<u8>>`, but in one copy per string rather than a call per byte.
+fn byte_strings<S: serde::Serializer>(items: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    struct Bytes<'a>(&'a [u8]);
+    impl Serialize for Bytes<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+    let mut seq = s.serialize_seq(Some(items.len()))?;
+    for item in items {
+        seq.serialize_element(&Bytes(item))?;
+    }
+    seq.end()
 }
 
 /// The markers a snapshot keeps, oldest first.
@@ -214,7 +250,7 @@ impl OwnedStore {
         let (out, op) = change(&mut owner, now);
         let entry = match op {
             Some((op, counted)) => {
-                let entry = postcard::to_allocvec(&op).map_err(|e| corrupt("entry", e))?;
+                let entry = op.encode().map_err(|e| corrupt("entry", e))?;
                 Some((entry, counted))
             }
             None => None,

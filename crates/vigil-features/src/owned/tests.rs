@@ -335,3 +335,30 @@ macro_rules! on_every_journal {
 }
 
 on_every_journal!(a_new_owner_carries_on_exactly, a_stale_owner_is_fenced);
+
+/// Entries written before byte strings were encoded whole read back the
+/// same, and new ones are the same bytes.
+#[test]
+fn journal_entries_keep_their_encoding() {
+    #[derive(serde::Serialize)]
+    enum Plain {
+        Events { now: i64, events: Vec<Vec<u8>> },
+        Labels { now: i64, labels: Vec<Vec<u8>> },
+    }
+    let items = vec![b"{\"transaction_id\":\"t1\"}".to_vec(), Vec::new(), vec![0u8, 255, 7]];
+    let pairs = [
+        (Op::Events { now: -3, events: items.clone() }, Plain::Events { now: -3, events: items.clone() }),
+        (
+            Op::Labels { now: 1_700_000_000, labels: items.clone() },
+            Plain::Labels { now: 1_700_000_000, labels: items.clone() },
+        ),
+    ];
+    for (op, plain) in pairs {
+        let new = op.encode().unwrap();
+        assert_eq!(new, postcard::to_allocvec(&plain).unwrap());
+        let back: Op = postcard::from_bytes(&new).unwrap();
+        match back {
+            Op::Events { events: got, .. } | Op::Labels { labels: got, .. } => assert_eq!(got, items),
+        }
+    }
+}
