@@ -93,31 +93,45 @@ impl Op {
     }
 }
 
-/// Writes each byte string whole: postcard encodes bytes as it encodes a
-/// sequence of `u8` (a length, then the bytes), so the entry reads back as
-/// `Vec<Vec<u8>>`, but in one copy per string rather than a call per byte.
+/// Bytes written whole: postcard encodes bytes as it encodes a sequence of
+/// `u8` (a length, then the bytes), so they read back as `Vec<u8>`, but in
+/// one copy rather than a call per byte.
+struct Bytes<'a>(&'a [u8]);
+
+impl Serialize for Bytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+/// A journal entry's events or labels, each written whole ([`Bytes`]).
 fn byte_strings<S: serde::Serializer>(items: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeSeq;
-    struct Bytes<'a>(&'a [u8]);
-    impl Serialize for Bytes<'_> {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_bytes(self.0)
-        }
-    }
-    let mut seq = s.serialize_seq(Some(items.len()))?;
-    for item in items {
-        seq.serialize_element(&Bytes(item))?;
-    }
-    seq.end()
+    s.collect_seq(items.iter().map(|i| Bytes(i)))
+}
+
+/// A snapshot's markers, each marker's stored form written whole ([`Bytes`]).
+fn markers_whole<S: serde::Serializer>(items: &[(String, i64, Vec<u8>)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(items.iter().map(|(id, expires, m)| (id, expires, Bytes(m))))
 }
 
 /// The markers a snapshot keeps, oldest first.
 #[derive(Serialize, Deserialize, Default)]
 struct Marks {
     /// (transaction id, expiry, the marker's stored form).
+    #[serde(serialize_with = "markers_whole")]
     markers: Vec<(String, i64, Vec<u8>)>,
     /// (transaction id, expiry) of counted fraud labels.
     labels: Vec<(String, i64)>,
+}
+
+impl Marks {
+    /// The markers, encoded into one buffer of about their size (megabytes).
+    fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+        // A length is at most 10 bytes, as is an expiry.
+        let markers = self.markers.iter().map(|(id, _, m)| id.len() + m.len() + 30).sum::<usize>();
+        let labels = self.labels.iter().map(|(id, _)| id.len() + 20).sum::<usize>();
+        postcard::to_extend(self, Vec::with_capacity(20 + markers + labels))
+    }
 }
 
 struct Owner {
@@ -329,7 +343,7 @@ fn capture(owner: &mut Owner) -> Result<Captured, FeatureError> {
         };
         records.push((key.clone(), value));
     }
-    let marks = postcard::to_allocvec(&marks(&owner.local)).map_err(|e| corrupt("marks", e))?;
+    let marks = marks(&owner.local).encode().map_err(|e| corrupt("marks", e))?;
     let touched = owner.local.touched.replace(HashSet::new()).unwrap_or_default();
     let events = std::mem::take(&mut owner.events_since);
     owner.since = Instant::now();

@@ -336,8 +336,8 @@ macro_rules! on_every_journal {
 
 on_every_journal!(a_new_owner_carries_on_exactly, a_stale_owner_is_fenced);
 
-/// Entries written before byte strings were encoded whole read back the
-/// same, and new ones are the same bytes.
+/// Entries and markers written before byte strings were encoded whole read
+/// back the same, and new ones are the same bytes.
 #[test]
 fn journal_entries_keep_their_encoding() {
     #[derive(serde::Serialize)]
@@ -361,4 +361,16 @@ fn journal_entries_keep_their_encoding() {
             Op::Events { events: got, .. } | Op::Labels { labels: got, .. } => assert_eq!(got, items),
         }
     }
+
+    #[derive(serde::Serialize)]
+    struct PlainMarks {
+        markers: Vec<(String, i64, Vec<u8>)>,
+        labels: Vec<(String, i64)>,
+    }
+    let markers = vec![("t1".to_owned(), 1_700_000_000, items[0].clone()), ("t2".to_owned(), -1, Vec::new())];
+    let labels = vec![("t3".to_owned(), 5)];
+    let new = Marks { markers: markers.clone(), labels: labels.clone() }.encode().unwrap();
+    assert_eq!(new, postcard::to_allocvec(&PlainMarks { markers: markers.clone(), labels: labels.clone() }).unwrap());
+    let back: Marks = postcard::from_bytes(&new).unwrap();
+    assert_eq!((back.markers, back.labels), (markers, labels));
 }
