@@ -16,8 +16,12 @@
 //! Every request is signed; every event is a new generated payment.
 //! Needs `cargo build --release`, and the broker and Redis of
 //! `scripts/services.sh`. Run: `cargo bench --bench api` (env:
+//! VIGIL_BENCH_BINARY=path to serve with another build than target/release/vigil,
 //! VIGIL_BENCH_RATES=2000,10000,20000, VIGIL_BENCH_SECONDS=5, VIGIL_BENCH_CONNECTIONS=64,
-//! VIGIL_BENCH_AUDIT=0 to leave out the Kafka audit trail.
+//! VIGIL_BENCH_AUDIT=0 to leave out the Kafka audit trail,
+//! VIGIL_BENCH_MODES=shared,owned for the feature store's modes, a server
+//! each, one after the other). At saturation it also says the server's and
+//! Redis's CPU per decision.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -40,6 +44,16 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
 
 struct Server(Child);
 
+/// A process's CPU time so far (utime + stime from `/proc/PID/stat`), in µs.
+fn process_cpu_us(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(close) = stat.rfind(')') else { return 0.0 };
+    let rest: Vec<&str> = stat[close + 2..].split(' ').collect();
+    let ticks = |i: usize| rest.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // USER_HZ is 100 on Linux.
+    (ticks(11) + ticks(12)) * 10_000.0
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -53,7 +67,7 @@ fn now_ms() -> i64 {
 
 struct Load {
     /// Pre-serialised event bodies, used in order.
-    bodies: Vec<String>,
+    bodies: Arc<Vec<String>>,
     next: AtomicUsize,
     base: String,
 }
@@ -188,50 +202,21 @@ async fn main() {
         return; // `cargo test --benches` lists or smoke-runs benches: nothing to do here.
     }
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let binary = root.join("target/release/vigil");
-    assert!(binary.exists(), "build the server first: cargo build --release");
+    let binary = std::env::var_os("VIGIL_BENCH_BINARY")
+        .map_or_else(|| root.join("target/release/vigil"), std::path::PathBuf::from);
+    assert!(binary.exists(), "build the server first: cargo build --release (or name one in VIGIL_BENCH_BINARY)");
     let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
     let audit = std::env::var("VIGIL_BENCH_AUDIT").map_or(true, |v| v != "0");
-    let mut pipeline = common::TestPipeline::shipped("local.toml")
-        .set("kafka.decisions_topic", format!("bench-api-out-{tag}"))
-        .set("store.key_prefix", format!("bench-api-{tag}"))
-        .set("api.max_concurrency", 4096)
-        .set("api.listen", format!("127.0.0.1:{port}"));
-    if !audit {
-        // No [kafka]: decisions are not published (measures the API without the broker's CPU).
-        pipeline = pipeline.without("kafka");
-    }
-    let text = pipeline.text();
-    let file = root.join(format!("pipelines/.bench-api-{tag}.toml"));
-    std::fs::write(&file, &text).unwrap();
-    let config = PipelineConfig::parse(&file, &text).unwrap();
-    if let Some(kafka) = &config.kafka {
-        vigil_kafka::create_topics(kafka, 4).await.unwrap();
-    }
-
-    let _server = Server(
-        Command::new(&binary)
-            .args(["serve", "--pipeline"])
-            .arg(&file)
-            .env("VIGIL_CHECKOUT_SECRET", SECRET)
-            .env("VIGIL_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::builder().pool_max_idle_per_host(4096).build().unwrap();
-    let ready = Instant::now();
-    while client.get(format!("{base}/readyz")).send().await.map(|r| r.status().is_success()).ok() != Some(true) {
-        assert!(ready.elapsed() < Duration::from_secs(20), "the server did not become ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let _ = std::fs::remove_file(&file);
-
+    let modes: Vec<String> = std::env::var("VIGIL_BENCH_MODES")
+        .unwrap_or_else(|_| "shared,owned".into())
+        .split(',')
+        .map(|m| m.trim().to_owned())
+        .filter(|m| !m.is_empty())
+        .collect();
     let rates: Vec<f64> = std::env::var("VIGIL_BENCH_RATES")
         .unwrap_or_else(|_| "2000,10000,20000".into())
         .split(',')
@@ -239,36 +224,105 @@ async fn main() {
         .collect();
     let seconds: f64 = env_or("VIGIL_BENCH_SECONDS", 5.0);
     let connections: usize = env_or("VIGIL_BENCH_CONNECTIONS", 64);
-    let needed = ((rates.iter().sum::<f64>() + 60_000.0) * seconds * 1.2) as usize;
-    let gen = GenConfig { seed: 11, events: needed.min(2_000_000), ..GenConfig::default() };
-    let bodies: Vec<String> = vigil_gen::generate(&gen)
+    let needed = ((rates.iter().sum::<f64>() + 60_000.0) * seconds * 1.2) as usize * modes.len();
+    let gen = GenConfig { seed: 11, events: needed.min(4_000_000), ..GenConfig::default() };
+    let bodies: Arc<Vec<String>> = vigil_gen::generate(&gen)
         .into_iter()
         .map(|l| {
             let mut e = l.event;
             e.transaction_id = format!("{tag}-{}", e.transaction_id);
             String::from_utf8(e.to_json()).unwrap()
         })
-        .collect();
-    let load = Arc::new(Load { bodies, next: AtomicUsize::new(0), base });
+        .collect::<Vec<_>>()
+        .into();
+    let mut load: Option<Arc<Load>> = None;
+    for mode in &modes {
+        // A client of its own: no pooled connection to the last server.
+        let client = reqwest::Client::builder().pool_max_idle_per_host(4096).build().unwrap();
+        let mut pipeline = common::TestPipeline::shipped("local.toml")
+            .set("kafka.decisions_topic", format!("bench-api-out-{tag}"))
+            .set("store.key_prefix", format!("bench-api-{tag}-{mode}"))
+            .set("api.max_concurrency", 4096)
+            .set("api.listen", format!("127.0.0.1:{port}"));
+        if mode != "shared" {
+            pipeline = pipeline.add("store.mode", mode.as_str());
+        }
+        if !audit {
+            // No [kafka]: decisions are not published (measures the API without the broker's CPU).
+            pipeline = pipeline.without("kafka");
+        }
+        let text = pipeline.text();
+        let file = root.join(format!("pipelines/.bench-api-{tag}.toml"));
+        std::fs::write(&file, &text).unwrap();
+        let config = PipelineConfig::parse(&file, &text).unwrap();
+        if let Some(kafka) = &config.kafka {
+            vigil_kafka::create_topics(kafka, 4).await.unwrap();
+        }
+        let server = Server(
+            Command::new(&binary)
+                .args(["serve", "--pipeline"])
+                .arg(&file)
+                .env("VIGIL_CHECKOUT_SECRET", SECRET)
+                .env("VIGIL_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let base = format!("http://127.0.0.1:{port}");
+        let ready = Instant::now();
+        while client.get(format!("{base}/readyz")).send().await.map(|r| r.status().is_success()).ok() != Some(true) {
+            assert!(ready.elapsed() < Duration::from_secs(20), "the server did not become ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = std::fs::remove_file(&file);
+        // Each server gets new payments: the bodies carry on from the last mode's.
+        let next = load.as_ref().map_or(0, |l| l.next.load(Ordering::Relaxed));
+        let l = Arc::new(Load { bodies: bodies.clone(), next: AtomicUsize::new(next), base });
+        load = Some(l.clone());
+        run_one(&client, l, mode, audit, &rates, seconds, connections, server.0.id()).await;
+        drop(server);
+        common::clean_redis(&config.store.key_prefix).await;
+    }
+}
 
+/// The fixed rates and saturation against one server.
+#[allow(clippy::too_many_arguments)]
+async fn run_one(
+    client: &reqwest::Client,
+    load: Arc<Load>,
+    mode: &str,
+    audit: bool,
+    rates: &[f64],
+    seconds: f64,
+    connections: usize,
+    pid: u32,
+) {
     // Warm up connections and the server.
-    let _ = fixed_rate(&client, load.clone(), 1000.0, 1.0, 16).await;
+    let _ = fixed_rate(client, load.clone(), 1000.0, 1.0, 16).await;
 
     println!(
-        "vigil serve, pipeline local (22 Redis features, shipped rules and model, {})",
+        "vigil serve, pipeline local (22 Redis features, store mode {mode}, shipped rules and model, {})",
         if audit { "Kafka audit" } else { "no Kafka audit" }
     );
     println!("{:<34} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}", "load", "req/s", "errors", "p50 ms", "p99", "p99.9", "max");
-    for rate in rates {
+    for &rate in rates {
         let t = Instant::now();
-        let o = fixed_rate(&client, load.clone(), rate, seconds, connections).await;
+        let o = fixed_rate(client, load.clone(), rate, seconds, connections).await;
         let h = o.latency.unwrap();
         let achieved = o.ok as f64 / t.elapsed().as_secs_f64();
         row(&format!("decisions at {rate} req/s"), achieved, o.errors, &h);
     }
-    let (rps, errors, h) = saturate(&client, load.clone(), "/v1/decisions", true, seconds, connections).await;
+    let (server_cpu, redis_cpu, decided) =
+        (process_cpu_us(pid), common::redis_cpu_us().await, load.next.load(Ordering::Relaxed));
+    let (rps, errors, h) = saturate(client, load.clone(), "/v1/decisions", true, seconds, connections).await;
+    let decided = (load.next.load(Ordering::Relaxed) - decided).max(1) as f64;
+    let (server_cpu, redis_cpu) =
+        ((process_cpu_us(pid) - server_cpu) / decided, (common::redis_cpu_us().await - redis_cpu) / decided);
     row(&format!("decisions, saturation ({connections} conn)"), rps, errors, &h);
-    let (ceiling, errors, h) = saturate(&client, load.clone(), "/healthz", false, seconds, connections).await;
+    let (ceiling, errors, h) = saturate(client, load.clone(), "/healthz", false, seconds, connections).await;
     row(&format!("/healthz, saturation ({connections} conn)"), ceiling, errors, &h);
-    println!("decisions at saturation / trivial route: {:.0}%", 100.0 * rps / ceiling);
+    println!(
+        "store mode {mode}: decisions at saturation / trivial route: {:.0}%; CPU per decision at saturation: server {server_cpu:.1} µs, Redis {redis_cpu:.1} µs",
+        100.0 * rps / ceiling
+    );
 }

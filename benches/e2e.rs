@@ -317,7 +317,7 @@ impl CpuSample {
             }
         }
         let iowait = cpu.get(4).copied().unwrap_or(0);
-        CpuSample { machine: (total - idle, total), iowait, threads, broker, redis_us: redis_cpu_us().await }
+        CpuSample { machine: (total - idle, total), iowait, threads, broker, redis_us: common::redis_cpu_us().await }
     }
 
     fn since(&self, from: &CpuSample) -> CpuUse {
@@ -529,16 +529,7 @@ async fn main() {
         let _ = stop_tx.send(());
         run.await.unwrap().unwrap();
         println!("vigil ({mode}) stats: {:?}", stats.snapshot());
+        // Markers live for the de-duplication TTL: leave Redis as it was.
+        common::clean_redis(&config.store.key_prefix).await;
     }
-}
-
-/// The Redis server's own CPU time so far (`INFO cpu`: user + system), in µs.
-async fn redis_cpu_us() -> f64 {
-    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
-    let mut con = client.get_multiplexed_async_connection().await.unwrap();
-    let info: String = redis::cmd("INFO").arg("cpu").query_async(&mut con).await.unwrap();
-    let field = |key: &str| {
-        info.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or(0.0)
-    };
-    (field("used_cpu_user:") + field("used_cpu_sys:")) * 1e6
 }

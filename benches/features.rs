@@ -329,15 +329,6 @@ async fn owned_flush_traffic(
     start.elapsed()
 }
 
-/// The Redis server's own CPU time so far (`INFO cpu`: user + system), in µs.
-async fn redis_cpu_us() -> f64 {
-    let info: String = redis::cmd("INFO").arg("cpu").query_async(&mut admin().await).await.unwrap();
-    let field = |key: &str| {
-        info.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or(0.0)
-    };
-    (field("used_cpu_user:") + field("used_cpu_sys:")) * 1e6
-}
-
 async fn admin() -> redis::aio::MultiplexedConnection {
     redis::Client::open(URL).unwrap().get_multiplexed_async_connection().await.unwrap()
 }
@@ -386,10 +377,10 @@ fn main() {
     let features = config.features.len();
     let shards = by_card(&events, writers);
     rt.block_on(reset_command_stats());
-    let cpu = rt.block_on(redis_cpu_us());
+    let cpu = rt.block_on(common::redis_cpu_us());
     let (elapsed, per_writer) =
         rt.block_on(throughput(&shards, || async { Arc::new(store(&plan, &prefix).await) as Arc<dyn FeatureStore> }));
-    let store_cpu = (rt.block_on(redis_cpu_us()) - cpu) / n as f64;
+    let store_cpu = (rt.block_on(common::redis_cpu_us()) - cpu) / n as f64;
     println!(
         "vigil RedisStore::process, {features} features, batches of {BATCH}, {writers} writers {per_writer:?}: \
          {n} events in {:.2} s = {:.0} events/s; Redis CPU {store_cpu:.1} µs per event (INFO cpu)",
@@ -400,9 +391,9 @@ fn main() {
     for (cmd, calls, usec) in rt.block_on(command_stats()) {
         println!("    {cmd:8} {calls:>8} calls  {:>6.2} µs per event", usec as f64 / n as f64);
     }
-    let cpu = rt.block_on(redis_cpu_us());
+    let cpu = rt.block_on(common::redis_cpu_us());
     let raw = rt.block_on(raw_traffic(&shards, &plan, &prefix));
-    let raw_cpu = (rt.block_on(redis_cpu_us()) - cpu) / n as f64;
+    let raw_cpu = (rt.block_on(common::redis_cpu_us()) - cpu) / n as f64;
     println!(
         "the same keys without a check (pipelined MGET and SET only, {writers} writers): \
          {n} events in {:.2} s = {:.0} events/s; Redis CPU {raw_cpu:.1} µs per event",
@@ -413,9 +404,9 @@ fn main() {
     // partition) called by the same writers at once.
     let owned_prefix = format!("{prefix}-owned");
     let owned = rt.block_on(owned_store(&plan, &owned_prefix, false)).expect("the owned store");
-    let cpu = rt.block_on(redis_cpu_us());
+    let cpu = rt.block_on(common::redis_cpu_us());
     let (elapsed, _) = rt.block_on(throughput(&shards, || async { owned.clone() }));
-    let owned_cpu = (rt.block_on(redis_cpu_us()) - cpu) / n as f64;
+    let owned_cpu = (rt.block_on(common::redis_cpu_us()) - cpu) / n as f64;
     println!(
         "vigil OwnedStore::process (mode = \"owned\", one owner, journal in Redis, snapshot per 100,000 events), \
          same events and {writers} writers: {n} events in {:.2} s = {:.0} events/s; Redis CPU {owned_cpu:.1} µs per event",
@@ -428,9 +419,9 @@ fn main() {
     let flushes = std::env::var("VIGIL_BENCH_FLUSHES").unwrap_or_else(|_| "100,500,2000".into());
     for layout_of in [Owned::Keys, Owned::CardLog, Owned::AllLog, Owned::CardKeysSharedLog] {
         for flush in flushes.split(',').filter_map(|f| f.trim().parse::<usize>().ok()) {
-            let cpu = rt.block_on(redis_cpu_us());
+            let cpu = rt.block_on(common::redis_cpu_us());
             let owned = rt.block_on(owned_flush_traffic(&shards, &plan, &prefix, flush, layout_of));
-            let owned_cpu = (rt.block_on(redis_cpu_us()) - cpu) / n as f64;
+            let owned_cpu = (rt.block_on(common::redis_cpu_us()) - cpu) / n as f64;
             println!(
                 "owned design's traffic alone ({layout_of:?}, one fenced flush per {flush} events, {writers} writers): \
                  {n} events in {:.2} s = {:.0} events/s; Redis CPU {owned_cpu:.1} µs per event",

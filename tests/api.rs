@@ -276,6 +276,48 @@ async fn labels_reach_the_next_decision_once() {
     common::clean_redis(&config.store.key_prefix).await;
 }
 
+/// With `[store] mode = "owned"` the server owns the pipeline's feature
+/// state: decisions count in its memory and its journal in Redis, retries and
+/// reused ids are answered as on the shared store, also by a server that took
+/// over; and a server whose state another one took stops being ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owned_pipeline_is_served_idempotently_and_one_owner_at_a_time() {
+    let config = test_pipeline("api-owned").add("store.mode", "owned").config();
+    vigil_kafka::create_topics(config.kafka.as_ref().unwrap(), 1).await.unwrap();
+    let path = "/v1/decisions";
+    let server = Server::start(&config, Engine::connect(&config).await.unwrap()).await;
+    let e1 = event("own-1", 0, "25.00", "c-own", "t-own");
+    let first = body(server.signed(path, &e1).await).await;
+    assert_eq!(first["features"]["card_count_10m"], 0, "{first}");
+    let retry = server.signed(path, &e1).await;
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    assert_eq!(body(retry).await["features"], first["features"]);
+    let second = body(server.signed(path, &event("own-2", 1, "30.00", "c-own", "t-own")).await).await;
+    assert_eq!(second["features"]["card_count_10m"], 1, "the retry counted nothing: {second}");
+    let reused = server.signed(path, &e1.replace("25.00", "999.00")).await;
+    assert_eq!(reused.status(), StatusCode::CONFLICT);
+    assert_eq!(body(server.get("/readyz").await).await["ready"], true);
+
+    // A second server takes the state over: it answers the retry with the
+    // first features and counts on from there; the first is fenced.
+    let next = Server::start(&config, Engine::connect(&config).await.unwrap()).await;
+    let retry = next.signed(path, &e1).await;
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    assert_eq!(body(retry).await["features"], first["features"]);
+    let third = body(next.signed(path, &event("own-3", 2, "35.00", "c-own", "t-own")).await).await;
+    assert_eq!(third["features"]["card_count_10m"], 2, "{third}");
+    let ready = server.get("/readyz").await;
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let ready = body(ready).await;
+    assert!(ready["feature_store"].as_str().unwrap().contains("another process took the feature state"), "{ready}");
+    let fenced = server.signed(path, &event("own-4", 3, "5.00", "c-own", "t-own")).await;
+    assert_eq!(fenced.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body(next.get("/readyz").await).await["ready"], true);
+    server.stop().await;
+    next.stop().await;
+    common::clean_redis(&config.store.key_prefix).await;
+}
+
 /// A feature store that answers after `delay`: Redis made slow.
 struct Slow {
     inner: MemoryStore,

@@ -26,9 +26,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         api.listen = l;
     }
     let api = api.clone();
-    anyhow::Context::with_context(vigil_features::refuse_owned(&config.store, "vigil serve (the HTTP API)"), || {
-        config.file.display().to_string()
-    })?;
+    if let vigil_core::pipeline::StoreMode::Owned { .. } = config.store.mode {
+        tracing::info!(
+            "[store] mode = \"owned\": this server takes the pipeline's feature state from any process that held it; \
+             a `vigil run` or another `vigil serve` on this pipeline would take it back (one owner at a time)"
+        );
+    }
     let mut shutdown = Box::pin(crate::signals::shutdown());
     let wait = args.store_wait.duration();
     let Some(engine) = super::live_once_store_answers(&config, wait, &mut shutdown).await? else { return Ok(()) };

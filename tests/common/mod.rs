@@ -357,3 +357,15 @@ pub async fn schema(name: &str) -> (tokio_postgres::Client, String) {
     client.batch_execute(&format!("SET search_path = {name}")).await.unwrap();
     (client, format!("{} options='-c search_path={name}'", database()))
 }
+
+/// The Redis server's own CPU time so far (`INFO cpu`: user + system), in µs
+/// (the server of [`redis_url`]).
+pub async fn redis_cpu_us() -> f64 {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(&mut con).await.unwrap();
+    let field = |key: &str| {
+        info.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or(0.0)
+    };
+    (field("used_cpu_user:") + field("used_cpu_sys:")) * 1e6
+}

@@ -42,7 +42,7 @@ pub use redis_store::layout;
 pub use redis_store::{KeyLayout, RedisStore, CHUNK};
 
 /// Why the feature store could not answer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum FeatureError {
     /// The backend is unreachable or refused the call; retrying later may work.
     #[error("feature store unavailable: {0}")]
@@ -122,15 +122,16 @@ pub async fn connect(config: &StoreConfig, plan: Plan) -> Result<Arc<dyn Feature
     })
 }
 
-/// Why a process other than the stream may not open a pipeline's feature
-/// store: in `mode = "owned"` the running `vigil run` owns it, and opening it
-/// would fence that owner. `what` names the caller (`the HTTP API`...).
+/// Why a helper process may not open a pipeline's feature store: in
+/// `mode = "owned"` the one process that decides (`vigil run` or `vigil
+/// serve`) owns it, and opening it would fence that owner. `what` names the
+/// caller (`vigil label`...).
 pub fn refuse_owned(config: &StoreConfig, what: &str) -> Result<(), FeatureError> {
     match config.mode {
         StoreMode::Shared => Ok(()),
         StoreMode::Owned { .. } => Err(FeatureError::Fenced(format!(
-            "{what} cannot open this pipeline's feature store: [store] mode = \"owned\" gives it to the one `vigil run` that owns it \
-             (send labels through the labels topic; run the HTTP API on a pipeline with mode = \"shared\")"
+            "{what} cannot open this pipeline's feature store: [store] mode = \"owned\" gives it to the one process that \
+             decides (`vigil run` or `vigil serve`); send labels through the labels topic, or to the HTTP API's POST /v1/labels"
         ))),
     }
 }

@@ -44,21 +44,25 @@ pub(crate) struct Local {
 impl Local {
     /// Features of `events` as of before each, then counted (module docs of
     /// the crate); returns them with the indices of the events seen for the
-    /// first time.
+    /// first time. `kept` holds, by event, markers found outside this memory
+    /// (the owned store's journal), read where memory has none; it may be
+    /// empty.
     pub(crate) fn process(
         &mut self,
         plan: &Plan,
         events: &[&Event],
         now: i64,
         dedup_ttl_s: i64,
+        mut kept: Vec<Option<FeatureVector>>,
     ) -> (Vec<FeatureVector>, Vec<usize>) {
         let mut keys = plan.keys(events);
         let (mut states, expiries) = self.take_states(&keys.records, now);
         let seen: Vec<Option<FeatureVector>> = events
             .iter()
-            .map(|e| match self.markers.get(&e.transaction_id) {
+            .enumerate()
+            .map(|(i, e)| match self.markers.get(&e.transaction_id) {
                 Some(m) if m.expires_at_s > now => Some(m.value.clone()),
-                _ => None,
+                _ => kept.get_mut(i).and_then(Option::take),
             })
             .collect();
         let (out, changes) = plan.compute(events, &keys, &mut states, &seen);
@@ -187,7 +191,7 @@ impl MemoryStore {
     /// Processes a batch synchronously (the store never waits on IO).
     pub fn process_sync(&self, events: &[&Event]) -> Result<Vec<FeatureVector>, FeatureError> {
         let now = (self.clock)();
-        Ok(self.local()?.process(&self.plan, events, now, self.dedup_ttl_s).0)
+        Ok(self.local()?.process(&self.plan, events, now, self.dedup_ttl_s, Vec::new()).0)
     }
 
     /// Applies a batch of labels synchronously.

@@ -53,6 +53,18 @@ pub struct Snapshot {
     pub marks: Vec<u8>,
 }
 
+/// The markers of the transactions one entry counted first: their first
+/// features, kept apart from the entries for the de-duplication TTL, so that
+/// a retry finds them after the entry was trimmed and after the owner's
+/// memory let them go.
+#[derive(Debug, Default, Clone)]
+pub struct Markers {
+    /// How long they are kept, in seconds.
+    pub ttl_s: u64,
+    /// Transaction id and its marker ([`crate::marker::encode`]).
+    pub items: Vec<(String, Vec<u8>)>,
+}
+
 /// The owned store's durable side. Every write checks the writer's epoch.
 #[async_trait]
 pub trait Journal: Send + Sync {
@@ -60,14 +72,17 @@ pub trait Journal: Send + Sync {
     /// `held`, when given: a reload must not take back what another owner
     /// took), then reads everything.
     async fn take(&self, held: Option<u64>) -> Result<Taken, FeatureError>;
-    /// Appends one entry, if `epoch` still owns the journal.
-    async fn append(&self, epoch: u64, entry: Vec<u8>) -> Result<(), FeatureError>;
+    /// Appends entries, in order, and their transactions' markers, all
+    /// together, if `epoch` still owns the journal.
+    async fn append(&self, epoch: u64, entries: Vec<Vec<u8>>, markers: Markers) -> Result<(), FeatureError>;
+    /// The markers of these transactions that are kept (by id, in order;
+    /// `None` where there is none or it expired).
+    async fn markers(&self, ids: &[&str]) -> Result<Vec<Option<Vec<u8>>>, FeatureError>;
     /// Writes `snapshot`, if `epoch` still owns the journal: a reader sees
     /// all of it or none of it.
     async fn snapshot(&self, epoch: u64, snapshot: Snapshot) -> Result<(), FeatureError>;
-    async fn ping(&self) -> Result<(), FeatureError> {
-        Ok(())
-    }
+    /// Whether the journal answers and `epoch` still owns it.
+    async fn ping(&self, epoch: u64) -> Result<(), FeatureError>;
 }
 
 fn fenced(epoch: u64) -> FeatureError {
@@ -82,6 +97,8 @@ struct Held {
     records: HashMap<String, Vec<u8>>,
     marks: Option<Vec<u8>>,
     log: Vec<Vec<u8>>,
+    /// Transaction id to its marker and when it expires (wall clock, s).
+    markers: HashMap<String, (Vec<u8>, i64)>,
 }
 
 /// A journal in this process's memory.
@@ -117,13 +134,23 @@ impl Journal for MemoryJournal {
         })
     }
 
-    async fn append(&self, epoch: u64, entry: Vec<u8>) -> Result<(), FeatureError> {
+    async fn append(&self, epoch: u64, entries: Vec<Vec<u8>>, markers: Markers) -> Result<(), FeatureError> {
         let mut h = self.held();
         if h.epoch != epoch {
             return Err(fenced(epoch));
         }
-        h.log.push(entry);
+        h.log.extend(entries);
+        let expires = crate::memory::wall_clock_s() + markers.ttl_s as i64;
+        for (id, m) in markers.items {
+            h.markers.insert(id, (m, expires));
+        }
         Ok(())
+    }
+
+    async fn markers(&self, ids: &[&str]) -> Result<Vec<Option<Vec<u8>>>, FeatureError> {
+        let h = self.held();
+        let now = crate::memory::wall_clock_s();
+        Ok(ids.iter().map(|id| h.markers.get(*id).filter(|(_, t)| *t > now).map(|(m, _)| m.clone())).collect())
     }
 
     async fn snapshot(&self, epoch: u64, Snapshot { covered, records, marks }: Snapshot) -> Result<(), FeatureError> {
@@ -142,12 +169,24 @@ impl Journal for MemoryJournal {
         h.log.drain(..covered);
         Ok(())
     }
+
+    async fn ping(&self, epoch: u64) -> Result<(), FeatureError> {
+        if self.held().epoch != epoch {
+            return Err(fenced(epoch));
+        }
+        Ok(())
+    }
 }
 
-/// Appends an entry if the epoch is still the caller's.
+/// Appends entries and sets their transactions' markers, if the epoch is
+/// still the caller's. KEYS: meta, log, then the markers' keys. ARGV: epoch,
+/// the markers' TTL in seconds, how many entries, the entries, then the
+/// markers.
 const APPEND: &str = r"
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return redis.error_reply('VIGILFENCED') end
-redis.call('RPUSH', KEYS[2], ARGV[2])
+local n = tonumber(ARGV[3])
+for i = 4, 3 + n, 4000 do redis.call('RPUSH', KEYS[2], unpack(ARGV, i, math.min(i + 3999, 3 + n))) end
+for i = 3, #KEYS do redis.call('SET', KEYS[i], ARGV[n + i + 1], 'EX', ARGV[2]) end
 return 1
 ";
 
@@ -226,6 +265,7 @@ return r[1]
 pub struct RedisJournal {
     /// meta, log, state, marks, next, nextmarks.
     keys: [String; 6],
+    layout: KeyLayout,
     conn: Conn,
     timeout: Duration,
     append: Script,
@@ -267,6 +307,7 @@ impl RedisJournal {
                 k.owned("next"),
                 k.owned("nextmarks"),
             ],
+            layout: k,
             // A takeover moves more than one call's worth.
             timeout: timeout.max(Duration::from_secs(10)),
             append: Script::new(APPEND),
@@ -425,10 +466,31 @@ impl Journal for RedisJournal {
         Ok(Taken { epoch, records, marks, log })
     }
 
-    async fn append(&self, epoch: u64, entry: Vec<u8>) -> Result<(), FeatureError> {
+    async fn append(&self, epoch: u64, entries: Vec<Vec<u8>>, markers: Markers) -> Result<(), FeatureError> {
+        if entries.is_empty() && markers.items.is_empty() {
+            return Ok(());
+        }
         let mut inv = self.append.key(&self.keys[0]);
-        inv.key(&self.keys[1]).arg(epoch).arg(entry);
+        inv.key(&self.keys[1]).arg(epoch).arg(markers.ttl_s.max(1)).arg(entries.len());
+        for e in &entries {
+            inv.arg(e.as_slice());
+        }
+        for (id, m) in &markers.items {
+            inv.key(self.layout.owned_marker(id)).arg(m.as_slice());
+        }
         self.run::<i64>(APPEND, &inv, epoch).await.map(drop)
+    }
+
+    async fn markers(&self, ids: &[&str]) -> Result<Vec<Option<Vec<u8>>>, FeatureError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        let mget = pipe.cmd("MGET");
+        for id in ids {
+            mget.arg(self.layout.owned_marker(id));
+        }
+        Ok(self.query::<(Vec<Option<Vec<u8>>>,)>(&pipe, 0).await?.0)
     }
 
     async fn snapshot(&self, epoch: u64, Snapshot { covered, records, marks }: Snapshot) -> Result<(), FeatureError> {
@@ -443,10 +505,14 @@ impl Journal for RedisJournal {
         Ok(())
     }
 
-    async fn ping(&self) -> Result<(), FeatureError> {
+    async fn ping(&self, epoch: u64) -> Result<(), FeatureError> {
         let mut pipe = redis::pipe();
-        pipe.cmd("EXISTS").arg(&self.keys[0]);
-        self.query::<(i64,)>(&pipe, 0).await.map(drop)
+        pipe.cmd("HGET").arg(&self.keys[0]).arg("epoch");
+        let (held,): (Option<u64>,) = self.query(&pipe, epoch).await?;
+        if held != Some(epoch) {
+            return Err(fenced(epoch));
+        }
+        Ok(())
     }
 }
 
@@ -508,7 +574,7 @@ mod tests {
         let j = journal().await;
         let epoch = j.take(None).await.unwrap().epoch;
         for n in 0..3 {
-            j.append(epoch, format!("e{n}").into_bytes()).await.unwrap();
+            j.append(epoch, vec![format!("e{n}").into_bytes()], Markers::default()).await.unwrap();
         }
         let first = records(0..2_500, "a");
         j.snapshot(epoch, Snapshot { covered: 2, records: first.clone(), marks: b"m1".to_vec() }).await.unwrap();

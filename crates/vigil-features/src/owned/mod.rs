@@ -4,33 +4,41 @@
 //!
 //! - **State in memory.** Features are computed over [`Local`], the in-memory
 //!   backend's states and markers, by the computation every backend shares; a
-//!   call reads nothing from Redis.
+//!   call reads no record from Redis.
 //! - **A journal, not the records.** Each call appends one entry to the
 //!   [`Journal`]: the events it counted for the first time (or the labels),
-//!   with the clock it used. Redelivered events append nothing. Every
+//!   with the clock it used. Redelivered events append nothing. Entries are
+//!   written in the order their calls changed memory, every entry waiting
+//!   in one append while the previous one travels (a group commit: many
+//!   small calls, as the HTTP API makes, share a round trip). Every
 //!   `snapshot_events` events or `snapshot_interval`, the records changed
-//!   since the last snapshot, the newest [`MARKER_LIMIT`] markers and the
-//!   counted labels are written (in Redis, in short parts that a reader sees
-//!   all or none of: [`RedisJournal`]), and the entries they cover are
-//!   trimmed. So Redis does one small append per call instead of reading and
-//!   compare-and-setting every record of every event.
+//!   since the last snapshot and the counted labels are written (in Redis,
+//!   in short parts that a reader sees all or none of: [`RedisJournal`]),
+//!   and the entries they cover are trimmed. So Redis does one small append
+//!   per call instead of reading and compare-and-setting every record of
+//!   every event.
 //! - **Fenced by an epoch.** Opening the store takes ownership: the journal's
 //!   epoch goes up by one, and every append and snapshot checks it in the
 //!   same script, so a process that lost ownership cannot write (its calls
-//!   fail with [`FeatureError::Fenced`]). A second owner is a configuration
-//!   error: this mode runs one `vigil run` per pipeline.
+//!   fail with [`FeatureError::Fenced`], and [`FeatureStore::ping`] says so).
+//!   A second owner is a configuration error: this mode runs one process
+//!   (`vigil run` or `vigil serve`) per pipeline.
+//! - **Markers for the de-duplication TTL.** The append that journals a call
+//!   also sets, in the same script, a marker per transaction it counted (its
+//!   first features and fingerprint), kept for `dedup_ttl`; each call looks
+//!   its transactions up there (one `MGET`) where memory, which keeps the
+//!   newest [`MARKER_LIMIT`], has none. So a retry is recognised for the
+//!   whole TTL, as on the other backends, and snapshots carry no markers.
 //! - **Back after a crash, exactly.** A new owner loads the snapshot and
 //!   replays the journal's entries through the same computation with their
-//!   recorded clocks, which gives the states and markers the old owner had
-//!   after its last append. An event redelivered from Kafka then finds its
-//!   marker and gets its first features back, as on the other backends.
-//! - **A failed or abandoned journal write** leaves memory ahead of the
-//!   journal: the next call reloads from the journal (keeping the epoch it
-//!   holds), so memory never holds what the journal lacks.
-//!
-//! What it gives up: a transaction id is recognised among the newest
-//! [`MARKER_LIMIT`] transactions (and all since the last snapshot), not for
-//! the whole de-duplication TTL; Kafka's redeliveries are far inside that.
+//!   recorded clocks, which gives the states the old owner had after its
+//!   last append. An event redelivered from Kafka then finds its marker and
+//!   gets its first features back, as on the other backends.
+//! - **A failed journal write** leaves memory ahead of the journal: the next
+//!   call reloads from the journal (keeping the epoch it holds), so memory
+//!   never holds what the journal lacks. A call its caller abandons (a
+//!   deadline) still has its entry written: once memory has changed, the
+//!   write goes on in a task of its own.
 
 mod journal;
 
@@ -41,16 +49,17 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use tokio::sync::OwnedMutexGuard;
 use vigil_core::{Event, FeatureVector, Label};
 
-pub use journal::{Journal, MemoryJournal, RedisJournal, Snapshot, Taken};
+pub use journal::{Journal, Markers, MemoryJournal, RedisJournal, Snapshot, Taken};
 
 use crate::memory::{wall_clock_s, Entry, Local};
 use crate::state::EntityState;
 use crate::{FeatureError, FeatureStore, LabelOutcome, Plan};
 
-/// How many of the newest transactions' markers the owner keeps and
-/// snapshots: far more than a stream has in flight when it crashes.
+/// How many of the newest transactions' markers the owner keeps in memory
+/// (the others are looked up in the journal's store).
 pub const MARKER_LIMIT: usize = 20_000;
 
 /// When the owner writes a snapshot.
@@ -62,10 +71,25 @@ pub struct SnapshotPolicy {
     pub interval: Duration,
 }
 
+impl SnapshotPolicy {
+    /// Whether a snapshot is due now.
+    fn due(&self, owner: &Owner) -> bool {
+        owner.events_since >= self.events || (owner.log_len > 0 && owner.since.elapsed() >= self.interval)
+    }
+}
+
 impl Default for SnapshotPolicy {
     fn default() -> Self {
         SnapshotPolicy { events: 100_000, interval: Duration::from_secs(60) }
     }
+}
+
+/// What one call writes: its journal entry, how many events it counts, and
+/// the markers of the transactions it counted first.
+struct Write {
+    op: Op,
+    counted: usize,
+    markers: Vec<(String, Vec<u8>)>,
 }
 
 /// One journal entry: what a call counted, with the clock it counted by.
@@ -117,7 +141,9 @@ fn markers_whole<S: serde::Serializer>(items: &[(String, i64, Vec<u8>)], s: S) -
 /// The markers a snapshot keeps, oldest first.
 #[derive(Serialize, Deserialize, Default)]
 struct Marks {
-    /// (transaction id, expiry, the marker's stored form).
+    /// (transaction id, expiry, the marker's stored form): the newest
+    /// transactions, in snapshots written before their markers had keys of
+    /// their own ([`Markers`]); read back into memory, written empty now.
     #[serde(serialize_with = "markers_whole")]
     markers: Vec<(String, i64, Vec<u8>)>,
     /// (transaction id, expiry) of counted fraud labels.
@@ -162,20 +188,103 @@ pub struct OwnedStore {
     journal: Arc<dyn Journal>,
     policy: SnapshotPolicy,
     owner: Arc<tokio::sync::Mutex<Owner>>,
-    /// Held while a journal write is in flight: writes go out one at a time,
-    /// in the order their calls changed memory, and the next call computes
-    /// while the previous one's entry travels.
-    turn: tokio::sync::Mutex<()>,
-    /// Memory may hold what the journal never will (a write failed or was
-    /// abandoned): the next call reloads from the journal first, and a call
-    /// computed on top of it fails before writing.
-    stale: Arc<AtomicBool>,
+    writer: Arc<Writer>,
     /// Held while a snapshot is written (in the background: calls go on).
     writing: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// An entry computed and waiting for the journal.
+struct Queued {
+    epoch: u64,
+    entry: Vec<u8>,
+    markers: Vec<(String, Vec<u8>)>,
+    done: tokio::sync::oneshot::Sender<Result<(), FeatureError>>,
+}
+
+/// Writes entries to the journal in the order their calls changed memory,
+/// every entry waiting in one append (a group commit): while one append
+/// travels, the calls that compute meanwhile queue for the next, so many
+/// small calls (API requests) do not wait for one round trip each.
+struct Writer {
+    journal: Arc<dyn Journal>,
+    /// How long transactions' markers are kept, in seconds.
+    marker_ttl_s: u64,
+    /// Held while an append is in flight, and by whoever needs every
+    /// earlier entry written (a snapshot) or the waiting ones refused (a
+    /// reload).
+    turn: Arc<tokio::sync::Mutex<()>>,
+    /// Computed entries not yet written, oldest first.
+    waiting: std::sync::Mutex<Vec<Queued>>,
+    /// Memory may hold what the journal never will (a write failed): the
+    /// next call reloads from the journal first, and an entry computed on
+    /// top of it is refused before it is written.
+    stale: Arc<AtomicBool>,
+}
+
+fn earlier_write_failed() -> FeatureError {
+    FeatureError::Unavailable(
+        "an earlier batch's journal write failed: the owned state reloads from its journal".into(),
+    )
+}
+
+impl Writer {
+    fn queue(&self, q: Queued) {
+        self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(q);
+    }
+
+    fn take_waiting(&self) -> Vec<Queued> {
+        std::mem::take(&mut *self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Writes every waiting entry in one append, each call told how it went;
+    /// the caller holds `turn`. Entries computed on memory that a failed
+    /// write left stale are refused. Says whether memory and the journal
+    /// agree afterwards.
+    async fn write_waiting(&self) -> bool {
+        let group = self.take_waiting();
+        if group.is_empty() {
+            return !self.stale.load(Ordering::SeqCst);
+        }
+        if self.stale.load(Ordering::SeqCst) {
+            for q in group {
+                let _ = q.done.send(Err(earlier_write_failed()));
+            }
+            return false;
+        }
+        // One epoch: a reload, the only thing that changes it, refuses
+        // what waits before it takes the journal again.
+        let epoch = group[0].epoch;
+        let (mut entries, mut markers, mut told) = (Vec::with_capacity(group.len()), Vec::new(), Vec::new());
+        for q in group {
+            entries.push(q.entry);
+            markers.extend(q.markers);
+            told.push((q.epoch, q.done));
+        }
+        let result = if told.iter().any(|(e, _)| *e != epoch) {
+            Err(FeatureError::Unavailable("owned journal: entries of two epochs in one write".into()))
+        } else {
+            self.journal.append(epoch, entries, Markers { ttl_s: self.marker_ttl_s, items: markers }).await
+        };
+        if result.is_err() {
+            self.stale.store(true, Ordering::SeqCst);
+        }
+        for (_, done) in told {
+            let _ = done.send(result.clone());
+        }
+        result.is_ok()
+    }
+
+    /// Refuses every waiting entry (memory is about to reload); the caller
+    /// holds `turn`.
+    fn refuse_waiting(&self) {
+        for q in self.take_waiting() {
+            let _ = q.done.send(Err(earlier_write_failed()));
+        }
+    }
+}
+
 /// Marks the store stale when dropped before [`Pending::done`]: a call that
-/// changed memory and failed, or was abandoned, before its entry was in.
+/// changed memory and failed before its entry was queued.
 struct Pending<'a>(&'a AtomicBool, bool);
 
 impl Pending<'_> {
@@ -207,14 +316,20 @@ impl OwnedStore {
     ) -> Result<OwnedStore, FeatureError> {
         let taken = journal.take(None).await?;
         let owner = restore(&plan, dedup_ttl_s as i64, taken)?;
+        let writer = Writer {
+            journal: journal.clone(),
+            marker_ttl_s: dedup_ttl_s.max(1),
+            turn: Arc::new(tokio::sync::Mutex::new(())),
+            waiting: std::sync::Mutex::new(Vec::new()),
+            stale: Arc::new(AtomicBool::new(false)),
+        };
         Ok(OwnedStore {
             plan,
             dedup_ttl_s: dedup_ttl_s as i64,
             journal,
             policy,
             owner: Arc::new(tokio::sync::Mutex::new(owner)),
-            turn: tokio::sync::Mutex::new(()),
-            stale: Arc::new(AtomicBool::new(false)),
+            writer: Arc::new(writer),
             writing: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
@@ -229,73 +344,79 @@ impl OwnedStore {
     pub async fn snapshot(&self) -> Result<(), FeatureError> {
         let _writing = self.writing.lock().await;
         let captured = {
-            let mut owner = self.owner.lock().await;
-            self.ready(&mut owner).await?;
-            let _turn = self.turn.lock().await;
+            let mut owner = self.ready().await?;
+            let _turn = self.writer.turn.lock().await;
+            if !self.writer.write_waiting().await {
+                return Err(earlier_write_failed());
+            }
             capture(&mut owner)?
         };
-        write_captured(self.journal.as_ref(), &self.owner, &self.stale, captured).await
+        write_captured(self.journal.as_ref(), &self.owner, &self.writer.stale, captured).await
     }
 
-    /// Reloads from the journal when memory may be ahead of it (once the
-    /// write in flight, if any, has ended).
-    async fn ready(&self, owner: &mut Owner) -> Result<(), FeatureError> {
-        if self.stale.load(Ordering::SeqCst) {
-            let _turn = self.turn.lock().await;
-            let taken = self.journal.take(Some(owner.epoch)).await?;
-            *owner = restore(&self.plan, self.dedup_ttl_s, taken)?;
-            self.stale.store(false, Ordering::SeqCst);
+    /// The owner, reloaded from the journal first when memory may be ahead
+    /// of it (once the write in flight, if any, has ended). A reload runs as
+    /// a task of its own: a caller cut short (a deadline) cannot leave it
+    /// between taking the journal again and loading what it read.
+    async fn ready(&self) -> Result<OwnedMutexGuard<Owner>, FeatureError> {
+        let mut owner = self.owner.clone().lock_owned().await;
+        if !self.writer.stale.load(Ordering::SeqCst) {
+            return Ok(owner);
+        }
+        let (journal, writer) = (self.journal.clone(), self.writer.clone());
+        let (plan, dedup_ttl_s) = (self.plan.clone(), self.dedup_ttl_s);
+        let reload = tokio::spawn(async move {
+            let _turn = writer.turn.lock().await;
+            // Computed on the memory being thrown away.
+            writer.refuse_waiting();
+            let taken = journal.take(Some(owner.epoch)).await?;
+            *owner = restore(&plan, dedup_ttl_s, taken)?;
+            writer.stale.store(false, Ordering::SeqCst);
             tracing::info!(epoch = owner.epoch, "owned feature state reloaded from its journal");
-        }
-        Ok(())
+            Ok(owner)
+        });
+        reload.await.map_err(|e| FeatureError::Unavailable(format!("owned state reload: {e}")))?
     }
 
-    /// One call: `change` updates memory and says what to journal (an entry
-    /// and the events it counts); the entry goes out after the previous
-    /// call's, while the next call may already compute.
-    async fn call<T>(
-        &self,
-        change: impl FnOnce(&mut Owner, i64) -> (T, Option<(Op, usize)>),
-    ) -> Result<T, FeatureError> {
-        let mut owner = self.owner.lock().await;
-        self.ready(&mut owner).await?;
+    /// One call: `change` updates memory and says what to journal (an entry,
+    /// the events it counts and their markers). The entry is queued in the
+    /// order memory changed and written with the others waiting then, while
+    /// the next calls compute; the call answers once it is in.
+    async fn call<T>(&self, change: impl FnOnce(&mut Owner, i64) -> (T, Option<Write>)) -> Result<T, FeatureError> {
+        let mut owner = self.ready().await?;
         let now = wall_clock_s();
-        let pending = Pending(&self.stale, false);
-        let (out, op) = change(&mut owner, now);
-        let entry = match op {
-            Some((op, counted)) => {
-                let entry = op.encode().map_err(|e| corrupt("entry", e))?;
-                Some((entry, counted))
-            }
-            None => None,
+        let pending = Pending(&self.writer.stale, false);
+        let (out, write) = change(&mut owner, now);
+        let Some(Write { op, counted, markers }) = write else {
+            pending.done();
+            return Ok(out);
         };
-        let turn = self.turn.lock().await;
-        let epoch = owner.epoch;
-        if let Some((_, counted)) = &entry {
-            owner.log_len += 1;
-            owner.events_since += counted;
-        }
-        let due = self.snapshot_due(&owner);
-        drop(owner);
-        if self.stale.load(Ordering::SeqCst) {
-            return Err(FeatureError::Unavailable(
-                "an earlier batch's journal write failed: the owned state reloads from its journal".into(),
-            ));
-        }
-        if let Some((entry, _)) = entry {
-            self.journal.append(epoch, entry).await?;
-        }
+        let entry = op.encode().map_err(|e| corrupt("entry", e))?;
+        owner.log_len += 1;
+        owner.events_since += counted;
+        let due = self.policy.due(&owner);
+        let (done, written) = tokio::sync::oneshot::channel();
+        // Queued before the owner is let go: entries go out in the order
+        // their calls changed memory.
+        self.writer.queue(Queued { epoch: owner.epoch, entry, markers, done });
         pending.done();
-        drop(turn);
+        drop(owner);
+        // Whatever becomes of this call (a deadline may cut it), a task
+        // writes what waits: an abandoned call's entry still goes out, so
+        // memory is never left ahead of the journal for want of a caller.
+        let writer = self.writer.clone();
+        tokio::spawn(async move {
+            let _turn = writer.turn.lock().await;
+            writer.write_waiting().await;
+        });
+        written.await.map_err(|_| {
+            self.writer.stale.store(true, Ordering::SeqCst);
+            FeatureError::Unavailable("owned journal write abandoned".into())
+        })??;
         if due {
             self.after_call().await;
         }
         Ok(out)
-    }
-
-    /// Whether the policy asks for a snapshot now.
-    fn snapshot_due(&self, owner: &Owner) -> bool {
-        owner.events_since >= self.policy.events || (owner.log_len > 0 && owner.since.elapsed() >= self.policy.interval)
     }
 
     /// Starts a snapshot when one is due and none is being written: taken
@@ -303,13 +424,11 @@ impl OwnedStore {
     async fn after_call(&self) {
         let Ok(writing) = self.writing.clone().try_lock_owned() else { return };
         let captured = {
-            let mut owner = self.owner.lock().await;
-            if self.ready(&mut owner).await.is_err() {
-                return;
-            }
-            // Every earlier entry is in the journal once the turn is ours.
-            let _turn = self.turn.lock().await;
-            if !self.snapshot_due(&owner) {
+            let Ok(mut owner) = self.ready().await else { return };
+            // Every earlier entry is in the journal once the turn is ours
+            // and nothing waits.
+            let _turn = self.writer.turn.lock().await;
+            if !self.writer.write_waiting().await || !self.policy.due(&owner) {
                 return;
             }
             match capture(&mut owner) {
@@ -320,7 +439,7 @@ impl OwnedStore {
                 }
             }
         };
-        let (journal, owner, stale) = (self.journal.clone(), self.owner.clone(), self.stale.clone());
+        let (journal, owner, stale) = (self.journal.clone(), self.owner.clone(), self.writer.stale.clone());
         tokio::spawn(async move {
             let _writing = writing;
             // Failures are logged there; the journal still holds every entry.
@@ -399,14 +518,11 @@ async fn write_captured(
     }
 }
 
+/// The counted labels (transactions' markers have keys of their own, set
+/// with their entries: [`Markers`]).
 fn marks(local: &Local) -> Marks {
-    let markers = local
-        .marker_order
-        .iter()
-        .filter_map(|id| local.markers.get(id).map(|m| (id.clone(), m.expires_at_s, crate::marker::encode(&m.value))))
-        .collect();
     let labels = local.label_markers.iter().map(|(id, m)| (id.clone(), m.expires_at_s)).collect();
-    Marks { markers, labels }
+    Marks { markers: Vec::new(), labels }
 }
 
 /// The owner's state from what the journal holds: the snapshot's records
@@ -446,7 +562,7 @@ fn restore(plan: &Plan, dedup_ttl_s: i64, taken: Taken) -> Result<Owner, Feature
                     .map(|j| Event::from_json(j).map_err(|e| corrupt(&format!("journal entry {n}"), e)))
                     .collect::<Result<Vec<_>, _>>()?;
                 let refs: Vec<&Event> = events.iter().collect();
-                local.process(plan, &refs, now, dedup_ttl_s);
+                local.process(plan, &refs, now, dedup_ttl_s, Vec::new());
                 events_since += events.len();
             }
             Op::Labels { now, labels } => {
@@ -468,16 +584,28 @@ impl FeatureStore for OwnedStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
+        // The markers kept for these transactions, for those memory no
+        // longer holds (or never did: an earlier owner counted them).
+        let ids: Vec<&str> = events.iter().map(|e| e.transaction_id.as_str()).collect();
+        let kept = self
+            .journal
+            .markers(&ids)
+            .await?
+            .into_iter()
+            .map(|m| m.map(|m| crate::marker::decode(&m)).transpose())
+            .collect::<Result<Vec<_>, _>>()?;
         // Encoded before the owner is taken, so that callers encode at once;
         // only the first-seen ones go to the journal.
         let mut encoded: Vec<Option<Vec<u8>>> = events.iter().map(|e| Some(e.to_json())).collect();
         self.call(|owner, now| {
-            let (out, first) = owner.local.process(&self.plan, events, now, self.dedup_ttl_s);
-            let op = (!first.is_empty()).then(|| {
+            let (out, first) = owner.local.process(&self.plan, events, now, self.dedup_ttl_s, kept);
+            let write = (!first.is_empty()).then(|| {
+                let markers =
+                    first.iter().map(|&i| (events[i].transaction_id.clone(), crate::marker::encode(&out[i]))).collect();
                 let events = first.iter().filter_map(|&i| encoded[i].take()).collect();
-                (Op::Events { now, events }, first.len())
+                Write { op: Op::Events { now, events }, counted: first.len(), markers }
             });
-            (out, op)
+            (out, write)
         })
         .await
     }
@@ -485,17 +613,20 @@ impl FeatureStore for OwnedStore {
     async fn apply_labels(&self, labels: &[&Label]) -> Result<Vec<LabelOutcome>, FeatureError> {
         self.call(|owner, now| {
             let (out, first) = owner.local.apply_labels(&self.plan, labels, now);
-            let op = (!first.is_empty()).then(|| {
+            let write = (!first.is_empty()).then(|| {
                 let labels = first.iter().map(|&i| labels[i].to_json()).collect();
-                (Op::Labels { now, labels }, 0)
+                Write { op: Op::Labels { now, labels }, counted: 0, markers: Vec::new() }
             });
-            (out, op)
+            (out, write)
         })
         .await
     }
 
+    /// Whether the journal answers and this store still owns it: a process
+    /// fenced by a new owner stops being ready.
     async fn ping(&self) -> Result<(), FeatureError> {
-        self.journal.ping().await
+        let epoch = self.owner.lock().await.epoch;
+        self.journal.ping(epoch).await
     }
 }
 

@@ -141,6 +141,8 @@ async fn a_stale_owner_is_fenced(kind: &str) {
     feed(&old, &events, 0..7).await;
     let new = OwnedStore::open(plan(), 3600, journal.clone(), policy(5)).await.unwrap();
     assert!(new.epoch().await > old.epoch().await);
+    assert!(matches!(old.ping().await, Err(FeatureError::Fenced(_))), "{kind}: the old owner is not ready");
+    new.ping().await.unwrap();
     for _ in 0..2 {
         let refused = old.process(&[&events[7]]).await.unwrap_err();
         assert!(matches!(refused, FeatureError::Fenced(_)), "{kind}: {refused}");
@@ -175,17 +177,25 @@ impl Journal for Flaky {
         self.inner.take(held).await
     }
 
-    async fn append(&self, epoch: u64, entry: Vec<u8>) -> Result<(), FeatureError> {
+    async fn append(&self, epoch: u64, entries: Vec<Vec<u8>>, markers: Markers) -> Result<(), FeatureError> {
         let slow = self.slow_ms.load(Ordering::SeqCst) as u64;
         tokio::time::sleep(std::time::Duration::from_millis(slow)).await;
         if self.lost.swap(0, Ordering::SeqCst) > 0 {
             return Err(FeatureError::Unavailable("lost".into()));
         }
-        self.inner.append(epoch, entry).await?;
+        self.inner.append(epoch, entries, markers).await?;
         if self.unanswered.swap(0, Ordering::SeqCst) > 0 {
             return Err(FeatureError::Timeout(1));
         }
         Ok(())
+    }
+
+    async fn markers(&self, ids: &[&str]) -> Result<Vec<Option<Vec<u8>>>, FeatureError> {
+        self.inner.markers(ids).await
+    }
+
+    async fn ping(&self, epoch: u64) -> Result<(), FeatureError> {
+        self.inner.ping(epoch).await
     }
 
     async fn snapshot(&self, epoch: u64, snapshot: Snapshot) -> Result<(), FeatureError> {
@@ -298,26 +308,62 @@ async fn a_call_computed_on_a_lost_entry_fails_before_writing() {
     assert_eq!(values(&got), values(&expected));
 }
 
-/// A call dropped while its entry was on the way (a deadline cut it): its
-/// events were counted in memory but never reached the journal, so the next
-/// call reloads, and the retried batch is counted once, as in one pass.
+/// A call dropped while its entry was on the way (a deadline cut it): the
+/// entry still goes out, so the retried batch finds its events counted
+/// (replayed, with their first features), and nothing reloads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_abandoned_call_is_reloaded_before_the_next() {
+async fn an_abandoned_call_still_writes_its_entry() {
     let events = history(35);
     let expected = one_pass(&events).await;
     let journal = Arc::new(Flaky::default());
     let store = OwnedStore::open(plan(), 3600, journal.clone(), policy(1000)).await.unwrap();
     let mut got = feed(&store, &events, 0..21).await;
-    journal.slow_ms.store(500, Ordering::SeqCst);
+    journal.slow_ms.store(300, Ordering::SeqCst);
     let batch: Vec<&Event> = events[21..28].iter().collect();
     let cut = tokio::time::timeout(std::time::Duration::from_millis(50), store.process(&batch)).await;
     assert!(cut.is_err(), "the call was cut before its entry went out");
     journal.slow_ms.store(0, Ordering::SeqCst);
     let retried = feed(&store, &events, 21..28).await;
-    assert!(retried.iter().all(|f| !f.replayed), "the cut call counted nothing");
+    assert!(retried.iter().all(|f| f.replayed), "the cut call's events were counted");
+    assert_eq!(values(&retried), values(&expected[21..28]));
+    assert!(!store.writer.stale.load(Ordering::SeqCst), "nothing to reload");
+    let epoch = store.epoch().await;
     got.extend(retried);
     got.extend(feed(&store, &events, 28..35).await);
     assert_eq!(values(&got), values(&expected));
+    assert_eq!(store.epoch().await, epoch, "no reload took the journal again");
+}
+
+/// A retry long after its transaction (memory keeps only the newest
+/// markers) is still recognised: its first features come back from the
+/// journal's markers, replayed, with the first event's fingerprint, and
+/// nothing is counted again; so after a takeover whose snapshot covers it.
+async fn a_retry_is_recognised_after_memory_let_it_go(kind: &str) {
+    let events = history(90);
+    let expected = one_pass(&events).await;
+    let journal = journal(kind).await;
+    let store = OwnedStore::open(plan(), 3600, journal.clone(), policy(1000)).await.unwrap();
+    let mut got = feed(&store, &events, 0..42).await;
+    {
+        // What memory does with markers beyond the newest `MARKER_LIMIT`.
+        let mut owner = store.owner.lock().await;
+        owner.local.markers.clear();
+        owner.local.marker_order.clear();
+    }
+    let retried = feed(&store, &events, 7..21).await;
+    assert!(retried.iter().all(|f| f.replayed), "{kind}: retries found in the journal's markers");
+    assert_eq!(values(&retried), values(&expected[7..21]), "{kind}: their first features");
+    got.extend(feed(&store, &events, 42..63).await);
+
+    // A new owner after a snapshot (which carries no markers): the same.
+    store.snapshot().await.unwrap();
+    drop(store);
+    let second = OwnedStore::open(plan(), 3600, journal, policy(1000)).await.unwrap();
+    let retried = feed(&second, &events, 28..35).await;
+    assert!(retried.iter().all(|f| f.replayed), "{kind}: after a takeover");
+    assert_eq!(values(&retried), values(&expected[28..35]), "{kind}");
+    got.extend(feed(&second, &events, 63..90).await);
+    assert_eq!(values(&got), values(&expected), "{kind}: nothing counted twice");
 }
 
 macro_rules! on_every_journal {
@@ -334,7 +380,11 @@ macro_rules! on_every_journal {
     };
 }
 
-on_every_journal!(a_new_owner_carries_on_exactly, a_stale_owner_is_fenced);
+on_every_journal!(
+    a_new_owner_carries_on_exactly,
+    a_stale_owner_is_fenced,
+    a_retry_is_recognised_after_memory_let_it_go
+);
 
 /// Entries and markers written before byte strings were encoded whole read
 /// back the same, and new ones are the same bytes.

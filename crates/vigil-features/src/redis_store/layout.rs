@@ -24,9 +24,12 @@ pub const RECORD_LABEL_MARKER_TAG: &str = "lb4";
 /// `PREFIX:o1:{PREFIX}:meta` (a hash: the owner's `epoch`),
 /// `PREFIX:o1:{PREFIX}:log` (a list of postcard-encoded batches since the
 /// last snapshot), `PREFIX:o1:{PREFIX}:state` (a hash of record id to its
-/// expiry and postcard-encoded state) and `PREFIX:o1:{PREFIX}:marks` (the
-/// newest transactions' first features and the counted labels). One hash
-/// tag for all: every script of the owner runs on one node.
+/// expiry and postcard-encoded state), `PREFIX:o1:{PREFIX}:marks` (the
+/// counted labels; older snapshots also hold the newest transactions' first
+/// features there) and `PREFIX:o1:{PREFIX}:tx:ID` (a transaction's first
+/// features, encoded as a marker of [`MARKER_TAG`] is, for the
+/// de-duplication TTL). One hash tag for all: every script of the owner runs
+/// on one node.
 pub const OWNED_TAG: &str = "o1";
 
 /// The keys of one store's prefix.
@@ -48,6 +51,12 @@ impl KeyLayout {
     /// One of the owned store's journal keys (`part`: `meta`, `log`, `state`, `marks`).
     pub fn owned(&self, part: &str) -> String {
         format!("{}:{OWNED_TAG}:{{{}}}:{part}", self.prefix, self.prefix)
+    }
+
+    /// The owned store's marker of a transaction: in the journal's slot, so
+    /// that an entry and its markers are set by one script.
+    pub fn owned_marker(&self, transaction_id: &str) -> String {
+        format!("{}:{OWNED_TAG}:{{{}}}:tx:{transaction_id}", self.prefix, self.prefix)
     }
 
     /// A transaction's marker.
@@ -81,6 +90,7 @@ mod tests {
         assert_eq!(k.state("card_id=c1"), "vigil:s6:{card_id=c1}");
         assert_eq!(k.marker("t1"), "vigil:tx2:{t1}");
         assert_eq!(k.owned("log"), "vigil:o1:{vigil}:log");
+        assert_eq!(k.owned_marker("t1"), "vigil:o1:{vigil}:tx:t1");
         assert_eq!(k.record_marker("card_id=c1", "t1"), "vigil:tx3:{card_id=c1}:t1");
         assert_eq!(k.label_marker("t1"), "vigil:lb3:{t1}");
         assert_eq!(k.record_label_marker("terminal_id=x", "t1"), "vigil:lb4:{terminal_id=x}:t1");
