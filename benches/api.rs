@@ -263,7 +263,7 @@ async fn main() {
                 .args(["serve", "--pipeline"])
                 .arg(&file)
                 .env("VIGIL_CHECKOUT_SECRET", SECRET)
-                .env("VIGIL_LOG", "warn")
+                .env("VIGIL_LOG", std::env::var("VIGIL_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()))
                 .stdout(Stdio::null())
                 .spawn()
                 .unwrap(),

@@ -4,7 +4,7 @@
 use std::collections::{HashSet, VecDeque};
 
 use foldhash::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -28,7 +28,9 @@ pub(crate) struct Entry<T> {
 /// set, only the newest that many).
 #[derive(Default)]
 pub(crate) struct Local {
-    pub(crate) states: HashMap<String, Entry<EntityState>>,
+    /// Shared so that a snapshot can hold the states of a moment while calls
+    /// go on: a call that changes one a snapshot holds works on a copy.
+    pub(crate) states: HashMap<String, Entry<Arc<EntityState>>>,
     pub(crate) markers: HashMap<String, Entry<FeatureVector>>,
     /// Transaction ids of `markers`, oldest first (kept only with a limit).
     pub(crate) marker_order: VecDeque<String>,
@@ -128,12 +130,13 @@ impl Local {
         self.label_markers.retain(|_, e| e.expires_at_s > now);
     }
 
-    /// Moves a batch's states out (no copies); expired ones read as new.
+    /// Moves a batch's states out (no copies, unless a snapshot holds one);
+    /// expired ones read as new.
     fn take_states(&mut self, entities: &[String], now: i64) -> (Vec<EntityState>, Vec<i64>) {
         entities
             .iter()
             .map(|k| match self.states.remove(k) {
-                Some(e) if e.expires_at_s > now => (e.value, e.expires_at_s),
+                Some(e) if e.expires_at_s > now => (Arc::unwrap_or_clone(e.value), e.expires_at_s),
                 _ => (EntityState::default(), i64::MIN),
             })
             .unzip()
@@ -158,7 +161,7 @@ impl Local {
             } else if expires_at_s == i64::MIN {
                 continue;
             }
-            self.states.insert(std::mem::take(key), Entry { value, expires_at_s });
+            self.states.insert(std::mem::take(key), Entry { value: Arc::new(value), expires_at_s });
         }
     }
 }

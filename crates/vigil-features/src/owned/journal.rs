@@ -68,10 +68,12 @@ pub struct Markers {
 /// The owned store's durable side. Every write checks the writer's epoch.
 #[async_trait]
 pub trait Journal: Send + Sync {
-    /// Takes ownership: the epoch goes up by one (only if it is still
-    /// `held`, when given: a reload must not take back what another owner
-    /// took), then reads everything.
-    async fn take(&self, held: Option<u64>) -> Result<Taken, FeatureError>;
+    /// Takes ownership for `taker` (a token of the owning process): the
+    /// epoch goes up by one (only if it is still `held`, when given: a
+    /// reload must not take back what another owner took; but the epoch
+    /// past `held` that this taker took, in a take whose answer was lost,
+    /// is its own), then reads everything.
+    async fn take(&self, held: Option<u64>, taker: &str) -> Result<Taken, FeatureError>;
     /// Appends entries, in order, and their transactions' markers, all
     /// together, if `epoch` still owns the journal.
     async fn append(&self, epoch: u64, entries: Vec<Vec<u8>>, markers: Markers) -> Result<(), FeatureError>;
@@ -120,7 +122,8 @@ impl MemoryJournal {
 
 #[async_trait]
 impl Journal for MemoryJournal {
-    async fn take(&self, held: Option<u64>) -> Result<Taken, FeatureError> {
+    async fn take(&self, held: Option<u64>, _taker: &str) -> Result<Taken, FeatureError> {
+        // In memory no answer is lost.
         let mut h = self.held();
         if held.is_some_and(|e| e != h.epoch) {
             return Err(fenced(h.epoch));
@@ -190,10 +193,29 @@ for i = 3, #KEYS do redis.call('SET', KEYS[i], ARGV[n + i + 1], 'EX', ARGV[2]) e
 return 1
 ";
 
-/// Takes the journal again only if the epoch is still the caller's.
+/// Takes the journal: the epoch goes up by one, and the taker (a token of
+/// the process) is recorded with it. ARGV: the taker.
+const TAKE: &str = r"
+local n = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+redis.call('HSET', KEYS[1], 'taker', ARGV[1])
+return n
+";
+
+/// Takes the journal again only if the epoch is still the caller's (ARGV:
+/// the epoch held, the taker). A take whose answer was lost (a timeout
+/// after Redis ran it) is found again rather than refused: the epoch one
+/// past the one held, taken by this very taker, is the caller's.
 const TAKE_AGAIN: &str = r"
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return redis.error_reply('VIGILFENCED') end
-return redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+local e = redis.call('HGET', KEYS[1], 'epoch')
+if e == ARGV[1] then
+  local n = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+  redis.call('HSET', KEYS[1], 'taker', ARGV[2])
+  return n
+end
+if e and tonumber(e) == tonumber(ARGV[1]) + 1 and redis.call('HGET', KEYS[1], 'taker') == ARGV[2] then
+  return tonumber(e)
+end
+return redis.error_reply('VIGILFENCED')
 ";
 
 /// The most a snapshot part carries: a part is one short script.
@@ -269,6 +291,7 @@ pub struct RedisJournal {
     conn: Conn,
     timeout: Duration,
     append: Script,
+    take: Script,
     take_again: Script,
     part: Script,
     marks_part: Script,
@@ -311,6 +334,7 @@ impl RedisJournal {
             // A takeover moves more than one call's worth.
             timeout: timeout.max(Duration::from_secs(10)),
             append: Script::new(APPEND),
+            take: Script::new(TAKE),
             take_again: Script::new(TAKE_AGAIN),
             part: Script::new(PART),
             marks_part: Script::new(MARKS_PART),
@@ -438,17 +462,17 @@ fn refused(e: redis::RedisError, epoch: u64) -> FeatureError {
 
 #[async_trait]
 impl Journal for RedisJournal {
-    async fn take(&self, held: Option<u64>) -> Result<Taken, FeatureError> {
+    async fn take(&self, held: Option<u64>, taker: &str) -> Result<Taken, FeatureError> {
         let [meta, log, state, marks, next, _] = &self.keys;
         let epoch: u64 = match held {
             None => {
-                let mut pipe = redis::pipe();
-                pipe.cmd("HINCRBY").arg(meta).arg("epoch").arg(1);
-                self.query::<(u64,)>(&pipe, 0).await?.0
+                let mut inv = self.take.key(meta);
+                inv.arg(taker);
+                self.run(TAKE, &inv, 0).await?
             }
             Some(e) => {
                 let mut inv = self.take_again.key(meta);
-                inv.arg(e);
+                inv.arg(e).arg(taker);
                 self.run(TAKE_AGAIN, &inv, e).await?
             }
         };
@@ -566,13 +590,33 @@ mod tests {
         j.query::<(usize,)>(&pipe, 0).await.unwrap().0
     }
 
+    /// A reload whose take was run by Redis but whose answer was lost (a
+    /// timeout) takes again without fencing itself; another taker cannot
+    /// claim that epoch, and a newer owner fences the older one.
+    #[tokio::test]
+    async fn a_take_whose_answer_was_lost_is_found_again() {
+        let j = journal().await;
+        let e = j.take(None, "a").await.unwrap().epoch;
+        assert_eq!(j.take(Some(e), "a").await.unwrap().epoch, e + 1);
+        // The same reload again, as after a lost answer: the same epoch.
+        assert_eq!(j.take(Some(e), "a").await.unwrap().epoch, e + 1);
+        let refused = j.take(Some(e), "b").await.unwrap_err();
+        assert!(matches!(refused, FeatureError::Fenced(_)), "{refused}");
+        assert_eq!(j.take(None, "b").await.unwrap().epoch, e + 2);
+        for held in [e, e + 1] {
+            let refused = j.take(Some(held), "a").await.unwrap_err();
+            assert!(matches!(refused, FeatureError::Fenced(_)), "{refused}");
+        }
+        assert_eq!(j.take(Some(e + 2), "b").await.unwrap().epoch, e + 3);
+    }
+
     /// A snapshot of thousands of records goes in many short parts; a reader
     /// sees none of a snapshot cut before its commit and all of one cut after
     /// it, and the next snapshot finishes the fold.
     #[tokio::test]
     async fn a_snapshot_in_parts_is_seen_whole_or_not_at_all() {
         let j = journal().await;
-        let epoch = j.take(None).await.unwrap().epoch;
+        let epoch = j.take(None, "test").await.unwrap().epoch;
         for n in 0..3 {
             j.append(epoch, vec![format!("e{n}").into_bytes()], Markers::default()).await.unwrap();
         }
@@ -587,7 +631,7 @@ mod tests {
         let marks: Vec<u8> = (0..3 * PART_BYTES + 17).map(|i| (i % 251) as u8).collect();
         assert!(j.stage(epoch, &second, &marks).await.unwrap());
         j.commit(epoch, 1, true).await.unwrap();
-        let taken = j.take(None).await.unwrap();
+        let taken = j.take(None, "test").await.unwrap();
         let epoch = taken.epoch;
         assert_eq!(seen(&taken), expect(&[&first, &second]));
         assert_eq!((taken.marks.as_deref(), taken.log.len()), (Some(&marks[..]), 0));
@@ -600,7 +644,7 @@ mod tests {
         // The next snapshot folds what was committed first.
         let fifth = records(2_900..3_100, "e");
         j.snapshot(epoch, Snapshot { covered: 0, records: fifth.clone(), marks: b"m3".to_vec() }).await.unwrap();
-        let taken = j.take(None).await.unwrap();
+        let taken = j.take(None, "test").await.unwrap();
         assert_eq!(seen(&taken), expect(&[&first, &second, &fifth]));
         assert_eq!(taken.records.len(), 3_099, "folded: each record once, r7 gone");
         assert_eq!(hlen(&j, &j.keys[4]).await, 0, "the stage is gone");
@@ -609,12 +653,12 @@ mod tests {
         let epoch = taken.epoch;
         j.fold_stage(epoch).await.unwrap();
         assert!(j.stage(epoch, &third, b"never").await.unwrap());
-        let taken = j.take(None).await.unwrap();
+        let taken = j.take(None, "test").await.unwrap();
         assert_eq!(seen(&taken), expect(&[&first, &second, &fifth]));
         assert_eq!(taken.marks.as_deref(), Some(&b"m3"[..]));
         let sixth = records(0..1, "f");
         j.snapshot(taken.epoch, Snapshot { covered: 0, records: sixth.clone(), marks: b"m4".to_vec() }).await.unwrap();
-        let taken = j.take(None).await.unwrap();
+        let taken = j.take(None, "test").await.unwrap();
         assert_eq!(seen(&taken), expect(&[&first, &second, &fifth, &sixth]));
     }
 }

@@ -178,7 +178,12 @@ struct Captured {
     /// The records it writes (to mark again if it fails).
     touched: HashSet<String>,
     events: usize,
-    snapshot: Snapshot,
+    /// How many journal entries it covers.
+    covered: u64,
+    /// The records as they were (shared with memory, which copies one
+    /// before changing it), or `None` where removed; encoded when written.
+    states: Vec<(String, Option<(i64, Arc<EntityState>)>)>,
+    marks: Vec<u8>,
 }
 
 /// The feature state of one owning process ([module docs](self)).
@@ -191,6 +196,8 @@ pub struct OwnedStore {
     writer: Arc<Writer>,
     /// Held while a snapshot is written (in the background: calls go on).
     writing: Arc<tokio::sync::Mutex<()>>,
+    /// This owner's token, recorded with each epoch it takes.
+    taker: Arc<str>,
 }
 
 /// An entry computed and waiting for the journal.
@@ -232,6 +239,10 @@ impl Writer {
         self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(q);
     }
 
+    fn is_waiting(&self) -> bool {
+        !self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_empty()
+    }
+
     fn take_waiting(&self) -> Vec<Queued> {
         std::mem::take(&mut *self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
@@ -251,6 +262,9 @@ impl Writer {
             }
             return false;
         }
+        // Should this write be dropped on the way (its caller cut), whether
+        // the entries went in is unknown: memory reloads.
+        let unsettled = Pending(&self.stale, false);
         // One epoch: a reload, the only thing that changes it, refuses
         // what waits before it takes the journal again.
         let epoch = group[0].epoch;
@@ -268,6 +282,7 @@ impl Writer {
         if result.is_err() {
             self.stale.store(true, Ordering::SeqCst);
         }
+        unsettled.done();
         for (_, done) in told {
             let _ = done.send(result.clone());
         }
@@ -314,7 +329,9 @@ impl OwnedStore {
         journal: Arc<dyn Journal>,
         policy: SnapshotPolicy,
     ) -> Result<OwnedStore, FeatureError> {
-        let taken = journal.take(None).await?;
+        // This process's token, recorded with each epoch it takes.
+        let taker = uuid::Uuid::new_v4().simple().to_string();
+        let taken = journal.take(None, &taker).await?;
         let owner = restore(&plan, dedup_ttl_s as i64, taken)?;
         let writer = Writer {
             journal: journal.clone(),
@@ -331,6 +348,7 @@ impl OwnedStore {
             owner: Arc::new(tokio::sync::Mutex::new(owner)),
             writer: Arc::new(writer),
             writing: Arc::new(tokio::sync::Mutex::new(())),
+            taker: Arc::from(taker),
         })
     }
 
@@ -363,13 +381,13 @@ impl OwnedStore {
         if !self.writer.stale.load(Ordering::SeqCst) {
             return Ok(owner);
         }
-        let (journal, writer) = (self.journal.clone(), self.writer.clone());
+        let (journal, writer, taker) = (self.journal.clone(), self.writer.clone(), self.taker.clone());
         let (plan, dedup_ttl_s) = (self.plan.clone(), self.dedup_ttl_s);
         let reload = tokio::spawn(async move {
             let _turn = writer.turn.lock().await;
             // Computed on the memory being thrown away.
             writer.refuse_waiting();
-            let taken = journal.take(Some(owner.epoch)).await?;
+            let taken = journal.take(Some(owner.epoch), &taker).await?;
             *owner = restore(&plan, dedup_ttl_s, taken)?;
             writer.stale.store(false, Ordering::SeqCst);
             tracing::info!(epoch = owner.epoch, "owned feature state reloaded from its journal");
@@ -426,9 +444,11 @@ impl OwnedStore {
         let captured = {
             let Ok(mut owner) = self.ready().await else { return };
             // Every earlier entry is in the journal once the turn is ours
-            // and nothing waits.
+            // and nothing waits. Entries still waiting are left to their
+            // writers (this call may be cut by its caller's deadline, and a
+            // write must not be): the snapshot waits for a later call.
             let _turn = self.writer.turn.lock().await;
-            if !self.writer.write_waiting().await || !self.policy.due(&owner) {
+            if self.writer.stale.load(Ordering::SeqCst) || self.writer.is_waiting() || !self.policy.due(&owner) {
                 return;
             }
             match capture(&mut owner) {
@@ -454,19 +474,41 @@ impl OwnedStore {
 fn capture(owner: &mut Owner) -> Result<Captured, FeatureError> {
     let now = wall_clock_s();
     owner.local.sweep(now);
-    let mut records = Vec::new();
-    for key in owner.local.touched.iter().flatten() {
-        let value = match owner.local.states.get(key) {
-            Some(e) => Some(postcard::to_allocvec(&(e.expires_at_s, &e.value)).map_err(|e| corrupt("record", e))?),
-            None => None,
-        };
-        records.push((key.clone(), value));
-    }
+    // The states are shared, not copied or encoded here: the owner is held.
+    let states = owner
+        .local
+        .touched
+        .iter()
+        .flatten()
+        .map(|key| (key.clone(), owner.local.states.get(key).map(|e| (e.expires_at_s, e.value.clone()))))
+        .collect();
     let marks = marks(&owner.local).encode().map_err(|e| corrupt("marks", e))?;
     let touched = owner.local.touched.replace(HashSet::new()).unwrap_or_default();
     let events = std::mem::take(&mut owner.events_since);
     owner.since = Instant::now();
-    Ok(Captured { epoch: owner.epoch, touched, events, snapshot: Snapshot { covered: owner.log_len, records, marks } })
+    Ok(Captured { epoch: owner.epoch, touched, events, covered: owner.log_len, states, marks })
+}
+
+/// A captured snapshot's records, encoded (megabytes: on a blocking thread,
+/// not the runtime's).
+async fn encode_records(
+    states: Vec<(String, Option<(i64, Arc<EntityState>)>)>,
+) -> Result<Vec<(String, Option<Vec<u8>>)>, FeatureError> {
+    let encode = move || {
+        states
+            .into_iter()
+            .map(|(key, state)| {
+                let value = match state {
+                    Some((expires_at_s, s)) => {
+                        Some(postcard::to_allocvec(&(expires_at_s, s.as_ref())).map_err(|e| corrupt("record", e))?)
+                    }
+                    None => None,
+                };
+                Ok((key, value))
+            })
+            .collect()
+    };
+    tokio::task::spawn_blocking(encode).await.map_err(|e| corrupt("records", e))?
 }
 
 /// Writes a captured snapshot, then settles the owner's counters: the
@@ -480,13 +522,17 @@ async fn write_captured(
     stale: &AtomicBool,
     c: Captured,
 ) -> Result<(), FeatureError> {
-    let (count, bytes, covered) = (
-        c.snapshot.records.len(),
-        c.snapshot.records.iter().filter_map(|(_, v)| v.as_ref().map(Vec::len)).sum::<usize>(),
-        c.snapshot.covered,
-    );
     let started = Instant::now();
-    let written = journal.snapshot(c.epoch, c.snapshot).await;
+    let covered = c.covered;
+    let (mut count, mut bytes) = (0, 0);
+    let written = match encode_records(c.states).await {
+        Ok(records) => {
+            count = records.len();
+            bytes = records.iter().filter_map(|(_, v)| v.as_ref().map(Vec::len)).sum::<usize>();
+            journal.snapshot(c.epoch, Snapshot { covered, records, marks: c.marks }).await
+        }
+        Err(e) => Err(e),
+    };
     let mut o = owner.lock().await;
     // A reload meanwhile took a new epoch and settled the counters itself.
     let current = o.epoch == c.epoch;
@@ -537,7 +583,7 @@ fn restore(plan: &Plan, dedup_ttl_s: i64, taken: Taken) -> Result<Owner, Feature
         }
         let (expires_at_s, value): (i64, EntityState) =
             postcard::from_bytes(&bytes).map_err(|e| corrupt(&format!("record {key}"), e))?;
-        local.states.insert(key, Entry { value, expires_at_s });
+        local.states.insert(key, Entry { value: Arc::new(value), expires_at_s });
     }
     if let Some(bytes) = taken.marks {
         let marks: Marks = postcard::from_bytes(&bytes).map_err(|e| corrupt("marks", e))?;

@@ -173,8 +173,8 @@ struct Flaky {
 
 #[async_trait]
 impl Journal for Flaky {
-    async fn take(&self, held: Option<u64>) -> Result<Taken, FeatureError> {
-        self.inner.take(held).await
+    async fn take(&self, held: Option<u64>, taker: &str) -> Result<Taken, FeatureError> {
+        self.inner.take(held, taker).await
     }
 
     async fn append(&self, epoch: u64, entries: Vec<Vec<u8>>, markers: Markers) -> Result<(), FeatureError> {
