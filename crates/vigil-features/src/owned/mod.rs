@@ -182,9 +182,12 @@ struct Captured {
     covered: u64,
     /// The records as they were (shared with memory, which copies one
     /// before changing it), or `None` where removed; encoded when written.
-    states: Vec<(String, Option<(i64, Arc<EntityState>)>)>,
+    states: Vec<(String, Option<Held>)>,
     marks: Vec<u8>,
 }
+
+/// A record as a snapshot holds it: its expiry and its state.
+type Held = (i64, Arc<EntityState>);
 
 /// The feature state of one owning process ([module docs](self)).
 pub struct OwnedStore {
@@ -491,9 +494,7 @@ fn capture(owner: &mut Owner) -> Result<Captured, FeatureError> {
 
 /// A captured snapshot's records, encoded (megabytes: on a blocking thread,
 /// not the runtime's).
-async fn encode_records(
-    states: Vec<(String, Option<(i64, Arc<EntityState>)>)>,
-) -> Result<Vec<(String, Option<Vec<u8>>)>, FeatureError> {
+async fn encode_records(states: Vec<(String, Option<Held>)>) -> Result<Vec<(String, Option<Vec<u8>>)>, FeatureError> {
     let encode = move || {
         states
             .into_iter()
