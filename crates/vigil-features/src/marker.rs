@@ -42,10 +42,8 @@ enum Marker {
     ValuesOnly(Vec<StoredValue>),
 }
 
-/// Encodes a transaction's first features for its marker.
-pub(crate) fn encode(fv: &FeatureVector) -> Vec<u8> {
-    let values: Vec<StoredValue> = fv
-        .values
+fn stored(fv: &FeatureVector) -> Vec<StoredValue> {
+    fv.values
         .iter()
         .map(|v| match v {
             FeatureValue::Count(c) => StoredValue::Count(*c),
@@ -55,17 +53,10 @@ pub(crate) fn encode(fv: &FeatureVector) -> Vec<u8> {
             FeatureValue::Text(t) => StoredValue::Text(t.clone()),
             FeatureValue::Missing => StoredValue::Missing,
         })
-        .collect();
-    serde_json::to_vec(&Marker::WithFingerprint { values, fingerprint: fv.fingerprint }).unwrap_or_default()
+        .collect()
 }
 
-/// The features a marker stores, as a replay: `replayed` is set.
-pub(crate) fn decode(bytes: &[u8]) -> Result<FeatureVector, FeatureError> {
-    let marker: Marker = serde_json::from_slice(bytes).map_err(|e| FeatureError::Corrupt(format!("marker: {e}")))?;
-    let (stored, fingerprint) = match marker {
-        Marker::WithFingerprint { values, fingerprint } => (values, fingerprint),
-        Marker::ValuesOnly(values) => (values, 0),
-    };
+fn replayed(stored: Vec<StoredValue>, fingerprint: u64) -> FeatureVector {
     let values = stored
         .into_iter()
         .map(|v| match v {
@@ -77,7 +68,71 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<FeatureVector, FeatureError> {
             StoredValue::Missing => FeatureValue::Missing,
         })
         .collect();
+    FeatureVector { values, replayed: true, fingerprint }
+}
+
+/// Encodes a transaction's first features for its marker.
+pub(crate) fn encode(fv: &FeatureVector) -> Vec<u8> {
+    serde_json::to_vec(&Marker::WithFingerprint { values: stored(fv), fingerprint: fv.fingerprint }).unwrap_or_default()
+}
+
+/// A feature value in the owned store's markers: postcard, with decimals
+/// in their 16-byte form.
+#[derive(Serialize, Deserialize)]
+enum CompactValue {
+    Count(i64),
+    Money([u8; 16]),
+    Number([u8; 16]),
+    Seconds(i64),
+    Missing,
+    Text(String),
+}
+
+/// The owned store's markers (keys of their own, `o1:...:tx:ID`): the same
+/// values and fingerprint, postcard-encoded (fewer bytes than the JSON, and
+/// cheaper to write and read).
+pub(crate) fn encode_compact(fv: &FeatureVector) -> Vec<u8> {
+    let values: Vec<CompactValue> = fv
+        .values
+        .iter()
+        .map(|v| match v {
+            FeatureValue::Count(c) => CompactValue::Count(*c),
+            FeatureValue::Money(m) => CompactValue::Money(m.serialize()),
+            FeatureValue::Number(n) => CompactValue::Number(n.serialize()),
+            FeatureValue::Seconds(s) => CompactValue::Seconds(*s),
+            FeatureValue::Text(t) => CompactValue::Text(t.clone()),
+            FeatureValue::Missing => CompactValue::Missing,
+        })
+        .collect();
+    postcard::to_allocvec(&(values, fv.fingerprint)).unwrap_or_default()
+}
+
+/// The features of an owned store's marker, as a replay.
+pub(crate) fn decode_compact(bytes: &[u8]) -> Result<FeatureVector, FeatureError> {
+    let (stored, fingerprint): (Vec<CompactValue>, u64) =
+        postcard::from_bytes(bytes).map_err(|e| FeatureError::Corrupt(format!("marker: {e}")))?;
+    let values = stored
+        .into_iter()
+        .map(|v| match v {
+            CompactValue::Count(c) => FeatureValue::Count(c),
+            CompactValue::Money(m) => FeatureValue::Money(Decimal::deserialize(m)),
+            CompactValue::Number(n) => FeatureValue::Number(Decimal::deserialize(n)),
+            CompactValue::Seconds(s) => FeatureValue::Seconds(s),
+            CompactValue::Text(t) => FeatureValue::Text(t),
+            CompactValue::Missing => FeatureValue::Missing,
+        })
+        .collect();
     Ok(FeatureVector { values, replayed: true, fingerprint })
+}
+
+/// The features a marker stores, as a replay: `replayed` is set.
+pub(crate) fn decode(bytes: &[u8]) -> Result<FeatureVector, FeatureError> {
+    let marker: Marker = serde_json::from_slice(bytes).map_err(|e| FeatureError::Corrupt(format!("marker: {e}")))?;
+    let (stored, fingerprint) = match marker {
+        Marker::WithFingerprint { values, fingerprint } => (values, fingerprint),
+        Marker::ValuesOnly(values) => (values, 0),
+    };
+    Ok(replayed(stored, fingerprint))
 }
 
 #[cfg(test)]
@@ -100,7 +155,11 @@ mod tests {
         let bytes = encode(&fv);
         assert_eq!(String::from_utf8_lossy(&bytes), r#"{"v":[{"C":2},{"M":"10.50"},"X",{"T":"FR"}],"h":7}"#);
         let back = decode(&bytes).unwrap();
-        assert_eq!((back.values, back.fingerprint, back.replayed), (fv.values, 7, true));
+        assert_eq!((back.values, back.fingerprint, back.replayed), (fv.values.clone(), 7, true));
+        let compact = encode_compact(&fv);
+        assert!(compact.len() < bytes.len(), "{} against {}", compact.len(), bytes.len());
+        let back = decode_compact(&compact).unwrap();
+        assert_eq!((back.values, back.fingerprint, back.replayed), (fv.values.clone(), 7, true));
         let bare = decode(br#"[{"S":30},{"N":"0.5"}]"#).unwrap();
         assert_eq!(bare.values, [FeatureValue::Seconds(30), FeatureValue::Number(Decimal::new(5, 1))]);
         assert_eq!(bare.fingerprint, 0);

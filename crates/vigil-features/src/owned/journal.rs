@@ -61,7 +61,7 @@ pub struct Snapshot {
 pub struct Markers {
     /// How long they are kept, in seconds.
     pub ttl_s: u64,
-    /// Transaction id and its marker ([`crate::marker::encode`]).
+    /// Transaction id and its marker ([`crate::marker::encode_compact`]).
     pub items: Vec<(String, Vec<u8>)>,
 }
 

@@ -639,7 +639,7 @@ impl FeatureStore for OwnedStore {
             .markers(&ids)
             .await?
             .into_iter()
-            .map(|m| m.map(|m| crate::marker::decode(&m)).transpose())
+            .map(|m| m.map(|m| crate::marker::decode_compact(&m)).transpose())
             .collect::<Result<Vec<_>, _>>()?;
         // Encoded before the owner is taken, so that callers encode at once;
         // only the first-seen ones go to the journal.
@@ -647,8 +647,10 @@ impl FeatureStore for OwnedStore {
         self.call(|owner, now| {
             let (out, first) = owner.local.process(&self.plan, events, now, self.dedup_ttl_s, kept);
             let write = (!first.is_empty()).then(|| {
-                let markers =
-                    first.iter().map(|&i| (events[i].transaction_id.clone(), crate::marker::encode(&out[i]))).collect();
+                let markers = first
+                    .iter()
+                    .map(|&i| (events[i].transaction_id.clone(), crate::marker::encode_compact(&out[i])))
+                    .collect();
                 let events = first.iter().filter_map(|&i| encoded[i].take()).collect();
                 Write { op: Op::Events { now, events }, counted: first.len(), markers }
             });

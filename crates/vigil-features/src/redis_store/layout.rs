@@ -27,7 +27,7 @@ pub const RECORD_LABEL_MARKER_TAG: &str = "lb4";
 /// expiry and postcard-encoded state), `PREFIX:o1:{PREFIX}:marks` (the
 /// counted labels; older snapshots also hold the newest transactions' first
 /// features there) and `PREFIX:o1:{PREFIX}:tx:ID` (a transaction's first
-/// features, encoded as a marker of [`MARKER_TAG`] is, for the
+/// features and its event's fingerprint, postcard-encoded, for the
 /// de-duplication TTL). One hash tag for all: every script of the owner runs
 /// on one node.
 pub const OWNED_TAG: &str = "o1";
