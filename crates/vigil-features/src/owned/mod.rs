@@ -206,7 +206,9 @@ pub struct OwnedStore {
 /// An entry computed and waiting for the journal.
 struct Queued {
     epoch: u64,
-    entry: Vec<u8>,
+    /// `None` for a call that counted nothing: it waits for the writes
+    /// before it, since what it read may be what one of them loses.
+    entry: Option<Vec<u8>>,
     markers: Vec<(String, Vec<u8>)>,
     done: tokio::sync::oneshot::Sender<Result<(), FeatureError>>,
 }
@@ -273,12 +275,14 @@ impl Writer {
         let epoch = group[0].epoch;
         let (mut entries, mut markers, mut told) = (Vec::with_capacity(group.len()), Vec::new(), Vec::new());
         for q in group {
-            entries.push(q.entry);
+            entries.extend(q.entry);
             markers.extend(q.markers);
             told.push((q.epoch, q.done));
         }
         let result = if told.iter().any(|(e, _)| *e != epoch) {
             Err(FeatureError::Unavailable("owned journal: entries of two epochs in one write".into()))
+        } else if entries.is_empty() && markers.is_empty() {
+            Ok(())
         } else {
             self.journal.append(epoch, entries, Markers { ttl_s: self.marker_ttl_s, items: markers }).await
         };
@@ -408,14 +412,16 @@ impl OwnedStore {
         let now = wall_clock_s();
         let pending = Pending(&self.writer.stale, false);
         let (out, write) = change(&mut owner, now);
-        let Some(Write { op, counted, markers }) = write else {
-            pending.done();
-            return Ok(out);
+        let (entry, markers) = match write {
+            Some(Write { op, counted, markers }) => {
+                let entry = op.encode().map_err(|e| corrupt("entry", e))?;
+                owner.log_len += 1;
+                owner.events_since += counted;
+                (Some(entry), markers)
+            }
+            None => (None, Vec::new()),
         };
-        let entry = op.encode().map_err(|e| corrupt("entry", e))?;
-        owner.log_len += 1;
-        owner.events_since += counted;
-        let due = self.policy.due(&owner);
+        let due = entry.is_some() && self.policy.due(&owner);
         let (done, written) = tokio::sync::oneshot::channel();
         // Queued before the owner is let go: entries go out in the order
         // their calls changed memory.

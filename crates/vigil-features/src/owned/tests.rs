@@ -308,6 +308,34 @@ async fn a_call_computed_on_a_lost_entry_fails_before_writing() {
     assert_eq!(values(&got), values(&expected));
 }
 
+/// A call that counts nothing (all redeliveries) right behind a write that
+/// is then lost is refused too: the features it would answer with were
+/// counted by the lost entry, and come out afresh after the reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_read_from_a_lost_entry_is_refused() {
+    let events = history(35);
+    let expected = one_pass(&events).await;
+    let journal = Arc::new(Flaky::default());
+    let store = Arc::new(OwnedStore::open(plan(), 3600, journal.clone(), policy(1000)).await.unwrap());
+    let mut got = feed(store.as_ref(), &events, 0..21).await;
+    journal.slow_ms.store(200, Ordering::SeqCst);
+    journal.lost.store(1, Ordering::SeqCst);
+    let first = {
+        let (store, events) = (store.clone(), events.clone());
+        tokio::spawn(async move { store.process(&events[21..28].iter().collect::<Vec<_>>()).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let again = store.process(&events[21..28].iter().collect::<Vec<_>>()).await;
+    assert!(first.await.unwrap().is_err(), "the lost entry's call fails");
+    let why = again.expect_err("the redelivery read from the lost entry fails").to_string();
+    assert!(why.contains("earlier batch"), "{why}");
+    journal.slow_ms.store(0, Ordering::SeqCst);
+    let retried = feed(store.as_ref(), &events, 21..35).await;
+    assert!(retried.iter().all(|f| !f.replayed), "counted afresh after the reload");
+    got.extend(retried);
+    assert_eq!(values(&got), values(&expected));
+}
+
 /// A call dropped while its entry was on the way (a deadline cut it): the
 /// entry still goes out, so the retried batch finds its events counted
 /// (replayed, with their first features), and nothing reloads.
