@@ -44,14 +44,10 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
 
 struct Server(Child);
 
-/// A process's CPU time so far (utime + stime from `/proc/PID/stat`), in µs.
+/// A process's CPU time so far (from `/proc/PID/stat`), in µs.
 fn process_cpu_us(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some(close) = stat.rfind(')') else { return 0.0 };
-    let rest: Vec<&str> = stat[close + 2..].split(' ').collect();
-    let ticks = |i: usize| rest.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // USER_HZ is 100 on Linux.
-    (ticks(11) + ticks(12)) * 10_000.0
+    common::stat_ticks(&stat).map_or(0.0, |(_, ticks)| ticks as f64 * common::JIFFY * 1e6)
 }
 
 impl Drop for Server {

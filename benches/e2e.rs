@@ -48,6 +48,8 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::{mpsc, Mutex};
+
+use common::{stat_ticks, JIFFY};
 use vigil_core::{Event, PipelineConfig};
 use vigil_engine::Engine;
 use vigil_gen::GenConfig;
@@ -272,17 +274,6 @@ struct CpuUse {
     threads: Vec<(String, f64)>,
     broker_s: f64,
     redis_s: f64,
-}
-
-const JIFFY: f64 = 0.01; // USER_HZ is 100 on Linux.
-
-/// utime + stime from a `/proc/.../stat` line (fields 14 and 15, after the name).
-fn stat_ticks(stat: &str) -> Option<(String, u64)> {
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let name = stat[open + 1..close].to_owned();
-    let rest: Vec<&str> = stat[close + 2..].split(' ').collect();
-    Some((name, rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?))
 }
 
 impl CpuSample {

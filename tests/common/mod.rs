@@ -369,3 +369,16 @@ pub async fn redis_cpu_us() -> f64 {
     };
     (field("used_cpu_user:") + field("used_cpu_sys:")) * 1e6
 }
+
+/// Seconds per tick of `/proc` CPU times (USER_HZ is 100 on Linux).
+pub const JIFFY: f64 = 0.01;
+
+/// The name and utime + stime (ticks) from a `/proc/.../stat` line (fields
+/// 14 and 15, after the name).
+pub fn stat_ticks(stat: &str) -> Option<(String, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat[open + 1..close].to_owned();
+    let rest: Vec<&str> = stat[close + 2..].split(' ').collect();
+    Some((name, rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?))
+}

@@ -282,11 +282,10 @@ async fn calls_go_on_while_a_snapshot_is_written() {
     assert_eq!(values(&got), values(&expected));
 }
 
-/// A call computes while the previous one's entry travels; when that entry
-/// is lost, the call computed on top of it fails too, before writing, and
-/// both retried give what one pass gives.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_call_computed_on_a_lost_entry_fails_before_writing() {
+/// Events 21..28 are counted in a call whose entry is slow, then lost; 50
+/// ms into its write, a second call over `next` must fail before answering.
+/// Retried, events 21..42 give what one pass gives, all counted afresh.
+async fn behind_a_lost_entry(next: std::ops::Range<usize>) {
     let events = history(42);
     let expected = one_pass(&events).await;
     let journal = Arc::new(Flaky::default());
@@ -299,13 +298,22 @@ async fn a_call_computed_on_a_lost_entry_fails_before_writing() {
         tokio::spawn(async move { store.process(&events[21..28].iter().collect::<Vec<_>>()).await })
     };
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    let second = store.process(&events[28..35].iter().collect::<Vec<_>>()).await;
+    let second = store.process(&events[next.clone()].iter().collect::<Vec<_>>()).await;
     assert!(first.await.unwrap().is_err(), "the lost entry's call fails");
-    let why = second.expect_err("the call computed on the lost entry fails").to_string();
-    assert!(why.contains("earlier batch"), "{why}");
+    let why = second.expect_err("the call behind the lost entry fails").to_string();
+    assert!(why.contains("earlier batch"), "{next:?}: {why}");
     journal.slow_ms.store(0, Ordering::SeqCst);
-    got.extend(feed(store.as_ref(), &events, 21..42).await);
+    let retried = feed(store.as_ref(), &events, 21..42).await;
+    assert!(retried.iter().all(|f| !f.replayed), "{next:?}: counted afresh after the reload");
+    got.extend(retried);
     assert_eq!(values(&got), values(&expected));
+}
+
+/// A call computes while the previous one's entry travels; when that entry
+/// is lost, the call computed on top of it fails too, before writing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_computed_on_a_lost_entry_fails_before_writing() {
+    behind_a_lost_entry(28..35).await;
 }
 
 /// A call that counts nothing (all redeliveries) right behind a write that
@@ -313,27 +321,7 @@ async fn a_call_computed_on_a_lost_entry_fails_before_writing() {
 /// counted by the lost entry, and come out afresh after the reload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivery_read_from_a_lost_entry_is_refused() {
-    let events = history(35);
-    let expected = one_pass(&events).await;
-    let journal = Arc::new(Flaky::default());
-    let store = Arc::new(OwnedStore::open(plan(), 3600, journal.clone(), policy(1000)).await.unwrap());
-    let mut got = feed(store.as_ref(), &events, 0..21).await;
-    journal.slow_ms.store(200, Ordering::SeqCst);
-    journal.lost.store(1, Ordering::SeqCst);
-    let first = {
-        let (store, events) = (store.clone(), events.clone());
-        tokio::spawn(async move { store.process(&events[21..28].iter().collect::<Vec<_>>()).await })
-    };
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    let again = store.process(&events[21..28].iter().collect::<Vec<_>>()).await;
-    assert!(first.await.unwrap().is_err(), "the lost entry's call fails");
-    let why = again.expect_err("the redelivery read from the lost entry fails").to_string();
-    assert!(why.contains("earlier batch"), "{why}");
-    journal.slow_ms.store(0, Ordering::SeqCst);
-    let retried = feed(store.as_ref(), &events, 21..35).await;
-    assert!(retried.iter().all(|f| !f.replayed), "counted afresh after the reload");
-    got.extend(retried);
-    assert_eq!(values(&got), values(&expected));
+    behind_a_lost_entry(21..28).await;
 }
 
 /// A call dropped while its entry was on the way (a deadline cut it): the
