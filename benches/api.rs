@@ -308,17 +308,26 @@ async fn run_one(
         let achieved = o.ok as f64 / t.elapsed().as_secs_f64();
         row(&format!("decisions at {rate} req/s"), achieved, o.errors, &h);
     }
-    let (server_cpu, redis_cpu, decided) =
-        (process_cpu_us(pid), common::redis_cpu_us().await, load.next.load(Ordering::Relaxed));
+    let me = std::process::id();
+    let (server_cpu, redis_cpu, own_cpu, decided) =
+        (process_cpu_us(pid), common::redis_cpu_us().await, process_cpu_us(me), load.next.load(Ordering::Relaxed));
     let (rps, errors, h) = saturate(client, load.clone(), "/v1/decisions", true, seconds, connections).await;
     let decided = (load.next.load(Ordering::Relaxed) - decided).max(1) as f64;
-    let (server_cpu, redis_cpu) =
-        ((process_cpu_us(pid) - server_cpu) / decided, (common::redis_cpu_us().await - redis_cpu) / decided);
+    let (server_cpu, redis_cpu, own_cpu) = (
+        (process_cpu_us(pid) - server_cpu) / decided,
+        (common::redis_cpu_us().await - redis_cpu) / decided,
+        (process_cpu_us(me) - own_cpu) / decided,
+    );
     row(&format!("decisions, saturation ({connections} conn)"), rps, errors, &h);
+    let (healthz_server, healthz_own) = (process_cpu_us(pid), process_cpu_us(me));
+    let started = Instant::now();
     let (ceiling, errors, h) = saturate(client, load.clone(), "/healthz", false, seconds, connections).await;
+    let answered = (ceiling * started.elapsed().as_secs_f64()).max(1.0);
+    let (healthz_server, healthz_own) =
+        ((process_cpu_us(pid) - healthz_server) / answered, (process_cpu_us(me) - healthz_own) / answered);
     row(&format!("/healthz, saturation ({connections} conn)"), ceiling, errors, &h);
     println!(
-        "store mode {mode}: decisions at saturation / trivial route: {:.0}%; CPU per decision at saturation: server {server_cpu:.1} µs, Redis {redis_cpu:.1} µs",
+        "store mode {mode}: decisions at saturation / trivial route: {:.0}%; CPU per decision at saturation: server {server_cpu:.1} µs, Redis {redis_cpu:.1} µs, load generator {own_cpu:.1} µs; per /healthz: server {healthz_server:.1} µs, load generator {healthz_own:.1} µs",
         100.0 * rps / ceiling
     );
 }

@@ -26,7 +26,7 @@
 //! - **Markers for the de-duplication TTL.** The append that journals a call
 //!   also sets, in the same script, a marker per transaction it counted (its
 //!   first features and fingerprint), kept for `dedup_ttl`; each call looks
-//!   its transactions up there (one `MGET`) where memory, which keeps the
+//!   its transactions up there (one `MGET` for all the calls waiting together) where memory, which keeps the
 //!   newest [`MARKER_LIMIT`], has none. So a retry is recognised for the
 //!   whole TTL, as on the other backends, and snapshots carry no markers.
 //! - **Back after a crash, exactly.** A new owner loads the snapshot and
@@ -197,6 +197,7 @@ pub struct OwnedStore {
     policy: SnapshotPolicy,
     owner: Arc<tokio::sync::Mutex<Owner>>,
     writer: Arc<Writer>,
+    lookups: Arc<Lookups>,
     /// Held while a snapshot is written (in the background: calls go on).
     writing: Arc<tokio::sync::Mutex<()>>,
     /// This owner's token, recorded with each epoch it takes.
@@ -305,6 +306,59 @@ impl Writer {
     }
 }
 
+/// Markers found for one call's transactions, in its order.
+type Found = Result<Vec<Option<Vec<u8>>>, FeatureError>;
+
+/// Looks transactions' markers up in the journal, the ids of every call
+/// waiting together in one lookup: while one travels, the calls that arrive
+/// meanwhile wait for the next, so concurrent API requests share a round
+/// trip (as their entries share an append) instead of paying one each.
+struct Lookups {
+    journal: Arc<dyn Journal>,
+    /// Held while a lookup is in flight.
+    turn: tokio::sync::Mutex<()>,
+    waiting: std::sync::Mutex<Vec<(Vec<String>, tokio::sync::oneshot::Sender<Found>)>>,
+}
+
+impl Lookups {
+    /// The markers kept for `ids`, by id (`None` where none is).
+    async fn find(self: &Arc<Self>, ids: Vec<String>) -> Found {
+        let (done, found) = tokio::sync::oneshot::channel();
+        self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((ids, done));
+        // In a task of its own: a caller cut short (a deadline) cannot take
+        // the others' lookup down with it.
+        let lookups = self.clone();
+        tokio::spawn(async move {
+            let _turn = lookups.turn.lock().await;
+            let group = std::mem::take(&mut *lookups.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+            if group.is_empty() {
+                return; // an earlier task looked these up with its own
+            }
+            let ids: Vec<&str> = group.iter().flat_map(|(ids, _)| ids.iter().map(String::as_str)).collect();
+            match lookups.journal.markers(&ids).await {
+                Ok(all) if all.len() == ids.len() => {
+                    let mut all = all.into_iter();
+                    for (ids, done) in group {
+                        let _ = done.send(Ok(all.by_ref().take(ids.len()).collect()));
+                    }
+                }
+                Ok(all) => {
+                    let e = corrupt("marker lookup", format!("{} answers for {} ids", all.len(), ids.len()));
+                    for (_, done) in group {
+                        let _ = done.send(Err(e.clone()));
+                    }
+                }
+                Err(e) => {
+                    for (_, done) in group {
+                        let _ = done.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+        found.await.map_err(|_| FeatureError::Unavailable("owned journal: marker lookup abandoned".into()))?
+    }
+}
+
 /// Marks the store stale when dropped before [`Pending::done`]: a call that
 /// changed memory and failed before its entry was queued.
 struct Pending<'a>(&'a AtomicBool, bool);
@@ -347,6 +401,11 @@ impl OwnedStore {
             waiting: std::sync::Mutex::new(Vec::new()),
             stale: Arc::new(AtomicBool::new(false)),
         };
+        let lookups = Arc::new(Lookups {
+            journal: journal.clone(),
+            turn: tokio::sync::Mutex::new(()),
+            waiting: std::sync::Mutex::new(Vec::new()),
+        });
         Ok(OwnedStore {
             plan,
             dedup_ttl_s: dedup_ttl_s as i64,
@@ -354,6 +413,7 @@ impl OwnedStore {
             policy,
             owner: Arc::new(tokio::sync::Mutex::new(owner)),
             writer: Arc::new(writer),
+            lookups,
             writing: Arc::new(tokio::sync::Mutex::new(())),
             taker: Arc::from(taker),
         })
@@ -639,10 +699,10 @@ impl FeatureStore for OwnedStore {
         }
         // The markers kept for these transactions, for those memory no
         // longer holds (or never did: an earlier owner counted them).
-        let ids: Vec<&str> = events.iter().map(|e| e.transaction_id.as_str()).collect();
+        let ids = events.iter().map(|e| e.transaction_id.clone()).collect();
         let kept = self
-            .journal
-            .markers(&ids)
+            .lookups
+            .find(ids)
             .await?
             .into_iter()
             .map(|m| m.map(|m| crate::marker::decode_compact(&m)).transpose())

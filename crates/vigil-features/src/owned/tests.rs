@@ -169,6 +169,8 @@ struct Flaky {
     /// Snapshots to fail (after waiting), and how many were begun.
     fail_snapshots: AtomicUsize,
     snapshots: AtomicUsize,
+    /// Marker lookups made.
+    lookups: AtomicUsize,
 }
 
 #[async_trait]
@@ -191,6 +193,8 @@ impl Journal for Flaky {
     }
 
     async fn markers(&self, ids: &[&str]) -> Result<Vec<Option<Vec<u8>>>, FeatureError> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         self.inner.markers(ids).await
     }
 
@@ -380,6 +384,38 @@ async fn a_retry_is_recognised_after_memory_let_it_go(kind: &str) {
     assert_eq!(values(&retried), values(&expected[28..35]), "{kind}");
     got.extend(feed(&second, &events, 63..90).await);
     assert_eq!(values(&got), values(&expected), "{kind}: nothing counted twice");
+}
+
+/// Calls made together share one marker lookup, and each gets its own
+/// transactions' markers back.
+#[tokio::test]
+async fn calls_made_together_share_a_marker_lookup() {
+    let events = history(40);
+    let expected = one_pass(&events).await;
+    let journal = Arc::new(Flaky::default());
+    let store = Arc::new(OwnedStore::open(plan(), 3600, journal.clone(), policy(1000)).await.unwrap());
+    feed(store.as_ref(), &events, 0..40).await;
+    {
+        let mut owner = store.owner.lock().await;
+        owner.local.markers.clear();
+        owner.local.marker_order.clear();
+    }
+    let before = journal.lookups.load(Ordering::SeqCst);
+    // Retries one event per call, all at once: only the journal's markers know them.
+    let calls: Vec<_> = (3..33)
+        .map(|i| {
+            let (store, event) = (store.clone(), events[i].clone());
+            tokio::spawn(async move { store.process(&[&event]).await.unwrap().remove(0) })
+        })
+        .collect();
+    let mut retried = Vec::new();
+    for c in calls {
+        retried.push(c.await.unwrap());
+    }
+    assert!(retried.iter().all(|f| f.replayed), "every retry recognised");
+    assert_eq!(values(&retried), values(&expected[3..33]), "each call its own first features");
+    let lookups = journal.lookups.load(Ordering::SeqCst) - before;
+    assert!(lookups <= 2, "30 calls made together looked markers up {lookups} times");
 }
 
 macro_rules! on_every_journal {
