@@ -136,7 +136,7 @@ async fn fixed_rate(client: &reqwest::Client, load: Arc<Load>, rate: f64, second
     Arc::try_unwrap(out).ok().unwrap().into_inner()
 }
 
-/// Closed loop: `connections` senders for `seconds`; returns (requests/s, errors).
+/// Closed loop: `connections` senders for `seconds`; returns (answered requests/s, errors, latency, requests sent).
 async fn saturate(
     client: &reqwest::Client,
     load: Arc<Load>,
@@ -144,7 +144,7 @@ async fn saturate(
     signed: bool,
     seconds: f64,
     connections: usize,
-) -> (f64, u64, Histogram<u64>) {
+) -> (f64, u64, Histogram<u64>, u64) {
     let end = Instant::now() + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
     let started = Instant::now();
@@ -172,7 +172,7 @@ async fn saturate(
         errors += e;
         hist.add(&h).unwrap();
     }
-    (ok as f64 / started.elapsed().as_secs_f64(), errors, hist)
+    (ok as f64 / started.elapsed().as_secs_f64(), errors, hist, ok + errors)
 }
 
 fn q(h: &Histogram<u64>, p: f64) -> String {
@@ -311,7 +311,7 @@ async fn run_one(
     let me = std::process::id();
     let (server_cpu, redis_cpu, own_cpu, decided) =
         (process_cpu_us(pid), common::redis_cpu_us().await, process_cpu_us(me), load.next.load(Ordering::Relaxed));
-    let (rps, errors, h) = saturate(client, load.clone(), "/v1/decisions", true, seconds, connections).await;
+    let (rps, errors, h, _) = saturate(client, load.clone(), "/v1/decisions", true, seconds, connections).await;
     let decided = (load.next.load(Ordering::Relaxed) - decided).max(1) as f64;
     let (server_cpu, redis_cpu, own_cpu) = (
         (process_cpu_us(pid) - server_cpu) / decided,
@@ -320,9 +320,8 @@ async fn run_one(
     );
     row(&format!("decisions, saturation ({connections} conn)"), rps, errors, &h);
     let (healthz_server, healthz_own) = (process_cpu_us(pid), process_cpu_us(me));
-    let started = Instant::now();
-    let (ceiling, errors, h) = saturate(client, load.clone(), "/healthz", false, seconds, connections).await;
-    let answered = (ceiling * started.elapsed().as_secs_f64()).max(1.0);
+    let (ceiling, errors, h, sent) = saturate(client, load.clone(), "/healthz", false, seconds, connections).await;
+    let answered = sent.max(1) as f64;
     let (healthz_server, healthz_own) =
         ((process_cpu_us(pid) - healthz_server) / answered, (process_cpu_us(me) - healthz_own) / answered);
     row(&format!("/healthz, saturation ({connections} conn)"), ceiling, errors, &h);

@@ -26,8 +26,9 @@
 //! - **Markers for the de-duplication TTL.** The append that journals a call
 //!   also sets, in the same script, a marker per transaction it counted (its
 //!   first features and fingerprint), kept for `dedup_ttl`; each call looks
-//!   its transactions up there (one `MGET` for all the calls waiting together) where memory, which keeps the
-//!   newest [`MARKER_LIMIT`], has none. So a retry is recognised for the
+//!   its transactions up there (one `MGET` for all the calls waiting
+//!   together) where memory, which keeps the newest [`MARKER_LIMIT`], has
+//!   none. So a retry is recognised for the
 //!   whole TTL, as on the other backends, and snapshots carry no markers.
 //! - **Back after a crash, exactly.** A new owner loads the snapshot and
 //!   replays the journal's entries through the same computation with their
@@ -227,7 +228,7 @@ struct Writer {
     /// reload).
     turn: Arc<tokio::sync::Mutex<()>>,
     /// Computed entries not yet written, oldest first.
-    waiting: std::sync::Mutex<Vec<Queued>>,
+    waiting: Waiting<Queued>,
     /// Memory may hold what the journal never will (a write failed): the
     /// next call reloads from the journal first, and an entry computed on
     /// top of it is refused before it is written.
@@ -240,25 +241,39 @@ fn earlier_write_failed() -> FeatureError {
     )
 }
 
+/// What calls queued for the next group (an append, a lookup), oldest first.
+struct Waiting<T>(std::sync::Mutex<Vec<T>>);
+
+impl<T> Waiting<T> {
+    fn new() -> Self {
+        Waiting(std::sync::Mutex::new(Vec::new()))
+    }
+
+    fn items(&self) -> std::sync::MutexGuard<'_, Vec<T>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn push(&self, item: T) {
+        self.items().push(item);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.items().is_empty()
+    }
+
+    /// Everything waiting now, for one group.
+    fn take(&self) -> Vec<T> {
+        std::mem::take(&mut *self.items())
+    }
+}
+
 impl Writer {
-    fn queue(&self, q: Queued) {
-        self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(q);
-    }
-
-    fn is_waiting(&self) -> bool {
-        !self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_empty()
-    }
-
-    fn take_waiting(&self) -> Vec<Queued> {
-        std::mem::take(&mut *self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
-    }
-
     /// Writes every waiting entry in one append, each call told how it went;
     /// the caller holds `turn`. Entries computed on memory that a failed
     /// write left stale are refused. Says whether memory and the journal
     /// agree afterwards.
     async fn write_waiting(&self) -> bool {
-        let group = self.take_waiting();
+        let group = self.waiting.take();
         if group.is_empty() {
             return !self.stale.load(Ordering::SeqCst);
         }
@@ -300,7 +315,7 @@ impl Writer {
     /// Refuses every waiting entry (memory is about to reload); the caller
     /// holds `turn`.
     fn refuse_waiting(&self) {
-        for q in self.take_waiting() {
+        for q in self.waiting.take() {
             let _ = q.done.send(Err(earlier_write_failed()));
         }
     }
@@ -317,42 +332,37 @@ struct Lookups {
     journal: Arc<dyn Journal>,
     /// Held while a lookup is in flight.
     turn: tokio::sync::Mutex<()>,
-    waiting: std::sync::Mutex<Vec<(Vec<String>, tokio::sync::oneshot::Sender<Found>)>>,
+    waiting: Waiting<(Vec<String>, tokio::sync::oneshot::Sender<Found>)>,
 }
 
 impl Lookups {
     /// The markers kept for `ids`, by id (`None` where none is).
     async fn find(self: &Arc<Self>, ids: Vec<String>) -> Found {
         let (done, found) = tokio::sync::oneshot::channel();
-        self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((ids, done));
+        self.waiting.push((ids, done));
         // In a task of its own: a caller cut short (a deadline) cannot take
         // the others' lookup down with it.
         let lookups = self.clone();
         tokio::spawn(async move {
             let _turn = lookups.turn.lock().await;
-            let group = std::mem::take(&mut *lookups.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+            let group = lookups.waiting.take();
             if group.is_empty() {
                 return; // an earlier task looked these up with its own
             }
             let ids: Vec<&str> = group.iter().flat_map(|(ids, _)| ids.iter().map(String::as_str)).collect();
-            match lookups.journal.markers(&ids).await {
-                Ok(all) if all.len() == ids.len() => {
-                    let mut all = all.into_iter();
-                    for (ids, done) in group {
-                        let _ = done.send(Ok(all.by_ref().take(ids.len()).collect()));
-                    }
+            let found = lookups.journal.markers(&ids).await.and_then(|all| {
+                if all.len() == ids.len() {
+                    Ok(all)
+                } else {
+                    Err(corrupt("marker lookup", format!("{} answers for {} ids", all.len(), ids.len())))
                 }
-                Ok(all) => {
-                    let e = corrupt("marker lookup", format!("{} answers for {} ids", all.len(), ids.len()));
-                    for (_, done) in group {
-                        let _ = done.send(Err(e.clone()));
-                    }
-                }
-                Err(e) => {
-                    for (_, done) in group {
-                        let _ = done.send(Err(e.clone()));
-                    }
-                }
+            });
+            let mut all = found.map(Vec::into_iter);
+            for (ids, done) in group {
+                let _ = done.send(match &mut all {
+                    Ok(all) => Ok(all.by_ref().take(ids.len()).collect()),
+                    Err(e) => Err(e.clone()),
+                });
             }
         });
         found.await.map_err(|_| FeatureError::Unavailable("owned journal: marker lookup abandoned".into()))?
@@ -398,14 +408,11 @@ impl OwnedStore {
             journal: journal.clone(),
             marker_ttl_s: dedup_ttl_s.max(1),
             turn: Arc::new(tokio::sync::Mutex::new(())),
-            waiting: std::sync::Mutex::new(Vec::new()),
+            waiting: Waiting::new(),
             stale: Arc::new(AtomicBool::new(false)),
         };
-        let lookups = Arc::new(Lookups {
-            journal: journal.clone(),
-            turn: tokio::sync::Mutex::new(()),
-            waiting: std::sync::Mutex::new(Vec::new()),
-        });
+        let lookups =
+            Arc::new(Lookups { journal: journal.clone(), turn: tokio::sync::Mutex::new(()), waiting: Waiting::new() });
         Ok(OwnedStore {
             plan,
             dedup_ttl_s: dedup_ttl_s as i64,
@@ -485,7 +492,7 @@ impl OwnedStore {
         let (done, written) = tokio::sync::oneshot::channel();
         // Queued before the owner is let go: entries go out in the order
         // their calls changed memory.
-        self.writer.queue(Queued { epoch: owner.epoch, entry, markers, done });
+        self.writer.waiting.push(Queued { epoch: owner.epoch, entry, markers, done });
         pending.done();
         drop(owner);
         // Whatever becomes of this call (a deadline may cut it), a task
@@ -517,7 +524,7 @@ impl OwnedStore {
             // writers (this call may be cut by its caller's deadline, and a
             // write must not be): the snapshot waits for a later call.
             let _turn = self.writer.turn.lock().await;
-            if self.writer.stale.load(Ordering::SeqCst) || self.writer.is_waiting() || !self.policy.due(&owner) {
+            if self.writer.stale.load(Ordering::SeqCst) || !self.writer.waiting.is_empty() || !self.policy.due(&owner) {
                 return;
             }
             match capture(&mut owner) {
