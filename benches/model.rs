@@ -41,6 +41,16 @@ fn benches(c: &mut Criterion) {
                 black_box(model.score(black_box(&rows[i])))
             })
         });
+        // The score with its explanation, as a decision asks for it.
+        let mut i = 0;
+        g.bench_function(format!("{algorithm}_explained"), |b| {
+            b.iter(|| {
+                i = (i + 1) % rows.len();
+                let mut total = 0.0;
+                let score = model.explain(black_box(&rows[i]), &mut |_, c| total += c);
+                black_box((score, total))
+            })
+        });
         // The forest walked node by node (its reference path), on the same
         // scaled inputs: what the flat layout is measured against.
         if let Algorithm::IsolationForest(vigil_model::forest::Forest { forest }) = &model.body().algorithm {
