@@ -1,13 +1,21 @@
 //! Per-event costs of the decision path, in process: parsing an event, evaluating
 //! the shipped rules, and a whole engine batch over the in-memory feature store.
-//! Seeded traffic from `vigil-gen`; run `cargo bench --bench engine`.
+//! Seeded traffic from `vigil-gen`; run `cargo bench --bench engine`. The
+//! `api_decision` group is one HTTP decision's work in process (parse,
+//! decide one event on owned state, encode), for A/B of the server's
+//! decision path without the HTTP bench's noise.
 
 use std::sync::Arc;
+
+// The allocator the `vigil` binary ships (src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use vigil_core::{Event, FeatureValue, PipelineConfig};
 use vigil_engine::Engine;
-use vigil_features::{MemoryStore, Plan};
+use vigil_features::owned::{Journal, MemoryJournal, SnapshotPolicy};
+use vigil_features::{MemoryStore, OwnedStore, Plan};
 use vigil_gen::GenConfig;
 use vigil_rules::{Context, RuleSet, Schema};
 
@@ -86,6 +94,37 @@ fn benches(c: &mut Criterion) {
         )
     });
     g.finish();
+
+    // One API decision's work without HTTP: the event's JSON parsed, one
+    // event decided on owned state (the journal in memory), the decision
+    // encoded as JSON. The local pipeline: 22 features, the shipped rules
+    // and trees. Every call is a new transaction.
+    let local = PipelineConfig::load(&root().join("pipelines/local.toml")).unwrap();
+    let gen = GenConfig { seed: 5, events: 100_000, cards: 20_000, merchants: 2_000, days: 30, ..GenConfig::default() };
+    let bodies: Vec<Vec<u8>> = vigil_gen::generate(&gen).iter().map(|l| l.event.to_json()).collect();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let engine = rt.block_on(async {
+        let journal: Arc<dyn Journal> = Arc::new(MemoryJournal::default());
+        let plan = Plan::new(local.features.clone());
+        let store = OwnedStore::open(plan, 86_400, journal, SnapshotPolicy::default()).await.unwrap();
+        Engine::new(&local, Arc::new(store)).unwrap()
+    });
+    let mut g = c.benchmark_group("api_decision");
+    let mut i = 0usize;
+    g.bench_function("local_owned_memory_journal_one_event", |b| {
+        b.iter(|| {
+            let mut event = Event::from_json(&bodies[i % bodies.len()]).unwrap();
+            event.transaction_id = format!("bench-{i}");
+            i += 1;
+            let d = rt.block_on(engine.decide(&[&event], vigil_engine::Options::online())).unwrap();
+            d[0].to_json()
+        })
+    });
+    g.finish();
+}
+
+fn root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn generated_rules(n: usize, schema: &Schema) -> RuleSet {
