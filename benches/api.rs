@@ -309,10 +309,10 @@ async fn run_one(
         row(&format!("decisions at {rate} req/s"), achieved, o.errors, &h);
     }
     let me = std::process::id();
-    let (server_cpu, redis_cpu, own_cpu, decided) =
-        (process_cpu_us(pid), common::redis_cpu_us().await, process_cpu_us(me), load.next.load(Ordering::Relaxed));
-    let (rps, errors, h, _) = saturate(client, load.clone(), "/v1/decisions", true, seconds, connections).await;
-    let decided = (load.next.load(Ordering::Relaxed) - decided).max(1) as f64;
+    let (server_cpu, redis_cpu, own_cpu) = (process_cpu_us(pid), common::redis_cpu_us().await, process_cpu_us(me));
+    let (rps, errors, h, sent) = saturate(client, load.clone(), "/v1/decisions", true, seconds, connections).await;
+    // Per request sent, answered or not, as for `/healthz` below.
+    let decided = sent.max(1) as f64;
     let (server_cpu, redis_cpu, own_cpu) = (
         (process_cpu_us(pid) - server_cpu) / decided,
         (common::redis_cpu_us().await - redis_cpu) / decided,

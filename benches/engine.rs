@@ -7,10 +7,6 @@
 
 use std::sync::Arc;
 
-// The allocator the `vigil` binary ships (src/main.rs).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use vigil_core::{Event, FeatureValue, PipelineConfig};
 use vigil_engine::Engine;
@@ -19,9 +15,12 @@ use vigil_features::{MemoryStore, OwnedStore, Plan};
 use vigil_gen::GenConfig;
 use vigil_rules::{Context, RuleSet, Schema};
 
+// The allocator the `vigil` binary ships (src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn setup() -> (PipelineConfig, Vec<Event>) {
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let config = PipelineConfig::load(&root.join("pipelines/demo.toml")).unwrap();
+    let config = PipelineConfig::load(&root().join("pipelines/demo.toml")).unwrap();
     let gen = GenConfig { seed: 3, events: 20_000, cards: 2_000, merchants: 200, days: 10, ..GenConfig::default() };
     let events = vigil_gen::generate(&gen).into_iter().map(|l| l.event).collect();
     (config, events)
