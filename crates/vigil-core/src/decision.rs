@@ -1,12 +1,14 @@
 //! The decision contract (see `docs/events.md`).
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
-use crate::feature::FeatureValue;
+
+mod features;
+
+pub use features::{FeatureNames, Features};
 
 /// What Vigil tells the payment system to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -108,7 +110,7 @@ pub struct Decision {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub challenger: Option<ChallengerScore>,
     /// Feature values as of before this event.
-    pub features: BTreeMap<String, FeatureValue>,
+    pub features: Features,
     /// True when this transaction had been seen before (a redelivery): its features
     /// are the ones computed the first time and nothing was counted again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

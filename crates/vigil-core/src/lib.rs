@@ -53,7 +53,7 @@ impl StableHasher {
     }
 }
 
-pub use decision::{Action, ChallengerScore, Decision, ModelFactor, Reason};
+pub use decision::{Action, ChallengerScore, Decision, FeatureNames, Features, ModelFactor, Reason};
 pub use diagnostic::Diagnostic;
 pub use event::{Event, EventError, EventField, Fields};
 pub use feature::{Aggregate, EntityKey, FeatureDef, FeatureValue, FeatureVector};

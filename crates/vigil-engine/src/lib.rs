@@ -30,7 +30,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use vigil_core::pipeline::DegradedPolicy;
-use vigil_core::{Decision, Event, FeatureDef, FeatureValue, FeatureVector, Label, PipelineConfig};
+use vigil_core::{Decision, Event, FeatureDef, FeatureNames, FeatureValue, FeatureVector, Label, PipelineConfig};
 use vigil_features::labels::Recorded;
 use vigil_features::{FeatureError, FeatureStore, MemoryStore, Plan};
 use vigil_model::ModelError;
@@ -117,6 +117,8 @@ pub struct Gathered {
 pub struct Engine {
     gate: Gate,
     schema: Schema,
+    /// The features' names in name order, shared by every decision.
+    names: FeatureNames,
     rules: ArcSwap<RuleSet>,
     models: Models,
     policy: Policy,
@@ -198,6 +200,7 @@ impl Engine {
             rules: ArcSwap::from_pointee(rules),
             models,
             policy: Policy::of(config),
+            names: FeatureNames::new(schema.features.iter().map(|f| f.name.as_str())),
             schema,
             reloads: Reloads::default(),
         })
@@ -310,7 +313,7 @@ impl Engine {
                     None => models.scores(event, fv),
                 };
                 let given = policy::Given { event, features: fv, scores, degraded };
-                let mut d = self.policy.decide(&rules, &self.schema.features, given);
+                let mut d = self.policy.decide(&rules, &self.names, given);
                 d.latency_us = started.elapsed().as_micros() as u64;
                 d
             })

@@ -11,10 +11,8 @@
 //! Decided without features under the `review` degraded policy, a decision is
 //! never an approval: it goes to review, saying so ([`DEGRADED_CODE`]).
 
-use std::collections::BTreeMap;
-
 use vigil_core::pipeline::{DegradedPolicy, Thresholds};
-use vigil_core::{Action, ChallengerScore, Decision, Event, FeatureDef, FeatureValue, FeatureVector};
+use vigil_core::{Action, ChallengerScore, Decision, Event, FeatureNames, FeatureVector};
 use vigil_core::{PipelineConfig, Reason};
 use vigil_rules::{Context, RuleSet};
 
@@ -60,9 +58,9 @@ impl Policy {
         }
     }
 
-    /// Decides one event; `features` names the feature vector's values.
+    /// Decides one event; `names` names the feature vector's values.
     /// The decision's `latency_us` is left at 0 for the caller to set.
-    pub fn decide(&self, rules: &RuleSet, features: &[FeatureDef], given: Given<'_>) -> Decision {
+    pub fn decide(&self, rules: &RuleSet, names: &FeatureNames, given: Given<'_>) -> Decision {
         let Given { event, features: fv, scores, degraded } = given;
         let Scores { model_version, scored, challenger } = scores;
         let (model_score, model_baseline, model_factors, model_factors_rest) = match scored {
@@ -99,8 +97,7 @@ impl Policy {
                 },
             );
         }
-        let features: BTreeMap<String, FeatureValue> =
-            features.iter().zip(&fv.values).map(|(d, v)| (d.name.clone(), v.clone())).collect();
+        let features = names.features(&fv.values);
         Decision {
             transaction_id: event.transaction_id.clone(),
             decision,

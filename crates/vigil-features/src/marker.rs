@@ -78,7 +78,7 @@ pub(crate) fn encode(fv: &FeatureVector) -> Vec<u8> {
 
 /// A feature value in the owned store's markers: postcard, with decimals
 /// in their 16-byte form.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 enum CompactValue {
     Count(i64),
     Money([u8; 16]),
@@ -88,26 +88,44 @@ enum CompactValue {
     Text(String),
 }
 
+/// [`CompactValue`] as written, borrowing its text: the same variants in the
+/// same order, so the same bytes.
+#[derive(Serialize)]
+enum CompactRef<'a> {
+    Count(i64),
+    Money([u8; 16]),
+    Number([u8; 16]),
+    Seconds(i64),
+    Missing,
+    Text(&'a str),
+}
+
+/// A feature vector's values as [`CompactRef`]s, serialised as a sequence
+/// without collecting them first.
+struct CompactValues<'a>(&'a [FeatureValue]);
+
+impl Serialize for CompactValues<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|v| match v {
+            FeatureValue::Count(c) => CompactRef::Count(*c),
+            FeatureValue::Money(m) => CompactRef::Money(m.serialize()),
+            FeatureValue::Number(n) => CompactRef::Number(n.serialize()),
+            FeatureValue::Seconds(s) => CompactRef::Seconds(*s),
+            FeatureValue::Text(t) => CompactRef::Text(t),
+            FeatureValue::Missing => CompactRef::Missing,
+        }))
+    }
+}
+
 /// The owned store's markers (keys of their own, `o1:...:tx:ID`): the same
 /// values and fingerprint, postcard-encoded (fewer bytes than the JSON, and
 /// cheaper to write and read).
 pub(crate) fn encode_compact(fv: &FeatureVector) -> Vec<u8> {
-    let values: Vec<CompactValue> = fv
-        .values
-        .iter()
-        .map(|v| match v {
-            FeatureValue::Count(c) => CompactValue::Count(*c),
-            FeatureValue::Money(m) => CompactValue::Money(m.serialize()),
-            FeatureValue::Number(n) => CompactValue::Number(n.serialize()),
-            FeatureValue::Seconds(s) => CompactValue::Seconds(*s),
-            FeatureValue::Text(t) => CompactValue::Text(t.clone()),
-            FeatureValue::Missing => CompactValue::Missing,
-        })
-        .collect();
-    postcard::to_allocvec(&(values, fv.fingerprint)).unwrap_or_default()
+    // At most 17 bytes a value (a decimal and its tag), and a fingerprint.
+    let room = Vec::with_capacity(fv.values.len() * 17 + 16);
+    postcard::to_extend(&(CompactValues(&fv.values), fv.fingerprint), room).unwrap_or_default()
 }
 
-/// The features of an owned store's marker, as a replay.
 pub(crate) fn decode_compact(bytes: &[u8]) -> Result<FeatureVector, FeatureError> {
     let (stored, fingerprint): (Vec<CompactValue>, u64) =
         postcard::from_bytes(bytes).map_err(|e| FeatureError::Corrupt(format!("marker: {e}")))?;
@@ -160,6 +178,14 @@ mod tests {
         assert!(compact.len() < bytes.len(), "{} against {}", compact.len(), bytes.len());
         let back = decode_compact(&compact).unwrap();
         assert_eq!((back.values, back.fingerprint, back.replayed), (fv.values.clone(), 7, true));
+        // The bytes markers written since the owned store began have: the
+        // sequence's length, each value's variant and content, the fingerprint.
+        let small = FeatureVector {
+            values: vec![FeatureValue::Count(3), FeatureValue::Missing, FeatureValue::Text("FR".into())],
+            replayed: false,
+            fingerprint: 7,
+        };
+        assert_eq!(encode_compact(&small), [3, 0, 6, 4, 5, 2, b'F', b'R', 7]);
         let bare = decode(br#"[{"S":30},{"N":"0.5"}]"#).unwrap();
         assert_eq!(bare.values, [FeatureValue::Seconds(30), FeatureValue::Number(Decimal::new(5, 1))]);
         assert_eq!(bare.fingerprint, 0);

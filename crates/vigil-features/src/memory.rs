@@ -130,20 +130,27 @@ impl Local {
         self.label_markers.retain(|_, e| e.expires_at_s > now);
     }
 
-    /// Moves a batch's states out (no copies, unless a snapshot holds one);
-    /// expired ones read as new.
+    /// Moves a batch's states out of their entries, which stay in place
+    /// (no copies, unless a snapshot holds one); expired ones read as new.
     fn take_states(&mut self, entities: &[String], now: i64) -> (Vec<EntityState>, Vec<i64>) {
         entities
             .iter()
-            .map(|k| match self.states.remove(k) {
-                Some(e) if e.expires_at_s > now => (Arc::unwrap_or_clone(e.value), e.expires_at_s),
+            .map(|k| match self.states.get_mut(k) {
+                Some(e) if e.expires_at_s > now => {
+                    let state = match Arc::get_mut(&mut e.value) {
+                        Some(state) => std::mem::take(state),
+                        None => EntityState::clone(&e.value),
+                    };
+                    (state, e.expires_at_s)
+                }
                 _ => (EntityState::default(), i64::MIN),
             })
             .unzip()
     }
 
     /// Moves a batch's states back: changed ones with a fresh expiry, the
-    /// others as they were (never-stored ones that did not change are dropped).
+    /// others as they were (never-stored or expired ones that did not change
+    /// are dropped).
     fn put_states(
         &mut self,
         entities: &mut [String],
@@ -159,9 +166,23 @@ impl Local {
                     t.insert(key.clone());
                 }
             } else if expires_at_s == i64::MIN {
+                self.states.remove(key.as_str());
                 continue;
             }
-            self.states.insert(std::mem::take(key), Entry { value: Arc::new(value), expires_at_s });
+            match self.states.get_mut(key.as_str()) {
+                Some(e) => {
+                    e.expires_at_s = expires_at_s;
+                    match Arc::get_mut(&mut e.value) {
+                        // The entry `take_states` emptied.
+                        Some(state) => *state = value,
+                        // A snapshot holds the state as it was: this is the copy.
+                        None => e.value = Arc::new(value),
+                    }
+                }
+                None => {
+                    self.states.insert(std::mem::take(key), Entry { value: Arc::new(value), expires_at_s });
+                }
+            }
         }
     }
 }

@@ -6,6 +6,10 @@ use vigil_core::{Event, EventField, FeatureValue, Fields, Label};
 
 use crate::state::{record_of, LATENESS_S};
 
+/// Up to this many records, a batch's keys are found by searching its
+/// records in turn rather than through a map.
+const SEARCHED_RECORDS: usize = 16;
+
 /// The distinct entities features are kept for, and what each needs.
 #[derive(Debug, Clone)]
 pub(crate) struct EntityPlan {
@@ -14,6 +18,8 @@ pub(crate) struct EntityPlan {
     pub(crate) record: EntityKey,
     /// For a composite key: its name among the record's nests.
     pub(crate) nest: Option<String>,
+    /// What its records' ids begin with: `record=`.
+    pub(crate) id_prefix: String,
     /// The window rings, ascending by window and delay.
     pub(crate) windows: Vec<Span>,
     /// Whether the newest events are kept (`time_since_last`,
@@ -195,6 +201,8 @@ impl Plan {
 
     fn keys_of<T: Fields>(&self, items: &[&T], labels_only: bool) -> BatchKeys {
         let mut keys = BatchKeys::default();
+        // Record ids by id, once the batch has too many to search them in
+        // turn (one API request has a few).
         let mut index: foldhash::HashMap<String, usize> = foldhash::HashMap::default();
         for ev in items {
             let mut row = Vec::with_capacity(self.entities.len());
@@ -204,27 +212,52 @@ impl Plan {
                     continue;
                 }
                 let id = match &e.nest {
-                    None => e.key.value_of(*ev).map(|v| format!("{}={}", e.key, v)),
+                    None => record_id(&e.id_prefix, e.key.fields(), *ev),
                     // Kept in the first field's record, when every field is there.
                     Some(_) if e.key.fields()[1..].iter().all(|f| ev.text(*f).is_some()) => {
-                        ev.text(e.record.fields()[0]).map(|v| format!("{}={}", e.record, v))
+                        record_id(&e.id_prefix, &e.record.fields()[..1], *ev)
                     }
                     Some(_) => None,
                 };
-                row.push(id.map(|id| match index.get(&id) {
-                    Some(&i) => i,
-                    None => {
+                row.push(id.map(|id| {
+                    // The index is empty while the records are few, and holds them all after.
+                    let known = if index.is_empty() {
+                        keys.records.iter().position(|r| *r == id)
+                    } else {
+                        index.get(&id).copied()
+                    };
+                    known.unwrap_or_else(|| {
                         let i = keys.records.len();
-                        keys.records.push(id.clone());
-                        index.insert(id, i);
+                        if !index.is_empty() {
+                            index.insert(id.clone(), i);
+                        }
+                        keys.records.push(id);
+                        if index.is_empty() && keys.records.len() > SEARCHED_RECORDS {
+                            index.extend(keys.records.iter().cloned().zip(0..));
+                        }
                         i
-                    }
+                    })
                 }));
             }
             keys.per_event.push(row);
         }
         keys
     }
+}
+
+/// The id of the record an item's `fields` name (`key=value`, values joined
+/// as [`EntityKey::value_of`] joins them), `prefix` being `key=`; `None`
+/// when a field is absent.
+fn record_id<T: Fields>(prefix: &str, fields: &[EventField], item: &T) -> Option<String> {
+    let mut id = String::with_capacity(prefix.len() + 24 * fields.len());
+    id.push_str(prefix);
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            id.push('\u{1f}');
+        }
+        id.push_str(item.text(*f)?);
+    }
+    Some(id)
 }
 
 /// One plan per distinct entity key of `defs`, in first-declared order, with
@@ -239,6 +272,7 @@ fn entity_plans(defs: &[FeatureDef]) -> Vec<EntityPlan> {
                     key: d.entity.clone(),
                     record: record_of(&d.entity),
                     nest: (d.entity.fields().len() > 1).then(|| d.entity.to_string()),
+                    id_prefix: format!("{}=", record_of(&d.entity)),
                     windows: Vec::new(),
                     recent: false,
                     changed: Vec::new(),
@@ -329,6 +363,29 @@ fn output(d: &FeatureDef, entities: &[EntityPlan], ring_base: &[usize], rings: u
 mod tests {
     use super::*;
     use vigil_core::feature::{Aggregate, EntityKey};
+
+    /// Ids are found by search in a small batch and through a map past
+    /// [`SEARCHED_RECORDS`]: either way each record is listed once.
+    #[test]
+    fn a_large_batch_lists_each_record_once() {
+        let plan =
+            Plan::new(vec![FeatureDef::new("card", EntityKey::parse("card_id").unwrap(), Aggregate::Count, 3600)]);
+        let events: Vec<Event> = (0..90)
+            .map(|i| {
+                let json = format!(
+                    r#"{{"transaction_id":"t{i}","timestamp":"2026-01-01T00:00:00Z","amount":"1","currency":"EUR","card_id":"c{}"}}"#,
+                    i % 30
+                );
+                Event::from_json(json.as_bytes()).unwrap()
+            })
+            .collect();
+        let refs: Vec<&Event> = events.iter().collect();
+        let keys = plan.keys(&refs);
+        assert_eq!(keys.records.len(), 30);
+        for (i, row) in keys.per_event.iter().enumerate() {
+            assert_eq!(keys.records[row[0].unwrap()], format!("card_id=c{}", i % 30));
+        }
+    }
 
     /// What a cluster unit assumes: the items of one record, under its part
     /// of the plan, have exactly the keys `BatchKeys::of_record` gives, and

@@ -265,6 +265,16 @@ impl<T> Waiting<T> {
     fn take(&self) -> Vec<T> {
         std::mem::take(&mut *self.items())
     }
+
+    /// Hands back a group's emptied buffer, so that the next call to queue
+    /// finds room instead of allocating.
+    fn give_back(&self, mut spent: Vec<T>) {
+        spent.clear();
+        let mut items = self.items();
+        if items.capacity() == 0 {
+            *items = spent;
+        }
+    }
 }
 
 impl Writer {
@@ -273,7 +283,7 @@ impl Writer {
     /// write left stale are refused. Says whether memory and the journal
     /// agree afterwards.
     async fn write_waiting(&self) -> bool {
-        let group = self.waiting.take();
+        let mut group = self.waiting.take();
         if group.is_empty() {
             return !self.stale.load(Ordering::SeqCst);
         }
@@ -290,11 +300,12 @@ impl Writer {
         // what waits before it takes the journal again.
         let epoch = group[0].epoch;
         let (mut entries, mut markers, mut told) = (Vec::with_capacity(group.len()), Vec::new(), Vec::new());
-        for q in group {
+        for q in group.drain(..) {
             entries.extend(q.entry);
             markers.extend(q.markers);
             told.push((q.epoch, q.done));
         }
+        self.waiting.give_back(group);
         let result = if told.iter().any(|(e, _)| *e != epoch) {
             Err(FeatureError::Unavailable("owned journal: entries of two epochs in one write".into()))
         } else if entries.is_empty() && markers.is_empty() {
@@ -345,7 +356,7 @@ impl Lookups {
         let lookups = self.clone();
         tokio::spawn(async move {
             let _turn = lookups.turn.lock().await;
-            let group = lookups.waiting.take();
+            let mut group = lookups.waiting.take();
             if group.is_empty() {
                 return; // an earlier task looked these up with its own
             }
@@ -358,12 +369,13 @@ impl Lookups {
                 }
             });
             let mut all = found.map(Vec::into_iter);
-            for (ids, done) in group {
+            for (ids, done) in group.drain(..) {
                 let _ = done.send(match &mut all {
                     Ok(all) => Ok(all.by_ref().take(ids.len()).collect()),
                     Err(e) => Err(e.clone()),
                 });
             }
+            lookups.waiting.give_back(group);
         });
         found.await.map_err(|_| FeatureError::Unavailable("owned journal: marker lookup abandoned".into()))?
     }

@@ -87,7 +87,8 @@ impl Ring {
         for b in &self.buckets {
             if (b.index + 1) * bs > lo && b.index * bs <= t {
                 w.count += i64::from(b.count);
-                w.sum += Decimal::deserialize(b.sum);
+                // Saturating, as the buckets' own sums are.
+                w.sum = w.sum.saturating_add(Decimal::deserialize(b.sum));
                 match &b.stats {
                     Some(st) => {
                         let (sq, min, max) = (
@@ -97,7 +98,7 @@ impl Ring {
                         );
                         stats = Some(match stats {
                             None => (sq, min, max),
-                            Some((a, lo, hi)) => (a + sq, lo.min(min), hi.max(max)),
+                            Some((a, lo, hi)) => (a.saturating_add(sq), lo.min(min), hi.max(max)),
                         });
                     }
                     None => complete = false,
@@ -136,5 +137,38 @@ impl Ring {
         }
         let horizon = max_t - self.window_s as i64 - LATENESS_S;
         self.buckets.retain(|b| (b.index + 1) * bs > horizon);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A window's sum is the decimals' sum, digits and scale alike; past a
+    /// decimal's range it saturates, as a bucket's own sum does.
+    #[test]
+    fn a_window_sums_as_decimals_do() {
+        let cases: [&[&str]; 6] = [
+            &[],
+            &["10.50", "0.25", "3.00"],
+            &["10.50", "-10.50"],
+            &["1.5", "2.25", "7"],
+            &["79228162514264337593543950335", "1"],
+            &["-0.01", "0.01", "0.00"],
+        ];
+        for amounts in cases {
+            let mut ring = Ring::new(600, 0, false);
+            for (i, a) in amounts.iter().enumerate() {
+                ring.buckets.push(Bucket {
+                    index: i as i64,
+                    count: 1,
+                    sum: a.parse::<Decimal>().unwrap().serialize(),
+                    stats: None,
+                });
+            }
+            let expected = amounts.iter().fold(Decimal::ZERO, |s, a| s.saturating_add(a.parse::<Decimal>().unwrap()));
+            let sum = ring.read(60, 0).sum;
+            assert_eq!((sum, sum.to_string()), (expected, expected.to_string()), "{amounts:?}");
+        }
     }
 }
