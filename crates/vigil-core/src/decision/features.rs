@@ -145,20 +145,20 @@ mod tests {
 
     #[test]
     fn features_read_by_name_and_write_as_the_map_they_replace() {
-        let names = FeatureNames::new(["b_count", "a_sum", "c_gap"]);
-        let values = [FeatureValue::Count(3), FeatureValue::Missing, FeatureValue::Seconds(60)];
+        let names = FeatureNames::new(["b_count", "a_sum", "c_country"]);
+        let values = [FeatureValue::Count(3), FeatureValue::Missing, FeatureValue::Text("FR".into())];
         let features = names.features(&values);
         assert_eq!(features.get("b_count"), Some(&FeatureValue::Count(3)));
-        assert_eq!(features["c_gap"], FeatureValue::Seconds(60));
+        assert_eq!(features["c_country"], FeatureValue::Text("FR".into()));
         assert_eq!(features.get("d"), None);
         let map: BTreeMap<String, FeatureValue> =
-            [("b_count", &values[0]), ("a_sum", &values[1]), ("c_gap", &values[2])]
+            [("b_count", &values[0]), ("a_sum", &values[1]), ("c_country", &values[2])]
                 .into_iter()
                 .map(|(n, v)| (n.to_owned(), v.clone()))
                 .collect();
         let json = serde_json::to_string(&features).unwrap();
         assert_eq!(json, serde_json::to_string(&map).unwrap());
-        assert_eq!(json, r#"{"a_sum":null,"b_count":3,"c_gap":60}"#);
+        assert_eq!(json, r#"{"a_sum":null,"b_count":3,"c_country":"FR"}"#);
         let back: Features = serde_json::from_str(&json).unwrap();
         assert_eq!(back, features);
         assert_eq!(back, Features::from(map));
