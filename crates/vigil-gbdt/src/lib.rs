@@ -179,6 +179,10 @@ pub struct GradientBoostedTrees {
     /// The same trees in scoring's layout.
     #[serde(skip_serializing)]
     layout: tree::Layout,
+    /// [`GradientBoostedTrees::baseline_margin`], summed once: every
+    /// explained score asks for it, and each root is a cache miss.
+    #[serde(skip_serializing)]
+    baseline_margin: f64,
 }
 
 /// A model as its file holds it.
@@ -214,6 +218,7 @@ impl TryFrom<Stored> for GradientBoostedTrees {
             starts.push(nodes.len());
             nodes.extend(t);
         }
+        let baseline_margin = s.base_margin + starts.iter().map(|&k| nodes[k].value).sum::<f64>();
         Ok(GradientBoostedTrees {
             params: s.params,
             n_features: s.n_features,
@@ -223,6 +228,7 @@ impl TryFrom<Stored> for GradientBoostedTrees {
             nodes,
             starts,
             layout,
+            baseline_margin,
         })
     }
 }
@@ -248,7 +254,7 @@ impl GradientBoostedTrees {
     /// The margin before the row is looked at: the base margin plus every
     /// tree's root value. The row's attributions move the margin from it.
     pub fn baseline_margin(&self) -> f64 {
-        self.base_margin + self.starts.iter().map(|&s| self.nodes[s].value).sum::<f64>()
+        self.baseline_margin
     }
 
     /// Adds to `parts[input]` the row's path attributions in log-odds, over
