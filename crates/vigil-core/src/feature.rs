@@ -53,13 +53,21 @@ impl EntityKey {
     /// The entity's identity for `event`, or `None` when a key field is absent.
     pub fn value_of(&self, event: &impl Fields) -> Option<String> {
         let mut out = String::new();
-        for (i, f) in self.fields.iter().enumerate() {
+        EntityKey::push_values(&self.fields, event, &mut out)?;
+        Some(out)
+    }
+
+    /// Appends the values of `fields` in `item` to `out`, joined as an
+    /// entity's identity joins them (a unit separator between values);
+    /// `None`, with `out` partly written, when one is absent.
+    pub fn push_values(fields: &[EventField], item: &impl Fields, out: &mut String) -> Option<()> {
+        for (i, f) in fields.iter().enumerate() {
             if i > 0 {
                 out.push('\u{1f}');
             }
-            out.push_str(event.text(*f)?);
+            out.push_str(item.text(*f)?);
         }
-        Some(out)
+        Some(())
     }
 }
 

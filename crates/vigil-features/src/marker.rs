@@ -77,42 +77,31 @@ pub(crate) fn encode(fv: &FeatureVector) -> Vec<u8> {
 }
 
 /// A feature value in the owned store's markers: postcard, with decimals
-/// in their 16-byte form.
-#[derive(Deserialize)]
-enum CompactValue {
+/// in their 16-byte form. Written with borrowed text (`&str`), read back
+/// with owned (`String`): the same bytes.
+#[derive(Serialize, Deserialize)]
+enum CompactValue<T> {
     Count(i64),
     Money([u8; 16]),
     Number([u8; 16]),
     Seconds(i64),
     Missing,
-    Text(String),
+    Text(T),
 }
 
-/// [`CompactValue`] as written, borrowing its text: the same variants in the
-/// same order, so the same bytes.
-#[derive(Serialize)]
-enum CompactRef<'a> {
-    Count(i64),
-    Money([u8; 16]),
-    Number([u8; 16]),
-    Seconds(i64),
-    Missing,
-    Text(&'a str),
-}
-
-/// A feature vector's values as [`CompactRef`]s, serialised as a sequence
+/// A feature vector's values as [`CompactValue`]s, serialised as a sequence
 /// without collecting them first.
 struct CompactValues<'a>(&'a [FeatureValue]);
 
 impl Serialize for CompactValues<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_seq(self.0.iter().map(|v| match v {
-            FeatureValue::Count(c) => CompactRef::Count(*c),
-            FeatureValue::Money(m) => CompactRef::Money(m.serialize()),
-            FeatureValue::Number(n) => CompactRef::Number(n.serialize()),
-            FeatureValue::Seconds(s) => CompactRef::Seconds(*s),
-            FeatureValue::Text(t) => CompactRef::Text(t),
-            FeatureValue::Missing => CompactRef::Missing,
+            FeatureValue::Count(c) => CompactValue::Count(*c),
+            FeatureValue::Money(m) => CompactValue::Money(m.serialize()),
+            FeatureValue::Number(n) => CompactValue::Number(n.serialize()),
+            FeatureValue::Seconds(s) => CompactValue::Seconds(*s),
+            FeatureValue::Text(t) => CompactValue::Text(t.as_str()),
+            FeatureValue::Missing => CompactValue::Missing,
         }))
     }
 }
@@ -127,7 +116,7 @@ pub(crate) fn encode_compact(fv: &FeatureVector) -> Vec<u8> {
 }
 
 pub(crate) fn decode_compact(bytes: &[u8]) -> Result<FeatureVector, FeatureError> {
-    let (stored, fingerprint): (Vec<CompactValue>, u64) =
+    let (stored, fingerprint): (Vec<CompactValue<String>>, u64) =
         postcard::from_bytes(bytes).map_err(|e| FeatureError::Corrupt(format!("marker: {e}")))?;
     let values = stored
         .into_iter()

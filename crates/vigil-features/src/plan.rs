@@ -6,10 +6,6 @@ use vigil_core::{Event, EventField, FeatureValue, Fields, Label};
 
 use crate::state::{record_of, LATENESS_S};
 
-/// Up to this many records, a batch's keys are found by searching its
-/// records in turn rather than through a map.
-const SEARCHED_RECORDS: usize = 16;
-
 /// The distinct entities features are kept for, and what each needs.
 #[derive(Debug, Clone)]
 pub(crate) struct EntityPlan {
@@ -201,8 +197,6 @@ impl Plan {
 
     fn keys_of<T: Fields>(&self, items: &[&T], labels_only: bool) -> BatchKeys {
         let mut keys = BatchKeys::default();
-        // Record ids by id, once the batch has too many to search them in
-        // turn (one API request has a few).
         let mut index: foldhash::HashMap<String, usize> = foldhash::HashMap::default();
         for ev in items {
             let mut row = Vec::with_capacity(self.entities.len());
@@ -212,31 +206,21 @@ impl Plan {
                     continue;
                 }
                 let id = match &e.nest {
-                    None => record_id(&e.id_prefix, e.key.fields(), *ev),
+                    None => record_id(&e.id_prefix, &e.key, *ev),
                     // Kept in the first field's record, when every field is there.
                     Some(_) if e.key.fields()[1..].iter().all(|f| ev.text(*f).is_some()) => {
-                        record_id(&e.id_prefix, &e.record.fields()[..1], *ev)
+                        record_id(&e.id_prefix, &e.record, *ev)
                     }
                     Some(_) => None,
                 };
-                row.push(id.map(|id| {
-                    // The index is empty while the records are few, and holds them all after.
-                    let known = if index.is_empty() {
-                        keys.records.iter().position(|r| *r == id)
-                    } else {
-                        index.get(&id).copied()
-                    };
-                    known.unwrap_or_else(|| {
+                row.push(id.map(|id| match index.get(&id) {
+                    Some(&i) => i,
+                    None => {
                         let i = keys.records.len();
-                        if !index.is_empty() {
-                            index.insert(id.clone(), i);
-                        }
-                        keys.records.push(id);
-                        if index.is_empty() && keys.records.len() > SEARCHED_RECORDS {
-                            index.extend(keys.records.iter().cloned().zip(0..));
-                        }
+                        keys.records.push(id.clone());
+                        index.insert(id, i);
                         i
-                    })
+                    }
                 }));
             }
             keys.per_event.push(row);
@@ -245,18 +229,12 @@ impl Plan {
     }
 }
 
-/// The id of the record an item's `fields` name (`key=value`, values joined
-/// as [`EntityKey::value_of`] joins them), `prefix` being `key=`; `None`
-/// when a field is absent.
-fn record_id<T: Fields>(prefix: &str, fields: &[EventField], item: &T) -> Option<String> {
-    let mut id = String::with_capacity(prefix.len() + 24 * fields.len());
+/// The id of the record `key` names for an item (`key=value`), `prefix`
+/// being `key=`; `None` when a field is absent.
+fn record_id<T: Fields>(prefix: &str, key: &EntityKey, item: &T) -> Option<String> {
+    let mut id = String::with_capacity(prefix.len() + 24 * key.fields().len());
     id.push_str(prefix);
-    for (i, f) in fields.iter().enumerate() {
-        if i > 0 {
-            id.push('\u{1f}');
-        }
-        id.push_str(item.text(*f)?);
-    }
+    EntityKey::push_values(key.fields(), item, &mut id)?;
     Some(id)
 }
 
@@ -364,10 +342,10 @@ mod tests {
     use super::*;
     use vigil_core::feature::{Aggregate, EntityKey};
 
-    /// Ids are found by search in a small batch and through a map past
-    /// [`SEARCHED_RECORDS`]: either way each record is listed once.
+    /// A batch lists each record once, under the id its key and value make,
+    /// and every event points at its own.
     #[test]
-    fn a_large_batch_lists_each_record_once() {
+    fn a_batch_lists_each_record_once() {
         let plan =
             Plan::new(vec![FeatureDef::new("card", EntityKey::parse("card_id").unwrap(), Aggregate::Count, 3600)]);
         let events: Vec<Event> = (0..90)

@@ -170,10 +170,13 @@ pub struct GradientBoostedTrees {
     /// Rounds the booster ran before early stopping kept `trees.len()` of them.
     rounds: usize,
     trees: Vec<Tree>,
-    /// Every tree's nodes, one after another, as scoring reads them; derived
-    /// from `trees`, never stored.
+    /// Every tree's nodes, one after another, and where each tree starts:
+    /// the node-by-node path the tests hold the layout to; derived from
+    /// `trees`, never stored.
+    #[cfg(test)]
     #[serde(skip_serializing)]
     nodes: Vec<tree::Node>,
+    #[cfg(test)]
     #[serde(skip_serializing)]
     starts: Vec<usize>,
     /// The same trees in scoring's layout.
@@ -213,19 +216,24 @@ impl TryFrom<Stored> for GradientBoostedTrees {
             .map(|(k, t)| t.nodes(s.n_features).map_err(|e| format!("tree {k}: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
         let layout = tree::Layout::of(&checked)?;
-        let (mut nodes, mut starts) = (Vec::new(), Vec::with_capacity(s.trees.len()));
+        // Each tree's root is its first node.
+        let baseline_margin = s.base_margin + checked.iter().map(|t| t[0].value).sum::<f64>();
+        #[cfg(test)]
+        let (mut nodes, mut starts) = (Vec::new(), Vec::with_capacity(checked.len()));
+        #[cfg(test)]
         for t in checked {
             starts.push(nodes.len());
             nodes.extend(t);
         }
-        let baseline_margin = s.base_margin + starts.iter().map(|&k| nodes[k].value).sum::<f64>();
         Ok(GradientBoostedTrees {
             params: s.params,
             n_features: s.n_features,
             base_margin: s.base_margin,
             rounds: s.rounds,
             trees: s.trees,
+            #[cfg(test)]
             nodes,
+            #[cfg(test)]
             starts,
             layout,
             baseline_margin,

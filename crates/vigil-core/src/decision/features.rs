@@ -13,7 +13,7 @@ use crate::feature::FeatureValue;
 
 /// A pipeline's feature names in name order, with where each one's value
 /// sits in the pipeline's feature vectors (declaration order).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct FeatureNames {
     names: Arc<[String]>,
     /// `order[k]`: the position in a feature vector of the `k`-th name.
@@ -43,7 +43,7 @@ impl FeatureNames {
 }
 
 /// Feature values by name, in name order.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Features {
     names: Arc<[String]>,
     /// By position in `names`.
@@ -60,11 +60,6 @@ impl Features {
     /// (name, value) pairs in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &FeatureValue)> {
         self.names.iter().zip(&self.values)
-    }
-
-    /// The names, in name order.
-    pub fn names(&self) -> impl Iterator<Item = &String> {
-        self.names.iter()
     }
 
     /// The values, in name order.
@@ -97,14 +92,6 @@ impl<Q: AsRef<str> + ?Sized> std::ops::Index<&Q> for Features {
     fn index(&self, name: &Q) -> &FeatureValue {
         let name = name.as_ref();
         self.get(name).unwrap_or_else(|| panic!("no feature named `{name}`"))
-    }
-}
-
-impl FromIterator<(String, FeatureValue)> for Features {
-    /// Features from (name, value) pairs in any order; a name given twice
-    /// keeps its last value.
-    fn from_iter<I: IntoIterator<Item = (String, FeatureValue)>>(pairs: I) -> Features {
-        Features::from(pairs.into_iter().collect::<BTreeMap<_, _>>())
     }
 }
 

@@ -79,12 +79,7 @@ pub(crate) fn record_of(key: &EntityKey) -> EntityKey {
 /// A composite key's member id in its record: the values of its other fields.
 pub(crate) fn member_id<T: Fields>(key: &EntityKey, item: &T) -> Option<String> {
     let mut out = String::new();
-    for (i, f) in key.fields()[1..].iter().enumerate() {
-        if i > 0 {
-            out.push('\u{1f}');
-        }
-        out.push_str(item.text(*f)?);
-    }
+    EntityKey::push_values(&key.fields()[1..], item, &mut out)?;
     Some(out)
 }
 
