@@ -21,7 +21,10 @@
 //! VIGIL_BENCH_AUDIT=0 to leave out the Kafka audit trail,
 //! VIGIL_BENCH_MODES=shared,owned for the feature store's modes, a server
 //! each, one after the other). At saturation it also says the server's and
-//! Redis's CPU per decision.
+//! Redis's CPU per decision. Under each fixed rate's row a line tells where
+//! the time went: the server's own p50 and p99 (its `/metrics` histogram,
+//! bucket bounds), and per request the CPU of the server, the load generator
+//! and Redis and the time each waited runnable for one of the machine's cores.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -48,6 +51,80 @@ struct Server(Child);
 fn process_cpu_us(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     common::stat_ticks(&stat).map_or(0.0, |(_, ticks)| ticks as f64 * common::JIFFY * 1e6)
+}
+
+/// What a fixed-rate phase cost and where its requests waited, for the line
+/// under its row: the server's own latency histogram (`/metrics`, from the
+/// request's arrival in the router to its answer), and for the server, this
+/// load generator and Redis their CPU and the time their threads waited
+/// runnable for a core (`/proc/PID/task/*/schedstat`), and the machine's busy
+/// share. It tells a tail made inside the server's handler from one made by
+/// processes queueing for the machine's cores.
+struct Phase {
+    /// Cumulative counts of `/v1/decisions` answered 200, by upper bound (s).
+    buckets: Vec<(f64, u64)>,
+    /// Server, load generator, Redis: (CPU µs, run-queue wait µs).
+    procs: [(f64, f64); 3],
+    machine: (u64, u64),
+}
+
+impl Phase {
+    async fn take(client: &reqwest::Client, base: &str, pids: [u32; 3]) -> Phase {
+        let text = match client.get(format!("{base}/metrics")).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let mut buckets: Vec<(f64, u64)> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("vigil_http_request_duration_seconds_bucket{")
+                    && l.contains("route=\"/v1/decisions\"")
+                    && l.contains("status=\"200\"")
+            })
+            .filter_map(|l| {
+                let le = l.split("le=\"").nth(1)?.split('"').next()?;
+                let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+                Some((le, l.rsplit(' ').next()?.parse().ok()?))
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (busy, total, _) = common::machine_jiffies();
+        Phase {
+            buckets,
+            procs: pids.map(|p| (process_cpu_us(p), common::run_queue_wait_us(p))),
+            machine: (busy, total),
+        }
+    }
+
+    /// The upper bound, in ms, of the histogram bucket that holds quantile
+    /// `q` of the decisions answered between `from` and `self`.
+    fn quantile_ms(&self, from: &Phase, q: f64) -> String {
+        let counts: Vec<(f64, u64)> = self
+            .buckets
+            .iter()
+            .map(|&(le, n)| (le, n.saturating_sub(from.buckets.iter().find(|b| b.0 == le).map_or(0, |b| b.1))))
+            .collect();
+        let Some(&(_, all)) = counts.last() else { return "?".into() };
+        match counts.iter().find(|(_, n)| *n as f64 >= q * all as f64) {
+            Some((le, _)) if le.is_finite() => format!("≤ {:.2}", le * 1e3),
+            _ => format!("> {:.2}", counts.iter().rev().nth(1).map_or(0.0, |b| b.0 * 1e3)),
+        }
+    }
+
+    /// One line: the server's own p50/p99, and per request each process's
+    /// CPU and wait for a core, and the machine's busy share.
+    fn since(&self, from: &Phase, requests: u64) -> String {
+        let n = requests.max(1) as f64;
+        let per = |i: usize| ((self.procs[i].0 - from.procs[i].0) / n, (self.procs[i].1 - from.procs[i].1) / n);
+        let [(server, server_wait), (own, own_wait), (redis, redis_wait)] = [per(0), per(1), per(2)];
+        let total = self.machine.1.saturating_sub(from.machine.1).max(1) as f64;
+        format!(
+            "in the server's handler p50 {} ms, p99 {} ms; per request, CPU / wait for a core: server {server:.1} / {server_wait:.1} µs, load generator {own:.1} / {own_wait:.1} µs, Redis {redis:.1} / {redis_wait:.1} µs; machine {:.0}% busy",
+            self.quantile_ms(from, 0.5),
+            self.quantile_ms(from, 0.99),
+            100.0 * self.machine.0.saturating_sub(from.machine.0) as f64 / total
+        )
+    }
 }
 
 impl Drop for Server {
@@ -301,14 +378,18 @@ async fn run_one(
         if audit { "Kafka audit" } else { "no Kafka audit" }
     );
     println!("{:<34} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}", "load", "req/s", "errors", "p50 ms", "p99", "p99.9", "max");
+    let me = std::process::id();
+    let redis = common::redis_pid().await;
     for &rate in rates {
+        let before = Phase::take(client, &load.base, [pid, me, redis]).await;
         let t = Instant::now();
         let o = fixed_rate(client, load.clone(), rate, seconds, connections).await;
         let h = o.latency.unwrap();
         let achieved = o.ok as f64 / t.elapsed().as_secs_f64();
         row(&format!("decisions at {rate} req/s"), achieved, o.errors, &h);
+        let after = Phase::take(client, &load.base, [pid, me, redis]).await;
+        println!("  {}", after.since(&before, o.ok + o.errors));
     }
-    let me = std::process::id();
     let (server_cpu, redis_cpu, own_cpu) = (process_cpu_us(pid), common::redis_cpu_us().await, process_cpu_us(me));
     let (rps, errors, h, sent) = saturate(client, load.clone(), "/v1/decisions", true, seconds, connections).await;
     // Per request sent, answered or not, as for `/healthz` below.

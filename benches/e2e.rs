@@ -278,11 +278,7 @@ struct CpuUse {
 
 impl CpuSample {
     async fn take() -> CpuSample {
-        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-        let cpu: Vec<u64> =
-            stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
-        let total: u64 = cpu.iter().take(8).sum();
-        let idle = cpu.get(3).copied().unwrap_or(0) + cpu.get(4).copied().unwrap_or(0);
+        let (busy, total, iowait) = common::machine_jiffies();
         let mut threads = HashMap::new();
         if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
             for t in dir.flatten() {
@@ -307,8 +303,7 @@ impl CpuSample {
                 }
             }
         }
-        let iowait = cpu.get(4).copied().unwrap_or(0);
-        CpuSample { machine: (total - idle, total), iowait, threads, broker, redis_us: common::redis_cpu_us().await }
+        CpuSample { machine: (busy, total), iowait, threads, broker, redis_us: common::redis_cpu_us().await }
     }
 
     fn since(&self, from: &CpuSample) -> CpuUse {

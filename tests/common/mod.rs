@@ -370,6 +370,40 @@ pub async fn redis_cpu_us() -> f64 {
     (field("used_cpu_user:") + field("used_cpu_sys:")) * 1e6
 }
 
+/// The Redis server's process id (`INFO server`), to read its scheduling
+/// figures from `/proc` (the server of [`redis_url`], on this machine).
+pub async fn redis_pid() -> u32 {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO").arg("server").query_async(&mut con).await.unwrap();
+    info.lines().find_map(|l| l.strip_prefix("process_id:").and_then(|v| v.trim().parse().ok())).unwrap_or(0)
+}
+
+/// The time a process's threads have waited runnable for a core, in µs: the
+/// sum of `/proc/PID/task/*/schedstat`'s second field (run-queue delay, ns).
+/// Threads that ended are not counted.
+pub fn run_queue_wait_us(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0.0 };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    ns as f64 / 1e3
+}
+
+/// All cores' busy and total jiffies so far, and the jiffies they sat idle
+/// with I/O outstanding (idle, not busy), from
+/// `/proc/stat`'s first line.
+pub fn machine_jiffies() -> (u64, u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu: Vec<u64> =
+        stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let total: u64 = cpu.iter().take(8).sum();
+    let (idle, iowait) = (cpu.get(3).copied().unwrap_or(0), cpu.get(4).copied().unwrap_or(0));
+    (total - idle - iowait, total, iowait)
+}
+
 /// Seconds per tick of `/proc` CPU times (USER_HZ is 100 on Linux).
 pub const JIFFY: f64 = 0.01;
 
