@@ -17,7 +17,9 @@
 //! Needs `cargo build --release`, and the broker and Redis of
 //! `scripts/services.sh`. Run: `cargo bench --bench api` (env:
 //! VIGIL_BENCH_BINARY=path to serve with another build than target/release/vigil,
-//! VIGIL_BENCH_RATES=2000,10000,20000, VIGIL_BENCH_SECONDS=5, VIGIL_BENCH_CONNECTIONS=64,
+//! VIGIL_BENCH_RATES=2000,10000,20000, VIGIL_BENCH_HEALTHZ_RATES=the same (the trivial
+//! route at fixed rates, for the latency the machine and HTTP give alone; empty for none),
+//! VIGIL_BENCH_SECONDS=5, VIGIL_BENCH_CONNECTIONS=64,
 //! VIGIL_BENCH_AUDIT=0 to leave out the Kafka audit trail,
 //! VIGIL_BENCH_MODES=shared,owned for the feature store's modes, a server
 //! each, one after the other). At saturation it also says the server's and
@@ -96,6 +98,12 @@ impl Phase {
         }
     }
 
+    /// Decisions answered 200 between `from` and `self`.
+    fn decided_since(&self, from: &Phase) -> u64 {
+        let all = |p: &Phase| p.buckets.last().map_or(0, |b| b.1);
+        all(self).saturating_sub(all(from))
+    }
+
     /// The upper bound, in ms, of the histogram bucket that holds quantile
     /// `q` of the decisions answered between `from` and `self`.
     fn quantile_ms(&self, from: &Phase, q: f64) -> String {
@@ -118,10 +126,17 @@ impl Phase {
         let per = |i: usize| ((self.procs[i].0 - from.procs[i].0) / n, (self.procs[i].1 - from.procs[i].1) / n);
         let [(server, server_wait), (own, own_wait), (redis, redis_wait)] = [per(0), per(1), per(2)];
         let total = self.machine.1.saturating_sub(from.machine.1).max(1) as f64;
+        let handler = if self.decided_since(from) > 0 {
+            format!(
+                "in the server's handler p50 {} ms, p99 {} ms; ",
+                self.quantile_ms(from, 0.5),
+                self.quantile_ms(from, 0.99)
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "in the server's handler p50 {} ms, p99 {} ms; per request, CPU / wait for a core: server {server:.1} / {server_wait:.1} µs, load generator {own:.1} / {own_wait:.1} µs, Redis {redis:.1} / {redis_wait:.1} µs; machine {:.0}% busy",
-            self.quantile_ms(from, 0.5),
-            self.quantile_ms(from, 0.99),
+            "{handler}per request, CPU / wait for a core: server {server:.1} / {server_wait:.1} µs, load generator {own:.1} / {own_wait:.1} µs, Redis {redis:.1} / {redis_wait:.1} µs; machine {:.0}% busy",
             100.0 * self.machine.0.saturating_sub(from.machine.0) as f64 / total
         )
     }
@@ -168,7 +183,14 @@ async fn one(client: &reqwest::Client, load: &Load, path: &str, signed: bool) ->
 }
 
 /// Open loop at `rate` requests per second for `seconds`.
-async fn fixed_rate(client: &reqwest::Client, load: Arc<Load>, rate: f64, seconds: f64, workers: usize) -> Outcome {
+async fn fixed_rate(
+    client: &reqwest::Client,
+    load: Arc<Load>,
+    path: &'static str,
+    rate: f64,
+    seconds: f64,
+    workers: usize,
+) -> Outcome {
     let total = (rate * seconds) as usize;
     let slot = Arc::new(AtomicUsize::new(0));
     let out = Arc::new(Mutex::new(Outcome { latency: Some(Histogram::new(3).unwrap()), ..Outcome::default() }));
@@ -194,7 +216,7 @@ async fn fixed_rate(client: &reqwest::Client, load: Arc<Load>, rate: f64, second
                 let behind = tokio::time::Instant::now() >= due;
                 tokio::time::sleep_until(due).await;
                 let from = if behind { due } else { tokio::time::Instant::now() };
-                if one(&client, &load, "/v1/decisions", true).await {
+                if one(&client, &load, path, path != "/healthz").await {
                     ok += 1;
                 } else {
                     errors += 1;
@@ -295,6 +317,9 @@ async fn main() {
         .split(',')
         .filter_map(|r| r.trim().parse().ok())
         .collect();
+    // The trivial route at fixed rates as well (default: the same rates; empty for none).
+    let healthz_rates: Vec<f64> = std::env::var("VIGIL_BENCH_HEALTHZ_RATES")
+        .map_or_else(|_| rates.clone(), |v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect());
     let seconds: f64 = env_or("VIGIL_BENCH_SECONDS", 5.0);
     let connections: usize = env_or("VIGIL_BENCH_CONNECTIONS", 64);
     let needed = ((rates.iter().sum::<f64>() + 60_000.0) * seconds * 1.2) as usize * modes.len();
@@ -352,7 +377,7 @@ async fn main() {
         let next = load.as_ref().map_or(0, |l| l.next.load(Ordering::Relaxed));
         let l = Arc::new(Load { bodies: bodies.clone(), next: AtomicUsize::new(next), base });
         load = Some(l.clone());
-        run_one(&client, l, mode, audit, &rates, seconds, connections, server.0.id()).await;
+        run_one(&client, l, mode, audit, &rates, &healthz_rates, seconds, connections, server.0.id()).await;
         drop(server);
         common::clean_redis(&config.store.key_prefix).await;
     }
@@ -366,12 +391,13 @@ async fn run_one(
     mode: &str,
     audit: bool,
     rates: &[f64],
+    healthz_rates: &[f64],
     seconds: f64,
     connections: usize,
     pid: u32,
 ) {
     // Warm up connections and the server.
-    let _ = fixed_rate(client, load.clone(), 1000.0, 1.0, 16).await;
+    let _ = fixed_rate(client, load.clone(), "/v1/decisions", 1000.0, 1.0, 16).await;
 
     println!(
         "vigil serve, pipeline local (22 Redis features, store mode {mode}, shipped rules and model, {})",
@@ -383,10 +409,21 @@ async fn run_one(
     for &rate in rates {
         let before = Phase::take(client, &load.base, [pid, me, redis]).await;
         let t = Instant::now();
-        let o = fixed_rate(client, load.clone(), rate, seconds, connections).await;
+        let o = fixed_rate(client, load.clone(), "/v1/decisions", rate, seconds, connections).await;
         let h = o.latency.unwrap();
         let achieved = o.ok as f64 / t.elapsed().as_secs_f64();
         row(&format!("decisions at {rate} req/s"), achieved, o.errors, &h);
+        let after = Phase::take(client, &load.base, [pid, me, redis]).await;
+        println!("  {}", after.since(&before, o.ok + o.errors));
+    }
+    // The trivial route at fixed rates too: the latency this machine, the
+    // load generator and the HTTP stack give with next to no work behind them.
+    for &rate in healthz_rates {
+        let before = Phase::take(client, &load.base, [pid, me, redis]).await;
+        let t = Instant::now();
+        let o = fixed_rate(client, load.clone(), "/healthz", rate, seconds, connections).await;
+        let h = o.latency.unwrap();
+        row(&format!("/healthz at {rate} req/s"), o.ok as f64 / t.elapsed().as_secs_f64(), o.errors, &h);
         let after = Phase::take(client, &load.base, [pid, me, redis]).await;
         println!("  {}", after.since(&before, o.ok + o.errors));
     }
