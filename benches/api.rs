@@ -128,7 +128,7 @@ impl Phase {
         let total = self.machine.1.saturating_sub(from.machine.1).max(1) as f64;
         let handler = if self.decided_since(from) > 0 {
             format!(
-                "in the server's handler p50 {} ms, p99 {} ms; ",
+                "the server's own p50 {} ms, p99 {} ms; ",
                 self.quantile_ms(from, 0.5),
                 self.quantile_ms(from, 0.99)
             )

@@ -393,8 +393,7 @@ pub fn run_queue_wait_us(pid: u32) -> f64 {
 }
 
 /// All cores' busy and total jiffies so far, and the jiffies they sat idle
-/// with I/O outstanding (idle, not busy), from
-/// `/proc/stat`'s first line.
+/// with I/O outstanding (idle, not busy), from `/proc/stat`'s first line.
 pub fn machine_jiffies() -> (u64, u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let cpu: Vec<u64> =
