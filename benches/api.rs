@@ -65,13 +65,14 @@ fn process_cpu_us(pid: u32) -> f64 {
 struct Phase {
     /// Cumulative counts of `/v1/decisions` answered 200, by upper bound (s).
     buckets: Vec<(f64, u64)>,
-    /// Server, load generator, Redis: (CPU µs, run-queue wait µs).
-    procs: [(f64, f64); 3],
+    /// Server, load generator, Redis: (CPU µs, run-queue wait µs); `None`
+    /// for a process not on this machine (a remote Redis).
+    procs: [Option<(f64, f64)>; 3],
     machine: (u64, u64),
 }
 
 impl Phase {
-    async fn take(client: &reqwest::Client, base: &str, pids: [u32; 3]) -> Phase {
+    async fn take(client: &reqwest::Client, base: &str, pids: [Option<u32>; 3]) -> Phase {
         let text = match client.get(format!("{base}/metrics")).send().await {
             Ok(r) => r.text().await.unwrap_or_default(),
             Err(_) => String::new(),
@@ -93,7 +94,7 @@ impl Phase {
         let (busy, total, _) = common::machine_jiffies();
         Phase {
             buckets,
-            procs: pids.map(|p| (process_cpu_us(p), common::run_queue_wait_us(p))),
+            procs: pids.map(|p| p.map(|p| (process_cpu_us(p), common::run_queue_wait_us(p)))),
             machine: (busy, total),
         }
     }
@@ -123,8 +124,13 @@ impl Phase {
     /// CPU and wait for a core, and the machine's busy share.
     fn since(&self, from: &Phase, requests: u64) -> String {
         let n = requests.max(1) as f64;
-        let per = |i: usize| ((self.procs[i].0 - from.procs[i].0) / n, (self.procs[i].1 - from.procs[i].1) / n);
-        let [(server, server_wait), (own, own_wait), (redis, redis_wait)] = [per(0), per(1), per(2)];
+        let per = |i: usize| match (self.procs[i], from.procs[i]) {
+            (Some((cpu, wait)), Some((cpu0, wait0))) => {
+                format!("{:.1} / {:.1} µs", (cpu - cpu0) / n, (wait - wait0) / n)
+            }
+            _ => "n/a (not on this machine)".to_owned(),
+        };
+        let [server, own, redis] = [per(0), per(1), per(2)];
         let total = self.machine.1.saturating_sub(from.machine.1).max(1) as f64;
         let handler = if self.decided_since(from) > 0 {
             format!(
@@ -136,7 +142,7 @@ impl Phase {
             String::new()
         };
         format!(
-            "{handler}per request, CPU / wait for a core: server {server:.1} / {server_wait:.1} µs, load generator {own:.1} / {own_wait:.1} µs, Redis {redis:.1} / {redis_wait:.1} µs; machine {:.0}% busy",
+            "{handler}per request, CPU / wait for a core: server {server}, load generator {own}, Redis {redis}; machine {:.0}% busy",
             100.0 * self.machine.0.saturating_sub(from.machine.0) as f64 / total
         )
     }
@@ -187,6 +193,7 @@ async fn fixed_rate(
     client: &reqwest::Client,
     load: Arc<Load>,
     path: &'static str,
+    signed: bool,
     rate: f64,
     seconds: f64,
     workers: usize,
@@ -216,7 +223,7 @@ async fn fixed_rate(
                 let behind = tokio::time::Instant::now() >= due;
                 tokio::time::sleep_until(due).await;
                 let from = if behind { due } else { tokio::time::Instant::now() };
-                if one(&client, &load, path, path != "/healthz").await {
+                if one(&client, &load, path, signed).await {
                     ok += 1;
                 } else {
                     errors += 1;
@@ -397,7 +404,7 @@ async fn run_one(
     pid: u32,
 ) {
     // Warm up connections and the server.
-    let _ = fixed_rate(client, load.clone(), "/v1/decisions", 1000.0, 1.0, 16).await;
+    let _ = fixed_rate(client, load.clone(), "/v1/decisions", true, 1000.0, 1.0, 16).await;
 
     println!(
         "vigil serve, pipeline local (22 Redis features, store mode {mode}, shipped rules and model, {})",
@@ -407,24 +414,24 @@ async fn run_one(
     let me = std::process::id();
     let redis = common::redis_pid().await;
     for &rate in rates {
-        let before = Phase::take(client, &load.base, [pid, me, redis]).await;
+        let before = Phase::take(client, &load.base, [Some(pid), Some(me), redis]).await;
         let t = Instant::now();
-        let o = fixed_rate(client, load.clone(), "/v1/decisions", rate, seconds, connections).await;
+        let o = fixed_rate(client, load.clone(), "/v1/decisions", true, rate, seconds, connections).await;
         let h = o.latency.unwrap();
         let achieved = o.ok as f64 / t.elapsed().as_secs_f64();
         row(&format!("decisions at {rate} req/s"), achieved, o.errors, &h);
-        let after = Phase::take(client, &load.base, [pid, me, redis]).await;
+        let after = Phase::take(client, &load.base, [Some(pid), Some(me), redis]).await;
         println!("  {}", after.since(&before, o.ok + o.errors));
     }
     // The trivial route at fixed rates too: the latency this machine, the
     // load generator and the HTTP stack give with next to no work behind them.
     for &rate in healthz_rates {
-        let before = Phase::take(client, &load.base, [pid, me, redis]).await;
+        let before = Phase::take(client, &load.base, [Some(pid), Some(me), redis]).await;
         let t = Instant::now();
-        let o = fixed_rate(client, load.clone(), "/healthz", rate, seconds, connections).await;
+        let o = fixed_rate(client, load.clone(), "/healthz", false, rate, seconds, connections).await;
         let h = o.latency.unwrap();
         row(&format!("/healthz at {rate} req/s"), o.ok as f64 / t.elapsed().as_secs_f64(), o.errors, &h);
-        let after = Phase::take(client, &load.base, [pid, me, redis]).await;
+        let after = Phase::take(client, &load.base, [Some(pid), Some(me), redis]).await;
         println!("  {}", after.since(&before, o.ok + o.errors));
     }
     let (server_cpu, redis_cpu, own_cpu) = (process_cpu_us(pid), common::redis_cpu_us().await, process_cpu_us(me));

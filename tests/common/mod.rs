@@ -371,12 +371,19 @@ pub async fn redis_cpu_us() -> f64 {
 }
 
 /// The Redis server's process id (`INFO server`), to read its scheduling
-/// figures from `/proc` (the server of [`redis_url`], on this machine).
-pub async fn redis_pid() -> u32 {
-    let client = redis::Client::open(redis_url()).unwrap();
+/// figures from `/proc`: `None` unless the server of [`redis_url`] runs on
+/// this machine (a remote one's id would name some local process).
+pub async fn redis_pid() -> Option<u32> {
+    let url = redis_url();
+    let authority = url.split("://").nth(1)?.rsplit('@').next()?;
+    let host = authority.split([':', '/']).next()?;
+    if !(matches!(host, "127.0.0.1" | "localhost") || authority.starts_with("[::1]")) {
+        return None;
+    }
+    let client = redis::Client::open(url).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
     let info: String = redis::cmd("INFO").arg("server").query_async(&mut con).await.unwrap();
-    info.lines().find_map(|l| l.strip_prefix("process_id:").and_then(|v| v.trim().parse().ok())).unwrap_or(0)
+    info.lines().find_map(|l| l.strip_prefix("process_id:").and_then(|v| v.trim().parse().ok()))
 }
 
 /// The time a process's threads have waited runnable for a core, in µs: the

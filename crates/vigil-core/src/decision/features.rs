@@ -59,7 +59,7 @@ impl Features {
 
     /// (name, value) pairs in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &FeatureValue)> {
-        self.names.iter().zip(&self.values)
+        self.into_iter()
     }
 
     /// The values, in name order.
@@ -159,7 +159,7 @@ mod tests {
         let features = names.features(&[FeatureValue::Count(1), FeatureValue::Count(2), FeatureValue::Count(3)]);
         assert_eq!(features.len(), 2);
         assert_eq!(features["x"], FeatureValue::Count(3));
-        // A vector shorter than the names reads as missing (a degraded decision's).
+        // A vector shorter than the names reads as missing.
         assert_eq!(names.features(&[]).get("y"), Some(&FeatureValue::Missing));
     }
 }
