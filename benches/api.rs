@@ -73,9 +73,14 @@ struct Phase {
 
 impl Phase {
     async fn take(client: &reqwest::Client, base: &str, pids: [Option<u32>; 3]) -> Phase {
+        // Without the histogram the line leaves out the server's own
+        // latency; say why rather than print nothing.
         let text = match client.get(format!("{base}/metrics")).send().await {
             Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
+            Err(e) => {
+                eprintln!("the server's /metrics could not be read: {e}");
+                String::new()
+            }
         };
         let mut buckets: Vec<(f64, u64)> = text
             .lines()
@@ -413,25 +418,21 @@ async fn run_one(
     println!("{:<34} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}", "load", "req/s", "errors", "p50 ms", "p99", "p99.9", "max");
     let me = std::process::id();
     let redis = common::redis_pid().await;
-    for &rate in rates {
-        let before = Phase::take(client, &load.base, [Some(pid), Some(me), redis]).await;
+    // Decisions at fixed rates, then the trivial route at fixed rates too: the
+    // latency this machine, the load generator and the HTTP stack give with
+    // next to no work behind them.
+    let phases = rates
+        .iter()
+        .map(|&r| ("decisions", "/v1/decisions", true, r))
+        .chain(healthz_rates.iter().map(|&r| ("/healthz", "/healthz", false, r)));
+    for (label, path, signed, rate) in phases {
+        let pids = [Some(pid), Some(me), redis];
+        let before = Phase::take(client, &load.base, pids).await;
         let t = Instant::now();
-        let o = fixed_rate(client, load.clone(), "/v1/decisions", true, rate, seconds, connections).await;
+        let o = fixed_rate(client, load.clone(), path, signed, rate, seconds, connections).await;
         let h = o.latency.unwrap();
-        let achieved = o.ok as f64 / t.elapsed().as_secs_f64();
-        row(&format!("decisions at {rate} req/s"), achieved, o.errors, &h);
-        let after = Phase::take(client, &load.base, [Some(pid), Some(me), redis]).await;
-        println!("  {}", after.since(&before, o.ok + o.errors));
-    }
-    // The trivial route at fixed rates too: the latency this machine, the
-    // load generator and the HTTP stack give with next to no work behind them.
-    for &rate in healthz_rates {
-        let before = Phase::take(client, &load.base, [Some(pid), Some(me), redis]).await;
-        let t = Instant::now();
-        let o = fixed_rate(client, load.clone(), "/healthz", false, rate, seconds, connections).await;
-        let h = o.latency.unwrap();
-        row(&format!("/healthz at {rate} req/s"), o.ok as f64 / t.elapsed().as_secs_f64(), o.errors, &h);
-        let after = Phase::take(client, &load.base, [Some(pid), Some(me), redis]).await;
+        row(&format!("{label} at {rate} req/s"), o.ok as f64 / t.elapsed().as_secs_f64(), o.errors, &h);
+        let after = Phase::take(client, &load.base, pids).await;
         println!("  {}", after.since(&before, o.ok + o.errors));
     }
     let (server_cpu, redis_cpu, own_cpu) = (process_cpu_us(pid), common::redis_cpu_us().await, process_cpu_us(me));
