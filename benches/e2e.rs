@@ -14,13 +14,17 @@
 //!    this process by thread, the broker process, Redis), to show which
 //!    limit a ratio meets on a machine of few cores;
 //! 4. **latency**: both are fed fresh events at a fixed rate, and a reader times
-//!    each event from its send to the arrival of its output record.
+//!    each event from its send to the arrival of its output record;
+//! 5. **the pass-through at a decision's size**: the pass-through again, on a
+//!    backlog of its own, each record it writes padded to the mean size of
+//!    the decisions read in step 4: what the broker and machine allow a Vigil
+//!    whose own work cost nothing (`VIGIL_BENCH_SIZED=0` leaves it out).
 //!
 //! Needs the broker and Redis of `scripts/services.sh`. Run:
 //! `cargo bench --bench e2e` (env: VIGIL_BENCH_EVENTS, VIGIL_BENCH_RATE, VIGIL_BENCH_SECONDS,
-//! VIGIL_BENCH_IN_FLIGHT, VIGIL_BENCH_MODES, VIGIL_BENCH_PASS_PAD: bytes the
-//! pass-through pads each record it writes to (spaces after the JSON), to
-//! give the broker records as large as Vigil's decisions; and VIGIL_BENCH_PROPS: librdkafka
+//! VIGIL_BENCH_IN_FLIGHT, VIGIL_BENCH_MODES, VIGIL_BENCH_SIZED, VIGIL_BENCH_PASS_PAD: bytes the
+//! first pass-through pads each record it writes to (spaces after the JSON), to
+//! give the broker records of a chosen size; and VIGIL_BENCH_PROPS: librdkafka
 //! properties `key=value,key=value` for every client of the run, the
 //! pass-through's and Vigil's alike).
 //!
@@ -123,10 +127,17 @@ fn consumer_from(group: &str, topic: &str, reset: &str) -> StreamConsumer {
 }
 
 /// The ceiling: read, re-produce unchanged, store offsets after delivery.
-async fn pass_through(input: String, output: String, group: String, delivered: Arc<AtomicU64>, stop: Arc<AtomicU64>) {
+/// Each record written is padded with spaces to `pad` bytes when shorter.
+async fn pass_through(
+    input: String,
+    output: String,
+    group: String,
+    pad: usize,
+    delivered: Arc<AtomicU64>,
+    stop: Arc<AtomicU64>,
+) {
     let c = Arc::new(consumer(&group, &input));
     let p = producer();
-    let pad = env_usize("VIGIL_BENCH_PASS_PAD", 0);
     let (tx, mut rx) = mpsc::channel::<(Vec<rdkafka::producer::DeliveryFuture>, BTreeMap<i32, i64>)>(in_flight());
     let committer = {
         let c = c.clone();
@@ -356,8 +367,9 @@ impl CpuUse {
     }
 }
 
-/// Sends `events` at `rate`/s to `input` and times each one's output on `output`.
-async fn latency(input: &str, output: &str, events: &[Event], rate: usize) -> Histogram<u64> {
+/// Sends `events` at `rate`/s to `input` and times each one's output on
+/// `output`; also gives the mean size in bytes of the output records timed.
+async fn latency(input: &str, output: &str, events: &[Event], rate: usize) -> (Histogram<u64>, usize) {
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
     let reader = {
         let sent = sent.clone();
@@ -367,6 +379,7 @@ async fn latency(input: &str, output: &str, events: &[Event], rate: usize) -> Hi
         let is_decision = !output.contains("raw");
         tokio::spawn(async move {
             let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut bytes = 0;
             while (h.len() as usize) < n {
                 let m: OwnedMessage = match tokio::time::timeout(Duration::from_secs(30), c.recv()).await {
                     Ok(Ok(m)) => m.detach(),
@@ -383,9 +396,11 @@ async fn latency(input: &str, output: &str, events: &[Event], rate: usize) -> Hi
                 };
                 if let Some(t) = id.and_then(|id| sent.try_lock().ok().and_then(|s| s.get(&id).copied())) {
                     h.record(now.duration_since(t).as_micros().max(1) as u64).unwrap();
+                    bytes += payload.len();
                 }
             }
-            h
+            let mean = bytes / (h.len() as usize).max(1);
+            (h, mean)
         })
     };
     // Let the reader join its group and reach the end of the backlog.
@@ -428,14 +443,8 @@ async fn main() {
     let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let config = pipeline(&tag);
     let kafka = config.kafka.clone().unwrap();
-    let raw_in = format!("bench-raw-in-{tag}");
-    let raw_out = format!("bench-raw-out-{tag}");
     vigil_kafka::create_topics(&kafka, 4).await.unwrap();
-    let mut raw = kafka.clone();
-    raw.input_topic = raw_in.clone();
-    raw.decisions_topic = raw_out.clone();
-    raw.dead_letter_topic = format!("bench-raw-dlq-{tag}");
-    vigil_kafka::create_topics(&raw, 4).await.unwrap();
+    let (raw_in, raw_out) = raw_topics(&kafka, "raw", &tag).await;
 
     let gen = GenConfig {
         seed: 1,
@@ -453,21 +462,13 @@ async fn main() {
     produce(&kafka.input_topic, backlog).await;
 
     // Pass-through ceiling.
-    let delivered = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicU64::new(0));
-    let pt = tokio::spawn(pass_through(
-        raw_in.clone(),
-        raw_out.clone(),
-        format!("bench-raw-{tag}"),
-        delivered.clone(),
-        stop.clone(),
-    ));
-    let raw = drain_time(&delivered, n as u64, Duration::from_secs(600)).await;
+    let pad = env_usize("VIGIL_BENCH_PASS_PAD", 0);
+    let (raw, stop, pt) = drain_through(&raw_in, &raw_out, &format!("bench-raw-{tag}"), pad, n).await;
     let raw_rate = n as f64 / raw.time.as_secs_f64();
     println!("pass-through: {n} events in {:.2} s = {raw_rate:.0} events/s", raw.time.as_secs_f64());
     println!("{}", raw.cpu.report(n as u64));
     println!("{}", raw.halves(n as u64, None));
-    let raw_latency = latency(&raw_in, &raw_out, fresh_raw, rate).await;
+    let (raw_latency, _) = latency(&raw_in, &raw_out, fresh_raw, rate).await;
     println!("{}", report(&format!("pass-through latency at {rate}/s"), &raw_latency));
     stop.store(1, Ordering::Relaxed);
     pt.await.unwrap();
@@ -475,6 +476,8 @@ async fn main() {
     // Vigil, in each store mode (VIGIL_BENCH_MODES, default "shared,owned"),
     // each on topics and keys of its own with the same backlog.
     let modes = std::env::var("VIGIL_BENCH_MODES").unwrap_or_else(|_| "shared,owned".into());
+    let mut decision_size = 0;
+    let mut vigil_rates = Vec::new();
     for (m, mode) in modes.split(',').map(str::trim).filter(|m| !m.is_empty()).enumerate() {
         let mut config = if m == 0 { config.clone() } else { pipeline(&format!("{tag}-{mode}")) };
         if mode == "owned" {
@@ -509,8 +512,10 @@ async fn main() {
         );
         println!("{}", drain.cpu.report(n as u64));
         println!("{}", drain.halves(n as u64, Some(&raw)));
+        vigil_rates.push((mode.to_owned(), vigil_rate));
         let fresh = if m % 2 == 0 { fresh_vigil } else { fresh_raw };
-        let vigil_latency = latency(&kafka.input_topic, &kafka.decisions_topic, fresh, rate).await;
+        let (vigil_latency, size) = latency(&kafka.input_topic, &kafka.decisions_topic, fresh, rate).await;
+        decision_size = decision_size.max(size);
         println!("{}", report(&format!("vigil ({mode}) event-to-decision latency at {rate}/s"), &vigil_latency));
         let _ = stop_tx.send(());
         run.await.unwrap().unwrap();
@@ -518,4 +523,55 @@ async fn main() {
         // Markers live for the de-duplication TTL: leave Redis as it was.
         common::clean_redis(&config.store.key_prefix).await;
     }
+
+    // The pass-through again, writing records as large as the decisions
+    // Vigil wrote (their mean size in the latency phases): the ceiling of a
+    // Vigil whose own work cost nothing, on this broker and machine.
+    if decision_size > 0 && env_usize("VIGIL_BENCH_SIZED", 1) == 1 {
+        let (sized_in, sized_out) = raw_topics(&kafka, "sized", &tag).await;
+        produce(&sized_in, backlog).await;
+        let (sized, stop, pt) =
+            drain_through(&sized_in, &sized_out, &format!("bench-sized-{tag}"), decision_size, n).await;
+        stop.store(1, Ordering::Relaxed);
+        pt.await.unwrap();
+        let sized_rate = n as f64 / sized.time.as_secs_f64();
+        let of: Vec<String> =
+            vigil_rates.iter().map(|(mode, r)| format!("{mode} {:.0}%", 100.0 * r / sized_rate)).collect();
+        println!(
+            "pass-through writing records of a decision's size ({decision_size} B): {n} events in {:.2} s = \
+             {sized_rate:.0} events/s ({:.0}% of the plain pass-through); vigil run of it: {}",
+            sized.time.as_secs_f64(),
+            100.0 * sized_rate / raw_rate,
+            of.join(", ")
+        );
+        println!("{}", sized.cpu.report(n as u64));
+        println!("{}", sized.halves(n as u64, Some(&raw)));
+    }
+}
+
+/// Topics of 4 partitions `bench-{name}-in-{tag}` and `bench-{name}-out-{tag}`.
+async fn raw_topics(kafka: &vigil_core::pipeline::KafkaConfig, name: &str, tag: &str) -> (String, String) {
+    let mut raw = kafka.clone();
+    raw.input_topic = format!("bench-{name}-in-{tag}");
+    raw.decisions_topic = format!("bench-{name}-out-{tag}");
+    raw.dead_letter_topic = format!("bench-{name}-dlq-{tag}");
+    vigil_kafka::create_topics(&raw, 4).await.unwrap();
+    (raw.input_topic, raw.decisions_topic)
+}
+
+/// Starts a pass-through group on `input` and times its drain of `n`
+/// records; the group runs on (for a latency phase) until the flag is set.
+async fn drain_through(
+    input: &str,
+    output: &str,
+    group: &str,
+    pad: usize,
+    n: usize,
+) -> (Drain, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    let delivered = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicU64::new(0));
+    let task =
+        tokio::spawn(pass_through(input.into(), output.into(), group.into(), pad, delivered.clone(), stop.clone()));
+    let drain = drain_time(&delivered, n as u64, Duration::from_secs(600)).await;
+    (drain, stop, task)
 }
