@@ -17,8 +17,9 @@
 //!    each event from its send to the arrival of its output record;
 //! 5. **the pass-through at a decision's size**: the pass-through again, on a
 //!    backlog of its own, each record it writes padded to the mean size of
-//!    the decisions read in step 4: what the broker and machine allow a Vigil
-//!    whose own work cost nothing (`VIGIL_BENCH_SIZED=0` leaves it out).
+//!    the decisions read in step 4 (the larger mode's): what the broker and
+//!    machine allow a Vigil whose own work cost nothing (`VIGIL_BENCH_SIZED=0`
+//!    leaves it out).
 //!
 //! Needs the broker and Redis of `scripts/services.sh`. Run:
 //! `cargo bench --bench e2e` (env: VIGIL_BENCH_EVENTS, VIGIL_BENCH_RATE, VIGIL_BENCH_SECONDS,
@@ -525,7 +526,8 @@ async fn main() {
     }
 
     // The pass-through again, writing records as large as the decisions
-    // Vigil wrote (their mean size in the latency phases): the ceiling of a
+    // Vigil wrote (their mean size in a latency phase, the larger of the
+    // store modes' when there are two): the ceiling of a
     // Vigil whose own work cost nothing, on this broker and machine.
     if decision_size > 0 && env_usize("VIGIL_BENCH_SIZED", 1) == 1 {
         let (sized_in, sized_out) = raw_topics(&kafka, "sized", &tag).await;
