@@ -29,6 +29,11 @@
 //! properties `key=value,key=value` for every client of the run, the
 //! pass-through's and Vigil's alike).
 //!
+//! `VIGIL_BENCH_ROUNDS=N` repeats steps 1-5 N times on fresh topics and keys
+//! and ends with each ratio's median over the rounds: two identical
+//! pass-throughs of one run differ by up to ±20% on the test broker, so a
+//! single round's ratio carries that swing.
+//!
 //! Each drain is reported whole and by halves (the time to the first half
 //! of the events, then to the rest): on a broker whose fetch work grows with
 //! the backlog (the test broker's), the first half tells the broker's start
@@ -441,12 +446,6 @@ async fn main() {
     let n = env_usize("VIGIL_BENCH_EVENTS", 50_000);
     let rate = env_usize("VIGIL_BENCH_RATE", 2_000);
     let seconds = env_usize("VIGIL_BENCH_SECONDS", 10);
-    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let config = pipeline(&tag);
-    let kafka = config.kafka.clone().unwrap();
-    vigil_kafka::create_topics(&kafka, 4).await.unwrap();
-    let (raw_in, raw_out) = raw_topics(&kafka, "raw", &tag).await;
-
     let gen = GenConfig {
         seed: 1,
         events: n + rate * seconds * 2,
@@ -458,6 +457,65 @@ async fn main() {
     let all: Vec<Event> = vigil_gen::generate(&gen).into_iter().map(|l| l.event).collect();
     let (backlog, fresh) = all.split_at(n);
     let (fresh_raw, fresh_vigil) = fresh.split_at(rate * seconds);
+    let rounds = env_usize("VIGIL_BENCH_ROUNDS", 1).max(1);
+    let mut results = Vec::with_capacity(rounds);
+    for r in 0..rounds {
+        if rounds > 1 {
+            println!("== round {} of {rounds}", r + 1);
+        }
+        results.push(round(n, rate, backlog, fresh_raw, fresh_vigil).await);
+    }
+    if rounds > 1 {
+        summary(&results);
+    }
+}
+
+/// One round's rates, events/s.
+struct Round {
+    raw: f64,
+    /// By store mode.
+    vigil: Vec<(String, f64)>,
+    /// The pass-through at a decision's size.
+    sized: Option<f64>,
+}
+
+/// Each ratio by round and its median: one round's ratio carries the test
+/// broker's own swing between two identical pass-throughs (±20% measured).
+fn summary(rounds: &[Round]) {
+    let line = |name: &str, ratios: Vec<f64>| {
+        let mut sorted = ratios.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median = if sorted.len() % 2 == 1 {
+            sorted[sorted.len() / 2]
+        } else {
+            (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
+        };
+        let each: Vec<String> = ratios.iter().map(|r| format!("{:.0}%", 100.0 * r)).collect();
+        println!("{name}: median {:.0}% over {} rounds ({})", 100.0 * median, ratios.len(), each.join(", "));
+    };
+    println!("== summary");
+    for (i, (mode, _)) in rounds[0].vigil.iter().enumerate() {
+        line(&format!("vigil run ({mode}) of the pass-through"), rounds.iter().map(|r| r.vigil[i].1 / r.raw).collect());
+        let of_sized: Vec<f64> = rounds.iter().filter_map(|r| r.sized.map(|s| r.vigil[i].1 / s)).collect();
+        if !of_sized.is_empty() {
+            line(&format!("vigil run ({mode}) of the pass-through at a decision's size"), of_sized);
+        }
+    }
+    let sized: Vec<f64> = rounds.iter().filter_map(|r| r.sized.map(|s| s / r.raw)).collect();
+    if !sized.is_empty() {
+        line("the pass-through at a decision's size of the plain one", sized);
+    }
+}
+
+/// Fresh topics and keys, the backlog produced to each input, then the
+/// pass-through, Vigil in each store mode and the sized pass-through.
+async fn round(n: usize, rate: usize, backlog: &[Event], fresh_raw: &[Event], fresh_vigil: &[Event]) -> Round {
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let config = pipeline(&tag);
+    let kafka = config.kafka.clone().unwrap();
+    vigil_kafka::create_topics(&kafka, 4).await.unwrap();
+    let (raw_in, raw_out) = raw_topics(&kafka, "raw", &tag).await;
+
     println!("producing {n} events to each backlog...");
     produce(&raw_in, backlog).await;
     produce(&kafka.input_topic, backlog).await;
@@ -529,6 +587,7 @@ async fn main() {
     // Vigil wrote (their mean size in a latency phase, the larger of the
     // store modes' when there are two): the ceiling of a
     // Vigil whose own work cost nothing, on this broker and machine.
+    let mut sized_rate = None;
     if decision_size > 0 && env_usize("VIGIL_BENCH_SIZED", 1) == 1 {
         let (sized_in, sized_out) = raw_topics(&kafka, "sized", &tag).await;
         produce(&sized_in, backlog).await;
@@ -536,19 +595,20 @@ async fn main() {
             drain_through(&sized_in, &sized_out, &format!("bench-sized-{tag}"), decision_size, n).await;
         stop.store(1, Ordering::Relaxed);
         pt.await.unwrap();
-        let sized_rate = n as f64 / sized.time.as_secs_f64();
-        let of: Vec<String> =
-            vigil_rates.iter().map(|(mode, r)| format!("{mode} {:.0}%", 100.0 * r / sized_rate)).collect();
+        let rate = n as f64 / sized.time.as_secs_f64();
+        sized_rate = Some(rate);
+        let of: Vec<String> = vigil_rates.iter().map(|(mode, r)| format!("{mode} {:.0}%", 100.0 * r / rate)).collect();
         println!(
             "pass-through writing records of a decision's size ({decision_size} B): {n} events in {:.2} s = \
-             {sized_rate:.0} events/s ({:.0}% of the plain pass-through); vigil run of it: {}",
+             {rate:.0} events/s ({:.0}% of the plain pass-through); vigil run of it: {}",
             sized.time.as_secs_f64(),
-            100.0 * sized_rate / raw_rate,
+            100.0 * rate / raw_rate,
             of.join(", ")
         );
         println!("{}", sized.cpu.report(n as u64));
         println!("{}", sized.halves(n as u64, Some(&raw)));
     }
+    Round { raw: raw_rate, vigil: vigil_rates, sized: sized_rate }
 }
 
 /// Topics of 4 partitions `bench-{name}-in-{tag}` and `bench-{name}-out-{tag}`.
