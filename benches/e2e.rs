@@ -160,6 +160,7 @@ async fn pass_through(
             }
         })
     };
+    let mut padded = Vec::with_capacity(pad);
     while stop.load(Ordering::Relaxed) == 0 {
         let first = match tokio::time::timeout(Duration::from_millis(200), c.recv()).await {
             Ok(Ok(m)) => m.detach(),
@@ -177,14 +178,14 @@ async fn pass_through(
         let mut fs = Vec::with_capacity(batch.len());
         for m in &batch {
             offsets.insert(m.partition(), m.offset());
-            let payload = m.payload().unwrap_or_default();
-            let padded;
-            let payload = if pad > payload.len() {
-                padded = [payload, &vec![b' '; pad - payload.len()]].concat();
-                padded.as_slice()
-            } else {
-                payload
-            };
+            let mut payload = m.payload().unwrap_or_default();
+            if pad > payload.len() {
+                // One buffer for the run: the producer copies the payload.
+                padded.clear();
+                padded.extend_from_slice(payload);
+                padded.resize(pad, b' ');
+                payload = &padded;
+            }
             let mut r = FutureRecord::to(&output).payload(payload);
             if let Some(k) = m.key() {
                 r = r.key(k);
