@@ -23,11 +23,8 @@ use vigil_features::FeatureStore;
 use vigil_kafka::{BrokerHealth, SetIfAbsent as _, Watched};
 
 use crate::error::ReviewError;
-use crate::store::ReviewStore;
+use crate::store::{ReviewStore, SchemaLock};
 
-/// The label sender's advisory lock (an arbitrary, fixed key): one sender at
-/// a time, so two review servers do not send each label twice.
-const LABELS_LOCK: i64 = 0x7669_6769_6c6c_6162;
 /// How often a sender without work, or without the lock, looks again.
 const IDLE: Duration = Duration::from_millis(250);
 
@@ -126,8 +123,8 @@ impl ReviewStore {
         tokio::pin!(shutdown);
         let lock = self.pool.get().await?;
         loop {
-            let got: bool = lock.query_one("SELECT pg_try_advisory_lock($1)", &[&LABELS_LOCK]).await?.get(0);
-            if got {
+            // One sender per schema, so two review servers do not send each label twice.
+            if SchemaLock::LABELS.try_take(&lock).await? {
                 break;
             }
             tokio::select! {
@@ -152,7 +149,7 @@ impl ReviewStore {
                 _ = &mut shutdown => break,
             }
         }
-        lock.execute("SELECT pg_advisory_unlock($1)", &[&LABELS_LOCK]).await?;
+        SchemaLock::LABELS.release(&lock).await?;
         Ok(sent)
     }
 

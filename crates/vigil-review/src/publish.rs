@@ -1,7 +1,7 @@
 //! The resolutions outbox to the resolutions topic, each resolution once.
 //!
-//! One publisher at a time (a PostgreSQL advisory lock, held by the
-//! connection it was taken on) sends the unpublished rows in `seq` order, a
+//! One publisher at a time per schema (a PostgreSQL advisory lock, held by
+//! the connection it was taken on) sends the unpublished rows in `seq` order, a
 //! batch at a time, keyed by transaction id, and marks them published once
 //! every record of the batch is acknowledged. The librdkafka producer is
 //! idempotent, so its own retries do not repeat a record.
@@ -25,10 +25,8 @@ use vigil_core::pipeline::KafkaConfig;
 use vigil_kafka::{BrokerHealth, SetIfAbsent as _, Watched};
 
 use crate::error::ReviewError;
-use crate::store::ReviewStore;
+use crate::store::{ReviewStore, SchemaLock};
 
-/// The publisher's advisory lock (an arbitrary, fixed key).
-const PUBLISH_LOCK: i64 = 0x7669_6769_6c70_7562;
 /// The record header carrying a resolution's outbox number.
 pub const SEQ_HEADER: &str = "vigil.resolution.seq";
 /// How often a publisher without the lock, or without work, looks again.
@@ -59,8 +57,7 @@ impl ReviewStore {
         let mut totals = Published::default();
         let lock = self.pool.get().await?;
         loop {
-            let got: bool = lock.query_one("SELECT pg_try_advisory_lock($1)", &[&PUBLISH_LOCK]).await?.get(0);
-            if got {
+            if SchemaLock::PUBLISH.try_take(&lock).await? {
                 break;
             }
             tokio::select! {
@@ -91,7 +88,7 @@ impl ReviewStore {
                 _ = &mut shutdown => break,
             }
         }
-        lock.execute("SELECT pg_advisory_unlock($1)", &[&PUBLISH_LOCK]).await?;
+        SchemaLock::PUBLISH.release(&lock).await?;
         Ok(totals)
     }
 

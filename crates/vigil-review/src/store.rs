@@ -14,8 +14,40 @@ mod embedded {
     refinery::embed_migrations!("migrations");
 }
 
-/// Serialises migrations of concurrent starts (an arbitrary, fixed key).
-const MIGRATION_LOCK: i64 = 0x7669_6769_6c72_7631;
+/// A PostgreSQL advisory lock scoped to the store's schema (the first
+/// schema of its `search_path`): the review stores of two pipelines that
+/// share a database, a schema each, never wait on each other's migrations,
+/// publisher or label sender. The lock is held by the connection that took
+/// it, and goes with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SchemaLock(i32);
+
+impl SchemaLock {
+    /// Serialises the migrations of concurrent starts.
+    pub(crate) const MIGRATION: SchemaLock = SchemaLock(0x7669_6d67);
+    /// One resolutions publisher at a time.
+    pub(crate) const PUBLISH: SchemaLock = SchemaLock(0x7669_7075);
+    /// One label sender at a time.
+    pub(crate) const LABELS: SchemaLock = SchemaLock(0x7669_6c61);
+
+    /// Takes the lock if no other connection holds it; whether it did.
+    pub(crate) async fn try_take(self, client: &tokio_postgres::Client) -> Result<bool, ReviewError> {
+        let sql = "SELECT pg_try_advisory_lock($1, hashtext(coalesce(current_schema(), '')))";
+        Ok(client.query_one(sql, &[&self.0]).await?.get(0))
+    }
+
+    /// Waits for the lock and takes it.
+    pub(crate) async fn take(self, client: &tokio_postgres::Client) -> Result<(), ReviewError> {
+        client.execute("SELECT pg_advisory_lock($1, hashtext(coalesce(current_schema(), '')))", &[&self.0]).await?;
+        Ok(())
+    }
+
+    /// Gives the lock back.
+    pub(crate) async fn release(self, client: &tokio_postgres::Client) -> Result<(), ReviewError> {
+        client.execute("SELECT pg_advisory_unlock($1, hashtext(coalesce(current_schema(), '')))", &[&self.0]).await?;
+        Ok(())
+    }
+}
 
 /// The review store: a PostgreSQL pool and the review settings.
 #[derive(Clone)]
@@ -90,10 +122,10 @@ impl ReviewStore {
     /// turns (an advisory lock); an applied migration is never run again.
     pub async fn migrate(&self) -> Result<(), ReviewError> {
         let mut client = self.pool.get().await?;
-        client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
         let client: &mut tokio_postgres::Client = &mut client;
+        SchemaLock::MIGRATION.take(client).await?;
         let report = embedded::migrations::runner().run_async(client).await;
-        client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await?;
+        SchemaLock::MIGRATION.release(client).await?;
         let report = report.map_err(|e| {
             // refinery says which migration; PostgreSQL's own words are in the sources.
             let mut message = e.to_string();

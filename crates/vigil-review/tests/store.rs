@@ -35,6 +35,14 @@ impl Fixture {
         Fixture { store, schema }
     }
 
+    /// A second store on this fixture's schema: another review server of
+    /// the same pipeline.
+    fn another_store(&self, pool: usize) -> ReviewStore {
+        let mut config: tokio_postgres::Config = database().parse().unwrap();
+        config.options(format!("-c search_path={}", self.schema));
+        ReviewStore::with_config(config, pool, ReviewSettings::default()).unwrap()
+    }
+
     async fn sql(&self, statement: &str) -> Vec<tokio_postgres::Row> {
         let (client, conn) = tokio_postgres::connect(&database(), tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(conn);
@@ -768,6 +776,69 @@ async fn verdicts_reach_the_feature_store_as_labels_once_without_any_topic() {
     let seen = features.process(&[&next("n2")]).await.unwrap();
     assert_eq!(seen[0].values, vec![FeatureValue::Count(1)], "a label sent twice is counted once");
     f.drop_schema().await;
+}
+
+/// Runs `store`'s label sender to `sink` in the background until the returned
+/// sender is dropped or used; the handle gives how many labels it sent.
+fn label_sender(
+    store: &ReviewStore,
+    sink: &Arc<vigil_review::StoreLabels>,
+) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<u64>) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (store, sink) = (store.clone(), sink.clone());
+    let handle = tokio::spawn(async move {
+        store
+            .send_labels(sink.as_ref(), 100, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap()
+    });
+    (stop, handle)
+}
+
+/// Gives a fraud verdict on a new review of `tx`, then waits (at most 20 s)
+/// until a label sender has sent it.
+async fn verdict_sent(f: &Fixture, tx: &str) {
+    f.store.ingest(&[decision(tx, "review", Some(&format!("card-{tx}")), "30.00", 60.0)]).await.unwrap();
+    let claim = f.store.claim_next("ana", &[], LONG).await.unwrap().unwrap();
+    f.store.verdict(claim.case, "ana", tx, Verdict::Fraud).await.unwrap();
+    let start = std::time::Instant::now();
+    let unsent = format!("SELECT count(*) FROM resolutions WHERE transaction_id = '{tx}' AND label_sent_at IS NULL");
+    while f.count(&unsent).await > 0 {
+        assert!(start.elapsed() < Duration::from_secs(20), "the label of {tx} in {} was never sent", f.schema);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn label_senders_take_turns_within_a_schema_and_never_wait_on_another_schemas() {
+    use vigil_core::{Aggregate, EntityKey, FeatureDef};
+    use vigil_features::{MemoryStore, Plan};
+    // Two pipelines sharing one database, a schema each (as the tests do).
+    let (a, b) = (Fixture::new(ReviewSettings::default(), 3).await, Fixture::new(ReviewSettings::default(), 3).await);
+    let frauds = FeatureDef::new("card_frauds_7d", EntityKey::parse("card_id").unwrap(), Aggregate::FraudCount, 86_400);
+    let features = Arc::new(MemoryStore::new(Plan::new(vec![frauds]), 86_400));
+    let sink = Arc::new(vigil_review::StoreLabels::new(features, "the test's memory store"));
+
+    let (stop_a1, a1) = label_sender(&a.store, &sink);
+    verdict_sent(&a, "a1").await;
+    // A second server of pipeline A waits for the first one's turn...
+    let (stop_a2, a2) = label_sender(&a.another_store(3), &sink);
+    // ...while pipeline B's sender works at once.
+    let (stop_b, b1) = label_sender(&b.store, &sink);
+    verdict_sent(&b, "b1").await;
+    verdict_sent(&a, "a2").await;
+    stop_b.send(()).unwrap();
+    assert_eq!(b1.await.unwrap(), 1);
+    stop_a1.send(()).unwrap();
+    assert_eq!(a1.await.unwrap(), 2, "the first server of A sent A's labels while it held the turn");
+    // The second server of A takes the turn once the first one stopped.
+    verdict_sent(&a, "a3").await;
+    stop_a2.send(()).unwrap();
+    assert_eq!(a2.await.unwrap(), 1);
+    a.drop_schema().await;
+    b.drop_schema().await;
 }
 
 /// What a webhook receiver got: the signature, id and event headers and the body.
