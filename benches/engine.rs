@@ -120,6 +120,31 @@ fn benches(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    // The stream's work without Kafka: batches of 500 events of the local
+    // pipeline decided on the same owned state (the journal in memory), warm
+    // (100,000 events counted before), and each decision encoded as JSON: what
+    // `vigil run` does between reading a batch and writing its decisions.
+    let events: Vec<Event> = bodies.iter().map(|b| Event::from_json(b).unwrap()).collect();
+    let mut round = 0usize;
+    let mut batch = |n: usize| -> Vec<Vec<u8>> {
+        let start = (round * n) % events.len();
+        let mut mine: Vec<Event> = events.iter().cycle().skip(start).take(n).cloned().collect();
+        for (k, e) in mine.iter_mut().enumerate() {
+            e.transaction_id = format!("stream-{round}-{k}");
+        }
+        round += 1;
+        let refs: Vec<&Event> = mine.iter().collect();
+        let decided = rt.block_on(engine.decide(&refs, vigil_engine::Options::online())).unwrap();
+        decided.iter().map(|d| d.to_json()).collect()
+    };
+    for _ in 0..200 {
+        batch(500);
+    }
+    let mut g = c.benchmark_group("stream_batch");
+    g.throughput(Throughput::Elements(500));
+    g.bench_function("local_owned_memory_journal_warm_500", |b| b.iter(|| batch(500)));
+    g.finish();
 }
 
 fn root() -> std::path::PathBuf {
