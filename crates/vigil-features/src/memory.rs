@@ -41,11 +41,6 @@ pub(crate) struct Local {
     /// not tracked).
     pub(crate) touched: Option<HashSet<String>>,
     pub(crate) writes_since_sweep: usize,
-    /// The last batch's state and expiry vectors, emptied, kept for their
-    /// capacity: a batch of 500 events of the local pipeline moves about
-    /// 2,500 states (about 500 KB), which allocated afresh each batch come
-    /// from pages the kernel must zero first.
-    pub(crate) scratch: (Vec<EntityState>, Vec<i64>),
 }
 
 impl Local {
@@ -138,11 +133,9 @@ impl Local {
     /// Moves a batch's states out of their entries, which stay in place
     /// (no copies, unless a snapshot holds one); expired ones read as new.
     fn take_states(&mut self, entities: &[String], now: i64) -> (Vec<EntityState>, Vec<i64>) {
-        let (mut states, mut expiries) = std::mem::take(&mut self.scratch);
-        states.clear();
-        expiries.clear();
-        for k in entities {
-            let (state, expires_at_s) = match self.states.get_mut(k) {
+        entities
+            .iter()
+            .map(|k| match self.states.get_mut(k) {
                 Some(e) if e.expires_at_s > now => {
                     let state = match Arc::get_mut(&mut e.value) {
                         Some(state) => std::mem::take(state),
@@ -151,11 +144,8 @@ impl Local {
                     (state, e.expires_at_s)
                 }
                 _ => (EntityState::default(), i64::MIN),
-            };
-            states.push(state);
-            expiries.push(expires_at_s);
-        }
-        (states, expiries)
+            })
+            .unzip()
     }
 
     /// Moves a batch's states back: changed ones with a fresh expiry, the
@@ -164,13 +154,12 @@ impl Local {
     fn put_states(
         &mut self,
         entities: &mut [String],
-        (mut states, mut expiries): (Vec<EntityState>, Vec<i64>),
+        (states, expiries): (Vec<EntityState>, Vec<i64>),
         dirty: &[usize],
         expiry: i64,
     ) {
         let mut dirty = dirty.iter().peekable();
-        let moved = entities.iter_mut().zip(states.drain(..)).zip(expiries.drain(..));
-        for (i, ((key, value), mut expires_at_s)) in moved.enumerate() {
+        for (i, ((key, value), mut expires_at_s)) in entities.iter_mut().zip(states).zip(expiries).enumerate() {
             if dirty.next_if_eq(&&i).is_some() {
                 expires_at_s = expiry;
                 if let Some(t) = self.touched.as_mut().filter(|t| !t.contains(key.as_str())) {
@@ -195,7 +184,6 @@ impl Local {
                 }
             }
         }
-        self.scratch = (states, expiries);
     }
 }
 

@@ -19,32 +19,55 @@ mod embedded {
 /// share a database, a schema each, never wait on each other's migrations,
 /// publisher or label sender. The lock is held by the connection that took
 /// it, and goes with it.
+///
+/// Builds before the thirty-first session took one key for the whole
+/// database (`legacy`), exclusively. This one takes that key shared as
+/// well: shared holds never conflict with each other, so pipelines stay
+/// apart, but during a rolling upgrade a new server waits while an old one
+/// holds the old key, and the other way round, so no two servers of one
+/// schema ever publish at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct SchemaLock(i32);
+pub(crate) struct SchemaLock {
+    class: i32,
+    legacy: i64,
+}
+
+/// The lock's second key: the store's schema.
+const SCHEMA_KEY: &str = "hashtext(coalesce(current_schema(), ''))";
 
 impl SchemaLock {
     /// Serialises the migrations of concurrent starts.
-    pub(crate) const MIGRATION: SchemaLock = SchemaLock(0x7669_6d67);
+    pub(crate) const MIGRATION: SchemaLock = SchemaLock { class: 0x7669_6d67, legacy: 0x7669_6769_6c72_7631 };
     /// One resolutions publisher at a time.
-    pub(crate) const PUBLISH: SchemaLock = SchemaLock(0x7669_7075);
+    pub(crate) const PUBLISH: SchemaLock = SchemaLock { class: 0x7669_7075, legacy: 0x7669_6769_6c70_7562 };
     /// One label sender at a time.
-    pub(crate) const LABELS: SchemaLock = SchemaLock(0x7669_6c61);
+    pub(crate) const LABELS: SchemaLock = SchemaLock { class: 0x7669_6c61, legacy: 0x7669_6769_6c6c_6162 };
 
     /// Takes the lock if no other connection holds it; whether it did.
     pub(crate) async fn try_take(self, client: &tokio_postgres::Client) -> Result<bool, ReviewError> {
-        let sql = "SELECT pg_try_advisory_lock($1, hashtext(coalesce(current_schema(), '')))";
-        Ok(client.query_one(sql, &[&self.0]).await?.get(0))
+        let shared: bool = client.query_one("SELECT pg_try_advisory_lock_shared($1)", &[&self.legacy]).await?.get(0);
+        if !shared {
+            return Ok(false);
+        }
+        let sql = format!("SELECT pg_try_advisory_lock($1, {SCHEMA_KEY})");
+        let got: bool = client.query_one(&sql, &[&self.class]).await?.get(0);
+        if !got {
+            client.execute("SELECT pg_advisory_unlock_shared($1)", &[&self.legacy]).await?;
+        }
+        Ok(got)
     }
 
     /// Waits for the lock and takes it.
     pub(crate) async fn take(self, client: &tokio_postgres::Client) -> Result<(), ReviewError> {
-        client.execute("SELECT pg_advisory_lock($1, hashtext(coalesce(current_schema(), '')))", &[&self.0]).await?;
+        client.execute("SELECT pg_advisory_lock_shared($1)", &[&self.legacy]).await?;
+        client.execute(&format!("SELECT pg_advisory_lock($1, {SCHEMA_KEY})"), &[&self.class]).await?;
         Ok(())
     }
 
     /// Gives the lock back.
     pub(crate) async fn release(self, client: &tokio_postgres::Client) -> Result<(), ReviewError> {
-        client.execute("SELECT pg_advisory_unlock($1, hashtext(coalesce(current_schema(), '')))", &[&self.0]).await?;
+        client.execute(&format!("SELECT pg_advisory_unlock($1, {SCHEMA_KEY})"), &[&self.class]).await?;
+        client.execute("SELECT pg_advisory_unlock_shared($1)", &[&self.legacy]).await?;
         Ok(())
     }
 }

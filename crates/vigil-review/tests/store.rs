@@ -797,15 +797,25 @@ fn label_sender(
     (stop, handle)
 }
 
-/// Gives a fraud verdict on a new review of `tx`, then waits (at most 20 s)
-/// until a label sender has sent it.
-async fn verdict_sent(f: &Fixture, tx: &str) {
+/// Gives a fraud verdict on a new review of `tx`.
+async fn fraud_verdict(f: &Fixture, tx: &str) {
     f.store.ingest(&[decision(tx, "review", Some(&format!("card-{tx}")), "30.00", 60.0)]).await.unwrap();
     let claim = f.store.claim_next("ana", &[], LONG).await.unwrap().unwrap();
     f.store.verdict(claim.case, "ana", tx, Verdict::Fraud).await.unwrap();
+}
+
+/// Whether the label of `tx` is still to be sent.
+async fn label_unsent(f: &Fixture, tx: &str) -> bool {
+    f.count(&format!("SELECT count(*) FROM resolutions WHERE transaction_id = '{tx}' AND label_sent_at IS NULL")).await
+        > 0
+}
+
+/// Gives a fraud verdict on a new review of `tx`, then waits (at most 20 s)
+/// until a label sender has sent it.
+async fn verdict_sent(f: &Fixture, tx: &str) {
+    fraud_verdict(f, tx).await;
     let start = std::time::Instant::now();
-    let unsent = format!("SELECT count(*) FROM resolutions WHERE transaction_id = '{tx}' AND label_sent_at IS NULL");
-    while f.count(&unsent).await > 0 {
+    while label_unsent(f, tx).await {
         assert!(start.elapsed() < Duration::from_secs(20), "the label of {tx} in {} was never sent", f.schema);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -839,6 +849,37 @@ async fn label_senders_take_turns_within_a_schema_and_never_wait_on_another_sche
     assert_eq!(a2.await.unwrap(), 1);
     a.drop_schema().await;
     b.drop_schema().await;
+}
+
+#[tokio::test]
+async fn during_a_rolling_upgrade_a_label_sender_waits_for_an_older_builds_sender() {
+    use vigil_core::{Aggregate, EntityKey, FeatureDef};
+    use vigil_features::{MemoryStore, Plan};
+    let f = Fixture::new(ReviewSettings::default(), 3).await;
+    let frauds = FeatureDef::new("card_frauds_7d", EntityKey::parse("card_id").unwrap(), Aggregate::FraudCount, 86_400);
+    let features = Arc::new(MemoryStore::new(Plan::new(vec![frauds]), 86_400));
+    let sink = Arc::new(vigil_review::StoreLabels::new(features, "the test's memory store"));
+    // A sender of a build before the thirty-first session: its one key for
+    // the whole database, held exclusively.
+    const OLDER_BUILDS_LABELS_KEY: i64 = 0x7669_6769_6c6c_6162;
+    let (older, conn) = tokio_postgres::connect(&database(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let held: bool =
+        older.query_one("SELECT pg_try_advisory_lock($1)", &[&OLDER_BUILDS_LABELS_KEY]).await.unwrap().get(0);
+    assert!(held);
+    let (stop, sender) = label_sender(&f.store, &sink);
+    fraud_verdict(&f, "u1").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(label_unsent(&f, "u1").await, "a new sender went ahead beside an older one");
+    older.execute("SELECT pg_advisory_unlock($1)", &[&OLDER_BUILDS_LABELS_KEY]).await.unwrap();
+    let start = std::time::Instant::now();
+    while label_unsent(&f, "u1").await {
+        assert!(start.elapsed() < Duration::from_secs(20), "the new sender never took its turn");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.send(()).unwrap();
+    assert_eq!(sender.await.unwrap(), 1);
+    f.drop_schema().await;
 }
 
 /// What a webhook receiver got: the signature, id and event headers and the body.
