@@ -65,31 +65,37 @@ impl ReviewStore {
                 _ = &mut shutdown => return Ok(totals),
             }
         }
-        let health = BrokerHealth::new();
-        let producer: vigil_kafka::Producer = vigil_kafka::client_config(kafka)
-            .set_if_absent("enable.idempotence", "true")
-            .set_if_absent("linger.ms", "2")
-            .set_if_absent("message.timeout.ms", "60000")
-            .create_with_context(Watched::new(&health))
-            .map_err(|e| ReviewError::Kafka(e.to_string()))?;
-        totals.found_sent = self.mark_found_on_topic(kafka, topic, batch).await?;
-        loop {
-            let sent = self.publish_batch(&producer, topic, batch).await;
-            match sent {
-                Ok(0) => {}
-                Ok(n) => {
-                    totals.sent += n;
-                    continue;
+        // Whatever happens while it holds the lock, the lock is given back:
+        // the connection returns to the pool, and would keep it otherwise.
+        let published = async {
+            let health = BrokerHealth::new();
+            let producer: vigil_kafka::Producer = vigil_kafka::client_config(kafka)
+                .set_if_absent("enable.idempotence", "true")
+                .set_if_absent("linger.ms", "2")
+                .set_if_absent("message.timeout.ms", "60000")
+                .create_with_context(Watched::new(&health))
+                .map_err(|e| ReviewError::Kafka(e.to_string()))?;
+            totals.found_sent = self.mark_found_on_topic(kafka, topic, batch).await?;
+            loop {
+                let sent = self.publish_batch(&producer, topic, batch).await;
+                match sent {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        totals.sent += n;
+                        continue;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "resolutions not published yet; trying again"),
                 }
-                Err(e) => tracing::warn!(error = %e, "resolutions not published yet; trying again"),
+                tokio::select! {
+                    _ = tokio::time::sleep(IDLE) => {}
+                    _ = &mut shutdown => break,
+                }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(IDLE) => {}
-                _ = &mut shutdown => break,
-            }
+            Ok::<_, ReviewError>(totals)
         }
+        .await;
         SchemaLock::PUBLISH.release(&lock).await?;
-        Ok(totals)
+        published
     }
 
     /// Sends the next unpublished resolutions, in order; how many.
