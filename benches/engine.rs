@@ -128,8 +128,8 @@ fn benches(c: &mut Criterion) {
     let events: Vec<Event> = bodies.iter().map(|b| Event::from_json(b).unwrap()).collect();
     let mut round = 0usize;
     let mut batch = |n: usize| -> Vec<Vec<u8>> {
-        let start = (round * n) % events.len();
-        let mut mine: Vec<Event> = events.iter().cycle().skip(start).take(n).cloned().collect();
+        let start = round * n;
+        let mut mine: Vec<Event> = (start..start + n).map(|k| events[k % events.len()].clone()).collect();
         for (k, e) in mine.iter_mut().enumerate() {
             e.transaction_id = format!("stream-{round}-{k}");
         }
