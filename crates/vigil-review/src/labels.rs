@@ -121,7 +121,9 @@ impl ReviewStore {
         shutdown: impl Future<Output = ()>,
     ) -> Result<u64, ReviewError> {
         tokio::pin!(shutdown);
-        let lock = self.pool.get().await?;
+        // Off the pool: the lock goes with its connection, whatever ends
+        // this call (as the resolutions publisher's).
+        let lock = deadpool_postgres::Object::take(self.pool.get().await?);
         loop {
             // One sender per schema, so two review servers do not send each label twice.
             if SchemaLock::LABELS.try_take(&lock).await? {

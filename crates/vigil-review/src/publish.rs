@@ -55,7 +55,11 @@ impl ReviewStore {
     ) -> Result<Published, ReviewError> {
         tokio::pin!(shutdown);
         let mut totals = Published::default();
-        let lock = self.pool.get().await?;
+        // Off the pool: the session's advisory lock goes with its connection,
+        // so whatever ends this call (an error, a cancellation) drops the
+        // connection and the lock with it, where a pooled connection would
+        // keep the lock held.
+        let lock = deadpool_postgres::Object::take(self.pool.get().await?);
         loop {
             if SchemaLock::PUBLISH.try_take(&lock).await? {
                 break;
@@ -65,37 +69,31 @@ impl ReviewStore {
                 _ = &mut shutdown => return Ok(totals),
             }
         }
-        // Whatever happens while it holds the lock, the lock is given back:
-        // the connection returns to the pool, and would keep it otherwise.
-        let published = async {
-            let health = BrokerHealth::new();
-            let producer: vigil_kafka::Producer = vigil_kafka::client_config(kafka)
-                .set_if_absent("enable.idempotence", "true")
-                .set_if_absent("linger.ms", "2")
-                .set_if_absent("message.timeout.ms", "60000")
-                .create_with_context(Watched::new(&health))
-                .map_err(|e| ReviewError::Kafka(e.to_string()))?;
-            totals.found_sent = self.mark_found_on_topic(kafka, topic, batch).await?;
-            loop {
-                let sent = self.publish_batch(&producer, topic, batch).await;
-                match sent {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        totals.sent += n;
-                        continue;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "resolutions not published yet; trying again"),
+        let health = BrokerHealth::new();
+        let producer: vigil_kafka::Producer = vigil_kafka::client_config(kafka)
+            .set_if_absent("enable.idempotence", "true")
+            .set_if_absent("linger.ms", "2")
+            .set_if_absent("message.timeout.ms", "60000")
+            .create_with_context(Watched::new(&health))
+            .map_err(|e| ReviewError::Kafka(e.to_string()))?;
+        totals.found_sent = self.mark_found_on_topic(kafka, topic, batch).await?;
+        loop {
+            let sent = self.publish_batch(&producer, topic, batch).await;
+            match sent {
+                Ok(0) => {}
+                Ok(n) => {
+                    totals.sent += n;
+                    continue;
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(IDLE) => {}
-                    _ = &mut shutdown => break,
-                }
+                Err(e) => tracing::warn!(error = %e, "resolutions not published yet; trying again"),
             }
-            Ok::<_, ReviewError>(totals)
+            tokio::select! {
+                _ = tokio::time::sleep(IDLE) => {}
+                _ = &mut shutdown => break,
+            }
         }
-        .await;
         SchemaLock::PUBLISH.release(&lock).await?;
-        published
+        Ok(totals)
     }
 
     /// Sends the next unpublished resolutions, in order; how many.

@@ -144,7 +144,9 @@ impl ReviewStore {
     /// Brings the schema to this build's version. Concurrent starts take
     /// turns (an advisory lock); an applied migration is never run again.
     pub async fn migrate(&self) -> Result<(), ReviewError> {
-        let mut client = self.pool.get().await?;
+        // Off the pool, so that the lock goes with the connection whatever
+        // ends this call.
+        let mut client = deadpool_postgres::Object::take(self.pool.get().await?);
         let client: &mut tokio_postgres::Client = &mut client;
         SchemaLock::MIGRATION.take(client).await?;
         let report = embedded::migrations::runner().run_async(client).await;
