@@ -21,6 +21,7 @@
 //! route at fixed rates, for the latency the machine and HTTP give alone; empty for none),
 //! VIGIL_BENCH_SECONDS=5, VIGIL_BENCH_CONNECTIONS=64,
 //! VIGIL_BENCH_AUDIT=0 to leave out the Kafka audit trail,
+//! VIGIL_BENCH_DECISION_FEATURES=flagged for the pipeline's `[decision] features`,
 //! VIGIL_BENCH_MODES=shared,owned for the feature store's modes, a server
 //! each, one after the other). At saturation it also says the server's and
 //! Redis's CPU per decision. Under each fixed rate's row a line tells where
@@ -356,6 +357,9 @@ async fn main() {
             .set("api.listen", format!("127.0.0.1:{port}"));
         if mode != "shared" {
             pipeline = pipeline.add("store.mode", mode.as_str());
+        }
+        if let Ok(which) = std::env::var("VIGIL_BENCH_DECISION_FEATURES") {
+            pipeline = pipeline.set("decision.features", which);
         }
         if !audit {
             // No [kafka]: decisions are not published (measures the API without the broker's CPU).

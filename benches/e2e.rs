@@ -23,7 +23,9 @@
 //!
 //! Needs the broker and Redis of `scripts/services.sh`. Run:
 //! `cargo bench --bench e2e` (env: VIGIL_BENCH_EVENTS, VIGIL_BENCH_RATE, VIGIL_BENCH_SECONDS,
-//! VIGIL_BENCH_IN_FLIGHT, VIGIL_BENCH_MODES, VIGIL_BENCH_SIZED, VIGIL_BENCH_PASS_PAD: bytes the
+//! VIGIL_BENCH_IN_FLIGHT, VIGIL_BENCH_MODES (a mode ending in `-flagged`,
+//! such as `owned-flagged`, runs that store mode with `[decision] features =
+//! "flagged"`), VIGIL_BENCH_SIZED, VIGIL_BENCH_PASS_PAD: bytes the
 //! first pass-through pads each record it writes to (spaces after the JSON), to
 //! give the broker records of a chosen size; and VIGIL_BENCH_PROPS: librdkafka
 //! properties `key=value,key=value` for every client of the run, the
@@ -540,7 +542,14 @@ async fn round(n: usize, rate: usize, backlog: &[Event], fresh_raw: &[Event], fr
     let mut vigil_rates = Vec::new();
     for (m, mode) in modes.split(',').map(str::trim).filter(|m| !m.is_empty()).enumerate() {
         let mut config = if m == 0 { config.clone() } else { pipeline(&format!("{tag}-{mode}")) };
-        if mode == "owned" {
+        let store_mode = match mode.strip_suffix("-flagged") {
+            Some(store_mode) => {
+                config.decision_features = vigil_core::pipeline::DecisionFeatures::Flagged;
+                store_mode
+            }
+            None => mode,
+        };
+        if store_mode == "owned" {
             config.store.mode =
                 vigil_core::pipeline::StoreMode::Owned { snapshot_events: 100_000, snapshot_interval_s: 60 };
         }
@@ -576,6 +585,7 @@ async fn round(n: usize, rate: usize, backlog: &[Event], fresh_raw: &[Event], fr
         let fresh = if m % 2 == 0 { fresh_vigil } else { fresh_raw };
         let (vigil_latency, size) = latency(&kafka.input_topic, &kafka.decisions_topic, fresh, rate).await;
         decision_size = decision_size.max(size);
+        println!("vigil ({mode}) decisions: {size} B on the mean");
         println!("{}", report(&format!("vigil ({mode}) event-to-decision latency at {rate}/s"), &vigil_latency));
         let _ = stop_tx.send(());
         run.await.unwrap().unwrap();

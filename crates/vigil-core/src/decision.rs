@@ -109,7 +109,10 @@ pub struct Decision {
     /// The challenger model's score and would-be decision, when one is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub challenger: Option<ChallengerScore>,
-    /// Feature values as of before this event.
+    /// Feature values as of before this event; none on the decisions the
+    /// pipeline leaves them out of (`[decision] features = "flagged"`:
+    /// approvals), and then absent from the JSON.
+    #[serde(default, skip_serializing_if = "Features::is_empty")]
     pub features: Features,
     /// True when this transaction had been seen before (a redelivery): its features
     /// are the ones computed the first time and nothing was counted again.

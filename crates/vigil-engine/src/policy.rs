@@ -11,8 +11,8 @@
 //! Decided without features under the `review` degraded policy, a decision is
 //! never an approval: it goes to review, saying so ([`DEGRADED_CODE`]).
 
-use vigil_core::pipeline::{DegradedPolicy, Thresholds};
-use vigil_core::{Action, ChallengerScore, Decision, Event, FeatureNames, FeatureVector};
+use vigil_core::pipeline::{DecisionFeatures, DegradedPolicy, Thresholds};
+use vigil_core::{Action, ChallengerScore, Decision, Event, FeatureNames, FeatureVector, Features};
 use vigil_core::{PipelineConfig, Reason};
 use vigil_rules::{Context, RuleSet};
 
@@ -47,6 +47,8 @@ pub struct Policy {
     /// Risk points a model score of 1.0 adds.
     pub model_weight: f64,
     pub degraded: DegradedPolicy,
+    /// Which decisions carry the feature values.
+    pub features: DecisionFeatures,
 }
 
 impl Policy {
@@ -55,6 +57,7 @@ impl Policy {
             thresholds: config.thresholds,
             model_weight: config.model.as_ref().map_or(0.0, |m| m.weight),
             degraded: config.store.degraded,
+            features: config.decision_features,
         }
     }
 
@@ -97,7 +100,8 @@ impl Policy {
                 },
             );
         }
-        let features = names.features(&fv.values);
+        let features =
+            if self.features.carried_by(decision) { names.features(&fv.values) } else { Features::default() };
         Decision {
             transaction_id: event.transaction_id.clone(),
             decision,

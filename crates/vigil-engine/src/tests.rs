@@ -192,6 +192,37 @@ fn engine_with_policy(rules: &str, policy: DegradedPolicy) -> (Engine, Arc<Switc
     (Engine::new(&c, store.clone()).unwrap(), store, dir)
 }
 
+/// `[decision] features = "flagged"`: reviews and declines carry every
+/// feature, approvals none (and no `features` key in their JSON); what is
+/// counted and decided is the same as with every feature carried.
+#[tokio::test]
+async fn flagged_decisions_alone_carry_the_features_when_the_pipeline_says_so() {
+    let (all, _d1) = engine(RULES);
+    let (mut c, _d2) = config(RULES);
+    c.decision_features = vigil_core::pipeline::DecisionFeatures::Flagged;
+    let store = Arc::new(MemoryStore::new(Plan::new(c.features.clone()), 3600));
+    let flagged = Engine::new(&c, store).unwrap();
+    let events = [ev_on("a", "5", "FR", "f"), ev_on("b", "1500", "FR", "f"), ev_on("c", "6000", "FR", "g")];
+    let refs: Vec<&Event> = events.iter().collect();
+    let every = all.decide_batch(&refs).await.unwrap();
+    let some = flagged.decide_batch(&refs).await.unwrap();
+    let actions: Vec<Action> = some.iter().map(|d| d.decision).collect();
+    assert_eq!(actions, [Action::Approve, Action::Review, Action::Decline]);
+    assert_eq!(actions, every.iter().map(|d| d.decision).collect::<Vec<_>>());
+    assert!(some[0].features.is_empty());
+    let json: serde_json::Value = serde_json::from_slice(&some[0].to_json()).unwrap();
+    assert!(json.get("features").is_none(), "{json}");
+    assert_eq!(json["reasons"], serde_json::to_value(&every[0].reasons).unwrap());
+    for (s, e) in some.iter().zip(&every).skip(1) {
+        assert_eq!(s.features, e.features);
+        assert_eq!(s.features["card_count_1h"], e.features["card_count_1h"]);
+    }
+    assert_eq!(some[1].features["card_count_1h"], vigil_core::FeatureValue::Count(1));
+    // An approval read back has no features, and says so by their absence.
+    let back: Decision = serde_json::from_slice(&some[0].to_json()).unwrap();
+    assert!(back.features.is_empty());
+}
+
 /// The stream counts a batch and decides it later, on another thread, while
 /// it counts the next: the decisions are those of deciding them in turn.
 #[tokio::test]

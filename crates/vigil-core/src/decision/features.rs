@@ -42,8 +42,9 @@ impl FeatureNames {
     }
 }
 
-/// Feature values by name, in name order.
-#[derive(Clone)]
+/// Feature values by name, in name order. The default has none (a decision
+/// that leaves them out, `[decision] features = "flagged"`).
+#[derive(Clone, Default)]
 pub struct Features {
     names: Arc<[String]>,
     /// By position in `names`.

@@ -29,7 +29,7 @@ pub use review::{
     CaseEntity, HoldAction, OidcConfig, QueueDef, QueueWhen, ReviewConfig, WebhookDef, WebhookEvent, DEFAULT_QUEUE,
 };
 pub use store::{DegradedPolicy, StoreBackend, StoreConfig, StoreMode};
-pub use thresholds::Thresholds;
+pub use thresholds::{DecisionFeatures, Thresholds};
 
 /// A config that could not be read or does not validate.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +51,8 @@ pub struct PipelineConfig {
     pub rules_path: PathBuf,
     pub model: Option<ModelConfig>,
     pub thresholds: Thresholds,
+    /// Which decisions carry every feature value (`[decision] features`).
+    pub decision_features: DecisionFeatures,
     pub features: Vec<FeatureDef>,
     /// The HTTP API, when the pipeline serves one.
     pub api: Option<ApiConfig>,
@@ -115,7 +117,7 @@ impl PipelineConfig {
         let store = store::validate(raw.store.as_ref(), &mut p);
         let rules_path = rules::validate(raw.rules.get_ref(), &mut p, &resolve);
         let model = raw.model.as_ref().map(|m| model::validate(m, &mut p, &resolve));
-        let thresholds = thresholds::validate(raw.decision.as_ref(), &mut p);
+        let (thresholds, decision_features) = thresholds::validate(raw.decision.as_ref(), &mut p);
         let features = features::validate(&raw.features, &mut p);
         let api = raw.api.as_ref().map(|a| api::validate(a, &mut p, &resolve));
         let review = raw.review.as_ref().map(|r| review::validate(r, &mut p)).unwrap_or_default();
@@ -130,6 +132,7 @@ impl PipelineConfig {
             rules_path,
             model,
             thresholds,
+            decision_features,
             features,
             api,
             review,

@@ -76,6 +76,32 @@ fn degraded_policy_is_checked() {
 }
 
 #[test]
+fn which_decisions_carry_the_features_is_checked() {
+    let parse = |decision: &str| {
+        let text = GOOD.replace("[decision]\nreview_score = 40\ndecline_score = 80\n", decision);
+        PipelineConfig::parse(Path::new("x.toml"), &text)
+    };
+    let c = parse("").unwrap();
+    assert_eq!((c.decision_features, c.thresholds), (DecisionFeatures::All, Thresholds::default()));
+    // Either threshold may be left to its default.
+    let c = parse("[decision]\nfeatures = \"flagged\"\nreview_score = 30\n").unwrap();
+    assert_eq!(c.decision_features, DecisionFeatures::Flagged);
+    assert_eq!(c.thresholds, Thresholds { review_score: 30.0, decline_score: 100.0 });
+    assert!(DecisionFeatures::Flagged.carried_by(crate::Action::Review));
+    assert!(DecisionFeatures::Flagged.carried_by(crate::Action::Decline));
+    assert!(!DecisionFeatures::Flagged.carried_by(crate::Action::Approve));
+    let text = parse("[decision]\nfeatures = \"flaged\"\n").unwrap_err().to_string();
+    assert!(
+        text.contains("x.toml:15:12: decision.features: unknown choice `flaged` (known: all, flagged)")
+            && text.contains("did you mean `flagged`?"),
+        "{text}"
+    );
+    // A default threshold is still checked against the one the file sets.
+    let text = parse("[decision]\nreview_score = 120\n").unwrap_err().to_string();
+    assert!(text.contains("decision.review_score: 120 is above the default decline_score 100"), "{text}");
+}
+
+#[test]
 fn breaker_settings_are_read_and_checked() {
     let c = PipelineConfig::parse(Path::new("x.toml"), GOOD).unwrap();
     assert_eq!((c.store.breaker_failures, c.store.breaker_cool_down_ms), (5, 2000));
