@@ -504,6 +504,17 @@ fn summary(rounds: &[Round]) {
             line(&format!("vigil run ({mode}) of the pass-through at a decision's size"), of_sized);
         }
     }
+    // Settings compared in the same rounds (`owned,owned-flagged`): each mode
+    // against the first, round by round, which the broker's swing between
+    // rounds does not move.
+    if let Some((first, _)) = rounds[0].vigil.first() {
+        for (i, (mode, _)) in rounds[0].vigil.iter().enumerate().skip(1) {
+            line(
+                &format!("vigil run ({mode}) of vigil run ({first}), same round"),
+                rounds.iter().map(|r| r.vigil[i].1 / r.vigil[0].1).collect(),
+            );
+        }
+    }
     let sized: Vec<f64> = rounds.iter().filter_map(|r| r.sized.map(|s| s / r.raw)).collect();
     if !sized.is_empty() {
         line("the pass-through at a decision's size of the plain one", sized);
