@@ -21,9 +21,9 @@
 //! route at fixed rates, for the latency the machine and HTTP give alone; empty for none),
 //! VIGIL_BENCH_SECONDS=5, VIGIL_BENCH_CONNECTIONS=64,
 //! VIGIL_BENCH_AUDIT=0 to leave out the Kafka audit trail,
-//! VIGIL_BENCH_DECISION_FEATURES=flagged for the pipeline's `[decision] features`,
 //! VIGIL_BENCH_MODES=shared,owned for the feature store's modes, a server
-//! each, one after the other). At saturation it also says the server's and
+//! each, one after the other; a mode ending in `-flagged`, such as
+//! `owned-flagged`, also sets `[decision] features = "flagged"`). At saturation it also says the server's and
 //! Redis's CPU per decision. Under each fixed rate's row a line tells where
 //! the time went: the server's own p50 and p99 (its `/metrics` histogram,
 //! bucket bounds), and per request the CPU of the server, the load generator
@@ -355,11 +355,16 @@ async fn main() {
             .set("store.key_prefix", format!("bench-api-{tag}-{mode}"))
             .set("api.max_concurrency", 4096)
             .set("api.listen", format!("127.0.0.1:{port}"));
-        if mode != "shared" {
-            pipeline = pipeline.add("store.mode", mode.as_str());
-        }
-        if let Ok(which) = std::env::var("VIGIL_BENCH_DECISION_FEATURES") {
-            pipeline = pipeline.set("decision.features", which);
+        // `owned-flagged`: that store mode with `[decision] features = "flagged"`.
+        let store_mode = match mode.strip_suffix("-flagged") {
+            Some(store_mode) => {
+                pipeline = pipeline.set("decision.features", "flagged");
+                store_mode
+            }
+            None => mode.as_str(),
+        };
+        if store_mode != "shared" {
+            pipeline = pipeline.add("store.mode", store_mode);
         }
         if !audit {
             // No [kafka]: decisions are not published (measures the API without the broker's CPU).

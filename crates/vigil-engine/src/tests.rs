@@ -215,7 +215,6 @@ async fn flagged_decisions_alone_carry_the_features_when_the_pipeline_says_so() 
     assert_eq!(json["reasons"], serde_json::to_value(&every[0].reasons).unwrap());
     for (s, e) in some.iter().zip(&every).skip(1) {
         assert_eq!(s.features, e.features);
-        assert_eq!(s.features["card_count_1h"], e.features["card_count_1h"]);
     }
     assert_eq!(some[1].features["card_count_1h"], vigil_core::FeatureValue::Count(1));
     // An approval read back has no features, and says so by their absence.

@@ -27,9 +27,8 @@ pub enum DecisionFeatures {
     #[default]
     All,
     /// Review and decline decisions only: the ones a person looks at (a
-    /// review case, a disputed decline). Approvals leave them out, which
-    /// makes the decisions topic and the API's answers about a third of
-    /// their size.
+    /// review case, a disputed decline). Approvals leave them out (about 500
+    /// bytes of JSON instead of 1,350 with the local pipeline's 34 features).
     Flagged,
 }
 
